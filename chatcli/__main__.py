@@ -1,0 +1,3 @@
+from chatcli.cli.app import main
+
+main()

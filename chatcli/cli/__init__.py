@@ -1,0 +1,1 @@
+"""The command line: thin Typer wiring, one module per command group."""

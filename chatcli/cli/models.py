@@ -1,0 +1,80 @@
+"""`chatcli models list|show` and `chatcli pull`: the model registry seen from the CLI."""
+
+from __future__ import annotations
+
+import typer
+
+from chatcli.cli.options import AliasArg, ModelsFileOpt
+from chatcli.ui.console import UI
+
+app = typer.Typer(help="List and inspect the models chatcli knows.", no_args_is_help=True)
+
+
+def _cached_path(spec) -> str | None:  # type: ignore[no-untyped-def]
+    from chatcli import loader, sources
+
+    weights = sources.locate(spec)
+    if weights is None:
+        return None
+    if weights.gguf_file and loader.is_converted(spec, weights):
+        return str(loader.converted_dir(spec, weights))
+    return str(weights.gguf_path or weights.folder)
+
+
+@app.command("list")
+def list_models(models_file: ModelsFileOpt = None) -> None:
+    """Every alias: size, context window, whether it is on disk, and its source."""
+    from chatcli.registry import load_registry
+    from chatcli.ui.tables import show_table
+
+    registry = load_registry(models_file)
+    rows = []
+    for alias, spec in registry.models.items():
+        name = alias + (" (default)" if alias == registry.default else "")
+        ctx = str(spec.context_window) if spec.context_window else "from config"
+        cached = "yes" if _cached_path(spec) else "no"
+        rows.append([name, spec.params or "?", ctx, cached, spec.location])
+    show_table(UI(), ["alias", "params", "context", "cached", "source"], rows)
+
+
+@app.command("show")
+def show(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
+    """Everything chatcli knows about one alias."""
+    from chatcli.registry import load_registry
+    from chatcli.ui.tables import show_fields
+
+    registry = load_registry(models_file)
+    spec = registry.resolve(alias)
+    defaults = ", ".join(f"{k}={v}" for k, v in sorted(spec.defaults.items())) or "-"
+    show_fields(
+        UI(),
+        [
+            ("alias", spec.alias + (" (default)" if spec.alias == registry.default else "")),
+            ("description", spec.description or "-"),
+            ("source", spec.location),
+            ("params", spec.params or "?"),
+            ("context window", str(spec.context_window or "from the model config")),
+            ("dtype", spec.dtype),
+            ("chat template", "overridden in models.toml" if spec.chat_template else "the model's own"),
+            ("trust remote code", "yes" if spec.trust_remote_code else "no"),
+            ("license", spec.license or "?"),
+            ("defaults", defaults),
+            ("cached", _cached_path(spec) or "no"),
+            ("defined in", str(spec.origin)),
+        ],
+    )
+
+
+def pull(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
+    """Download a model's weights (and convert a GGUF once) so it runs offline."""
+    from chatcli import loader, sources
+    from chatcli.registry import load_registry
+
+    ui = UI()
+    spec = load_registry(models_file).resolve(alias)
+    already = _cached_path(spec)
+    weights = sources.fetch(spec, ui)
+    if weights.gguf_file:
+        loader.ensure_converted(spec, weights, ui)
+    where = _cached_path(spec) or str(weights.folder)
+    ui.print(f"{spec.alias}: {'already cached' if already else 'ready'} at {where}")

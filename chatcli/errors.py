@@ -1,0 +1,58 @@
+"""Typed errors of chatcli's domain.
+
+Contract: domain code raises a `ChatcliError` (or a subclass) carrying a one-line
+message, a one-line hint and an exit code. Only the CLI entry point
+(`chatcli.cli.app.main`) turns them into output and exit codes. This module knows
+nothing about the terminal.
+"""
+
+from __future__ import annotations
+
+
+class ChatcliError(Exception):
+    """An error the user can act on: what went wrong and how to fix it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "", *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ChatcliError):
+    """Bad input on the command line (exit code 2, as for any usage error)."""
+
+    exit_code = 2
+
+
+class UnknownModelError(UsageError):
+    """An alias that no models.toml defines."""
+
+
+class ConfigError(ChatcliError):
+    """A malformed models.toml: the message names the file and line."""
+
+
+class ModelUnavailableError(ChatcliError):
+    """Weights that cannot be found locally nor fetched."""
+
+
+class IntegrityError(ChatcliError):
+    """Downloaded weights whose sha256 differs from the pinned one."""
+
+
+class ContextOverflowError(ChatcliError):
+    """A prompt that does not fit the model's context window."""
+
+
+class OutputClosed(Exception):  # noqa: N818 - not an error: the reader went away
+    """stdout was closed by its reader (e.g. `| head -1`); chatcli stops quietly.
+
+    Deliberately not an OSError, so that no library turns it into an exit code.
+    """

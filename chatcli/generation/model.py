@@ -1,0 +1,51 @@
+"""One forward pass at a time over a transformers causal LM and its KV cache.
+
+Contract: `LanguageModel.prefill(ids)` runs the prompt once and returns the
+last position's logits (only that position is projected to the vocabulary) and
+the cache; `step(tokens, cache)` feeds one new token per row and returns the
+next logits. It hides the cache keyword's name, which moved between
+transformers releases (`past_key_values` → `cache`).
+
+The model wrapper knows nothing about tokenization, decoding strategies or text.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+
+class LanguageModel:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        self.device = next(model.parameters()).device
+
+    def _forward(self, input_ids: Any, cache: Any) -> tuple[Any, Any]:
+        import torch
+
+        with torch.inference_mode():
+            return self._forward_raw(input_ids, cache)
+
+    def _forward_raw(self, input_ids: Any, cache: Any) -> tuple[Any, Any]:
+        kwargs: dict[str, Any] = {"use_cache": True, self._cache_kw: cache}
+        if self._keep_kw:
+            kwargs[self._keep_kw] = 1
+        out = self.model(input_ids=input_ids, **kwargs)
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = out.past_key_values
+        return out.logits[:, -1, :], new_cache
+
+    def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
+        """Logits (1, vocab) after the prompt, and the cache holding it."""
+        import torch
+
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self._forward(input_ids, cache)
+
+    def step(self, tokens: Any, cache: Any) -> tuple[Any, Any]:
+        """Feed one token per row (a (rows,) tensor); logits (rows, vocab)."""
+        return self._forward(tokens.view(-1, 1), cache)

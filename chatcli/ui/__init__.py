@@ -1,0 +1,1 @@
+"""All terminal I/O: rich on a TTY, plain text otherwise."""

@@ -1,0 +1,126 @@
+"""The terminal: where answers, errors, progress and tables go.
+
+Contract: `UI` is the single owner of stdout/stderr. Answers go to stdout (rich
+Markdown on a TTY, plain text otherwise); errors, warnings, progress and stats
+go to stderr so that piped output stays clean. Streams are looked up when a UI
+is created, never at import time. It knows nothing about models or decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+from chatcli.errors import OutputClosed
+from chatcli.ui.answer import AnswerWriter, MarkdownWriter, PlainWriter
+
+
+class UI:
+    def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+        self.out = stdout or sys.stdout
+        self.err = stderr or sys.stderr
+        self.out_tty = _isatty(self.out)
+        self.err_tty = _isatty(self.err)
+        self._err_console: Any = None
+        self._out_console: Any = None
+
+    # -- consoles (rich imported on first use) ---------------------------------
+    @property
+    def err_console(self) -> Any:
+        if self._err_console is None:
+            from rich.console import Console
+
+            self._err_console = Console(file=self.err, stderr=True, highlight=False)
+        return self._err_console
+
+    @property
+    def out_console(self) -> Any:
+        if self._out_console is None:
+            from rich.console import Console
+
+            self._out_console = Console(file=self.out, highlight=False)
+        return self._out_console
+
+    # -- messages on stderr ------------------------------------------------------
+    def error(self, message: str, hint: str = "") -> None:
+        line = f"error: {message}" + (f"; hint: {hint}" if hint else "")
+        self._err_line(line, "bold red")
+
+    def warn(self, message: str) -> None:
+        self._err_line(f"warning: {message}", "yellow")
+
+    def notify(self, message: str) -> None:
+        """A progress line: what chatcli is doing now."""
+        self._err_line(f"chatcli: {message}", "dim")
+
+    def _err_line(self, line: str, style: str) -> None:
+        if self.err_tty:
+            self.err_console.print(line, style=style, markup=False, soft_wrap=True)
+        else:
+            print(line, file=self.err, flush=True)
+
+    @contextmanager
+    def busy(self, message: str) -> Iterator[None]:
+        """A spinner with elapsed time on a TTY; one progress line otherwise."""
+        if not self.err_tty:
+            self.notify(message)
+            yield
+            return
+        with self.err_console.status(message, spinner="dots"):
+            yield
+
+    # -- stdout --------------------------------------------------------------
+    def answer_writer(self, markdown: bool | None = None) -> AnswerWriter:
+        use_md = self.out_tty if markdown is None else markdown
+        return MarkdownWriter(self.out_console) if use_md else PlainWriter(self.out)
+
+    def print_json(self, obj: Any) -> None:
+        try:
+            self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            self.out.flush()
+        except BrokenPipeError as exc:
+            raise OutputClosed from exc
+
+    def print_err(self, line: str) -> None:
+        print(line, file=self.err, flush=True)
+
+    def print(self, renderable: Any) -> None:
+        """A rich renderable (table, panel) or a string, on stdout."""
+        try:
+            if isinstance(renderable, str) and not self.out_tty:
+                self.out.write(renderable + "\n")
+                self.out.flush()
+            else:
+                self.out_console.print(renderable)
+        except BrokenPipeError as exc:
+            raise OutputClosed from exc
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def read_piped_stdin(ui: UI) -> str | None:
+    """Text piped on stdin, or None when stdin is a terminal.
+
+    Invalid UTF-8 is decoded with replacement characters and a warning.
+    """
+    stdin = sys.stdin
+    if stdin is None or _isatty(stdin):
+        return None
+    buf = getattr(stdin, "buffer", None)
+    data = buf.read() if buf is not None else stdin.read().encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        ui.warn(
+            f"stdin is not valid UTF-8 (first bad byte at offset {exc.start}); "
+            "invalid bytes were replaced with U+FFFD"
+        )
+        return data.decode("utf-8", errors="replace")

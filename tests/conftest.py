@@ -1,0 +1,143 @@
+"""Shared fixtures: a tiny random-weight Llama with a locally trained tokenizer.
+
+Everything is built in seconds without network: a byte-level BPE tokenizer
+trained by `tokenizers` on a few sentences (ChatML special tokens and template)
+and a 2-layer LlamaConfig with random weights, saved once per session. Each test
+gets its own CHATCLI_HOME with a models.toml whose `tiny` alias points at it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "The capital of France is Paris. Paris is a city in France.",
+    "Hello! How are you today? I am fine, thank you.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Language models predict the next token from the previous tokens.",
+    "def add(a, b):\n    return a + b\n",
+    "Ünïcödé téxt, emoji 🙂 and 中文 characters appear too.",
+    "user assistant system: what is the answer? The answer is 42.",
+]
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    fast.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    # Larger weights than the default init, so greedy decoding wanders over the
+    # whole vocabulary (including bytes that are only part of a UTF-8 character).
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@dataclass(frozen=True)
+class Tiny:
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return Tiny(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Tiny) -> Path:
+    """An isolated CHATCLI_HOME whose models.toml defines `tiny` as the default."""
+    root = tmp_path / "home"
+    root.mkdir()
+    (root / "models.toml").write_text(
+        'default = "tiny"\n\n'
+        "[models.tiny]\n"
+        'description = "tiny random test model"\n'
+        'source = "path"\n'
+        f'path = "{tiny_model.folder}"\n'
+        'params = "0.03M"\n'
+        'dtype = "float32"\n'
+    )
+    monkeypatch.setenv("CHATCLI_HOME", str(root))
+    monkeypatch.delenv("CHATCLI_DEBUG", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return root
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: list[str], input: str | bytes | None = None) -> Result:
+    """Run chatcli's real entry point (`main`) with captured, non-TTY streams."""
+    from typer.testing import CliRunner
+
+    from chatcli.cli.app import main
+
+    runner = CliRunner()
+    code = 0
+    with runner.isolation(input=input) as (out, err, *_):
+        try:
+            main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return Result(code, out.getvalue().decode(), err.getvalue().decode())
+
+
+@pytest.fixture
+def cli(home: Path) -> Iterator[object]:
+    yield run_cli
