@@ -51,7 +51,7 @@ class ContextOverflowError(ChatcliError):
     """A prompt that does not fit the model's context window."""
 
 
-class OutputClosed(Exception):  # noqa: N818 - not an error: the reader went away
+class OutputClosed(Exception):
     """stdout was closed by its reader (e.g. `| head -1`); chatcli stops quietly.
 
     Deliberately not an OSError, so that no library turns it into an exit code.

@@ -203,7 +203,8 @@ def _line(text: str, alias: str | None = None, key: str | None = None) -> int | 
         sub = re.compile(rf"^\[\s*models\.\"?{re.escape(alias or '')}\"?\.")
         for i in range(start, len(lines)):
             stripped = lines[i].lstrip()
-            if i > start and alias is not None and stripped.startswith("[") and not sub.match(stripped):
+            new_table = stripped.startswith("[") and not sub.match(stripped)
+            if i > start and alias is not None and new_table:
                 break
             if pat.match(lines[i]):
                 return i + 1
@@ -272,7 +273,9 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         raise fail(f"'dtype' must be one of {', '.join(DTYPES)}", "e.g. dtype = \"auto\"", "dtype")
     ctx = entry.get("context_window")
     if ctx is not None and ctx <= 0:
-        raise fail("'context_window' must be positive", "e.g. context_window = 8192", "context_window")
+        raise fail(
+            "'context_window' must be positive", "e.g. context_window = 8192", "context_window"
+        )
     sha = entry.get("sha256")
     if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum", "sha256")

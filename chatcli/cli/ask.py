@@ -51,7 +51,9 @@ def ask(
     ui = UI()
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
-        raise UsageError("the prompt is empty", 'pass a question, e.g. chatcli ask "Why is the sky blue?"')
+        raise UsageError(
+            "the prompt is empty", 'pass a question, e.g. chatcli ask "Why is the sky blue?"'
+        )
 
     from chatcli.registry import load_registry
     from chatcli.runtime import resolve_runtime

@@ -55,7 +55,7 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
             ("params", spec.params or "?"),
             ("context window", str(spec.context_window or "from the model config")),
             ("dtype", spec.dtype),
-            ("chat template", "overridden in models.toml" if spec.chat_template else "the model's own"),
+            ("chat template", "from models.toml" if spec.chat_template else "the model's own"),
             ("trust remote code", "yes" if spec.trust_remote_code else "no"),
             ("license", spec.license or "?"),
             ("defaults", defaults),

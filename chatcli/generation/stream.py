@@ -70,9 +70,8 @@ def _events(
     detok = IncrementalDetokenizer(loaded.tokenizer)
     start = time.perf_counter()
     first = 0.0
-    n = 0
-    for token_id, logprob, finish in greedy_tokens(lm, prompt_ids, max_new_tokens, loaded.eos_ids):
-        n += 1
+    tokens = greedy_tokens(lm, prompt_ids, max_new_tokens, loaded.eos_ids)
+    for n, (token_id, logprob, finish) in enumerate(tokens, start=1):
         if n == 1:
             first = time.perf_counter()
             stats.time_to_first_token_s = first - start

@@ -18,7 +18,7 @@ def show_table(ui: UI, headers: Sequence[str], rows: Sequence[Sequence[str]]) ->
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for row in (headers, *rows):
-        ui.print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        ui.print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def show_fields(ui: UI, fields: Sequence[tuple[str, str]]) -> None:

@@ -1,0 +1,50 @@
+"""Device, dtype and thread choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatcli import runtime
+from chatcli.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "tpu"}, "--device must be one of auto, cpu, cuda, mps (got 'tpu')"),
+        ({"dtype": "int4"}, "--dtype must be one of auto, float32, bfloat16, float16 (got 'int4')"),
+        ({"threads": 0}, "--threads must be at least 1 (got 0)"),
+    ],
+)
+def test_invalid_choices(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        runtime.resolve_runtime(**kwargs)
+    assert err.value.message == message
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_auto_dtype_on_cpu(monkeypatch: pytest.MonkeyPatch, native: bool, expected: str) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    rt = runtime.resolve_runtime(device="cpu", threads=1)
+    assert (rt.device, rt.dtype, rt.threads) == ("cpu", expected, 1)
+
+
+def test_flag_beats_alias_dtype_beats_auto() -> None:
+    assert runtime.resolve_runtime("cpu", "auto", 1, spec_dtype="float16").dtype == "float16"
+    assert runtime.resolve_runtime("cpu", "float32", 1, spec_dtype="float16").dtype == "float32"
+
+
+@pytest.mark.parametrize(("busy", "expected"), [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.0, 1)])
+def test_default_threads_leave_busy_cores_alone(
+    monkeypatch: pytest.MonkeyPatch, busy: float, expected: int
+) -> None:
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setattr(runtime, "other_busy_cores", lambda: busy)
+    assert runtime.default_threads() == expected
+    assert runtime.resolve_runtime(device="cpu").threads == expected
+
+
+def test_other_busy_cores_is_measured() -> None:
+    value = runtime.other_busy_cores()
+    assert value is None or value >= 0.0
