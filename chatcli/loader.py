@@ -18,12 +18,13 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chatcli import paths, sources
 from chatcli.errors import ChatcliError, ModelUnavailableError
+from chatcli.lm.base import LanguageModel
 from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime, apply_threads
 from chatcli.sources import LocalWeights, Reporter
@@ -34,12 +35,13 @@ _DONE = ".chatcli-complete"
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    model: Any  # transformers.PreTrainedModel
-    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    lm: LanguageModel
+    tokenizer: Any  # transformers tokenizer, or chatcli.lm.tokenizer.ChatTokenizer
     runtime: Runtime
     eos_ids: frozenset[int]
     context_window: int
     load_seconds: float
+    generation_config: dict[str, Any] = field(default_factory=dict)
 
 
 def quiet_transformers() -> None:
@@ -151,12 +153,15 @@ def load_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter) -> LoadedM
     if spec.chat_template:
         tokenizer.chat_template = spec.chat_template
     ctx = spec.context_window or getattr(model.config, "max_position_embeddings", None) or 2048
+    from chatcli.lm.hf import HFLanguageModel
+
     return LoadedModel(
         spec=spec,
-        model=model,
+        lm=HFLanguageModel(model),
         tokenizer=tokenizer,
         runtime=runtime,
         eos_ids=eos_ids_of(model, tokenizer),
         context_window=int(ctx),
         load_seconds=time.perf_counter() - started,
+        generation_config=model.generation_config.to_diff_dict(),
     )

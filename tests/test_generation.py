@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from chatcli.generation.detokenize import IncrementalDetokenizer
 from chatcli.generation.stream import complete, stream
+from chatcli.lm.hf import HFLanguageModel
 from chatcli.loader import LoadedModel, eos_ids_of
 from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime
@@ -23,15 +24,17 @@ def loaded(tiny_model: Tiny) -> LoadedModel:
 
     tok = AutoTokenizer.from_pretrained(tiny_model.folder)
     model = AutoModelForCausalLM.from_pretrained(tiny_model.folder, dtype=torch.float32).eval()
-    return LoadedModel(
+    loaded = LoadedModel(
         spec=ModelSpec(alias="tiny", source="path", path=tiny_model.folder),
-        model=model,
+        lm=HFLanguageModel(model),
         tokenizer=tok,
         runtime=Runtime("cpu", "float32", None),
         eos_ids=eos_ids_of(model, tok),
         context_window=256,
         load_seconds=0.0,
     )
+    loaded.model = model  # type: ignore[attr-defined]  # the reference for generate()
+    return loaded
 
 
 def reference_ids(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:

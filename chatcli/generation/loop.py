@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from chatcli.generation.model import LanguageModel
+from chatcli.lm.base import LanguageModel
 
 
 def greedy_tokens(

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from chatcli.generation.detokenize import IncrementalDetokenizer
 from chatcli.generation.loop import greedy_tokens
-from chatcli.generation.model import LanguageModel
 from chatcli.loader import LoadedModel
 
 
@@ -66,7 +65,7 @@ def stream(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> G
 def _events(
     loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, stats: Stats
 ) -> Iterator[StepEvent]:
-    lm = LanguageModel(loaded.model)
+    lm = loaded.lm
     detok = IncrementalDetokenizer(loaded.tokenizer)
     start = time.perf_counter()
     first = 0.0

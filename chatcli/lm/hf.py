@@ -1,12 +1,13 @@
-"""One forward pass at a time over a transformers causal LM and its KV cache.
+"""`LanguageModel` over any transformers causal LM and its `DynamicCache`.
 
-Contract: `LanguageModel.prefill(ids)` runs the prompt once and returns the
-last position's logits (only that position is projected to the vocabulary) and
-the cache; `step(tokens, cache)` feeds one new token per row and returns the
-next logits. It hides the cache keyword's name, which moved between
-transformers releases (`past_key_values` → `cache`).
+Contract: implements `chatcli.lm.base.LanguageModel`; only the last position is
+projected to the vocabulary during prefill (`logits_to_keep=1`, as `generate()`
+does). It hides the cache keyword's name, which moved between transformers
+releases (`past_key_values` → `cache`). It works for every architecture
+transformers supports; `chatcli.lm.llama` is the faster-starting path for the
+Llama family.
 
-The model wrapper knows nothing about tokenization, decoding strategies or text.
+Knows nothing about tokenization, decoding strategies or text.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import inspect
 from typing import Any
 
 
-class LanguageModel:
+class HFLanguageModel:
     def __init__(self, model: Any) -> None:
         self.model = model
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
         self.device = next(model.parameters()).device
+        self.vocab_size = int(model.config.vocab_size)
 
     def _forward(self, input_ids: Any, cache: Any) -> tuple[Any, Any]:
         import torch
@@ -40,12 +42,19 @@ class LanguageModel:
         return out.logits[:, -1, :], new_cache
 
     def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
-        """Logits (1, vocab) after the prompt, and the cache holding it."""
         import torch
 
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         return self._forward(input_ids, cache)
 
     def step(self, tokens: Any, cache: Any) -> tuple[Any, Any]:
-        """Feed one token per row (a (rows,) tensor); logits (rows, vocab)."""
         return self._forward(tokens.view(-1, 1), cache)
+
+    def expand(self, cache: Any, rows: int) -> None:
+        cache.batch_repeat_interleave(rows)
+
+    def reorder(self, cache: Any, rows: Any) -> None:
+        cache.reorder_cache(rows)
+
+    def crop(self, cache: Any, length: int) -> None:
+        cache.crop(length)
