@@ -4,7 +4,11 @@ Contract: `load_model(spec, runtime, reporter)` fetches the weights (see
 `chatcli.sources`), converts a GGUF file once into a safetensors folder in
 chatcli's cache (so later loads take well under a second instead of ~15 s),
 loads tokenizer and model with the runtime's device/dtype/threads, and returns a
-`LoadedModel`. `trust_remote_code` is only ever taken from the alias.
+`LoadedModel`. Two implementations: chatcli's native Llama-family forward pass
+and tokenizer (`chatcli.lm.llama`, `chatcli.lm.tokenizer`: bit-identical
+results, no transformers import, ~2 s faster start) where they apply, else
+transformers' (any architecture). `trust_remote_code` is only ever taken from
+the alias.
 
 This module knows nothing about prompts, decoding or the terminal; progress is
 reported through a `Reporter`.
@@ -13,6 +17,7 @@ reported through a `Reporter`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -42,6 +47,8 @@ class LoadedModel:
     context_window: int
     load_seconds: float
     generation_config: dict[str, Any] = field(default_factory=dict)
+    implementation: str = "transformers"  # or "native"
+    folder: Path | None = None
 
 
 def quiet_transformers() -> None:
@@ -115,11 +122,28 @@ def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
         ) from exc
 
 
-def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file ({} when absent or unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def local_generation_config(spec: ModelSpec) -> dict[str, Any]:
+    """generation_config.json of an alias whose weights are on disk, without loading it."""
+    weights = sources.locate(spec)
+    if weights is None:
+        return {}
+    folder = converted_dir(spec, weights) if weights.gguf_file else weights.folder
+    return read_json(folder / "generation_config.json")
+
+
+def eos_ids_of(generation_config: dict[str, Any], tokenizer: Any) -> frozenset[int]:
     """Every id that ends a reply: generation_config's eos ids plus the tokenizer's."""
     ids: set[int] = set()
-    gen = getattr(model, "generation_config", None)
-    for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+    for source in (generation_config.get("eos_token_id"), tokenizer.eos_token_id):
         if isinstance(source, int):
             ids.add(source)
         elif source:
@@ -127,17 +151,79 @@ def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def load_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter) -> LoadedModel:
+def load_model(
+    spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None = None
+) -> LoadedModel:
+    """Load an alias. `implementation` (default: the alias's, else "auto") picks the forward pass:
+    chatcli's native Llama-family one where it applies (CPU, llama/qwen2 architectures, a
+    tokenizer.json that loads identically without transformers), else transformers'."""
     weights = sources.fetch(spec, reporter)
     started = time.perf_counter()
     folder = weights.folder
     if weights.gguf_file:
         folder = ensure_converted(spec, weights, reporter)
+    impl = implementation or spec.implementation
+    config = read_json(folder / "config.json")
+    generation_config = read_json(folder / "generation_config.json")
+    apply_threads(runtime)
+    if impl == "native" or (impl == "auto" and _native_applies(spec, runtime, folder, config)):
+        lm, tokenizer = _load_native(spec, runtime, folder)
+        impl = "native"
+    else:
+        lm, tokenizer = _load_transformers(spec, runtime, folder)
+        impl = "transformers"
+    if spec.chat_template:
+        tokenizer.chat_template = spec.chat_template
+    ctx = spec.context_window or config.get("max_position_embeddings") or 2048
+    return LoadedModel(
+        spec=spec,
+        lm=lm,
+        tokenizer=tokenizer,
+        runtime=runtime,
+        eos_ids=eos_ids_of(generation_config, tokenizer),
+        context_window=int(ctx),
+        load_seconds=time.perf_counter() - started,
+        generation_config=generation_config,
+        implementation=impl,
+        folder=folder,
+    )
+
+
+def _native_applies(
+    spec: ModelSpec, runtime: Runtime, folder: Path, config: dict[str, Any]
+) -> bool:
+    if spec.trust_remote_code or runtime.device != "cpu":
+        return False
+    from chatcli.lm import llama, tokenizer
+
+    return llama.supports(config) and tokenizer.supports(folder)
+
+
+def _load_native(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple[Any, Any]:
+    import torch
+
+    from chatcli.lm.llama import NativeCausalLM
+    from chatcli.lm.native import NativeLanguageModel
+    from chatcli.lm.tokenizer import ChatTokenizer
+
+    try:
+        tokenizer = ChatTokenizer.from_folder(folder)
+        model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype), runtime.device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelUnavailableError(
+            f"model '{spec.alias}': cannot load from {folder}: {exc}".splitlines()[0],
+            f'set implementation = "transformers" for [models.{spec.alias}] in {spec.origin}',
+        ) from exc
+    return NativeLanguageModel(model), tokenizer
+
+
+def _load_transformers(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple[Any, Any]:
     quiet_transformers()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    apply_threads(runtime)
+    from chatcli.lm.hf import HFLanguageModel
+
     kw = {"trust_remote_code": spec.trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
@@ -150,18 +236,4 @@ def load_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter) -> LoadedM
             "check that the folder holds a transformers model (config.json, weights, tokenizer)",
         ) from exc
     model.to(runtime.device).eval()
-    if spec.chat_template:
-        tokenizer.chat_template = spec.chat_template
-    ctx = spec.context_window or getattr(model.config, "max_position_embeddings", None) or 2048
-    from chatcli.lm.hf import HFLanguageModel
-
-    return LoadedModel(
-        spec=spec,
-        lm=HFLanguageModel(model),
-        tokenizer=tokenizer,
-        runtime=runtime,
-        eos_ids=eos_ids_of(model, tokenizer),
-        context_window=int(ctx),
-        load_seconds=time.perf_counter() - started,
-        generation_config=model.generation_config.to_diff_dict(),
-    )
+    return HFLanguageModel(model), tokenizer

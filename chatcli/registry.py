@@ -29,6 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 SourceKind = Literal["hf", "path", "pypi"]
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+IMPLEMENTATIONS = ("auto", "native", "transformers")
 # Decoding parameters an alias may preset in its [models.ALIAS.defaults] table.
 DEFAULT_KEYS = frozenset(
     {
@@ -65,6 +66,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "dtype": str,
     "chat_template": str,
     "trust_remote_code": bool,
+    "implementation": str,
     "license": str,
     "defaults": dict,
 }
@@ -94,6 +96,7 @@ class ModelSpec:
     dtype: str = "auto"
     chat_template: str | None = None
     trust_remote_code: bool = False
+    implementation: str = "auto"  # "auto" | "native" | "transformers"
     license: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     origin: Path | None = None
@@ -271,6 +274,12 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
     dtype = entry.get("dtype", "auto")
     if dtype not in DTYPES:
         raise fail(f"'dtype' must be one of {', '.join(DTYPES)}", "e.g. dtype = \"auto\"", "dtype")
+    impl = entry.get("implementation", "auto")
+    if impl not in IMPLEMENTATIONS:
+        raise fail(
+            f"'implementation' must be one of {', '.join(IMPLEMENTATIONS)}",
+            'e.g. implementation = "auto"', "implementation",
+        )
     ctx = entry.get("context_window")
     if ctx is not None and ctx <= 0:
         raise fail(
@@ -308,6 +317,7 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         dtype=dtype,
         chat_template=entry.get("chat_template"),
         trust_remote_code=entry.get("trust_remote_code", False),
+        implementation=impl,
         license=entry.get("license"),
         defaults=dict(defaults),
         origin=path,

@@ -8,12 +8,16 @@ gets its own CHATCLI_HOME with a models.toml whose `tiny` alias points at it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# Tests see built-in strategies only, whatever plugins this environment has.
+os.environ["CHATCLI_NO_PLUGINS"] = "1"
 
 CHATML = (
     "{% for message in messages %}"

@@ -67,7 +67,11 @@ def test_json_output(cli, tiny_model: Tiny) -> None:
         "time_to_first_token_s",
         "tokens_per_second",
         "finish_reason",
+        "decoding",
     ]
+    assert data["decoding"]["strategy"] == "greedy"
+    assert data["decoding"]["max_new_tokens"] == 9
+    assert isinstance(data["decoding"]["seed"], int)
     assert data["text"] == text
     assert data["model"] == "tiny"
     assert data["prompt_tokens"] == prompt_len
@@ -79,7 +83,7 @@ def test_json_output(cli, tiny_model: Tiny) -> None:
 def test_stats_line_on_stderr(cli, tiny_model: Tiny) -> None:
     result = run_cli(["ask", "--stats", "-n", "5", "Hi"])
     assert re.fullmatch(
-        r"stats: model=tiny prompt_tokens=\d+ completion_tokens=5 "
+        r"stats: model=tiny strategy=greedy seed=\d+ prompt_tokens=\d+ completion_tokens=5 "
         r"time_to_first_token=\d+\.\d{3}s tokens_per_second=\d+\.\d finish_reason=length\n",
         result.stderr,
     )
@@ -142,10 +146,13 @@ def test_bad_option_is_one_line_usage_error(cli) -> None:
     result = run_cli(["ask", "--max-new-tokens", "0", "hi"])
     assert result.exit_code == 2
     assert result.stderr == (
-        "error: Invalid value for '--max-new-tokens' / '-n': Input should be greater than or "
-        "equal to 1; "
-        "hint: see 'chatcli ask --help'\n"
+        "error: --max-new-tokens must be an integer >= 1 (got 0); "
+        "hint: 'chatcli strategies' lists every parameter\n"
     )
+    result = run_cli(["ask", "--max-new-tokens", "many", "hi"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: Invalid value for '--max-new-tokens' / '-n': ")
+    assert result.stderr.endswith("; hint: see 'chatcli ask --help'\n")
 
 
 def test_bad_device_names_valid_values(cli) -> None:

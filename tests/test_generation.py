@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatcli.decoding.registry import strategy_registry
+from chatcli.decoding.settings import resolve_settings
 from chatcli.generation.detokenize import IncrementalDetokenizer
 from chatcli.generation.stream import complete, stream
 from chatcli.lm.hf import HFLanguageModel
@@ -15,6 +17,8 @@ from chatcli.loader import LoadedModel, eos_ids_of
 from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime
 from conftest import Tiny
+
+GREEDY = resolve_settings(strategy_registry(), strategy="greedy")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def loaded(tiny_model: Tiny) -> LoadedModel:
         lm=HFLanguageModel(model),
         tokenizer=tok,
         runtime=Runtime("cpu", "float32", None),
-        eos_ids=eos_ids_of(model, tok),
+        eos_ids=eos_ids_of(model.generation_config.to_dict(), tok),
         context_window=256,
         load_seconds=0.0,
     )
@@ -66,7 +70,7 @@ PROMPTS = [
 @pytest.mark.parametrize("n", [1, 7, 40])
 def test_greedy_equals_generate(loaded: LoadedModel, text: str, n: int) -> None:
     prompt = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-    gen = complete(loaded, prompt, n)
+    gen = complete(loaded, prompt, GREEDY, n)
     assert gen.token_ids == reference_ids(loaded, prompt, n)
     assert gen.stats.completion_tokens == len(gen.token_ids)
     assert gen.stats.prompt_tokens == len(prompt)
@@ -75,11 +79,11 @@ def test_greedy_equals_generate(loaded: LoadedModel, text: str, n: int) -> None:
 
 def test_stops_at_every_eos_id_and_hides_it(loaded: LoadedModel) -> None:
     prompt = loaded.tokenizer("Hello there", add_special_tokens=False)["input_ids"]
-    free = complete(loaded, prompt, 30).token_ids
+    free = complete(loaded, prompt, GREEDY, 30).token_ids
     target = free[5]
     first = free.index(target)
     extra_eos = dataclasses.replace(loaded, eos_ids=loaded.eos_ids | {target})
-    gen = stream(extra_eos, prompt, 30)
+    gen = stream(extra_eos, prompt, GREEDY, 30)
     events = list(gen)
     assert [e.token_id for e in events] == free[: first + 1]
     assert events[-1].finish_reason == "stop"
@@ -93,7 +97,7 @@ def test_logprobs_are_log_softmax_of_the_chosen_token(loaded: LoadedModel) -> No
     import torch
 
     prompt = loaded.tokenizer("Hello", add_special_tokens=False)["input_ids"]
-    events = list(stream(loaded, prompt, 3))
+    events = list(stream(loaded, prompt, GREEDY, 3))
     logits = loaded.model(torch.tensor([prompt])).logits[0, -1].float()
     expected = torch.log_softmax(logits, -1)[events[0].token_id].item()
     assert events[0].logprob == pytest.approx(expected, abs=1e-5)
@@ -101,7 +105,7 @@ def test_logprobs_are_log_softmax_of_the_chosen_token(loaded: LoadedModel) -> No
 
 
 def test_zero_budget_generates_nothing(loaded: LoadedModel) -> None:
-    gen = complete(loaded, [5, 6, 7], 0)
+    gen = complete(loaded, [5, 6, 7], GREEDY, 0)
     assert gen.token_ids == [] and gen.text == ""
 
 

@@ -1,31 +1,45 @@
 """`chatcli ask`: one question, one streamed answer.
 
 Parses options, gathers the prompt (piped stdin first, then the argument), loads
-the model and hands the stream of events to the UI. Knows nothing about how
-tokens are chosen.
+the model, resolves the decoding settings and hands the stream of events to the
+UI. Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from chatcli.cli.options import (
     DeviceOpt,
     DtypeOpt,
+    FrequencyPenaltyOpt,
     JsonOpt,
+    LengthPenaltyOpt,
     MaxNewTokensOpt,
+    MinPOpt,
     ModelOpt,
     ModelsFileOpt,
+    NoRepeatNgramOpt,
+    NumBeamsOpt,
+    OptionOpt,
+    PresencePenaltyOpt,
+    RepetitionPenaltyOpt,
+    SeedOpt,
     StatsOpt,
+    StopOpt,
+    StrategyOpt,
     SystemOpt,
+    TemperatureOpt,
     ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    TypicalPOpt,
+    decoding_request,
 )
 from chatcli.errors import UsageError
 from chatcli.ui.console import UI, read_piped_stdin
-
-DEFAULT_MAX_NEW_TOKENS = 512
 
 PromptArg = Annotated[
     str | None,
@@ -34,10 +48,26 @@ PromptArg = Annotated[
 
 
 def ask(
+    ctx: typer.Context,
     prompt: PromptArg = None,
     model: ModelOpt = None,
     system: SystemOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
+    strategy: StrategyOpt = None,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    typical_p: TypicalPOpt = None,
+    num_beams: NumBeamsOpt = None,
+    length_penalty: LengthPenaltyOpt = None,
+    repetition_penalty: RepetitionPenaltyOpt = None,
+    frequency_penalty: FrequencyPenaltyOpt = None,
+    presence_penalty: PresencePenaltyOpt = None,
+    no_repeat_ngram_size: NoRepeatNgramOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    option: OptionOpt = None,
     json_out: JsonOpt = False,
     stats: StatsOpt = False,
     models_file: ModelsFileOpt = None,
@@ -46,31 +76,41 @@ def ask(
     threads: ThreadsOpt = None,
 ) -> None:
     """Answer one question with a local model, streaming the reply."""
+    from chatcli.decoding.registry import strategy_registry
+    from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import Message, join_prompt
+    from chatcli.registry import load_registry
+    from chatcli.runtime import resolve_runtime
 
     ui = UI()
+    strategies = strategy_registry()
+    for problem in strategies.problems:
+        ui.warn(problem)
+    chosen, flags, options = decoding_request(ctx.params)
+    spec = load_registry(models_file).resolve(model)
+    # Validate flags before reading stdin or loading anything (generation_config comes later).
+    resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
+                     alias_defaults=spec.defaults)
+    runtime = resolve_runtime(device, dtype, threads, spec.dtype)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError(
             "the prompt is empty", 'pass a question, e.g. chatcli ask "Why is the sky blue?"'
         )
 
-    from chatcli.registry import load_registry
-    from chatcli.runtime import resolve_runtime
-
-    spec = load_registry(models_file).resolve(model)
-    runtime = resolve_runtime(device, dtype, threads, spec.dtype)
-
     from chatcli.generation.stream import stream
     from chatcli.loader import load_model
     from chatcli.prompt import fit_new_tokens, render_ids
 
     loaded = load_model(spec, runtime, ui)
+    settings = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
+                                alias_defaults=spec.defaults,
+                                generation_config=loaded.generation_config)
     messages = ([Message("system", system)] if system else []) + [Message("user", text)]
     ids = render_ids(loaded.tokenizer, messages)
-    requested = max_new_tokens or int(spec.defaults.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
-    budget = fit_new_tokens(len(ids), loaded.context_window, requested, spec.alias)
-    gen = stream(loaded, ids, budget)
+    budget = fit_new_tokens(len(ids), loaded.context_window, settings.common.max_new_tokens,
+                            spec.alias)
+    gen = stream(loaded, ids, settings, budget)
 
     if json_out:
         for _ in gen:
@@ -83,19 +123,24 @@ def ask(
         finally:
             writer.close()
     s = gen.stats
-    figures = {
-        "prompt_tokens": s.prompt_tokens,
-        "completion_tokens": s.completion_tokens,
-        "time_to_first_token_s": round(s.time_to_first_token_s, 4),
-        "tokens_per_second": round(s.decode_tokens_per_s, 2),
-        "finish_reason": s.finish_reason,
-    }
     if json_out:
-        ui.print_json({"text": gen.text, "model": spec.alias, **figures})
+        out: dict[str, Any] = {
+            "text": gen.text,
+            "model": spec.alias,
+            "prompt_tokens": s.prompt_tokens,
+            "completion_tokens": s.completion_tokens,
+            "time_to_first_token_s": round(s.time_to_first_token_s, 4),
+            "tokens_per_second": round(s.decode_tokens_per_s, 2),
+            "finish_reason": s.finish_reason,
+            "decoding": settings.as_dict(),
+        }
+        if gen.hypotheses:
+            out["hypotheses"] = gen.hypotheses
+        ui.print_json(out)
     if stats:
         ui.print_err(
-            f"stats: model={spec.alias} prompt_tokens={s.prompt_tokens} "
-            f"completion_tokens={s.completion_tokens} "
+            f"stats: model={spec.alias} strategy={settings.strategy} seed={settings.seed} "
+            f"prompt_tokens={s.prompt_tokens} completion_tokens={s.completion_tokens} "
             f"time_to_first_token={s.time_to_first_token_s:.3f}s "
             f"tokens_per_second={s.decode_tokens_per_s:.1f} finish_reason={s.finish_reason}"
         )

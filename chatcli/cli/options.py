@@ -21,7 +21,7 @@ SystemOpt = Annotated[
 ]
 MaxNewTokensOpt = Annotated[
     int | None,
-    typer.Option("--max-new-tokens", "-n", min=1,
+    typer.Option("--max-new-tokens", "-n",
                  help="Most tokens to generate (default: the alias's, else 512).",
                  show_default=False),
 ]
@@ -51,3 +51,96 @@ ThreadsOpt = Annotated[
                  show_default=False),
 ]
 AliasArg = Annotated[str, typer.Argument(help="Model alias.", show_default=False)]
+
+
+# -- decoding (validated by the strategies' parameter classes, not here) ---------
+_D = "Decoding"
+StrategyOpt = Annotated[
+    str | None,
+    typer.Option("--strategy", "-S", help="Decoding strategy: greedy, sample, beam or a plugin "
+                 "('chatcli strategies' lists them).", show_default=False, rich_help_panel=_D),
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option("--temperature", "-t", help="sample: divide logits by this.", show_default=False,
+                 rich_help_panel=_D),
+]
+TopKOpt = Annotated[
+    int | None, typer.Option("--top-k", help="sample: keep the k most likely tokens.",
+                             show_default=False, rich_help_panel=_D)
+]
+TopPOpt = Annotated[
+    float | None, typer.Option("--top-p", help="sample: nucleus probability mass.",
+                               show_default=False, rich_help_panel=_D)
+]
+MinPOpt = Annotated[
+    float | None, typer.Option("--min-p", help="sample: drop tokens below min-p x top prob.",
+                               show_default=False, rich_help_panel=_D)
+]
+TypicalPOpt = Annotated[
+    float | None, typer.Option("--typical-p", help="sample: locally typical mass.",
+                               show_default=False, rich_help_panel=_D)
+]
+NumBeamsOpt = Annotated[
+    int | None, typer.Option("--num-beams", help="beam: hypotheses kept per step.",
+                             show_default=False, rich_help_panel=_D)
+]
+LengthPenaltyOpt = Annotated[
+    float | None, typer.Option("--length-penalty", help="beam: score / length^this.",
+                               show_default=False, rich_help_panel=_D)
+]
+RepetitionPenaltyOpt = Annotated[
+    float | None, typer.Option("--repetition-penalty", help="Any strategy: penalise seen tokens.",
+                               show_default=False, rich_help_panel=_D)
+]
+FrequencyPenaltyOpt = Annotated[
+    float | None, typer.Option("--frequency-penalty", help="Any strategy: -x per repeat.",
+                               show_default=False, rich_help_panel=_D)
+]
+PresencePenaltyOpt = Annotated[
+    float | None, typer.Option("--presence-penalty", help="Any strategy: -x once used.",
+                               show_default=False, rich_help_panel=_D)
+]
+NoRepeatNgramOpt = Annotated[
+    int | None, typer.Option("--no-repeat-ngram-size", help="Any strategy: ban repeated n-grams.",
+                             show_default=False, rich_help_panel=_D)
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Random seed: a fixed seed reproduces the answer.",
+                             show_default=False, rich_help_panel=_D)
+]
+StopOpt = Annotated[
+    list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable; not printed).",
+                                   show_default=False, rich_help_panel=_D)
+]
+OptionOpt = Annotated[
+    list[str] | None, typer.Option("--option", "-o", metavar="KEY=VALUE",
+                                   help="A strategy parameter without its own flag "
+                                   "(e.g. -o num_return_sequences=2).", show_default=False,
+                                   rich_help_panel=_D)
+]
+
+# Parameter names of the decoding flags above (the command's parameter names).
+DECODING_FLAGS = (
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "num_beams", "length_penalty",
+    "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
+    "seed", "stop", "max_new_tokens",
+)
+
+
+def decoding_request(params: dict[str, object]) -> tuple[str | None, dict[str, object],
+                                                        dict[str, str]]:
+    """(strategy, flag values, -o options) from a command's parsed parameters."""
+    from chatcli.errors import UsageError
+
+    flags = {k: params.get(k) for k in DECODING_FLAGS if params.get(k) not in (None, [])}
+    if "stop" in flags:
+        flags["stop"] = tuple(flags["stop"])  # type: ignore[arg-type]
+    options: dict[str, str] = {}
+    for item in params.get("option") or []:  # type: ignore[union-attr]
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"-o {item}: expected KEY=VALUE", "e.g. -o num_return_sequences=2")
+        options[key.strip()] = value
+    strategy = params.get("strategy")
+    return (str(strategy) if strategy else None), flags, options

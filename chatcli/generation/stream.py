@@ -1,11 +1,12 @@
-"""The text stream: token ids → `StepEvent`s with text deltas, plus `Stats`.
+"""The text stream: a strategy's tokens → `StepEvent`s with text deltas, plus `Stats`.
 
-Contract: `stream(loaded, prompt_ids, max_new_tokens)` returns a `Generation`;
-iterating it yields one `StepEvent` per generated token (the last one carries
-the finish reason: "stop" at any EOS id, "length" at the token limit) and fills
-`Generation.stats` when done. `complete()` is the convenience wrapper that
-returns the whole text. Decoding here is greedy (argmax); the token choice lives
-in `chatcli.generation.loop`.
+Contract: `stream(loaded, prompt_ids, settings, max_new_tokens)` returns a
+`Generation`; iterating it runs the chosen decoding strategy and yields one
+`StepEvent` per generated token, with the printable text delta (never broken
+UTF-8, never an EOS token, never a stop string or what follows it). The last
+event carries the finish reason: "stop" (an EOS id), "length" (the token limit)
+or "stop_string". `Generation.stats` and `Generation.hypotheses` (beam search)
+are filled when it is exhausted. `complete()` is the convenience wrapper.
 
 Knows nothing about the terminal or the CLI.
 """
@@ -15,9 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from chatcli.decoding.registry import StrategyRegistry, strategy_registry
+from chatcli.decoding.settings import DecodingSettings
 from chatcli.generation.detokenize import IncrementalDetokenizer
-from chatcli.generation.loop import greedy_tokens
+from chatcli.generation.stops import StopMatcher
 from chatcli.loader import LoadedModel
 
 
@@ -26,9 +30,9 @@ class StepEvent:
     """One generated token."""
 
     token_id: int
-    text: str  # printable delta; "" while a UTF-8 sequence is incomplete
+    text: str  # printable delta; "" while held back (partial UTF-8, possible stop string)
     logprob: float
-    finish_reason: str | None = None  # "stop" | "length" on the last event
+    finish_reason: str | None = None  # "stop" | "length" | "stop_string" on the last event
 
 
 @dataclass
@@ -43,12 +47,14 @@ class Stats:
 
 @dataclass
 class Generation:
-    """An answer being generated: iterate for events, then read `stats`/`text`."""
+    """An answer being generated: iterate for events, then read the results."""
 
     _events: Iterator[StepEvent]
     stats: Stats
+    settings: DecodingSettings
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
+    hypotheses: list[dict[str, Any]] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[StepEvent]:
         for event in self._events:
@@ -57,37 +63,83 @@ class Generation:
             yield event
 
 
-def stream(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+def stream(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    settings: DecodingSettings,
+    max_new_tokens: int,
+    registry: StrategyRegistry | None = None,
+) -> Generation:
     stats = Stats(prompt_tokens=len(prompt_ids))
-    return Generation(_events(loaded, prompt_ids, max_new_tokens, stats), stats)
+    gen = Generation(iter(()), stats, settings)
+    gen._events = _events(loaded, prompt_ids, settings, max_new_tokens, registry, gen)
+    return gen
 
 
 def _events(
-    loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, stats: Stats
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    settings: DecodingSettings,
+    max_new_tokens: int,
+    registry: StrategyRegistry | None,
+    gen: Generation,
 ) -> Iterator[StepEvent]:
-    lm = loaded.lm
+    strategy = (registry or strategy_registry()).get(settings.strategy)()
+    ctx = settings.context(max_new_tokens, loaded.eos_ids, len(prompt_ids), loaded.lm.device,
+                           loaded.tokenizer.pad_token_id)
     detok = IncrementalDetokenizer(loaded.tokenizer)
+    stops = StopMatcher(settings.common.stop)
+    stats = gen.stats
     start = time.perf_counter()
-    first = 0.0
-    tokens = greedy_tokens(lm, prompt_ids, max_new_tokens, loaded.eos_ids)
-    for n, (token_id, logprob, finish) in enumerate(tokens, start=1):
+    first = start
+    steps = strategy.decode(loaded.lm, prompt_ids, settings.params, ctx)
+    for n, step in enumerate(steps, start=1):
         if n == 1:
             first = time.perf_counter()
             stats.time_to_first_token_s = first - start
-        text = "" if token_id in loaded.eos_ids else detok.push(token_id)
+        finish = step.finish_reason
+        delta = "" if step.token_id in loaded.eos_ids else detok.push(step.token_id)
         if finish is not None:
-            text += detok.flush()
+            delta += detok.flush()
+        text, stopped = stops.feed(delta)
+        if stopped:
+            finish = "stop_string"
+        elif finish is not None:
+            text += stops.flush()
+        if finish is not None:
             end = time.perf_counter()
             stats.completion_tokens = n
             stats.total_s = end - start
             stats.decode_tokens_per_s = (n - 1) / (end - first) if n > 1 and end > first else 0.0
             stats.finish_reason = finish
-        yield StepEvent(token_id, text, logprob, finish)
+            gen.hypotheses = _hypotheses(loaded, ctx.extras)
+        yield StepEvent(step.token_id, text, step.logprob, finish)
+        if finish is not None:
+            return
 
 
-def complete(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+def _hypotheses(loaded: LoadedModel, extras: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for h in extras.get("hypotheses", []):
+        ids = [t for t in h.token_ids if t not in loaded.eos_ids]
+        out.append({
+            "text": loaded.tokenizer.decode(ids, skip_special_tokens=True),
+            "token_ids": list(h.token_ids),
+            "score": h.score,
+            "logprob": h.logprob,
+            "finished": h.finished,
+        })
+    return out
+
+
+def complete(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    settings: DecodingSettings,
+    max_new_tokens: int,
+) -> Generation:
     """Generate the whole answer; returns the exhausted `Generation`."""
-    gen = stream(loaded, prompt_ids, max_new_tokens)
+    gen = stream(loaded, prompt_ids, settings, max_new_tokens)
     for _ in gen:
         pass
     return gen

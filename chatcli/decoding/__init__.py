@@ -1,0 +1,1 @@
+"""Decoding: strategies, sampling filters and logit processors."""

@@ -1,0 +1,187 @@
+"""One place that decides decoding settings and their precedence.
+
+Contract: `resolve_settings(...)` merges, lowest first: the strategy's defaults <
+the model's generation_config.json < the alias's [defaults] in models.toml <
+command-line flags (and `-o key=value`). It picks the strategy (flag, else the
+alias's `strategy`, else what generation_config implies: `num_beams > 1` → beam,
+`do_sample` → sample, else greedy), validates every value through the parameter
+classes' constructors, and returns `DecodingSettings` that also record where each
+value came from. A flag the chosen strategy does not use is an error naming the
+strategy that does; values from lower layers that do not apply are dropped.
+
+Knows nothing about the terminal or how tokens are generated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from chatcli.decoding.base import DecodeContext, Processor, check, coerce, flag_of, param
+from chatcli.decoding.registry import StrategyRegistry
+from chatcli.errors import UsageError
+
+DEFAULT_MAX_NEW_TOKENS = 512
+# generation_config.json keys chatcli honours (others, like max_length, are ignored).
+GENERATION_CONFIG_KEYS = (
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "num_beams", "length_penalty",
+    "early_stopping", "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size",
+    "max_new_tokens",
+)
+
+
+@dataclass(frozen=True)
+class CommonParams:
+    """Parameters every strategy accepts."""
+
+    max_new_tokens: int = param(DEFAULT_MAX_NEW_TOKENS, "most tokens to generate",
+                                "--max-new-tokens")
+    seed: int | None = param(None, "random seed (a fixed seed reproduces a sampled answer)",
+                             "--seed")
+    stop: tuple[str, ...] = param((), "stop when this text appears (not printed)", "--stop")
+    repetition_penalty: float = param(1.0, "divide logits of seen tokens (1: off)",
+                                      "--repetition-penalty")
+    frequency_penalty: float = param(0.0, "subtract this x count of each generated token",
+                                     "--frequency-penalty")
+    presence_penalty: float = param(0.0, "subtract this from every generated token",
+                                    "--presence-penalty")
+    no_repeat_ngram_size: int = param(0, "never repeat an n-gram of this size (0: off)",
+                                      "--no-repeat-ngram-size")
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        check(self.max_new_tokens >= 1, cls, "max_new_tokens", "an integer >= 1",
+              self.max_new_tokens)
+        check(self.seed is None or 0 <= self.seed < 2**63, cls, "seed", "in [0, 2^63)", self.seed)
+        check(all(self.stop), cls, "stop", "a non-empty string", "")
+        rp = self.repetition_penalty
+        check(math.isfinite(rp) and rp > 0, cls, "repetition_penalty", "a number > 0", rp)
+        for name in ("frequency_penalty", "presence_penalty"):
+            v = getattr(self, name)
+            check(-2.0 <= v <= 2.0, cls, name, "in [-2, 2]", v)
+        check(self.no_repeat_ngram_size >= 0, cls, "no_repeat_ngram_size", "an integer >= 0",
+              self.no_repeat_ngram_size)
+
+
+COMMON_NAMES = frozenset(f.name for f in dataclasses.fields(CommonParams))
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    strategy: str
+    params: Any  # the strategy's Params instance
+    common: CommonParams
+    origins: dict[str, str]  # parameter -> "default" | "generation_config.json" | ...
+    seed: int  # the seed actually used (drawn at random when none was given)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"strategy": self.strategy, **dataclasses.asdict(self.params)}
+        out.update(dataclasses.asdict(self.common))
+        out["seed"] = self.seed
+        out["stop"] = list(self.common.stop)
+        return out
+
+    def processors(self, prompt_len: int) -> list[Processor]:
+        from chatcli.decoding import processors as p
+
+        c = self.common
+        out: list[Processor] = []
+        if c.repetition_penalty != 1.0:
+            out.append(p.repetition_penalty(c.repetition_penalty))
+        if c.no_repeat_ngram_size > 0:
+            out.append(p.no_repeat_ngram(c.no_repeat_ngram_size))
+        if c.frequency_penalty or c.presence_penalty:
+            out.append(p.frequency_presence_penalty(c.frequency_penalty, c.presence_penalty,
+                                                    prompt_len))
+        return out
+
+    def context(self, max_new_tokens: int, eos_ids: frozenset[int], prompt_len: int,
+                device: Any = "cpu", pad_id: int | None = None) -> DecodeContext:
+        import torch
+
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed)
+        return DecodeContext(max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                             processors=self.processors(prompt_len), generator=generator,
+                             pad_id=pad_id)
+
+
+def from_generation_config(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The strategy a generation_config.json implies, and the values chatcli honours."""
+    values = {k: config[k] for k in GENERATION_CONFIG_KEYS if config.get(k) is not None}
+    strategy = None
+    if int(config.get("num_beams") or 1) > 1 and not config.get("do_sample"):
+        strategy = "beam"
+    elif config.get("do_sample"):
+        strategy = "sample"
+    elif "do_sample" in config:
+        strategy = "greedy"
+    return strategy, values
+
+
+def resolve_settings(
+    registry: StrategyRegistry,
+    *,
+    strategy: str | None = None,
+    flags: dict[str, Any] | None = None,
+    options: dict[str, str] | None = None,
+    alias_defaults: dict[str, Any] | None = None,
+    generation_config: dict[str, Any] | None = None,
+) -> DecodingSettings:
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    alias = dict(alias_defaults or {})
+    gc_strategy, gc_values = from_generation_config(generation_config or {})
+    name = strategy or alias.pop("strategy", None) or gc_strategy or "greedy"
+    alias.pop("strategy", None)
+    cls = registry.get(name)
+    own = {f.name: f for f in dataclasses.fields(cls.Params)}
+
+    for key in flags:
+        if key not in own and key not in COMMON_NAMES:
+            users = registry.users_of(key)
+            flag = _flag_for(registry, key, users)
+            fix = f"use --strategy {users[0]}" if users else "remove it"
+            raise UsageError(f"{flag} has no effect with --strategy {name}", fix)
+    typed_options: dict[str, Any] = {}
+    for key, raw in (options or {}).items():
+        if key in own:
+            typed_options[key] = coerce(cls.Params, key, raw)
+        elif key in COMMON_NAMES:
+            raise UsageError(f"-o {key}: use the flag {flag_of(key, _common_field(key))}",
+                             "common parameters have their own flags")
+        else:
+            listed = ", ".join(own) or "none"
+            raise UsageError(f"-o {key}: strategy '{name}' has no parameter '{key}'",
+                             f"its parameters: {listed}")
+
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for layer, values in (("generation_config.json", gc_values), ("models.toml", alias),
+                          ("flag", {**flags, **typed_options})):
+        for key, value in values.items():
+            if key in own or key in COMMON_NAMES:
+                merged[key] = value
+                origins[key] = layer
+    for key in [*own, *COMMON_NAMES]:
+        origins.setdefault(key, "default")
+    if isinstance(merged.get("stop"), (list, str)):
+        stops = merged["stop"]
+        merged["stop"] = (stops,) if isinstance(stops, str) else tuple(stops)
+    params = cls.Params(**{k: v for k, v in merged.items() if k in own})
+    common = CommonParams(**{k: v for k, v in merged.items() if k in COMMON_NAMES})
+    seed = common.seed if common.seed is not None else secrets.randbits(32)
+    return DecodingSettings(name, params, common, origins, seed)
+
+
+def _common_field(name: str) -> dataclasses.Field[Any] | None:
+    return {f.name: f for f in dataclasses.fields(CommonParams)}.get(name)
+
+
+def _flag_for(registry: StrategyRegistry, name: str, users: list[str]) -> str:
+    for user in users:
+        fields = {f.name: f for f in dataclasses.fields(registry.get(user).Params)}
+        return flag_of(name, fields[name])
+    return flag_of(name, _common_field(name))

@@ -1,0 +1,1 @@
+"""Language-model implementations behind one small interface."""
