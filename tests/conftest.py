@@ -124,6 +124,11 @@ class Result:
     stderr: str
 
 
+def printed(text: str) -> str:
+    """What `chatcli ask` prints for an answer when stdout is not a terminal."""
+    return text if text.endswith("\n") else text + "\n"
+
+
 def run_cli(args: list[str], input: str | bytes | None = None) -> Result:
     """Run chatcli's real entry point (`main`) with captured, non-TTY streams."""
     from typer.testing import CliRunner

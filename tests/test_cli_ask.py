@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Tiny, run_cli
+from conftest import Tiny, printed, run_cli
 
 
 def reference(tiny: Tiny, messages: list[dict[str, str]], n: int) -> tuple[list[int], str, int]:
@@ -35,7 +35,7 @@ def test_ask_prints_exactly_the_greedy_answer(cli, tiny_model: Tiny) -> None:
     _, text, _ = reference(tiny_model, [{"role": "user", "content": "Hello there"}], 24)
     result = run_cli(["ask", "-n", "24", "Hello there"])
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == text + "\n"
+    assert result.stdout == printed(text)
     assert result.stderr == ""
 
 
@@ -44,7 +44,7 @@ def test_piped_stdin_comes_first_then_prompt(cli, tiny_model: Tiny) -> None:
     _, text, _ = reference(tiny_model, [{"role": "user", "content": content}], 12)
     result = run_cli(["ask", "-n", "12", "Which city is named?"],
                      input="The capital of France is Paris.\n")
-    assert result.stdout == text + "\n"
+    assert result.stdout == printed(text)
 
 
 def test_stdin_alone_and_system_prompt(cli, tiny_model: Tiny) -> None:
@@ -52,7 +52,7 @@ def test_stdin_alone_and_system_prompt(cli, tiny_model: Tiny) -> None:
     _, text, _ = reference(tiny_model, messages, 10)
     result = run_cli(["ask", "-n", "10", "-s", "Be brief."], input="Hi\n")
     assert result.exit_code == 0
-    assert result.stdout == text + "\n"
+    assert result.stdout == printed(text)
 
 
 def test_json_output(cli, tiny_model: Tiny) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import typer
 
 from chatcli.cli.options import AliasArg, ModelsFileOpt
@@ -40,14 +42,17 @@ def list_models(models_file: ModelsFileOpt = None) -> None:
 @app.command("show")
 def show(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
     """Everything chatcli knows about one alias."""
+    from chatcli.decoding.registry import strategy_registry
+    from chatcli.decoding.settings import resolve_settings
+    from chatcli.loader import local_generation_config
     from chatcli.registry import load_registry
     from chatcli.ui.tables import show_fields
 
     registry = load_registry(models_file)
     spec = registry.resolve(alias)
-    defaults = ", ".join(f"{k}={v}" for k, v in sorted(spec.defaults.items())) or "-"
+    ui = UI()
     show_fields(
-        UI(),
+        ui,
         [
             ("alias", spec.alias + (" (default)" if spec.alias == registry.default else "")),
             ("description", spec.description or "-"),
@@ -58,11 +63,24 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
             ("chat template", "from models.toml" if spec.chat_template else "the model's own"),
             ("trust remote code", "yes" if spec.trust_remote_code else "no"),
             ("license", spec.license or "?"),
-            ("defaults", defaults),
             ("cached", _cached_path(spec) or "no"),
             ("defined in", str(spec.origin)),
         ],
     )
+    gen_config = local_generation_config(spec)
+    settings = resolve_settings(strategy_registry(), alias_defaults=spec.defaults,
+                                generation_config=gen_config)
+    ui.print("")
+    ui.print("effective decoding defaults (strategy < generation_config.json < models.toml "
+             "< flags):")
+    if not gen_config and spec.source != "path":
+        ui.print("  (generation_config.json not read: the model is not cached yet)")
+    origins = settings.origins
+    ui.print(f"{'strategy':<18}  {settings.strategy} ({origins.get('strategy', 'default')})")
+    values = {**dataclasses.asdict(settings.params), **dataclasses.asdict(settings.common)}
+    for name, value in values.items():
+        shown = "none" if value in (None, ()) else value
+        ui.print(f"  {name:<16}  {shown} ({origins[name]})")
 
 
 def pull(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:

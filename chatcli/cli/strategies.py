@@ -17,7 +17,7 @@ def strategies() -> None:
     for problem in registry.problems:
         ui.warn(problem)
 
-    def block(title: str, params_cls: type) -> None:
+    def block(params_cls: type) -> None:
         flags = {f.name: flag_of(f.name, f) for f in dataclasses.fields(params_cls)}
         rows = describe_params(params_cls)
         if not rows:
@@ -31,7 +31,7 @@ def strategies() -> None:
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         origin = registry.origins[name]
         ui.print(f"{name}: {doc}" + ("" if origin == "built-in" else f" [{origin}]"))
-        block(name, cls.Params)
+        block(cls.Params)
         ui.print("")
     ui.print("any strategy: precedence: defaults < generation_config.json < models.toml < flags")
-    block("common", CommonParams)
+    block(CommonParams)

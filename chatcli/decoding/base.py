@@ -120,6 +120,11 @@ def describe_params(cls: type) -> list[tuple[str, str, str, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         kind = types[f.name]
-        tname = getattr(kind, "__name__", str(kind).replace("typing.", ""))
-        rows.append((f.name, tname, repr(f.default), str(f.metadata.get("help", ""))))
+        if typing.get_origin(kind) is tuple:
+            tname = "str (repeatable)"
+        else:
+            tname = str(kind).replace(" | None", "") if kind != bool | str else "bool | str"
+            tname = getattr(kind, "__name__", tname)
+        default = "none" if f.default in (None, ()) else repr(f.default)
+        rows.append((f.name, tname, default, str(f.metadata.get("help", ""))))
     return rows

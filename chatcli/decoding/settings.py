@@ -134,8 +134,11 @@ def resolve_settings(
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     alias = dict(alias_defaults or {})
     gc_strategy, gc_values = from_generation_config(generation_config or {})
-    name = strategy or alias.pop("strategy", None) or gc_strategy or "greedy"
-    alias.pop("strategy", None)
+    alias_strategy = alias.pop("strategy", None)
+    name, strategy_origin = next(
+        (n, o) for n, o in ((strategy, "flag"), (alias_strategy, "models.toml"),
+                            (gc_strategy, "generation_config.json"), ("greedy", "default")) if n
+    )
     cls = registry.get(name)
     own = {f.name: f for f in dataclasses.fields(cls.Params)}
 
@@ -158,7 +161,7 @@ def resolve_settings(
                              f"its parameters: {listed}")
 
     merged: dict[str, Any] = {}
-    origins: dict[str, str] = {}
+    origins: dict[str, str] = {"strategy": strategy_origin}
     for layer, values in (("generation_config.json", gc_values), ("models.toml", alias),
                           ("flag", {**flags, **typed_options})):
         for key, value in values.items():
