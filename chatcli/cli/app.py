@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from chatcli.cli import ask, models, strategies
+from chatcli.cli import ask, chat, history, models, strategies
 
 app = typer.Typer(
     name="chatcli",
@@ -25,9 +25,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("ask")(ask.ask)
+app.command("chat")(chat.chat)
 app.command("pull")(models.pull)
 app.command("strategies")(strategies.strategies)
 app.add_typer(models.app, name="models")
+app.add_typer(history.app, name="history")
 
 
 def _debug() -> bool:

@@ -87,6 +87,14 @@ class UI:
     def print_err(self, line: str) -> None:
         print(line, file=self.err, flush=True)
 
+    def print_raw(self, text: str) -> None:
+        """Text exactly as it is (no markup, no wrapping), on stdout."""
+        try:
+            self.out.write(text if text.endswith("\n") else text + "\n")
+            self.out.flush()
+        except BrokenPipeError as exc:
+            raise OutputClosed from exc
+
     def print(self, renderable: Any) -> None:
         """A rich renderable (table, panel) or a string, on stdout."""
         try:

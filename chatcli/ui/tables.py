@@ -10,10 +10,11 @@ from chatcli.ui.console import UI
 def show_table(ui: UI, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     if ui.out_tty:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(*headers, header_style="bold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # cells are data, never markup
         ui.print(table)
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]

@@ -1,0 +1,139 @@
+"""`chatcli history list|show|export|rm`: saved conversations seen from the CLI.
+
+Each command opens the history store (`chatcli.store`) only when it runs, so
+importing this module touches no SQLite and `chatcli --help` stays instant.
+`show` renders Markdown with rich on a terminal and prints it plain otherwise;
+`export` always writes the raw text (stdout, or a file whose extension must agree
+with --format). Knows nothing about models or decoding.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from chatcli.ui.console import UI
+
+if TYPE_CHECKING:
+    from chatcli.conversation import Conversation
+    from chatcli.store import ConversationInfo, ReplyMeta, Store
+
+app = typer.Typer(help="List, show, export and delete saved conversations.",
+                  no_args_is_help=True)
+
+
+class ExportFormat(str, Enum):
+    md = "md"
+    json = "json"
+
+
+ConversationArg = Annotated[
+    int, typer.Argument(help="Conversation id (see 'chatcli history list').", show_default=False)
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", "-n", min=1, help="Show only the N most recent.", show_default=False),
+]
+FormatOpt = Annotated[
+    ExportFormat | None,
+    typer.Option("--format", "-f", case_sensitive=False, show_default=False,
+                 help="md or json (default: md, or what the --output file's extension says)."),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", dir_okay=False, show_default=False,
+                 help="Write to this file (.md, .markdown or .json) instead of stdout."),
+]
+
+
+def _transcript(store: Store, conv_id: int) -> tuple[ConversationInfo, Conversation,
+                                                     list[ReplyMeta | None]]:
+    from chatcli.conversation import Conversation, Message
+
+    info = store.info(conv_id)
+    stored = store.messages(conv_id)
+    turns = [Message(m.role, m.content, m.interrupted) for m in stored]  # type: ignore[arg-type]
+    return info, Conversation(system=info.system, turns=turns), [m.meta for m in stored]
+
+
+def _write_raw(ui: UI, text: str) -> None:
+    ui.print_raw(text)
+
+
+@app.command("list")
+def list_conversations(limit: LimitOpt = None) -> None:
+    """Saved conversations, most recently updated first."""
+    from chatcli.store import Store
+    from chatcli.transcript import local_time
+    from chatcli.ui.tables import show_table
+
+    ui = UI()
+    with Store.open() as store:
+        infos = store.list(limit)
+    if not infos:
+        ui.print_err("no conversations yet")
+        return
+    rows = [
+        [str(i.id), local_time(i.updated), i.model, str(i.messages), i.title or "(untitled)"]
+        for i in infos
+    ]
+    show_table(ui, ["id", "updated", "model", "messages", "title"], rows)
+
+
+@app.command("show")
+def show(conversation_id: ConversationArg) -> None:
+    """A conversation as Markdown: rendered on a terminal, plain text otherwise."""
+    from chatcli.store import Store
+    from chatcli.transcript import to_markdown
+
+    with Store.open() as store:
+        text = to_markdown(*_transcript(store, conversation_id))
+    ui = UI()
+    if ui.out_tty:
+        from rich.markdown import Markdown
+
+        ui.print(Markdown(text))
+    else:
+        _write_raw(ui, text)
+
+
+@app.command("export")
+def export(
+    conversation_id: ConversationArg,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """A conversation as Markdown or JSON, on stdout or into a file."""
+    from chatcli import transcript
+    from chatcli.errors import UsageError
+    from chatcli.store import Store
+
+    if output is not None:
+        file_format = transcript.format_of(output)
+        if fmt is not None and fmt.value != file_format:
+            raise UsageError(
+                f"--format {fmt.value} does not match the extension of {output}",
+                "leave out --format: the file's extension chooses it",
+            )
+    with Store.open() as store:
+        info, conversation, metas = _transcript(store, conversation_id)
+    ui = UI()
+    if output is not None:
+        transcript.save(output, info, conversation, metas)
+        ui.print(f"exported conversation {conversation_id} to {output}")
+        return
+    render = transcript.to_json if fmt is ExportFormat.json else transcript.to_markdown
+    _write_raw(ui, render(info, conversation, metas))
+
+
+@app.command("rm")
+def rm(conversation_id: ConversationArg) -> None:
+    """Delete a conversation and its messages."""
+    from chatcli.store import Store
+
+    with Store.open() as store:
+        store.delete(conversation_id)
+    UI().print(f"deleted conversation {conversation_id}")
