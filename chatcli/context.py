@@ -1,0 +1,238 @@
+"""Fit a conversation into the context window, counted exactly with the chat template.
+
+Contract: `pack(conversation, render, budget)` chooses what is sent to the model and
+reports what it kept and dropped. `render(messages)` must return the exact prompt
+token ids for a list of messages: the model's chat template with the generation
+prompt appended (as `chatcli.prompt.render_ids` does). `budget` is the context
+window minus the tokens reserved for the answer; the caller computes it.
+
+Rules, in order:
+
+* The system prompt and the last exchange (normally the newest user message,
+  still awaiting its answer; when the conversation ends with a reply, that user
+  message together with its reply) always stay.
+* Older exchanges (a user message with its reply, see `Conversation.exchanges`)
+  are added newest first while the whole rendered prompt fits the budget. They
+  are kept or dropped whole, and the first one that does not fit drops everything
+  older too, so the turns sent are always a contiguous suffix of the history.
+* When the system prompt and the last exchange alone exceed the budget, the
+  newest user message is shortened in the middle (its start and end kept, an
+  omission marker between them) to the longest version that fits, found by
+  binary search on characters with a render per candidate; with
+  `truncate=False` a `ContextOverflowError` is raised instead. When not even the
+  marker alone fits, `ContextOverflowError` is raised either way.
+
+Every count is the length of an actual `render` of the candidate, never a sum of
+per-message estimates. `render` is called O(number of exchanges) times for the
+report and the packing, plus O(log length) times for shortening.
+
+This module knows nothing about tokenizers, models, the terminal or storage: the
+template lives behind `render`, and presenting the report is the caller's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chatcli.conversation import Conversation, Message
+from chatcli.errors import ContextOverflowError
+
+Render = Callable[[list[Message]], list[int]]
+
+BUDGET_NOTE = "(context window minus max new tokens)"
+HINT = (
+    "lower --max-new-tokens, shorten the message or the system prompt, "
+    "or choose a model with a larger context window (-m)"
+)
+
+
+@dataclass(frozen=True)
+class TurnReport:
+    """One message of the conversation and what became of it.
+
+    `index` is the position in `conversation.turns` (-1 for the system prompt);
+    `tokens` is the message's own count from `message_tokens` over the whole
+    conversation (for a shortened message: its original, unshortened count).
+    """
+
+    index: int
+    role: str
+    tokens: int
+    kept: bool
+    shortened: bool = False
+
+
+@dataclass(frozen=True)
+class Packed:
+    """What is sent: the system prompt (if any) and a contiguous suffix of the turns."""
+
+    messages: list[Message]
+    ids: list[int]
+    budget: int
+    dropped_exchanges: int
+    shortened: bool
+    report: list[TurnReport]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
+def omission_marker(omitted: int) -> str:
+    """The visible note put where characters were cut out of a message."""
+    return f"\n[… {omitted} characters omitted by chatcli to fit the context window …]\n"
+
+
+def shorten_middle(text: str, keep: int) -> str:
+    """`text` with only `keep` characters left: its start and end around an omission marker.
+
+    The start gets the extra character when `keep` is odd. `keep >= len(text)`
+    returns `text` unchanged.
+    """
+    if keep >= len(text):
+        return text
+    keep = max(keep, 0)
+    head = keep - keep // 2
+    tail = keep // 2
+    return text[:head] + omission_marker(len(text) - keep) + text[len(text) - tail :]
+
+
+def message_tokens(messages: list[Message], render: Render) -> list[int]:
+    """Each message's own token count under the template; the counts sum to `len(render(messages))`.
+
+    For i >= 1, `counts[i] = len(render(messages[:i+1])) - len(render(messages[:i]))`:
+    how much the prompt grows when message i is appended. Both renders end with the
+    generation prompt, so it cancels out of the difference. `counts[0]` is
+    `len(render(messages[:1]))`: the first message also carries the template's fixed
+    cost, i.e. whatever it renders around the messages (a BOS token, a default
+    system prompt) plus the generation prompt appended at the end. The counts
+    therefore telescope to exactly `len(render(messages))`. `render([])` is never
+    called (many templates reject an empty list). A template that merges tokens
+    across a message boundary, or renders a message differently by position, makes
+    a count differ from rendering that message alone; the total stays exact.
+    Costs `len(messages)` renders; `[]` for no messages.
+    """
+    counts: list[int] = []
+    previous = 0
+    for i in range(len(messages)):
+        length = len(render(messages[: i + 1]))
+        counts.append(length - previous)
+        previous = length
+    return counts
+
+
+def pack(
+    conversation: Conversation, render: Render, budget: int, *, truncate: bool = True
+) -> Packed:
+    """Fit `conversation` into `budget` prompt tokens (see the module docstring for the rules).
+
+    Raises `ContextOverflowError` when the system prompt and the last exchange do
+    not fit and `truncate` is False, or when they do not fit even with the newest
+    user message shortened to nothing but its omission marker (also when the last
+    exchange has no user message to shorten).
+    """
+    all_messages = conversation.messages()
+    head = all_messages[: len(all_messages) - len(conversation.turns)]
+    groups = conversation.exchanges()
+    counts = message_tokens(all_messages, render)
+
+    if not groups:
+        ids = render(head)
+        if len(ids) > budget:
+            raise ContextOverflowError(
+                f"the system prompt needs {len(ids)} tokens but the budget is {budget} tokens "
+                f"{BUDGET_NOTE}",
+                HINT,
+            )
+        return Packed(head, ids, budget, 0, False, _report(all_messages, head, counts, 0, False))
+
+    last = groups[-1]
+    messages = head + last
+    ids = render(messages)
+    kept_groups = 1
+    shortened = False
+    if len(ids) > budget:
+        messages, ids = _shorten(head, last, ids, render, budget, truncate)
+        shortened = True
+    else:
+        for start in range(len(groups) - 2, -1, -1):
+            candidate = head + [m for group in groups[start:] for m in group]
+            candidate_ids = render(candidate)
+            if len(candidate_ids) > budget:
+                break
+            messages, ids, kept_groups = candidate, candidate_ids, kept_groups + 1
+
+    kept_turns = len(messages) - len(head)
+    report = _report(all_messages, head, counts, kept_turns, shortened)
+    return Packed(messages, ids, budget, len(groups) - kept_groups, shortened, report)
+
+
+def _shorten(
+    head: list[Message],
+    last: list[Message],
+    full_ids: list[int],
+    render: Render,
+    budget: int,
+    truncate: bool,
+) -> tuple[list[Message], list[int]]:
+    """The system prompt and the last exchange with its user message cut to the longest fit."""
+    who = "the system prompt and the newest message need" if head else "the newest message needs"
+    if not truncate:
+        raise ContextOverflowError(
+            f"{who} {len(full_ids)} tokens but the budget is {budget} tokens {BUDGET_NOTE}", HINT
+        )
+    user = last[0]
+    if user.role != "user" or not user.content:
+        raise ContextOverflowError(
+            f"{who} {len(full_ids)} tokens but the budget is {budget} tokens {BUDGET_NOTE}, "
+            "and there is nothing to shorten",
+            HINT,
+        )
+    text = user.content
+
+    def attempt(keep: int) -> tuple[list[Message], list[int]]:
+        shorter = Message("user", shorten_middle(text, keep), user.interrupted)
+        candidate = [*head, shorter, *last[1:]]
+        return candidate, render(candidate)
+
+    best = attempt(0)
+    if len(best[1]) > budget:
+        raise ContextOverflowError(
+            f"the newest message does not fit even when shortened: the prompt needs at least "
+            f"{len(best[1])} tokens but the budget is {budget} tokens {BUDGET_NOTE}",
+            HINT,
+        )
+    # Invariant: keeping `low` characters fits, keeping `high` does not (the full text).
+    low, high = 0, len(text)
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = attempt(middle)
+        if len(candidate[1]) <= budget:
+            low, best = middle, candidate
+        else:
+            high = middle
+    return best
+
+
+def _report(
+    all_messages: list[Message],
+    head: list[Message],
+    counts: list[int],
+    kept_turns: int,
+    shortened: bool,
+) -> list[TurnReport]:
+    rows: list[TurnReport] = []
+    turns = len(all_messages) - len(head)
+    newest_user = max(
+        (i for i, m in enumerate(all_messages[len(head) :]) if m.role == "user"), default=-1
+    )
+    for position, (message, tokens) in enumerate(zip(all_messages, counts, strict=True)):
+        index = position - len(head)
+        if index < 0:
+            rows.append(TurnReport(-1, message.role, tokens, True))
+            continue
+        kept = index >= turns - kept_turns
+        cut = shortened and index == newest_user
+        rows.append(TurnReport(index, message.role, tokens, kept, cut))
+    return rows
