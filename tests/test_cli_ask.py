@@ -123,23 +123,26 @@ def test_invalid_utf8_stdin_is_replaced_with_warning(cli) -> None:
 def test_prompt_longer_than_context_window(cli, home: Path) -> None:
     with (home / "models.toml").open("a") as f:
         f.write("context_window = 64\n")
-    result = run_cli(["ask", "word " * 100])
+    result = run_cli(["ask", "-n", "16", "word " * 100])
     assert result.exit_code == 1
-    assert re.fullmatch(
-        r"error: the prompt is (\d+) tokens but the context window of 'tiny' is 64 tokens; "
-        r"hint: shorten the input, or choose a model with a larger context window \(-m\)\n",
+    match = re.fullmatch(
+        r"error: the newest message needs (\d+) tokens but the budget is 48 tokens "
+        r"\(context window minus max new tokens\); hint: lower --max-new-tokens, shorten the "
+        r"message or the system prompt, or choose a model with a larger context window \(-m\)\n",
         result.stderr,
     )
-    assert int(re.match(r"error: the prompt is (\d+)", result.stderr).group(1)) > 64
+    assert match and int(match.group(1)) > 64
 
 
-def test_answer_stops_at_context_window(cli, home: Path) -> None:
+def test_max_new_tokens_must_leave_room(cli, home: Path) -> None:
     with (home / "models.toml").open("a") as f:
-        f.write("context_window = 20\n")
-    result = run_cli(["ask", "--json", "-n", "100", "Hi"])
-    data = json.loads(result.stdout)
-    assert data["prompt_tokens"] + data["completion_tokens"] == 20
-    assert data["finish_reason"] == "length"
+        f.write("context_window = 64\n")
+    result = run_cli(["ask", "-n", "64", "Hi"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: max_new_tokens (64) leaves no room in the context window of 64 tokens; "
+        "hint: lower --max-new-tokens (in chat: /set max_new_tokens N)\n"
+    )
 
 
 def test_bad_option_is_one_line_usage_error(cli) -> None:

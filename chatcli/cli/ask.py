@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from chatcli.cli.options import (
+    ContinueOpt,
     DeviceOpt,
     DtypeOpt,
     FrequencyPenaltyOpt,
@@ -68,6 +69,7 @@ def ask(
     seed: SeedOpt = None,
     stop: StopOpt = None,
     option: OptionOpt = None,
+    cont: ContinueOpt = False,
     json_out: JsonOpt = False,
     stats: StatsOpt = False,
     models_file: ModelsFileOpt = None,
@@ -75,19 +77,22 @@ def ask(
     dtype: DtypeOpt = "auto",
     threads: ThreadsOpt = None,
 ) -> None:
-    """Answer one question with a local model, streaming the reply."""
+    """Answer one question with a local model, streaming the reply (saved in history)."""
+    from chatcli.chat.session import ChatSession, DecodingRequest
     from chatcli.decoding.registry import strategy_registry
     from chatcli.decoding.settings import resolve_settings
-    from chatcli.prompt import Message, join_prompt
+    from chatcli.prompt import join_prompt
     from chatcli.registry import load_registry
     from chatcli.runtime import resolve_runtime
+    from chatcli.store import Store
 
     ui = UI()
     strategies = strategy_registry()
     for problem in strategies.problems:
         ui.warn(problem)
     chosen, flags, options = decoding_request(ctx.params)
-    spec = load_registry(models_file).resolve(model)
+    registry = load_registry(models_file)
+    spec = registry.resolve(model)
     # Validate flags before reading stdin or loading anything (generation_config comes later).
     resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
                      alias_defaults=spec.defaults)
@@ -98,30 +103,35 @@ def ask(
             "the prompt is empty", 'pass a question, e.g. chatcli ask "Why is the sky blue?"'
         )
 
-    from chatcli.generation.stream import stream
     from chatcli.loader import load_model
-    from chatcli.prompt import fit_new_tokens, render_ids
 
-    loaded = load_model(spec, runtime, ui)
-    settings = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
-                                alias_defaults=spec.defaults,
-                                generation_config=loaded.generation_config)
-    messages = ([Message("system", system)] if system else []) + [Message("user", text)]
-    ids = render_ids(loaded.tokenizer, messages)
-    budget = fit_new_tokens(len(ids), loaded.context_window, settings.common.max_new_tokens,
-                            spec.alias)
-    gen = stream(loaded, ids, settings, budget)
-
-    if json_out:
-        for _ in gen:
-            pass
-    else:
-        writer = ui.answer_writer()
+    with Store.open() as store:
+        conv_id, conv, message_ids = None, None, None
+        latest = store.latest() if cont else None
+        if latest is not None:
+            _, conv, message_ids = store.load(latest.id)
+            conv_id = latest.id
+            if model is None:
+                spec = registry.resolve(latest.model)
+        loaded = load_model(spec, runtime, ui)
+        # A continued conversation drops old exchanges to fit; a single question never
+        # shortens what the user wrote.
+        session = ChatSession(loaded, strategies, DecodingRequest(chosen, flags, options), conv,
+                              store=store, conversation_id=conv_id, message_ids=message_ids,
+                              truncate=False)
+        if system is not None:
+            session.set_system(system)
+        session.add_user(text)
+        gen, dropped = session.start_reply()
+        if dropped:
+            ui.warn(f"dropped the oldest {dropped} exchange(s) to fit the context window")
+        settings = session.settings
         try:
-            for event in gen:
-                writer.write(event.text)
-        finally:
-            writer.close()
+            _show(ui, gen, json_out)
+        except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
+            session.finish_reply(gen, interrupted=True)
+            raise
+        session.finish_reply(gen)
     s = gen.stats
     if json_out:
         out: dict[str, Any] = {
@@ -144,3 +154,16 @@ def ask(
             f"time_to_first_token={s.time_to_first_token_s:.3f}s "
             f"tokens_per_second={s.decode_tokens_per_s:.1f} finish_reason={s.finish_reason}"
         )
+
+
+def _show(ui: UI, gen: Any, json_out: bool) -> None:
+    if json_out:
+        for _ in gen:
+            pass
+        return
+    writer = ui.answer_writer()
+    try:
+        for event in gen:
+            writer.write(event.text)
+    finally:
+        writer.close()

@@ -144,3 +144,20 @@ def decoding_request(params: dict[str, object]) -> tuple[str | None, dict[str, o
         options[key.strip()] = value
     strategy = params.get("strategy")
     return (str(strategy) if strategy else None), flags, options
+
+ContinueOpt = Annotated[
+    bool, typer.Option("--continue", "-c", help="Continue the latest saved conversation.")
+]
+ConversationOpt = Annotated[
+    int | None, typer.Option("--conversation", help="Continue the saved conversation with this "
+                             "id ('chatcli history list').", show_default=False)
+]
+NoTruncateOpt = Annotated[
+    bool, typer.Option("--no-truncate", help="Refuse a message too long for the context window "
+                       "instead of shortening it in the middle.")
+]
+ContextWindowOpt = Annotated[
+    int | None, typer.Option("--context-window", min=16, help="Use at most this many tokens of "
+                             "context (default: the alias's, else the model config's).",
+                             show_default=False)
+]

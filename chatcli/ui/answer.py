@@ -43,14 +43,30 @@ class PlainWriter:
             raise OutputClosed from exc
 
 
+_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10))
+_CONTROL[127] = None
+
+
+def printable(text: str) -> str:
+    """Drop control characters (a model must not drive the terminal with escapes)."""
+    return text.translate(_CONTROL)
+
+
 class MarkdownWriter:
-    """Live Markdown, re-rendered at most `fps` times a second."""
+    """Live Markdown, re-rendered at most `fps` times a second.
+
+    Finished blocks (up to the last blank line outside a code fence; or, once the
+    live part would outgrow the screen, up to its last line break or space) are
+    printed once and leave the live view, so each refresh stays small however long
+    the answer gets.
+    """
 
     def __init__(self, console: Any, fps: float = 15.0) -> None:
         from rich.live import Live
 
         self.console = console
         self.text = ""
+        self._done = 0  # text[:_done] is printed for good
         self._interval = 1.0 / fps
         self._last = 0.0
         self._live = Live(
@@ -61,20 +77,44 @@ class MarkdownWriter:
         )
         self._live.start()
 
-    def _render(self) -> Any:
+    @staticmethod
+    def _markdown(text: str) -> Any:
         from rich.markdown import Markdown
 
-        return Markdown(self.text)
+        return Markdown(text)
+
+    def _commit_point(self) -> int:
+        tail = self.text[self._done :]
+        cut = tail.rfind("\n\n")
+        if cut > 0 and (self.text[: self._done + cut].count("```") % 2 == 0):
+            return self._done + cut + 2
+        rows = max(4, self.console.size.height - 4)
+        if tail.count("\n") > rows:
+            return self._done + tail.rfind("\n") + 1
+        if len(tail) > rows * max(20, self.console.size.width):  # one long wrapped paragraph
+            space = max(tail.rfind(" "), tail.rfind("\n"))
+            return self._done + (space + 1 if space > 0 else len(tail))
+        return self._done
+
+    def _refresh(self) -> None:
+        point = self._commit_point()
+        if point > self._done:
+            self._live.update(self._markdown(self.text[self._done : point]), refresh=True)
+            self._live.stop()
+            self._done = point
+            self._live.start()
+        self._live.update(self._markdown(self.text[self._done :]), refresh=True)
 
     def write(self, delta: str) -> None:
+        delta = printable(delta)
         if not delta:
             return
         self.text += delta
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            self._live.update(self._render(), refresh=True)
+            self._refresh()
 
     def close(self) -> None:
-        self._live.update(self._render(), refresh=True)
+        self._refresh()
         self._live.stop()

@@ -1,0 +1,1 @@
+"""Interactive chat: the session (domain), slash commands and the REPL loop."""

@@ -1,0 +1,224 @@
+"""Slash commands: one dispatch table, which also produces `/help`.
+
+Contract: `dispatch(line, ctx)` runs the command named by a line that starts
+with "/", printing through the UI; it returns True when the chat should end.
+Every command is a row of `COMMANDS` (name, argument synopsis, help, handler);
+an unknown command gets a did-you-mean. Errors from a command (a bad `/set`
+value, a missing file) are printed as one line and the chat goes on.
+Knows nothing about prompt_toolkit or how answers stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatcli.chat.session import ChatSession, DecodingRequest
+from chatcli.decoding.base import coerce
+from chatcli.decoding.settings import COMMON_NAMES, CommonParams
+from chatcli.errors import ChatcliError, UsageError
+from chatcli.ui.console import UI
+
+
+@dataclass
+class ChatContext:
+    session: ChatSession
+    ui: UI
+    answer: Callable[[], None]  # answers the last user message (the REPL's streaming)
+    load_model: Callable[[str], Any]  # alias -> LoadedModel
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: str
+    help: str
+    run: Callable[[ChatContext, str], bool | None]
+
+
+def _help(ctx: ChatContext, _: str) -> None:
+    width = max(len(f"/{c.name} {c.args}".rstrip()) for c in COMMANDS)
+    for c in COMMANDS:
+        ctx.ui.print(f"{f'/{c.name} {c.args}'.rstrip().ljust(width)}  {c.help}")
+    ctx.ui.print('Multi-line: Esc-Enter for a newline, or a block between """ lines.')
+
+
+def _system(ctx: ChatContext, arg: str) -> None:
+    ctx.session.set_system(arg.strip() or None)
+    ctx.ui.notify("system prompt " + ("set" if arg.strip() else "removed"))
+
+
+def _set(ctx: ChatContext, arg: str) -> None:
+    key, _, value = arg.strip().partition(" ")
+    if not key or not value.strip():
+        raise UsageError("/set needs KEY VALUE", "e.g. /set temperature 0.7 (see /help)")
+    session = ctx.session
+    request = dataclasses.replace(session.request, flags=dict(session.request.flags),
+                                  options=dict(session.request.options))
+    strategy_cls = session.strategies.get(session.settings.strategy)
+    own = {f.name for f in dataclasses.fields(strategy_cls.Params)}
+    if key in COMMON_NAMES:
+        if key == "stop":
+            request.flags["stop"] = (*request.flags.get("stop", ()), value)
+        else:
+            request.flags[key] = None if value.strip() == "none" else coerce(CommonParams, key,
+                                                                             value)
+    elif key in own:
+        request.flags[key] = coerce(strategy_cls.Params, key, value)
+    else:
+        users = session.strategies.users_of(key)
+        hint = f"use /strategy {users[0]} first" if users else "see 'chatcli strategies'"
+        raise UsageError(f"/set {key}: strategy '{session.settings.strategy}' has no "
+                         f"parameter '{key}'", hint)
+    settings = session.update_request(request)
+    shown = getattr(settings.params, key, None) if key in own else getattr(settings.common, key)
+    ctx.ui.notify(f"{key} = {shown}")
+
+
+def _strategy(ctx: ChatContext, arg: str) -> None:
+    name = arg.strip()
+    if not name:
+        ctx.ui.print(f"strategy: {ctx.session.settings.strategy}")
+        return
+    session = ctx.session
+    cls = session.strategies.get(name)
+    own = {f.name for f in dataclasses.fields(cls.Params)}
+    flags = {k: v for k, v in session.request.flags.items() if k in own or k in COMMON_NAMES}
+    dropped = sorted(set(session.request.flags) - set(flags))
+    session.update_request(DecodingRequest(name, flags, {}))
+    ctx.ui.notify(f"strategy = {name}" + (f" (dropped {', '.join(dropped)})" if dropped else ""))
+
+
+def _model(ctx: ChatContext, arg: str) -> None:
+    alias = arg.strip()
+    if not alias:
+        ctx.ui.print(f"model: {ctx.session.loaded.spec.alias}")
+        return
+    ctx.session.use_model(ctx.load_model(alias))
+    ctx.ui.notify(f"model = {alias} (context window {ctx.session.loaded.context_window})")
+
+
+def _clear(ctx: ChatContext, _: str) -> None:
+    ctx.session.clear()
+    ctx.ui.notify("conversation cleared")
+
+
+def _undo(ctx: ChatContext, _: str) -> None:
+    removed = ctx.session.undo()
+    ctx.ui.notify(f"removed the last exchange ({len(removed)} messages)" if removed
+                  else "nothing to undo")
+
+
+def _retry(ctx: ChatContext, _: str) -> None:
+    if ctx.session.retry() is None:
+        ctx.ui.notify("nothing to retry")
+        return
+    ctx.answer()
+
+
+def _context(ctx: ChatContext, _: str) -> None:
+    from chatcli.ui.tables import show_table
+
+    session = ctx.session
+    if not session.conversation.messages():
+        ctx.ui.print("the conversation is empty")
+        return
+    packed = session.pack()
+    rows = []
+    for r in packed.report:
+        state = "kept" if r.kept else "dropped"
+        if r.shortened:
+            state = "kept (shortened)"
+        rows.append(["system" if r.index < 0 else str(r.index + 1), r.role, str(r.tokens), state])
+    show_table(ctx.ui, ["turn", "role", "tokens", "status"], rows)
+    window = session.loaded.context_window
+    ctx.ui.print(
+        f"prompt {packed.tokens} of {packed.budget} tokens (context window {window} - "
+        f"max new tokens {session.max_new_tokens}); {packed.dropped_exchanges} exchange(s) dropped"
+    )
+
+
+def _prompt(ctx: ChatContext, _: str) -> None:
+    from chatcli.prompt import render_text
+
+    packed = ctx.session.pack()
+    ctx.ui.print_raw(render_text(ctx.session.loaded.tokenizer, packed.messages))
+
+
+def _stats(ctx: ChatContext, _: str) -> None:
+    gen = ctx.session.last_generation
+    if gen is None:
+        ctx.ui.print("no answer yet")
+        return
+    s = gen.stats
+    ctx.ui.print(
+        f"model={ctx.session.loaded.spec.alias} strategy={gen.settings.strategy} "
+        f"seed={gen.settings.seed} prompt_tokens={s.prompt_tokens} "
+        f"reused_prompt_tokens={ctx.session.cache.reused} "
+        f"completion_tokens={len(gen.token_ids)} "
+        f"time_to_first_token={s.time_to_first_token_s:.3f}s "
+        f"tokens_per_second={s.decode_tokens_per_s:.1f} finish_reason={s.finish_reason}"
+    )
+
+
+def _save(ctx: ChatContext, arg: str) -> None:
+    from chatcli import transcript
+
+    if not arg.strip():
+        raise UsageError("/save needs a file name", "e.g. /save chat.md or /save chat.json")
+    path = Path(arg.strip()).expanduser()
+    transcript.save(path, None, ctx.session.conversation)
+    ctx.ui.notify(f"saved to {path}")
+
+
+def _load(ctx: ChatContext, arg: str) -> None:
+    from chatcli import transcript
+
+    if not arg.strip():
+        raise UsageError("/load needs a file name", "e.g. /load chat.json")
+    path = Path(arg.strip()).expanduser()
+    ctx.session.replace_conversation(transcript.load(path))
+    ctx.ui.notify(f"loaded {len(ctx.session.conversation.turns)} messages from {path}")
+
+
+def _exit(ctx: ChatContext, _: str) -> bool:
+    return True
+
+
+COMMANDS: list[Command] = [
+    Command("help", "", "this list", _help),
+    Command("system", "TEXT", "set the system prompt (empty: remove it)", _system),
+    Command("set", "KEY VALUE", "set a decoding parameter (validated like the flags)", _set),
+    Command("strategy", "NAME", "switch decoding strategy (greedy, sample, beam, plugins)",
+            _strategy),
+    Command("model", "ALIAS", "switch model, keeping the conversation", _model),
+    Command("clear", "", "start over (the system prompt stays)", _clear),
+    Command("undo", "", "remove the last exchange", _undo),
+    Command("retry", "", "answer the last message again", _retry),
+    Command("context", "", "every turn: tokens, kept or dropped, budget used", _context),
+    Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
+    Command("stats", "", "figures of the last answer", _stats),
+    Command("save", "FILE", "save the conversation (.md or .json)", _save),
+    Command("load", "FILE", "load a conversation saved as .json", _load),
+    Command("exit", "", "leave (Ctrl-D does too)", _exit),
+]
+_BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def dispatch(line: str, ctx: ChatContext) -> bool:
+    name, _, arg = line.strip()[1:].partition(" ")
+    command = _BY_NAME.get(name)
+    if command is None:
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+        hint = (f"did you mean /{close[0]}? " if close else "") + "/help lists the commands"
+        ctx.ui.error(f"unknown command '/{name}'", hint)
+        return False
+    try:
+        return bool(command.run(ctx, arg))
+    except ChatcliError as exc:
+        ctx.ui.error(exc.message, exc.hint)
+        return False

@@ -1,0 +1,69 @@
+"""The chat loop: read an entry, run a slash command or answer it, repeat.
+
+Contract: `run(ctx, reader)` reads entries until end of input or `/exit`. A
+plain entry becomes a user message (saved before the answer starts) and is
+answered with streaming output. Ctrl-C while the model answers stops only the
+answer: the partial reply stays in the history marked as interrupted, and the
+prompt comes back. Ctrl-C at the prompt clears the line. A warning line is
+printed whenever packing drops earlier exchanges. Knows nothing about how
+tokens are chosen.
+"""
+
+from __future__ import annotations
+
+from chatcli.chat.commands import ChatContext, dispatch
+from chatcli.errors import ChatcliError
+from chatcli.ui.input import LineReader
+
+
+def answer(ctx: ChatContext) -> None:
+    session, ui = ctx.session, ctx.ui
+    try:
+        gen, newly_dropped = session.start_reply()
+    except ChatcliError as exc:
+        ui.error(exc.message, exc.hint)
+        return
+    except KeyboardInterrupt:
+        session.cache.invalidate()
+        ui.warn("answer interrupted before it began; your message is kept")
+        return
+    packed = session.last_packed
+    assert packed is not None
+    if newly_dropped:
+        ui.warn(
+            f"context window full: dropped the oldest {newly_dropped} exchange(s) "
+            f"({packed.dropped_exchanges} dropped in all; prompt {packed.tokens} of "
+            f"{packed.budget} tokens); /context shows what the model sees"
+        )
+    if packed.shortened:
+        ui.warn("your message was shortened in the middle to fit the context window")
+    writer = ui.answer_writer()
+    interrupted = False
+    try:
+        for event in gen:
+            writer.write(event.text)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        writer.close()
+    session.finish_reply(gen, interrupted)
+    if interrupted:
+        ui.warn("answer interrupted; the partial reply is kept in the history")
+
+
+def run(ctx: ChatContext, reader: LineReader) -> None:
+    while True:
+        try:
+            entry = reader.read()
+        except KeyboardInterrupt:
+            continue  # Ctrl-C at the prompt: prompt_toolkit already cleared the line
+        if entry is None:
+            return
+        if entry.startswith("/"):
+            if dispatch(entry, ctx):
+                return
+            continue
+        if not entry.strip():
+            continue
+        ctx.session.add_user(entry)
+        answer(ctx)

@@ -1,0 +1,193 @@
+"""One chat conversation: packing into the context window, KV-cache reuse, persistence.
+
+Contract: `ChatSession` owns a `Conversation`, the loaded model (wrapped in a
+`PromptCache` so that each turn prefills only what is new), the decoding request
+(strategy, flags, `-o` options, validated on every change exactly like the
+command-line flags) and, optionally, a `Store` row for the conversation. Every
+message is written to the store as soon as it exists: the user's message before
+the answer starts, the reply (possibly interrupted) when it ends.
+`start_reply()` packs the history (`chatcli.context.pack`), and returns a
+streaming `Generation`; `finish_reply()` records it.
+
+Knows nothing about the terminal: the REPL and the slash commands print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatcli.context import Packed, pack
+from chatcli.conversation import Conversation, Message
+from chatcli.decoding.registry import StrategyRegistry
+from chatcli.decoding.settings import DecodingSettings, resolve_settings
+from chatcli.errors import ChatcliError
+from chatcli.generation.prompt_cache import PromptCache
+from chatcli.generation.stream import Generation, stream
+from chatcli.loader import LoadedModel
+from chatcli.prompt import render_ids
+
+
+@dataclass
+class DecodingRequest:
+    """What the user asked for: the raw layer above models.toml and generation_config."""
+
+    strategy: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+
+
+class ChatSession:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        strategies: StrategyRegistry,
+        request: DecodingRequest,
+        conversation: Conversation | None = None,
+        *,
+        store: Any = None,  # chatcli.store.Store
+        conversation_id: int | None = None,
+        message_ids: list[int] | None = None,
+        truncate: bool = True,
+        reuse_cache: bool = True,
+    ) -> None:
+        self.strategies = strategies
+        self.request = request
+        self.conversation = conversation or Conversation()
+        self.store = store
+        self.conversation_id = conversation_id
+        self.message_ids: list[int | None] = list(message_ids or [])
+        self.message_ids += [None] * (len(self.conversation.turns) - len(self.message_ids))
+        self.truncate = truncate
+        self.reuse_cache = reuse_cache
+        self.last_packed: Packed | None = None
+        self.last_generation: Generation | None = None
+        self.dropped = 0
+        self.use_model(loaded)
+
+    # -- model and settings ----------------------------------------------------
+    def use_model(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.cache = PromptCache(loaded.lm)
+        self.settings = self._resolve(self.request)
+
+    def _resolve(self, request: DecodingRequest) -> DecodingSettings:
+        return resolve_settings(
+            self.strategies, strategy=request.strategy, flags=request.flags,
+            options=request.options, alias_defaults=self.loaded.spec.defaults,
+            generation_config=self.loaded.generation_config,
+        )
+
+    def update_request(self, request: DecodingRequest) -> DecodingSettings:
+        """Validate and adopt a new request (raises, leaving the old one, if invalid)."""
+        settings = self._resolve(request)
+        self.request, self.settings = request, settings
+        return settings
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.settings.common.max_new_tokens
+
+    @property
+    def budget(self) -> int:
+        return self.loaded.context_window - self.max_new_tokens
+
+    # -- conversation edits, mirrored in the store -----------------------------------
+    def _save(self, message: Message, meta: Any = None) -> None:
+        if self.store is None:
+            self.message_ids.append(None)
+            return
+        if self.conversation_id is None:
+            self.conversation_id = self.store.new_conversation(
+                self.loaded.spec.alias, self.conversation.system
+            )
+        self.message_ids.append(self.store.add_message(self.conversation_id, message, meta))
+
+    def _forget(self, count: int) -> None:
+        ids = [i for i in self.message_ids[len(self.message_ids) - count:] if i is not None]
+        del self.message_ids[len(self.message_ids) - count:]
+        if self.store is not None and ids:
+            self.store.delete_messages(ids)
+
+    def add_user(self, text: str) -> None:
+        self._save(self.conversation.add_user(text))
+
+    def set_system(self, text: str | None) -> None:
+        self.conversation.system = text or None
+        if self.store is not None and self.conversation_id is not None:
+            self.store.set_system(self.conversation_id, self.conversation.system)
+
+    def undo(self) -> list[Message]:
+        removed = self.conversation.undo()
+        self._forget(len(removed))
+        return removed
+
+    def retry(self) -> Message | None:
+        before = len(self.conversation.turns)
+        user = self.conversation.retry()
+        self._forget(before - len(self.conversation.turns))
+        return user
+
+    def clear(self) -> None:
+        self._forget(len(self.conversation.turns))
+        self.conversation.clear()
+        self.cache.invalidate()
+
+    def replace_conversation(self, conversation: Conversation) -> None:
+        """Adopt a loaded conversation; it is stored as a new one."""
+        self.conversation = Conversation(system=conversation.system)
+        self.conversation_id = None
+        self.message_ids = []
+        self.cache.invalidate()
+        for message in conversation.turns:
+            self.conversation.turns.append(message)
+            self._save(message)
+
+    # -- answering ----------------------------------------------------------------
+    def render(self, messages: list[Message]) -> list[int]:
+        return render_ids(self.loaded.tokenizer, messages)
+
+    def pack(self) -> Packed:
+        if self.budget <= 0:
+            raise ChatcliError(
+                f"max_new_tokens ({self.max_new_tokens}) leaves no room in the context window "
+                f"of {self.loaded.context_window} tokens",
+                "lower --max-new-tokens (in chat: /set max_new_tokens N)",
+            )
+        return pack(self.conversation, self.render, self.budget, truncate=self.truncate)
+
+    def start_reply(self) -> tuple[Generation, int]:
+        """Pack and start answering the last user message.
+
+        Returns the streaming generation and how many exchanges were newly dropped.
+        """
+        if not self.conversation.turns or self.conversation.turns[-1].role != "user":
+            raise ChatcliError("there is no user message to answer", "type a message first")
+        packed = self.pack()
+        newly = max(0, packed.dropped_exchanges - self.dropped)
+        self.dropped = packed.dropped_exchanges
+        self.last_packed = packed
+        if not self.reuse_cache:
+            self.cache.invalidate()
+        loaded = dataclasses.replace(self.loaded, lm=self.cache)
+        room = self.loaded.context_window - len(packed.ids)
+        gen = stream(loaded, packed.ids, self.settings, min(self.max_new_tokens, room),
+                     self.strategies)
+        self.last_generation = gen
+        return gen, newly
+
+    def finish_reply(self, gen: Generation, interrupted: bool = False) -> None:
+        if interrupted:
+            self.cache.invalidate()
+        from chatcli.store import ReplyMeta
+
+        s = gen.stats
+        meta = ReplyMeta(
+            model=self.loaded.spec.alias, strategy=self.settings.strategy,
+            params=self.settings.as_dict(), seed=self.settings.seed,
+            prompt_tokens=s.prompt_tokens, completion_tokens=len(gen.token_ids),
+            time_to_first_token_s=s.time_to_first_token_s,
+            tokens_per_second=s.decode_tokens_per_s,
+        )
+        self._save(self.conversation.add_assistant(gen.text, interrupted), meta)

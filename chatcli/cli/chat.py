@@ -1,0 +1,143 @@
+"""`chatcli chat`: an interactive (or piped) multi-turn conversation.
+
+Wiring only: parses options, opens the history store and the model, builds a
+`ChatSession` and runs the REPL. Knows nothing about how tokens are chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import typer
+
+from chatcli.cli.options import (
+    ContextWindowOpt,
+    ContinueOpt,
+    ConversationOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FrequencyPenaltyOpt,
+    LengthPenaltyOpt,
+    MaxNewTokensOpt,
+    MinPOpt,
+    ModelOpt,
+    ModelsFileOpt,
+    NoRepeatNgramOpt,
+    NoTruncateOpt,
+    NumBeamsOpt,
+    OptionOpt,
+    PresencePenaltyOpt,
+    RepetitionPenaltyOpt,
+    SeedOpt,
+    StopOpt,
+    StrategyOpt,
+    SystemOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    TypicalPOpt,
+    decoding_request,
+)
+from chatcli.ui.console import UI
+
+
+def chat(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    cont: ContinueOpt = False,
+    conversation: ConversationOpt = None,
+    no_truncate: NoTruncateOpt = False,
+    context_window: ContextWindowOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    strategy: StrategyOpt = None,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    typical_p: TypicalPOpt = None,
+    num_beams: NumBeamsOpt = None,
+    length_penalty: LengthPenaltyOpt = None,
+    repetition_penalty: RepetitionPenaltyOpt = None,
+    frequency_penalty: FrequencyPenaltyOpt = None,
+    presence_penalty: PresencePenaltyOpt = None,
+    no_repeat_ngram_size: NoRepeatNgramOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    option: OptionOpt = None,
+    models_file: ModelsFileOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Chat with a model; piped stdin is read one message per line."""
+    from chatcli import paths
+    from chatcli.chat.commands import ChatContext
+    from chatcli.chat.repl import answer, run
+    from chatcli.chat.session import ChatSession, DecodingRequest
+    from chatcli.decoding.registry import strategy_registry
+    from chatcli.decoding.settings import resolve_settings
+    from chatcli.loader import load_model
+    from chatcli.registry import load_registry
+    from chatcli.runtime import resolve_runtime
+    from chatcli.store import Store
+    from chatcli.ui.input import make_reader
+
+    ui = UI()
+    strategies = strategy_registry()
+    for problem in strategies.problems:
+        ui.warn(problem)
+    chosen, flags, options = decoding_request(ctx.params)
+    registry = load_registry(models_file)
+    store = Store.open()
+    conv_id, conv, message_ids, alias = None, None, None, model
+    if conversation is not None or cont:
+        info = store.info(conversation) if conversation is not None else store.latest()
+        if info is None:
+            ui.warn("no saved conversation yet; starting a new one")
+        else:
+            info, conv, message_ids = store.load(info.id)
+            conv_id, alias = info.id, model or info.model
+
+    def spec_for(name: str | None):  # type: ignore[no-untyped-def]
+        spec = registry.resolve(name)
+        return dataclasses.replace(spec, context_window=context_window) if context_window else spec
+
+    spec = spec_for(alias)
+    resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
+                     alias_defaults=spec.defaults)  # fail fast on bad flags
+    runtime = resolve_runtime(device, dtype, threads, spec.dtype)
+    loaded = load_model(spec, runtime, ui)
+    session = ChatSession(
+        loaded, strategies, DecodingRequest(chosen, flags, options), conv, store=store,
+        conversation_id=conv_id, message_ids=message_ids, truncate=not no_truncate,
+    )
+    if system is not None:
+        session.set_system(system)
+    chat_ctx = ChatContext(session, ui, answer=lambda: answer(chat_ctx),
+                           load_model=lambda name: load_model(spec_for(name), runtime, ui))
+    if conv_id is not None:
+        ui.notify(f"continuing conversation {conv_id} ({len(session.conversation.turns)} "
+                  "messages)")
+        show_conversation(ui, session.conversation)
+    elif ui.out_tty:
+        ui.notify(f"{spec.alias}, {session.settings.strategy} decoding; /help for commands, "
+                  "Ctrl-D to leave")
+    try:
+        run(chat_ctx, make_reader(paths.data_dir() / "input_history"))
+    finally:
+        store.close()
+
+
+def show_conversation(ui: UI, conversation) -> None:  # type: ignore[no-untyped-def]
+    if conversation.system:
+        ui.print_raw(f"[system] {conversation.system}")
+    for message in conversation.turns:
+        mark = " (interrupted)" if message.interrupted else ""
+        if message.role == "user":
+            ui.print_raw(f"> {message.content}")
+        else:
+            writer = ui.answer_writer()
+            writer.write(message.content + mark)
+            writer.close()

@@ -1,0 +1,70 @@
+"""KV-cache reuse across turns: prefill only what changed since the last prompt.
+
+Contract: `PromptCache(lm)` is a `LanguageModel` that wraps another one and
+remembers which token ids its last single-row cache holds (the previous packed
+prompt plus the reply tokens fed back while generating). `prefill(ids)` finds the
+longest common prefix with them, crops the cache to it and feeds only the new
+suffix; when nothing is shared (packing dropped a turn, a new system prompt) it
+starts over. Beam search (several rows) or `invalidate()` (after an interrupted
+answer) discards the cache. The logits are those of a full prefill; `reused`
+says how many prompt tokens were skipped last time.
+
+Knows nothing about conversations, text or decoding strategies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatcli.lm.base import LanguageModel
+
+
+class PromptCache:
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self.device = lm.device
+        self.vocab_size = lm.vocab_size
+        self.ids: list[int] = []
+        self.cache: Any = None
+        self.reused = 0
+
+    def invalidate(self) -> None:
+        self.ids, self.cache = [], None
+
+    def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
+        shared = 0
+        if self.cache is not None and cache is None:
+            limit = min(len(self.ids), len(ids) - 1)  # feed at least one token
+            while shared < limit and self.ids[shared] == ids[shared]:
+                shared += 1
+        if shared > 0:
+            self.lm.crop(self.cache, shared)
+            logits, new_cache = self.lm.prefill(ids[shared:], self.cache)
+        else:
+            logits, new_cache = self.lm.prefill(ids, cache)
+        self.reused = shared
+        self.cache, self.ids = new_cache, list(ids)
+        return logits, new_cache
+
+    def step(self, tokens: Any, cache: Any) -> tuple[Any, Any]:
+        if cache is self.cache and tokens.numel() == 1:
+            self.ids.append(int(tokens.reshape(-1)[0]))
+        else:
+            self.invalidate()
+        logits, new_cache = self.lm.step(tokens, cache)
+        if self.cache is not None:
+            self.cache = new_cache
+        return logits, new_cache
+
+    def expand(self, cache: Any, rows: int) -> None:
+        self.invalidate()
+        self.lm.expand(cache, rows)
+
+    def reorder(self, cache: Any, rows: Any) -> None:
+        self.invalidate()
+        self.lm.reorder(cache, rows)
+
+    def crop(self, cache: Any, length: int) -> None:
+        self.lm.crop(cache, length)
+        if cache is self.cache:
+            self.ids = self.ids[:length]

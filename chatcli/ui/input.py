@@ -1,0 +1,95 @@
+"""Reading what the user types: prompt_toolkit on a terminal, plain lines otherwise.
+
+Contract: `make_reader(history_file)` returns a reader whose `read()` gives one
+user entry, or None at end of input (Ctrl-D, or end of piped stdin). On a TTY it
+uses prompt_toolkit with persistent input history; Esc-Enter inserts a newline,
+and a block that starts with a line of `\"\"\"` runs until a line that ends with
+`\"\"\"` (both forms work piped too). Ctrl-C at the prompt raises
+KeyboardInterrupt for the caller to treat as "clear the line". Knows nothing
+about models or conversations.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, Protocol
+
+FENCE = '"""'
+
+
+class LineReader(Protocol):
+    def read(self) -> str | None: ...
+
+
+class PlainReader:
+    """One entry per line of a non-interactive stream."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def _line(self) -> str | None:
+        line = self.stream.readline()
+        return None if line == "" else line.rstrip("\n")
+
+    def read(self) -> str | None:
+        line = self._line()
+        if line is None or not line.strip().startswith(FENCE):
+            return line
+        return _block(line, self._line)
+
+
+def _block(first: str, more: object) -> str | None:
+    """Collect a \"\"\"-fenced block; `more()` returns the next line or None."""
+    body = first.strip()[len(FENCE):]
+    if body.endswith(FENCE) and body != "":
+        return body[: -len(FENCE)]
+    lines = [body] if body else []
+    while True:
+        nxt = more()  # type: ignore[operator]
+        if nxt is None:
+            return "\n".join(lines)
+        if nxt.rstrip().endswith(FENCE):
+            lines.append(nxt.rstrip()[: -len(FENCE)])
+            return "\n".join(line for line in lines).strip("\n")
+        lines.append(nxt)
+
+
+class PromptReader:
+    """prompt_toolkit input with history and multi-line entry."""
+
+    def __init__(self, history_file: Path, prompt: str = "› ") -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        history_file.parent.mkdir(parents=True, exist_ok=True)
+        bindings = KeyBindings()
+
+        @bindings.add("escape", "enter")
+        def _newline(event) -> None:  # type: ignore[no-untyped-def]
+            event.current_buffer.insert_text("\n")
+
+        self.prompt = prompt
+        self.session: PromptSession[str] = PromptSession(
+            history=FileHistory(str(history_file)), key_bindings=bindings
+        )
+
+    def _line(self, continuation: bool = False) -> str | None:
+        try:
+            return self.session.prompt("… " if continuation else self.prompt)
+        except EOFError:
+            return None
+
+    def read(self) -> str | None:
+        line = self._line()
+        if line is None or not line.strip().startswith(FENCE):
+            return line
+        return _block(line, lambda: self._line(continuation=True))
+
+
+def make_reader(history_file: Path) -> LineReader:
+    stdin = sys.stdin
+    if stdin is not None and stdin.isatty() and sys.stdout.isatty():
+        return PromptReader(history_file)
+    return PlainReader(stdin)
