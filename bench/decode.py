@@ -123,7 +123,8 @@ def main() -> None:
         return statistics.median(r[i] for r in results[(who, mode)])
 
     lines = [
-        f"`python bench/decode.py --rounds {args.rounds} --tokens {n}` — model {spec.alias}, "
+        f"`python bench/decode.py --rounds {args.rounds} --tokens {n}"
+        f"{f' --threads {args.threads}' if args.threads else ''}` — model {spec.alias}, "
         f"{runtime.dtype}, {torch.get_num_threads()} threads, implementation "
         f"{loaded.implementation}, prompt {len(ids)} tokens, {platform.processor() or 'cpu'}; "
         f"medians of {args.rounds} interleaved rounds.",
