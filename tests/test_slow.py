@@ -59,6 +59,8 @@ def test_converted_cache_matches_gguf_load(real: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from chatcli import sources
+    from chatcli.decoding.registry import strategy_registry
+    from chatcli.decoding.settings import resolve_settings
     from chatcli.generation.stream import complete
     from chatcli.loader import load_model
     from chatcli.prompt import Message, render_ids
@@ -70,8 +72,10 @@ def test_converted_cache_matches_gguf_load(real: Path) -> None:
     weights = sources.locate(spec)
     assert weights is not None and weights.gguf_file
     loaded = load_model(spec, Runtime("cpu", "float32", None), SilentReporter())
+    assert loaded.implementation == "native"
     ids = render_ids(loaded.tokenizer, [Message("user", "Name three colours.")])
-    ours = complete(loaded, ids, 48).token_ids
+    greedy = resolve_settings(strategy_registry(), strategy="greedy")
+    ours = complete(loaded, ids, greedy, 48).token_ids
 
     tok = AutoTokenizer.from_pretrained(weights.folder, gguf_file=weights.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(weights.folder, gguf_file=weights.gguf_file)
@@ -83,3 +87,50 @@ def test_converted_cache_matches_gguf_load(real: Path) -> None:
     assert ours == theirs[: len(ours)]
     assert len(ours) == len(theirs)
     assert os.environ["CHATCLI_HOME"] == str(real)
+
+
+def test_native_tokenizer_matches_transformers_on_the_real_model(real: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from chatcli import loader, sources
+    from chatcli.lm.tokenizer import ChatTokenizer
+    from chatcli.registry import load_registry
+
+    spec = load_registry().resolve("smollm2-135m")
+    weights = sources.locate(spec)
+    assert weights is not None
+    folder = loader.converted_dir(spec, weights)
+    ours, theirs = ChatTokenizer.from_folder(folder), AutoTokenizer.from_pretrained(folder)
+    chats = [
+        [{"role": "user", "content": "Héllo 🙂 wörld?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Again\n"}],
+    ]
+    for chat in chats:
+        text = ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert text == theirs.apply_chat_template(chat, tokenize=False,
+                                                  add_generation_prompt=True)
+        ids = ours(text, add_special_tokens=False)["input_ids"]
+        assert ids == theirs(text, add_special_tokens=False)["input_ids"]
+        for skip in (True, False):
+            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(
+                ids, skip_special_tokens=skip)
+    assert len(ours) == len(theirs) and ours.eos_token_id == theirs.eos_token_id
+
+
+def test_first_token_of_a_second_run_needs_no_transformers(real: Path) -> None:
+    """The default model answers through the native path: transformers is never imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from chatcli.cli.app import main\n"
+        "try:\n    main(['ask', '-n', '4', 'Hi'])\nexcept SystemExit:\n    pass\n"
+        "print('transformers' in sys.modules, file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "CHATCLI_HOME": str(real)}, check=True,
+                         stdin=subprocess.DEVNULL)
+    assert out.stderr.strip().endswith("False")
+    assert out.stdout.strip()
