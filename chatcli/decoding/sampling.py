@@ -1,8 +1,9 @@
 """Sampling: draw the next token from the filtered distribution.
 
 The filters (`chatcli.decoding.filters`) are applied in transformers' order:
-temperature, top-k, top-p, min-p, typical; then one token is drawn from the softmax by inverting its CDF (`draw`), using the
-context's seeded generator, so a fixed `--seed` reproduces an answer exactly. Knows nothing about text or the CLI.
+temperature, top-k, top-p, min-p, typical; then one token is drawn from the softmax
+by inverting its CDF (`draw`), using the context's seeded generator, so a fixed
+`--seed` reproduces an answer exactly. Knows nothing about text or the CLI.
 """
 
 from __future__ import annotations
