@@ -64,6 +64,8 @@ class ChatSession:
         self.last_packed: Packed | None = None
         self.last_generation: Generation | None = None
         self.dropped = 0
+        self.candidates: int | None = None  # top-K candidates recorded per step (None: off)
+        self.trace_beams = False  # record pruned beams (--show-beams)
         self.use_model(loaded)
 
     # -- model and settings ----------------------------------------------------
@@ -173,7 +175,8 @@ class ChatSession:
         loaded = dataclasses.replace(self.loaded, lm=self.cache)
         room = self.loaded.context_window - len(packed.ids)
         gen = stream(loaded, packed.ids, self.settings, min(self.max_new_tokens, room),
-                     self.strategies)
+                     self.strategies, candidates=self.candidates,
+                     trace_beams=self.trace_beams)
         self.last_generation = gen
         return gen, newly
 

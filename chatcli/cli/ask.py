@@ -28,6 +28,8 @@ from chatcli.cli.options import (
     PresencePenaltyOpt,
     RepetitionPenaltyOpt,
     SeedOpt,
+    ShowBeamsOpt,
+    ShowCandidatesOpt,
     StatsOpt,
     StopOpt,
     StrategyOpt,
@@ -70,6 +72,8 @@ def ask(
     stop: StopOpt = None,
     option: OptionOpt = None,
     cont: ContinueOpt = False,
+    show_candidates: ShowCandidatesOpt = None,
+    show_beams: ShowBeamsOpt = False,
     json_out: JsonOpt = False,
     stats: StatsOpt = False,
     models_file: ModelsFileOpt = None,
@@ -85,6 +89,7 @@ def ask(
     from chatcli.registry import load_registry
     from chatcli.runtime import resolve_runtime
     from chatcli.store import Store
+    from chatcli.ui.candidates import show_table, token_records
 
     ui = UI()
     strategies = strategy_registry()
@@ -94,8 +99,14 @@ def ask(
     registry = load_registry(models_file)
     spec = registry.resolve(model)
     # Validate flags before reading stdin or loading anything (generation_config comes later).
-    resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
-                     alias_defaults=spec.defaults)
+    early = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
+                             alias_defaults=spec.defaults)
+    if show_candidates and early.strategy == "beam":
+        raise UsageError("--show-candidates shows token-by-token choices; beam search scores "
+                         "whole sequences", "use --show-beams with --strategy beam")
+    if show_beams and early.strategy != "beam":
+        raise UsageError(f"--show-beams needs --strategy beam (the strategy is "
+                         f"{early.strategy})", "add -S beam")
     runtime = resolve_runtime(device, dtype, threads, spec.dtype)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
@@ -121,18 +132,25 @@ def ask(
                               truncate=False)
         if system is not None:
             session.set_system(system)
+        session.candidates = show_candidates or None
+        session.trace_beams = show_beams
         session.add_user(text)
         gen, dropped = session.start_reply()
         if dropped:
             ui.warn(f"dropped the oldest {dropped} exchange(s) to fit the context window")
         settings = session.settings
+        events: list[Any] = []
         try:
-            _show(ui, gen, json_out)
+            _show(ui, gen, json_out, events, session.candidates is not None)
         except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
             session.finish_reply(gen, interrupted=True)
             raise
         session.finish_reply(gen)
     s = gen.stats
+
+    def token_text(token_id: int) -> str:
+        return loaded.tokenizer.decode([token_id], skip_special_tokens=False)
+
     if json_out:
         out: dict[str, Any] = {
             "text": gen.text,
@@ -146,7 +164,17 @@ def ask(
         }
         if gen.hypotheses:
             out["hypotheses"] = gen.hypotheses
+        if session.candidates is not None:
+            out["tokens"] = token_records(events, token_text)
+        if show_beams:
+            out["pruned_beams"] = gen.pruned
         ui.print_json(out)
+    elif session.candidates is not None:
+        show_table(ui, events, token_text)
+    elif show_beams:
+        from chatcli.ui.beams import show_beams as show_beam_tree
+
+        show_beam_tree(ui, settings.params, gen.hypotheses, gen.pruned)
     if stats:
         ui.print_err(
             f"stats: model={spec.alias} strategy={settings.strategy} seed={settings.seed} "
@@ -156,14 +184,26 @@ def ask(
         )
 
 
-def _show(ui: UI, gen: Any, json_out: bool) -> None:
+def _show(ui: UI, gen: Any, json_out: bool, events: list[Any], coloured: bool) -> None:
     if json_out:
-        for _ in gen:
-            pass
+        events.extend(gen)
         return
-    writer = ui.answer_writer()
+    if coloured and ui.out_tty:
+        from chatcli.ui.candidates import ColouredWriter
+
+        colours = ColouredWriter(ui)
+        try:
+            for event in gen:
+                events.append(event)
+                prob = event.candidates.chosen_prob if event.candidates else 1.0
+                colours.write(event.text, prob)
+        finally:
+            colours.close()
+        return
+    writer = ui.answer_writer(markdown=False if coloured else None)
     try:
         for event in gen:
+            events.append(event)
             writer.write(event.text)
     finally:
         writer.close()

@@ -161,3 +161,12 @@ ContextWindowOpt = Annotated[
                              "context (default: the alias's, else the model config's).",
                              show_default=False)
 ]
+ShowCandidatesOpt = Annotated[
+    int | None, typer.Option("--show-candidates", min=0, metavar="K",
+                             help="Show each token's probability and the top-K alternatives "
+                             "(model and strategy distributions; 0: off).", show_default=False)
+]
+ShowBeamsOpt = Annotated[
+    bool, typer.Option("--show-beams", help="beam: show the final hypotheses with their scores "
+                       "and the step at which each pruned beam left the search.")
+]

@@ -29,10 +29,21 @@ Processor = Callable[[Any, Any], Any]  # (input_ids (rows, seq), scores (rows, v
 
 
 @dataclass(frozen=True)
+class Candidates:
+    """What the model weighed at one step (only computed when asked for)."""
+
+    raw: list[tuple[int, float]]  # top-K (token id, probability) of the model's distribution
+    drawn_from: list[tuple[int, float]]  # top-K of the distribution the strategy chose from
+    entropy: float  # of the model's distribution, in nats
+    chosen_prob: float  # the chosen token's probability in the drawn-from distribution
+
+
+@dataclass(frozen=True)
 class TokenStep:
     token_id: int
     logprob: float  # log-probability under the model's raw distribution
     finish_reason: str | None = None
+    candidates: Candidates | None = None
 
 
 @dataclass
@@ -43,6 +54,7 @@ class DecodeContext:
     generator: Any = None  # torch.Generator, seeded
     pad_id: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    candidates: int | None = None  # K: record the top-K candidates at every step (None: off)
 
 
 @dataclass(frozen=True)

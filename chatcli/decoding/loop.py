@@ -15,15 +15,40 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from chatcli.decoding.base import DecodeContext, TokenStep
+from chatcli.decoding.base import Candidates, DecodeContext, TokenStep
 from chatcli.lm.base import LanguageModel
 
 Pick = Callable[[Any], int]  # float32 scores (1, vocab) -> token id
+Distribution = Callable[[Any], Any]  # float32 scores (1, vocab) -> probabilities (1, vocab)
+
+
+def candidates(raw: Any, drawn: Any, token: int, k: int) -> Candidates:
+    """Top-k of the model's distribution and of the one the token was drawn from."""
+    import torch
+
+    logp = torch.log_softmax(raw[0], -1)
+    p = logp.exp()
+    entropy = float(-(p * logp.nan_to_num(neginf=0.0)).sum())
+    k = min(k, p.shape[-1])
+
+    def top(probs: Any) -> list[tuple[int, float]]:
+        if k == 0:
+            return []
+        values, ids = torch.topk(probs, k)
+        return [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
+
+    return Candidates(top(p), top(drawn[0]), entropy, float(drawn[0, token]))
 
 
 def token_loop(
-    lm: LanguageModel, prompt_ids: list[int], pick: Pick, ctx: DecodeContext
+    lm: LanguageModel,
+    prompt_ids: list[int],
+    pick: Pick,
+    ctx: DecodeContext,
+    distribution: Distribution | None = None,
 ) -> Iterator[TokenStep]:
+    """`distribution` gives what `pick` draws from, for `ctx.candidates` (default: the
+    softmax of the processed scores)."""
     import torch
 
     if ctx.max_new_tokens <= 0:
@@ -39,7 +64,11 @@ def token_loop(
         token = pick(scores)
         logprob = float(raw[0, token] - torch.logsumexp(raw[0], -1))
         finish = "stop" if token in ctx.eos_ids else ("length" if i == last else None)
-        yield TokenStep(token, logprob, finish)
+        seen = None
+        if ctx.candidates is not None:
+            drawn = distribution(scores) if distribution else torch.softmax(scores, -1)
+            seen = candidates(raw, drawn, token, ctx.candidates)
+        yield TokenStep(token, logprob, finish, seen)
         if finish is not None:
             return
         next_token = torch.tensor([token], device=lm.device)

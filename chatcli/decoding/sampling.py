@@ -72,7 +72,10 @@ class Sample:
                            params.typical_p)
         generator = ctx.generator
 
-        def pick(scores: Any) -> int:
-            return draw(torch.softmax(filt(scores), dim=-1)[0], generator)
+        def distribution(scores: Any) -> Any:
+            return torch.softmax(filt(scores), dim=-1)
 
-        return token_loop(lm, prompt_ids, pick, ctx)
+        def pick(scores: Any) -> int:
+            return draw(distribution(scores)[0], generator)
+
+        return token_loop(lm, prompt_ids, pick, ctx, distribution)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatcli.decoding.base import Candidates
 from chatcli.decoding.registry import StrategyRegistry, strategy_registry
 from chatcli.decoding.settings import DecodingSettings
 from chatcli.generation.detokenize import IncrementalDetokenizer
@@ -33,6 +34,7 @@ class StepEvent:
     text: str  # printable delta; "" while held back (partial UTF-8, possible stop string)
     logprob: float
     finish_reason: str | None = None  # "stop" | "length" | "stop_string" on the last event
+    candidates: Candidates | None = None  # with --show-candidates
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     hypotheses: list[dict[str, Any]] = field(default_factory=list)
+    pruned: list[dict[str, Any]] = field(default_factory=list)  # beams that left the search
 
     def __iter__(self) -> Iterator[StepEvent]:
         for event in self._events:
@@ -69,10 +72,15 @@ def stream(
     settings: DecodingSettings,
     max_new_tokens: int,
     registry: StrategyRegistry | None = None,
+    candidates: int | None = None,
+    trace_beams: bool = False,
 ) -> Generation:
+    """`candidates=K` records each step's top-K candidates on the events; `trace_beams`
+    records the beams beam search pruned (`Generation.pruned`)."""
     stats = Stats(prompt_tokens=len(prompt_ids))
     gen = Generation(iter(()), stats, settings)
-    gen._events = _events(loaded, prompt_ids, settings, max_new_tokens, registry, gen)
+    gen._events = _events(loaded, prompt_ids, settings, max_new_tokens, registry, gen,
+                          candidates, trace_beams)
     return gen
 
 
@@ -83,10 +91,14 @@ def _events(
     max_new_tokens: int,
     registry: StrategyRegistry | None,
     gen: Generation,
+    candidates: int | None,
+    trace_beams: bool,
 ) -> Iterator[StepEvent]:
     strategy = (registry or strategy_registry()).get(settings.strategy)()
     ctx = settings.context(max_new_tokens, loaded.eos_ids, len(prompt_ids), loaded.lm.device,
                            loaded.tokenizer.pad_token_id)
+    ctx.candidates = candidates
+    ctx.extras["trace"] = trace_beams
     detok = IncrementalDetokenizer(loaded.tokenizer)
     stops = StopMatcher(settings.common.stop)
     stats = gen.stats
@@ -113,7 +125,12 @@ def _events(
             stats.decode_tokens_per_s = (n - 1) / (end - first) if n > 1 and end > first else 0.0
             stats.finish_reason = finish
             gen.hypotheses = _hypotheses(loaded, ctx.extras)
-        yield StepEvent(step.token_id, text, step.logprob, finish)
+            gen.pruned = [
+                {"step": b.step, "score": b.score,
+                 "text": loaded.tokenizer.decode(b.token_ids, skip_special_tokens=True)}
+                for b in ctx.extras.get("pruned", [])
+            ]
+        yield StepEvent(step.token_id, text, step.logprob, finish, step.candidates)
         if finish is not None:
             return
 

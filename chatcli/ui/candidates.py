@@ -1,0 +1,92 @@
+"""Showing what the model weighed: answers coloured by probability, per-step tables.
+
+Contract: `ColouredWriter` streams an answer with each token coloured by the
+probability the strategy gave it (green likely … red unlikely) on a terminal;
+`show_table(ui, events, token_text)` prints one row per generated token: the chosen
+token, its probability, the top-K of the model's raw distribution and of the
+distribution the strategy drew from (after penalties, temperature, top-k, top-p,
+min-p, typical), labelled. `token_records` is the same for --json. Knows nothing
+about models or decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chatcli.ui.answer import printable
+from chatcli.ui.console import UI
+
+TokenText = Callable[[int], str]
+
+
+def style_for(p: float) -> str:
+    if p >= 0.9:
+        return "green"
+    if p >= 0.5:
+        return "yellow"
+    if p >= 0.2:
+        return "dark_orange"
+    return "red"
+
+
+class ColouredWriter:
+    def __init__(self, ui: UI) -> None:
+        self.console = ui.out_console
+        self._newline = True
+
+    def write(self, delta: str, prob: float) -> None:
+        from rich.text import Text
+
+        delta = printable(delta)
+        if delta:
+            self.console.print(Text(delta, style=style_for(prob)), end="")
+            self._newline = delta.endswith("\n")
+
+    def close(self) -> None:
+        if not self._newline:
+            self.console.print()
+
+
+def shown(text: str) -> str:
+    """A token's text made visible: quotes, escapes for whitespace and control bytes."""
+    return repr(text)
+
+
+def _top(pairs: Sequence[tuple[int, float]], token_text: TokenText) -> str:
+    return "  ".join(f"{shown(token_text(i))} {p:.3f}" for i, p in pairs)
+
+
+def show_table(ui: UI, events: Sequence[Any], token_text: TokenText) -> None:
+    from chatcli.ui.tables import show_table as table
+
+    rows = []
+    for n, e in enumerate(events, start=1):
+        c = e.candidates
+        if c is None:
+            continue
+        rows.append([
+            str(n), shown(token_text(e.token_id)), f"{c.chosen_prob:.3f}",
+            f"{math.exp(e.logprob):.3f}",
+            f"{c.entropy:.2f}", _top(c.raw, token_text), _top(c.drawn_from, token_text),
+        ])
+    table(ui, ["step", "token", "p (drawn)", "p (model)", "entropy", "model top-k",
+               "drawn-from top-k"], rows)
+
+
+def token_records(events: Sequence[Any], token_text: TokenText) -> list[dict[str, Any]]:
+    out = []
+    for e in events:
+        c = e.candidates
+        record: dict[str, Any] = {"id": e.token_id, "text": token_text(e.token_id),
+                                  "logprob": e.logprob}
+        if c is not None:
+            record["entropy"] = c.entropy
+            record["probability_drawn"] = c.chosen_prob
+            record["top_model"] = [{"id": i, "text": token_text(i), "p": p} for i, p in c.raw]
+            record["top_drawn_from"] = [
+                {"id": i, "text": token_text(i), "p": p} for i, p in c.drawn_from
+            ]
+        out.append(record)
+    return out
