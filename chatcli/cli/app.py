@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from chatcli.cli import ask, chat, history, models, strategies
+from chatcli.cli import ask, chat, compare, history, models, strategies
 
 app = typer.Typer(
     name="chatcli",
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.command("ask")(ask.ask)
 app.command("chat")(chat.chat)
+app.command("compare")(compare.compare)
 app.command("pull")(models.pull)
 app.command("strategies")(strategies.strategies)
 app.add_typer(models.app, name="models")

@@ -1,0 +1,147 @@
+"""`chatcli compare`: run several decoding strategies on the same prompt, side by side.
+
+Wiring only: parses `-S NAME[:key=value,...]` (repeatable), gathers the prompt like
+`ask` (piped stdin first), packs it once, runs each strategy on the same prompt
+ids and hands the results to the UI. Knows nothing about how tokens are chosen.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from chatcli.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    ModelsFileOpt,
+    SeedOpt,
+    SystemOpt,
+    ThreadsOpt,
+)
+from chatcli.errors import UsageError
+from chatcli.ui.console import UI, read_piped_stdin
+
+PromptArg = Annotated[str | None, typer.Argument(help="The prompt. Piped stdin is put before it.",
+                                                 show_default=False)]
+SpecsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--strategy", "-S", metavar="NAME[:K=V,...]",
+                 help="A strategy to compare, with its parameters (repeatable), e.g. "
+                 "-S greedy -S beam:num_beams=4 -S sample:temperature=0.8,top_p=0.9.",
+                 show_default=False),
+]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"-S {spec}: expected NAME:key=value,...",
+                             "e.g. -S sample:temperature=0.8,top_p=0.9")
+        options[key.strip()] = value.strip()
+    if not name.strip():
+        raise UsageError(f"-S {spec}: missing the strategy name", "e.g. -S greedy")
+    return name.strip(), options
+
+
+def divergence(first: list[int], other: list[int]) -> int | None:
+    """1-based step where `other` first differs from `first` (None: identical)."""
+    for i, (a, b) in enumerate(zip(first, other, strict=False), start=1):
+        if a != b:
+            return i
+    return None if len(first) == len(other) else min(len(first), len(other)) + 1
+
+
+def compare(
+    prompt: PromptArg = None,
+    strategy: SpecsOpt = None,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+    models_file: ModelsFileOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Answer one prompt with several strategies and show the answers side by side."""
+    from chatcli.decoding.registry import strategy_registry
+    from chatcli.decoding.settings import resolve_settings
+    from chatcli.prompt import join_prompt
+    from chatcli.registry import load_registry
+    from chatcli.runtime import resolve_runtime
+
+    ui = UI()
+    strategies = strategy_registry()
+    for problem in strategies.problems:
+        ui.warn(problem)
+    specs = [parse_spec(s) for s in (strategy or ["greedy", "sample", "beam"])]
+    flags: dict[str, Any] = {"seed": seed, "max_new_tokens": max_new_tokens}
+    spec = load_registry(models_file).resolve(model)
+    for name, options in specs:  # validate every strategy before loading anything
+        resolve_settings(strategies, strategy=name, flags=flags, options=options,
+                         alias_defaults=spec.defaults)
+    runtime = resolve_runtime(device, dtype, threads, spec.dtype)
+    text = join_prompt(prompt, read_piped_stdin(ui))
+    if not text.strip():
+        raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
+
+    from chatcli.context import pack
+    from chatcli.conversation import Conversation
+    from chatcli.generation.stream import stream
+    from chatcli.loader import load_model
+    from chatcli.prompt import render_ids
+
+    loaded = load_model(spec, runtime, ui)
+    conversation = Conversation(system=system)
+    conversation.add_user(text)
+    results: list[dict[str, Any]] = []
+    for name, options in specs:
+        settings = resolve_settings(strategies, strategy=name, flags=flags, options=options,
+                                    alias_defaults=spec.defaults,
+                                    generation_config=loaded.generation_config)
+        budget = loaded.context_window - settings.common.max_new_tokens
+        packed = pack(conversation, lambda m: render_ids(loaded.tokenizer, m), budget,
+                      truncate=False)
+        start = time.perf_counter()
+        gen = stream(loaded, packed.ids, settings, settings.common.max_new_tokens, strategies,
+                     candidates=0)
+        events = list(gen)
+        seconds = time.perf_counter() - start
+        entropies = [e.candidates.entropy for e in events if e.candidates is not None]
+        if gen.hypotheses:
+            logprob = gen.hypotheses[0]["logprob"]
+        else:
+            logprob = sum(e.logprob for e in events)
+        label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options
+                        else "")
+        results.append({
+            "label": label,
+            "strategy": name,
+            "decoding": settings.as_dict(),
+            "text": gen.text,
+            "token_ids": gen.token_ids,
+            "completion_tokens": len(gen.token_ids),
+            "logprob": logprob,
+            "mean_entropy": sum(entropies) / len(entropies) if entropies else None,
+            "seconds": seconds,
+            "tokens_per_second": len(gen.token_ids) / seconds if seconds > 0 else 0.0,
+            "finish_reason": gen.stats.finish_reason,
+        })
+    for r in results:
+        r["diverges_at"] = divergence(results[0]["token_ids"], r["token_ids"])
+    if json_out:
+        ui.print_json({"model": spec.alias, "prompt_tokens": len(packed.ids),
+                       "results": results})
+        return
+    from chatcli.ui.compare import show_comparison
+
+    show_comparison(ui, results)
