@@ -117,10 +117,8 @@ def compare(
         events = list(gen)
         seconds = time.perf_counter() - start
         entropies = [e.candidates.entropy for e in events if e.candidates is not None]
-        if gen.hypotheses:
-            logprob = gen.hypotheses[0]["logprob"]
-        else:
-            logprob = sum(e.logprob for e in events)
+        # Beam search scores whole sequences: take its best hypothesis' log-prob.
+        logprob = gen.hypotheses[0]["logprob"] if gen.hypotheses else sum(e.logprob for e in events)
         label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options
                         else "")
         results.append({
