@@ -16,19 +16,24 @@ from chatcli.conversation import Message
 from chatcli.errors import ChatcliError
 
 
-def render_text(tokenizer: Any, messages: list[Message]) -> str:
+def render_text(
+    tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True
+) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ChatcliError(
             "this model has no chat template",
             "set chat_template for the alias in models.toml",
         )
     return tokenizer.apply_chat_template(
-        [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=True
+        [m.as_dict() for m in messages], tokenize=False,
+        add_generation_prompt=add_generation_prompt,
     )
 
 
-def render_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
-    text = render_text(tokenizer, messages)
+def render_ids(
+    tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True
+) -> list[int]:
+    text = render_text(tokenizer, messages, add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

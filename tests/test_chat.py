@@ -115,6 +115,12 @@ def test_slash_commands(cli, tmp_path: Path) -> None:
     assert "strategy=sample seed=1 " in result.stdout
 
 
+def test_candidates_command(cli) -> None:
+    result = run_cli(["chat", "-n", "3"], input="/candidates 2\nHi\n/candidates 0\nHi\n")
+    assert result.stderr == "chatcli: candidates = 2\nchatcli: candidates = 0 (off)\n"
+    assert sum(line.startswith("step ") for line in result.stdout.splitlines()) == 1
+
+
 def _session(home: Path, reuse: bool, window: int) -> ChatSession:
     import dataclasses
 

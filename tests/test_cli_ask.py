@@ -67,8 +67,10 @@ def test_json_output(cli, tiny_model: Tiny) -> None:
         "time_to_first_token_s",
         "tokens_per_second",
         "finish_reason",
+        "token_ids",
         "decoding",
     ]
+    assert data["token_ids"] == new
     assert data["decoding"]["strategy"] == "greedy"
     assert data["decoding"]["max_new_tokens"] == 9
     assert isinstance(data["decoding"]["seed"], int)

@@ -140,6 +140,28 @@ def _context(ctx: ChatContext, _: str) -> None:
         f"prompt {packed.tokens} of {packed.budget} tokens (context window {window} - "
         f"max new tokens {session.max_new_tokens}); {packed.dropped_exchanges} exchange(s) dropped"
     )
+    answered, gen = session.answered_packed, session.last_generation
+    if session.explain and answered is not None and gen is not None and gen.token_ids:
+        show_attention(ctx.ui, session.loaded, answered, gen.token_ids)
+
+
+def show_attention(ui: UI, loaded: Any, packed: Any, answer_ids: list[int]) -> None:
+    """The last answer's attention per message of the prompt it was given."""
+    from chatcli.explain import context_attention
+
+    with ui.busy("Measuring attention per turn (one extra forward pass)"):
+        spans = context_attention(loaded, packed.messages, packed.ids, answer_ids)
+    print_spans(ui, spans)
+
+
+def print_spans(ui: UI, spans: list[Any]) -> None:
+    from chatcli.ui.tables import show_table
+
+    ui.print("attention of the answer per turn (mean over layers, heads, answer tokens):")
+    show_table(ui, ["message", "role", "tokens", "attention"], [
+        ["-" if s.index is None else str(s.index + 1), s.label, str(s.end - s.start),
+         f"{s.attention:.3f}"] for s in spans
+    ])
 
 
 def _prompt(ctx: ChatContext, _: str) -> None:
@@ -185,6 +207,18 @@ def _load(ctx: ChatContext, arg: str) -> None:
     ctx.ui.notify(f"loaded {len(ctx.session.conversation.turns)} messages from {path}")
 
 
+def _candidates(ctx: ChatContext, arg: str) -> None:
+    value = arg.strip() or "5"
+    if not value.isdigit():
+        raise UsageError(f"/candidates {value}: expected a number", "e.g. /candidates 5 (0: off)")
+    k = int(value)
+    if k and ctx.session.settings.strategy == "beam":
+        raise UsageError("/candidates shows token-by-token choices; beam search scores whole "
+                         "sequences", "switch with /strategy greedy or /strategy sample")
+    ctx.session.candidates = k or None
+    ctx.ui.notify(f"candidates = {k}" + (" (off)" if not k else ""))
+
+
 def _exit(ctx: ChatContext, _: str) -> bool:
     return True
 
@@ -202,6 +236,7 @@ COMMANDS: list[Command] = [
     Command("context", "", "every turn: tokens, kept or dropped, budget used", _context),
     Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
     Command("stats", "", "figures of the last answer", _stats),
+    Command("candidates", "K", "show each token's top-K alternatives (0: off)", _candidates),
     Command("save", "FILE", "save the conversation (.md or .json)", _save),
     Command("load", "FILE", "load a conversation saved as .json", _load),
     Command("exit", "", "leave (Ctrl-D does too)", _exit),

@@ -39,14 +39,21 @@ def answer(ctx: ChatContext) -> None:
         ui.warn("your message was shortened in the middle to fit the context window")
     writer = ui.answer_writer()
     interrupted = False
+    events = []
     try:
         for event in gen:
+            events.append(event)
             writer.write(event.text)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         writer.close()
     session.finish_reply(gen, interrupted)
+    if session.candidates is not None:
+        from chatcli.ui.candidates import show_table
+
+        tok = session.loaded.tokenizer
+        show_table(ui, events, lambda i: tok.decode([i], skip_special_tokens=False))
     if interrupted:
         ui.warn("answer interrupted; the partial reply is kept in the history")
 

@@ -66,6 +66,8 @@ class ChatSession:
         self.dropped = 0
         self.candidates: int | None = None  # top-K candidates recorded per step (None: off)
         self.trace_beams = False  # record pruned beams (--show-beams)
+        self.explain = False  # /context also reports the last answer's attention per turn
+        self.answered_packed: Packed | None = None  # the prompt the last answer was given
         self.use_model(loaded)
 
     # -- model and settings ----------------------------------------------------
@@ -169,7 +171,7 @@ class ChatSession:
         packed = self.pack()
         newly = max(0, packed.dropped_exchanges - self.dropped)
         self.dropped = packed.dropped_exchanges
-        self.last_packed = packed
+        self.last_packed = self.answered_packed = packed
         if not self.reuse_cache:
             self.cache.invalidate()
         loaded = dataclasses.replace(self.loaded, lm=self.cache)

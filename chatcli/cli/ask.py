@@ -15,6 +15,7 @@ from chatcli.cli.options import (
     ContinueOpt,
     DeviceOpt,
     DtypeOpt,
+    ExplainContextOpt,
     FrequencyPenaltyOpt,
     JsonOpt,
     LengthPenaltyOpt,
@@ -74,6 +75,7 @@ def ask(
     cont: ContinueOpt = False,
     show_candidates: ShowCandidatesOpt = None,
     show_beams: ShowBeamsOpt = False,
+    explain_context: ExplainContextOpt = False,
     json_out: JsonOpt = False,
     stats: StatsOpt = False,
     models_file: ModelsFileOpt = None,
@@ -146,6 +148,14 @@ def ask(
             session.finish_reply(gen, interrupted=True)
             raise
         session.finish_reply(gen)
+    spans = None
+    if explain_context:
+        from chatcli.explain import context_attention
+
+        packed = session.last_packed
+        assert packed is not None
+        with ui.busy("Measuring attention per turn (one extra forward pass)"):
+            spans = context_attention(loaded, packed.messages, packed.ids, gen.token_ids)
     s = gen.stats
 
     def token_text(token_id: int) -> str:
@@ -160,6 +170,7 @@ def ask(
             "time_to_first_token_s": round(s.time_to_first_token_s, 4),
             "tokens_per_second": round(s.decode_tokens_per_s, 2),
             "finish_reason": s.finish_reason,
+            "token_ids": gen.token_ids,
             "decoding": settings.as_dict(),
         }
         if gen.hypotheses:
@@ -168,6 +179,11 @@ def ask(
             out["tokens"] = token_records(events, token_text)
         if show_beams:
             out["pruned_beams"] = gen.pruned
+        if spans is not None:
+            out["context_attention"] = [
+                {"span": s.label, "message": s.index, "tokens": s.end - s.start,
+                 "attention": s.attention} for s in spans
+            ]
         ui.print_json(out)
     elif session.candidates is not None:
         show_table(ui, events, token_text)
@@ -175,6 +191,10 @@ def ask(
         from chatcli.ui.beams import show_beams as show_beam_tree
 
         show_beam_tree(ui, settings.params, gen.hypotheses, gen.pruned)
+    if spans is not None and not json_out:
+        from chatcli.chat.commands import print_spans
+
+        print_spans(ui, spans)
     if stats:
         ui.print_err(
             f"stats: model={spec.alias} strategy={settings.strategy} seed={settings.seed} "

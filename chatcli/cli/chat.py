@@ -16,6 +16,7 @@ from chatcli.cli.options import (
     ConversationOpt,
     DeviceOpt,
     DtypeOpt,
+    ExplainContextOpt,
     FrequencyPenaltyOpt,
     LengthPenaltyOpt,
     MaxNewTokensOpt,
@@ -50,6 +51,7 @@ def chat(
     conversation: ConversationOpt = None,
     no_truncate: NoTruncateOpt = False,
     context_window: ContextWindowOpt = None,
+    explain_context: ExplainContextOpt = False,
     max_new_tokens: MaxNewTokensOpt = None,
     strategy: StrategyOpt = None,
     temperature: TemperatureOpt = None,
@@ -115,6 +117,7 @@ def chat(
     )
     if system is not None:
         session.set_system(system)
+    session.explain = explain_context
     chat_ctx = ChatContext(session, ui, answer=lambda: answer(chat_ctx),
                            load_model=lambda name: load_model(spec_for(name), runtime, ui))
     if conv_id is not None:

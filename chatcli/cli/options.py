@@ -170,3 +170,7 @@ ShowBeamsOpt = Annotated[
     bool, typer.Option("--show-beams", help="beam: show the final hypotheses with their scores "
                        "and the step at which each pruned beam left the search.")
 ]
+ExplainContextOpt = Annotated[
+    bool, typer.Option("--explain-context", help="Report how much of the answer's attention "
+                       "went to each earlier turn (one extra forward pass).")
+]
