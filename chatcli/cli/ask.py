@@ -85,7 +85,7 @@ def ask(
 ) -> None:
     """Answer one question with a local model, streaming the reply (saved in history)."""
     from chatcli.chat.session import ChatSession, DecodingRequest
-    from chatcli.decoding.registry import strategy_registry
+    from chatcli.cli.common import load_strategies
     from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import join_prompt
     from chatcli.registry import load_registry
@@ -94,9 +94,7 @@ def ask(
     from chatcli.ui.candidates import show_table, token_records
 
     ui = UI()
-    strategies = strategy_registry()
-    for problem in strategies.problems:
-        ui.warn(problem)
+    strategies = load_strategies(ui)
     chosen, flags, options = decoding_request(ctx.params)
     registry = load_registry(models_file)
     spec = registry.resolve(model)

@@ -78,7 +78,7 @@ def chat(
     from chatcli.chat.commands import ChatContext
     from chatcli.chat.repl import answer, run
     from chatcli.chat.session import ChatSession, DecodingRequest
-    from chatcli.decoding.registry import strategy_registry
+    from chatcli.cli.common import load_strategies
     from chatcli.decoding.settings import resolve_settings
     from chatcli.loader import load_model
     from chatcli.registry import load_registry
@@ -87,9 +87,7 @@ def chat(
     from chatcli.ui.input import make_reader
 
     ui = UI()
-    strategies = strategy_registry()
-    for problem in strategies.problems:
-        ui.warn(problem)
+    strategies = load_strategies(ui)
     chosen, flags, options = decoding_request(ctx.params)
     registry = load_registry(models_file)
     store = Store.open()

@@ -73,16 +73,14 @@ def compare(
     threads: ThreadsOpt = None,
 ) -> None:
     """Answer one prompt with several strategies and show the answers side by side."""
-    from chatcli.decoding.registry import strategy_registry
+    from chatcli.cli.common import load_strategies
     from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import join_prompt
     from chatcli.registry import load_registry
     from chatcli.runtime import resolve_runtime
 
     ui = UI()
-    strategies = strategy_registry()
-    for problem in strategies.problems:
-        ui.warn(problem)
+    strategies = load_strategies(ui)
     specs = [parse_spec(s) for s in (strategy or ["greedy", "sample", "beam"])]
     flags: dict[str, Any] = {"seed": seed, "max_new_tokens": max_new_tokens}
     spec = load_registry(models_file).resolve(model)

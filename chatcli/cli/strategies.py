@@ -7,15 +7,13 @@ import dataclasses
 
 def strategies() -> None:
     """List decoding strategies (built-in and plugins) with parameters and defaults."""
+    from chatcli.cli.common import load_strategies
     from chatcli.decoding.base import describe_params, flag_of
-    from chatcli.decoding.registry import strategy_registry
     from chatcli.decoding.settings import CommonParams
     from chatcli.ui.console import UI
 
     ui = UI()
-    registry = strategy_registry()
-    for problem in registry.problems:
-        ui.warn(problem)
+    registry = load_strategies(ui)
 
     def block(params_cls: type) -> None:
         flags = {f.name: flag_of(f.name, f) for f in dataclasses.fields(params_cls)}
