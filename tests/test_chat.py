@@ -228,9 +228,14 @@ def test_repl_in_a_terminal(home: Path, slow_model: Path) -> None:
     child.sendline("/undo")
     child.expect(r"removed the last exchange \(2 messages\)")
     child.expect("›")
+    # Each entry is read only after the previous one is done, so /stats output marks the
+    # end of an answer (a bare prompt glyph could match the echo of the line just sent).
     child.sendline("Again")
-    child.expect("›")
+    child.sendline("/stats")
+    child.expect(r"completion_tokens=\d+")
     child.sendline("/retry")
+    child.sendline("/stats")
+    child.expect(r"completion_tokens=\d+")
     child.expect("›")
     child.sendeof()  # Ctrl-D leaves
     child.expect(pexpect.EOF)
