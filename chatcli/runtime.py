@@ -28,7 +28,7 @@ DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 class Runtime:
     device: str  # "cpu", "cuda", "mps"
     dtype: str  # "float32", "bfloat16", "float16"
-    threads: int | None  # torch intra-op threads on CPU; None leaves torch's default
+    threads: int | None  # torch intra-op threads on CPU; None: chosen by `apply_threads`
 
 
 @cache
@@ -111,8 +111,6 @@ def resolve_runtime(
             chosen = "bfloat16" if cpu_has_native_bf16() else "float32"
         else:
             chosen = "bfloat16" if dev == "cuda" else "float16"
-    if threads is None and dev == "cpu":
-        threads = default_threads()
     return Runtime(device=dev, dtype=chosen, threads=threads)
 
 
@@ -136,8 +134,17 @@ def _check_device(dev: str) -> None:
                          "use --device auto or --device cpu")
 
 
-def apply_threads(runtime: Runtime) -> None:
+def apply_threads(runtime: Runtime) -> int | None:
+    """Set torch's intra-op threads: the runtime's, or on CPU `default_threads()`.
+
+    The default is decided here, after torch is imported, so that the measurement
+    window covers the import (~1 s) whatever path led here. Returns the count set.
+    """
     import torch
 
-    if runtime.threads is not None and torch.get_num_threads() != runtime.threads:
-        torch.set_num_threads(runtime.threads)
+    threads = runtime.threads
+    if threads is None and runtime.device == "cpu":
+        threads = default_threads()
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

@@ -42,7 +42,16 @@ def test_default_threads_leave_busy_cores_alone(
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda _: {0, 1})
     monkeypatch.setattr(runtime, "other_busy_cores", lambda: busy)
     assert runtime.default_threads() == expected
-    assert runtime.resolve_runtime(device="cpu").threads == expected
+    rt = runtime.resolve_runtime(device="cpu")
+    assert rt.threads is None  # decided when torch is configured, after its import
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert runtime.apply_threads(rt) == expected
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_other_busy_cores_is_measured() -> None:
