@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,34 @@ class Result:
     exit_code: int
     stdout: str
     stderr: str
+
+
+_REFERENCE: dict[Path, tuple[Any, Any]] = {}
+
+
+def reference_generate(
+    tiny: Tiny, messages: list[dict[str, str]], **generate_kwargs: Any
+) -> tuple[Any, Any, int]:
+    """transformers' own generate() on a chat: (tokenizer, new ids (rows, n), prompt length).
+
+    The reference every exact-output test compares chatcli with (greedy unless the
+    kwargs say otherwise). Tokenizer and model are loaded once per folder.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if tiny.folder not in _REFERENCE:
+        _REFERENCE[tiny.folder] = (
+            AutoTokenizer.from_pretrained(tiny.folder),
+            AutoModelForCausalLM.from_pretrained(tiny.folder, dtype=torch.float32),
+        )
+    tok, model = _REFERENCE[tiny.folder]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
+    generate_kwargs.setdefault("do_sample", False)
+    out = model.generate(**ids, **generate_kwargs)
+    prompt_len = ids["input_ids"].shape[1]
+    return tok, out[:, prompt_len:], prompt_len
 
 
 def printed(text: str) -> str:

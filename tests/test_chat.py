@@ -19,19 +19,12 @@ from chatcli.loader import load_model
 from chatcli.registry import load_registry
 from chatcli.runtime import Runtime
 from chatcli.sources import SilentReporter
-from conftest import Tiny, printed, run_cli
+from conftest import Tiny, printed, reference_generate, run_cli
 
 
 def greedy_reply(tiny: Tiny, messages: list[dict[str, str]], n: int) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny.folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny.folder, dtype=torch.float32)
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False)[0, ids["input_ids"].shape[1]:]
-    new = out.tolist()
+    tok, out, _ = reference_generate(tiny, messages, max_new_tokens=n)
+    new = out[0].tolist()
     if tok.eos_token_id in new:
         new = new[: new.index(tok.eos_token_id)]
     return tok.decode(new, skip_special_tokens=True)

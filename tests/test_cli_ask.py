@@ -11,24 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Tiny, printed, run_cli
+from conftest import Tiny, printed, reference_generate, run_cli
 
 
 def reference(tiny: Tiny, messages: list[dict[str, str]], n: int) -> tuple[list[int], str, int]:
     """transformers' own greedy generate(): (new ids, decoded text, prompt length)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny.folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny.folder, dtype=torch.float32)
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False)
-    new = out[0, ids["input_ids"].shape[1] :].tolist()
+    tok, out, prompt_len = reference_generate(tiny, messages, max_new_tokens=n)
+    new = out[0].tolist()
     eos = tok.eos_token_id
     if eos in new:
         new = new[: new.index(eos) + 1]
-    return new, tok.decode(new, skip_special_tokens=True), ids["input_ids"].shape[1]
+    return new, tok.decode(new, skip_special_tokens=True), prompt_len
 
 
 def test_ask_prints_exactly_the_greedy_answer(cli, tiny_model: Tiny) -> None:

@@ -11,20 +11,13 @@ import pytest
 from chatcli.decoding.registry import strategy_registry
 from chatcli.decoding.settings import resolve_settings
 from chatcli.errors import UsageError
-from conftest import Tiny, printed, run_cli
+from conftest import Tiny, printed, reference_generate, run_cli
 
 
 def reference(tiny: Tiny, text: str, **generate_kwargs: Any) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny.folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny.folder, dtype=torch.float32)
-    prompt = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                     add_generation_prompt=True)
-    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**ids, do_sample=False, **generate_kwargs)
-    return tok, out[:, ids["input_ids"].shape[1]:]
+    tok, out, _ = reference_generate(tiny, [{"role": "user", "content": text}],
+                                     **generate_kwargs)
+    return tok, out
 
 
 def _decode(tok: Any, row: list[int]) -> str:
