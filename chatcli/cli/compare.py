@@ -101,14 +101,18 @@ def compare(
     loaded = load_model(spec, runtime, ui)
     conversation = Conversation(system=system)
     conversation.add_user(text)
+    all_settings = [
+        resolve_settings(strategies, strategy=name, flags=flags, options=options,
+                         alias_defaults=spec.defaults, generation_config=loaded.generation_config)
+        for name, options in specs
+    ]
+    # Common parameters (max_new_tokens among them) are the same for every strategy:
+    # one packed prompt serves them all.
+    budget = loaded.context_window - all_settings[0].common.max_new_tokens
+    packed = pack(conversation, lambda m: render_ids(loaded.tokenizer, m), budget,
+                  truncate=False)
     results: list[dict[str, Any]] = []
-    for name, options in specs:
-        settings = resolve_settings(strategies, strategy=name, flags=flags, options=options,
-                                    alias_defaults=spec.defaults,
-                                    generation_config=loaded.generation_config)
-        budget = loaded.context_window - settings.common.max_new_tokens
-        packed = pack(conversation, lambda m: render_ids(loaded.tokenizer, m), budget,
-                      truncate=False)
+    for (name, options), settings in zip(specs, all_settings, strict=True):
         start = time.perf_counter()
         gen = stream(loaded, packed.ids, settings, settings.common.max_new_tokens, strategies,
                      candidates=0)
