@@ -379,3 +379,65 @@ def test_compose_empty_is_identity(seq_len: int) -> None:
     input_ids = torch.zeros((1, seq_len), dtype=torch.long)
     scores = torch.tensor([[0.5, NEG_INF, -2.0]])
     _check_processor(processors.compose([]), lambda _i, s: s, input_ids, scores)
+
+
+# --- top-p's partial-sort fast path --------------------------------------------------
+# `filters._top_p_partial` answers from `topk` when rounding cannot change the kept set
+# and returns None otherwise. Small partial sizes make the property tests reach it on
+# small vocabularies; whenever it answers, the answer must be transformers'.
+
+SMALL_KS = (1, 2, 3, 5, 8, 13, 21, 34)
+
+
+@settings(deadline=None, max_examples=EXAMPLES)
+@given(logits=logits_st(), p=TOP_P)
+def test_top_p_partial_matches_transformers_when_it_answers(
+    logits: torch.Tensor, p: float
+) -> None:
+    got = filters._top_p_partial(logits, p, ks=SMALL_KS)
+    if got is not None:
+        want = TopPLogitsWarper(p)(_dummy_ids(logits), logits.clone())
+        assert torch.equal(got, want), (logits, p, got, want)
+
+
+@settings(deadline=None, max_examples=EXAMPLES)
+@given(logits=logits_st(), data=st.data())
+def test_top_p_partial_refuses_exact_boundaries(
+    logits: torch.Tensor, data: st.DataObject
+) -> None:
+    cumulative = _top_p_cumulative(logits)[0]
+    i = data.draw(st.integers(0, cumulative.shape[0] - 1))
+    p = min(max(1.0 - float(cumulative[i]), 0.0), 1.0)
+    got = filters._top_p_partial(logits, p, ks=SMALL_KS)
+    if got is not None:
+        want = TopPLogitsWarper(p)(_dummy_ids(logits), logits.clone())
+        assert torch.equal(got, want), (logits, p, got, want)
+
+
+def test_top_p_partial_hand_cases() -> None:
+    # probabilities 0.5, 0.3, 0.2: p = 0.8 sits exactly on a boundary -> refused
+    logits = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).log()
+    assert filters._top_p_partial(logits, 0.8, ks=(1, 2, 3)) is None
+    # p = 0.7 is far from every boundary -> answered: the two most likely survive
+    got = filters._top_p_partial(logits, 0.7, ks=(1, 2, 3))
+    assert got is not None and torch.isfinite(got).tolist() == [[True, True, False, False]]
+    # a tie between the last kept and the first dropped token -> refused
+    tied = torch.tensor([[2.0, 1.0, 1.0, -3.0]])
+    assert filters._top_p_partial(tied, 0.8, ks=(1, 2, 3)) is None
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.95])
+def test_top_p_fast_path_on_a_real_sized_vocabulary(temperature: float, p: float) -> None:
+    """On 49,152 language-model-like logits the fast path answers, and exactly."""
+    gen = torch.Generator().manual_seed(7)
+    answered = 0
+    for _ in range(20):
+        logits = (torch.randn(1, 49152, generator=gen) * 2.5).pow(3) / 10 / temperature
+        got = filters._top_p_partial(logits, p)
+        want = TopPLogitsWarper(p)(_dummy_ids(logits), logits.clone())
+        assert torch.equal(filters.top_p(logits, p), want)
+        if got is not None:
+            answered += 1
+            assert torch.equal(got, want)
+    assert answered >= 18

@@ -94,15 +94,71 @@ def top_p(logits: Tensor, p: float) -> Tensor:
     cumulative probability is ``<= 1 - p``. Tied tokens at the boundary are split
     by their position in the sort (the same ``torch.sort`` call as transformers),
     so of two equal logits one may be kept and the other dropped.
+
+    Fast path: a full sort of a 50k vocabulary costs milliseconds per token, so the
+    kept set is first decided from a partial sort (`_top_p_partial`), which is
+    used only when no rounding could change the decision; otherwise (and in the
+    rare near-boundary cases) the full sort above runs.
     """
     import torch
 
+    kept = _top_p_partial(logits, p)
+    if kept is not None:
+        return kept
     sorted_logits, sorted_indices = torch.sort(logits, descending=False)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     sorted_remove = cumulative <= (1 - p)
     sorted_remove[..., -1:] = False  # keep at least the most likely token
     remove = sorted_remove.scatter(-1, sorted_indices, sorted_remove)
     return logits.masked_fill(remove, _NEG_INF)
+
+
+# A decision is trusted only if the cumulative probability misses `p` by more than
+# this. The full-sort path's float32 softmax and (double-accumulated) cumsum differ
+# from an exact sum by ~1e-7 at most; 1e-4 leaves three orders of magnitude.
+_TOP_P_MARGIN = 1e-4
+_TOP_P_PARTIAL_K = (64, 1024)
+
+
+def _top_p_partial(
+    logits: Tensor, p: float, ks: tuple[int, ...] = _TOP_P_PARTIAL_K
+) -> Tensor | None:
+    """`top_p` from the k largest logits only, or None when that cannot be exact.
+
+    Mathematically transformers drops the token of descending rank i (1-based) iff
+    the probability of the tokens ranked above it, ``D[i-1]``, is ``>= p``: so it
+    keeps the m most likely tokens, m the smallest count with ``D[m] >= p``. That
+    is decided here from ``topk``; the answer is returned only when ``D[m-1]`` and
+    ``D[m]`` are both farther than `_TOP_P_MARGIN` from `p` (so float rounding in
+    either computation cannot flip a decision) and the m-th and (m+1)-th logits
+    differ (so the sort's tie order does not matter). `ks` are the partial sort
+    sizes tried in turn, while the nucleus may reach past the k-th token.
+    """
+    import torch
+
+    vocab = logits.shape[-1]
+    probs = torch.softmax(logits, dim=-1)
+    for k in ks:
+        if k >= vocab:
+            return None
+        values, indices = torch.topk(logits, k, dim=-1)
+        mass = probs.gather(-1, indices).double().cumsum(dim=-1)  # D[1..k]
+        if bool((mass[..., -1] < p + _TOP_P_MARGIN).any()):
+            continue  # the nucleus may reach past the k-th token: look further
+        m = (mass < p).sum(dim=-1, keepdim=True) + 1  # kept count, 1..k
+        if bool((m >= k).any()):
+            continue  # the (m+1)-th logit is needed for the tie check
+        below = torch.where(m > 1, mass.gather(-1, (m - 2).clamp(min=0)), 0.0)
+        at = mass.gather(-1, m - 1)
+        safe = (p - below > _TOP_P_MARGIN) & (at - p > _TOP_P_MARGIN)
+        untied = values.gather(-1, m - 1) > values.gather(-1, m)
+        if not bool((safe & untied).all()):
+            return None
+        keep = torch.arange(k, device=logits.device) < m
+        remove = torch.ones_like(logits, dtype=torch.bool)
+        remove.scatter_(-1, indices, ~keep)
+        return logits.masked_fill(remove, _NEG_INF)
+    return None
 
 
 def min_p(logits: Tensor, p: float) -> Tensor:
