@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli import paths, sources
-from chatcli.errors import ChatcliError, ModelUnavailableError
+from chatcli.errors import ChatcliError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
 from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime, apply_threads
@@ -170,6 +170,7 @@ def load_model(
         lm, tokenizer = _load_native(spec, runtime, folder)
         impl = "native"
     else:
+        _refuse_quantize(spec, runtime, "it runs on transformers' implementation")
         lm, tokenizer = _load_transformers(spec, runtime, folder)
         impl = "transformers"
     if spec.chat_template:
@@ -204,17 +205,34 @@ def _load_native(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple[Any, 
 
     from chatcli.lm.llama import NativeCausalLM
     from chatcli.lm.native import NativeLanguageModel
+    from chatcli.lm.quant import supported
     from chatcli.lm.tokenizer import ChatTokenizer
 
+    dtype = getattr(torch, runtime.dtype)
+    why_not = supported(runtime.quantize, torch.device(runtime.device), dtype)
+    if why_not:
+        _refuse_quantize(spec, runtime, why_not)
     try:
         tokenizer = ChatTokenizer.from_folder(folder)
-        model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype), runtime.device)
+        model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelUnavailableError(
             f"model '{spec.alias}': cannot load from {folder}: {exc}".splitlines()[0],
             f'set implementation = "transformers" for [models.{spec.alias}] in {spec.origin}',
         ) from exc
+    model.quantize(runtime.quantize)
     return NativeLanguageModel(model), tokenizer
+
+
+def _refuse_quantize(spec: ModelSpec, runtime: Runtime, why: str) -> None:
+    """Quantized layers exist only in chatcli's native CPU forward pass."""
+    if runtime.quantize == "none":
+        return
+    where = f" (set by [models.{spec.alias}] in {spec.origin})" if spec.quantize != "none" else ""
+    raise UsageError(
+        f"--quantize {runtime.quantize} is not available for '{spec.alias}'{where}: {why}",
+        "use --quantize none, or run on the CPU with the native implementation",
+    )
 
 
 def _load_transformers(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple[Any, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from chatcli import paths
 from chatcli.errors import ConfigError, UnknownModelError
+from chatcli.runtime import QUANTIZE_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +68,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "chat_template": str,
     "trust_remote_code": bool,
     "implementation": str,
+    "quantize": str,
     "license": str,
     "defaults": dict,
 }
@@ -97,6 +99,7 @@ class ModelSpec:
     chat_template: str | None = None
     trust_remote_code: bool = False
     implementation: str = "auto"  # "auto" | "native" | "transformers"
+    quantize: str = "none"  # "none" | "int8" | "int4"
     license: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     origin: Path | None = None
@@ -280,6 +283,12 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
             f"'implementation' must be one of {', '.join(IMPLEMENTATIONS)}",
             'e.g. implementation = "auto"', "implementation",
         )
+    quant = entry.get("quantize", "none")
+    if quant not in QUANTIZE_NAMES:
+        raise fail(
+            f"'quantize' must be one of {', '.join(QUANTIZE_NAMES)}",
+            'e.g. quantize = "int8"', "quantize",
+        )
     ctx = entry.get("context_window")
     if ctx is not None and ctx <= 0:
         raise fail(
@@ -318,6 +327,7 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         chat_template=entry.get("chat_template"),
         trust_remote_code=entry.get("trust_remote_code", False),
         implementation=impl,
+        quantize=quant,
         license=entry.get("license"),
         defaults=dict(defaults),
         origin=path,

@@ -1,6 +1,7 @@
 """Device, dtype and thread choices for running a model.
 
-Contract: `resolve_runtime(device, dtype, threads, spec_dtype)` turns the user's
+Contract: `resolve_runtime(device, dtype, threads, spec_dtype, quantize, spec_quantize)`
+turns the user's
 "auto"-able choices into concrete ones and validates them (`UsageError` names the
 option and the valid values). `apply_threads()` configures torch once per process.
 torch is imported only inside the functions that need it.
@@ -22,6 +23,7 @@ from chatcli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE_NAMES = ("none", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Runtime:
     device: str  # "cpu", "cuda", "mps"
     dtype: str  # "float32", "bfloat16", "float16"
     threads: int | None  # torch intra-op threads on CPU; None: chosen by `apply_threads`
+    quantize: str = "none"  # weight-only quantization of linear layers: none | int8 | int4
 
 
 @cache
@@ -92,8 +95,15 @@ def default_threads() -> int:
 
 
 def resolve_runtime(
-    device: str = "auto", dtype: str = "auto", threads: int | None = None, spec_dtype: str = "auto"
+    device: str = "auto", dtype: str = "auto", threads: int | None = None, spec_dtype: str = "auto",
+    quantize: str | None = None, spec_quantize: str = "none",
 ) -> Runtime:
+    """`quantize` None means the alias's `spec_quantize` (models.toml), itself "none" by default."""
+    if quantize is not None and quantize not in QUANTIZE_NAMES:
+        raise UsageError(
+            f"--quantize must be one of {', '.join(QUANTIZE_NAMES)} (got '{quantize}')",
+            "use --quantize int8 (smaller and faster, slightly less exact) or none",
+        )
     if device not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)} (got '{device}')",
                          "use --device auto")
@@ -111,7 +121,8 @@ def resolve_runtime(
             chosen = "bfloat16" if cpu_has_native_bf16() else "float32"
         else:
             chosen = "bfloat16" if dev == "cuda" else "float16"
-    return Runtime(device=dev, dtype=chosen, threads=threads)
+    return Runtime(device=dev, dtype=chosen, threads=threads,
+                   quantize=quantize if quantize is not None else spec_quantize)
 
 
 def _pick_device() -> str:

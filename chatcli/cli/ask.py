@@ -27,6 +27,7 @@ from chatcli.cli.options import (
     NumBeamsOpt,
     OptionOpt,
     PresencePenaltyOpt,
+    QuantizeOpt,
     RepetitionPenaltyOpt,
     SeedOpt,
     ShowBeamsOpt,
@@ -81,6 +82,7 @@ def ask(
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Answer one question with a local model, streaming the reply (saved in history)."""
@@ -107,7 +109,7 @@ def ask(
     if show_beams and early.strategy != "beam":
         raise UsageError(f"--show-beams needs --strategy beam (the strategy is "
                          f"{early.strategy})", "add -S beam")
-    runtime = resolve_runtime(device, dtype, threads, spec.dtype)
+    runtime = resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError(

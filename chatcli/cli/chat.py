@@ -28,6 +28,7 @@ from chatcli.cli.options import (
     NumBeamsOpt,
     OptionOpt,
     PresencePenaltyOpt,
+    QuantizeOpt,
     RepetitionPenaltyOpt,
     SeedOpt,
     StopOpt,
@@ -71,6 +72,7 @@ def chat(
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Chat with a model; piped stdin is read one message per line."""
@@ -107,7 +109,7 @@ def chat(
     spec = spec_for(alias)
     resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
                      alias_defaults=spec.defaults)  # fail fast on bad flags
-    runtime = resolve_runtime(device, dtype, threads, spec.dtype)
+    runtime = resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
     loaded = load_model(spec, runtime, ui)
     session = ChatSession(
         loaded, strategies, DecodingRequest(chosen, flags, options), conv, store=store,

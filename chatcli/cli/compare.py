@@ -19,6 +19,7 @@ from chatcli.cli.options import (
     MaxNewTokensOpt,
     ModelOpt,
     ModelsFileOpt,
+    QuantizeOpt,
     SeedOpt,
     SystemOpt,
     ThreadsOpt,
@@ -70,6 +71,7 @@ def compare(
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Answer one prompt with several strategies and show the answers side by side."""
@@ -87,7 +89,7 @@ def compare(
     for name, options in specs:  # validate every strategy before loading anything
         resolve_settings(strategies, strategy=name, flags=flags, options=options,
                          alias_defaults=spec.defaults)
-    runtime = resolve_runtime(device, dtype, threads, spec.dtype)
+    runtime = resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')

@@ -50,6 +50,12 @@ ThreadsOpt = Annotated[
                  help="CPU threads (default: the cores other processes leave free).",
                  show_default=False),
 ]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option("--quantize", help="Weight-only quantization of the linear layers: int8, int4 "
+                 "or none (default: the alias's, else none). Faster and smaller, slightly less "
+                 "exact; CPU, native implementation.", show_default=False),
+]
 AliasArg = Annotated[str, typer.Argument(help="Model alias.", show_default=False)]
 
 

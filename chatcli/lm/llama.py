@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from chatcli.lm.quant import Dense, Linear, fuse, quantize, split
+
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2"})
 _ROPE_TYPES = frozenset({"default", "llama3"})
 
@@ -144,20 +146,23 @@ class KVCache:
 
 
 _Weights = dict[str, torch.Tensor]
-_Linear = tuple[torch.Tensor, torch.Tensor | None]  # weight, bias
 
 
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
-    q: _Linear
-    k: _Linear
-    v: _Linear
-    o: _Linear
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
     post_norm: torch.Tensor
-    gate: _Linear
-    up: _Linear
-    down: _Linear
+    gate: Linear
+    up: Linear
+    down: Linear
+    # After `quantize`: q/k/v and gate/up as one fused linear each (None: separate)
+    qkv: Linear | None = None
+    qkv_sizes: list[int] | None = None
+    gate_up: Linear | None = None
 
 
 def _load_weights(folder: Path, dtype: torch.dtype, device: torch.device) -> _Weights:
@@ -196,8 +201,8 @@ class NativeCausalLM:
         self.norm = weights["model.norm.weight"]
         self.inv_freq = _inv_freq(_rope_parameters(config), self.head_dim).to(self.device)
 
-        def linear(name: str) -> _Linear:
-            return weights[f"{name}.weight"], weights.get(f"{name}.bias")
+        def linear(name: str) -> Dense:
+            return Dense(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
 
         def layer(p: str) -> _Layer:
             attn = (linear(f"{p}.self_attn.{n}_proj") for n in "qkvo")
@@ -207,6 +212,35 @@ class NativeCausalLM:
             return _Layer(input_norm, *attn, post_norm, *mlp)
 
         self.layers = [layer(f"model.layers.{i}") for i in range(config["num_hidden_layers"])]
+        self.head: Linear = Dense(self.lm_head)
+        self.quantization = "none"
+
+    def quantize(self, mode: str) -> None:
+        """Replace every linear layer, and the output head, by its `mode` version.
+
+        Quantized layers also fuse q/k/v and gate/up into one linear each: with int8 or
+        int4 weights the result is no longer bit-identical to transformers anyway, and
+        fewer, larger matrix-vector products run faster. The embedding lookup keeps the
+        full-precision table. "none" leaves the model unchanged.
+        """
+        if mode == "none" or mode == self.quantization:
+            return
+        if self.quantization != "none":
+            raise ValueError("a model is quantized once")
+        for layer in self.layers:
+            dense = [layer.q, layer.k, layer.v, layer.gate, layer.up]
+            assert all(isinstance(lin, Dense) for lin in dense)
+            q, k, v, gate, up = (lin for lin in dense if isinstance(lin, Dense))
+            layer.qkv_sizes = [q.out_features, k.out_features, v.out_features]
+            layer.qkv = quantize(fuse([q, k, v]), mode)
+            layer.gate_up = quantize(fuse([gate, up]), mode)
+            assert isinstance(layer.o, Dense) and isinstance(layer.down, Dense)
+            layer.o, layer.down = quantize(layer.o, mode), quantize(layer.down, mode)
+        assert isinstance(self.head, Dense)
+        # The output head decides every token directly; 4 bits there cost visible quality
+        # (llama.cpp's 4-bit formats keep it at 6-8 bits too), so int4 keeps it at int8.
+        self.head = quantize(self.head, "int8" if mode == "int4" else mode)
+        self.quantization = mode
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype, device: str = "cpu") -> NativeCausalLM:
@@ -260,21 +294,29 @@ class NativeCausalLM:
             half = self.head_dim // 2
             for i, layer in enumerate(self.layers):
                 x = self._rms_norm(h, layer.input_norm)
-                q = F.linear(x, *layer.q).view(rows, new, -1, self.head_dim).transpose(1, 2)
-                k = F.linear(x, *layer.k).view(rows, new, -1, self.head_dim).transpose(1, 2)
-                v = F.linear(x, *layer.v).view(rows, new, -1, self.head_dim).transpose(1, 2)
+                if layer.qkv is not None and layer.qkv_sizes is not None:
+                    q, k, v = split(layer.qkv(x), layer.qkv_sizes)
+                else:
+                    q, k, v = layer.q(x), layer.k(x), layer.v(x)
+                q = q.view(rows, new, -1, self.head_dim).transpose(1, 2)
+                k = k.view(rows, new, -1, self.head_dim).transpose(1, 2)
+                v = v.view(rows, new, -1, self.head_dim).transpose(1, 2)
                 q = (q * cos) + (torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin)
                 k = (k * cos) + (torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin)
                 k, v = cache.append(i, k, v)
-                h = h + F.linear(self._attend(q, k, v, past), *layer.o)
+                h = h + layer.o(self._attend(q, k, v, past))
                 x = self._rms_norm(h, layer.post_norm)
-                x = F.silu(F.linear(x, *layer.gate)) * F.linear(x, *layer.up)
-                h = h + F.linear(x, *layer.down)
+                if layer.gate_up is not None:
+                    gate, up = layer.gate_up(x).chunk(2, dim=-1)
+                    x = F.silu(gate) * up
+                else:
+                    x = F.silu(layer.gate(x)) * layer.up(x)
+                h = h + layer.down(x)
             cache.length = past + new
             h = self._rms_norm(h, self.norm)
             if logits_to_keep:
                 h = h[:, -logits_to_keep:, :]
             # 2-D: torch's matmul folds the slice into one `mm` for transformers (whose weights
             # require grad) but would `bmm` over a copy of the weight for plain tensors.
-            logits = F.linear(h.reshape(-1, h.shape[-1]), self.lm_head)
+            logits = self.head(h.reshape(-1, h.shape[-1]))
             return logits.view(rows, -1, logits.shape[-1]), cache

@@ -1,0 +1,169 @@
+"""Linear layers for the native forward pass: dense, and weight-only int8 / int4.
+
+Contract: a *linear* is a callable ``x -> x @ W.T + b`` over the last dimension of
+`x` (any leading shape). `Dense` is exactly ``F.linear`` (so the unquantized model
+stays bit-identical to transformers). `Int8Linear` stores ``W`` as int8 with one
+float scale per output row (symmetric, round-to-nearest) and multiplies with torch's
+own CPU kernel ``aten._weight_int8pack_mm``; `Int4Linear` stores groups of `group_size`
+input columns as 4-bit codes with a scale and a minimum per group (asymmetric, the
+same form as GGUF's Q4_1) and multiplies with ``aten._weight_int4pack_mm_for_cpu``.
+Both kernels read the activations in their own dtype (bfloat16 or float32); the
+activations are never quantized. `quantize(dense, mode)` makes one from a `Dense`;
+`fuse` concatenates several linears that read the same input into one (fewer,
+larger matrix-vector products), which `split` undoes on the output.
+
+Deliberately knows nothing about models, layers or checkpoints: tensors in,
+tensors out. The quantized kernels are CPU kernels; `supported(mode, device)` says
+where each mode runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+QuantMode = Literal["none", "int8", "int4"]
+QUANT_MODES: tuple[str, ...] = ("none", "int8", "int4")
+INT4_GROUP_SIZE = 32  # GGUF's Q4_1 block size: re-quantizing Q4_1 weights is then exact
+_INT4_INNER_K_TILES = 2
+
+
+@dataclass
+class Dense:
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight
+
+
+@dataclass
+class Int8Linear:
+    """Per-output-row symmetric int8 weights: ``W ~= q * scale[:, None]``."""
+
+    qweight: torch.Tensor  # (out, in) int8
+    scales: torch.Tensor  # (out,) in the activation dtype
+    bias: torch.Tensor | None = None
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
+        w = weight.float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+        q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+        return cls(q.contiguous(), scales.to(weight.dtype), bias)
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+        out = out.view(*x.shape[:-1], out.shape[-1])
+        return out if self.bias is None else out + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales.float()[:, None]
+
+
+@dataclass
+class Int4Linear:
+    """Groups of `group_size` input columns: ``W ~= code * scale + minimum``, code in 0..15."""
+
+    packed: torch.Tensor  # aten's int4 CPU layout
+    scales_and_zeros: torch.Tensor  # (in / group, out, 2), activation dtype
+    group_size: int
+    out_features: int
+    bias: torch.Tensor | None = None
+
+    @classmethod
+    def from_weight(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
+        group_size: int = INT4_GROUP_SIZE,
+    ) -> Int4Linear:
+        out_features = weight.shape[0]
+        codes, scales, zeros = _int4_codes(weight.float(), group_size)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INT4_INNER_K_TILES)
+        # aten dequantizes as (code - 8) * scale + zero, so zero = minimum + 8 * scale
+        table = torch.stack([scales, zeros + 8 * scales], dim=2)  # (out, groups, 2)
+        table = table.transpose(0, 1).contiguous().to(weight.dtype)
+        return cls(packed, table, group_size, out_features, bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            flat, self.packed, self.group_size, self.scales_and_zeros
+        )
+        out = out.view(*x.shape[:-1], out.shape[-1])
+        return out if self.bias is None else out + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        raise NotImplementedError("Int4Linear keeps only the packed layout")
+
+
+Linear = Dense | Int8Linear | Int4Linear
+
+
+def _int4_codes(
+    w: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4-bit codes (out, in) int32, scales and minima (out, groups) for float32 `w`."""
+    out_features, in_features = w.shape
+    groups = w.view(out_features, in_features // group_size, group_size)
+    low = groups.amin(dim=-1)
+    high = groups.amax(dim=-1)
+    scales = ((high - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
+    codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp_(0, 15)
+    return codes.to(torch.int32).view(out_features, in_features), scales, low
+
+
+def supported(mode: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if `mode` runs on `device`/`dtype`, else why not (one short sentence)."""
+    if mode == "none":
+        return None
+    if device.type != "cpu":
+        return f"--quantize {mode} uses torch's CPU kernels; this model runs on {device.type}"
+    if dtype not in (torch.bfloat16, torch.float32):
+        return f"--quantize {mode} needs bfloat16 or float32 activations, not {dtype}"
+    return None
+
+
+def quantize(linear: Dense, mode: str) -> Linear:
+    """`linear` in `mode` ("none" returns it unchanged). int4 needs in_features % 32 == 0."""
+    if mode == "none":
+        return linear
+    if mode == "int8":
+        return Int8Linear.from_weight(linear.weight, linear.bias)
+    if mode == "int4":
+        if linear.weight.shape[1] % INT4_GROUP_SIZE:
+            return Int8Linear.from_weight(linear.weight, linear.bias)
+        return Int4Linear.from_weight(linear.weight, linear.bias)
+    raise ValueError(f"unknown quantization mode {mode!r}; choose one of {QUANT_MODES}")
+
+
+def fuse(linears: list[Dense]) -> Dense:
+    """One `Dense` computing all of `linears` (same input) side by side."""
+    weight = torch.cat([lin.weight for lin in linears], dim=0)
+    biases = [lin.bias for lin in linears]
+    if all(b is None for b in biases):
+        return Dense(weight)
+    filled = [
+        b if b is not None else lin.weight.new_zeros(lin.weight.shape[0])
+        for b, lin in zip(biases, linears, strict=True)
+    ]
+    return Dense(weight, torch.cat(filled))
+
+
+def split(out: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """Undo `fuse` on an output: the parts along the last dimension."""
+    return torch.split(out, sizes, dim=-1)
