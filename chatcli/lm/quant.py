@@ -58,9 +58,11 @@ class Int8Linear:
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
         w = weight.float()
-        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
-        q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
-        return cls(q.contiguous(), scales.to(weight.dtype), bias)
+        exact = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+        scales = _stored_at_least(exact, weight.dtype)
+        # round against the grid the kernel will use (the stored, rounded scales)
+        q = torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+        return cls(q.contiguous(), scales, bias)
 
     @property
     def out_features(self) -> int:
@@ -92,11 +94,9 @@ class Int4Linear:
         group_size: int = INT4_GROUP_SIZE,
     ) -> Int4Linear:
         out_features = weight.shape[0]
-        codes, scales, zeros = _int4_codes(weight.float(), group_size)
+        codes, table = _int4_codes(weight.float(), group_size, weight.dtype)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INT4_INNER_K_TILES)
-        # aten dequantizes as (code - 8) * scale + zero, so zero = minimum + 8 * scale
-        table = torch.stack([scales, zeros + 8 * scales], dim=2)  # (out, groups, 2)
-        table = table.transpose(0, 1).contiguous().to(weight.dtype)
+        table = table.transpose(0, 1).contiguous()  # (groups, out, 2): aten's layout
         return cls(packed, table, group_size, out_features, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,23 +108,46 @@ class Int4Linear:
         return out if self.bias is None else out + self.bias
 
     def dequantized(self) -> torch.Tensor:
-        raise NotImplementedError("Int4Linear keeps only the packed layout")
+        """The (out, in) weights the kernel multiplies by, read back through it."""
+        in_features = self.scales_and_zeros.shape[0] * self.group_size
+        eye = torch.eye(in_features, dtype=self.scales_and_zeros.dtype)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            eye, self.packed, self.group_size, self.scales_and_zeros
+        )
+        return out.t().float()
 
 
 Linear = Dense | Int8Linear | Int4Linear
 
 
+def _stored_at_least(exact: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`exact` (float32, > 0) in `dtype`, rounded up where rounding went down, so that
+    ``127 * scale`` (or ``15 * scale``) still reaches the largest weight."""
+    stored = exact.to(dtype)
+    low = stored.float() < exact
+    if low.any():
+        up = torch.nextafter(stored, torch.full_like(stored, float("inf")))
+        stored = torch.where(low, up, stored)
+    return stored
+
+
 def _int4_codes(
-    w: torch.Tensor, group_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """4-bit codes (out, in) int32, scales and minima (out, groups) for float32 `w`."""
+    w: torch.Tensor, group_size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit codes (out, in) int32 and the (out, groups, 2) table of scale and zero in
+    `dtype`, for float32 `w`. aten dequantizes ``(code - 8) * scale + zero``; the codes
+    are rounded against the stored (rounded) scale and zero, the grid actually used."""
     out_features, in_features = w.shape
     groups = w.view(out_features, in_features // group_size, group_size)
     low = groups.amin(dim=-1)
     high = groups.amax(dim=-1)
-    scales = ((high - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
-    codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp_(0, 15)
-    return codes.to(torch.int32).view(out_features, in_features), scales, low
+    exact = ((high - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
+    scales = _stored_at_least(exact, dtype)
+    zeros = (low + 8 * scales.float()).to(dtype)
+    origin = zeros.float() - 8 * scales.float()  # where code 0 really lands
+    codes = torch.round((groups - origin[..., None]) / scales.float()[..., None]).clamp_(0, 15)
+    table = torch.stack([scales, zeros], dim=2)
+    return codes.to(torch.int32).view(out_features, in_features), table
 
 
 def supported(mode: str, device: torch.device, dtype: torch.dtype) -> str | None:

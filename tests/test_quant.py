@@ -1,0 +1,191 @@
+"""Weight-only int8/int4 linear layers and `--quantize`.
+
+Quantized layers are not bit-identical to anything outside chatcli, so these tests
+pin what they promise instead: each layer computes ``x @ dequantized(W).T`` (up to
+the kernel's float accumulation), the quantization error per weight is at most half
+a step, 4-bit re-quantization of weights already on a Q4_1 grid is lossless, fused
+layers equal the separate ones, and a quantized model answers through the CLI with
+exactly the tokens its own forward pass picks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatcli.lm.llama import NativeCausalLM
+from chatcli.lm.quant import (
+    INT4_GROUP_SIZE,
+    Dense,
+    Int4Linear,
+    Int8Linear,
+    fuse,
+    quantize,
+    split,
+)
+from conftest import Tiny, printed
+
+
+def _weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, cols, generator=gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 32), (96, 64), (48, 96)])
+def test_int8_computes_with_its_dequantized_weights(
+    dtype: torch.dtype, shape: tuple[int, int]
+) -> None:
+    w = _weight(*shape)
+    lin = Int8Linear.from_weight(w.to(dtype))
+    deq = lin.dequantized()
+    # round to nearest: every weight within half a step of its row's grid
+    step = lin.scales.float()[:, None]
+    assert ((deq - w.to(dtype).float()).abs() <= step / 2 + 1e-6).all()
+    x = _weight(3, shape[1], seed=1).to(dtype)
+    got = lin(x).float()
+    want = x.float() @ deq.t()
+    tol = 1e-4 if dtype == torch.float32 else 3e-2 * want.abs().max().item()
+    assert torch.allclose(got, want, atol=tol, rtol=0), (got - want).abs().max()
+
+
+def test_int4_is_lossless_on_a_q4_1_grid() -> None:
+    """GGUF's Q4_1 stores d * code + m per 32 weights; re-quantizing that is exact."""
+    rows, cols = 64, 96
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 16, (rows, cols // INT4_GROUP_SIZE, INT4_GROUP_SIZE), generator=gen)
+    codes[..., 0], codes[..., 1] = 0, 15  # Q4_1 uses the block's min and max
+    d = torch.rand(rows, cols // INT4_GROUP_SIZE, 1, generator=gen) * 0.01 + 1e-3
+    m = -torch.rand(rows, cols // INT4_GROUP_SIZE, 1, generator=gen) * 0.05
+    w = (codes.float() * d + m).view(rows, cols)
+    lin = Int4Linear.from_weight(w)
+    x = _weight(5, cols, seed=4)
+    assert torch.allclose(lin(x), x @ w.t(), atol=2e-5, rtol=0)
+
+
+def test_int4_error_is_bounded_on_arbitrary_weights() -> None:
+    w = _weight(32, 64)
+    lin = Int4Linear.from_weight(w)
+    groups = w.view(32, -1, INT4_GROUP_SIZE)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15  # one code step per group
+    x = torch.eye(64)  # the identity reads the dequantized weights back, column by column
+    deq = lin(x).t()
+    err = (deq - w).view(32, -1, INT4_GROUP_SIZE).abs()
+    assert (err <= step[..., None] / 2 + 1e-5).all()
+
+
+def test_int4_falls_back_to_int8_when_columns_do_not_split_into_groups() -> None:
+    assert isinstance(quantize(Dense(_weight(16, 40)), "int4"), Int8Linear)
+    assert isinstance(quantize(Dense(_weight(16, 64)), "int4"), Int4Linear)
+    dense = Dense(_weight(16, 64))
+    assert quantize(dense, "none") is dense
+    with pytest.raises(ValueError, match="unknown quantization mode 'int3'"):
+        quantize(dense, "int3")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fuse_and_split_equal_the_separate_layers(bias: bool) -> None:
+    parts = [
+        Dense(_weight(n, 32, seed=n), _weight(1, n, seed=n + 1)[0] if bias else None)
+        for n in (32, 16, 16)
+    ]
+    x = _weight(4, 32, seed=9)
+    fused = fuse(parts)
+    for got, lin in zip(split(fused(x), [32, 16, 16]), parts, strict=True):
+        assert torch.allclose(got, lin(x), atol=1e-6, rtol=0)
+
+
+def _greedy(model: NativeCausalLM, ids: list[int], steps: int) -> list[int]:
+    logits, cache = model.forward(torch.tensor([ids]), None)
+    out: list[int] = []
+    for _ in range(steps):
+        out.append(int(logits[0, -1].argmax()))
+        logits, cache = model.forward(torch.tensor([[out[-1]]]), cache)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_model_computes_with_its_dequantized_weights(
+    tiny_model: Tiny, mode: str
+) -> None:
+    """The forward pass uses the fused, quantized layers everywhere: a model given the
+    dequantized weights as plain dense layers computes the same logits."""
+    quant = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    quant.quantize(mode)
+    assert quant.quantization == mode
+    ref = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    ref.quantize(mode)
+    for layer in ref.layers:
+        for name in ("qkv", "gate_up", "o", "down"):
+            lin = getattr(layer, name)
+            setattr(layer, name, Dense(lin.dequantized(), lin.bias))
+    ref.head = Dense(ref.head.dequantized())
+    full = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+
+    ids = torch.tensor([[5, 17, 42, 99, 7, 250, 3]])
+    got, cache = quant.forward(ids, None, logits_to_keep=0)
+    want, ref_cache = ref.forward(ids, None, logits_to_keep=0)
+    assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
+    step, _ = quant.forward(torch.tensor([[11]]), cache)
+    ref_step, _ = ref.forward(torch.tensor([[11]]), ref_cache)
+    assert torch.allclose(step, ref_step, atol=1e-4, rtol=0)
+    # ... and those are not the full-precision logits
+    assert not torch.allclose(got, full.forward(ids, None, logits_to_keep=0)[0], atol=1e-3)
+    with pytest.raises(ValueError, match="quantized once"):
+        quant.quantize("int8" if mode == "int4" else "int4")
+
+
+def test_ask_quantize_answers_with_the_quantized_models_tokens(
+    cli, tiny_model: Tiny
+) -> None:
+    from chatcli.lm.tokenizer import ChatTokenizer
+    from chatcli.prompt import render_ids
+
+    tok = ChatTokenizer.from_folder(tiny_model.folder)
+    model = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    model.quantize("int8")
+    from chatcli.conversation import Conversation
+
+    conv = Conversation()
+    conv.add_user("hello there")
+    ids = render_ids(tok, conv.messages())
+    want = tok.decode(_greedy(model, ids, 12), skip_special_tokens=True)
+
+    result = cli(["ask", "--quantize", "int8", "-n", "12", "hello there"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == printed(want)
+    # and it is not simply the unquantized answer
+    plain = cli(["ask", "-n", "12", "hello there"])
+    assert plain.exit_code == 0
+    assert plain.stdout != result.stdout
+
+
+def test_quantize_errors(cli, home: Path) -> None:
+    result = cli(["ask", "--quantize", "int3", "hi"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --quantize must be one of none, int8, int4 (got 'int3'); hint: use --quantize "
+        "int8 (smaller and faster, slightly less exact) or none\n"
+    )
+    models = home / "models.toml"
+    models.write_text(models.read_text() + 'implementation = "transformers"\nquantize = "int8"\n')
+    result = cli(["ask", "hi"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: --quantize int8 is not available for 'tiny' (set by [models.tiny] in {models}): "
+        "it runs on transformers' implementation; hint: use --quantize none, or run on the CPU "
+        "with the native implementation\n"
+    )
+    # the flag overrides the alias
+    assert cli(["ask", "--quantize", "none", "-n", "2", "hi"]).exit_code == 0
+
+
+def test_models_toml_quantize_is_validated(cli, home: Path) -> None:
+    models = home / "models.toml"
+    models.write_text(models.read_text() + 'quantize = "fp4"\n')
+    result = cli(["ask", "hi"])
+    assert result.exit_code != 0
+    assert "'quantize' must be one of none, int8, int4" in result.stderr
+    assert result.stderr.count("\n") == 1
