@@ -1,0 +1,173 @@
+"""Quality guard for `--quantize`: perplexity and greedy agreement against bf16.
+
+Usage: python bench/quality.py [--model ALIAS] [--dtype bfloat16] [--tokens 64]
+                               [--window 512] [--write docs/benchmarks.md]
+
+For each of none / int8 / int4 on the same converted weights it reports
+- the perplexity of chatcli's native forward pass on `bench/data/english.txt` (a fixed
+  English text kept in the repository), scored in non-overlapping windows of --window
+  tokens, every token after the first of a window predicted from the ones before it;
+- over 20 fixed chat prompts, the fraction of the first --tokens greedy tokens equal
+  (position by position) to the unquantized model's, and the mean length of the common
+  prefix.
+Targets (issue #6): int8 perplexity within 1 % of bf16's, int4 within 5 %.
+With --write, the table replaces the "quality" section of the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+TEXT = Path(__file__).parent / "data" / "english.txt"
+MODES = ("none", "int8", "int4")
+TARGETS = {"int8": 0.01, "int4": 0.05}
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a hash table is in two sentences.",
+    "Give me three tips for learning to cook.",
+    "What is the difference between weather and climate?",
+    "Write a short poem about autumn leaves.",
+    "How do plants make their food?",
+    "Summarize the plot of Romeo and Juliet.",
+    "What are the benefits of regular exercise?",
+    "Explain recursion to a ten-year-old.",
+    "Write a polite email declining a meeting.",
+    "Why is the sky blue?",
+    "List five animals that live in the ocean.",
+    "What does a compiler do?",
+    "Describe a sunset in one paragraph.",
+    "How can I improve my sleep?",
+    "What is photosynthesis?",
+    "Write a limerick about a cat.",
+    "What is the Pythagorean theorem?",
+    "Give me a recipe idea for dinner with rice and beans.",
+]
+
+
+def perplexity(model: Any, ids: list[int], window: int) -> float:
+    import torch
+
+    nll, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start:start + window]
+        if len(chunk) < 2:
+            break
+        logits, _ = model.forward(torch.tensor([chunk]), None, logits_to_keep=0)
+        logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+        target = torch.tensor(chunk[1:])
+        nll -= float(logprobs.gather(-1, target[:, None]).sum())
+        count += len(chunk) - 1
+    return math.exp(nll / count)
+
+
+def greedy(model: Any, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    logits, cache = model.forward(torch.tensor([ids]), None)
+    out: list[int] = []
+    for _ in range(n):
+        out.append(int(logits[0, -1].argmax()))
+        logits, cache = model.forward(torch.tensor([[out[-1]]]), cache)
+    return out
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
+    """(fraction of positions with equal tokens, mean common-prefix length)."""
+    equal = sum(x == y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+    total = sum(len(r) for r in a)
+    prefixes = []
+    for ra, rb in zip(a, b, strict=True):
+        k = 0
+        while k < len(ra) and ra[k] == rb[k]:
+            k += 1
+        prefixes.append(k)
+    return equal / total, statistics.mean(prefixes)
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    text = path.read_text()
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--write", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from chatcli.lm.llama import NativeCausalLM
+    from chatcli.loader import load_model
+    from chatcli.prompt import Message, render_ids
+    from chatcli.registry import load_registry
+    from chatcli.runtime import resolve_runtime
+    from chatcli.sources import SilentReporter
+
+    spec = load_registry().resolve(args.model)
+    runtime = resolve_runtime("cpu", args.dtype, args.threads, spec.dtype)
+    loaded = load_model(spec, runtime, SilentReporter())
+    tokenizer, folder = loaded.tokenizer, loaded.folder
+    dtype = getattr(torch, runtime.dtype)
+    text_ids = tokenizer.encode(TEXT.read_text())
+    prompts = [render_ids(tokenizer, [Message("user", p)]) for p in PROMPTS]
+
+    rows: dict[str, dict[str, Any]] = {}
+    answers: dict[str, list[list[int]]] = {}
+    for mode in MODES:
+        started = time.perf_counter()
+        model = NativeCausalLM.from_folder(folder, dtype)
+        model.quantize(mode)
+        ppl = perplexity(model, text_ids, args.window)
+        answers[mode] = [greedy(model, ids, args.tokens) for ids in prompts]
+        rows[mode] = {"ppl": ppl, "seconds": time.perf_counter() - started}
+        print(f"{mode}: perplexity {ppl:.3f}", flush=True)
+
+    base = rows["none"]["ppl"]
+    lines = [
+        f"`python bench/quality.py --tokens {args.tokens} --window {args.window}` — model "
+        f"{spec.alias}, {runtime.dtype}, {len(text_ids)} tokens of `bench/data/english.txt`, "
+        f"{len(PROMPTS)} chat prompts x {args.tokens} greedy tokens.",
+        "",
+        "| quantize | perplexity | vs none | target | greedy tokens equal to none's | "
+        "mean common prefix |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        ppl = rows[mode]["ppl"]
+        change = ppl / base - 1
+        target = TARGETS.get(mode)
+        verdict = "-" if target is None else (
+            f"<= {target:.0%}: {'met' if change <= target else 'MISSED'}"
+        )
+        equal, prefix = agreement(answers[mode], answers["none"])
+        lines.append(
+            f"| {mode} | {ppl:.3f} | {change:+.2%} | {verdict} | {equal:.1%} | "
+            f"{prefix:.1f} / {args.tokens} |"
+        )
+    body = "\n".join(lines)
+    print(body)
+    if args.write:
+        write_section(args.write, "quality", body)
+
+
+if __name__ == "__main__":
+    main()
