@@ -189,3 +189,12 @@ def test_models_toml_quantize_is_validated(cli, home: Path) -> None:
     assert result.exit_code != 0
     assert "'quantize' must be one of none, int8, int4" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_models_show_prints_quantize(cli, home: Path) -> None:
+    models = home / "models.toml"
+    models.write_text(models.read_text() + 'quantize = "int4"\n')
+    result = cli(["models", "show", "tiny"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.split() == ["quantize", "int4"] for line in lines), result.stdout

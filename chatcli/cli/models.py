@@ -60,6 +60,8 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
             ("params", spec.params or "?"),
             ("context window", str(spec.context_window or "from the model config")),
             ("dtype", spec.dtype),
+            ("implementation", spec.implementation),
+            ("quantize", spec.quantize),
             ("chat template", "from models.toml" if spec.chat_template else "the model's own"),
             ("trust remote code", "yes" if spec.trust_remote_code else "no"),
             ("license", spec.license or "?"),
