@@ -198,3 +198,18 @@ def test_models_show_prints_quantize(cli, home: Path) -> None:
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.split() == ["quantize", "int4"] for line in lines), result.stdout
+
+
+@pytest.mark.parametrize("cached", [1, 7, 300])
+def test_one_query_attention_equals_the_fused_kernel(tiny_model: Tiny, cached: int) -> None:
+    model = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    gen = torch.Generator().manual_seed(cached)
+    rows, d = 2, model.head_dim
+    q = torch.randn(rows, model.heads, 1, d, generator=gen)
+    k = torch.randn(rows, model.kv_heads, cached, d, generator=gen)
+    v = torch.randn(rows, model.kv_heads, cached, d, generator=gen)
+    fused = model._attend(q, k, v, past=cached - 1)
+    model.exact = False
+    mine = model._attend(q, k, v, past=cached - 1)
+    assert mine.shape == fused.shape == (rows, 1, model.heads * d)
+    assert torch.allclose(mine, fused, atol=1e-5, rtol=0)

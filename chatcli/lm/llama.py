@@ -214,14 +214,16 @@ class NativeCausalLM:
         self.layers = [layer(f"model.layers.{i}") for i in range(config["num_hidden_layers"])]
         self.head: Linear = Dense(self.lm_head)
         self.quantization = "none"
+        self.exact = True  # bit-identical to transformers; False once quantized
 
     def quantize(self, mode: str) -> None:
         """Replace every linear layer, and the output head, by its `mode` version.
 
-        Quantized layers also fuse q/k/v and gate/up into one linear each: with int8 or
+        Quantized layers also fuse q/k/v and gate/up into one linear each, and decode
+        steps use `_attend_one` instead of torch's fused attention kernel: with int8 or
         int4 weights the result is no longer bit-identical to transformers anyway, and
-        fewer, larger matrix-vector products run faster. The embedding lookup keeps the
-        full-precision table. "none" leaves the model unchanged.
+        fewer, larger matrix-vector products and two small matmuls run faster. The
+        embedding lookup keeps the full-precision table. "none" leaves the model unchanged.
         """
         if mode == "none" or mode == self.quantization:
             return
@@ -241,6 +243,7 @@ class NativeCausalLM:
         # (llama.cpp's 4-bit formats keep it at 6-8 bits too), so int4 keeps it at int8.
         self.head = quantize(self.head, "int8" if mode == "int4" else mode)
         self.quantization = mode
+        self.exact = False
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype, device: str = "cpu") -> NativeCausalLM:
@@ -255,9 +258,24 @@ class NativeCausalLM:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
 
+    def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of one new position over the cache, as two small matmuls.
+
+        torch's fused CPU attention kernel is slow for a single query: 12x slower than
+        this at 1,024 cached positions (docs/benchmarks.md), but it is what
+        transformers calls, so only the quantized (already inexact) model uses this.
+        """
+        rows, _, _, head_dim = q.shape
+        grouped = q.reshape(rows, self.kv_heads, -1, head_dim)  # (rows, kv, n_rep, d)
+        scores = torch.matmul(grouped, k.transpose(-1, -2)) * self.scale
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return torch.matmul(probs, v).reshape(rows, 1, -1)
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
         """transformers' `sdpa_attention_forward` with the mask `create_causal_mask` builds."""
         rows, _, new, head_dim = q.shape
+        if new == 1 and not self.exact:
+            return self._attend_one(q, k, v)
         mask = None  # transformers skips the mask (relying on `is_causal`) unless ...
         if new > 1 and past > 0:  # ... a multi-token chunk follows cached positions
             q_pos = torch.arange(past, past + new, device=q.device)[:, None]
