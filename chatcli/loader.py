@@ -7,8 +7,10 @@ loads tokenizer and model with the runtime's device/dtype/threads, and returns a
 `LoadedModel`. Two implementations: chatcli's native Llama-family forward pass
 and tokenizer (`chatcli.lm.llama`, `chatcli.lm.tokenizer`: bit-identical
 results, no transformers import, ~2 s faster start) where they apply, else
-transformers' (any architecture). `trust_remote_code` is only ever taken from
-the alias.
+transformers' (any architecture). On CUDA the native model decodes through a
+static KV cache captured as a CUDA graph (`chatcli.lm.graphs`: captured once at
+load, shown as progress; CHATCLI_NO_CUDA_GRAPHS=1 turns it off).
+`trust_remote_code` is only ever taken from the alias.
 
 This module knows nothing about prompts, decoding or the terminal; progress is
 reported through a `Reporter`.
@@ -155,8 +157,9 @@ def load_model(
     spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None = None
 ) -> LoadedModel:
     """Load an alias. `implementation` (default: the alias's, else "auto") picks the forward pass:
-    chatcli's native Llama-family one where it applies (CPU, llama/qwen2 architectures, a
-    tokenizer.json that loads identically without transformers), else transformers'."""
+    chatcli's native Llama-family one where it applies (CPU or CUDA, llama/qwen2
+    architectures, a tokenizer.json that loads identically without transformers), else
+    transformers'."""
     weights = sources.fetch(spec, reporter)
     started = time.perf_counter()
     folder = weights.folder
@@ -166,8 +169,9 @@ def load_model(
     config = read_json(folder / "config.json")
     generation_config = read_json(folder / "generation_config.json")
     apply_threads(runtime)
+    ctx = spec.context_window or config.get("max_position_embeddings") or 2048
     if impl == "native" or (impl == "auto" and _native_applies(spec, runtime, folder, config)):
-        lm, tokenizer = _load_native(spec, runtime, folder)
+        lm, tokenizer = _load_native(spec, runtime, folder, int(ctx), reporter)
         impl = "native"
     else:
         _refuse_quantize(spec, runtime, "it runs on transformers' implementation")
@@ -175,7 +179,6 @@ def load_model(
         impl = "transformers"
     if spec.chat_template:
         tokenizer.chat_template = spec.chat_template
-    ctx = spec.context_window or config.get("max_position_embeddings") or 2048
     return LoadedModel(
         spec=spec,
         lm=lm,
@@ -193,16 +196,19 @@ def load_model(
 def _native_applies(
     spec: ModelSpec, runtime: Runtime, folder: Path, config: dict[str, Any]
 ) -> bool:
-    if spec.trust_remote_code or runtime.device != "cpu":
+    if spec.trust_remote_code or runtime.device not in ("cpu", "cuda"):
         return False
     from chatcli.lm import llama, tokenizer
 
     return llama.supports(config) and tokenizer.supports(folder)
 
 
-def _load_native(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple[Any, Any]:
+def _load_native(
+    spec: ModelSpec, runtime: Runtime, folder: Path, context_window: int, reporter: Reporter
+) -> tuple[Any, Any]:
     import torch
 
+    from chatcli.lm import graphs
     from chatcli.lm.llama import NativeCausalLM
     from chatcli.lm.native import NativeLanguageModel
     from chatcli.lm.quant import supported
@@ -221,6 +227,10 @@ def _load_native(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple[Any, 
             f'set implementation = "transformers" for [models.{spec.alias}] in {spec.origin}',
         ) from exc
     model.quantize(runtime.quantize)
+    if graphs.wanted(runtime.device):
+        graphed = graphs.GraphedLanguageModel(model, context_window, reporter)
+        graphed.warm_up()
+        return graphed, tokenizer
     return NativeLanguageModel(model), tokenizer
 
 
