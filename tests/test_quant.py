@@ -213,3 +213,34 @@ def test_one_query_attention_equals_the_fused_kernel(tiny_model: Tiny, cached: i
     mine = model._attend(q, k, v, past=cached - 1)
     assert mine.shape == fused.shape == (rows, 1, model.heads * d)
     assert torch.allclose(mine, fused, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_tensors_round_trip(tiny_model: Tiny, mode: str) -> None:
+    quant = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    quant.quantize(mode)
+    again = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    again.load_quantized(mode, quant.quantized_tensors())
+    assert again.quantization == mode and not again.exact
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    assert torch.equal(quant.forward(ids, None)[0], again.forward(ids, None)[0])
+
+
+def test_quantized_weights_are_cached(cli, home: Path) -> None:
+    first = cli(["ask", "--quantize", "int4", "-n", "10", "hello"])
+    assert first.exit_code == 0, first.stderr
+    files = list((home / "cache" / "quantized").glob("*.safetensors"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    second = cli(["ask", "--quantize", "int4", "-n", "10", "hello"])
+    assert second.stdout == first.stdout
+    assert files[0].stat().st_mtime_ns == stamp  # read, not rewritten
+    # another mode is another file
+    assert cli(["ask", "--quantize", "int8", "-n", "2", "hello"]).exit_code == 0
+    assert len(list((home / "cache" / "quantized").glob("*.safetensors"))) == 2
+    # a damaged file is quantized again and replaced
+    files[0].write_bytes(b"not a safetensors file")
+    third = cli(["ask", "--quantize", "int4", "-n", "10", "hello"])
+    assert third.exit_code == 0, third.stderr
+    assert third.stdout == first.stdout
+    assert files[0].stat().st_size > 100

@@ -25,11 +25,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from chatcli.lm.quant import Dense, Linear, fuse, quantize, split
+from chatcli.lm.quant import Dense, Linear, from_tensors, fuse, quantize, split, to_tensors
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2"})
 _ROPE_TYPES = frozenset({"default", "llama3"})
@@ -151,13 +152,13 @@ _Weights = dict[str, torch.Tensor]
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
-    q: Linear
-    k: Linear
-    v: Linear
+    q: Any  # Linear; None once fused into `qkv`
+    k: Any
+    v: Any
     o: Linear
     post_norm: torch.Tensor
-    gate: Linear
-    up: Linear
+    gate: Any  # Linear; None once fused into `gate_up`
+    up: Any
     down: Linear
     # After `quantize`: q/k/v and gate/up as one fused linear each (None: separate)
     qkv: Linear | None = None
@@ -238,12 +239,38 @@ class NativeCausalLM:
             layer.gate_up = quantize(fuse([gate, up]), mode)
             assert isinstance(layer.o, Dense) and isinstance(layer.down, Dense)
             layer.o, layer.down = quantize(layer.o, mode), quantize(layer.down, mode)
+            layer.q = layer.k = layer.v = layer.gate = layer.up = None  # free the dense copies
         assert isinstance(self.head, Dense)
         # The output head decides every token directly; 4 bits there cost visible quality
         # (llama.cpp's 4-bit formats keep it at 6-8 bits too), so int4 keeps it at int8.
         self.head = quantize(self.head, "int8" if mode == "int4" else mode)
         self.quantization = mode
         self.exact = False
+
+    _QUANTIZED = ("qkv", "gate_up", "o", "down")
+
+    def quantized_tensors(self) -> dict[str, torch.Tensor]:
+        """The quantized layers' tensors, to save; `load_quantized` restores them."""
+        if self.quantization == "none":
+            raise ValueError("the model is not quantized")
+        out = to_tensors(self.head, "head")
+        for i, layer in enumerate(self.layers):
+            for name in self._QUANTIZED:
+                out.update(to_tensors(getattr(layer, name), f"layers.{i}.{name}"))
+        return out
+
+    def load_quantized(self, mode: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Adopt layers saved by `quantized_tensors` of a model quantized to `mode`."""
+        if self.quantization != "none":
+            raise ValueError("a model is quantized once")
+        self.head = from_tensors(tensors, "head")
+        for i, layer in enumerate(self.layers):
+            layer.qkv, layer.gate_up, layer.o, layer.down = (
+                from_tensors(tensors, f"layers.{i}.{name}") for name in self._QUANTIZED
+            )
+            layer.qkv_sizes = [lin.out_features for lin in (layer.q, layer.k, layer.v)]
+            layer.q = layer.k = layer.v = layer.gate = layer.up = None  # free the dense copies
+        self.quantization, self.exact = mode, False
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype, device: str = "cpu") -> NativeCausalLM:

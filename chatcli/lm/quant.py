@@ -150,6 +150,36 @@ def _int4_codes(
     return codes.to(torch.int32).view(out_features, in_features), table
 
 
+def to_tensors(linear: Linear, prefix: str) -> dict[str, torch.Tensor]:
+    """`linear`'s tensors under `prefix.` names, for saving (see `from_tensors`)."""
+    if isinstance(linear, Int8Linear):
+        out = {"qweight": linear.qweight, "scales": linear.scales}
+    elif isinstance(linear, Int4Linear):
+        out = {
+            "packed": linear.packed,
+            "scales_and_zeros": linear.scales_and_zeros,
+            # shapes ride along as tensors so that one safetensors file holds everything
+            "shape": torch.tensor([linear.group_size, linear.out_features]),
+        }
+    else:
+        out = {"weight": linear.weight}
+    if linear.bias is not None:
+        out["bias"] = linear.bias
+    return {f"{prefix}.{name}": t.contiguous() for name, t in out.items()}
+
+
+def from_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> Linear:
+    """The linear that `to_tensors(linear, prefix)` saved."""
+    bias = tensors.get(f"{prefix}.bias")
+    if f"{prefix}.qweight" in tensors:
+        return Int8Linear(tensors[f"{prefix}.qweight"], tensors[f"{prefix}.scales"], bias)
+    if f"{prefix}.packed" in tensors:
+        group_size, out_features = (int(v) for v in tensors[f"{prefix}.shape"])
+        return Int4Linear(tensors[f"{prefix}.packed"], tensors[f"{prefix}.scales_and_zeros"],
+                          group_size, out_features, bias)
+    return Dense(tensors[f"{prefix}.weight"], bias)
+
+
 def supported(mode: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """None if `mode` runs on `device`/`dtype`, else why not (one short sentence)."""
     if mode == "none":
