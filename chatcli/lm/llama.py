@@ -11,6 +11,8 @@ and bfloat16: every op, its operand shapes, its dtype casts and the SDPA call
 non-empty cache) mirror transformers 5.x, so greedy decoding picks the same
 tokens. It exists so that chatcli can answer without importing transformers'
 modeling code, which is slow to import; it never imports transformers.
+`quantize("int8"|"int4")` swaps in weight-only quantized linear layers
+(`chatcli.lm.quant`) and faster, no longer bit-identical decode steps.
 
 It deliberately knows nothing about tokenization, decoding strategies or text:
 token ids go in, logits and a cache come out. It supports one unpadded sequence
