@@ -140,20 +140,20 @@ class Client:
                 yield chunk
         except TimeoutError as exc:
             raise StreamCutError(
-                f"{self.base_url} sent nothing for {self.timeout:g} s in the middle of the "
-                "answer (timeout)",
+                f"the answer from {self.base_url} was cut off: nothing arrived for "
+                f"{self.timeout:g} s (timeout)",
                 "the partial answer is kept in the history, marked interrupted; raise timeout "
                 "in models.toml if the server is just slow",
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise self._cut(f"the connection broke ({type(exc).__name__})") from exc
+            raise self._cut("the connection broke") from exc
         if not finished:
             raise self._cut("the stream ended before the answer was complete")
         # A final chunk with its finish_reason arrived; a missing [DONE] loses nothing.
 
     def _cut(self, why: str) -> StreamCutError:
         return StreamCutError(
-            f"{self.base_url}: {why}",
+            f"the answer from {self.base_url} was cut off: {why}",
             "the partial answer is kept in the history, marked interrupted; is the server "
             "still running?",
         )
@@ -172,7 +172,10 @@ class Client:
         except TimeoutError as exc:
             raise self._timeout() from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise self._cut(f"the connection broke ({type(exc).__name__})") from exc
+            raise RemoteError(
+                f"cannot read the answer of {self.base_url}: the connection broke",
+                "is the server still running?",
+            ) from exc
 
     def _connection(self) -> http.client.HTTPConnection:
         cls = (http.client.HTTPSConnection if self._scheme == "https"
