@@ -10,8 +10,11 @@ recordings. Nothing here leaves 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -107,11 +110,17 @@ def _handler(replay: Replay) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up early (it refused the answer) is no test failure
+
+
 @pytest.fixture
 def replay() -> Iterator[Replay]:
     state = Replay()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(state))
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -152,6 +161,23 @@ def test_ask_sends_the_recorded_request_and_prints_the_answer(remote: Replay,
     assert remote.requests[0]["path"] == "/v1/chat/completions"
     assert remote.requests[0]["auth"] is None
     assert history(home) == [("user", "Name a fruit.", 0), ("assistant", ANSWER, 0)]
+
+
+def test_a_remote_model_needs_no_torch(remote: Replay, home: Path) -> None:
+    remote.responses = [Response.recorded("greedy")]
+    code = (
+        "import sys\n"
+        "from chatcli.cli.app import main\n"
+        "try:\n    main(['ask', '-m', 'local-server', '-n', '12', 'Name a fruit.'])\n"
+        "except SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)\n"
+    )
+    env = {**os.environ, "CHATCLI_HOME": str(home),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         stdin=subprocess.DEVNULL, timeout=60)
+    assert out.stdout == ANSWER + "\n"
+    assert out.stderr == "[]\n"
 
 
 def test_ask_json(remote: Replay) -> None:

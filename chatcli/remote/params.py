@@ -70,7 +70,7 @@ _NEUTRAL = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repetition_penalty": 1.
 
 def _refuse(spec: ModelSpec, name: str) -> UsageError:
     flag = _FLAGS.get(name, name)
-    where = f"'{spec.alias}' (backend {spec.backend}, server {spec.server})"
+    where = f"'{spec.alias or spec.base_url}' (backend {spec.backend}, server {spec.server})"
     takers = [s for s, p in PROFILES.items() if name in p.extra]
     hint = "remove it, or use a local model (-m)"
     if takers:
@@ -99,7 +99,7 @@ def check(spec: ModelSpec, settings: DecodingSettings, candidates: int | None = 
         )
     if name == "beam" and not profile.beam:
         raise UsageError(
-            f"-S beam needs a server with beam search; '{spec.alias}' is server "
+            f"-S beam needs a server with beam search; '{spec.alias or spec.base_url}' is server "
             f"'{spec.server}'",
             "set server = \"vllm\" for the alias if it is vLLM, or use a local model (-m)",
         )
