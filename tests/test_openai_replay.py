@@ -552,3 +552,25 @@ def test_tokenizer_alias_counts_exactly(remote: Replay, home: Path, tiny_model: 
     remote.responses = [Response.recorded("greedy")]
     result = run_cli(["ask", "-m", "local-server", "--json", "-n", "12", "Hello there"])
     assert json.loads(result.stdout)["prompt_tokens"] == len(expected)
+
+
+def test_chat_commands_on_a_remote_model(remote: Replay) -> None:
+    remote.responses = [Response.recorded("greedy")]
+    result = run_cli(["chat", "-m", "local-server", "-n", "12"],
+                     input="Name a fruit.\n/context\n/prompt\n/stats\n/candidates 2\n")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == ANSWER
+    assert lines[1].split() == ["turn", "role", "tokens", "status"]
+    # The estimate: ceil(13 / 4) + 4, + 3 for the reply header; ceil(36 / 4) + 4.
+    assert lines[2].split() == ["1", "user", "11", "kept"]
+    assert lines[3].split() == ["2", "assistant", "13", "kept"]
+    assert lines[4] == ("prompt 24 of 2036 tokens (context window 2048 - max new tokens 12); "
+                        "0 exchange(s) dropped")
+    sent = json.loads("\n".join(lines[5:15]))
+    assert sent == [{"role": "user", "content": "Name a fruit."},
+                    {"role": "assistant", "content": ANSWER}]
+    assert lines[15] == "(the messages sent to the server, which applies its own chat template)"
+    assert lines[16].startswith("model=local-server strategy=greedy seed=")
+    assert " reused_prompt_tokens=0 completion_tokens=9 " in lines[16]
+    assert lines[16].endswith(" finish_reason=stop")

@@ -141,17 +141,15 @@ class RemoteModel:
                     held = event
                 finish = choice.get("finish_reason") or finish
         except (RemoteError, KeyboardInterrupt):
+            _timings(stats, count, start, first)  # the figures of what did arrive
             if held is not None:
                 yield held
             raise
-        end = time.perf_counter()
+        _timings(stats, count, start, first)
         stats.completion_tokens = int(usage.get("completion_tokens") or count)
         if usage.get("prompt_tokens"):
             stats.prompt_tokens = int(usage["prompt_tokens"])
             self.observe(messages, stats.prompt_tokens)
-        stats.total_s = end - start
-        stats.decode_tokens_per_s = (count - 1) / (end - first) if count > 1 and end > first \
-            else 0.0
         stats.finish_reason = finish or "stop"
         if held is not None:
             yield dataclasses.replace(held, finish_reason=stats.finish_reason)
@@ -185,6 +183,13 @@ class RemoteModel:
         entropy = -sum(p * math.log(p) for _, p in pairs if p > 0)
         return Candidates(raw=pairs, drawn_from=pairs, entropy=entropy,
                           chosen_prob=math.exp(logprob) if math.isfinite(logprob) else 0.0)
+
+
+def _timings(stats: Stats, count: int, start: float, first: float) -> None:
+    end = time.perf_counter()
+    stats.completion_tokens = count
+    stats.total_s = end - start
+    stats.decode_tokens_per_s = (count - 1) / (end - first) if count > 1 and end > first else 0.0
 
 
 def _first_choice(chunk: dict[str, Any]) -> dict[str, Any] | None:
