@@ -574,3 +574,21 @@ def test_chat_commands_on_a_remote_model(remote: Replay) -> None:
     assert lines[16].startswith("model=local-server strategy=greedy seed=")
     assert " reused_prompt_tokens=0 completion_tokens=9 " in lines[16]
     assert lines[16].endswith(" finish_reason=stop")
+
+
+def test_context_window_from_the_server(home: Path, replay: Replay) -> None:
+    from chatcli.registry import load_registry
+    from chatcli.remote.model import open_remote
+
+    with (home / "models.toml").open("a") as f:
+        f.write(f'\n[models.srv]\nbackend = "openai"\nbase_url = "{replay.url}"\n'
+                'model = "smollm2"\n')
+    registry = load_registry()
+    listing = b'{"object": "list", "data": [{"id": "smollm2", "max_model_len": 777}]}'
+    replay.responses = [Response(200, "OK", {"Content-Type": "application/json"}, listing)]
+    assert open_remote(registry.resolve("srv"), registry).context_window == 777  # vLLM's
+    replay.responses = [Response.recorded("models")]  # llama.cpp's: no length listed
+    assert open_remote(registry.resolve("srv"), registry).context_window == 4096
+    replay.responses = [Response.recorded("not_found")]  # no /models at all
+    assert open_remote(registry.resolve("srv"), registry).context_window == 4096
+    assert [r["path"] for r in replay.requests] == ["/v1/models"] * 3

@@ -202,11 +202,17 @@ def _first_choice(chunk: dict[str, Any]) -> dict[str, Any] | None:
 # -- opening ---------------------------------------------------------------------------
 def open_remote(spec: ModelSpec, registry: Registry | None = None) -> RemoteModel:
     """A `RemoteModel` for an `openai` alias. Asks the server's /models only when the
-    alias names no model (a one-off `--base-url`) or no context window."""
+    alias names no model (a one-off `--base-url`: the server must list exactly one) or
+    no context window (then a failure only means the default, 4096)."""
     client = Client(spec.base_url or "", spec.timeout, spec.api_key_env)
     listed: list[dict[str, Any]] | None = None
-    if not spec.model or not spec.context_window:
+    if not spec.model:
         listed = list_models(client)
+    elif not spec.context_window:
+        try:  # only for the context length: a server without /models is still usable
+            listed = list_models(client)
+        except RemoteError:
+            listed = []
     if not spec.model:
         names = [str(m.get("id")) for m in listed or [] if m.get("id")]
         if len(names) != 1:
