@@ -56,3 +56,15 @@ class OutputClosed(Exception):
 
     Deliberately not an OSError, so that no library turns it into an exit code.
     """
+
+
+class RemoteError(ChatcliError):
+    """A server of a remote backend could not be reached or refused the request."""
+
+
+class MalformedStreamError(RemoteError):
+    """A server sent something that is not a well-formed chat-completions stream."""
+
+
+class StreamCutError(RemoteError):
+    """A server's answer stopped before it was complete (the partial answer is kept)."""

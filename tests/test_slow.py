@@ -6,7 +6,6 @@ Marked slow: `pytest -m "not slow"` skips them; CI runs them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,6 @@ import pytest
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("real-home")
-
-
-@pytest.fixture
-def real(real_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("CHATCLI_HOME", str(real_home))
-    monkeypatch.delenv("CHATCLI_DEBUG", raising=False)
-    if not (real_home / "pulled").exists():
-        result = run_cli(["pull", "smollm2-135m"])
-        assert result.exit_code == 0, result.stderr
-        assert result.stdout.startswith("smollm2-135m: ready at ")
-        (real_home / "pulled").touch()
-    yield real_home
 
 
 def test_pull_again_is_cached(real: Path) -> None:

@@ -141,7 +141,8 @@ def _context(ctx: ChatContext, _: str) -> None:
         f"max new tokens {session.max_new_tokens}); {packed.dropped_exchanges} exchange(s) dropped"
     )
     answered, gen = session.answered_packed, session.last_generation
-    if session.explain and answered is not None and gen is not None and gen.token_ids:
+    if (session.explain and session.remote is None and answered is not None and gen is not None
+            and gen.token_ids):
         show_attention(ctx.ui, session.loaded, answered, gen.token_ids)
 
 
@@ -168,6 +169,14 @@ def _prompt(ctx: ChatContext, _: str) -> None:
     from chatcli.prompt import render_text
 
     packed = ctx.session.pack()
+    remote = ctx.session.remote
+    if remote is not None and remote.tokenizer is None:
+        import json
+
+        ctx.ui.print_raw(json.dumps([m.as_dict() for m in packed.messages], indent=2,
+                                    ensure_ascii=False))
+        ctx.ui.print("(the messages sent to the server, which applies its own chat template)")
+        return
     ctx.ui.print_raw(render_text(ctx.session.loaded.tokenizer, packed.messages))
 
 

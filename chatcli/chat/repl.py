@@ -4,7 +4,8 @@ Contract: `run(ctx, reader)` reads entries until end of input or `/exit`. A
 plain entry becomes a user message (saved before the answer starts) and is
 answered with streaming output. Ctrl-C while the model answers stops only the
 answer: the partial reply stays in the history marked as interrupted, and the
-prompt comes back. Ctrl-C at the prompt clears the line. A warning line is
+prompt comes back; so does an answer a remote server stopped sending (its
+error is printed and the chat goes on). Ctrl-C at the prompt clears the line. A warning line is
 printed whenever packing drops earlier exchanges. Knows nothing about how
 tokens are chosen.
 """
@@ -37,8 +38,11 @@ def answer(ctx: ChatContext) -> None:
         )
     if packed.shortened:
         ui.warn("your message was shortened in the middle to fit the context window")
+    if session.packing_note:
+        ui.warn(session.packing_note)
     writer = ui.answer_writer()
     interrupted = False
+    failure: ChatcliError | None = None
     events = []
     try:
         for event in gen:
@@ -46,15 +50,18 @@ def answer(ctx: ChatContext) -> None:
             writer.write(event.text)
     except KeyboardInterrupt:
         interrupted = True
+    except ChatcliError as exc:  # a remote server stopped answering
+        interrupted, failure = True, exc
     finally:
         writer.close()
     session.finish_reply(gen, interrupted)
     if session.candidates is not None:
         from chatcli.ui.candidates import show_table
 
-        tok = session.loaded.tokenizer
-        show_table(ui, events, lambda i: tok.decode([i], skip_special_tokens=False))
-    if interrupted:
+        show_table(ui, events, session.token_text)
+    if failure is not None:
+        ui.error(failure.message, failure.hint)
+    elif interrupted:
         ui.warn("answer interrupted; the partial reply is kept in the history")
 
 

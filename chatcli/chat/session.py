@@ -9,6 +9,11 @@ the answer starts, the reply (possibly interrupted) when it ends.
 `start_reply()` packs the history (`chatcli.context.pack`), and returns a
 streaming `Generation`; `finish_reply()` records it.
 
+The model is either a `LoadedModel` (local: token ids in, KV cache reused) or a
+`RemoteModel` (an OpenAI-compatible server: the packed *messages* are sent, and
+the prompt is counted with its tokenizer or an estimate). Both produce the same
+`Generation`.
+
 Knows nothing about the terminal: the REPL and the slash commands print.
 """
 
@@ -27,6 +32,16 @@ from chatcli.generation.prompt_cache import PromptCache
 from chatcli.generation.stream import Generation, stream
 from chatcli.loader import LoadedModel
 from chatcli.prompt import render_ids
+from chatcli.remote.model import RemoteModel
+
+
+class NoCache:
+    """A remote model's stand-in for `PromptCache`: the server keeps its own."""
+
+    reused = 0
+
+    def invalidate(self) -> None:
+        pass
 
 
 @dataclass
@@ -68,13 +83,28 @@ class ChatSession:
         self.trace_beams = False  # record pruned beams (--show-beams)
         self.explain = False  # /context also reports the last answer's attention per turn
         self.answered_packed: Packed | None = None  # the prompt the last answer was given
+        # Set by start_reply, once per session, when an estimated count decided the packing.
+        self.packing_note: str | None = None
+        self._noted = False
         self.use_model(loaded)
 
     # -- model and settings ----------------------------------------------------
-    def use_model(self, loaded: LoadedModel) -> None:
+    def use_model(self, loaded: LoadedModel | RemoteModel) -> None:
         self.loaded = loaded
-        self.cache = PromptCache(loaded.lm)
+        self.cache: PromptCache | NoCache = (
+            NoCache() if isinstance(loaded, RemoteModel) else PromptCache(loaded.lm)
+        )
         self.settings = self._resolve(self.request)
+
+    @property
+    def remote(self) -> RemoteModel | None:
+        return self.loaded if isinstance(self.loaded, RemoteModel) else None
+
+    def token_text(self, token_id: int) -> str:
+        """A generated token as text (a remote model's tokens are named by negative ids)."""
+        if self.remote is not None:
+            return self.remote.token_text(token_id)
+        return str(self.loaded.tokenizer.decode([token_id], skip_special_tokens=False))
 
     def _resolve(self, request: DecodingRequest) -> DecodingSettings:
         return resolve_settings(
@@ -86,6 +116,10 @@ class ChatSession:
     def update_request(self, request: DecodingRequest) -> DecodingSettings:
         """Validate and adopt a new request (raises, leaving the old one, if invalid)."""
         settings = self._resolve(request)
+        if self.remote is not None:
+            from chatcli.remote.params import check
+
+            check(self.remote.spec, settings, self.candidates)
         self.request, self.settings = request, settings
         return settings
 
@@ -150,6 +184,8 @@ class ChatSession:
 
     # -- answering ----------------------------------------------------------------
     def render(self, messages: list[Message]) -> list[int]:
+        if self.remote is not None:
+            return self.remote.count_ids(messages)
         return render_ids(self.loaded.tokenizer, messages)
 
     def pack(self) -> Packed:
@@ -172,10 +208,25 @@ class ChatSession:
         newly = max(0, packed.dropped_exchanges - self.dropped)
         self.dropped = packed.dropped_exchanges
         self.last_packed = self.answered_packed = packed
+        room = self.loaded.context_window - len(packed.ids)
+        self.packing_note = None
+        if self.remote is not None and self.remote.approximate and not self._noted and (
+            packed.dropped_exchanges or packed.shortened or packed.tokens > packed.budget // 2
+        ):
+            self._noted = True
+            self.packing_note = (
+                f"packing is approximate: '{self.loaded.spec.alias}' names no tokenizer, so "
+                "prompt tokens are estimated (about 4 characters per token); set tokenizer = "
+                "\"ALIAS\" in models.toml for exact counts"
+            )
+        if self.remote is not None:
+            gen = self.remote.stream(packed.messages, packed.ids, self.settings,
+                                     min(self.max_new_tokens, room), self.candidates)
+            self.last_generation = gen
+            return gen, newly
         if not self.reuse_cache:
             self.cache.invalidate()
         loaded = dataclasses.replace(self.loaded, lm=self.cache)
-        room = self.loaded.context_window - len(packed.ids)
         gen = stream(loaded, packed.ids, self.settings, min(self.max_new_tokens, room),
                      self.strategies, candidates=self.candidates,
                      trace_beams=self.trace_beams)

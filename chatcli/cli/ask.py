@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from chatcli.cli.options import (
+    BaseUrlOpt,
     ContinueOpt,
     DeviceOpt,
     DtypeOpt,
@@ -56,6 +57,7 @@ def ask(
     ctx: typer.Context,
     prompt: PromptArg = None,
     model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     strategy: StrategyOpt = None,
@@ -85,13 +87,18 @@ def ask(
     quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Answer one question with a local model, streaming the reply (saved in history)."""
+    """Answer one question with a model, streaming the reply (saved in history)."""
     from chatcli.chat.session import ChatSession, DecodingRequest
-    from chatcli.cli.common import load_strategies
+    from chatcli.cli.common import (
+        check_remote,
+        load_strategies,
+        open_model,
+        resolve_spec,
+        runtime_for,
+    )
     from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import join_prompt
     from chatcli.registry import load_registry
-    from chatcli.runtime import resolve_runtime
     from chatcli.store import Store
     from chatcli.ui.candidates import show_table, token_records
 
@@ -99,7 +106,7 @@ def ask(
     strategies = load_strategies(ui)
     chosen, flags, options = decoding_request(ctx.params)
     registry = load_registry(models_file)
-    spec = registry.resolve(model)
+    spec = resolve_spec(registry, model, base_url)
     # Validate flags before reading stdin or loading anything (generation_config comes later).
     early = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
                              alias_defaults=spec.defaults)
@@ -109,14 +116,18 @@ def ask(
     if show_beams and early.strategy != "beam":
         raise UsageError(f"--show-beams needs --strategy beam (the strategy is "
                          f"{early.strategy})", "add -S beam")
-    runtime = resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
+    if spec.is_remote and (show_beams or explain_context):
+        flag = "--show-beams" if show_beams else "--explain-context"
+        raise UsageError(f"{flag} needs the model's internals, which a server does not "
+                         f"return ('{spec.alias or spec.base_url}' is remote)",
+                         "use a local model (-m)")
+    check_remote(spec, early, show_candidates or None)
+    runtime = runtime_for(spec, device, dtype, threads, quantize)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError(
             "the prompt is empty", 'pass a question, e.g. chatcli ask "Why is the sky blue?"'
         )
-
-    from chatcli.loader import load_model
 
     with Store.open() as store:
         conv_id, conv, message_ids = None, None, None
@@ -125,8 +136,10 @@ def ask(
             _, conv, message_ids = store.load(latest.id)
             conv_id = latest.id
             if model is None:
-                spec = registry.resolve(latest.model)
-        loaded = load_model(spec, runtime, ui)
+                spec = resolve_spec(registry, latest.model, base_url)
+                runtime = runtime_for(spec, device, dtype, threads)
+        loaded = open_model(spec, registry, ui, runtime)
+        spec = loaded.spec
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
         session = ChatSession(loaded, strategies, DecodingRequest(chosen, flags, options), conv,
@@ -140,6 +153,8 @@ def ask(
         gen, dropped = session.start_reply()
         if dropped:
             ui.warn(f"dropped the oldest {dropped} exchange(s) to fit the context window")
+        if session.packing_note:
+            ui.warn(session.packing_note)
         settings = session.settings
         events: list[Any] = []
         try:
@@ -158,8 +173,7 @@ def ask(
             spans = context_attention(loaded, packed.messages, packed.ids, gen.token_ids)
     s = gen.stats
 
-    def token_text(token_id: int) -> str:
-        return loaded.tokenizer.decode([token_id], skip_special_tokens=False)
+    token_text = session.token_text
 
     if json_out:
         out: dict[str, Any] = {
@@ -170,7 +184,7 @@ def ask(
             "time_to_first_token_s": round(s.time_to_first_token_s, 4),
             "tokens_per_second": round(s.decode_tokens_per_s, 2),
             "finish_reason": s.finish_reason,
-            "token_ids": gen.token_ids,
+            "token_ids": None if session.remote else gen.token_ids,
             "decoding": settings.as_dict(),
         }
         if gen.hypotheses:

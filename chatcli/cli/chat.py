@@ -11,6 +11,7 @@ import dataclasses
 import typer
 
 from chatcli.cli.options import (
+    BaseUrlOpt,
     ContextWindowOpt,
     ContinueOpt,
     ConversationOpt,
@@ -47,6 +48,7 @@ from chatcli.ui.console import UI
 def chat(
     ctx: typer.Context,
     model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
     cont: ContinueOpt = False,
     conversation: ConversationOpt = None,
@@ -80,11 +82,16 @@ def chat(
     from chatcli.chat.commands import ChatContext
     from chatcli.chat.repl import answer, run
     from chatcli.chat.session import ChatSession, DecodingRequest
-    from chatcli.cli.common import load_strategies
+    from chatcli.cli.common import (
+        check_remote,
+        load_strategies,
+        open_model,
+        resolve_spec,
+        runtime_for,
+    )
     from chatcli.decoding.settings import resolve_settings
-    from chatcli.loader import load_model
+    from chatcli.errors import UsageError
     from chatcli.registry import load_registry
-    from chatcli.runtime import resolve_runtime
     from chatcli.store import Store
     from chatcli.ui.input import make_reader
 
@@ -103,14 +110,24 @@ def chat(
             conv_id, alias = info.id, model or info.model
 
     def spec_for(name: str | None):  # type: ignore[no-untyped-def]
-        spec = registry.resolve(name)
+        spec = resolve_spec(registry, name, base_url)
         return dataclasses.replace(spec, context_window=context_window) if context_window else spec
 
+    def model_for(name: str | None):  # type: ignore[no-untyped-def]
+        spec = spec_for(name)
+        return open_model(spec, registry, ui, runtime_for(spec, device, dtype, threads, quantize))
+
     spec = spec_for(alias)
-    resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
-                     alias_defaults=spec.defaults)  # fail fast on bad flags
-    runtime = resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
-    loaded = load_model(spec, runtime, ui)
+    early = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
+                             alias_defaults=spec.defaults)  # fail fast on bad flags
+    if spec.is_remote and explain_context:
+        raise UsageError("--explain-context needs the model's internals, which a server does "
+                         f"not return ('{spec.alias or spec.base_url}' is remote)",
+                         "use a local model (-m)")
+    check_remote(spec, early)
+    runtime = runtime_for(spec, device, dtype, threads, quantize)
+    loaded = open_model(spec, registry, ui, runtime)
+    spec = loaded.spec
     session = ChatSession(
         loaded, strategies, DecodingRequest(chosen, flags, options), conv, store=store,
         conversation_id=conv_id, message_ids=message_ids, truncate=not no_truncate,
@@ -119,7 +136,7 @@ def chat(
         session.set_system(system)
     session.explain = explain_context
     chat_ctx = ChatContext(session, ui, answer=lambda: answer(chat_ctx),
-                           load_model=lambda name: load_model(spec_for(name), runtime, ui))
+                           load_model=model_for)
     if conv_id is not None:
         ui.notify(f"continuing conversation {conv_id} ({len(session.conversation.turns)} "
                   "messages)")

@@ -15,3 +15,73 @@ def load_strategies(ui: UI) -> Any:
     for problem in registry.problems:
         ui.warn(problem)
     return registry
+
+
+def resolve_spec(registry: Any, model: str | None, base_url: str | None) -> Any:
+    """The alias to use: `-m` (or the default), or a one-off server with `--base-url`.
+
+    With `--base-url`: `-m` naming an `openai` alias replaces its base_url; `-m NAME`
+    naming no alias is the server's model NAME; no `-m` takes the one model the server
+    lists (asked when the model is opened). A local alias with `--base-url` is an error.
+    """
+    import dataclasses
+
+    from chatcli.errors import UsageError
+    from chatcli.registry import ModelSpec, check_base_url
+
+    if base_url is None:
+        return registry.resolve(model)
+    problem = check_base_url(base_url)
+    if problem:
+        raise UsageError(f"--base-url {base_url}: {problem}",
+                         "e.g. --base-url http://127.0.0.1:8080/v1")
+    base_url = base_url.rstrip("/")
+    if model is not None and model in registry.models:
+        spec = registry.models[model]
+        if not spec.is_remote:
+            raise UsageError(
+                f"--base-url needs a remote model, and '{model}' is a local alias",
+                "use -m with an alias that has backend = \"openai\", or -m with the name "
+                "the server gives its model",
+            )
+        return dataclasses.replace(spec, base_url=base_url)
+    return ModelSpec(alias=model or "", source="remote", backend="openai", base_url=base_url,
+                     model=model)
+
+
+def runtime_for(
+    spec: Any, device: str, dtype: str, threads: int | None, quantize: str | None = None
+) -> Any:
+    """The validated runtime of a local alias (None for a remote one: the server decides)."""
+    if spec.is_remote:
+        if quantize not in (None, "none"):
+            from chatcli.errors import UsageError
+
+            raise UsageError(
+                f"--quantize applies to local models; '{spec.alias or spec.base_url}' is "
+                "served remotely", "drop --quantize (the server decides its precision)",
+            )
+        return None
+    from chatcli.runtime import resolve_runtime
+
+    return resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
+
+
+def open_model(spec: Any, registry: Any, ui: UI, runtime: Any = None) -> Any:
+    """A `LoadedModel` for a local alias, a `RemoteModel` for an `openai` one."""
+    if spec.is_remote:
+        from chatcli.remote.model import open_remote
+
+        return open_remote(spec, registry)
+    from chatcli.loader import load_model
+    from chatcli.runtime import resolve_runtime
+
+    return load_model(spec, runtime or resolve_runtime(dtype="auto", spec_dtype=spec.dtype), ui)
+
+
+def check_remote(spec: Any, settings: Any, candidates: int | None = None) -> None:
+    """Refuse, before any request, what an `openai` alias's server cannot do."""
+    if spec.is_remote:
+        from chatcli.remote.params import check
+
+        check(spec, settings, candidates)

@@ -7,12 +7,14 @@ ids and hands the results to the UI. Knows nothing about how tokens are chosen.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any
 
 import typer
 
 from chatcli.cli.options import (
+    BaseUrlOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
@@ -64,6 +66,7 @@ def compare(
     prompt: PromptArg = None,
     strategy: SpecsOpt = None,
     model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     seed: SeedOpt = None,
@@ -74,22 +77,36 @@ def compare(
     quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Answer one prompt with several strategies and show the answers side by side."""
-    from chatcli.cli.common import load_strategies
+    """Answer one prompt with several strategies and show the answers side by side.
+
+    Default strategies: greedy, sample and beam (beam only where the model can run it:
+    locally, or on a server with beam search)."""
+    from chatcli.cli.common import (
+        check_remote,
+        load_strategies,
+        open_model,
+        resolve_spec,
+        runtime_for,
+    )
     from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import join_prompt
     from chatcli.registry import load_registry
-    from chatcli.runtime import resolve_runtime
+    from chatcli.remote.params import PROFILES
 
     ui = UI()
     strategies = load_strategies(ui)
-    specs = [parse_spec(s) for s in (strategy or ["greedy", "sample", "beam"])]
     flags: dict[str, Any] = {"seed": seed, "max_new_tokens": max_new_tokens}
-    spec = load_registry(models_file).resolve(model)
+    registry = load_registry(models_file)
+    spec = resolve_spec(registry, model, base_url)
+    default = ["greedy", "sample"]
+    if not spec.is_remote or PROFILES[spec.server].beam:
+        default.append("beam")
+    specs = [parse_spec(s) for s in (strategy or default)]
     for name, options in specs:  # validate every strategy before loading anything
-        resolve_settings(strategies, strategy=name, flags=flags, options=options,
-                         alias_defaults=spec.defaults)
-    runtime = resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
+        early = resolve_settings(strategies, strategy=name, flags=flags, options=options,
+                                 alias_defaults=spec.defaults)
+        check_remote(spec, early, 0)
+    runtime = runtime_for(spec, device, dtype, threads, quantize)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
@@ -97,10 +114,12 @@ def compare(
     from chatcli.context import pack
     from chatcli.conversation import Conversation
     from chatcli.generation.stream import stream
-    from chatcli.loader import load_model
     from chatcli.prompt import render_ids
+    from chatcli.remote.model import RemoteModel
 
-    loaded = load_model(spec, runtime, ui)
+    loaded = open_model(spec, registry, ui, runtime)
+    spec = loaded.spec
+    remote = loaded if isinstance(loaded, RemoteModel) else None
     conversation = Conversation(system=system)
     conversation.add_user(text)
     all_settings = [
@@ -111,18 +130,24 @@ def compare(
     # Common parameters (max_new_tokens among them) are the same for every strategy:
     # one packed prompt serves them all.
     budget = loaded.context_window - all_settings[0].common.max_new_tokens
-    packed = pack(conversation, lambda m: render_ids(loaded.tokenizer, m), budget,
-                  truncate=False)
+    render = remote.count_ids if remote else lambda m: render_ids(loaded.tokenizer, m)
+    packed = pack(conversation, render, budget, truncate=False)
     results: list[dict[str, Any]] = []
     for (name, options), settings in zip(specs, all_settings, strict=True):
         start = time.perf_counter()
-        gen = stream(loaded, packed.ids, settings, settings.common.max_new_tokens, strategies,
-                     candidates=0)
+        if remote is not None:  # the server's logprobs give the sequence log-probability
+            gen = remote.stream(packed.messages, packed.ids, settings,
+                                settings.common.max_new_tokens, candidates=0)
+        else:
+            gen = stream(loaded, packed.ids, settings, settings.common.max_new_tokens,
+                         strategies, candidates=0)
         events = list(gen)
         seconds = time.perf_counter() - start
         entropies = [e.candidates.entropy for e in events if e.candidates is not None]
         # Beam search scores whole sequences: take its best hypothesis' log-prob.
         logprob = gen.hypotheses[0]["logprob"] if gen.hypotheses else sum(e.logprob for e in events)
+        if not math.isfinite(logprob):  # a server that returned no logprobs
+            logprob = None
         label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options
                         else "")
         results.append({
@@ -130,16 +155,18 @@ def compare(
             "strategy": name,
             "decoding": settings.as_dict(),
             "text": gen.text,
-            "token_ids": gen.token_ids,
+            "token_ids": None if remote else gen.token_ids,
             "completion_tokens": len(gen.token_ids),
             "logprob": logprob,
             "mean_entropy": sum(entropies) / len(entropies) if entropies else None,
             "seconds": seconds,
             "tokens_per_second": len(gen.token_ids) / seconds if seconds > 0 else 0.0,
             "finish_reason": gen.stats.finish_reason,
+            "ids": gen.token_ids,  # remote: ids that name token texts, enough for divergence
         })
+    first = results[0]["ids"]
     for r in results:
-        r["diverges_at"] = divergence(results[0]["token_ids"], r["token_ids"])
+        r["diverges_at"] = divergence(first, r.pop("ids"))
     if json_out:
         ui.print_json({"model": spec.alias, "prompt_tokens": len(packed.ids),
                        "results": results})

@@ -16,6 +16,13 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="Model alias from models.toml (default: its 'default').",
                  show_default=False),
 ]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option("--base-url", metavar="URL",
+                 help="An OpenAI-compatible server for this run, e.g. http://127.0.0.1:8080/v1: "
+                 "replaces the base_url of the remote alias named by -m; otherwise -m names "
+                 "the server's model (default: the one it lists).", show_default=False),
+]
 SystemOpt = Annotated[
     str | None, typer.Option("--system", "-s", help="System prompt.", show_default=False)
 ]

@@ -79,14 +79,20 @@ def token_records(events: Sequence[Any], token_text: TokenText) -> list[dict[str
     out = []
     for e in events:
         c = e.candidates
-        record: dict[str, Any] = {"id": e.token_id, "text": token_text(e.token_id),
+        record: dict[str, Any] = {"id": _id(e.token_id), "text": token_text(e.token_id),
                                   "logprob": e.logprob}
         if c is not None:
             record["entropy"] = c.entropy
             record["probability_drawn"] = c.chosen_prob
-            record["top_model"] = [{"id": i, "text": token_text(i), "p": p} for i, p in c.raw]
+            record["top_model"] = [{"id": _id(i), "text": token_text(i), "p": p}
+                                   for i, p in c.raw]
             record["top_drawn_from"] = [
-                {"id": i, "text": token_text(i), "p": p} for i, p in c.drawn_from
+                {"id": _id(i), "text": token_text(i), "p": p} for i, p in c.drawn_from
             ]
         out.append(record)
     return out
+
+
+def _id(token_id: int) -> int | None:
+    """A vocabulary id, or None for a token known only by its text (a remote model's)."""
+    return token_id if token_id >= 0 else None

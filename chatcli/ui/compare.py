@@ -21,9 +21,10 @@ MIN_COLUMN = 38
 
 def figures(r: dict[str, Any]) -> str:
     entropy = "-" if r["mean_entropy"] is None else f"{r['mean_entropy']:.2f}"
+    logprob = "-" if r["logprob"] is None else f"{r['logprob']:.2f}"
     diverges = r["diverges_at"]
     where = "-" if diverges is None else f"step {diverges}"
-    return (f"{r['completion_tokens']} tokens · log-prob {r['logprob']:.2f} · "
+    return (f"{r['completion_tokens']} tokens · log-prob {logprob} · "
             f"entropy {entropy} · {r['seconds']:.2f} s · {r['tokens_per_second']:.1f} tok/s · "
             f"diverges: {where}")
 

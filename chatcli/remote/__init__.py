@@ -1,0 +1,1 @@
+"""The `openai` backend: models served by an OpenAI-compatible chat-completions server."""

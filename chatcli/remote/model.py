@@ -1,0 +1,295 @@
+"""A model behind an OpenAI-compatible server, standing in for a loaded local model.
+
+Contract: `open_remote(spec, registry, reporter)` returns a `RemoteModel` with
+what a chat session needs: `spec`, `context_window`, `generation_config` ({}:
+the server applies its own), `count_ids(messages)` for context packing and
+`stream(messages, prompt_ids, settings, max_new_tokens, candidates)`, which sends
+the request at once (so connection and status errors surface before any output)
+and returns the same `Generation` of `StepEvent`s and `Stats` as a local model.
+
+Remote answers are text, not vocabulary ids: each token text the server returns
+is interned and named by a negative id (`token_text(id)` gives it back), so
+history, `compare`'s divergence and candidate tables work unchanged. With
+`logprobs`, one event per token; otherwise one event per streamed chunk. The
+finish reason arrives with the last event, as locally. An answer that stops
+early raises after the events that did arrive (the caller keeps them).
+
+Token counts for packing: with `tokenizer = "ALIAS"` (a local alias, pulled) or a
+hub id, the chat template is rendered and counted exactly as for a local model.
+Without one they are estimated: per message ceil(characters / 4) + 4, plus 3 for
+the reply's header, times a factor learnt from the prompt sizes the server
+reports (never below 1); `approximate` is True then and the caller warns.
+
+Knows nothing about the terminal or the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatcli.conversation import Message
+from chatcli.decoding.base import Candidates
+from chatcli.decoding.settings import DecodingSettings
+from chatcli.errors import ModelUnavailableError, RemoteError, UsageError
+from chatcli.generation.stream import Generation, Stats, StepEvent
+from chatcli.registry import ModelSpec, Registry
+from chatcli.remote import params
+from chatcli.remote.client import Client
+
+DEFAULT_CONTEXT_WINDOW = 4096
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD = 4
+REPLY_OVERHEAD = 3
+
+
+def estimate_tokens(messages: list[Message]) -> int:
+    """The documented estimate: ceil(chars / 4) + 4 per message, + 3 for the reply header."""
+    return REPLY_OVERHEAD + sum(
+        -(-len(m.content) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD for m in messages
+    )
+
+
+@dataclass
+class RemoteModel:
+    spec: ModelSpec
+    client: Client
+    context_window: int
+    tokenizer: Any = None  # counts tokens exactly when set (a local alias's or a hub one's)
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0  # learnt from the server's reported prompt sizes (estimates only)
+    _tokens: list[str] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def approximate(self) -> bool:
+        return self.tokenizer is None
+
+    # -- tokens ----------------------------------------------------------------------
+    def count_ids(self, messages: list[Message]) -> list[int]:
+        """Prompt "ids" for packing: exact ids with a tokenizer, else placeholders (-1)
+        as many as the estimate (only their number means anything)."""
+        if self.tokenizer is not None:
+            from chatcli.prompt import render_ids
+
+            return render_ids(self.tokenizer, messages)
+        return [-1] * math.ceil(estimate_tokens(messages) * self.scale)
+
+    def intern(self, text: str) -> int:
+        index = self._index.get(text)
+        if index is None:
+            index = self._index[text] = len(self._tokens)
+            self._tokens.append(text)
+        return -1 - index
+
+    def token_text(self, token_id: int) -> str:
+        if token_id >= 0 and self.tokenizer is not None:
+            return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+        index = -1 - token_id
+        return self._tokens[index] if 0 <= index < len(self._tokens) else ""
+
+    def observe(self, messages: list[Message], reported_prompt_tokens: int) -> None:
+        """Learn from the server's count of a prompt (estimates only)."""
+        if self.tokenizer is None and reported_prompt_tokens > 0:
+            ratio = reported_prompt_tokens / max(1, estimate_tokens(messages))
+            self.scale = max(self.scale, ratio)
+
+    # -- answering -------------------------------------------------------------------
+    def stream(
+        self,
+        messages: list[Message],
+        prompt_ids: list[int],
+        settings: DecodingSettings,
+        max_new_tokens: int,
+        candidates: int | None = None,
+    ) -> Generation:
+        body = params.request_body(self.spec, settings, messages, max_new_tokens, candidates)
+        stats = Stats(prompt_tokens=len(prompt_ids))
+        start = time.perf_counter()
+        chunks = self.client.stream_chat(body)
+        gen = Generation(iter(()), stats, settings)
+        gen._events = self._events(chunks, messages, stats, start, bool(candidates))
+        return gen
+
+    def _events(
+        self, chunks: Iterator[dict[str, Any]], messages: list[Message], stats: Stats,
+        start: float, with_candidates: bool,
+    ) -> Iterator[StepEvent]:
+        held: StepEvent | None = None  # the newest event waits for a possible finish reason
+        finish: str | None = None
+        count = 0
+        first = start
+        usage: dict[str, Any] = {}
+        try:
+            for chunk in chunks:
+                if isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
+                choice = _first_choice(chunk)
+                if choice is None:
+                    continue
+                for event in self._chunk_events(choice, with_candidates):
+                    count += 1
+                    if count == 1:
+                        first = time.perf_counter()
+                        stats.time_to_first_token_s = first - start
+                    if held is not None:
+                        yield held
+                    held = event
+                finish = choice.get("finish_reason") or finish
+        except (RemoteError, KeyboardInterrupt):
+            _timings(stats, count, start, first)  # the figures of what did arrive
+            if held is not None:
+                yield held
+            raise
+        _timings(stats, count, start, first)
+        stats.completion_tokens = int(usage.get("completion_tokens") or count)
+        if usage.get("prompt_tokens"):
+            stats.prompt_tokens = int(usage["prompt_tokens"])
+            self.observe(messages, stats.prompt_tokens)
+        stats.finish_reason = finish or "stop"
+        if held is not None:
+            yield dataclasses.replace(held, finish_reason=stats.finish_reason)
+
+    def _chunk_events(self, choice: dict[str, Any], with_candidates: bool) -> list[StepEvent]:
+        delta = choice.get("delta") or {}
+        content = delta.get("content") or ""
+        logprobs = choice.get("logprobs") or {}
+        entries = [e for e in (logprobs.get("content") or []) if isinstance(e, dict)]
+        if entries and "".join(str(e.get("token", "")) for e in entries) == content:
+            return [self._event(str(e.get("token", "")), [e], with_candidates) for e in entries]
+        if not content:
+            return []
+        return [self._event(content, entries, with_candidates)]
+
+    def _event(self, text: str, entries: list[dict[str, Any]], with_candidates: bool
+               ) -> StepEvent:
+        logprob = sum(float(e.get("logprob", math.nan)) for e in entries) if entries \
+            else math.nan
+        candidates = self._candidates(entries[0], logprob) if entries and with_candidates \
+            else None
+        return StepEvent(self.intern(text), text, logprob, None, candidates)
+
+    def _candidates(self, entry: dict[str, Any], logprob: float) -> Candidates | None:
+        top = [t for t in entry.get("top_logprobs") or [] if isinstance(t, dict)]
+        if not top:
+            return None
+        pairs = [(self.intern(str(t.get("token", ""))), math.exp(float(t["logprob"])))
+                 for t in top if isinstance(t.get("logprob"), (int, float))]
+        # The server reports one distribution; entropy is over the K tokens it returned.
+        entropy = -sum(p * math.log(p) for _, p in pairs if p > 0)
+        return Candidates(raw=pairs, drawn_from=pairs, entropy=entropy,
+                          chosen_prob=math.exp(logprob) if math.isfinite(logprob) else 0.0)
+
+
+def _timings(stats: Stats, count: int, start: float, first: float) -> None:
+    end = time.perf_counter()
+    stats.completion_tokens = count
+    stats.total_s = end - start
+    stats.decode_tokens_per_s = (count - 1) / (end - first) if count > 1 and end > first else 0.0
+
+
+def _first_choice(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    for choice in chunk.get("choices") or []:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return None
+
+
+# -- opening ---------------------------------------------------------------------------
+def open_remote(spec: ModelSpec, registry: Registry | None = None) -> RemoteModel:
+    """A `RemoteModel` for an `openai` alias. Asks the server's /models only when the
+    alias names no model (a one-off `--base-url`: the server must list exactly one) or
+    no context window (then a failure only means the default, 4096)."""
+    client = Client(spec.base_url or "", spec.timeout, spec.api_key_env)
+    listed: list[dict[str, Any]] | None = None
+    if not spec.model:
+        listed = list_models(client)
+    elif not spec.context_window:
+        try:  # only for the context length: a server without /models is still usable
+            listed = list_models(client)
+        except RemoteError:
+            listed = []
+    if not spec.model:
+        names = [str(m.get("id")) for m in listed or [] if m.get("id")]
+        if len(names) != 1:
+            served = ", ".join(names) or "none"
+            raise UsageError(
+                f"{spec.base_url} serves {len(names)} models ({served}); chatcli needs one",
+                "name it with -m NAME (or add an alias with model = \"NAME\" to models.toml)",
+            )
+        spec = dataclasses.replace(spec, model=names[0], alias=spec.alias or names[0])
+    context = spec.context_window or _listed_context(listed or [], spec.model or "")
+    tokenizer = load_tokenizer(spec, registry) if spec.tokenizer else None
+    return RemoteModel(spec=spec, client=client, context_window=context or
+                       DEFAULT_CONTEXT_WINDOW, tokenizer=tokenizer)
+
+
+def list_models(client: Client) -> list[dict[str, Any]]:
+    data = client.get_json("/models")
+    models = data.get("data") if isinstance(data, dict) else None
+    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+def _listed_context(listed: list[dict[str, Any]], model: str) -> int | None:
+    """The context length a server reports for a model (vLLM: max_model_len)."""
+    for m in listed:
+        if m.get("id") == model:
+            for key in ("max_model_len", "context_length", "context_window"):
+                if isinstance(m.get(key), int) and m[key] > 0:
+                    return int(m[key])
+    return None
+
+
+def load_tokenizer(spec: ModelSpec, registry: Registry | None) -> Any:
+    """The tokenizer named by `tokenizer`: a pulled local alias, else a hub id."""
+    name = spec.tokenizer or ""
+    if registry is not None and name in registry.models:
+        local = registry.models[name]
+        if local.is_remote:
+            raise UsageError(f"tokenizer '{name}' of '{spec.alias}' is itself a remote alias",
+                             "name a local alias or a hub id")
+        return _local_tokenizer(local)
+    from chatcli.loader import quiet_transformers
+
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(
+            f"tokenizer '{name}' of '{spec.alias}': not a local alias and not loadable from "
+            "the hub", f"name a local alias (then 'chatcli pull {name}') or a hub id",
+        ) from exc
+
+
+def _local_tokenizer(local: ModelSpec) -> Any:
+    from chatcli import loader, sources
+    from chatcli.lm import tokenizer as native
+
+    weights = sources.locate(local)
+    folder = None
+    if weights is not None:
+        folder = weights.folder
+        if weights.gguf_file:
+            folder = loader.converted_dir(local, weights) if loader.is_converted(local, weights) \
+                else None
+    if folder is None:
+        raise ModelUnavailableError(
+            f"tokenizer alias '{local.alias}' is not on disk yet",
+            f"run 'chatcli pull {local.alias}' once",
+        )
+    if native.supports(folder):
+        tok = native.ChatTokenizer.from_folder(folder)
+    else:
+        loader.quiet_transformers()
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=local.trust_remote_code)
+    if local.chat_template:
+        tok.chat_template = local.chat_template
+    return tok

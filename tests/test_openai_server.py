@@ -1,0 +1,225 @@
+"""The `openai` backend against a real server: llama.cpp's, serving the default GGUF.
+
+Starts `python -m llama_cpp.server` (`pip install -e ".[server-tests]"`) on a free
+loopback port and drives `ask`, piped `chat`, `compare` and `--show-candidates`
+through a models.toml alias with backend = "openai". Greedy answers through chatcli
+must equal llama.cpp's own answer to the same request, made without chatcli. Killing
+the server mid-answer must give one clear error and keep the partial answer.
+
+Marked slow. Without llama_cpp installed they are skipped, except under CI (CI set),
+where that is a failure.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import pull_default, run_cli
+
+pytestmark = pytest.mark.slow
+ALIAS = "local-server"
+
+
+def _require_llama_cpp() -> None:
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"llama-cpp-python[server] is required in CI: {exc}")
+        pytest.skip('llama.cpp\'s server is not installed (pip install -e ".[server-tests]")')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, gguf: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        # The server logs a lot: a file, never a pipe that could fill and block it.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
+             "smollm2", "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"llama.cpp's server exited: {self.log.read()[-2000:]!r}")
+            try:
+                if self.request("GET", "/v1/models")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("llama.cpp's server did not answer within 120 s")
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    def greedy(self, messages: list[dict[str, str]], max_tokens: int) -> str:
+        """llama.cpp's own greedy answer, not streamed and without chatcli."""
+        status, data = self.request("POST", "/v1/chat/completions", {
+            "messages": messages, "max_tokens": max_tokens, "temperature": 0.0,
+            "repeat_penalty": 1.0})
+        assert status == 200, data
+        return str(data["choices"][0]["message"]["content"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def _gguf(real_home: Path) -> Path:
+    from chatcli import sources
+    from chatcli.registry import load_registry
+
+    pull_default(real_home)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHATCLI_HOME", str(real_home))
+        weights = sources.locate(load_registry().resolve("smollm2-135m"))
+    assert weights is not None and weights.gguf_path is not None
+    return weights.gguf_path
+
+
+@pytest.fixture(scope="module")
+def server(real_home: Path) -> Iterator[Server]:
+    _require_llama_cpp()
+    running = Server(_gguf(real_home))
+    yield running
+    running.stop()
+
+
+def _write_alias(home: Path, url: str) -> None:
+    (home / "models.toml").write_text(
+        f'[models.{ALIAS}]\nbackend = "openai"\nbase_url = "{url}"\nmodel = "smollm2"\n'
+        'server = "llama.cpp"\ncontext_window = 2048\n')
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> Path:
+    root = tmp_path / "home"
+    root.mkdir()
+    _write_alias(root, server.url)
+    monkeypatch.setenv("CHATCLI_HOME", str(root))
+    monkeypatch.delenv("CHATCLI_DEBUG", raising=False)
+    return root
+
+
+def _history(home: Path) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(home / "data" / "history.db") as db:
+        return list(db.execute("SELECT role, content, interrupted FROM messages ORDER BY id"))
+
+
+def test_ask_greedy_equals_llama_cpp(server: Server, home: Path) -> None:
+    result = run_cli(["ask", "-m", ALIAS, "-n", "48", "Name three colours."])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    expected = server.greedy([{"role": "user", "content": "Name three colours."}], 48)
+    assert expected.strip()
+    assert result.stdout == expected + ("" if expected.endswith("\n") else "\n")
+    assert _history(home) == [("user", "Name three colours.", 0), ("assistant", expected, 0)]
+
+
+def test_piped_chat_keeps_the_conversation(server: Server, home: Path) -> None:
+    result = run_cli(["chat", "-m", ALIAS, "-n", "32", "-s", "You are terse."],
+                     input="What is the capital of France?\nAnd of Italy?\n")
+    assert result.exit_code == 0, result.stderr
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    first = server.greedy(messages, 32)
+    messages += [{"role": "assistant", "content": first},
+                 {"role": "user", "content": "And of Italy?"}]
+    second = server.greedy(messages, 32)
+    assert result.stdout == f"{first}\n{second}\n"
+    assert [m[1] for m in _history(home)] == [messages[1]["content"], first,
+                                              "And of Italy?", second]
+
+
+def test_compare_greedy_and_seeded_sample(server: Server, home: Path) -> None:
+    args = ["compare", "-m", ALIAS, "-n", "24", "--seed", "1", "--json", "-S", "greedy",
+            "-S", "sample:temperature=0.8,top_p=0.9", "Name a fruit."]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.stderr
+    greedy, sample = json.loads(result.stdout)["results"]
+    assert greedy["text"] == server.greedy([{"role": "user", "content": "Name a fruit."}], 24)
+    assert greedy["logprob"] < 0 and greedy["diverges_at"] is None
+    again = json.loads(run_cli(args).stdout)["results"][1]
+    assert again["text"] == sample["text"]  # the seed is sent: the same answer again
+    plain = run_cli(args[:7] + args[8:])
+    assert plain.stdout.splitlines()[:2] == ["== greedy ==", greedy["text"].splitlines()[0]]
+
+
+def test_show_candidates_from_the_servers_logprobs(server: Server, home: Path) -> None:
+    result = run_cli(["ask", "-m", ALIAS, "-n", "16", "--json", "--show-candidates", "3",
+                      "The capital of France is"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "".join(t["text"] for t in data["tokens"]) == data["text"]
+    for token in data["tokens"]:
+        top = token["top_model"]
+        assert len(top) == 3
+        assert top[0]["p"] >= top[1]["p"] >= top[2]["p"]
+        assert token["text"] == top[0]["text"]  # greedy: the chosen token is the likeliest
+        assert token["probability_drawn"] == pytest.approx(top[0]["p"])
+    table = run_cli(["ask", "-m", ALIAS, "-n", "16", "--show-candidates", "3",
+                     "The capital of France is"])
+    assert table.stdout.splitlines()[0] == data["text"]
+    assert table.stdout.splitlines()[1].startswith("step  token")
+
+
+def test_killing_the_server_mid_answer(real_home: Path, server: Server, home: Path) -> None:
+    doomed = Server(_gguf(real_home))
+    try:
+        _write_alias(home, doomed.url)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chatcli", "ask", "-m", ALIAS, "-n", "1500",
+             "Write a very long story about a dragon who learns to cook."],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None
+        first = os.read(proc.stdout.fileno(), 4096)  # unbuffered: communicate() reads on
+        doomed.stop()
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        doomed.stop()
+    printed = (first + rest).decode()
+    assert proc.returncode == 1
+    assert printed.strip()
+    lines = err.decode().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: the answer from {doomed.url} was cut off: ")
+    assert lines[0].endswith("; hint: the partial answer is kept in the history, marked "
+                             "interrupted; is the server still running?")
+    user, reply = _history(home)[-2:]
+    assert user == ("user", "Write a very long story about a dragon who learns to cook.", 0)
+    assert reply[0] == "assistant" and reply[2] == 1
+    assert printed == reply[1] + ("" if reply[1].endswith("\n") else "\n")
+    shown = run_cli(["history", "show", "1"]).stdout
+    assert "interrupted" in shown
