@@ -244,3 +244,27 @@ def test_quantized_weights_are_cached(cli, home: Path) -> None:
     assert third.exit_code == 0, third.stderr
     assert third.stdout == first.stdout
     assert files[0].stat().st_size > 100
+
+
+def test_fast_forward_pass_computes_the_same_function(tiny_model: Tiny) -> None:
+    """The fused model's forward pass (one RoPE over q and k, `F.rms_norm`, a RoPE table,
+    two-matmul decode attention) is the exact one up to rounding: same layers, unquantized."""
+    exact = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    fast = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
+    fast._fuse(lambda lin: lin)
+    assert exact.exact and not fast.exact
+    ids = torch.tensor([[5, 17, 42, 99, 7, 250, 3, 8, 8, 1]] * 2)  # two rows, as beams use
+    want, want_cache = exact.forward(ids, None, logits_to_keep=0)
+    got, cache = fast.forward(ids, None, logits_to_keep=0)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    tokens = torch.tensor([[11], [12]])
+    for _ in range(300):  # past the RoPE table's first size (256 positions)
+        want, want_cache = exact.forward(tokens, want_cache)
+        got, cache = fast.forward(tokens, cache)
+        assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
+        tokens = want[:, -1].argmax(-1, keepdim=True)
+    # a multi-token chunk after a cache (chat turns with KV reuse)
+    more = torch.tensor([[3, 4, 5]] * 2)
+    want, _ = exact.forward(more, want_cache, logits_to_keep=0)
+    got, _ = fast.forward(more, cache, logits_to_keep=0)
+    assert torch.allclose(got, want, atol=1e-4, rtol=0)

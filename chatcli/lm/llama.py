@@ -218,6 +218,7 @@ class NativeCausalLM:
         self.head: Linear = Dense(self.lm_head)
         self.quantization = "none"
         self.exact = True  # bit-identical to transformers; False once quantized
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def quantize(self, mode: str) -> None:
         """Replace every linear layer, and the output head, by its `mode` version.
@@ -232,21 +233,26 @@ class NativeCausalLM:
             return
         if self.quantization != "none":
             raise ValueError("a model is quantized once")
-        for layer in self.layers:
-            dense = [layer.q, layer.k, layer.v, layer.gate, layer.up]
-            assert all(isinstance(lin, Dense) for lin in dense)
-            q, k, v, gate, up = (lin for lin in dense if isinstance(lin, Dense))
-            layer.qkv_sizes = [q.out_features, k.out_features, v.out_features]
-            layer.qkv = quantize(fuse([q, k, v]), mode)
-            layer.gate_up = quantize(fuse([gate, up]), mode)
-            assert isinstance(layer.o, Dense) and isinstance(layer.down, Dense)
-            layer.o, layer.down = quantize(layer.o, mode), quantize(layer.down, mode)
-            layer.q = layer.k = layer.v = layer.gate = layer.up = None  # free the dense copies
+        self._fuse(lambda lin: quantize(lin, mode))
         assert isinstance(self.head, Dense)
         # The output head decides every token directly; 4 bits there cost visible quality
         # (llama.cpp's 4-bit formats keep it at 6-8 bits too), so int4 keeps it at int8.
         self.head = quantize(self.head, "int8" if mode == "int4" else mode)
         self.quantization = mode
+
+    def _fuse(self, convert: Callable[[Dense], Linear]) -> None:
+        """Fuse q/k/v and gate/up, pass every layer linear through `convert`, and switch
+        to the fast (no longer bit-identical) forward pass."""
+        for layer in self.layers:
+            dense = [layer.q, layer.k, layer.v, layer.gate, layer.up]
+            assert all(isinstance(lin, Dense) for lin in dense)
+            q, k, v, gate, up = (lin for lin in dense if isinstance(lin, Dense))
+            layer.qkv_sizes = [q.out_features, k.out_features, v.out_features]
+            layer.qkv = convert(fuse([q, k, v]))
+            layer.gate_up = convert(fuse([gate, up]))
+            assert isinstance(layer.o, Dense) and isinstance(layer.down, Dense)
+            layer.o, layer.down = convert(layer.o), convert(layer.down)
+            layer.q = layer.k = layer.v = layer.gate = layer.up = None  # free the dense copies
         self.exact = False
 
     _QUANTIZED = ("qkv", "gate_up", "o", "down")
@@ -325,12 +331,55 @@ class NativeCausalLM:
         )
         return out.reshape(rows, -1, new, head_dim).transpose(1, 2).reshape(rows, new, -1)
 
+    def _rope(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (end, head_dim) in the model dtype, from a table grown by doubling."""
+        table = self._rope_table
+        if table is None or table[0].shape[0] < end:
+            size = max(end, 2 * table[0].shape[0] if table is not None else 256)
+            freqs = torch.arange(size, device=self.device)[:, None].float() * self.inv_freq
+            emb = torch.cat((freqs, freqs), dim=-1)
+            table = self._rope_table = (emb.cos().to(self.dtype), emb.sin().to(self.dtype))
+        return table[0][:end], table[1][:end]
+
+    def _forward_fast(
+        self, input_ids: torch.Tensor, cache: KVCache, logits_to_keep: int
+    ) -> tuple[torch.Tensor, KVCache]:
+        """The forward pass of a fused (quantized) model, in fewer, larger ops: one RoPE
+        over q and k together, `F.rms_norm`, a cached RoPE table, `_attend_one` for a
+        single new position. Same math as `forward`, not the same rounding."""
+        rows, new = input_ids.shape
+        past = len(cache)
+        heads, kv_heads, hd, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
+        cos, sin = (t[past:, None, :] for t in self._rope(past + new))  # (new, 1, hd)
+        hidden = (self.embed.shape[1],)
+        h = F.embedding(input_ids.to(self.device), self.embed)
+        for i, layer in enumerate(self.layers):
+            x = F.rms_norm(h, hidden, layer.input_norm, self.eps)
+            qkv = layer.qkv(x).view(rows, new, heads + 2 * kv_heads, hd)
+            qk = qkv[:, :, : heads + kv_heads]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            q = qk[:, :, :heads].transpose(1, 2)
+            k, v = cache.append(
+                i, qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads:].transpose(1, 2)
+            )
+            h = h + layer.o(self._attend(q, k, v, past))
+            gate, up = layer.gate_up(F.rms_norm(h, hidden, layer.post_norm, self.eps)).chunk(2, -1)
+            h = h + layer.down(F.silu(gate) * up)
+        cache.length = past + new
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:, :]
+        h = F.rms_norm(h, hidden, self.norm, self.eps)
+        logits = self.head(h.reshape(-1, h.shape[-1]))
+        return logits.view(rows, -1, logits.shape[-1]), cache
+
     def forward(
         self, input_ids: torch.Tensor, cache: KVCache | None, logits_to_keep: int = 1
     ) -> tuple[torch.Tensor, KVCache]:
         """Logits (rows, logits_to_keep, vocab) in the model dtype (0 keeps all positions)."""
         with torch.inference_mode():
             cache = KVCache(len(self.layers)) if cache is None else cache
+            if not self.exact:
+                return self._forward_fast(input_ids, cache, logits_to_keep)
             rows, new = input_ids.shape
             past = len(cache)
             h = F.embedding(input_ids.to(self.device), self.embed)
