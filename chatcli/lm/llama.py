@@ -358,11 +358,13 @@ class NativeCausalLM:
             qkv = layer.qkv(x).view(rows, new, heads + 2 * kv_heads, hd)
             qk = qkv[:, :, : heads + kv_heads]
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            q = qk[:, :, :heads].transpose(1, 2)
+            # attention in float32, over a float32 cache: cheaper than bf16 matmuls this small
+            q = qk[:, :, :heads].transpose(1, 2).float()
             k, v = cache.append(
-                i, qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads:].transpose(1, 2)
+                i, qk[:, :, heads:].transpose(1, 2).float(),
+                qkv[:, :, heads + kv_heads:].transpose(1, 2).float(),
             )
-            h = h + layer.o(self._attend(q, k, v, past))
+            h = h + layer.o(self._attend(q, k, v, past).to(self.dtype))
             gate, up = layer.gate_up(F.rms_norm(h, hidden, layer.post_norm, self.eps)).chunk(2, -1)
             h = h + layer.down(F.silu(gate) * up)
         cache.length = past + new
