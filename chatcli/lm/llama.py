@@ -219,6 +219,7 @@ class NativeCausalLM:
         self.quantization = "none"
         self.exact = True  # bit-identical to transformers; False once quantized
         self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._norm_weights: dict[int, torch.Tensor] = {}  # `_fast_norm`'s [w, w]
 
     def quantize(self, mode: str) -> None:
         """Replace every linear layer, and the output head, by its `mode` version.
@@ -345,16 +346,16 @@ class NativeCausalLM:
         self, input_ids: torch.Tensor, cache: KVCache, logits_to_keep: int
     ) -> tuple[torch.Tensor, KVCache]:
         """The forward pass of a fused (quantized) model, in fewer, larger ops: one RoPE
-        over q and k together, `F.rms_norm`, a cached RoPE table, `_attend_one` for a
+        over q and k together, `_fast_norm`, a cached RoPE table, `_attend_one` for a
         single new position. Same math as `forward`, not the same rounding."""
         rows, new = input_ids.shape
         past = len(cache)
         heads, kv_heads, hd, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
         cos, sin = (t[past:, None, :] for t in self._rope(past + new))  # (new, 1, hd)
-        hidden = (self.embed.shape[1],)
         h = F.embedding(input_ids.to(self.device), self.embed)
+        norm = self._fast_norm
         for i, layer in enumerate(self.layers):
-            x = F.rms_norm(h, hidden, layer.input_norm, self.eps)
+            x = norm(h, layer.input_norm)
             qkv = layer.qkv(x).view(rows, new, heads + 2 * kv_heads, hd)
             qk = qkv[:, :, : heads + kv_heads]
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
@@ -365,14 +366,24 @@ class NativeCausalLM:
                 qkv[:, :, heads + kv_heads:].transpose(1, 2).float(),
             )
             h = h + layer.o(self._attend(q, k, v, past).to(self.dtype))
-            gate, up = layer.gate_up(F.rms_norm(h, hidden, layer.post_norm, self.eps)).chunk(2, -1)
+            gate, up = layer.gate_up(norm(h, layer.post_norm)).chunk(2, -1)
             h = h + layer.down(F.silu(gate) * up)
         cache.length = past + new
         if logits_to_keep:
             h = h[:, -logits_to_keep:, :]
-        h = F.rms_norm(h, hidden, self.norm, self.eps)
+        h = norm(h, self.norm)
         logits = self.head(h.reshape(-1, h.shape[-1]))
         return logits.view(rows, -1, logits.shape[-1]), cache
+
+    def _fast_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as one `layer_norm` kernel: [x, -x] has mean 0 and variance mean(x^2),
+        so its first half, layer-normalised, is x / sqrt(mean(x^2) + eps). Two kernels
+        instead of `F.rms_norm`'s eight on CPU (8 vs 14 us per call for SmolLM2)."""
+        d = x.shape[-1]
+        doubled = self._norm_weights.get(id(weight))
+        if doubled is None:
+            doubled = self._norm_weights[id(weight)] = torch.cat((weight, weight))
+        return F.layer_norm(torch.cat((x, -x), dim=-1), (2 * d,), doubled, None, self.eps)[..., :d]
 
     def forward(
         self, input_ids: torch.Tensor, cache: KVCache | None, logits_to_keep: int = 1

@@ -69,7 +69,7 @@ class Int8Linear:
         return self.qweight.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1]).contiguous()  # the kernels need contiguous rows
         out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
         out = out.view(*x.shape[:-1], out.shape[-1])
         return out if self.bias is None else out + self.bias
@@ -100,7 +100,7 @@ class Int4Linear:
         return cls(packed, table, group_size, out_features, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1]).contiguous()  # the kernels need contiguous rows
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat, self.packed, self.group_size, self.scales_and_zeros
         )
