@@ -25,7 +25,7 @@ from typing import Any
 PROMPT = "Write a short story about a robot who learns to paint."
 
 
-class _Clock:
+class Clock:
     """A transformers streamer that timestamps each put() (the prompt, then tokens)."""
 
     def __init__(self) -> None:
@@ -47,7 +47,7 @@ def run_generate(model: Any, ids: list[int], n: int, mode: str) -> tuple[float, 
         kw = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
     elif mode == "beam":
         kw = {"do_sample": False, "num_beams": 4, "early_stopping": False}
-    clock = _Clock()
+    clock = Clock()
     start = time.perf_counter()
     x = torch.tensor([ids])
     streamer = clock if mode != "beam" else None

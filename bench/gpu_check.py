@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from decode import Clock  # bench/ is on sys.path when run as a script
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # chatcli from this checkout
 
 SMOLLM2_135M = {
@@ -91,25 +93,12 @@ def run_generate(model: Any, ids: list[int], n: int) -> tuple[float, list[int]]:
     """Decode tok/s of transformers' greedy generate(), and its tokens."""
     import torch
 
-    clock = _Clock()
+    clock = Clock()
     x = torch.tensor([ids], device=model.device)
     out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
                          max_new_tokens=n, min_new_tokens=n, streamer=clock)
     end = time.perf_counter()
     return (n - 1) / (end - clock.times[1]), out[0, len(ids):].tolist()
-
-
-class _Clock:
-    """A transformers streamer that timestamps each put() (the prompt, then each token)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def put(self, value: Any) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
 
 
 def run_chatcli(lm: Any, ids: list[int], n: int) -> tuple[float, list[int]]:

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from decode import write_section  # bench/ is on sys.path when run as a script
+
 TEXT = Path(__file__).parent / "data" / "english.txt"
 MODES = ("none", "int8", "int4")
 TARGETS = {"int8": 0.01, "int4": 0.05}
@@ -89,18 +91,6 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
             k += 1
         prefixes.append(k)
     return equal / total, statistics.mean(prefixes)
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    text = path.read_text()
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main() -> None:

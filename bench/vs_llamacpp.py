@@ -99,6 +99,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from decode import write_section  # bench/ is on sys.path when run as a script
+
 TEXT = Path(__file__).parent / "data" / "english.txt"
 INSTALL = "pip install -c constraints.txt llama-cpp-python==0.3.36"
 DECODE_PROMPT = 32
@@ -700,18 +702,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
