@@ -50,7 +50,6 @@ import torch.nn.functional as F
 
 from chatcli.errors import ContextOverflowError
 from chatcli.lm.llama import KVCache, NativeCausalLM
-from chatcli.lm.quant import split
 from chatcli.sources import Reporter
 
 DISABLE_ENV = "CHATCLI_NO_CUDA_GRAPHS"
@@ -185,11 +184,7 @@ def decode_step(
     sin = rope.sin.index_select(0, pos).view(1, 1, 1, hd)
     visible = (rope.positions <= pos).view(1, 1, 1, -1)
     for i, layer in enumerate(model.layers):
-        x = model._rms_norm(h, layer.input_norm)
-        if layer.qkv is not None and layer.qkv_sizes is not None:
-            q, k, v = split(layer.qkv(x), layer.qkv_sizes)
-        else:
-            q, k, v = layer.q(x), layer.k(x), layer.v(x)
+        q, k, v = model._qkv(layer, model._rms_norm(h, layer.input_norm))
         q = q.view(rows, 1, -1, hd).transpose(1, 2)
         k = k.view(rows, 1, -1, hd).transpose(1, 2)
         v = v.view(rows, 1, -1, hd).transpose(1, 2)
@@ -203,13 +198,7 @@ def decode_step(
         q = q.reshape(rows, model.kv_heads, n_rep, hd)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=model.scale)
         h = h + layer.o(out.reshape(rows, 1, -1))
-        x = model._rms_norm(h, layer.post_norm)
-        if layer.gate_up is not None:
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            x = F.silu(gate) * up
-        else:
-            x = F.silu(layer.gate(x)) * layer.up(x)
-        h = h + layer.down(x)
+        h = h + model._mlp(layer, model._rms_norm(h, layer.post_norm))
     h = model._rms_norm(h, model.norm)
     return model.head(h.reshape(rows, -1))
 

@@ -332,6 +332,21 @@ class NativeCausalLM:
         )
         return out.reshape(rows, -1, new, head_dim).transpose(1, 2).reshape(rows, new, -1)
 
+    @staticmethod
+    def _qkv(layer: _Layer, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v projections of `x` (one fused matmul once quantized)."""
+        if layer.qkv is not None and layer.qkv_sizes is not None:
+            return split(layer.qkv(x), layer.qkv_sizes)
+        return layer.q(x), layer.k(x), layer.v(x)
+
+    @staticmethod
+    def _mlp(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        """The SwiGLU feed-forward block (gate and up fused once quantized)."""
+        if layer.gate_up is not None:
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            return layer.down(F.silu(gate) * up)
+        return layer.down(F.silu(layer.gate(x)) * layer.up(x))
+
     def _rope(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (end, head_dim) in the model dtype, from a table grown by doubling."""
         table = self._rope_table
@@ -402,11 +417,7 @@ class NativeCausalLM:
             cos, sin = emb.cos().to(self.dtype).unsqueeze(1), emb.sin().to(self.dtype).unsqueeze(1)
             half = self.head_dim // 2
             for i, layer in enumerate(self.layers):
-                x = self._rms_norm(h, layer.input_norm)
-                if layer.qkv is not None and layer.qkv_sizes is not None:
-                    q, k, v = split(layer.qkv(x), layer.qkv_sizes)
-                else:
-                    q, k, v = layer.q(x), layer.k(x), layer.v(x)
+                q, k, v = self._qkv(layer, self._rms_norm(h, layer.input_norm))
                 q = q.view(rows, new, -1, self.head_dim).transpose(1, 2)
                 k = k.view(rows, new, -1, self.head_dim).transpose(1, 2)
                 v = v.view(rows, new, -1, self.head_dim).transpose(1, 2)
@@ -414,13 +425,7 @@ class NativeCausalLM:
                 k = (k * cos) + (torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin)
                 k, v = cache.append(i, k, v)
                 h = h + layer.o(self._attend(q, k, v, past))
-                x = self._rms_norm(h, layer.post_norm)
-                if layer.gate_up is not None:
-                    gate, up = layer.gate_up(x).chunk(2, dim=-1)
-                    x = F.silu(gate) * up
-                else:
-                    x = F.silu(layer.gate(x)) * layer.up(x)
-                h = h + layer.down(x)
+                h = h + self._mlp(layer, self._rms_norm(h, layer.post_norm))
             cache.length = past + new
             h = self._rms_norm(h, self.norm)
             if logits_to_keep:
