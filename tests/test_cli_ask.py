@@ -100,8 +100,8 @@ def test_unknown_model_is_one_line_exit_2(cli) -> None:
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(
-        "error: unknown model 'nope' (known: llama3.2-1b, qwen2.5-0.5b, qwen2.5-1.5b, "
-        "smollm2-1.7b, smollm2-135m, smollm2-360m, tiny); hint: "
+        "error: unknown model 'nope' (known: llama3.2-1b, local-server, qwen2.5-0.5b, "
+        "qwen2.5-1.5b, smollm2-1.7b, smollm2-135m, smollm2-360m, tiny); hint: "
     )
 
 
