@@ -268,23 +268,3 @@ def test_fast_forward_pass_computes_the_same_function(tiny_model: Tiny) -> None:
     want, _ = exact.forward(more, want_cache, logits_to_keep=0)
     got, _ = fast.forward(more, cache, logits_to_keep=0)
     assert torch.allclose(got, want, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("rows", [16, 128])
-def test_int8_prefill_quantizes_activations_per_row(rows: int) -> None:
-    """From W8A8_MIN_ROWS rows on, activations are rounded to int8 per row as well: the
-    result is exactly that rounding followed by the integer product, rescaled."""
-    from chatcli.lm.quant import W8A8_MIN_ROWS
-
-    assert rows >= W8A8_MIN_ROWS
-    w = _weight(96, 64)
-    lin = Int8Linear.from_weight(w)
-    x = _weight(rows, 64, seed=5)
-    row_scale = x.abs().amax(-1, keepdim=True) / 127
-    xq = torch.round(x / row_scale)
-    want = (xq @ lin.qweight.float().t()) * row_scale * lin.scales.float()
-    got = lin(x)
-    assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
-    # and it stays close to the weight-only product
-    weight_only = x @ lin.dequantized().t()
-    assert (got - weight_only).abs().max() < 0.02 * weight_only.abs().max()

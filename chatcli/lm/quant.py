@@ -4,13 +4,12 @@ Contract: a *linear* is a callable ``x -> x @ W.T + b`` over the last dimension 
 `x` (any leading shape). `Dense` is exactly ``F.linear`` (so the unquantized model
 stays bit-identical to transformers). `Int8Linear` stores ``W`` as int8 with one
 float scale per output row (symmetric, round-to-nearest) and multiplies with torch's
-own CPU kernel ``aten._weight_int8pack_mm`` (for a prefill of `W8A8_MIN_ROWS` rows or
-more it quantizes the activations per row too and uses ``torch._int_mm``, 4x faster
-there); `Int4Linear` stores groups of `group_size` input columns as 4-bit codes with a
-scale and a minimum per group (asymmetric, the same form as GGUF's Q4_1) and multiplies
-with ``aten._weight_int4pack_mm_for_cpu``. Otherwise the kernels read the activations
-in their own dtype (bfloat16 or float32). `quantize(dense, mode)` makes one from a
-`Dense`; `fuse` concatenates several linears that read the same input into one (fewer,
+own CPU kernel ``aten._weight_int8pack_mm``; `Int4Linear` stores groups of `group_size`
+input columns as 4-bit codes with a scale and a minimum per group (asymmetric, the
+same form as GGUF's Q4_1) and multiplies with ``aten._weight_int4pack_mm_for_cpu``.
+Both kernels read the activations in their own dtype (bfloat16 or float32); the
+activations are never quantized. `quantize(dense, mode)` makes one from a `Dense`;
+`fuse` concatenates several linears that read the same input into one (fewer,
 larger matrix-vector products), which `split` undoes on the output.
 
 Deliberately knows nothing about models, layers or checkpoints: tensors in,
@@ -30,7 +29,6 @@ QuantMode = Literal["none", "int8", "int4"]
 QUANT_MODES: tuple[str, ...] = ("none", "int8", "int4")
 INT4_GROUP_SIZE = 32  # GGUF's Q4_1 block size: re-quantizing Q4_1 weights is then exact
 _INT4_INNER_K_TILES = 2
-W8A8_MIN_ROWS = 16  # from this many rows on, int8 layers also quantize the activations
 
 
 @dataclass
@@ -72,23 +70,9 @@ class Int8Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).contiguous()  # the kernels need contiguous rows
-        if flat.shape[0] >= W8A8_MIN_ROWS and flat.device.type == "cpu":
-            out = self._w8a8(flat)
-        else:
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
         out = out.view(*x.shape[:-1], out.shape[-1])
         return out if self.bias is None else out + self.bias
-
-    def _w8a8(self, flat: torch.Tensor) -> torch.Tensor:
-        """Many rows (a prefill): quantize the activations too, one scale per row, and
-        multiply int8 x int8 with `torch._int_mm` (int32 sums). `_weight_int8pack_mm` is
-        built for a few rows: at 128 rows it is 4x slower than this (llama.cpp's Q8_0
-        matmuls quantize activations the same way)."""
-        x = flat.float()
-        row_scale = (x.abs().amax(dim=-1, keepdim=True) / 127.0).clamp_(min=1e-12)
-        xq = torch.round(x / row_scale).to(torch.int8)
-        acc = torch._int_mm(xq, self.qweight.t())
-        return (acc.float() * row_scale * self.scales.float()).to(flat.dtype)
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.float() * self.scales.float()[:, None]
