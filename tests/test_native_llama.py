@@ -318,3 +318,29 @@ def test_does_not_import_transformers(tmp_path: Path) -> None:
     )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_safetensors_reader_matches_the_library(tmp_path: Path) -> None:
+    """chatcli reads weights tensor by tensor (no mapping, for a lower load peak); the
+    result equals safetensors' own loader, converted the same way."""
+    from safetensors.torch import load_file, save_file
+
+    from chatcli.lm.llama import _read_safetensors
+
+    tensors = {
+        "a": torch.randn(3, 4),
+        "b": torch.randn(5).to(torch.bfloat16),
+        "ids": torch.arange(6, dtype=torch.int64).view(2, 3),
+        "empty": torch.zeros(0, 7),
+    }
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path))
+    for dtype in (torch.float32, torch.bfloat16):
+        got = _read_safetensors(path, dtype, torch.device("cpu"))
+        want = {k: v.to(dtype) for k, v in load_file(str(path)).items()}
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key].shape == want[key].shape and torch.equal(got[key], want[key])
+    path.write_bytes(path.read_bytes()[:-8])  # cut short
+    with pytest.raises(ValueError, match=r"w\.safetensors: "):
+        _read_safetensors(path, torch.float32, torch.device("cpu"))
