@@ -57,12 +57,15 @@ class Int8Linear:
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
-        w = weight.float()
-        exact = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
-        scales = _stored_at_least(exact, weight.dtype)
-        # round against the grid the kernel will use (the stored, rounded scales)
-        q = torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)
-        return cls(q.contiguous(), scales, bias)
+        q = torch.empty(weight.shape, dtype=torch.int8)
+        scales = torch.empty(weight.shape[0], dtype=weight.dtype)
+        for rows in _row_chunks(weight.shape[0]):  # float32 temporaries one chunk at a time
+            w = weight[rows].float()
+            exact = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+            scales[rows] = _stored_at_least(exact, weight.dtype)
+            # round against the grid the kernel will use (the stored, rounded scales)
+            q[rows] = torch.round(w / scales[rows].float()[:, None]).clamp_(-127, 127)
+        return cls(q, scales, bias)
 
     @property
     def out_features(self) -> int:
@@ -94,7 +97,10 @@ class Int4Linear:
         group_size: int = INT4_GROUP_SIZE,
     ) -> Int4Linear:
         out_features = weight.shape[0]
-        codes, table = _int4_codes(weight.float(), group_size, weight.dtype)
+        parts = [_int4_codes(weight[rows].float(), group_size, weight.dtype)
+                 for rows in _row_chunks(out_features)]
+        codes = torch.cat([c for c, _ in parts])
+        table = torch.cat([t for _, t in parts])
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INT4_INNER_K_TILES)
         table = table.transpose(0, 1).contiguous()  # (groups, out, 2): aten's layout
         return cls(packed, table, group_size, out_features, bias)
@@ -118,6 +124,10 @@ class Int4Linear:
 
 
 Linear = Dense | Int8Linear | Int4Linear
+
+
+def _row_chunks(rows: int, size: int = 4096) -> list[slice]:
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
 def _stored_at_least(exact: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
