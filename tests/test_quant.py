@@ -268,3 +268,18 @@ def test_fast_forward_pass_computes_the_same_function(tiny_model: Tiny) -> None:
     want, _ = exact.forward(more, want_cache, logits_to_keep=0)
     got, _ = fast.forward(more, cache, logits_to_keep=0)
     assert torch.allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_misaligned_weights_are_copied_before_the_kernel_sees_them() -> None:
+    """Weights read from a mapped safetensors file (the quantized cache) can sit at any
+    8-byte offset; torch's int8 kernel crashed the process on them with a few rows."""
+    lin = Int8Linear.from_weight(_weight(96, 64))
+    raw = torch.empty(lin.qweight.numel() + 40, dtype=torch.int8)
+    misaligned = raw[40:].view(96, 64)
+    misaligned.copy_(lin.qweight)
+    assert misaligned.data_ptr() % 64 != 0
+    moved = Int8Linear(misaligned, lin.scales)
+    assert moved.qweight.data_ptr() % 64 == 0
+    x = _weight(37, 64, seed=2).to(torch.bfloat16)
+    moved_bf16 = Int8Linear(moved.qweight, lin.scales.to(torch.bfloat16))
+    assert torch.equal(moved_bf16(x), Int8Linear(lin.qweight, lin.scales.to(torch.bfloat16))(x))

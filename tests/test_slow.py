@@ -116,3 +116,27 @@ def test_first_token_of_a_second_run_needs_no_transformers(real: Path) -> None:
                          stdin=subprocess.DEVNULL)
     assert out.stderr.strip().endswith("False")
     assert out.stdout.strip()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_answers_from_the_cache_too(real: Path, mode: str) -> None:
+    """The first run quantizes and caches; later runs (greedy and beam) read the cache.
+    Run as real processes: a kernel crash must fail the test, not the test session."""
+    import subprocess
+    import sys
+
+    def ask(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chatcli", "ask", "--quantize", mode, "-n", "24", *extra,
+             "What is the capital of France?"],
+            capture_output=True, text=True, timeout=300, env={**os.environ},
+        )
+
+    first = ask()
+    assert first.returncode == 0, first.stderr
+    assert "Paris" in first.stdout
+    for extra in ([], ["-S", "beam", "--num-beams", "3"]):
+        again = ask(*extra)
+        assert again.returncode == 0, (again.returncode, again.stderr)
+        assert "Paris" in again.stdout
+    assert len(list((real / "cache" / "quantized").glob("*.safetensors"))) >= 1

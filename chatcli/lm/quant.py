@@ -55,6 +55,9 @@ class Int8Linear:
     scales: torch.Tensor  # (out,) in the activation dtype
     bias: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        self.qweight, self.scales = _aligned(self.qweight), _aligned(self.scales)
+
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
         q = torch.empty(weight.shape, dtype=torch.int8)
@@ -91,6 +94,10 @@ class Int4Linear:
     out_features: int
     bias: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        self.packed = _aligned(self.packed)
+        self.scales_and_zeros = _aligned(self.scales_and_zeros)
+
     @classmethod
     def from_weight(
         cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -124,6 +131,15 @@ class Int4Linear:
 
 
 Linear = Dense | Int8Linear | Int4Linear
+
+
+_ALIGN = 64  # bytes: torch's CPU allocator aligns to this; the int8 kernel relies on it
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t`, copied if its data is not 64-byte aligned (e.g. read from a mapped safetensors
+    file): `_weight_int8pack_mm` crashes the process on misaligned weights."""
+    return t if t.data_ptr() % _ALIGN == 0 else t.clone()
 
 
 def _row_chunks(rows: int, size: int = 4096) -> list[slice]:
