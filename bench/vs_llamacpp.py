@@ -8,7 +8,7 @@ Usage: python bench/vs_llamacpp.py [--models smollm2,qwen0.5b] [--rounds 3] [--t
 
 llama.cpp is reached through its Python binding, an optional dev dependency:
     pip install -c constraints.txt llama-cpp-python==0.3.36
-(compiles llama.cpp from source, about 15 minutes on 2 cores).
+(compiles llama.cpp from source, about 4 minutes on this 2-core machine).
 
 Engines. chatcli: `NativeCausalLM.from_folder(folder, dtype)` + `.quantize(mode)`, driven
 greedily exactly as chatcli drives it (a prefill forward that returns the last position's
@@ -164,7 +164,7 @@ def import_llama_cpp() -> Any:
         import llama_cpp
     except ImportError:
         print(f"llama.cpp's Python binding is not installed; install it with `{INSTALL}` "
-              "(compiles llama.cpp from source, about 15 minutes on 2 cores)", file=sys.stderr)
+              "(compiles llama.cpp from source, a few minutes)", file=sys.stderr)
         sys.exit(2)
     return llama_cpp
 
