@@ -283,3 +283,11 @@ def test_misaligned_weights_are_copied_before_the_kernel_sees_them() -> None:
     x = _weight(37, 64, seed=2).to(torch.bfloat16)
     moved_bf16 = Int8Linear(moved.qweight, lin.scales.to(torch.bfloat16))
     assert torch.equal(moved_bf16(x), Int8Linear(lin.qweight, lin.scales.to(torch.bfloat16))(x))
+
+
+def test_continue_keeps_quantize(cli, home: Path) -> None:
+    """`ask -c` reopens the conversation's model; --quantize still applies to it."""
+    assert cli(["ask", "-n", "4", "hello"]).exit_code == 0
+    result = cli(["ask", "-c", "--quantize", "int8", "-n", "4", "again"])
+    assert result.exit_code == 0, result.stderr
+    assert len(list((home / "cache" / "quantized").glob("*.safetensors"))) == 1

@@ -93,6 +93,7 @@ def ask(
         check_remote,
         load_strategies,
         open_model,
+        refuse_remote_internals,
         resolve_spec,
         runtime_for,
     )
@@ -116,11 +117,9 @@ def ask(
     if show_beams and early.strategy != "beam":
         raise UsageError(f"--show-beams needs --strategy beam (the strategy is "
                          f"{early.strategy})", "add -S beam")
-    if spec.is_remote and (show_beams or explain_context):
-        flag = "--show-beams" if show_beams else "--explain-context"
-        raise UsageError(f"{flag} needs the model's internals, which a server does not "
-                         f"return ('{spec.alias or spec.base_url}' is remote)",
-                         "use a local model (-m)")
+    refuse_remote_internals(
+        spec, "--show-beams" if show_beams else "--explain-context" if explain_context else None
+    )
     check_remote(spec, early, show_candidates or None)
     runtime = runtime_for(spec, device, dtype, threads, quantize)
     text = join_prompt(prompt, read_piped_stdin(ui))
@@ -137,7 +136,7 @@ def ask(
             conv_id = latest.id
             if model is None:
                 spec = resolve_spec(registry, latest.model, base_url)
-                runtime = runtime_for(spec, device, dtype, threads)
+                runtime = runtime_for(spec, device, dtype, threads, quantize)
         loaded = open_model(spec, registry, ui, runtime)
         spec = loaded.spec
         # A continued conversation drops old exchanges to fit; a single question never

@@ -86,11 +86,11 @@ def chat(
         check_remote,
         load_strategies,
         open_model,
+        refuse_remote_internals,
         resolve_spec,
         runtime_for,
     )
     from chatcli.decoding.settings import resolve_settings
-    from chatcli.errors import UsageError
     from chatcli.registry import load_registry
     from chatcli.store import Store
     from chatcli.ui.input import make_reader
@@ -120,13 +120,9 @@ def chat(
     spec = spec_for(alias)
     early = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
                              alias_defaults=spec.defaults)  # fail fast on bad flags
-    if spec.is_remote and explain_context:
-        raise UsageError("--explain-context needs the model's internals, which a server does "
-                         f"not return ('{spec.alias or spec.base_url}' is remote)",
-                         "use a local model (-m)")
+    refuse_remote_internals(spec, "--explain-context" if explain_context else None)
     check_remote(spec, early)
-    runtime = runtime_for(spec, device, dtype, threads, quantize)
-    loaded = open_model(spec, registry, ui, runtime)
+    loaded = model_for(alias)
     spec = loaded.spec
     session = ChatSession(
         loaded, strategies, DecodingRequest(chosen, flags, options), conv, store=store,

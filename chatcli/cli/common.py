@@ -67,16 +67,26 @@ def runtime_for(
     return resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
 
 
-def open_model(spec: Any, registry: Any, ui: UI, runtime: Any = None) -> Any:
-    """A `LoadedModel` for a local alias, a `RemoteModel` for an `openai` one."""
+def refuse_remote_internals(spec: Any, flag: str | None) -> None:
+    """`flag` (e.g. --show-beams) reads the model's internals: refused for a remote model."""
+    if spec.is_remote and flag:
+        from chatcli.errors import UsageError
+
+        raise UsageError(f"{flag} needs the model's internals, which a server does not "
+                         f"return ('{spec.alias or spec.base_url}' is remote)",
+                         "use a local model (-m)")
+
+
+def open_model(spec: Any, registry: Any, ui: UI, runtime: Any) -> Any:
+    """A `LoadedModel` for a local alias (with `runtime_for`'s runtime), a `RemoteModel`
+    for an `openai` one (runtime None)."""
     if spec.is_remote:
         from chatcli.remote.model import open_remote
 
         return open_remote(spec, registry)
     from chatcli.loader import load_model
-    from chatcli.runtime import resolve_runtime
 
-    return load_model(spec, runtime or resolve_runtime(dtype="auto", spec_dtype=spec.dtype), ui)
+    return load_model(spec, runtime, ui)
 
 
 def check_remote(spec: Any, settings: Any, candidates: int | None = None) -> None:
