@@ -187,15 +187,12 @@ def _read_safetensors(path: Path, dtype: torch.dtype, device: torch.device) -> _
     """
     from safetensors import SafetensorError, safe_open
 
-    try:
-        return _read_tensors(path, dtype, device, safe_open)
+    try:  # safetensors checks the header (and that the data is all there) on opening
+        mapped_file = safe_open(str(path), framework="pt", device="cpu")
     except SafetensorError as exc:
         raise ValueError(f"{path.name}: {exc}") from exc
-
-
-def _read_tensors(path: Path, dtype: torch.dtype, device: torch.device, safe_open: Any) -> _Weights:
     weights: _Weights = {}
-    with open(path, "rb") as f, safe_open(str(path), framework="pt", device="cpu") as mapped:
+    with open(path, "rb") as f, mapped_file as mapped:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
         base = 8 + header_len
