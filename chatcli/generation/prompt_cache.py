@@ -6,8 +6,17 @@ prompt plus the reply tokens fed back while generating). `prefill(ids)` finds th
 longest common prefix with them, crops the cache to it and feeds only the new
 suffix; when nothing is shared (packing dropped a turn, a new system prompt) it
 starts over. Beam search (several rows) or `invalidate()` (after an interrupted
-answer) discards the cache. The logits are those of a full prefill; `reused`
-says how many prompt tokens were skipped last time.
+answer) discards the cache. `reused` says how many prompt tokens were skipped
+last time.
+
+Exactness: the logits of the last prompt position are kept with the cache. A
+prompt equal to the one last prefilled (`/retry`; `/undo` and the same message)
+feeds nothing: the cache is cropped back to it and those logits are returned, so
+the answer repeats the earlier one bit for bit. Otherwise the suffix is prefilled
+over the cached prefix: the same math as a full prefill, but other matmul shapes
+and an explicit attention mask, so in bf16 (or quantized) the logits can differ in
+their last bits from a cold prefill and a near-tied greedy choice can flip
+(docs/benchmarks.md, "Chat", measures how often).
 
 Knows nothing about conversations, text or decoding strategies.
 """
@@ -27,11 +36,18 @@ class PromptCache:
         self.ids: list[int] = []
         self.cache: Any = None
         self.reused = 0
+        self.logits: Any = None  # the last prefill's logits (a copy), for ids[:prompt_length]
+        self.prompt_length = 0
 
     def invalidate(self) -> None:
-        self.ids, self.cache = [], None
+        self.ids, self.cache, self.logits = [], None, None
 
     def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
+        if (cache is None and self.cache is not None and self.logits is not None
+                and len(ids) == self.prompt_length and self.ids[:len(ids)] == ids):
+            self.lm.crop(self.cache, len(ids))
+            self.ids, self.reused = list(ids), len(ids)
+            return self.logits.clone(), self.cache
         shared = 0
         if self.cache is not None and cache is None:
             limit = min(len(self.ids), len(ids) - 1)  # feed at least one token
@@ -44,6 +60,8 @@ class PromptCache:
             logits, new_cache = self.lm.prefill(ids, cache)
         self.reused = shared
         self.cache, self.ids = new_cache, list(ids)
+        # a copy: decoding may edit its scores in place
+        self.logits, self.prompt_length = logits.clone(), len(ids)
         return logits, new_cache
 
     def step(self, tokens: Any, cache: Any) -> tuple[Any, Any]:
@@ -68,3 +86,5 @@ class PromptCache:
         self.lm.crop(cache, length)
         if cache is self.cache:
             self.ids = self.ids[:length]
+            if length < self.prompt_length:
+                self.logits = None
