@@ -7,12 +7,21 @@ releases (`past_key_values` → `cache`). It works for every architecture
 transformers supports; `chatcli.lm.llama` is the faster-starting path for the
 Llama family.
 
+`crop(cache, length)` keeps the first `length` positions. transformers 5.x's
+`Cache.crop(n)` takes the number of positions to *remove*, as a negative int (a
+positive one raises); that is what is called. A cache that cannot be rolled back
+that way (a sliding-window layer already past its window, a linear-attention
+layer) is rebuilt in place from the ids fed into it, which this class records
+for single-row caches, so cropping is always exact.
+
 Knows nothing about tokenization, decoding strategies or text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import weakref
 from typing import Any
 
 
@@ -24,6 +33,8 @@ class HFLanguageModel:
         self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.config.vocab_size)
+        # The ids each single-row cache holds (None once it has several rows).
+        self._fed: weakref.WeakKeyDictionary[Any, list[int] | None] = weakref.WeakKeyDictionary()
 
     def _forward(self, input_ids: Any, cache: Any) -> tuple[Any, Any]:
         import torch
@@ -41,20 +52,73 @@ class HFLanguageModel:
             new_cache = out.past_key_values
         return out.logits[:, -1, :], new_cache
 
+    def _record(self, cache: Any, before: list[int] | None, ids: list[int] | None) -> None:
+        fed = None if before is None or ids is None else before + ids
+        with contextlib.suppress(TypeError):  # a cache type without weak references
+            self._fed[cache] = fed
+
     def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
         import torch
 
+        before = [] if cache is None else self._fed.get(cache) if _weak(cache) else None
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self._forward(input_ids, cache)
+        logits, new_cache = self._forward(input_ids, cache)
+        self._record(new_cache, before, list(ids))
+        return logits, new_cache
 
     def step(self, tokens: Any, cache: Any) -> tuple[Any, Any]:
-        return self._forward(tokens.view(-1, 1), cache)
+        before = self._fed.get(cache) if _weak(cache) else None
+        logits, new_cache = self._forward(tokens.view(-1, 1), cache)
+        single = [int(tokens.reshape(-1)[0])] if tokens.numel() == 1 else None
+        self._record(new_cache, before, single)
+        return logits, new_cache
 
     def expand(self, cache: Any, rows: int) -> None:
         cache.batch_repeat_interleave(rows)
+        self._record(cache, None, None)
 
     def reorder(self, cache: Any, rows: Any) -> None:
         cache.reorder_cache(rows)
+        self._record(cache, None, None)
 
     def crop(self, cache: Any, length: int) -> None:
-        cache.crop(length)
+        current = int(cache.get_seq_length())
+        if length >= current:
+            return
+        fed = self._fed.get(cache) if _weak(cache) else None
+        if _can_roll_back(cache):
+            cache.crop(length - current)  # negative: the number of positions to remove
+        elif fed is not None and len(fed) == current:
+            self._rebuild(cache, fed[:length])
+        else:
+            raise ValueError(f"this {type(cache).__name__} cannot be cropped to {length} positions")
+        if fed is not None:
+            self._record(cache, fed[:length], [])
+
+    def _rebuild(self, cache: Any, ids: list[int]) -> None:
+        """Refill `cache` in place with exactly `ids` (for caches that cannot roll back)."""
+        import torch
+
+        cache.reset()
+        if ids:
+            with torch.inference_mode():
+                self._forward_raw(torch.tensor([ids], dtype=torch.long, device=self.device), cache)
+
+
+def _weak(cache: Any) -> bool:
+    try:
+        weakref.ref(cache)
+    except TypeError:
+        return False
+    return True
+
+
+def _can_roll_back(cache: Any) -> bool:
+    """Whether `cache.crop(-n)` restores exactly the state before the last n positions."""
+    if not getattr(cache, "is_croppable", True):
+        return False
+    for layer in getattr(cache, "layers", ()):
+        window = getattr(layer, "sliding_window", None)
+        if window and layer.get_seq_length() >= window and not getattr(layer, "record_past", False):
+            return False
+    return True
