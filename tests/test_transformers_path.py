@@ -226,3 +226,78 @@ def test_ask_beam_json_token_ids(models: dict[str, Tiny]) -> None:
                                    max_new_tokens=10, num_beams=4)
     ids = json.loads(result.stdout)["token_ids"]
     assert _strip_eos(ids, tok.eos_token_id) == _strip_eos(out[0].tolist(), tok.eos_token_id)
+
+
+# -- the context window: every key a config may keep it in (item 22) -----------------
+
+
+@pytest.mark.parametrize("key", ["max_position_embeddings", "n_positions", "n_ctx",
+                                 "seq_length", "max_sequence_length"])
+def test_context_window_read_from_every_config_key(key: str) -> None:
+    from chatcli.loader import context_window
+    from chatcli.registry import ModelSpec
+
+    spec = ModelSpec(alias="m", source="path")
+    assert context_window(spec, {key: 512, "model_type": "x"}) == 512
+    assert context_window(spec, {"text_config": {key: 300}}) == 300
+    assert context_window(spec, {}) == 2048
+    assert context_window(dataclasses.replace(spec, context_window=100), {key: 512}) == 100
+
+
+def test_prompt_longer_than_gpt2_positions_is_the_packing_error(
+        models: dict[str, Tiny]) -> None:
+    """600 tokens on a 512-position GPT-2: the packing error, not an IndexError."""
+    loaded = _load("gpt2")
+    assert loaded.context_window == 512
+    text = ("The quick brown fox jumps over the lazy dog. " * 33).strip()
+    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                               tokenize=False, add_generation_prompt=True)
+    needed = len(loaded.tokenizer(ids, add_special_tokens=False)["input_ids"])
+    assert needed > 600
+    result = run_cli(["ask", "-m", "gpt2", "-n", "4", text])
+    assert result.stderr == (
+        f"error: the newest message needs {needed} tokens but the budget is 508 tokens "
+        "(context window minus max new tokens); hint: lower --max-new-tokens, shorten the "
+        "message or the system prompt, or choose a model with a larger context window (-m)\n")
+    assert result.exit_code == 1
+
+
+def test_context_window_larger_than_the_model_is_refused(models: dict[str, Tiny],
+                                                         home: Path) -> None:
+    result = run_cli(["chat", "-m", "gpt2", "--context-window", "600"], input="Hi\n")
+    assert result.stderr == (
+        "error: context window 600 is larger than model 'gpt2' allows (512 positions: "
+        "n_positions in its config.json); hint: use --context-window 512 or less (or lower "
+        f"context_window of [models.gpt2] in {home / 'models.toml'})\n")
+    assert result.exit_code == 2
+    assert run_cli(["chat", "-m", "gpt2", "--context-window", "512", "-n", "2"],
+                   input="Hi\n").exit_code == 0
+
+
+# -- which implementation runs, and why (item 23) ----------------------------------------
+
+WHY = {
+    "gpt2": "transformers (gpt2 architecture has no native implementation)",
+    "qwen2": "transformers (qwen2 tokenizer: transformers picks a model-specific tokenizer "
+             "class for this model type)",
+    "sliding": "transformers (qwen2 tokenizer: transformers picks a model-specific tokenizer "
+               "class for this model type)",
+    "tiny": "native",
+}
+
+
+@pytest.mark.parametrize("alias", ["gpt2", "qwen2", "tiny", "tiny-hf"])
+def test_models_show_stats_and_json_name_the_implementation(
+        models: dict[str, Tiny], home: Path, alias: str) -> None:
+    why = WHY.get(alias, f'transformers (implementation = "transformers" in '
+                         f'{home / "models.toml"})')
+    shown = run_cli(["models", "show", alias])
+    assert shown.exit_code == 0, shown.stderr
+    assert f"implementation     {why}\n" in shown.stdout
+    stats = run_cli(["ask", "-m", alias, "--stats", "-n", "2", "Hi"])
+    assert stats.exit_code == 0, stats.stderr
+    assert stats.stderr.endswith(f" finish_reason=length implementation={why}\n")
+    data = json.loads(run_cli(["ask", "-m", alias, "--json", "-n", "2", "Hi"]).stdout)
+    name, _, reason = why.partition(" (")
+    assert data["implementation"] == {"name": name, "reason": reason[:-1] or None}
+    assert _load(alias).implementation_label() == why

@@ -116,7 +116,7 @@ def _show_local(ui: UI, spec, default: str) -> None:  # type: ignore[no-untyped-
             ("params", spec.params or "?"),
             ("context window", str(spec.context_window or "from the model config")),
             ("dtype", spec.dtype),
-            ("implementation", spec.implementation),
+            ("implementation", _implementation(spec)),
             ("quantize", spec.quantize),
             ("chat template", "from models.toml" if spec.chat_template else "the model's own"),
             ("trust remote code", "yes" if spec.trust_remote_code else "no"),
@@ -125,6 +125,20 @@ def _show_local(ui: UI, spec, default: str) -> None:  # type: ignore[no-untyped-
             ("defined in", str(spec.origin)),
         ],
     )
+
+
+def _implementation(spec) -> str:  # type: ignore[no-untyped-def]
+    """Which implementation a load would run on this machine's default device, and why."""
+    from chatcli.loader import plan_implementation
+    from chatcli.runtime import resolve_runtime
+
+    planned = plan_implementation(spec, resolve_runtime().device)
+    if planned is not None:
+        return planned
+    if spec.implementation != "auto":
+        return f'{spec.implementation} (implementation = "{spec.implementation}" in {spec.origin})'
+    return ("auto: decided once the model is on disk (native for the llama and qwen2 "
+            "architectures where their tokenizer allows)")
 
 
 def pull(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:

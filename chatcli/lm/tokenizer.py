@@ -16,12 +16,15 @@ and the chat template is rendered in the same sandboxed jinja environment (`trim
 `dict`, `namespace`) with the same variables (messages, add_generation_prompt, tools=None,
 documents=None and every named special token).
 
-`supports(folder)` says up front whether a folder is one this module reproduces exactly: its
-tokenizer_config.json must name the generic class (`TokenizersBackend` or
-`PreTrainedTokenizerFast`), carry no remote code and belong to no model type for which
-transformers substitutes its own tokenizer class (those classes rebuild the pipeline from the
-vocabulary instead of using tokenizer.json). `from_folder` raises `ValueError` for other folders,
-so callers can fall back to transformers.
+`file_problem(folder)` says why tokenizer.json cannot be read at all (truncated, corrupt);
+`from_folder` raises `ValueError` for such a file too.
+
+`supports(folder)` (and `unsupported_reason(folder)`) says up front whether a folder is one
+this module reproduces exactly: its tokenizer_config.json must name the generic class
+(`TokenizersBackend` or `PreTrainedTokenizerFast`), carry no remote code and belong to no
+model type for which transformers substitutes its own tokenizer class (those classes rebuild
+the pipeline from the vocabulary instead of using tokenizer.json). `from_folder` raises
+`ValueError` for other folders, so callers can fall back to transformers.
 
 Not reproduced: tokenize=True, batches, tools, documents, continue_final_message and
 sanitize_control_tokens in `apply_chat_template`; padding, truncation and tensors in `__call__`;
@@ -187,6 +190,34 @@ def _unsupported_reason(folder: Path) -> str | None:
 def supports(folder: Path) -> bool:
     """Whether `ChatTokenizer.from_folder(folder)` reproduces AutoTokenizer exactly."""
     return _unsupported_reason(Path(folder)) is None
+
+
+def unsupported_reason(folder: Path) -> str | None:
+    """Why `ChatTokenizer.from_folder(folder)` would not reproduce AutoTokenizer (None: it does)."""
+    return _unsupported_reason(Path(folder))
+
+
+def file_problem(folder: Path) -> str | None:
+    """Why the `tokenizers` library cannot read `folder`'s tokenizer.json (None: it can,
+    or there is none): a truncated or corrupt file, named to the user instead of a
+    traceback."""
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    try:
+        _read_tokenizer_file(path)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _read_tokenizer_file(path: Path) -> Tokenizer:
+    """`Tokenizer.from_file`, whose bare `Exception` for a bad file becomes a ValueError."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path.name} cannot be read by the tokenizers library ({first})") from exc
 
 
 def _convert_added_tokens(obj: Any) -> Any:
@@ -442,7 +473,7 @@ class ChatTokenizer:
         if isinstance(kwargs.get("extra_special_tokens"), dict):
             model_specific.update(kwargs.pop("extra_special_tokens"))
 
-        backend = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        backend = _read_tokenizer_file(folder / TOKENIZER_FILE)
         added_tokens_decoder: dict[int, AddedToken] = {}
         added_tokens_map: dict[str, AddedToken] = {}
         if "added_tokens_decoder" in kwargs:
