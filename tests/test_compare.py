@@ -55,8 +55,9 @@ def test_divergence_and_specs() -> None:
     ("args", "message"),
     [
         (["-S", "sample:temperature"], "error: -S sample:temperature: expected NAME:key=value,..."),
-        (["-S", "beam:bogus=1"], "error: -o bogus: strategy 'beam' has no parameter 'bogus'"),
-        (["-S", "sample:top_p=3"], "error: --top-p must be in (0, 1] (got 3.0)"),
+        (["-S", "beam:bogus=1"],
+         "error: -S beam:bogus=1: strategy 'beam' has no parameter 'bogus'"),
+        (["-S", "sample:top_p=3"], "error: -S sample:top_p=3: top_p must be in (0, 1]; "),
     ],
 )
 def test_compare_errors(cli, args: list[str], message: str) -> None:

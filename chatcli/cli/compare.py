@@ -1,7 +1,9 @@
 """`chatcli compare`: run several decoding strategies on the same prompt, side by side.
 
-Wiring only: parses `-S NAME[:key=value,...]` (repeatable), gathers the prompt like
-`ask` (piped stdin first), packs it once, runs each strategy on the same prompt
+Wiring only: parses `-S NAME[:key=value,...]` (repeatable; any parameter of the
+strategy or a common one, errors quoted as `-S NAME:key=value`), gathers the
+prompt like `ask` (piped stdin first), packs it once (leaving room for the most
+new tokens any strategy may generate), runs each strategy on the same prompt
 ids and hands the results to the UI. Knows nothing about how tokens are chosen.
 """
 
@@ -26,7 +28,8 @@ from chatcli.cli.options import (
     SystemOpt,
     ThreadsOpt,
 )
-from chatcli.errors import UsageError
+from chatcli.decoding.base import Spelling
+from chatcli.errors import ContextOverflowError, UsageError
 from chatcli.ui.console import UI, read_piped_stdin
 
 PromptArg = Annotated[str | None, typer.Argument(help="The prompt. Piped stdin is put before it.",
@@ -52,6 +55,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     if not name.strip():
         raise UsageError(f"-S {spec}: missing the strategy name", "e.g. -S greedy")
     return name.strip(), options
+
+
+def spelling(name: str) -> Spelling:
+    """How a parameter of strategy `name` is written on compare's command line."""
+    return lambda key, value: f"-S {name}:{key}={value}"
 
 
 def divergence(first: list[int], other: list[int]) -> int | None:
@@ -104,7 +112,8 @@ def compare(
     specs = [parse_spec(s) for s in (strategy or default)]
     for name, options in specs:  # validate every strategy before loading anything
         early = resolve_settings(strategies, strategy=name, flags=flags, options=options,
-                                 alias_defaults=spec.defaults)
+                                 alias_defaults=spec.defaults, spelling=spelling(name),
+                                 common_options=True)
         check_remote(spec, early, 0)
     runtime = runtime_for(spec, device, dtype, threads, quantize)
     text = join_prompt(prompt, read_piped_stdin(ui))
@@ -124,13 +133,23 @@ def compare(
     conversation.add_user(text)
     all_settings = [
         resolve_settings(strategies, strategy=name, flags=flags, options=options,
-                         alias_defaults=spec.defaults, generation_config=loaded.generation_config)
+                         alias_defaults=spec.defaults, generation_config=loaded.generation_config,
+                         spelling=spelling(name), common_options=True)
         for name, options in specs
     ]
-    # Common parameters (max_new_tokens among them) are the same for every strategy:
-    # one packed prompt serves them all.
-    budget = loaded.context_window - all_settings[0].common.max_new_tokens
+    # One packed prompt serves every strategy: its budget leaves room for the most
+    # new tokens any of them may generate.
+    most = max(s.common.max_new_tokens for s in all_settings)
+    budget = loaded.context_window - most
     render = remote.count_ids if remote else lambda m: render_ids(loaded.tokenizer, m)
+    if budget <= 0:
+        room = loaded.context_window - len(render(conversation.messages()))
+        raise ContextOverflowError(
+            f"the context window of {loaded.context_window} tokens is too small for {most} "
+            "new tokens",
+            f"lower -n to at most {room}" if room > 0 else
+            "shorten the prompt, or choose a model with a larger context window (-m)",
+        )
     packed = pack(conversation, render, budget, truncate=False)
     results: list[dict[str, Any]] = []
     for (name, options), settings in zip(specs, all_settings, strict=True):

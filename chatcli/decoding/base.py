@@ -11,12 +11,20 @@ their best sequence at the end and put the rest in `ctx.extras`.
 `DecodeContext` carries what every strategy shares: limits, EOS ids, the logit
 processors (penalties) and a seeded random generator.
 
+Parameter types: `coerce` turns a typed-in string into a parameter's declared type
+(int, float, bool, str, `bool | str`, a tuple of str, any of them `| None`),
+`convert` checks a value read from a file; `check` raises `ParamError` (out of
+range), which says which parameter so that callers can name where it was written.
+
 This module knows nothing about tokenization, text or the terminal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
+import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -81,33 +89,100 @@ def flag_of(name: str, f: dataclasses.Field[Any] | None = None) -> str:
     return flag or f"-o {name}"
 
 
+class ParamError(UsageError):
+    """A parameter value out of its valid range; `name`, `valid` and `value` say which.
+
+    Callers that know how the user wrote the value (`/set`, `-S`, models.toml) reword it.
+    """
+
+    def __init__(self, message: str, hint: str, name: str, valid: str, value: Any) -> None:
+        super().__init__(message, hint)
+        self.name, self.valid, self.value = name, valid, value
+
+
 def check(ok: bool, cls: type, name: str, valid: str, value: Any) -> None:
-    """Raise the standard out-of-range error for `name` unless `ok`."""
+    """Raise the standard out-of-range error (a `ParamError`) for `name` unless `ok`."""
     if ok:
         return
     fields = {f.name: f for f in dataclasses.fields(cls)}
     flag = flag_of(name, fields.get(name))
-    raise UsageError(
-        f"{flag} must be {valid} (got {value!r})", "'chatcli strategies' lists every parameter"
-    )
+    raise ParamError(f"{flag} must be {valid} (got {value!r})",
+                     "'chatcli strategies' lists every parameter", name, valid, value)
 
 
-def param_types(cls: type) -> dict[str, type]:
+def param_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
+# How a value is written on a command line: (name, value) -> e.g. "-o num_beams=4".
+Spelling = Callable[[str, str], str]
 
 
-def coerce(cls: type, name: str, raw: str) -> Any:
-    """Turn a `-o name=value` string into the parameter's declared type.
+def option_spelling(name: str, value: str) -> str:
+    return f"-o {name}={value}"
 
-    Supported types: int, float, bool, str, and `bool | str` (booleans first).
+
+def _optional(kind: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); any other type -> (it, False)."""
+    args = typing.get_args(kind)
+    if type(None) in args and typing.get_origin(kind) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], True
+        return functools.reduce(operator.or_, rest), True
+    return kind, False
+
+
+def _is_list(kind: Any) -> bool:
+    return typing.get_origin(kind) in (tuple, list)
+
+
+def type_name(kind: Any) -> str:
+    """What a value of `kind` is, with its article: "an integer", "a number"..."""
+    kind, _ = _optional(kind)
+    if _is_list(kind):
+        return "a string or a list of strings"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             bool | str: "true, false or a string"}
+    return names.get(kind, f"a {getattr(kind, '__name__', kind)}")
+
+
+def _placeholder(kind: Any) -> str:
+    kind, _ = _optional(kind)
+    return {int: "N", float: "X", bool: "true|false", bool | str: "true|false|WORD"}.get(
+        kind, "TEXT")
+
+
+def example(cls: type, name: str) -> Any:
+    """A valid value of parameter `name` (its default when it has one)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    kind, _ = _optional(param_types(cls)[name])
+    if f.default not in (None, (), dataclasses.MISSING) and isinstance(f.default, kind):
+        return f.default
+    if _is_list(kind):
+        return ("###",)
+    return {int: 42, float: 0.5, bool: True, bool | str: True}.get(kind, "text")
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def coerce(cls: type, name: str, raw: str, spelling: Spelling = option_spelling) -> Any:
+    """Turn a typed-in string (`-o name=value`, `/set name value`) into the declared type.
+
+    Supported types: int, float, bool, str, `bool | str` (booleans first), a tuple or
+    list of str (one item), and any of them `| None` ("none" gives None). A value that
+    does not parse raises a `UsageError` spelled the way the user wrote it (`spelling`).
     """
-    kind = param_types(cls)[name]
+    declared = param_types(cls)[name]
+    kind, optional = _optional(declared)
     text, low = raw.strip(), raw.strip().lower()
+    if optional and low == "none":
+        return None
     try:
         if kind in (bool, bool | str):
             if low in _TRUE or low in _FALSE:
@@ -115,15 +190,46 @@ def coerce(cls: type, name: str, raw: str) -> Any:
             if kind is bool:
                 raise ValueError(text)
             return text
-        if kind in (int, float):
-            return kind(text)
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if _is_list(kind):
+            return (text,)
         return text
     except ValueError:
-        tname = getattr(kind, "__name__", str(kind))
-        example = {int: "4", float: "0.5", bool: "true"}.get(kind, "value")
+        fix = spelling(name, _placeholder(declared))
         raise UsageError(
-            f"-o {name}={raw}: expected {tname}", f"e.g. -o {name}={example}"
+            f"{spelling(name, raw.strip())}: {name} must be {type_name(declared)}",
+            f"write {fix}, e.g. {spelling(name, _text(example(cls, name)))}",
         ) from None
+
+
+def convert(cls: type, name: str, value: Any) -> Any:
+    """A value read from a file (TOML, JSON) as the declared type of `name`.
+
+    Integers are accepted for floats (1 -> 1.0), one string for a list of strings;
+    a value of another type raises `TypeError` (the caller names where it was written).
+    """
+    kind, optional = _optional(param_types(cls)[name])
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (bool, str) and isinstance(value, kind):
+        return value
+    if kind == bool | str and isinstance(value, (bool, str)):
+        return value
+    if _is_list(kind):
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    if kind not in (int, float, bool, str, bool | str) and not _is_list(kind):
+        return value  # a plugin's own type: its Params constructor decides
+    raise TypeError(f"{name} must be {type_name(kind)}")
 
 
 def describe_params(cls: type) -> list[tuple[str, str, str, str]]:

@@ -8,6 +8,12 @@ alias's `strategy`, else what generation_config implies: `num_beams > 1` → bea
 classes' constructors, and returns `DecodingSettings` that also record where each
 value came from. A flag the chosen strategy does not use is an error naming the
 strategy that does; values from lower layers that do not apply are dropped.
+Every value reaches the parameter classes as its declared type: typed-in strings
+(`-o`, `compare -S`, `/set`) are converted with an error quoting how they were
+written, file values (models.toml, generation_config.json) are checked; an
+out-of-range value typed in with `compare -S` is reported as written there.
+`check_defaults(...)` checks a models.toml [defaults] table (types, ranges, known
+strategy, plugin parameters included) when the file is read.
 
 Knows nothing about the terminal or how tokens are generated.
 """
@@ -15,14 +21,27 @@ Knows nothing about the terminal or how tokens are generated.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from chatcli.decoding.base import DecodeContext, Processor, check, coerce, flag_of, param
+from chatcli.decoding.base import (
+    DecodeContext,
+    ParamError,
+    Processor,
+    Spelling,
+    check,
+    coerce,
+    convert,
+    example,
+    flag_of,
+    option_spelling,
+    param,
+)
 from chatcli.decoding.registry import StrategyRegistry
-from chatcli.errors import UsageError
+from chatcli.errors import ChatcliError, UsageError
 
 DEFAULT_MAX_NEW_TOKENS = 512
 # generation_config.json keys chatcli honours (others, like max_length, are ignored).
@@ -130,7 +149,15 @@ def resolve_settings(
     options: dict[str, str] | None = None,
     alias_defaults: dict[str, Any] | None = None,
     generation_config: dict[str, Any] | None = None,
+    spelling: Spelling = option_spelling,
+    common_options: bool = False,
 ) -> DecodingSettings:
+    """The settings of one run; see the module docstring for the layers.
+
+    `options` are typed-in strings (`-o key=value`), converted to each parameter's
+    declared type; `spelling` says how the user wrote one (errors quote it), and
+    `common_options` lets them set common parameters too (`compare -S`).
+    """
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     alias = dict(alias_defaults or {})
     gc_strategy, gc_values = from_generation_config(generation_config or {})
@@ -150,14 +177,17 @@ def resolve_settings(
             raise UsageError(f"{flag} has no effect with --strategy {name}", fix)
     typed_options: dict[str, Any] = {}
     for key, raw in (options or {}).items():
+        written = spelling(key, raw.strip())
         if key in own:
-            typed_options[key] = coerce(cls.Params, key, raw)
+            typed_options[key] = coerce(cls.Params, key, raw, spelling)
+        elif key in COMMON_NAMES and common_options:
+            typed_options[key] = coerce(CommonParams, key, raw, spelling)
         elif key in COMMON_NAMES:
-            raise UsageError(f"-o {key}: use the flag {flag_of(key, _common_field(key))}",
+            raise UsageError(f"{written}: use the flag {flag_of(key, _common_field(key))}",
                              "common parameters have their own flags")
         else:
             listed = ", ".join(own) or "none"
-            raise UsageError(f"-o {key}: strategy '{name}' has no parameter '{key}'",
+            raise UsageError(f"{written}: strategy '{name}' has no parameter '{key}'",
                              f"its parameters: {listed}")
 
     merged: dict[str, Any] = {}
@@ -166,17 +196,105 @@ def resolve_settings(
                           ("flag", {**flags, **typed_options})):
         for key, value in values.items():
             if key in own or key in COMMON_NAMES:
-                merged[key] = value
+                owner = cls.Params if key in own else CommonParams
+                merged[key] = value if layer == "flag" else _typed(owner, key, value, layer)
                 origins[key] = layer
     for key in [*own, *COMMON_NAMES]:
         origins.setdefault(key, "default")
     if isinstance(merged.get("stop"), (list, str)):
         stops = merged["stop"]
         merged["stop"] = (stops,) if isinstance(stops, str) else tuple(stops)
-    params = cls.Params(**{k: v for k, v in merged.items() if k in own})
-    common = CommonParams(**{k: v for k, v in merged.items() if k in COMMON_NAMES})
+    try:
+        params = cls.Params(**{k: v for k, v in merged.items() if k in own})
+        common = CommonParams(**{k: v for k, v in merged.items() if k in COMMON_NAMES})
+    except ParamError as exc:
+        raise _reworded(exc, origins, options or {}, spelling) from None
     seed = common.seed if common.seed is not None else secrets.randbits(32)
     return DecodingSettings(name, params, common, origins, seed)
+
+
+def _typed(cls: type, key: str, value: Any, layer: str) -> Any:
+    """A value from a file layer as the parameter's declared type."""
+    try:
+        return convert(cls, key, value)
+    except TypeError as exc:
+        raise ChatcliError(f"{layer}: {exc}, got {value!r}",
+                           f"fix or remove '{key}' there, or override it with its flag") from None
+
+
+def _reworded(exc: ParamError, origins: dict[str, str], options: dict[str, str],
+              spelling: Spelling) -> ChatcliError:
+    """An out-of-range error that says where the value was written, when not a flag."""
+    name, raw = exc.name, options.get(exc.name)
+    if raw is not None and spelling is not option_spelling:
+        return UsageError(f"{spelling(name, raw.strip())}: {name} must be {exc.valid}",
+                          exc.hint)
+    if origins.get(name) == "generation_config.json":
+        return ChatcliError(
+            f"the model's generation_config.json sets {name} = {exc.value!r}, but it must be "
+            f"{exc.valid}", "override it with its flag or in [models.ALIAS.defaults]")
+    return exc
+
+
+class DefaultsError(ChatcliError):
+    """A bad entry of a models.toml [defaults] table; `key` names it (for file:line)."""
+
+    def __init__(self, key: str, message: str, hint: str) -> None:
+        super().__init__(message, hint)
+        self.key = key
+
+
+def check_defaults(registry: StrategyRegistry, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A [models.ALIAS.defaults] table checked and typed as the parameters declare.
+
+    Keys are `strategy` (a known strategy, plugins included), the common parameters
+    and any strategy's parameters; each value must have its parameter's type
+    (integers pass for numbers) and range. Raises `DefaultsError` naming the key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in defaults.items():
+        if key == "strategy":
+            if not isinstance(value, str):
+                raise DefaultsError(key, f"defaults.strategy must be a string, got {value!r}",
+                                    'e.g. strategy = "sample"')
+            try:
+                registry.get(value)
+            except UsageError as exc:
+                raise DefaultsError(key, f"defaults.strategy: {exc.message}", exc.hint) from None
+            out[key] = value
+            continue
+        owners = [CommonParams] if key in COMMON_NAMES else [
+            registry.get(n).Params for n in registry.users_of(key)]
+        if not owners:
+            known = {*COMMON_NAMES, "strategy"}
+            for n in registry.names():
+                known.update(f.name for f in dataclasses.fields(registry.get(n).Params))
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see 'chatcli strategies'"
+            raise DefaultsError(key, f"defaults has unknown parameter '{key}'", hint)
+        try:
+            out[key] = convert(owners[0], key, value)
+        except TypeError as exc:
+            raise DefaultsError(key, f"defaults.{exc}, got {value!r}",
+                                f"e.g. {key} = {_toml(example(owners[0], key))}") from None
+    for cls in [CommonParams, *(registry.get(n).Params for n in registry.names())]:
+        values = {f.name: out[f.name] for f in dataclasses.fields(cls) if f.name in out}
+        if not values:
+            continue
+        try:
+            cls(**values)
+        except ParamError as exc:
+            raise DefaultsError(exc.name, f"defaults.{exc.name} must be {exc.valid} "
+                                f"(got {exc.value!r})", exc.hint) from None
+    return out
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def _common_field(name: str) -> dataclasses.Field[Any] | None:
