@@ -3,7 +3,10 @@
 Contract: `load_registry()` reads the built-in models.toml (shipped inside the
 package), then the user's file (`<config dir>/models.toml`), then an explicit
 `--models-file`; a later file adds aliases or replaces an earlier alias whole.
-Every schema problem raises `ConfigError` naming the file, the line and the fix;
+Every schema problem raises `ConfigError` naming the file, the line and the fix
+(a file that is not UTF-8: the line and byte offset; `[models.ALIAS.defaults]`:
+each value checked against its decoding parameter's type and range, plugins'
+parameters and strategies included, when the file is read);
 an unknown alias raises `UnknownModelError` listing the known ones.
 
 An alias runs on one of two backends: `local` (the default; weights from
@@ -41,28 +44,6 @@ BACKENDS = ("local", "openai")
 SERVERS = ("generic", "openai", "vllm", "llama.cpp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPLEMENTATIONS = ("auto", "native", "transformers")
-# Decoding parameters an alias may preset in its [models.ALIAS.defaults] table.
-DEFAULT_KEYS = frozenset(
-    {
-        "max_new_tokens",
-        "strategy",
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "typical_p",
-        "num_beams",
-        "length_penalty",
-        "early_stopping",
-        "num_return_sequences",
-        "repetition_penalty",
-        "frequency_penalty",
-        "presence_penalty",
-        "no_repeat_ngram_size",
-        "seed",
-        "stop",
-    }
-)
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "description": str,
     "source": str,
@@ -88,6 +69,10 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "tokenizer": str,
     "server": str,
     "timeout": (int, float),
+}
+_TYPE_NAMES: dict[type | tuple[type, ...], str] = {
+    str: "a string", int: "an integer", bool: "true or false", dict: "a table",
+    (int, float): "a number",
 }
 # Keys that only an `openai` alias takes, and those only a local one takes.
 _REMOTE_KEYS = ("base_url", "model", "api_key_env", "tokenizer", "server", "timeout")
@@ -215,9 +200,18 @@ def load_registry(extra_file: Path | None = None) -> Registry:
 def parse_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
     """Parse one models.toml; returns its aliases and its `default` (or None)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}", "check the file's permissions") from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}",
+                          "check the file's permissions") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+            f"({exc.reason})", "save the file as UTF-8 (TOML files are UTF-8)",
+        ) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -296,9 +290,9 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(_KEYS)}"
             raise fail(f"has unknown key '{key}'", hint, key)
         expected = _KEYS[key]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            tname = expected.__name__ if isinstance(expected, type) else "value"
-            raise fail(f"'{key}' must be a {tname}, got {value!r}", f"fix '{key}'", key)
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            tname = _TYPE_NAMES.get(expected, "a value of another type")
+            raise fail(f"'{key}' must be {tname}, got {value!r}", f"fix '{key}'", key)
     backend = entry.get("backend", "local")
     if backend not in BACKENDS:
         raise fail(f"'backend' must be one of {', '.join(BACKENDS)} (got {backend!r})",
@@ -373,15 +367,14 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
 
 
 def _parse_defaults(entry: dict[str, Any], fail: Any) -> dict[str, Any]:
-    defaults = entry.get("defaults", {})
-    for key, value in defaults.items():
-        if key not in DEFAULT_KEYS:
-            close = difflib.get_close_matches(key, list(DEFAULT_KEYS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see 'chatcli strategies'"
-            raise fail(f"defaults has unknown parameter '{key}'", hint, key)
-        if not isinstance(value, (int, float, str, bool, list)):
-            raise fail(f"defaults.{key} must be a number, string or list", f"fix '{key}'", key)
-    return dict(defaults)
+    """The [defaults] table, typed and checked like the flags (plugins' parameters too)."""
+    from chatcli.decoding.registry import strategy_registry
+    from chatcli.decoding.settings import DefaultsError, check_defaults
+
+    try:
+        return check_defaults(strategy_registry(), entry.get("defaults", {}))
+    except DefaultsError as exc:
+        raise fail(exc.message, exc.hint, exc.key) from None
 
 
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

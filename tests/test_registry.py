@@ -85,7 +85,7 @@ def test_unknown_alias_lists_known_and_suggests(home: Path) -> None:
         (
             '[models.a]\nsource = "hf"\nrepo = "o/r"\ncontext_window = "big"\n',
             4,
-            "[models.a] 'context_window' must be a int, got 'big'",
+            "[models.a] 'context_window' must be an integer, got 'big'",
             "fix 'context_window'",
         ),
         (
