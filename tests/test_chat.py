@@ -77,7 +77,7 @@ def test_no_truncate_refuses_long_message(cli) -> None:
     result = run_cli(["chat", "--no-truncate", "--context-window", "64", "-n", "16"],
                      input=("word " * 80) + "\n")
     assert "error: the newest message needs " in result.stderr
-    assert result.exit_code == 0  # the session goes on; the message is kept in history
+    assert result.exit_code == 1  # the message is kept in history; piped: the turn failed
 
 
 def test_slash_commands(cli, tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_slash_commands(cli, tmp_path: Path) -> None:
     assert err[1] == ("error: /set top_p: strategy 'greedy' has no parameter 'top_p'; "
                       "hint: use /strategy sample first")
     assert err[2] == "chatcli: strategy = sample"
-    assert err[3] == ("error: --top-p must be in (0, 1] (got 2.0); "
+    assert err[3] == ("error: /set top_p 2: top_p must be in (0, 1]; "
                       "hint: 'chatcli strategies' lists every parameter")
     assert err[4:] == [
         "chatcli: top_p = 0.5", "chatcli: system prompt set",

@@ -3,8 +3,10 @@
 Contract: `dispatch(line, ctx)` runs the command named by a line that starts
 with "/", printing through the UI; it returns True when the chat should end.
 Every command is a row of `COMMANDS` (name, argument synopsis, help, handler);
-an unknown command gets a did-you-mean. Errors from a command (a bad `/set`
-value, a missing file) are printed as one line and the chat goes on.
+an unknown command gets a did-you-mean (and, without one, the `//` escape that
+sends a message starting with "/"). Errors from a command (a bad `/set` value,
+quoted as typed; a missing file; `/prompt` on an empty conversation) are printed
+as one line and the chat goes on.
 Knows nothing about prompt_toolkit or how answers stream.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.chat.session import ChatSession, DecodingRequest
-from chatcli.decoding.base import coerce
+from chatcli.decoding.base import ParamError, coerce
 from chatcli.decoding.settings import COMMON_NAMES, CommonParams
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.ui.console import UI
@@ -30,6 +32,7 @@ class ChatContext:
     ui: UI
     answer: Callable[[], None]  # answers the last user message (the REPL's streaming)
     load_model: Callable[[str], Any]  # alias -> LoadedModel
+    failed: int = 0  # turns that ended in an error (piped chat exits 1 when any did)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ def _help(ctx: ChatContext, _: str) -> None:
     for c in COMMANDS:
         ctx.ui.print(f"{f'/{c.name} {c.args}'.rstrip().ljust(width)}  {c.help}")
     ctx.ui.print('Multi-line: Esc-Enter for a newline, or a block between """ lines.')
+    ctx.ui.print("To send a message that starts with /, begin it with //: one / is dropped "
+                 "(//usr/bin/env is cool sends /usr/bin/env is cool).")
 
 
 def _system(ctx: ChatContext, arg: str) -> None:
@@ -52,9 +57,14 @@ def _system(ctx: ChatContext, arg: str) -> None:
     ctx.ui.notify("system prompt " + ("set" if arg.strip() else "removed"))
 
 
+def _set_spelling(name: str, value: str) -> str:
+    return f"/set {name} {value}"
+
+
 def _set(ctx: ChatContext, arg: str) -> None:
     key, _, value = arg.strip().partition(" ")
-    if not key or not value.strip():
+    value = value.strip()
+    if not key or not value:
         raise UsageError("/set needs KEY VALUE", "e.g. /set temperature 0.7 (see /help)")
     session = ctx.session
     request = dataclasses.replace(session.request, flags=dict(session.request.flags),
@@ -64,19 +74,25 @@ def _set(ctx: ChatContext, arg: str) -> None:
     if key in COMMON_NAMES:
         if key == "stop":
             request.flags["stop"] = (*request.flags.get("stop", ()), value)
+        elif value == "none":  # back to the model's (or the built-in) default
+            request.flags[key] = None
         else:
-            request.flags[key] = None if value.strip() == "none" else coerce(CommonParams, key,
-                                                                             value)
+            request.flags[key] = coerce(CommonParams, key, value, _set_spelling)
     elif key in own:
-        request.flags[key] = coerce(strategy_cls.Params, key, value)
+        request.flags[key] = coerce(strategy_cls.Params, key, value, _set_spelling)
     else:
         users = session.strategies.users_of(key)
         hint = f"use /strategy {users[0]} first" if users else "see 'chatcli strategies'"
         raise UsageError(f"/set {key}: strategy '{session.settings.strategy}' has no "
                          f"parameter '{key}'", hint)
-    settings = session.update_request(request)
+    try:
+        settings = session.update_request(request)
+    except ParamError as exc:
+        if exc.name != key:
+            raise
+        raise UsageError(f"/set {key} {value}: {key} must be {exc.valid}", exc.hint) from None
     shown = getattr(settings.params, key, None) if key in own else getattr(settings.common, key)
-    ctx.ui.notify(f"{key} = {shown}")
+    ctx.ui.notify(f"{key} = {'none' if shown is None else shown}")
 
 
 def _strategy(ctx: ChatContext, arg: str) -> None:
@@ -114,6 +130,9 @@ def _undo(ctx: ChatContext, _: str) -> None:
 
 
 def _retry(ctx: ChatContext, _: str) -> None:
+    if not any(m.role == "user" for m in ctx.session.conversation.turns):
+        ctx.ui.notify("nothing to retry")  # and nothing is removed
+        return
     if ctx.session.retry() is None:
         ctx.ui.notify("nothing to retry")
         return
@@ -168,6 +187,9 @@ def print_spans(ui: UI, spans: list[Any]) -> None:
 def _prompt(ctx: ChatContext, _: str) -> None:
     from chatcli.prompt import render_text
 
+    if not ctx.session.conversation.messages():
+        ctx.ui.print("the conversation is empty")
+        return
     packed = ctx.session.pack()
     remote = ctx.session.remote
     if remote is not None and remote.tokenizer is None:
@@ -258,7 +280,9 @@ def dispatch(line: str, ctx: ChatContext) -> bool:
     command = _BY_NAME.get(name)
     if command is None:
         close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
-        hint = (f"did you mean /{close[0]}? " if close else "") + "/help lists the commands"
+        hint = (f"did you mean /{close[0]}? /help lists the commands" if close else
+                "/help lists the commands; to send a message that starts with /, begin it "
+                "with //")
         ctx.ui.error(f"unknown command '/{name}'", hint)
         return False
     try:

@@ -1,20 +1,27 @@
 """The chat loop: read an entry, run a slash command or answer it, repeat.
 
-Contract: `run(ctx, reader)` reads entries until end of input or `/exit`. A
-plain entry becomes a user message (saved before the answer starts) and is
-answered with streaming output. Ctrl-C while the model answers stops only the
-answer: the partial reply stays in the history marked as interrupted, and the
-prompt comes back; so does an answer a remote server stopped sending (its
-error is printed and the chat goes on). Ctrl-C at the prompt clears the line. A warning line is
-printed whenever packing drops earlier exchanges. Knows nothing about how
-tokens are chosen.
+Contract: `run(ctx, reader)` first refuses settings that leave no room for any
+answer (`check_room`), then reads entries until end of input or `/exit`. A plain
+entry becomes a user message (saved before the answer starts) and is answered
+with streaming output; an entry starting with "//" is a message starting with
+"/" (one slash dropped), any other "/" entry a slash command. A turn that ends
+in an error is printed and counted in `ctx.failed`; the chat goes on. Ctrl-C
+while the model answers stops only the answer: the partial reply stays in the
+history marked as interrupted, and the prompt comes back; so does an answer a
+remote server stopped sending (its error is printed and the chat goes on).
+Ctrl-C at the prompt clears the line. A warning line is printed whenever packing
+drops earlier exchanges. Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
 
 from chatcli.chat.commands import ChatContext, dispatch
-from chatcli.errors import ChatcliError
+from chatcli.chat.session import ChatSession
+from chatcli.conversation import Message
+from chatcli.errors import ChatcliError, ContextOverflowError, Terminated
 from chatcli.ui.input import LineReader
+
+ESCAPE = "//"  # an entry starting with it is a message starting with "/"
 
 
 def answer(ctx: ChatContext) -> None:
@@ -22,10 +29,13 @@ def answer(ctx: ChatContext) -> None:
     try:
         gen, newly_dropped = session.start_reply()
     except ChatcliError as exc:
+        ctx.failed += 1
         ui.error(exc.message, exc.hint)
         return
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         session.cache.invalidate()
+        if isinstance(exc, Terminated):
+            raise
         ui.warn("answer interrupted before it began; your message is kept")
         return
     packed = session.last_packed
@@ -43,37 +53,73 @@ def answer(ctx: ChatContext) -> None:
     writer = ui.answer_writer()
     interrupted = False
     failure: ChatcliError | None = None
+    ended: Terminated | None = None  # SIGTERM/SIGHUP: save, then leave
     events = []
     try:
         for event in gen:
             events.append(event)
             writer.write(event.text)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         interrupted = True
+        ended = exc if isinstance(exc, Terminated) else None
     except ChatcliError as exc:  # a remote server stopped answering
         interrupted, failure = True, exc
     finally:
         writer.close()
     session.finish_reply(gen, interrupted)
+    if ended is not None:
+        raise ended
     if session.candidates is not None:
         from chatcli.ui.candidates import show_table
 
         show_table(ui, events, session.token_text)
     if failure is not None:
+        ctx.failed += 1
         ui.error(failure.message, failure.hint)
     elif interrupted:
         ui.warn("answer interrupted; the partial reply is kept in the history")
 
 
+def check_room(session: ChatSession) -> None:
+    """Refuse a session in which no message could ever be answered.
+
+    The smallest prompt is the system prompt with an empty user message; when it
+    does not fit the budget (context window minus max_new_tokens), every turn would fail.
+    """
+    window, new = session.loaded.context_window, session.max_new_tokens
+    head = [m for m in session.conversation.messages() if m.role == "system"]
+    smallest = len(session.render([*head, Message("user", "")]))
+    if smallest + new <= window:
+        return
+    what = "an empty message with the chat template" + (" and system prompt" if head else "")
+    if smallest < window:
+        raise ContextOverflowError(
+            f"no message can be answered: the context window of {window} tokens holds {what} "
+            f"({smallest} tokens) but not {new} new tokens",
+            f"lower -n (--max-new-tokens) to at most {window - smallest}",
+        )
+    raise ContextOverflowError(
+        f"no message can be answered: {what} needs {smallest} tokens, more than the context "
+        f"window of {window} tokens",
+        "raise --context-window" + (", shorten the system prompt (-s)" if head else "")
+        + " or choose a model with a larger context window (-m)",
+    )
+
+
 def run(ctx: ChatContext, reader: LineReader) -> None:
+    check_room(ctx.session)
     while True:
         try:
             entry = reader.read()
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             continue  # Ctrl-C at the prompt: prompt_toolkit already cleared the line
         if entry is None:
             return
-        if entry.startswith("/"):
+        if entry.startswith(ESCAPE):
+            entry = entry[1:]  # "//text" sends "/text"
+        elif entry.startswith("/"):
             if dispatch(entry, ctx):
                 return
             continue
