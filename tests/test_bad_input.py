@@ -20,7 +20,7 @@ from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.cli.compare import spelling as compare_spelling
 from chatcli.decoding.registry import strategy_registry
 from chatcli.decoding.settings import CommonParams, resolve_settings
-from chatcli.errors import ConfigError, UsageError
+from chatcli.errors import ChatcliError, ConfigError, UsageError
 from chatcli.loader import load_model
 from chatcli.registry import ModelSpec, parse_models_file
 from chatcli.runtime import Runtime
@@ -214,6 +214,23 @@ def test_compare_spec_sets_a_common_parameter(cli) -> None:
     assert plain["decoding"]["repetition_penalty"] == 1.0
     assert penalised["decoding"]["repetition_penalty"] == 1.5
     assert penalised["completion_tokens"] <= 2 < plain["completion_tokens"]
+
+
+def test_generation_config_values_are_typed_and_blamed_on_the_file() -> None:
+    gc = {"do_sample": True, "temperature": "0.7", "top_k": 50}
+    with pytest.raises(ChatcliError) as err:
+        resolve_settings(REG, generation_config=gc)
+    assert (err.value.message, err.value.hint) == (
+        "generation_config.json: temperature must be a number, got '0.7'",
+        "fix or remove 'temperature' there, or override it with its flag")
+    settings = resolve_settings(REG, flags={"temperature": 0.7}, generation_config=gc)
+    assert (settings.params.temperature, settings.params.top_k) == (0.7, 50)
+    with pytest.raises(ChatcliError) as err:
+        resolve_settings(REG, generation_config={"do_sample": True, "temperature": 0})
+    assert err.value.message == ("the model's generation_config.json sets temperature = 0.0, "
+                                 "but it must be a number > 0")
+    check_typed(resolve_settings(REG, generation_config={"do_sample": True, "temperature": 1})
+                .params.temperature, 1.0)
 
 
 # -- [models.X.defaults] ---------------------------------------------------------------------

@@ -196,9 +196,12 @@ def resolve_settings(
                           ("flag", {**flags, **typed_options})):
         for key, value in values.items():
             if key in own or key in COMMON_NAMES:
-                owner = cls.Params if key in own else CommonParams
-                merged[key] = value if layer == "flag" else _typed(owner, key, value, layer)
+                merged[key] = value
                 origins[key] = layer
+    for key, value in merged.items():  # a value from a file: its declared type, or an error
+        if origins[key] != "flag":
+            owner = cls.Params if key in own else CommonParams
+            merged[key] = _typed(owner, key, value, origins[key])
     for key in [*own, *COMMON_NAMES]:
         origins.setdefault(key, "default")
     if isinstance(merged.get("stop"), (list, str)):
