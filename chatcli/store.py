@@ -17,11 +17,25 @@ conversation's title is always its first user message, on one line and at most
 `ReplyMeta` (its `params` are stored as JSON, so tuples come back as lists).
 
 An unreadable, corrupt or locked database becomes a `StoreError` that names the
-file, with a hint. Knows nothing about models, tokens or the terminal.
+file, says what is wrong (`kind`: the disk is full, the file or its file system is
+read-only, another process held the lock past the busy timeout, the file is
+corrupt) and gives the hint that fits: only a corrupt file is ever to be moved
+aside. `Store.open(readonly=True)` only reads: it creates and changes nothing, and
+works on a read-only file or folder and on a full disk (a missing file reads as an
+empty history); its writes raise `StoreError`.
+
+Several processes on one conversation: `add_message(..., expect=ids)` appends only
+if, in the same write transaction, the conversation still holds exactly those
+message ids (`ConversationChanged` otherwise), and `fork` copies a conversation's
+earlier turns into a new one. `claim(conv_id)` marks a conversation as being
+answered by this process until `release` (a lock byte in `history.db-answering`
+that the system drops when the process dies); `claim` returns False while another
+process holds it. Knows nothing about models, tokens or the terminal.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -89,7 +103,23 @@ _MESSAGE_SQL = """
 
 
 class StoreError(ChatcliError):
-    """The history database cannot be used, or names no such conversation."""
+    """The history database cannot be used, or names no such conversation.
+
+    `kind` says why: "full", "readonly", "busy", "io" (the disk failed to write or
+    read), "corrupt", "missing" (no such conversation) or "" (a newer schema).
+    """
+
+    kind = ""
+
+
+class ConversationChanged(StoreError):
+    """Another process changed the conversation since this one read it."""
+
+    def __init__(self, conv_id: int, busy: bool = False) -> None:
+        why = "is being answered by" if busy else "was changed by"
+        super().__init__(f"conversation {conv_id} {why} another chatcli process")
+        self.conv_id = conv_id
+        self.busy = busy
 
 
 @dataclass(frozen=True)
@@ -145,36 +175,113 @@ def _now() -> float:
 
 
 def _no_conversation(conv_id: int) -> StoreError:
-    return StoreError(f"no conversation {conv_id}", "run 'chatcli history list'")
+    error = StoreError(f"no conversation {conv_id}", "run 'chatcli history list'")
+    error.kind = "missing"
+    return error
+
+
+READS_STILL_WORK = "'chatcli history list' and 'show' still work"
+# Less free space than this on the history's disk counts as a full disk.
+FULL_BELOW_BYTES = 256 * 1024
+
+
+def _disk_state(path: Path) -> str:
+    """"full" or "readonly-fs" for the file system holding `path`, else ""."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        vfs = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return ""
+    if vfs.f_flag & getattr(os, "ST_RDONLY", 1):
+        return "readonly-fs"
+    if vfs.f_bavail * vfs.f_frsize < FULL_BELOW_BYTES:
+        return "full"
+    return ""
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the file and create its -wal and -shm files."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _typed(kind: str, message: str, hint: str) -> StoreError:
+    error = StoreError(message, hint)
+    error.kind = kind
+    return error
+
+
+def _write_problem(path: Path, kind: str, readonly_fs: bool = False) -> StoreError:
+    """The error for a history that cannot be written: a full disk, a read-only file."""
+    where = f"cannot write the history database {path}"
+    if kind == "full":
+        return _typed("full", f"{where}: the disk is full",
+                      "free some disk space, or set CHATCLI_HOME to a folder on another disk")
+    if readonly_fs:
+        return _typed("readonly", f"{where}: its file system is read-only",
+                      f"set CHATCLI_HOME to a writable folder; {READS_STILL_WORK}")
+    return _typed("readonly", f"{where}: the file or its folder is read-only",
+                  f"make both writable by you, or set CHATCLI_HOME to another folder; "
+                  f"{READS_STILL_WORK}")
 
 
 def _database_error(path: Path, exc: sqlite3.Error) -> StoreError:
     text = str(exc)
-    if "locked" in text or "busy" in text:
-        hint = "another chatcli process kept it busy too long; try again"
-    elif "readonly" in text or "read-only" in text:
-        hint = f"check the permissions of {path} and its folder"
-    elif "full" in text:
-        hint = "free some disk space"
-    else:
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    disk = _disk_state(path)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or (
+        not name and ("locked" in text or "busy" in text)
+    ):
+        return _typed("busy", f"cannot use the history database {path}: {text}",
+                      "another chatcli process kept it busy too long; try again")
+    if name == "SQLITE_FULL" or (not name and "full" in text) or (
+        disk == "full" and name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN"))
+    ):
+        return _write_problem(path, "full")
+    if name.startswith("SQLITE_READONLY") or (not name and "readonly" in text) or (
+        disk == "readonly-fs" and name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN"))
+    ) or (name.startswith("SQLITE_CANTOPEN") and not _writable(path)):
+        return _write_problem(path, "readonly", readonly_fs=disk == "readonly-fs")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+        not name and ("not a database" in text or "malformed" in text)
+    ):
         quoted = shlex.quote(str(path))
-        hint = f"move it aside (mv {quoted} {quoted}.bad); chatcli then starts a new history"
-    return StoreError(f"cannot use the history database {path}: {text}", hint)
+        return _typed(
+            "corrupt", f"cannot use the history database {path}: {text}",
+            f"move it aside (mv {quoted} {quoted}.bad); chatcli then starts a new history",
+        )
+    # A failing disk, a vanished folder, ...: the file itself may be fine; keep it.
+    return _typed("io", f"cannot use the history database {path}: {text}",
+                  "check the disk that holds it (free space, permissions); chatcli changed "
+                  "nothing")
+
+
+def _os_error(path: Path, exc: OSError) -> StoreError:
+    disk = _disk_state(path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or disk == "full":
+        return _write_problem(path, "full")
+    if exc.errno == errno.EROFS or disk == "readonly-fs":
+        return _write_problem(path, "readonly", readonly_fs=True)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return _write_problem(path, "readonly")
+    return _typed(
+        "io", f"cannot open the history database {path}: {exc.strerror or exc}",
+        "check the permissions of its folder, or set CHATCLI_HOME to another one",
+    )
 
 
 def _create_private(path: Path) -> None:
     """Create the file (and its folders) readable by its owner only; tighten an existing one."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.make_private_dir(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
-        if (path.stat().st_mode & 0o777) != 0o600:
-            os.chmod(path, 0o600)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
     except OSError as exc:
-        raise StoreError(
-            f"cannot open the history database {path}: {exc.strerror or exc}",
-            "check the permissions of its folder, or set CHATCLI_HOME to another one",
-        ) from exc
+        raise _os_error(path, exc) from exc
 
 
 def _jsonable(value: object) -> object:
@@ -184,14 +291,20 @@ def _jsonable(value: object) -> object:
 class Store:
     """Conversations and messages in one SQLite file. Use `Store.open()`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False) -> None:
         self._conn = conn
         self.path = path
+        self.readonly = readonly
+        self._lock_fd: int | None = None
+        self._claimed: set[int] = set()
 
     # -- opening and closing ---------------------------------------------------
     @classmethod
-    def open(cls, path: Path | None = None) -> Store:
+    def open(cls, path: Path | None = None, *, readonly: bool = False) -> Store:
+        """Open (creating it if needed) for reading and writing; or only read it."""
         path = Path(path) if path is not None else history_path()
+        if readonly:
+            return cls._open_readonly(path)
         _create_private(path)
         try:
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -205,7 +318,63 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def _open_readonly(cls, path: Path) -> Store:
+        if not path.exists():  # no history yet: an empty one, in memory
+            store = cls(sqlite3.connect(":memory:", isolation_level=None), path, readonly=True)
+            store._setup()
+            return store
+        # mode=ro needs the -shm file, which a read-only folder or a full disk may not
+        # give: then read the file as immutable (exact when no -wal is left over).
+        last: StoreError | None = None
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{path.as_uri()}?{query}", uri=True,
+                                       timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            except sqlite3.Error as exc:
+                last = _database_error(path, exc)
+                continue
+            store = cls(conn, path, readonly=True)
+            try:
+                store._check_readable()
+            except StoreError as exc:
+                conn.close()
+                if exc.kind == "corrupt" or not exc.kind:
+                    raise
+                last = exc
+                continue
+            return store
+        assert last is not None
+        raise last
+
+    def _check_readable(self) -> None:
+        with self._read() as conn:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and conn.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'conversations'"
+            ).fetchone()[0] == 0:
+                version = -1  # an empty file: chatcli would create the schema
+        if version == -1:
+            self._conn.close()
+            self._conn = sqlite3.connect(":memory:", isolation_level=None)
+            self._setup()
+            return
+        if version != SCHEMA_VERSION:
+            raise self._newer(version)
+
+    def _newer(self, version: int) -> StoreError:
+        return StoreError(
+            f"the history database {self.path} has schema version {version}; "
+            f"this chatcli knows up to {SCHEMA_VERSION}",
+            "upgrade chatcli, or set CHATCLI_HOME to use another history",
+        )
+
     def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # drops every claim
+            self._lock_fd = None
+            self._claimed.clear()
         self._conn.close()
 
     def __enter__(self) -> Store:
@@ -224,16 +393,13 @@ class Store:
         with self._errors():
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        with self._write():
+            if not self.readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+        with self._transaction("BEGIN IMMEDIATE"):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the history database {self.path} has schema version {version}; "
-                    f"this chatcli knows up to {SCHEMA_VERSION}",
-                    "upgrade chatcli, or set CHATCLI_HOME to use another history",
-                )
+                raise self._newer(version)
             for statements in _MIGRATIONS[version:]:
                 for statement in statements:
                     conn.execute(statement)
@@ -264,6 +430,9 @@ class Store:
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction: takes the write lock at once (waiting up to the busy timeout)."""
+        if self.readonly:
+            raise _typed("readonly", f"the history database {self.path} is open only to read",
+                         "open it with Store.open() to write")
         return self._transaction("BEGIN IMMEDIATE")
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -305,11 +474,25 @@ class Store:
             if cur.rowcount == 0:
                 raise _no_conversation(conv_id)
 
-    def add_message(self, conv_id: int, message: Message, meta: ReplyMeta | None = None) -> int:
-        """Append a user or assistant message (the system prompt goes to `set_system`)."""
+    def add_message(self, conv_id: int, message: Message, meta: ReplyMeta | None = None, *,
+                    expect: Sequence[int] | None = None) -> int:
+        """Append a user or assistant message (the system prompt goes to `set_system`).
+
+        With `expect`, only if the conversation holds exactly these message ids, in
+        order, when the write transaction starts; else `ConversationChanged`.
+        """
         if message.role not in ("user", "assistant"):
             raise ValueError(f"only user and assistant messages are stored, not {message.role!r}")
-        now = _now()
+        with self._write() as conn:
+            self._require(conn, conv_id)
+            if expect is not None and [row[0] for row in conn.execute(
+                "SELECT id FROM messages WHERE conversation_id = ? ORDER BY position", (conv_id,)
+            )] != list(expect):
+                raise ConversationChanged(conv_id)
+            return self._insert(conn, conv_id, message, meta, _now())
+
+    def _insert(self, conn: sqlite3.Connection, conv_id: int, message: Message,
+                meta: ReplyMeta | None, now: float) -> int:
         values: tuple[object, ...] = (None,) * 8
         if meta is not None:
             values = (
@@ -322,24 +505,93 @@ class Store:
                 meta.time_to_first_token_s,
                 meta.tokens_per_second,
             )
-        with self._write() as conn:
-            self._require(conn, conv_id)
-            cur = conn.execute(
-                "INSERT INTO messages (conversation_id, position, role, content, interrupted, "
-                "created, model, strategy, params, seed, prompt_tokens, completion_tokens, "
-                "time_to_first_token_s, tokens_per_second) "
-                "VALUES (?, (SELECT COALESCE(MAX(position) + 1, 0) FROM messages "
-                "WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conv_id, conv_id, message.role, message.content, int(message.interrupted),
-                 now, *values),
-            )
-            title = make_title(message.content) if message.role == "user" else ""
-            conn.execute(
-                "UPDATE conversations SET updated = ?, "
-                "title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
-                (now, title, conv_id),
-            )
+        cur = conn.execute(
+            "INSERT INTO messages (conversation_id, position, role, content, interrupted, "
+            "created, model, strategy, params, seed, prompt_tokens, completion_tokens, "
+            "time_to_first_token_s, tokens_per_second) "
+            "VALUES (?, (SELECT COALESCE(MAX(position) + 1, 0) FROM messages "
+            "WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (conv_id, conv_id, message.role, message.content, int(message.interrupted),
+             now, *values),
+        )
+        title = make_title(message.content) if message.role == "user" else ""
+        conn.execute(
+            "UPDATE conversations SET updated = ?, "
+            "title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
+            (now, title, conv_id),
+        )
         return cast(int, cur.lastrowid)
+
+    def fork(self, conv_id: int, model: str, system: str | None,
+             turns: Sequence[tuple[int | None, Message]]) -> tuple[int, list[int]]:
+        """A new conversation holding copies of `turns` (id in `conv_id`, message).
+
+        A turn whose id is still in `conv_id` is copied row and all (its reply
+        metadata too); one that is gone is written from the message. Returns the new
+        conversation's id and its message ids, in one transaction.
+        """
+        now = _now()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO conversations (title, model, system, created, updated) "
+                "VALUES ('', ?, ?, ?, ?)",
+                (model, system or None, now, now),
+            )
+            new_id = cast(int, cur.lastrowid)
+            ids: list[int] = []
+            for position, (old_id, message) in enumerate(turns):
+                cur = conn.execute(
+                    "INSERT INTO messages (conversation_id, position, role, content, "
+                    "interrupted, created, model, strategy, params, seed, prompt_tokens, "
+                    "completion_tokens, time_to_first_token_s, tokens_per_second) "
+                    "SELECT ?, ?, role, content, interrupted, created, model, strategy, params, "
+                    "seed, prompt_tokens, completion_tokens, time_to_first_token_s, "
+                    "tokens_per_second FROM messages WHERE id = ? AND conversation_id = ?",
+                    (new_id, position, old_id, conv_id),
+                )
+                if cur.rowcount == 1:
+                    ids.append(cast(int, cur.lastrowid))
+                else:
+                    ids.append(self._insert(conn, new_id, message, None, now))
+            self._retitle(conn, new_id, now)
+        return new_id, ids
+
+    # -- which process answers a conversation -----------------------------------
+    def _lock_file(self) -> int | None:
+        if self._lock_fd is None and not self.readonly:
+            try:
+                self._lock_fd = os.open(self.path.with_name(self.path.name + "-answering"),
+                                        os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                return None  # a read-only folder: nobody can write, nobody answers
+        return self._lock_fd
+
+    def claim(self, conv_id: int) -> bool:
+        """Mark the conversation as answered by this process; False if another one is."""
+        if conv_id in self._claimed:
+            return True
+        fd = self._lock_file()
+        if fd is None:
+            return True
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks (Windows): the id check alone guards
+            return True
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, conv_id)
+        except OSError:
+            return False
+        self._claimed.add(conv_id)
+        return True
+
+    def release(self, conv_id: int) -> None:
+        """The answer is saved: another process may continue the conversation."""
+        if conv_id not in self._claimed or self._lock_fd is None:
+            return
+        import fcntl
+
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, conv_id)
+        self._claimed.discard(conv_id)
 
     def delete_messages(self, message_ids: Sequence[int]) -> None:
         """Remove these messages (unknown ids are ignored), e.g. for /undo and /retry."""

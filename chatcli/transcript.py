@@ -18,6 +18,9 @@ The JSON format, version 1 (`"chatcli": 1`)::
                             "completion_tokens", "time_to_first_token_s",
                             "tokens_per_second"}  (optional, assistant replies)}]}
 
+`save_recovery` writes a conversation the history could not keep to a new private
+JSON file (0600) in the first of the given folders that takes it, for `/load`.
+
 `from_json` ignores "meta" and any key it does not know. In Markdown an
 interrupted reply is followed by "*(interrupted)*" and a reply's metadata by one
 italic line. Times are local. Knows nothing about SQLite, models or the terminal.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,6 +202,39 @@ def save(path: Path, info: ConversationInfo | None, conversation: Conversation,
             f"cannot write {path}: {exc.strerror or exc}",
             "check that its folder exists and is writable",
         ) from exc
+
+
+def save_recovery(folders: Sequence[Path], model: str | None, conversation: Conversation,
+                  metas: Sequence[ReplyMeta | None] | None = None) -> Path:
+    """Write `conversation` to chatcli-unsaved-<time>-<pid>.json in the first folder that
+    takes it (0600, never overwriting a file); a TranscriptError if none does."""
+    info = None
+    if model is not None:
+        now = time.time()
+        info = ConversationInfo(0, "", model, conversation.system, now, now,
+                                len(conversation.turns))
+    data = to_json(info, conversation, metas).encode("utf-8")
+    name = f"chatcli-unsaved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    failures = []
+    for folder in folders:
+        path = Path(folder) / name
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            failures.append(f"{path}: {exc.strerror or exc}")
+            continue
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except OSError as exc:
+            failures.append(f"{path}: {exc.strerror or exc}")
+            path.unlink(missing_ok=True)
+            continue
+        return path
+    raise TranscriptError(
+        "cannot write a recovery file (" + "; ".join(failures) + ")",
+        "copy the conversation from the screen",
+    )
 
 
 def load(path: Path) -> Conversation:

@@ -2,6 +2,8 @@
 
 Each command opens the history store (`chatcli.store`) only when it runs, so
 importing this module touches no SQLite and `chatcli --help` stays instant.
+`list`, `show` and `export` open it read-only: they work on a read-only history
+and on a full disk, and create nothing.
 `show` renders Markdown with rich on a terminal and prints it plain otherwise;
 `export` always writes the raw text (stdout, or a file whose extension must agree
 with --format). Knows nothing about models or decoding.
@@ -71,7 +73,7 @@ def list_conversations(limit: LimitOpt = None) -> None:
     from chatcli.ui.tables import show_table
 
     ui = UI()
-    with Store.open() as store:
+    with Store.open(readonly=True) as store:
         infos = store.list(limit)
     if not infos:
         ui.print_err("no conversations yet")
@@ -89,7 +91,7 @@ def show(conversation_id: ConversationArg) -> None:
     from chatcli.store import Store
     from chatcli.transcript import to_markdown
 
-    with Store.open() as store:
+    with Store.open(readonly=True) as store:
         text = to_markdown(*_transcript(store, conversation_id))
     ui = UI()
     if ui.out_tty:
@@ -118,7 +120,7 @@ def export(
                 f"--format {fmt.value} does not match the extension of {output}",
                 "leave out --format: the file's extension chooses it",
             )
-    with Store.open() as store:
+    with Store.open(readonly=True) as store:
         info, conversation, metas = _transcript(store, conversation_id)
     ui = UI()
     if output is not None:

@@ -2,15 +2,17 @@
 
 Contract: `make_reader(history_file)` returns a reader whose `read()` gives one
 user entry, or None at end of input (Ctrl-D, or end of piped stdin). On a TTY it
-uses prompt_toolkit with persistent input history; Esc-Enter inserts a newline,
-and a block that starts with a line of `\"\"\"` runs until a line that ends with
-`\"\"\"` (both forms work piped too). Ctrl-C at the prompt raises
+uses prompt_toolkit with persistent input history (every line typed: the file is
+made 0600 in a 0700 folder, whatever the umask; a line it cannot write is skipped);
+Esc-Enter inserts a newline, and a block that starts with a line of `\"\"\"`
+runs until a line that ends with `\"\"\"` (both forms work piped too). Ctrl-C at the prompt raises
 KeyboardInterrupt for the caller to treat as "clear the line". Knows nothing
 about models or conversations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import IO, Protocol
@@ -63,7 +65,10 @@ class PromptReader:
         from prompt_toolkit.history import FileHistory
         from prompt_toolkit.key_binding import KeyBindings
 
-        history_file.parent.mkdir(parents=True, exist_ok=True)
+        from chatcli.paths import make_private_file
+
+        with contextlib.suppress(OSError):  # a read-only folder: lines are not kept
+            make_private_file(history_file)
         bindings = KeyBindings()
 
         @bindings.add("escape", "enter")
@@ -72,7 +77,7 @@ class PromptReader:
 
         self.prompt = prompt
         self.session: PromptSession[str] = PromptSession(
-            history=FileHistory(str(history_file)), key_bindings=bindings
+            history=_quiet(FileHistory)(str(history_file)), key_bindings=bindings
         )
 
     def _line(self, continuation: bool = False) -> str | None:
@@ -86,6 +91,17 @@ class PromptReader:
         if line is None or not line.strip().startswith(FENCE):
             return line
         return _block(line, lambda: self._line(continuation=True))
+
+
+def _quiet(file_history: type) -> type:
+    """FileHistory that skips a line it cannot write (full disk, read-only folder)."""
+
+    class QuietFileHistory(file_history):  # type: ignore[misc, valid-type]
+        def store_string(self, string: str) -> None:
+            with contextlib.suppress(OSError):  # losing it must not end the chat
+                super().store_string(string)
+
+    return QuietFileHistory
 
 
 def make_reader(history_file: Path) -> LineReader:
