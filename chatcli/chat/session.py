@@ -5,7 +5,10 @@ Contract: `ChatSession` owns a `Conversation`, the loaded model (wrapped in a
 (strategy, flags, `-o` options, validated on every change exactly like the
 command-line flags) and, optionally, a `Store` row for the conversation. Every
 message is written to the store as soon as it exists: the user's message before
-the answer starts, the reply (possibly interrupted) when it ends.
+the answer starts, the reply (possibly interrupted) when it ends. Writing goes
+through a `Recorder` (chatcli.chat.recorder): a failed write never raises, the
+message waits in memory and is retried; `close_history()` at the end saves what
+waits or writes a recovery file.
 `start_reply()` packs the history (`chatcli.context.pack`), and returns a
 streaming `Generation`; `finish_reply()` records it.
 
@@ -20,9 +23,12 @@ Knows nothing about the terminal: the REPL and the slash commands print.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from chatcli.chat.recorder import Recorder
 from chatcli.context import Packed, pack
 from chatcli.conversation import Conversation, Message
 from chatcli.decoding.registry import StrategyRegistry
@@ -66,14 +72,21 @@ class ChatSession:
         message_ids: list[int] | None = None,
         truncate: bool = True,
         reuse_cache: bool = True,
+        recorder: Recorder | None = None,
+        warn: Callable[[str], None] | None = None,
+        history_path: Path | None = None,
     ) -> None:
         self.strategies = strategies
         self.request = request
         self.conversation = conversation or Conversation()
-        self.store = store
-        self.conversation_id = conversation_id
-        self.message_ids: list[int | None] = list(message_ids or [])
-        self.message_ids += [None] * (len(self.conversation.turns) - len(self.message_ids))
+        if recorder is None:
+            recorder = Recorder(store, self.conversation, conversation_id, message_ids,
+                                alias=lambda: self.loaded.spec.alias, warn=warn,
+                                path=history_path)
+        else:
+            recorder.conversation = self.conversation
+            recorder.alias = lambda: self.loaded.spec.alias
+        self.recorder = recorder
         self.truncate = truncate
         self.reuse_cache = reuse_cache
         self.last_packed: Packed | None = None
@@ -132,29 +145,35 @@ class ChatSession:
         return self.loaded.context_window - self.max_new_tokens
 
     # -- conversation edits, mirrored in the store -----------------------------------
+    @property
+    def store(self) -> Any:  # chatcli.store.Store | None
+        return self.recorder.store
+
+    @property
+    def conversation_id(self) -> int | None:
+        return self.recorder.conversation_id
+
+    @property
+    def message_ids(self) -> list[int | None]:
+        return self.recorder.ids
+
     def _save(self, message: Message, meta: Any = None) -> None:
-        if self.store is None:
-            self.message_ids.append(None)
-            return
-        if self.conversation_id is None:
-            self.conversation_id = self.store.new_conversation(
-                self.loaded.spec.alias, self.conversation.system
-            )
-        self.message_ids.append(self.store.add_message(self.conversation_id, message, meta))
+        assert self.conversation.turns[-1] is message
+        self.recorder.added(meta)
 
     def _forget(self, count: int) -> None:
-        ids = [i for i in self.message_ids[len(self.message_ids) - count:] if i is not None]
-        del self.message_ids[len(self.message_ids) - count:]
-        if self.store is not None and ids:
-            self.store.delete_messages(ids)
+        self.recorder.removed(count)
+
+    def close_history(self) -> Path | None:
+        """Save what waits; else write the recovery file (warned, and returned)."""
+        return self.recorder.close()
 
     def add_user(self, text: str) -> None:
         self._save(self.conversation.add_user(text))
 
     def set_system(self, text: str | None) -> None:
         self.conversation.system = text or None
-        if self.store is not None and self.conversation_id is not None:
-            self.store.set_system(self.conversation_id, self.conversation.system)
+        self.recorder.system_changed()
 
     def undo(self) -> list[Message]:
         removed = self.conversation.undo()
@@ -175,8 +194,7 @@ class ChatSession:
     def replace_conversation(self, conversation: Conversation) -> None:
         """Adopt a loaded conversation; it is stored as a new one."""
         self.conversation = Conversation(system=conversation.system)
-        self.conversation_id = None
-        self.message_ids = []
+        self.recorder.replaced(self.conversation)
         self.cache.invalidate()
         for message in conversation.turns:
             self.conversation.turns.append(message)
