@@ -396,8 +396,13 @@ def test_server_error(remote: Replay) -> None:
     remote.responses = [Response.recorded("server_error")]
     result = run_cli(["ask", "-m", "local-server", "hi"])
     assert result.exit_code == 1
+    # The server's multi-line message, as one line of at most 200 characters.
+    detail = ("1 validation error: {'type': 'greater_than_equal', 'loc': ('body', 'top_k'), "
+              "'msg': 'Input should be greater than or equal to 0', 'input': -1, 'ctx': "
+              "{'ge': 0}} File \"/work/main/.venv/lib/python3.11/…")
+    assert len(detail) == 200
     assert result.stderr == (
-        f"error: {remote.url} failed (500 Internal Server Error): 1 validation error:; "
+        f"error: {remote.url} failed (500 Internal Server Error): {detail}; "
         "hint: see the server's log; try again once it is healthy\n")
 
 

@@ -3,17 +3,20 @@
 Contract: `Client(base_url, timeout, api_key_env)` sends requests under
 `base_url` (e.g. `http://127.0.0.1:8080/v1`). `get_json(path)` returns a decoded
 JSON body; `stream_chat(body)` POSTs to `/chat/completions` with `"stream": true`
-and yields each decoded JSON chunk of the server-sent events until `[DONE]`.
-Every failure is a `RemoteError` with a one-line message and a hint:
-connection refused or unknown host, a timeout, 401/403, 404, 400/422, 5xx,
-a malformed stream (`MalformedStreamError`) and a stream that stops before
-`[DONE]` (`StreamCutError`). A 429 is retried at most `retries` times, each after
-the server's Retry-After (seconds or an HTTP date) capped at `max_wait`
-seconds, or 1, 2, 4... s without one.
+and yields each chunk of the server-sent events until `[DONE]`, checked by
+`chatcli.remote.shape` (a `shape.Chunk`). Every failure is a `RemoteError` with a
+one-line message and a hint: connection refused or unknown host, a timeout, an
+answer that is not HTTP, 401/403, 404, 400/422, 5xx, a malformed stream
+(`MalformedStreamError`: not UTF-8, not JSON, JSON of the wrong shape) and a
+stream that stops before `[DONE]` (`StreamCutError`). A 429 is retried at most
+`retries` times, each after the server's Retry-After (seconds or an HTTP date)
+capped at `max_wait` seconds, or 1, 2, 4... s without one.
 
 The API key is read from the environment variable named by `api_key_env` when
 a request is made, sent as a bearer token, and never put in any message:
-server text quoted in an error has the key masked.
+server text quoted in an error has the key masked, then is made one printable line
+(line breaks, control characters and runs of white space become one space) and cut
+to 200 characters with an ellipsis.
 
 Knows nothing about decoding settings, conversations or the terminal.
 """
@@ -31,10 +34,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from chatcli.errors import MalformedStreamError, RemoteError, StreamCutError
+from chatcli.remote.shape import CHUNK_HINT, Chunk, read_chunk
 from chatcli.remote.sse import SSEParser
 
 RETRIES = 3
 MAX_WAIT = 30.0
+QUOTE_LIMIT = 200  # characters of server text in an error line
 _REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
 
 
@@ -75,14 +80,14 @@ class Client:
         finally:
             conn.close()
         try:
-            return json.loads(raw)
+            return _json(raw)
         except ValueError as exc:
             raise MalformedStreamError(
                 f"{self.base_url}{path} did not answer with JSON",
                 "check that base_url is the server's API root (often ending in /v1)",
             ) from exc
 
-    def stream_chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream_chat(self, body: dict[str, Any]) -> Iterator[Chunk]:
         """Send a streamed chat completion now; iterate the result for its chunks.
 
         Failures before the answer starts (connection, status) raise here, not later.
@@ -93,20 +98,20 @@ class Client:
             conn.close()
             raise MalformedStreamError(
                 f"{self.base_url} answered a streaming request with "
-                f"{kind or 'no content type'}, not text/event-stream",
+                f"{self._quote(kind) or 'no content type'}, not text/event-stream",
                 "check that the server supports streaming chat completions",
             )
         return self._stream(response, conn)
 
     def _stream(
         self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[Chunk]:
         try:
             yield from self._chunks(response)
         finally:
             conn.close()
 
-    def _chunks(self, response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+    def _chunks(self, response: http.client.HTTPResponse) -> Iterator[Chunk]:
         parser = SSEParser()
         finished = False
         try:
@@ -114,29 +119,26 @@ class Client:
                 if event.data.strip() == "[DONE]":
                     return
                 try:
-                    chunk = json.loads(event.data)
+                    data = _json(event.data)
                 except ValueError as exc:
                     raise MalformedStreamError(
                         f"the server sent an event that is not JSON: {self._quote(event.data)}",
-                        "the partial answer is kept in the history, marked interrupted",
+                        CHUNK_HINT,
                     ) from exc
-                if not isinstance(chunk, dict):
+                if not isinstance(data, dict):
                     raise MalformedStreamError(
                         f"the server sent an event that is not a JSON object: "
                         f"{self._quote(event.data)}",
-                        "the partial answer is kept in the history, marked interrupted",
+                        CHUNK_HINT,
                     )
-                if "error" in chunk:
+                if data.get("error") is not None:
                     raise RemoteError(
                         f"the server failed in the middle of the answer: "
-                        f"{self._message(chunk) or 'no details'}",
-                        "the partial answer is kept in the history, marked interrupted; "
-                        "see the server's log",
+                        f"{self._message(data) or 'no details'}",
+                        f"{CHUNK_HINT}; see the server's log",
                     )
-                finished = finished or any(
-                    c.get("finish_reason") for c in chunk.get("choices") or []
-                    if isinstance(c, dict)
-                )
+                chunk = read_chunk(data)
+                finished = finished or chunk.finished
                 yield chunk
         except TimeoutError as exc:
             raise StreamCutError(
@@ -223,10 +225,20 @@ class Client:
             except TimeoutError as exc:
                 conn.close()
                 raise self._timeout() from exc
+            except http.client.RemoteDisconnected as exc:  # also a BadStatusLine
+                conn.close()
+                raise RemoteError(
+                    f"cannot reach {self.base_url}: the server closed the connection "
+                    "without answering",
+                    "is the server running, and is base_url (--base-url) right?",
+                ) from exc
+            except http.client.BadStatusLine as exc:
+                conn.close()
+                raise self._not_http(exc) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise RemoteError(
-                    f"cannot reach {self.base_url}: {exc or type(exc).__name__}",
+                    f"cannot reach {self.base_url}: {self._quote(str(exc)) or type(exc).__name__}",
                     "is the server running, and is base_url (--base-url) right?",
                 ) from exc
             if response.status < 400:
@@ -248,6 +260,17 @@ class Client:
             "the server may be busy or still loading the model; raise timeout in models.toml",
         )
 
+    def _not_http(self, exc: http.client.BadStatusLine) -> RemoteError:
+        """A first line that is not `HTTP/x.y NNN ...` (an SSH or mail server, TLS, noise)."""
+        line = exc.line if isinstance(exc.line, str) else ""
+        sent = self._quote(line)
+        said = f" (it sent '{sent}')" if sent else ""
+        return RemoteError(
+            f"{self.base_url} did not answer in HTTP{said}",
+            "check the host and port in base_url (--base-url): they must be the HTTP API's "
+            "(https:// for TLS)",
+        )
+
     def _retry_after(self, response: http.client.HTTPResponse, attempt: int) -> float:
         value = (response.getheader("Retry-After") or "").strip()
         wait: float | None = None
@@ -265,12 +288,14 @@ class Client:
         return min(max(wait, 0.0), self.max_wait)
 
     def _quote(self, text: str) -> str:
-        """Server text fit for one error line: first line, 200 characters, key masked."""
-        line = (text.strip().splitlines() or [""])[0]
-        if len(line) > 200:
-            line = line[:200] + "…"
+        """Server text fit for one error line: key masked, one line, 200 characters."""
         if self._key:
+            text = text.replace(self._key, "***")
+        line = " ".join(_printable(text[: QUOTE_LIMIT * 20]).split())
+        if self._key:  # a key the server broke with control characters, joined again
             line = line.replace(self._key, "***")
+        if len(line) > QUOTE_LIMIT:
+            line = line[: QUOTE_LIMIT - 1].rstrip() + "…"
         return line
 
     def _message(self, data: Any) -> str:
@@ -288,10 +313,10 @@ class Client:
         self, response: http.client.HTTPResponse, raw: bytes, path: str, retried: int
     ) -> RemoteError:
         status = response.status
-        reason = response.reason or _REASONS.get(status, "")
+        reason = self._quote(response.reason or "") or _REASONS.get(status, "")
         text = raw.decode("utf-8", errors="replace")
         try:
-            detail = self._message(json.loads(text))
+            detail = self._message(_json(text))
         except ValueError:
             detail = self._quote(text)
         code = f"{status} {reason}".strip()
@@ -320,3 +345,18 @@ class Client:
             "a decoding parameter may be out of the server's range, or the prompt too long "
             "for its context",
         )
+
+
+def _json(text: str | bytes) -> Any:
+    """`json.loads`, with nesting too deep to decode as one more `ValueError`."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _printable(text: str) -> str:
+    """`text` with each character that is not printable (line breaks, control and format
+    characters such as escapes and bidi marks, lone surrogates, unassigned code points)
+    as a space."""
+    return "".join(c if c.isprintable() else " " for c in text)

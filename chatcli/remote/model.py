@@ -18,7 +18,10 @@ Token counts for packing: with `tokenizer = "ALIAS"` (a local alias, pulled) or 
 hub id, the chat template is rendered and counted exactly as for a local model.
 Without one they are estimated: per message ceil(characters / 4) + 4, plus 3 for
 the reply's header, times a factor learnt from the prompt sizes the server
-reports (never below 1); `approximate` is True then and the caller warns.
+reports (never below 1, never above 16: a server's implausible count is capped);
+`approximate` is True then and the caller warns. What the server sends is checked by
+`chatcli.remote.shape`: JSON of the wrong shape raises `MalformedStreamError` after
+the events that did arrive, as a cut stream does.
 
 Knows nothing about the terminal or the CLI.
 """
@@ -40,11 +43,13 @@ from chatcli.generation.stream import Generation, Stats, StepEvent
 from chatcli.registry import ModelSpec, Registry
 from chatcli.remote import params
 from chatcli.remote.client import Client
+from chatcli.remote.shape import Chunk, Listed, TokenLogprob, read_models
 
 DEFAULT_CONTEXT_WINDOW = 4096
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
 REPLY_OVERHEAD = 3
+MAX_SCALE = 16.0  # a byte-level tokenizer gives at most ~16 tokens per 4 characters
 
 
 def estimate_tokens(messages: list[Message]) -> int:
@@ -96,7 +101,7 @@ class RemoteModel:
         """Learn from the server's count of a prompt (estimates only)."""
         if self.tokenizer is None and reported_prompt_tokens > 0:
             ratio = reported_prompt_tokens / max(1, estimate_tokens(messages))
-            self.scale = max(self.scale, ratio)
+            self.scale = min(max(self.scale, ratio), MAX_SCALE)
 
     # -- answering -------------------------------------------------------------------
     def stream(
@@ -116,22 +121,22 @@ class RemoteModel:
         return gen
 
     def _events(
-        self, chunks: Iterator[dict[str, Any]], messages: list[Message], stats: Stats,
+        self, chunks: Iterator[Chunk], messages: list[Message], stats: Stats,
         start: float, with_candidates: bool,
     ) -> Iterator[StepEvent]:
         held: StepEvent | None = None  # the newest event waits for a possible finish reason
         finish: str | None = None
         count = 0
         first = start
-        usage: dict[str, Any] = {}
+        prompt_tokens = completion_tokens = None
         try:
             for chunk in chunks:
-                if isinstance(chunk.get("usage"), dict):
-                    usage = chunk["usage"]
-                choice = _first_choice(chunk)
-                if choice is None:
+                if chunk.usage is not None:
+                    prompt_tokens = chunk.usage.prompt_tokens
+                    completion_tokens = chunk.usage.completion_tokens
+                if not chunk.has_choice:
                     continue
-                for event in self._chunk_events(choice, with_candidates):
+                for event in self._chunk_events(chunk, with_candidates):
                     count += 1
                     if count == 1:
                         first = time.perf_counter()
@@ -139,46 +144,40 @@ class RemoteModel:
                     if held is not None:
                         yield held
                     held = event
-                finish = choice.get("finish_reason") or finish
+                finish = chunk.finish_reason or finish
         except (RemoteError, KeyboardInterrupt):
             _timings(stats, count, start, first)  # the figures of what did arrive
             if held is not None:
                 yield held
             raise
         _timings(stats, count, start, first)
-        stats.completion_tokens = int(usage.get("completion_tokens") or count)
-        if usage.get("prompt_tokens"):
-            stats.prompt_tokens = int(usage["prompt_tokens"])
+        stats.completion_tokens = completion_tokens or count
+        if prompt_tokens:
+            stats.prompt_tokens = prompt_tokens
             self.observe(messages, stats.prompt_tokens)
         stats.finish_reason = finish or "stop"
         if held is not None:
             yield dataclasses.replace(held, finish_reason=stats.finish_reason)
 
-    def _chunk_events(self, choice: dict[str, Any], with_candidates: bool) -> list[StepEvent]:
-        delta = choice.get("delta") or {}
-        content = delta.get("content") or ""
-        logprobs = choice.get("logprobs") or {}
-        entries = [e for e in (logprobs.get("content") or []) if isinstance(e, dict)]
-        if entries and "".join(str(e.get("token", "")) for e in entries) == content:
-            return [self._event(str(e.get("token", "")), [e], with_candidates) for e in entries]
+    def _chunk_events(self, chunk: Chunk, with_candidates: bool) -> list[StepEvent]:
+        content, entries = chunk.content, list(chunk.tokens)
+        if entries and "".join(e.token for e in entries) == content:
+            return [self._event(e.token, [e], with_candidates) for e in entries]
         if not content:
             return []
         return [self._event(content, entries, with_candidates)]
 
-    def _event(self, text: str, entries: list[dict[str, Any]], with_candidates: bool
+    def _event(self, text: str, entries: list[TokenLogprob], with_candidates: bool
                ) -> StepEvent:
-        logprob = sum(float(e.get("logprob", math.nan)) for e in entries) if entries \
-            else math.nan
+        logprob = sum(e.logprob for e in entries) if entries else math.nan
         candidates = self._candidates(entries[0], logprob) if entries and with_candidates \
             else None
         return StepEvent(self.intern(text), text, logprob, None, candidates)
 
-    def _candidates(self, entry: dict[str, Any], logprob: float) -> Candidates | None:
-        top = [t for t in entry.get("top_logprobs") or [] if isinstance(t, dict)]
-        if not top:
+    def _candidates(self, entry: TokenLogprob, logprob: float) -> Candidates | None:
+        if not entry.top:
             return None
-        pairs = [(self.intern(str(t.get("token", ""))), math.exp(float(t["logprob"])))
-                 for t in top if isinstance(t.get("logprob"), (int, float))]
+        pairs = [(self.intern(token), math.exp(value)) for token, value in entry.top]
         # The server reports one distribution; entropy is over the K tokens it returned.
         entropy = -sum(p * math.log(p) for _, p in pairs if p > 0)
         return Candidates(raw=pairs, drawn_from=pairs, entropy=entropy,
@@ -192,20 +191,13 @@ def _timings(stats: Stats, count: int, start: float, first: float) -> None:
     stats.decode_tokens_per_s = (count - 1) / (end - first) if count > 1 and end > first else 0.0
 
 
-def _first_choice(chunk: dict[str, Any]) -> dict[str, Any] | None:
-    for choice in chunk.get("choices") or []:
-        if isinstance(choice, dict) and choice.get("index", 0) == 0:
-            return choice
-    return None
-
-
 # -- opening ---------------------------------------------------------------------------
 def open_remote(spec: ModelSpec, registry: Registry | None = None) -> RemoteModel:
     """A `RemoteModel` for an `openai` alias. Asks the server's /models only when the
     alias names no model (a one-off `--base-url`: the server must list exactly one) or
     no context window (then a failure only means the default, 4096)."""
     client = Client(spec.base_url or "", spec.timeout, spec.api_key_env)
-    listed: list[dict[str, Any]] | None = None
+    listed: list[Listed] | None = None
     if not spec.model:
         listed = list_models(client)
     elif not spec.context_window:
@@ -214,7 +206,7 @@ def open_remote(spec: ModelSpec, registry: Registry | None = None) -> RemoteMode
         except RemoteError:
             listed = []
     if not spec.model:
-        names = [str(m.get("id")) for m in listed or [] if m.get("id")]
+        names = [m.id for m in listed or [] if m.id]
         if len(names) != 1:
             served = ", ".join(names) or "none"
             raise UsageError(
@@ -228,19 +220,15 @@ def open_remote(spec: ModelSpec, registry: Registry | None = None) -> RemoteMode
                        DEFAULT_CONTEXT_WINDOW, tokenizer=tokenizer)
 
 
-def list_models(client: Client) -> list[dict[str, Any]]:
-    data = client.get_json("/models")
-    models = data.get("data") if isinstance(data, dict) else None
-    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+def list_models(client: Client) -> list[Listed]:
+    return read_models(client.get_json("/models"), f"{client.base_url}/models")
 
 
-def _listed_context(listed: list[dict[str, Any]], model: str) -> int | None:
+def _listed_context(listed: list[Listed], model: str) -> int | None:
     """The context length a server reports for a model (vLLM: max_model_len)."""
     for m in listed:
-        if m.get("id") == model:
-            for key in ("max_model_len", "context_length", "context_window"):
-                if isinstance(m.get(key), int) and m[key] > 0:
-                    return int(m[key])
+        if m.id == model and m.context_window:
+            return m.context_window
     return None
 
 
