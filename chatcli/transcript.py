@@ -214,19 +214,18 @@ def save_recovery(folders: Sequence[Path], model: str | None, conversation: Conv
         info = ConversationInfo(0, "", model, conversation.system, now, now,
                                 len(conversation.turns))
     data = to_json(info, conversation, metas).encode("utf-8")
-    name = f"chatcli-unsaved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    stem = f"chatcli-unsaved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     failures = []
     for folder in folders:
-        path = Path(folder) / name
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            path, fd = _new_file(Path(folder), stem)
         except OSError as exc:
-            failures.append(f"{path}: {exc.strerror or exc}")
+            failures.append(f"{folder}: {exc.strerror or exc}")
             continue
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-        except OSError as exc:
+        except OSError as exc:  # e.g. the disk filled up: leave no half file
             failures.append(f"{path}: {exc.strerror or exc}")
             path.unlink(missing_ok=True)
             continue
@@ -235,6 +234,17 @@ def save_recovery(folders: Sequence[Path], model: str | None, conversation: Conv
         "cannot write a recovery file (" + "; ".join(failures) + ")",
         "copy the conversation from the screen",
     )
+
+
+def _new_file(folder: Path, stem: str) -> tuple[Path, int]:
+    """A new private file STEM.json (or STEM-2.json, ...) in `folder`, opened for writing."""
+    number = 1
+    while True:
+        path = folder / (stem + (f"-{number}" if number > 1 else "") + ".json")
+        try:
+            return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            number += 1
 
 
 def load(path: Path) -> Conversation:

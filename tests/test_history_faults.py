@@ -241,7 +241,7 @@ def test_chat_goes_on_when_writes_fail_and_saves_them_later(cli, home: Path,
 def test_chat_writes_a_recovery_file_when_the_history_never_works(cli, home: Path,
                                                                    inject: Any) -> None:
     Store.open().close()
-    inject(disk_full())
+    fault = inject(disk_full())
     result = cli(["chat", "-n", "4"], input="one\ntwo\n")
     assert result.exit_code == 0, result.stderr
     [saved] = recovery_files(home)
@@ -259,9 +259,25 @@ def test_chat_writes_a_recovery_file_when_the_history_never_works(cli, home: Pat
     answers = [m["content"] for m in doc["messages"][1::2]]
     assert result.stdout == printed(answers[0]) + printed(answers[1])
     assert rows(home) == []
-    # The file loads back into a chat.
+    # Once the disk has room again, the file loads back into a chat and into the history.
+    fault.times = fault.hits
     loaded = cli(["chat", "-n", "1"], input=f"/load {saved}\n")
-    assert loaded.exit_code == 0, loaded.stderr
+    assert (loaded.exit_code, loaded.stderr) == (0, f"chatcli: loaded 4 messages from {saved}\n")
+    assert [(r[1], r[2]) for r in rows(home)] == [(m["role"], m["content"])
+                                                  for m in doc["messages"]]
+    assert recovery_files(home) == [saved]
+
+
+def test_recovery_files_never_overwrite_each_other(tmp_path: Path) -> None:
+    from chatcli import transcript
+    from chatcli.conversation import Conversation
+
+    saved = [transcript.save_recovery([tmp_path], "tiny",
+                                      Conversation(None, [Message("user", f"n{n}")]))
+             for n in range(3)]
+    assert len(set(saved)) == 3
+    assert [json.loads(p.read_text())["messages"][0]["content"] for p in saved] == [
+        "n0", "n1", "n2"]
 
 
 def test_a_history_locked_past_the_timeout_does_not_end_the_chat(cli, home: Path,
