@@ -51,6 +51,15 @@ class ContextOverflowError(ChatcliError):
     """A prompt that does not fit the model's context window."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: stop like Ctrl-C (the partial answer is kept, marked
+    interrupted, the terminal restored), then leave with exit code 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class OutputClosed(Exception):
     """stdout was closed by its reader (e.g. `| head -1`); chatcli stops quietly.
 

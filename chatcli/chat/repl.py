@@ -18,7 +18,8 @@ from __future__ import annotations
 from chatcli.chat.commands import ChatContext, dispatch
 from chatcli.chat.session import ChatSession
 from chatcli.conversation import Message
-from chatcli.errors import ChatcliError, ContextOverflowError, Terminated
+from chatcli.errors import ChatcliError, ContextOverflowError
+from chatcli.interrupts import ended_by_signal
 from chatcli.ui.input import LineReader
 
 ESCAPE = "//"  # an entry starting with it is a message starting with "/"
@@ -34,7 +35,7 @@ def answer(ctx: ChatContext) -> None:
         return
     except KeyboardInterrupt as exc:
         session.cache.invalidate()
-        if isinstance(exc, Terminated):
+        if ended_by_signal(exc):
             raise
         ui.warn("answer interrupted before it began; your message is kept")
         return
@@ -53,7 +54,7 @@ def answer(ctx: ChatContext) -> None:
     writer = ui.answer_writer()
     interrupted = False
     failure: ChatcliError | None = None
-    ended: Terminated | None = None  # SIGTERM/SIGHUP: save, then leave
+    ended: KeyboardInterrupt | None = None  # SIGTERM/SIGHUP: save, then leave
     events = []
     try:
         for event in gen:
@@ -61,7 +62,7 @@ def answer(ctx: ChatContext) -> None:
             writer.write(event.text)
     except KeyboardInterrupt as exc:
         interrupted = True
-        ended = exc if isinstance(exc, Terminated) else None
+        ended = exc if ended_by_signal(exc) else None
     except ChatcliError as exc:  # a remote server stopped answering
         interrupted, failure = True, exc
     finally:
@@ -111,9 +112,9 @@ def run(ctx: ChatContext, reader: LineReader) -> None:
     while True:
         try:
             entry = reader.read()
-        except Terminated:
-            raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if ended_by_signal(exc):
+                raise
             continue  # Ctrl-C at the prompt: prompt_toolkit already cleared the line
         if entry is None:
             return

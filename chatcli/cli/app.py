@@ -3,6 +3,8 @@
 `main()` is the console-script entry point. It runs the Typer app and is the only
 place that turns a `ChatcliError` (or a usage error from the parser) into one
 `error: …; hint: …` line and an exit code. `CHATCLI_DEBUG=1` shows tracebacks.
+SIGTERM and SIGHUP unwind like Ctrl-C (so partial answers are saved and the
+terminal is restored) and exit with 128 + the signal number.
 Nothing heavy is imported here: `chatcli --help` stays instant.
 """
 
@@ -38,9 +40,11 @@ def _debug() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from chatcli import interrupts
     from chatcli.errors import ChatcliError, OutputClosed
     from chatcli.ui.console import UI
 
+    interrupts.install()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="chatcli", standalone_mode=False)
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         UI().error(exc.message, exc.hint)
         code = exc.exit_code
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print(file=sys.stderr)
         code = 130
     except typer.TyperException as exc:  # usage errors from the parser
@@ -59,12 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         where = ctx.command_path if ctx is not None else "chatcli"
         UI().error(exc.format_message().rstrip("."), f"see '{where} --help'")
         code = getattr(exc, "exit_code", 2)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        code = 130
     except (OutputClosed, BrokenPipeError):
         # The reader went away (e.g. `| head -1`): stop quietly.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 0
+    if interrupts.received() is not None:  # typer answers any KeyboardInterrupt with 130
+        code = 128 + interrupts.received()
     sys.exit(code if isinstance(code, int) else 0)
