@@ -62,7 +62,9 @@ def test_json_output(cli, tiny_model: Tiny) -> None:
         "finish_reason",
         "token_ids",
         "decoding",
+        "implementation",
     ]
+    assert data["implementation"] == {"name": "native", "reason": None}
     assert data["token_ids"] == new
     assert data["decoding"]["strategy"] == "greedy"
     assert data["decoding"]["max_new_tokens"] == 9
@@ -79,7 +81,8 @@ def test_stats_line_on_stderr(cli, tiny_model: Tiny) -> None:
     result = run_cli(["ask", "--stats", "-n", "5", "Hi"])
     assert re.fullmatch(
         r"stats: model=tiny strategy=greedy seed=\d+ prompt_tokens=\d+ completion_tokens=5 "
-        r"time_to_first_token=\d+\.\d{3}s tokens_per_second=\d+\.\d finish_reason=length\n",
+        r"time_to_first_token=\d+\.\d{3}s tokens_per_second=\d+\.\d finish_reason=length "
+        r"implementation=native\n",
         result.stderr,
     )
 

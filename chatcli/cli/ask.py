@@ -88,6 +88,7 @@ def ask(
     threads: ThreadsOpt = None,
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
+    from chatcli.chat.recorder import Recorder, open_history
     from chatcli.chat.session import ChatSession, DecodingRequest
     from chatcli.cli.common import (
         check_remote,
@@ -97,10 +98,11 @@ def ask(
         resolve_spec,
         runtime_for,
     )
+    from chatcli.conversation import Conversation
     from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import join_prompt
     from chatcli.registry import load_registry
-    from chatcli.store import Store
+    from chatcli.store import history_path
     from chatcli.ui.candidates import show_table, token_records
 
     ui = UI()
@@ -128,27 +130,34 @@ def ask(
             "the prompt is empty", 'pass a question, e.g. chatcli ask "Why is the sky blue?"'
         )
 
-    with Store.open() as store:
-        conv_id, conv, message_ids = None, None, None
-        latest = store.latest() if cont else None
-        if latest is not None:
-            _, conv, message_ids = store.load(latest.id)
-            conv_id = latest.id
-            if model is None:
-                spec = resolve_spec(registry, latest.model, base_url)
-                runtime = runtime_for(spec, device, dtype, threads, quantize)
+    # A history that cannot be written warns, and the question is still answered.
+    store = open_history(ui.warn, need_read=cont)
+    conv_id, conv, message_ids = None, None, None
+    latest = store.latest() if cont and store is not None else None
+    if store is not None and latest is not None:
+        _, conv, message_ids = store.load(latest.id)
+        conv_id = latest.id
+        if model is None:
+            spec = resolve_spec(registry, latest.model, base_url)
+            runtime = runtime_for(spec, device, dtype, threads, quantize)
+    conversation = conv or Conversation()
+    recorder = Recorder(store, conversation, conv_id, message_ids, alias=lambda: spec.alias,
+                        warn=ui.warn, path=history_path())
+    try:
+        # The question is saved before the model loads: a failed load or a kill keeps it.
+        if system is not None:
+            conversation.system = system
+            recorder.system_changed()
+        conversation.add_user(text)
+        recorder.added()
         loaded = open_model(spec, registry, ui, runtime)
         spec = loaded.spec
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
-        session = ChatSession(loaded, strategies, DecodingRequest(chosen, flags, options), conv,
-                              store=store, conversation_id=conv_id, message_ids=message_ids,
-                              truncate=False)
-        if system is not None:
-            session.set_system(system)
+        session = ChatSession(loaded, strategies, DecodingRequest(chosen, flags, options),
+                              conversation, recorder=recorder, truncate=False)
         session.candidates = show_candidates or None
         session.trace_beams = show_beams
-        session.add_user(text)
         gen, dropped = session.start_reply()
         if dropped:
             ui.warn(f"dropped the oldest {dropped} exchange(s) to fit the context window")
@@ -162,6 +171,8 @@ def ask(
             session.finish_reply(gen, interrupted=True)
             raise
         session.finish_reply(gen)
+    finally:
+        recorder.close()  # what could not be saved goes to a recovery file
     spans = None
     if explain_context:
         from chatcli.explain import context_attention
@@ -185,6 +196,10 @@ def ask(
             "finish_reason": s.finish_reason,
             "token_ids": None if session.remote else gen.token_ids,
             "decoding": settings.as_dict(),
+            "implementation": {  # native | transformers (and why) | remote
+                "name": getattr(loaded, "implementation", "remote"),
+                "reason": getattr(loaded, "implementation_note", "") or None,
+            },
         }
         if gen.hypotheses:
             out["hypotheses"] = gen.hypotheses
@@ -213,7 +228,8 @@ def ask(
             f"stats: model={spec.alias} strategy={settings.strategy} seed={settings.seed} "
             f"prompt_tokens={s.prompt_tokens} completion_tokens={s.completion_tokens} "
             f"time_to_first_token={s.time_to_first_token_s:.3f}s "
-            f"tokens_per_second={s.decode_tokens_per_s:.1f} finish_reason={s.finish_reason}"
+            f"tokens_per_second={s.decode_tokens_per_s:.1f} finish_reason={s.finish_reason} "
+            f"implementation={getattr(loaded, 'implementation_label', lambda: 'remote')()}"
         )
 
 

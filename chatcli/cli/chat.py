@@ -80,6 +80,7 @@ def chat(
     """Chat with a model; piped stdin is read one message per line."""
     from chatcli import paths
     from chatcli.chat.commands import ChatContext
+    from chatcli.chat.recorder import open_history
     from chatcli.chat.repl import answer, run
     from chatcli.chat.session import ChatSession, DecodingRequest
     from chatcli.cli.common import (
@@ -92,16 +93,17 @@ def chat(
     )
     from chatcli.decoding.settings import resolve_settings
     from chatcli.registry import load_registry
-    from chatcli.store import Store
-    from chatcli.ui.input import make_reader
+    from chatcli.store import history_path
+    from chatcli.ui.input import PromptReader, make_reader
 
     ui = UI()
     strategies = load_strategies(ui)
     chosen, flags, options = decoding_request(ctx.params)
     registry = load_registry(models_file)
-    store = Store.open()
+    # A history that cannot be written now is read only; the chat goes on in memory.
+    store = open_history(ui.warn, need_read=conversation is not None or cont)
     conv_id, conv, message_ids, alias = None, None, None, model
-    if conversation is not None or cont:
+    if store is not None and (conversation is not None or cont):
         info = store.info(conversation) if conversation is not None else store.latest()
         if info is None:
             ui.warn("no saved conversation yet; starting a new one")
@@ -127,6 +129,7 @@ def chat(
     session = ChatSession(
         loaded, strategies, DecodingRequest(chosen, flags, options), conv, store=store,
         conversation_id=conv_id, message_ids=message_ids, truncate=not no_truncate,
+        warn=ui.warn, history_path=history_path(),
     )
     if system is not None:
         session.set_system(system)
@@ -140,10 +143,13 @@ def chat(
     elif ui.out_tty:
         ui.notify(f"{spec.alias}, {session.settings.strategy} decoding; /help for commands, "
                   "Ctrl-D to leave")
+    reader = make_reader(paths.data_dir() / "input_history")
     try:
-        run(chat_ctx, make_reader(paths.data_dir() / "input_history"))
+        run(chat_ctx, reader)
     finally:
-        store.close()
+        session.close_history()  # what could not be saved goes to a recovery file
+    if chat_ctx.failed and not isinstance(reader, PromptReader):
+        raise typer.Exit(1)  # piped: a turn failed (its error is printed above)
 
 
 def show_conversation(ui: UI, conversation) -> None:  # type: ignore[no-untyped-def]
