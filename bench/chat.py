@@ -1,22 +1,34 @@
-"""Time to first token per turn over a 12-turn chat, with and without KV-cache reuse.
+"""KV-cache reuse over a 12-turn greedy chat: does it change the answers, and what it saves.
 
-Usage: python bench/chat.py [--model ALIAS] [--turns 12] [--max-new-tokens 48]
-                            [--rounds 3] [--write docs/benchmarks.md]
+Usage: python bench/chat.py [--model ALIAS] [--precisions bfloat16,float32,int8,int4]
+                            [--turns 12] [--max-new-tokens 48] [--rounds 1]
+                            [--write docs/benchmarks.md]
 
-Both variants answer the same user messages greedily, so they produce the same
-conversation (the script checks that the replies are identical). Time to first
-token is measured from the moment the turn starts (packing the history included)
-to the first generated token. Rounds alternate the two variants; medians per turn.
-Target: with reuse, turn 12 <= 1.3x turn 1.
+One chat session (with reuse, as `chatcli chat` runs) answers the user messages
+greedily. At every turn the same packed prompt is also answered cold (a full
+prefill on a fresh cache, as a session with `reuse_cache=False` does) before the
+session answers it, and then `/retry` answers it again from the cache. Per turn:
+the prompt and reused tokens, time to first token cold and with reuse, whether
+the reused answer is token-identical to the cold one (else the first differing
+position), the largest first-token logit difference, and whether `/retry` repeated
+the answer. Comparing on the same prompt (rather than two independent sessions)
+keeps one early divergence from making every later turn differ.
+
+Time to first token runs from the start of the turn (packing included) to the
+first token; with --rounds N each figure is the median of N rounds (the agreement
+figures are deterministic and must be equal across rounds).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,35 +50,151 @@ QUESTIONS = [
 ]
 
 
-def run(loaded, turns: int, max_new: int, reuse: bool) -> tuple[list[float], list[str], int]:  # type: ignore[no-untyped-def]
+@dataclasses.dataclass
+class Turn:
+    prompt: int  # packed prompt tokens
+    reused: int  # of them, taken from the cache
+    ttft_cold: float
+    ttft_reuse: float
+    cold: list[int]
+    answer: list[int]
+    retried: list[int]
+    retried_old: list[int]  # /retry after the cold answer, without the kept logits
+    max_logit_diff: float  # first token: |cold - reused| over the vocabulary
+    old_retry_diff: float  # first token: |cold - old /retry|
+
+    @property
+    def first_difference(self) -> int | None:
+        return first_difference(self.cold, self.answer)
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first token where `a` and `b` differ; None when identical."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _timed(gen: Any, start: float) -> float:
+    first = None
+    for _ in gen:
+        if first is None:
+            first = time.perf_counter() - start
+    return first or 0.0
+
+
+def run(loaded: Any, turns: int, max_new: int) -> list[Turn]:
     from chatcli.chat.session import ChatSession, DecodingRequest
     from chatcli.decoding.registry import strategy_registry
+    from chatcli.generation.prompt_cache import PromptCache
+    from chatcli.generation.stream import stream
 
-    session = ChatSession(loaded, strategy_registry(),
-                          DecodingRequest("greedy", {"max_new_tokens": max_new}),
-                          reuse_cache=reuse)
-    ttfts, replies = [], []
+    registry = strategy_registry()
+    session = ChatSession(loaded, registry, DecodingRequest("greedy", {"max_new_tokens": max_new}))
+    out = []
     for q in QUESTIONS[:turns]:
         session.add_user(q)
+        # cold: a full prefill of the same packed prompt, the session's cache untouched
+        start = time.perf_counter()
+        packed = session.pack()
+        cold = stream(loaded, packed.ids, session.settings, max_new, registry)
+        ttft_cold = _timed(cold, start)
+        cold_logits = loaded.lm.prefill(packed.ids)[0].float()
+        # with reuse, as `chatcli chat` answers
         start = time.perf_counter()
         gen, _ = session.start_reply()
-        first = None
-        for _ in gen:
-            if first is None:
-                first = time.perf_counter() - start
-        ttfts.append(first or 0.0)
-        replies.append(gen.text)
+        ttft_reuse = _timed(gen, start)
+        reused_logits = session.cache.logits.float()
+        reused = session.cache.reused
         session.finish_reply(gen)
-    assert session.last_packed is not None
-    return ttfts, replies, session.last_packed.tokens
+        # /retry as chatcli runs it: from the cache and the kept logits
+        session.retry()
+        again, _ = session.start_reply()
+        _timed(again, time.perf_counter())
+        session.finish_reply(again)
+        # /retry after a cold answer without the kept logits (as before they were kept):
+        # the prompt's last token prefilled again over the cache of the others
+        before = PromptCache(loaded.lm)
+        before.prefill(packed.ids)
+        before.logits = None
+        old = stream(dataclasses.replace(loaded, lm=before), packed.ids, session.settings,
+                     max_new, registry)
+        _timed(old, time.perf_counter())
+        out.append(Turn(packed.tokens, reused, ttft_cold, ttft_reuse, list(cold.token_ids),
+                        list(gen.token_ids), list(again.token_ids), list(old.token_ids),
+                        float((cold_logits - reused_logits).abs().max()),
+                        float((cold_logits - before.logits.float()).abs().max())))
+    return out
+
+
+def _cpu() -> str:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lscpu
+                 if line.startswith("Model name")), "unknown CPU")
+
+
+def _load() -> str:
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout
+    return uptime.split("load average:")[-1].strip()
+
+
+def section(name: str, runs: list[list[Turn]], threads: int, impl: str) -> list[str]:
+    turns = runs[0]
+    for other in runs[1:]:
+        assert [(t.cold, t.answer, t.retried) for t in other] == \
+               [(t.cold, t.answer, t.retried) for t in turns], "answers changed between rounds"
+    n = len(turns)
+
+    def med(attr: str, i: int) -> float:
+        return statistics.median(getattr(r[i], attr) for r in runs)
+
+    agree = sum(t.first_difference is None for t in turns)
+    retry = sum(t.retried == t.answer for t in turns)
+    old = sum(t.retried_old == t.cold for t in turns)
+    saved = sum(med("ttft_cold", i) - med("ttft_reuse", i) for i in range(n))
+    cold_total = sum(med("ttft_cold", i) for i in range(n))
+    lines = [
+        f"#### {name}",
+        "",
+        f"{threads} threads, implementation {impl}; prompt grows to {turns[-1].prompt} tokens. "
+        f"Reused answer token-identical to the cold one: **{agree} of {n} turns**; "
+        f"`/retry` repeated the answer: **{retry} of {n}** (without the kept logits, a "
+        f"`/retry` after the cold answer repeated it in {old} of {n}); time to first token "
+        f"saved by reuse: **{saved:.2f} s of {cold_total:.2f} s** over the chat.",
+        "",
+        "| turn | prompt tokens | reused | TTFT cold s | TTFT reuse s | reused = cold "
+        "| max first-token logit diff | /retry = answer | old /retry = cold (logit diff) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def same(a: list[int], b: list[int]) -> str:
+        diff = first_difference(a, b)
+        return "yes" if diff is None else f"no, from token {diff + 1} of {len(b)}"
+
+    for i, t in enumerate(turns):
+        lines.append(f"| {i + 1} | {t.prompt} | {t.reused} | {med('ttft_cold', i):.3f} | "
+                     f"{med('ttft_reuse', i):.3f} | {same(t.answer, t.cold)} | "
+                     f"{t.max_logit_diff:.3g} | {same(t.retried, t.answer)} | "
+                     f"{same(t.retried_old, t.cold)} ({t.old_retry_diff:.3g}) |")
+    lines += [
+        "",
+        f"TTFT turn {n} / turn 1: cold **{med('ttft_cold', n - 1) / med('ttft_cold', 0):.2f}x**, "
+        f"with reuse **{med('ttft_reuse', n - 1) / med('ttft_reuse', 0):.2f}x** (target <= 1.3).",
+        "",
+    ]
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
+    ap.add_argument("--precisions", default="bfloat16,float32,int8,int4",
+                    help="comma-separated: float32, bfloat16, int8, int4 (int8/int4: bf16 "
+                         "activations where the CPU has native bf16, as chatcli runs them)")
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
 
@@ -78,39 +206,24 @@ def main() -> None:
     from chatcli.sources import SilentReporter
 
     spec = load_registry().resolve(args.model)
-    runtime = resolve_runtime("cpu", "auto", None, spec.dtype)
-    loaded = load_model(spec, runtime, SilentReporter())
-    times: dict[bool, list[list[float]]] = {True: [], False: []}
-    replies: dict[bool, list[str]] = {}
-    final_tokens = 0
-    for _ in range(args.rounds):
-        for reuse in (False, True):
-            t, r, final_tokens = run(loaded, args.turns, args.max_new_tokens, reuse)
-            times[reuse].append(t)
-            replies[reuse] = r
-    same = replies[True] == replies[False]
-    med = {k: [statistics.median(x[i] for x in v) for i in range(args.turns)]
-           for k, v in times.items()}
     lines = [
-        f"`python bench/chat.py --turns {args.turns} --max-new-tokens {args.max_new_tokens} "
-        f"--rounds {args.rounds}` — model {spec.alias}, {runtime.dtype}, "
-        f"{torch.get_num_threads()} threads, implementation {loaded.implementation}; greedy; "
-        f"prompt grows to {final_tokens} tokens; medians of {args.rounds} alternating rounds; "
-        f"replies identical with and without reuse: {'yes' if same else 'NO'}.",
+        f"`python bench/chat.py --precisions {args.precisions} --turns {args.turns} "
+        f"--max-new-tokens {args.max_new_tokens} --rounds {args.rounds}` — model {spec.alias}, "
+        f"greedy; {_cpu()}; load average (`uptime`) at the start: {_load()}.",
         "",
-        "| turn | TTFT re-encoding s | TTFT with reuse s |",
-        "|---|---|---|",
     ]
-    for i in range(args.turns):
-        lines.append(f"| {i + 1} | {med[False][i]:.3f} | {med[True][i]:.3f} |")
-    lines += [
-        "",
-        f"- re-encoding: turn {args.turns} / turn 1 = **{med[False][-1] / med[False][0]:.2f}x**",
-        f"- with reuse: turn {args.turns} / turn 1 = **{med[True][-1] / med[True][0]:.2f}x** "
-        "(target <= 1.3)",
-    ]
+    for precision in args.precisions.split(","):
+        quantize = precision if precision.startswith("int") else "none"
+        dtype = "auto" if quantize != "none" else precision
+        runtime = resolve_runtime("cpu", dtype, None, spec.dtype, quantize)
+        loaded = load_model(spec, runtime, SilentReporter())
+        runs = [run(loaded, args.turns, args.max_new_tokens) for _ in range(args.rounds)]
+        name = runtime.dtype if quantize == "none" else f"{quantize} ({runtime.dtype} activations)"
+        part = section(name, runs, torch.get_num_threads(), loaded.implementation)
+        print("\n".join(part), flush=True)
+        lines += part
+    lines.append(f"Load average at the end: {_load()}.")
     report = "\n".join(lines)
-    print(report)
     if args.write:
         write_section(args.write, "chat", report)
 
