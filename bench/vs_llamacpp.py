@@ -102,7 +102,9 @@ from typing import Any
 from decode import write_section  # bench/ is on sys.path when run as a script
 
 TEXT = Path(__file__).parent / "data" / "english.txt"
-INSTALL = "pip install -c constraints.txt llama-cpp-python==0.3.36"
+INSTALL = ("CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+           "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" "
+           "pip install -c constraints.txt llama-cpp-python==0.3.36")
 DECODE_PROMPT = 32
 RSS_PREFILL, RSS_DECODE = 512, 32
 ALL_MODELS = ("smollm2", "qwen0.5b")
@@ -166,6 +168,20 @@ def import_llama_cpp() -> Any:
         print(f"llama.cpp's Python binding is not installed; install it with `{INSTALL}` "
               "(compiles llama.cpp from source, a few minutes)", file=sys.stderr)
         sys.exit(2)
+    if "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
+        # Built with AMX (-march=native on an Intel Xeon): its AMX-repacked weights
+        # ("extra buffer types") crash in decode. Load every model without them.
+        default_params = llama_cpp.llama_model_default_params
+
+        def without_extra_bufts() -> Any:
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_model_default_params = without_extra_bufts
+        print("note: this llama.cpp build uses AMX, whose repacked weights crash in decode; "
+              "models are loaded with use_extra_bufts = False (rebuild with the flags in "
+              f"`{INSTALL}` to keep its other repacking)", file=sys.stderr)
     return llama_cpp
 
 
@@ -734,6 +750,7 @@ def main() -> None:
             parser.error(f"unknown class {c!r}; choose from {', '.join(ALL_CLASSES)}")
 
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
@@ -756,7 +773,8 @@ def main() -> None:
         f"`{cmd.strip()}` — {cpu_model()}, {args.threads} threads on both sides, torch "
         f"{torch.__version__}, llama-cpp-python {md.version('llama_cpp_python')}, "
         f"{args.rounds} interleaved rounds (medians), decode {args.tokens} tokens; prefill "
-        f"lengths above 512 measured in {min(args.long_rounds, args.rounds)} round(s).",
+        f"lengths above 512 measured in {min(args.long_rounds, args.rounds)} round(s); "
+        f"load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end.",
         "",
         f"Memory bandwidth (torch, {args.threads} threads, 512 MiB float32, best of 6): read "
         f"{bw_start[0]:.1f} GB/s at the start, {bw_end[0]:.1f} GB/s at the end; copy "
