@@ -15,9 +15,9 @@ import termios
 from pathlib import Path
 
 import pytest
-from screen import Terminal, add_script_alias, script_server, words
 
 from conftest import run_cli
+from screen import Terminal, add_script_alias, script_server, words
 
 
 def paragraph(n: int, length: int) -> str:
