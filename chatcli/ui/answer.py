@@ -183,7 +183,8 @@ class EchoOff:
 
     An echoed `^C` or typed-ahead text would move the cursor under a live view and
     make its next redraw miss a row. What is typed stays in the input queue for the
-    next prompt. Does nothing when stdin is not a terminal.
+    next prompt. Does nothing when stdin is not a terminal, or when chatcli is not in
+    its foreground (changing it from the background would stop chatcli).
     """
 
     def __init__(self) -> None:
@@ -192,8 +193,8 @@ class EchoOff:
             import termios
 
             fd = sys.stdin.fileno()
-            if not os.isatty(fd):
-                return
+            if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp():
+                return  # not a terminal, or chatcli runs in the background (SIGTTOU)
             saved = termios.tcgetattr(fd)
             quiet = list(saved)
             quiet[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
