@@ -2,7 +2,7 @@
 
 Usage: python bench/chat.py [--model ALIAS] [--precisions bfloat16,float32,int8,int4]
                             [--turns 12] [--max-new-tokens 48] [--rounds 1]
-                            [--write docs/benchmarks.md]
+                            [--write docs/benchmarks.md] [--section chat]
 
 One chat session (with reuse, as `chatcli chat` runs) answers the user messages
 greedily. At every turn the same packed prompt is also answered cold (a full
@@ -196,6 +196,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--write", type=Path, default=None)
+    ap.add_argument("--section", default="chat", help="the <!-- NAME --> section to replace")
     args = ap.parse_args()
 
     import torch
@@ -225,7 +226,7 @@ def main() -> None:
     lines.append(f"Load average at the end: {_load()}.")
     report = "\n".join(lines)
     if args.write:
-        write_section(args.write, "chat", report)
+        write_section(args.write, args.section, report)
 
 
 if __name__ == "__main__":
