@@ -48,9 +48,10 @@ from typing import Any
 from chatcli import paths, sources
 from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
+from chatcli.progress import Reporter
 from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime, apply_threads
-from chatcli.sources import LocalWeights, Reporter
+from chatcli.sources import LocalWeights
 
 _DONE = ".chatcli-complete"
 

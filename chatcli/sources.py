@@ -32,29 +32,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from chatcli import paths
 from chatcli.errors import IntegrityError, ModelUnavailableError
+from chatcli.progress import Reporter, SilentReporter
 from chatcli.registry import ModelSpec
-
-
-class Reporter(Protocol):
-    """Where long operations report progress (the UI implements it)."""
-
-    def notify(self, message: str) -> None: ...
-    def busy(self, message: str) -> AbstractContextManager[None]: ...
-
-
-class SilentReporter:
-    def notify(self, message: str) -> None:
-        return None
-
-    def busy(self, message: str) -> AbstractContextManager[None]:
-        return nullcontext()
 
 # What an hf snapshot needs for transformers (no duplicate .bin / onnx exports).
 HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from chatcli.errors import ContextOverflowError
 from chatcli.lm.llama import KVCache, NativeCausalLM
-from chatcli.sources import Reporter
+from chatcli.progress import Reporter
 
 DISABLE_ENV = "CHATCLI_NO_CUDA_GRAPHS"
 WARMUP_RUNS = 3  # eager runs on a side stream before capturing, as PyTorch's docs advise
