@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from chatcli.cli.options import JsonListingOpt
 from chatcli.ui.console import UI
 
 if TYPE_CHECKING:
@@ -66,8 +67,13 @@ def _write_raw(ui: UI, text: str) -> None:
 
 
 @app.command("list")
-def list_conversations(limit: LimitOpt = None) -> None:
-    """Saved conversations, most recently updated first."""
+def list_conversations(limit: LimitOpt = None, json_out: JsonListingOpt = False) -> None:
+    """Saved conversations, most recently updated first.
+
+    With --json: a list of objects with the keys id, updated (local time, ISO 8601
+    with its UTC offset), model, messages (how many) and title (null: untitled);
+    an empty history is [].
+    """
     from chatcli.store import Store
     from chatcli.transcript import local_time
     from chatcli.ui.tables import show_table
@@ -75,6 +81,13 @@ def list_conversations(limit: LimitOpt = None) -> None:
     ui = UI()
     with Store.open(readonly=True) as store:
         infos = store.list(limit)
+    if json_out:
+        ui.print_json([
+            {"id": i.id, "updated": _iso_time(i.updated), "model": i.model,
+             "messages": i.messages, "title": i.title or None}
+            for i in infos
+        ])
+        return
     if not infos:
         ui.print_err("no conversations yet")
         return
@@ -83,6 +96,12 @@ def list_conversations(limit: LimitOpt = None) -> None:
         for i in infos
     ]
     show_table(ui, ["id", "updated", "model", "messages", "title"], rows)
+
+
+def _iso_time(timestamp: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
 @app.command("show")

@@ -35,6 +35,10 @@ MaxNewTokensOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")
 ]
+JsonListingOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON value on stdout instead of text "
+                       "(its keys are listed above).")
+]
 StatsOpt = Annotated[
     bool, typer.Option("--stats", help="Print token counts and speed as one line on stderr.")
 ]
