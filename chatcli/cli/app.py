@@ -5,6 +5,9 @@ place that turns a `ChatcliError` (or a usage error from the parser) into one
 `error: …; hint: …` line and an exit code. `CHATCLI_DEBUG=1` shows tracebacks.
 SIGTERM and SIGHUP unwind like Ctrl-C (so partial answers are saved and the
 terminal is restored) and exit with 128 + the signal number.
+Typer's shell completion is on (`--install-completion`, `--show-completion`); a
+shell's completion request (`_CHATCLI_COMPLETE=complete_bash …`) is answered by
+`main()` too, before any command runs.
 Nothing heavy is imported here: `chatcli --help` stays instant.
 """
 
@@ -21,7 +24,7 @@ app = typer.Typer(
     name="chatcli",
     help="Chat with local language models, and see how they answer.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
