@@ -171,14 +171,15 @@ def import_llama_cpp() -> Any:
     if "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
         # Built with AMX (-march=native on an Intel Xeon): its AMX-repacked weights
         # ("extra buffer types") crash in decode. Load every model without them.
-        default_params = llama_cpp.llama_model_default_params
+        low_level = llama_cpp.llama_cpp  # what `Llama(...)` calls
+        default_params = low_level.llama_model_default_params
 
         def without_extra_bufts() -> Any:
             params = default_params()
             params.use_extra_bufts = False
             return params
 
-        llama_cpp.llama_model_default_params = without_extra_bufts
+        low_level.llama_model_default_params = without_extra_bufts
         print("note: this llama.cpp build uses AMX, whose repacked weights crash in decode; "
               "models are loaded with use_extra_bufts = False (rebuild with the flags in "
               f"`{INSTALL}` to keep its other repacking)", file=sys.stderr)
