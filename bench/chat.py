@@ -202,9 +202,9 @@ def main() -> None:
     import torch
 
     from chatcli.loader import load_model
+    from chatcli.progress import SilentReporter
     from chatcli.registry import load_registry
     from chatcli.runtime import resolve_runtime
-    from chatcli.sources import SilentReporter
 
     spec = load_registry().resolve(args.model)
     lines = [

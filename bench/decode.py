@@ -95,10 +95,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from chatcli.loader import load_model
+    from chatcli.progress import SilentReporter
     from chatcli.prompt import Message, render_ids
     from chatcli.registry import load_registry
     from chatcli.runtime import resolve_runtime
-    from chatcli.sources import SilentReporter
 
     spec = load_registry().resolve(args.model)
     runtime = resolve_runtime("cpu", args.dtype, args.threads, spec.dtype)

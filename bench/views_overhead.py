@@ -43,10 +43,10 @@ def main() -> None:
     from chatcli.decoding import loop as new_loop
     from chatcli.decoding.base import DecodeContext
     from chatcli.loader import load_model
+    from chatcli.progress import SilentReporter
     from chatcli.prompt import Message, render_ids
     from chatcli.registry import load_registry
     from chatcli.runtime import resolve_runtime
-    from chatcli.sources import SilentReporter
 
     old_loop = load_old_loop(args.rev)
     spec = load_registry().resolve(None)

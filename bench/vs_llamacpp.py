@@ -290,8 +290,8 @@ def smollm2_sources() -> tuple[Path, Path]:
     """(chatcli's converted folder, the source Q4_1 GGUF) of the default alias."""
     from chatcli import sources
     from chatcli.loader import ensure_converted
+    from chatcli.progress import SilentReporter
     from chatcli.registry import load_registry
-    from chatcli.sources import SilentReporter
 
     spec = load_registry().resolve("smollm2-135m")
     weights = sources.fetch(spec, SilentReporter())

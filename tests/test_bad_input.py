@@ -22,9 +22,9 @@ from chatcli.decoding.registry import strategy_registry
 from chatcli.decoding.settings import CommonParams, resolve_settings
 from chatcli.errors import ChatcliError, ConfigError, UsageError
 from chatcli.loader import load_model
+from chatcli.progress import SilentReporter
 from chatcli.registry import ModelSpec, parse_models_file
 from chatcli.runtime import Runtime
-from chatcli.sources import SilentReporter
 from chatcli.ui.console import UI
 from conftest import Tiny, run_cli
 

@@ -20,9 +20,9 @@ from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.decoding.registry import strategy_registry
 from chatcli.generation.prompt_cache import PromptCache
 from chatcli.loader import LoadedModel, load_model
+from chatcli.progress import SilentReporter
 from chatcli.registry import load_registry
 from chatcli.runtime import Runtime
-from chatcli.sources import SilentReporter
 from conftest import run_cli
 
 

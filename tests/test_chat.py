@@ -16,9 +16,9 @@ from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.conversation import Conversation
 from chatcli.decoding.registry import strategy_registry
 from chatcli.loader import load_model
+from chatcli.progress import SilentReporter
 from chatcli.registry import load_registry
 from chatcli.runtime import Runtime
-from chatcli.sources import SilentReporter
 from conftest import Tiny, printed, reference_generate, run_cli
 
 

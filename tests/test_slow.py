@@ -45,10 +45,10 @@ def test_converted_cache_matches_gguf_load(real: Path) -> None:
     from chatcli.decoding.settings import resolve_settings
     from chatcli.generation.stream import complete
     from chatcli.loader import load_model
+    from chatcli.progress import SilentReporter
     from chatcli.prompt import Message, render_ids
     from chatcli.registry import load_registry
     from chatcli.runtime import Runtime
-    from chatcli.sources import SilentReporter
 
     spec = load_registry().resolve("smollm2-135m")
     weights = sources.locate(spec)

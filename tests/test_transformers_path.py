@@ -22,9 +22,9 @@ from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.conversation import Conversation
 from chatcli.decoding.registry import strategy_registry
 from chatcli.loader import LoadedModel, load_model
+from chatcli.progress import SilentReporter
 from chatcli.registry import load_registry
 from chatcli.runtime import Runtime
-from chatcli.sources import SilentReporter
 from conftest import (
     CHATML,
     CORPUS,
