@@ -4,10 +4,15 @@ Contract: `load_model(spec, runtime, reporter)` fetches the weights (see
 `chatcli.sources`), converts a GGUF file once into a safetensors folder in
 chatcli's cache (so later loads take well under a second instead of ~15 s),
 loads tokenizer and model with the runtime's device/dtype/threads, and returns a
-`LoadedModel`. Two implementations: chatcli's native Llama-family forward pass
-and tokenizer (`chatcli.lm.llama`, `chatcli.lm.tokenizer`: bit-identical
-results, no transformers import, ~2 s faster start) where they apply, else
-transformers' (any architecture). On CUDA the native model decodes through a
+`LoadedModel`. Two implementations of the forward pass, chosen by the model config
+alone: chatcli's native Llama-family one (`chatcli.lm.llama`: llama and qwen2
+architectures, bit-identical results, no transformers modeling import, ~2 s faster
+start) where it applies, else transformers' (any architecture). With the native forward
+pass the tokenizer is chosen by the tokenizer folder alone (`open_tokenizer`, also used
+by the remote backend): chatcli's own (`chatcli.lm.tokenizer`, no transformers import)
+when it reproduces transformers' exactly, else transformers' AutoTokenizer (e.g. the
+Qwen2Tokenizer that transformers substitutes for a qwen2 folder); transformers' forward
+pass keeps transformers' tokenizer. On CUDA the native model decodes through a
 static KV cache captured as a CUDA graph (`chatcli.lm.graphs`: captured once at
 load, shown as progress; CHATCLI_NO_CUDA_GRAPHS=1 turns it off).
 `trust_remote_code` is only ever taken from the alias.
@@ -258,25 +263,38 @@ def context_window(spec: ModelSpec, config: dict[str, Any]) -> int:
     return spec.context_window
 
 
-def native_blocker(
-    spec: ModelSpec, device: str, folder: Path, config: dict[str, Any]
-) -> str | None:
-    """Why chatcli's native implementation cannot run this model (None: it can)."""
+def native_blocker(spec: ModelSpec, device: str, config: dict[str, Any]) -> str | None:
+    """Why chatcli's native forward pass cannot run this model (None: it can); decided by
+    the alias, the device and the model config, never by the tokenizer."""
     if spec.implementation == "transformers":
         return f'implementation = "transformers" in {spec.origin}'
     if spec.trust_remote_code:
         return "trust_remote_code runs the model's own code"
     if device not in ("cpu", "cuda"):
         return f"the native implementation runs on cpu and cuda, not {device}"
-    from chatcli.lm import llama, tokenizer
+    from chatcli.lm import llama
 
     arch = config.get("model_type") or "unknown"
     if arch not in llama.SUPPORTED_MODEL_TYPES:
         return f"{arch} architecture has no native implementation"
     if not llama.supports(config):
         return f"this {arch} configuration (e.g. sliding window, RoPE type) is not native"
-    why = tokenizer.unsupported_reason(folder)
-    return f"{arch} tokenizer: {why}" if why else None
+    return None
+
+
+def open_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of `folder`, chosen by the folder alone: chatcli's own
+    `ChatTokenizer` when it reproduces transformers' exactly (no transformers import),
+    else transformers' `AutoTokenizer` (which may substitute a model-specific class, as
+    `Qwen2Tokenizer` for a qwen2 folder). Raises what the chosen loader raises."""
+    from chatcli.lm import tokenizer
+
+    if tokenizer.supports(folder):
+        return tokenizer.ChatTokenizer.from_folder(folder)
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def plan_implementation(spec: ModelSpec, device: str) -> str | None:
@@ -290,7 +308,7 @@ def plan_implementation(spec: ModelSpec, device: str) -> str | None:
         return None
     if spec.implementation == "native":
         return f'native (implementation = "native" in {spec.origin})'
-    why = native_blocker(spec, device, folder, config)
+    why = native_blocker(spec, device, config)
     return f"transformers ({why})" if why else "native"
 
 
@@ -310,8 +328,8 @@ def load_model(
 ) -> LoadedModel:
     """Load an alias. `implementation` (default: the alias's, else "auto") picks the forward pass:
     chatcli's native Llama-family one where it applies (CPU or CUDA, llama/qwen2
-    architectures, a tokenizer.json that loads identically without transformers), else
-    transformers'."""
+    architectures whose config it computes exactly), else transformers'. The native
+    forward pass takes the tokenizer `open_tokenizer` picks for the folder."""
     weights = sources.fetch(spec, reporter)
     started = time.perf_counter()
     if not weights.gguf_file:
@@ -349,7 +367,7 @@ def _load_folder(
     apply_threads(runtime)
     note = ""
     if impl == "auto":
-        note = native_blocker(spec, runtime.device, folder, config) or ""
+        note = native_blocker(spec, runtime.device, config) or ""
     if impl == "native" or (impl == "auto" and not note):
         lm, tokenizer = _load_native(spec, runtime, folder, ctx, reporter)
         impl, note = "native", ""
@@ -434,14 +452,21 @@ def _load_native(
     from chatcli.lm.llama import NativeCausalLM
     from chatcli.lm.native import NativeLanguageModel
     from chatcli.lm.quant import supported
-    from chatcli.lm.tokenizer import ChatTokenizer
+    from chatcli.lm.tokenizer import supports
 
     dtype = getattr(torch, runtime.dtype)
     why_not = supported(runtime.quantize, torch.device(runtime.device), dtype)
     if why_not:
         _refuse_quantize(spec, runtime, why_not)
+    own = True  # chatcli's own tokenizer failing is native; transformers' is not
     try:
-        tokenizer = ChatTokenizer.from_folder(folder)
+        own = supports(folder)
+        tokenizer = open_tokenizer(folder, spec.trust_remote_code)
+    except Exception as exc:  # transformers' tokenizers raise their own, or plain Exception
+        if isinstance(exc, ChatcliError):
+            raise
+        raise _LoadFailed(own, exc) from exc
+    try:
         model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _LoadFailed(True, exc) from exc

@@ -2,8 +2,9 @@
 
 Tiny random-weight GPT-2 and Qwen2 models are built here in seconds (the locally trained
 byte-level BPE tokenizer and ChatML template of conftest). GPT-2 has no native
-implementation; Qwen2's tokenizer is one transformers replaces with its own class, so
-both run on transformers' implementation, as the built-in qwen2.5 aliases do. Every
+implementation; Qwen2 has one (tests/test_qwen2_native.py), so the qwen2 alias here sets
+`implementation = "transformers"`; a sliding-window Qwen2 configuration is not native, so
+it runs on transformers by itself. Every
 answer is compared token for token with transformers' own `generate()` of the same
 packed prompt: multi-turn chat (the prompt cache crops the KV cache), /retry, /undo,
 beam search (expand/reorder), and a sliding-window cache that cannot be cropped back.
@@ -97,14 +98,15 @@ def sliding_model(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 @pytest.fixture
 def models(home: Path, tiny_model: Tiny, gpt2_model: Tiny, qwen2_model: Tiny,
            sliding_model: Tiny) -> dict[str, Tiny]:
-    """Aliases gpt2, qwen2, sliding and tiny-hf (the tiny Llama forced onto transformers)."""
+    """Aliases gpt2, qwen2, sliding and tiny-hf; qwen2 and tiny-hf (the tiny Llama) are
+    forced onto transformers."""
     entries = {"gpt2": gpt2_model, "qwen2": qwen2_model, "sliding": sliding_model,
                "tiny-hf": tiny_model}
     with (home / "models.toml").open("a") as f:
         for alias, model in entries.items():
             f.write(f'\n[models.{alias}]\nsource = "path"\npath = "{model.folder}"\n'
                     'dtype = "float32"\n')
-            if alias == "tiny-hf":
+            if alias in ("qwen2", "tiny-hf"):
                 f.write('implementation = "transformers"\n')
     return entries
 
@@ -278,15 +280,13 @@ def test_context_window_larger_than_the_model_is_refused(models: dict[str, Tiny]
 
 WHY = {
     "gpt2": "transformers (gpt2 architecture has no native implementation)",
-    "qwen2": "transformers (qwen2 tokenizer: transformers picks a model-specific tokenizer "
-             "class for this model type)",
-    "sliding": "transformers (qwen2 tokenizer: transformers picks a model-specific tokenizer "
-               "class for this model type)",
+    "sliding": "transformers (this qwen2 configuration (e.g. sliding window, RoPE type) is "
+               "not native)",
     "tiny": "native",
 }
 
 
-@pytest.mark.parametrize("alias", ["gpt2", "qwen2", "tiny", "tiny-hf"])
+@pytest.mark.parametrize("alias", ["gpt2", "qwen2", "sliding", "tiny", "tiny-hf"])
 def test_models_show_stats_and_json_name_the_implementation(
         models: dict[str, Tiny], home: Path, alias: str) -> None:
     why = WHY.get(alias, f'transformers (implementation = "transformers" in '

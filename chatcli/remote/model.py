@@ -256,8 +256,9 @@ def load_tokenizer(spec: ModelSpec, registry: Registry | None) -> Any:
 
 
 def _local_tokenizer(local: ModelSpec) -> Any:
+    """A pulled local alias's tokenizer, opened as a local model's is
+    (`chatcli.loader.open_tokenizer`)."""
     from chatcli import loader, sources
-    from chatcli.lm import tokenizer as native
 
     weights = sources.locate(local)
     folder = None
@@ -271,13 +272,7 @@ def _local_tokenizer(local: ModelSpec) -> Any:
             f"tokenizer alias '{local.alias}' is not on disk yet",
             f"run 'chatcli pull {local.alias}' once",
         )
-    if native.supports(folder):
-        tok = native.ChatTokenizer.from_folder(folder)
-    else:
-        loader.quiet_transformers()
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=local.trust_remote_code)
+    tok = loader.open_tokenizer(folder, local.trust_remote_code)
     if local.chat_template:
         tok.chat_template = local.chat_template
     return tok
