@@ -168,20 +168,11 @@ def _context(ctx: ChatContext, _: str) -> None:
 def show_attention(ui: UI, loaded: Any, packed: Any, answer_ids: list[int]) -> None:
     """The last answer's attention per message of the prompt it was given."""
     from chatcli.explain import context_attention
+    from chatcli.ui.answers import show_spans
 
     with ui.busy("Measuring attention per turn (one extra forward pass)"):
         spans = context_attention(loaded, packed.messages, packed.ids, answer_ids)
-    print_spans(ui, spans)
-
-
-def print_spans(ui: UI, spans: list[Any]) -> None:
-    from chatcli.ui.tables import show_table
-
-    ui.print("attention of the answer per turn (mean over layers, heads, answer tokens):")
-    show_table(ui, ["message", "role", "tokens", "attention"], [
-        ["-" if s.index is None else str(s.index + 1), s.label, str(s.end - s.start),
-         f"{s.attention:.3f}"] for s in spans
-    ])
+    show_spans(ui, spans)
 
 
 def _prompt(ctx: ChatContext, _: str) -> None:
@@ -203,19 +194,14 @@ def _prompt(ctx: ChatContext, _: str) -> None:
 
 
 def _stats(ctx: ChatContext, _: str) -> None:
+    from chatcli.ui.answers import stats_line
+
     gen = ctx.session.last_generation
     if gen is None:
         ctx.ui.print("no answer yet")
         return
-    s = gen.stats
-    ctx.ui.print(
-        f"model={ctx.session.loaded.spec.alias} strategy={gen.settings.strategy} "
-        f"seed={gen.settings.seed} prompt_tokens={s.prompt_tokens} "
-        f"reused_prompt_tokens={ctx.session.cache.reused} "
-        f"completion_tokens={len(gen.token_ids)} "
-        f"time_to_first_token={s.time_to_first_token_s:.3f}s "
-        f"tokens_per_second={s.decode_tokens_per_s:.1f} finish_reason={s.finish_reason}"
-    )
+    ctx.ui.print(stats_line(ctx.session.loaded.spec.alias, gen.settings, gen.stats,
+                            len(gen.token_ids), reused=ctx.session.cache.reused))
 
 
 def _save(ctx: ChatContext, arg: str) -> None:

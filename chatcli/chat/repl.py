@@ -15,11 +15,14 @@ drops earlier exchanges. Knows nothing about how tokens are chosen.
 
 from __future__ import annotations
 
+from typing import Any
+
 from chatcli.chat.commands import ChatContext, dispatch
 from chatcli.chat.session import ChatSession
 from chatcli.conversation import Message
 from chatcli.errors import ChatcliError, ContextOverflowError
 from chatcli.interrupts import ended_by_signal
+from chatcli.ui.answers import stream_answer
 from chatcli.ui.input import LineReader
 
 ESCAPE = "//"  # an entry starting with it is a message starting with "/"
@@ -51,22 +54,17 @@ def answer(ctx: ChatContext) -> None:
         ui.warn("your message was shortened in the middle to fit the context window")
     if session.packing_note:
         ui.warn(session.packing_note)
-    writer = ui.answer_writer()
     interrupted = False
     failure: ChatcliError | None = None
     ended: KeyboardInterrupt | None = None  # SIGTERM/SIGHUP: save, then leave
-    events = []
+    events: list[Any] = []
     try:
-        for event in gen:
-            events.append(event)
-            writer.write(event.text)
+        stream_answer(ui, gen, events)  # closes its writer whatever happens
     except KeyboardInterrupt as exc:
         interrupted = True
         ended = exc if ended_by_signal(exc) else None
     except ChatcliError as exc:  # a remote server stopped answering
         interrupted, failure = True, exc
-    finally:
-        writer.close()
     session.finish_reply(gen, interrupted)
     if ended is not None:
         raise ended

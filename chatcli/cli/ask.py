@@ -103,6 +103,7 @@ def ask(
     from chatcli.prompt import join_prompt
     from chatcli.registry import load_registry
     from chatcli.store import history_path
+    from chatcli.ui.answers import show_spans, stats_line, stream_answer
     from chatcli.ui.candidates import show_table, token_records
 
     ui = UI()
@@ -166,7 +167,8 @@ def ask(
         settings = session.settings
         events: list[Any] = []
         try:
-            _show(ui, gen, json_out, events, session.candidates is not None)
+            stream_answer(ui, gen, events, coloured=session.candidates is not None,
+                          quiet=json_out)
         except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
             session.finish_reply(gen, interrupted=True)
             raise
@@ -220,39 +222,9 @@ def ask(
 
         show_beam_tree(ui, settings.params, gen.hypotheses, gen.pruned)
     if spans is not None and not json_out:
-        from chatcli.chat.commands import print_spans
-
-        print_spans(ui, spans)
+        show_spans(ui, spans)
     if stats:
-        ui.print_err(
-            f"stats: model={spec.alias} strategy={settings.strategy} seed={settings.seed} "
-            f"prompt_tokens={s.prompt_tokens} completion_tokens={s.completion_tokens} "
-            f"time_to_first_token={s.time_to_first_token_s:.3f}s "
-            f"tokens_per_second={s.decode_tokens_per_s:.1f} finish_reason={s.finish_reason} "
-            f"implementation={getattr(loaded, 'implementation_label', lambda: 'remote')()}"
-        )
+        implementation = getattr(loaded, "implementation_label", lambda: "remote")()
+        ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
+                                            implementation=implementation))
 
-
-def _show(ui: UI, gen: Any, json_out: bool, events: list[Any], coloured: bool) -> None:
-    if json_out:
-        events.extend(gen)
-        return
-    if coloured and ui.out_tty:
-        from chatcli.ui.candidates import ColouredWriter
-
-        colours = ColouredWriter(ui)
-        try:
-            for event in gen:
-                events.append(event)
-                prob = event.candidates.chosen_prob if event.candidates else 1.0
-                colours.write(event.text, prob)
-        finally:
-            colours.close()
-        return
-    writer = ui.answer_writer(markdown=False if coloured else None)
-    try:
-        for event in gen:
-            events.append(event)
-            writer.write(event.text)
-    finally:
-        writer.close()

@@ -94,6 +94,7 @@ def chat(
     from chatcli.decoding.settings import resolve_settings
     from chatcli.registry import load_registry
     from chatcli.store import history_path
+    from chatcli.ui.answers import show_conversation
     from chatcli.ui.input import PromptReader, make_reader
 
     ui = UI()
@@ -151,15 +152,3 @@ def chat(
     if chat_ctx.failed and not isinstance(reader, PromptReader):
         raise typer.Exit(1)  # piped: a turn failed (its error is printed above)
 
-
-def show_conversation(ui: UI, conversation) -> None:  # type: ignore[no-untyped-def]
-    if conversation.system:
-        ui.print_raw(f"[system] {conversation.system}")
-    for message in conversation.turns:
-        mark = " (interrupted)" if message.interrupted else ""
-        if message.role == "user":
-            ui.print_raw(f"> {message.content}")
-        else:
-            writer = ui.answer_writer()
-            writer.write(message.content + mark)
-            writer.close()

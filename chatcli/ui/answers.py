@@ -1,0 +1,132 @@
+"""Answers on the screen: streamed as they come, their figures, their attention, past turns.
+
+Contract: `stream_answer(ui, events, shown)` shows each event's text as soon as it
+arrives and appends the event to `shown` (so that a caller that is interrupted still
+has what was shown): coloured by probability on a terminal when `coloured` (plain text
+otherwise), Markdown on a terminal else, nothing when `quiet` (--json). The writer is
+always closed, whatever ends the stream; Ctrl-C, SIGTERM/SIGHUP (a KeyboardInterrupt)
+or a server that stopped sending reach the caller unchanged, and the caller keeps the
+partial reply. `stats_line` is the figures of one answer (ask's --stats, chat's
+/stats); `show_spans` the answer's attention per message of its prompt;
+`show_conversation` a saved conversation, shown again when it is continued.
+Knows nothing about models, decoding or chat: events, figures, spans and
+conversations are read through the small protocols below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from chatcli.ui.console import UI
+
+
+class Event(Protocol):
+    """One streamed piece of an answer (a token, or a server's chunk)."""
+
+    text: str
+    candidates: Any  # None, or what was weighed: `chosen_prob` is the token's probability
+
+
+class Figures(Protocol):
+    prompt_tokens: int
+    time_to_first_token_s: float
+    decode_tokens_per_s: float
+    finish_reason: str | None
+
+
+class Decoding(Protocol):
+    strategy: str
+    seed: int | None
+
+
+class Span(Protocol):
+    """A message of the prompt and the attention the answer paid to it."""
+
+    label: str
+    index: int | None  # None: not a message (e.g. the template's own tokens)
+    start: int
+    end: int
+    attention: float
+
+
+class Turn(Protocol):
+    role: str
+    content: str
+    interrupted: bool
+
+
+class Shown(Protocol):
+    system: str | None
+    turns: Sequence[Turn]
+
+
+def stream_answer(ui: UI, events: Iterable[Event], shown: list[Any], *,
+                  coloured: bool = False, quiet: bool = False) -> None:
+    """Show the answer while `events` streams; every event is appended to `shown`."""
+    if quiet:
+        shown.extend(events)
+        return
+    if coloured and ui.out_tty:
+        from chatcli.ui.candidates import ColouredWriter
+
+        colours = ColouredWriter(ui)
+
+        def write(e: Event) -> None:
+            colours.write(e.text, e.candidates.chosen_prob if e.candidates else 1.0)
+
+        close: Callable[[], None] = colours.close
+    else:
+        writer = ui.answer_writer(markdown=False if coloured else None)
+
+        def write(e: Event) -> None:
+            writer.write(e.text)
+
+        close = writer.close
+    try:
+        for event in events:
+            shown.append(event)
+            write(event)
+    finally:
+        close()
+
+
+def stats_line(model: str, decoding: Decoding, figures: Figures, completion_tokens: int, *,
+               reused: int | None = None, implementation: str | None = None) -> str:
+    """The figures of one answer, as `key=value` pairs on one line."""
+    parts = [f"model={model}", f"strategy={decoding.strategy}", f"seed={decoding.seed}",
+             f"prompt_tokens={figures.prompt_tokens}"]
+    if reused is not None:
+        parts.append(f"reused_prompt_tokens={reused}")
+    parts += [f"completion_tokens={completion_tokens}",
+              f"time_to_first_token={figures.time_to_first_token_s:.3f}s",
+              f"tokens_per_second={figures.decode_tokens_per_s:.1f}",
+              f"finish_reason={figures.finish_reason}"]
+    if implementation is not None:
+        parts.append(f"implementation={implementation}")
+    return " ".join(parts)
+
+
+def show_spans(ui: UI, spans: Sequence[Span]) -> None:
+    """The answer's attention per message of its prompt, as a table."""
+    from chatcli.ui.tables import show_table
+
+    ui.print("attention of the answer per turn (mean over layers, heads, answer tokens):")
+    show_table(ui, ["message", "role", "tokens", "attention"], [
+        ["-" if s.index is None else str(s.index + 1), s.label, str(s.end - s.start),
+         f"{s.attention:.3f}"] for s in spans
+    ])
+
+
+def show_conversation(ui: UI, conversation: Shown) -> None:
+    """A saved conversation as it was: the system prompt, questions, answers."""
+    if conversation.system:
+        ui.print_raw(f"[system] {conversation.system}")
+    for message in conversation.turns:
+        mark = " (interrupted)" if message.interrupted else ""
+        if message.role == "user":
+            ui.print_raw(f"> {message.content}")
+        else:
+            writer = ui.answer_writer()
+            writer.write(message.content + mark)
+            writer.close()
