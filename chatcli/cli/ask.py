@@ -42,7 +42,6 @@ from chatcli.cli.options import (
     TopKOpt,
     TopPOpt,
     TypicalPOpt,
-    decoding_request,
 )
 from chatcli.errors import UsageError
 from chatcli.ui.console import UI, read_piped_stdin
@@ -89,42 +88,27 @@ def ask(
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
     from chatcli.chat.recorder import Recorder, open_history
-    from chatcli.chat.session import ChatSession, DecodingRequest
-    from chatcli.cli.common import (
-        check_remote,
-        load_strategies,
-        open_model,
-        refuse_remote_internals,
-        resolve_spec,
-        runtime_for,
-    )
+    from chatcli.chat.session import ChatSession
+    from chatcli.cli.common import setup
     from chatcli.conversation import Conversation
-    from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import join_prompt
-    from chatcli.registry import load_registry
     from chatcli.store import history_path
     from chatcli.ui.answers import show_spans, stats_line, stream_answer
     from chatcli.ui.candidates import show_table, token_records
 
+    def refuse_views(early: Any) -> None:  # what ask shows must suit the strategy
+        if show_candidates and early.strategy == "beam":
+            raise UsageError("--show-candidates shows token-by-token choices; beam search "
+                             "scores whole sequences", "use --show-beams with --strategy beam")
+        if show_beams and early.strategy != "beam":
+            raise UsageError(f"--show-beams needs --strategy beam (the strategy is "
+                             f"{early.strategy})", "add -S beam")
+
     ui = UI()
-    strategies = load_strategies(ui)
-    chosen, flags, options = decoding_request(ctx.params)
-    registry = load_registry(models_file)
-    spec = resolve_spec(registry, model, base_url)
-    # Validate flags before reading stdin or loading anything (generation_config comes later).
-    early = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
-                             alias_defaults=spec.defaults)
-    if show_candidates and early.strategy == "beam":
-        raise UsageError("--show-candidates shows token-by-token choices; beam search scores "
-                         "whole sequences", "use --show-beams with --strategy beam")
-    if show_beams and early.strategy != "beam":
-        raise UsageError(f"--show-beams needs --strategy beam (the strategy is "
-                         f"{early.strategy})", "add -S beam")
-    refuse_remote_internals(
-        spec, "--show-beams" if show_beams else "--explain-context" if explain_context else None
-    )
-    check_remote(spec, early, show_candidates or None)
-    runtime = runtime_for(spec, device, dtype, threads, quantize)
+    # Flags are validated before stdin is read or anything loads.
+    prep = setup(ui, ctx.params, check=refuse_views, candidates=show_candidates or None,
+                 internals="--show-beams" if show_beams else
+                 "--explain-context" if explain_context else None)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError(
@@ -139,10 +123,9 @@ def ask(
         _, conv, message_ids = store.load(latest.id)
         conv_id = latest.id
         if model is None:
-            spec = resolve_spec(registry, latest.model, base_url)
-            runtime = runtime_for(spec, device, dtype, threads, quantize)
+            prep.use(latest.model)
     conversation = conv or Conversation()
-    recorder = Recorder(store, conversation, conv_id, message_ids, alias=lambda: spec.alias,
+    recorder = Recorder(store, conversation, conv_id, message_ids, alias=lambda: prep.spec.alias,
                         warn=ui.warn, path=history_path())
     try:
         # The question is saved before the model loads: a failed load or a kill keeps it.
@@ -151,12 +134,11 @@ def ask(
             recorder.system_changed()
         conversation.add_user(text)
         recorder.added()
-        loaded = open_model(spec, registry, ui, runtime)
-        spec = loaded.spec
+        loaded = prep.open()
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
-        session = ChatSession(loaded, strategies, DecodingRequest(chosen, flags, options),
-                              conversation, recorder=recorder, truncate=False)
+        session = ChatSession(loaded, prep.strategies, prep.decoding(), conversation,
+                              recorder=recorder, truncate=False)
         session.candidates = show_candidates or None
         session.trace_beams = show_beams
         gen, dropped = session.start_reply()
@@ -184,7 +166,7 @@ def ask(
         with ui.busy("Measuring attention per turn (one extra forward pass)"):
             spans = context_attention(loaded, packed.messages, packed.ids, gen.token_ids)
     s = gen.stats
-
+    spec = prep.spec
     token_text = session.token_text
 
     if json_out:

@@ -6,7 +6,7 @@ Wiring only: parses options, opens the history store and the model, builds a
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import typer
 
@@ -40,7 +40,6 @@ from chatcli.cli.options import (
     TopKOpt,
     TopPOpt,
     TypicalPOpt,
-    decoding_request,
 )
 from chatcli.ui.console import UI
 
@@ -82,53 +81,36 @@ def chat(
     from chatcli.chat.commands import ChatContext
     from chatcli.chat.recorder import open_history
     from chatcli.chat.repl import answer, run
-    from chatcli.chat.session import ChatSession, DecodingRequest
-    from chatcli.cli.common import (
-        check_remote,
-        load_strategies,
-        open_model,
-        refuse_remote_internals,
-        resolve_spec,
-        runtime_for,
-    )
-    from chatcli.decoding.settings import resolve_settings
-    from chatcli.registry import load_registry
+    from chatcli.chat.session import ChatSession
+    from chatcli.cli.common import setup
     from chatcli.store import history_path
     from chatcli.ui.answers import show_conversation
     from chatcli.ui.input import PromptReader, make_reader
 
     ui = UI()
-    strategies = load_strategies(ui)
-    chosen, flags, options = decoding_request(ctx.params)
-    registry = load_registry(models_file)
-    # A history that cannot be written now is read only; the chat goes on in memory.
-    store = open_history(ui.warn, need_read=conversation is not None or cont)
-    conv_id, conv, message_ids, alias = None, None, None, model
-    if store is not None and (conversation is not None or cont):
+    store: Any = None
+    conv_id, conv, message_ids = None, None, None
+
+    def resume() -> str | None:
+        """The alias: -m, else the model of the conversation continued (read here)."""
+        nonlocal store, conv_id, conv, message_ids
+        # A history that cannot be written now is read only; the chat goes on in memory.
+        store = open_history(ui.warn, need_read=conversation is not None or cont)
+        if store is None or (conversation is None and not cont):
+            return model
         info = store.info(conversation) if conversation is not None else store.latest()
         if info is None:
             ui.warn("no saved conversation yet; starting a new one")
-        else:
-            info, conv, message_ids = store.load(info.id)
-            conv_id, alias = info.id, model or info.model
+            return model
+        info, conv, message_ids = store.load(info.id)
+        conv_id = info.id
+        return model or info.model
 
-    def spec_for(name: str | None):  # type: ignore[no-untyped-def]
-        spec = resolve_spec(registry, name, base_url)
-        return dataclasses.replace(spec, context_window=context_window) if context_window else spec
-
-    def model_for(name: str | None):  # type: ignore[no-untyped-def]
-        spec = spec_for(name)
-        return open_model(spec, registry, ui, runtime_for(spec, device, dtype, threads, quantize))
-
-    spec = spec_for(alias)
-    early = resolve_settings(strategies, strategy=chosen, flags=flags, options=options,
-                             alias_defaults=spec.defaults)  # fail fast on bad flags
-    refuse_remote_internals(spec, "--explain-context" if explain_context else None)
-    check_remote(spec, early)
-    loaded = model_for(alias)
-    spec = loaded.spec
+    prep = setup(ui, ctx.params, alias=resume,
+                 internals="--explain-context" if explain_context else None)
+    loaded = prep.open()
     session = ChatSession(
-        loaded, strategies, DecodingRequest(chosen, flags, options), conv, store=store,
+        loaded, prep.strategies, prep.decoding(), conv, store=store,
         conversation_id=conv_id, message_ids=message_ids, truncate=not no_truncate,
         warn=ui.warn, history_path=history_path(),
     )
@@ -136,13 +118,13 @@ def chat(
         session.set_system(system)
     session.explain = explain_context
     chat_ctx = ChatContext(session, ui, answer=lambda: answer(chat_ctx),
-                           load_model=model_for)
+                           load_model=prep.open_alias)
     if conv_id is not None:
         ui.notify(f"continuing conversation {conv_id} ({len(session.conversation.turns)} "
                   "messages)")
         show_conversation(ui, session.conversation)
     elif ui.out_tty:
-        ui.notify(f"{spec.alias}, {session.settings.strategy} decoding; /help for commands, "
+        ui.notify(f"{prep.spec.alias}, {session.settings.strategy} decoding; /help for commands, "
                   "Ctrl-D to leave")
     reader = make_reader(paths.data_dir() / "input_history")
     try:

@@ -1,10 +1,134 @@
-"""Start-up steps that several commands share (kept out of the Typer wiring)."""
+"""Start-up steps that several commands share (kept out of the Typer wiring).
+
+Contract: `setup(ui, params, ...)` is what ask, chat and compare start from: the
+strategies (a warning per plugin that failed to load), the decoding request, the
+models.toml registry, the alias (`-m`, `--base-url`, chat's `--context-window`),
+every decoding request validated against the alias's defaults together with the
+command's own refusals, the model internals and server features a remote alias
+cannot give refused, and the runtime (`--device`, `--dtype`, `--threads`,
+`--quantize`) validated. It reads no stdin and loads nothing: the command then does
+what is its own (reading the prompt, saving the question) and calls `Setup.open()`.
+`open_model` is looked up when a model is opened (a test holds it at a gate).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from chatcli.ui.console import UI
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decoding request, as the user wrote it: validated before anything loads."""
+
+    strategy: str | None
+    flags: dict[str, Any]
+    options: dict[str, str]
+    # compare's `-S NAME:key=value` (which may set common parameters too): how a
+    # parameter is written in errors. None: the decoding flags and `-o key=value`.
+    spelling: Callable[[str, str], str] | None = None
+
+
+@dataclass
+class Setup:
+    """The validated start of a model command; `open()` loads (or connects to) the model."""
+
+    ui: UI
+    params: Mapping[str, Any]  # the command's parsed parameters
+    strategies: Any
+    registry: Any
+    requests: list[Request]
+    spec: Any = None
+    runtime: Any = None
+
+    def spec_for(self, alias: str | None) -> Any:
+        """The spec of `alias` (None: the default), with this run's --base-url and
+        --context-window."""
+        import dataclasses
+
+        spec = resolve_spec(self.registry, alias, self.params.get("base_url"))
+        window = self.params.get("context_window")
+        return dataclasses.replace(spec, context_window=window) if window else spec
+
+    def runtime_for(self, spec: Any) -> Any:
+        p = self.params
+        return runtime_for(spec, p["device"], p["dtype"], p["threads"], p["quantize"])
+
+    def use(self, alias: str | None) -> None:
+        """Run with `alias` instead (ask --continue: the conversation's model)."""
+        self.spec = self.spec_for(alias)
+        self.runtime = self.runtime_for(self.spec)
+
+    def settings(self, request: Request, generation_config: Any = None) -> Any:
+        """The decoding settings of `request` with the alias's defaults (and the model's
+        generation_config once it is open)."""
+        from chatcli.decoding.settings import resolve_settings
+
+        spelled: dict[str, Any] = (
+            {"spelling": request.spelling, "common_options": True} if request.spelling else {})
+        return resolve_settings(self.strategies, strategy=request.strategy, flags=request.flags,
+                                options=request.options, alias_defaults=self.spec.defaults,
+                                generation_config=generation_config, **spelled)
+
+    def decoding(self) -> Any:
+        """The command's own decoding request, as a chat session takes it."""
+        from chatcli.chat.session import DecodingRequest
+
+        request = self.requests[0]
+        return DecodingRequest(request.strategy, request.flags, request.options)
+
+    def open(self) -> Any:
+        """The model of the alias, loaded or connected to; its spec becomes `spec`."""
+        loaded = open_model(self.spec, self.registry, self.ui, self.runtime)
+        self.spec = loaded.spec
+        return loaded
+
+    def open_alias(self, alias: str) -> Any:
+        """Another alias's model (chat's /model), leaving this setup as it is."""
+        spec = self.spec_for(alias)
+        return open_model(spec, self.registry, self.ui, self.runtime_for(spec))
+
+
+def setup(
+    ui: UI,
+    params: Mapping[str, Any],
+    *,
+    requests: Callable[[Any], list[Request]] | None = None,
+    check: Callable[[Any], None] | None = None,
+    internals: str | None = None,
+    candidates: int | None = None,
+    alias: Callable[[], str | None] | None = None,
+) -> Setup:
+    """Everything a model command checks before it reads stdin or loads anything.
+
+    In this order: the strategies; the decoding request of the command's flags (unless
+    `requests(spec)` gives them, once the alias is known: compare's `-S`); models.toml;
+    the alias (`alias()` once models.toml is read, else `-m`); then for each request its
+    settings, `check(settings)` (the command's own refusals), `internals` (the flag that
+    reads the model's internals) refused for a remote alias, and what the alias's
+    server cannot do (`candidates` alternatives per token) refused; last the runtime.
+    """
+    from chatcli.cli.options import decoding_request
+    from chatcli.registry import load_registry
+
+    strategies = load_strategies(ui)
+    own = None if requests else [Request(*decoding_request(dict(params)))]
+    registry = load_registry(params.get("models_file"))
+    prepared = Setup(ui, params, strategies, registry, own or [])
+    prepared.spec = prepared.spec_for(alias() if alias else params.get("model"))
+    if requests:
+        prepared.requests = requests(prepared.spec)
+    for request in prepared.requests:
+        early = prepared.settings(request)
+        if check:
+            check(early)
+        refuse_remote_internals(prepared.spec, internals)
+        check_remote(prepared.spec, early, candidates)
+    prepared.runtime = prepared.runtime_for(prepared.spec)
+    return prepared
 
 
 def load_strategies(ui: UI) -> Any:

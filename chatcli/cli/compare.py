@@ -71,6 +71,7 @@ def divergence(first: list[int], other: list[int]) -> int | None:
 
 
 def compare(
+    ctx: typer.Context,
     prompt: PromptArg = None,
     strategy: SpecsOpt = None,
     model: ModelOpt = None,
@@ -89,33 +90,22 @@ def compare(
 
     Default strategies: greedy, sample and beam (beam only where the model can run it:
     locally, or on a server with beam search)."""
-    from chatcli.cli.common import (
-        check_remote,
-        load_strategies,
-        open_model,
-        resolve_spec,
-        runtime_for,
-    )
-    from chatcli.decoding.settings import resolve_settings
+    from chatcli.cli.common import Request, setup
     from chatcli.prompt import join_prompt
-    from chatcli.registry import load_registry
     from chatcli.remote.params import PROFILES
 
-    ui = UI()
-    strategies = load_strategies(ui)
     flags: dict[str, Any] = {"seed": seed, "max_new_tokens": max_new_tokens}
-    registry = load_registry(models_file)
-    spec = resolve_spec(registry, model, base_url)
-    default = ["greedy", "sample"]
-    if not spec.is_remote or PROFILES[spec.server].beam:
-        default.append("beam")
-    specs = [parse_spec(s) for s in (strategy or default)]
-    for name, options in specs:  # validate every strategy before loading anything
-        early = resolve_settings(strategies, strategy=name, flags=flags, options=options,
-                                 alias_defaults=spec.defaults, spelling=spelling(name),
-                                 common_options=True)
-        check_remote(spec, early, 0)
-    runtime = runtime_for(spec, device, dtype, threads, quantize)
+
+    def requests(spec: Any) -> list[Request]:
+        default = ["greedy", "sample"]
+        if not spec.is_remote or PROFILES[spec.server].beam:
+            default.append("beam")
+        return [Request(name, flags, options, spelling(name))
+                for name, options in map(parse_spec, strategy or default)]
+
+    ui = UI()
+    # Every strategy is validated before stdin is read or anything loads.
+    prep = setup(ui, ctx.params, requests=requests, candidates=0)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
@@ -126,17 +116,11 @@ def compare(
     from chatcli.prompt import render_ids
     from chatcli.remote.model import RemoteModel
 
-    loaded = open_model(spec, registry, ui, runtime)
-    spec = loaded.spec
+    loaded = prep.open()
     remote = loaded if isinstance(loaded, RemoteModel) else None
     conversation = Conversation(system=system)
     conversation.add_user(text)
-    all_settings = [
-        resolve_settings(strategies, strategy=name, flags=flags, options=options,
-                         alias_defaults=spec.defaults, generation_config=loaded.generation_config,
-                         spelling=spelling(name), common_options=True)
-        for name, options in specs
-    ]
+    all_settings = [prep.settings(r, loaded.generation_config) for r in prep.requests]
     # One packed prompt serves every strategy: its budget leaves room for the most
     # new tokens any of them may generate.
     most = max(s.common.max_new_tokens for s in all_settings)
@@ -152,14 +136,14 @@ def compare(
         )
     packed = pack(conversation, render, budget, truncate=False)
     results: list[dict[str, Any]] = []
-    for (name, options), settings in zip(specs, all_settings, strict=True):
+    for request, settings in zip(prep.requests, all_settings, strict=True):
         start = time.perf_counter()
         if remote is not None:  # the server's logprobs give the sequence log-probability
             gen = remote.stream(packed.messages, packed.ids, settings,
                                 settings.common.max_new_tokens, candidates=0)
         else:
             gen = stream(loaded, packed.ids, settings, settings.common.max_new_tokens,
-                         strategies, candidates=0)
+                         prep.strategies, candidates=0)
         events = list(gen)
         seconds = time.perf_counter() - start
         entropies = [e.candidates.entropy for e in events if e.candidates is not None]
@@ -167,6 +151,7 @@ def compare(
         logprob = gen.hypotheses[0]["logprob"] if gen.hypotheses else sum(e.logprob for e in events)
         if not math.isfinite(logprob):  # a server that returned no logprobs
             logprob = None
+        name, options = request.strategy, request.options
         label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options
                         else "")
         results.append({
@@ -187,7 +172,7 @@ def compare(
     for r in results:
         r["diverges_at"] = divergence(first, r.pop("ids"))
     if json_out:
-        ui.print_json({"model": spec.alias, "prompt_tokens": len(packed.ids),
+        ui.print_json({"model": prep.spec.alias, "prompt_tokens": len(packed.ids),
                        "results": results})
         return
     from chatcli.ui.compare import show_comparison
