@@ -104,6 +104,18 @@ def test_logprobs_are_log_softmax_of_the_chosen_token(loaded: LoadedModel) -> No
     assert all(e.logprob <= 0 for e in events)
 
 
+def test_an_answer_stopped_early_keeps_its_figures(loaded: LoadedModel) -> None:
+    """Ctrl-C or SIGTERM stop the consumer between tokens: the stats count what came."""
+    gen = stream(loaded, [5, 6, 7], GREEDY, 50)
+    for n, _ in enumerate(gen, start=1):
+        if n == 6:
+            break
+    s = gen.stats
+    assert s.completion_tokens == 6 == len(gen.token_ids)
+    assert s.decode_tokens_per_s > 0 and s.total_s >= s.time_to_first_token_s > 0
+    assert s.finish_reason is None
+
+
 def test_zero_budget_generates_nothing(loaded: LoadedModel) -> None:
     gen = complete(loaded, [5, 6, 7], GREEDY, 0)
     assert gen.token_ids == [] and gen.text == ""

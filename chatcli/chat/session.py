@@ -254,6 +254,8 @@ class ChatSession:
     def finish_reply(self, gen: Generation, interrupted: bool = False) -> None:
         if interrupted:
             self.cache.invalidate()
+            if gen.stats.finish_reason is None:
+                gen.stats.finish_reason = "interrupted"
         from chatcli.store import ReplyMeta
 
         s = gen.stats

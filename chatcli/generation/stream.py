@@ -106,9 +106,14 @@ def _events(
     first = start
     steps = strategy.decode(loaded.lm, prompt_ids, settings.params, ctx)
     for n, step in enumerate(steps, start=1):
+        now = time.perf_counter()
         if n == 1:
-            first = time.perf_counter()
+            first = now
             stats.time_to_first_token_s = first - start
+        # The figures so far, kept current so that an interrupted answer has them too.
+        stats.completion_tokens = n
+        stats.total_s = now - start
+        stats.decode_tokens_per_s = (n - 1) / (now - first) if n > 1 and now > first else 0.0
         finish = step.finish_reason
         delta = "" if step.token_id in loaded.eos_ids else detok.push(step.token_id)
         if finish is not None:
@@ -119,10 +124,6 @@ def _events(
         elif finish is not None:
             text += stops.flush()
         if finish is not None:
-            end = time.perf_counter()
-            stats.completion_tokens = n
-            stats.total_s = end - start
-            stats.decode_tokens_per_s = (n - 1) / (end - first) if n > 1 and end > first else 0.0
             stats.finish_reason = finish
             gen.hypotheses = _hypotheses(loaded, ctx.extras)
             gen.pruned = [
