@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,31 @@ def reference_generate(
     out = model.generate(**ids, **generate_kwargs)
     prompt_len = ids["input_ids"].shape[1]
     return tok, out[:, prompt_len:], prompt_len
+
+
+@contextmanager
+def time_zone(tz: str) -> Iterator[None]:
+    """Local time in `tz` (a POSIX TZ string: no tz database needed), restored after."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = tz
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def answer_ids(session: Any) -> list[int]:
+    """Answer a ChatSession's pending user message to the end; the new token ids."""
+    gen, _ = session.start_reply()
+    for _ in gen:
+        pass
+    session.finish_reply(gen)
+    return list(gen.token_ids)
 
 
 def printed(text: str) -> str:

@@ -23,7 +23,7 @@ from chatcli.loader import LoadedModel, load_model
 from chatcli.progress import SilentReporter
 from chatcli.registry import load_registry
 from chatcli.runtime import Runtime
-from conftest import run_cli
+from conftest import answer_ids, run_cli
 
 
 class Spy:
@@ -67,26 +67,18 @@ def _session(loaded: LoadedModel, reuse: bool = True) -> tuple[ChatSession, Spy]
     return session, spy
 
 
-def _answer(session: ChatSession) -> list[int]:
-    gen, _ = session.start_reply()
-    for _ in gen:
-        pass
-    session.finish_reply(gen)
-    return list(gen.token_ids)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_retry_repeats_the_cold_answer_bit_for_bit(home: Path, dtype: str) -> None:
     loaded = _loaded(home, dtype)
     session, spy = _session(loaded)
     session.add_user("Tell me about the quick brown fox.")
-    cold = _answer(session)
+    cold = answer_ids(session)
     cold_logits, spy.logits = spy.logits, []
     prompt_tokens = session.last_packed.tokens if session.last_packed else 0
     assert spy.fed == [prompt_tokens]  # the first answer prefilled the whole prompt
     for _ in range(2):  # /retry twice: the second retry starts from the first's cache
         assert session.retry() is not None
-        assert _answer(session) == cold
+        assert answer_ids(session) == cold
         assert spy.fed == [prompt_tokens]  # no further forward pass over the prompt
         assert session.cache.reused == prompt_tokens
         assert len(spy.logits) == len(cold_logits) - 1  # every step but the prefill
@@ -98,12 +90,12 @@ def test_retry_repeats_the_cold_answer_bit_for_bit(home: Path, dtype: str) -> No
 def test_undo_and_the_same_message_again_is_exact(home: Path) -> None:
     session, spy = _session(_loaded(home, "bfloat16"))
     session.add_user("Hello there")
-    first = _answer(session)
+    first = answer_ids(session)
     session.add_user("And the fox?")
-    second = _answer(session)
+    second = answer_ids(session)
     session.undo()
     session.add_user("And the fox?")
-    assert _answer(session) == second
+    assert answer_ids(session) == second
     assert len(spy.fed) == 2  # turn 2 fed its new suffix; its repetition fed nothing
     assert first  # the first turn answered
 
@@ -111,9 +103,9 @@ def test_undo_and_the_same_message_again_is_exact(home: Path) -> None:
 def test_without_reuse_a_retry_prefills_again(home: Path) -> None:
     session, spy = _session(_loaded(home, "float32"), reuse=False)
     session.add_user("Hello there")
-    cold = _answer(session)
+    cold = answer_ids(session)
     session.retry()
-    assert _answer(session) == cold
+    assert answer_ids(session) == cold
     assert spy.fed == [spy.fed[0]] * 2 and session.cache.reused == 0
 
 

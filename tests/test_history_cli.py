@@ -7,7 +7,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from chatcli import store as store_mod
 from chatcli.conversation import Message
 from chatcli.store import ReplyMeta, Store
-from conftest import run_cli
+from conftest import run_cli, time_zone
 
 DAY1 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 DAY2 = DAY1 + 86_400.0
@@ -61,15 +60,8 @@ Six, bec
 
 @pytest.fixture
 def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+    with time_zone("UTC"):
+        yield
 
 
 def _clock(monkeypatch: pytest.MonkeyPatch, start: float) -> None:

@@ -7,9 +7,7 @@ output under the keys its --help documents; errors stay one line on stderr.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 
 from chatcli import store as store_mod
 from chatcli.registry import load_registry
-from conftest import Tiny, run_cli
+from conftest import Tiny, run_cli, time_zone
 
 DAY1 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
@@ -31,15 +29,8 @@ def dumped(value: Any) -> str:
 @pytest.fixture
 def tz() -> Iterator[None]:
     """Local time two hours east of UTC (a POSIX TZ string: no tz database needed)."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "XYZ-2"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+    with time_zone("XYZ-2"):
+        yield
 
 
 def _add_remote(home: Path) -> None:

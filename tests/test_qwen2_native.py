@@ -25,18 +25,15 @@ from typing import Any
 
 import pytest
 import torch
-from test_transformers_path import build_model
+from test_transformers_path import build_model, chat_script_matches_generate
 
-from chatcli.chat.session import ChatSession, DecodingRequest
-from chatcli.conversation import Conversation
-from chatcli.decoding.registry import strategy_registry
 from chatcli.lm.native import NativeLanguageModel
 from chatcli.lm.tokenizer import ChatTokenizer
 from chatcli.loader import LoadedModel, load_model
 from chatcli.progress import SilentReporter
 from chatcli.registry import load_registry
 from chatcli.runtime import Runtime
-from conftest import Tiny, reference_generate, run_cli
+from conftest import Tiny, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -110,38 +107,10 @@ def test_prefill_and_greedy_logits_are_identical_to_transformers(
     assert len(set(tokens)) > 3  # the weights make greedy wander, not repeat one token
 
 
-def _answer(session: ChatSession) -> list[int]:
-    gen, _ = session.start_reply()
-    for _ in gen:
-        pass
-    session.finish_reply(gen)
-    return list(gen.token_ids)
-
-
-def _strip_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos)] if eos in ids else ids
-
-
 def test_chat_turns_retry_and_undo_match_generate(aliases: Path, qwen2: Tiny) -> None:
     loaded = _load("qwen2")
     assert type(loaded.lm) is NativeLanguageModel
-    eos = loaded.tokenizer.eos_token_id
-    session = ChatSession(loaded, strategy_registry(),
-                          DecodingRequest("greedy", {"max_new_tokens": 12}), Conversation())
-    reused = []
-    for step in ["Hi", "What did I just say?", "/retry", "/undo", "Tell me about Paris.",
-                 "And the fox?"]:
-        if step == "/undo":
-            session.undo()
-            continue
-        if step == "/retry":
-            session.retry()
-        else:
-            session.add_user(step)
-        messages = [m.as_dict() for m in session.pack().messages]
-        _, out, _ = reference_generate(qwen2, messages, max_new_tokens=12)
-        assert _strip_eos(_answer(session), eos) == _strip_eos(out[0].tolist(), eos), step
-        reused.append(session.cache.reused)
+    reused = chat_script_matches_generate(loaded, qwen2)
     assert reused[0] == 0 and min(reused[1:]) > 10  # later turns prefilled only new tokens
 
 

@@ -10,7 +10,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from chatcli.conversation import Conversation, Message
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.store import ConversationInfo, ReplyMeta, Store, StoredMessage, StoreError
 from chatcli.transcript import TranscriptError
+from conftest import time_zone
 
 REPO = Path(__file__).resolve().parents[1]
 META = ReplyMeta(
@@ -48,15 +48,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 @pytest.fixture
 def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+    with time_zone("UTC"):
+        yield
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from conftest import (
     CHATML,
     CORPUS,
     Tiny,
+    answer_ids,
     printed,
     reference_generate,
     run_cli,
@@ -116,14 +117,6 @@ def _load(alias: str, **changes: Any) -> LoadedModel:
     return load_model(spec, Runtime("cpu", "float32", 1), SilentReporter())
 
 
-def _answer(session: ChatSession) -> list[int]:
-    gen, _ = session.start_reply()
-    for _ in gen:
-        pass
-    session.finish_reply(gen)
-    return list(gen.token_ids)
-
-
 def _expected(model: Tiny, session: ChatSession, n: int, **kw: Any) -> list[list[int]]:
     """generate() of the packed prompt of the session's pending user message."""
     messages = [m.as_dict() for m in session.pack().messages]
@@ -144,6 +137,14 @@ def _strip_eos(ids: list[int], eos: int) -> list[int]:
 def test_chat_turns_retry_and_undo_match_generate(models: dict[str, Tiny], alias: str) -> None:
     loaded = _load(alias)
     assert loaded.implementation == "transformers"
+    reused = chat_script_matches_generate(loaded, models[alias])
+    # Every turn after the first prefilled only its new tokens: the cache was cropped.
+    assert reused[0] == 0 and min(reused[1:]) > 10
+
+
+def chat_script_matches_generate(loaded: LoadedModel, model: Tiny) -> list[int]:
+    """Turns, /retry and /undo, each answer equal to generate() of its packed prompt;
+    the prompt tokens each answer reused from the cache."""
     eos = loaded.tokenizer.eos_token_id
     session = ChatSession(loaded, strategy_registry(),
                           DecodingRequest("greedy", {"max_new_tokens": 12}), Conversation())
@@ -157,11 +158,10 @@ def test_chat_turns_retry_and_undo_match_generate(models: dict[str, Tiny], alias
             session.retry()
         else:
             session.add_user(step)
-        expected = _strip_eos(_expected(models[alias], session, 12)[0], eos)
-        assert _strip_eos(_answer(session), eos) == expected, step
+        expected = _strip_eos(_expected(model, session, 12)[0], eos)
+        assert _strip_eos(answer_ids(session), eos) == expected, step
         reused.append(session.cache.reused)
-    # Every turn after the first prefilled only its new tokens: the cache was cropped.
-    assert reused[0] == 0 and min(reused[1:]) > 10
+    return reused
 
 
 def test_sliding_window_cache_is_rebuilt_when_it_cannot_roll_back(
@@ -212,11 +212,11 @@ def test_beam_search_matches_generate(models: dict[str, Tiny], alias: str) -> No
     session = ChatSession(loaded, strategy_registry(),
                           DecodingRequest("greedy", {"max_new_tokens": 10}), Conversation())
     session.add_user("Hi")
-    _answer(session)
+    answer_ids(session)
     session.update_request(DecodingRequest("beam", {"max_new_tokens": 10, "num_beams": 3}))
     session.add_user("Tell me about Paris.")
     expected = _expected(models[alias], session, 10, num_beams=3)[0]
-    assert _strip_eos(_answer(session), eos) == _strip_eos(expected, eos)
+    assert _strip_eos(answer_ids(session), eos) == _strip_eos(expected, eos)
     assert session.cache.reused > 10
 
 
