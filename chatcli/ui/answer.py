@@ -155,11 +155,8 @@ class MarkdownWriter:
                     self._commit(point)
             while (point := len(self.text) if final else self._commit_point()) > self._done:
                 self._commit(point)
-            if self._done < len(self.text):
+            if self._done < len(self.text):  # (never when final: all of it is committed)
                 self._show(self._prefix + self.text[self._done :])
-            if final and self._live is not None:
-                self._live.stop()
-                self._live = None
 
     def write(self, delta: str) -> None:
         delta = printable(delta)
