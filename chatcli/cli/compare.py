@@ -110,40 +110,35 @@ def compare(
     if not text.strip():
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
 
+    from chatcli.backends.base import Views
     from chatcli.context import pack
     from chatcli.conversation import Conversation
-    from chatcli.generation.stream import stream
-    from chatcli.prompt import render_ids
-    from chatcli.remote.model import RemoteModel
 
-    loaded = prep.open()
-    remote = loaded if isinstance(loaded, RemoteModel) else None
+    backend = prep.open()
     conversation = Conversation(system=system)
     conversation.add_user(text)
-    all_settings = [prep.settings(r, loaded.generation_config) for r in prep.requests]
+    all_settings = [prep.settings(r, backend.generation_config) for r in prep.requests]
     # One packed prompt serves every strategy: its budget leaves room for the most
     # new tokens any of them may generate.
     most = max(s.common.max_new_tokens for s in all_settings)
-    budget = loaded.context_window - most
-    render = remote.count_ids if remote else lambda m: render_ids(loaded.tokenizer, m)
+    budget = backend.context_window - most
     if budget <= 0:
-        room = loaded.context_window - len(render(conversation.messages()))
+        room = backend.context_window - len(backend.count(conversation.messages()))
         raise ContextOverflowError(
-            f"the context window of {loaded.context_window} tokens is too small for {most} "
+            f"the context window of {backend.context_window} tokens is too small for {most} "
             "new tokens",
             f"lower -n to at most {room}" if room > 0 else
             "shorten the prompt, or choose a model with a larger context window (-m)",
         )
-    packed = pack(conversation, render, budget, truncate=False)
+    packed = pack(conversation, backend.count, budget, truncate=False)
     results: list[dict[str, Any]] = []
     for request, settings in zip(prep.requests, all_settings, strict=True):
         start = time.perf_counter()
-        if remote is not None:  # the server's logprobs give the sequence log-probability
-            gen = remote.stream(packed.messages, packed.ids, settings,
-                                settings.common.max_new_tokens, candidates=0)
-        else:
-            gen = stream(loaded, packed.ids, settings, settings.common.max_new_tokens,
-                         prep.strategies, candidates=0)
+        # Candidates (K=0) give each step's entropy; a server's logprobs give the
+        # sequence log-probability.
+        backend.invalidate()  # each strategy starts from the same cold prompt
+        gen = backend.stream(packed, settings, settings.common.max_new_tokens,
+                             Views(candidates=0), strategies=prep.strategies)
         events = list(gen)
         seconds = time.perf_counter() - start
         entropies = [e.candidates.entropy for e in events if e.candidates is not None]
@@ -159,7 +154,7 @@ def compare(
             "strategy": name,
             "decoding": settings.as_dict(),
             "text": gen.text,
-            "token_ids": None if remote else gen.token_ids,
+            "token_ids": gen.token_ids if backend.capabilities.token_ids else None,
             "completion_tokens": len(gen.token_ids),
             "logprob": logprob,
             "mean_entropy": sum(entropies) / len(entropies) if entropies else None,

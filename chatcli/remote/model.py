@@ -237,7 +237,7 @@ def load_tokenizer(spec: ModelSpec, registry: Registry | None) -> Any:
     name = spec.tokenizer or ""
     if registry is not None and name in registry.models:
         local = registry.models[name]
-        if local.is_remote:
+        if local.backend != "local":
             raise UsageError(f"tokenizer '{name}' of '{spec.alias}' is itself a remote alias",
                              "name a local alias or a hub id")
         return _local_tokenizer(local)

@@ -1,0 +1,30 @@
+"""The backend registry: `backend = NAME` in models.toml → the class that runs it.
+
+Contract: `BACKENDS` maps each backend name to "module:Class" (imported only when
+used, so reading models.toml stays light); `backend_class(name)` returns the class
+(`chatcli.backends.base` says what it declares and does). A new backend is one
+module plus one line here.
+
+Knows nothing about the terminal or the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+BACKENDS: dict[str, str] = {
+    "local": "chatcli.backends.local:LocalBackend",
+    "openai": "chatcli.backends.openai:OpenAIBackend",
+}
+
+
+def backend_class(name: str) -> Any:
+    """The class of backend `name` (one of `BACKENDS`)."""
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def backend_of(spec: Any) -> Any:
+    """The class of the backend `spec` (a `ModelSpec`) runs on."""
+    return backend_class(spec.backend)

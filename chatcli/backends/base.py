@@ -1,0 +1,95 @@
+"""What a backend is and what it does: the one interface answers come through.
+
+Contract: a backend is where an alias's answers come from (`backend = NAME` in
+models.toml). Its class declares, before anything is opened:
+
+* `name` and `keys`: its own models.toml keys and their types (`parse` validates an
+  alias's table and returns the `ModelSpec` fields; a key of another backend is an
+  error naming that backend);
+* `capabilities_of(spec)`: what it can give (`Capabilities`), so that every refusal
+  happens before stdin is read or anything loads, naming the missing capability;
+* `runtime_for(spec, options)`: the validated runtime (local: device, dtype, threads,
+  quantization) or None;
+* `describe(spec)`: what `models list|show` print of the alias;
+* `open(spec, registry, reporter, runtime)`: the opened backend.
+
+An opened backend has `spec`, `context_window`, `generation_config` (its generation
+defaults; {} where the server applies its own), `capabilities`, and does: `count`
+(the prompt token ids of packed messages, the model's own chat template where it
+can), `stream` (a `Generation` for packed messages with decoding settings and
+views), `check` (refuses settings and views it cannot honour, naming the missing
+capability), `invalidate` (forget its prompt cache), `token_text`, `prompt_text`
+(what the model is given, for /prompt), `attention` (the answer's attention per
+turn: internals only), `reused` (prompt tokens the last answer did not recompute),
+`approximate` (token counts are estimates) and `implementation` (which code runs;
+`implementation_name` and `implementation_note` split it for --json).
+
+Knows nothing about the terminal, the CLI or a particular backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from chatcli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can give; each field is named in the refusal when it is missing."""
+
+    token_ids: bool = False  # answers as the model's vocabulary ids (--json token_ids)
+    internals: bool = False  # logits and attention (--show-beams, --explain-context)
+    any_strategy: bool = False  # runs every strategy, plugins included (it picks tokens)
+    beam: bool = False  # strategies that keep several hypotheses
+    max_candidates: int | None = None  # --show-candidates K up to this (None: no limit)
+    constrained: bool = False  # constrained decoding (a logits mask per step)
+    kv_reuse: bool = False  # keeps the prompt's KV cache between turns
+    exact_count: bool = True  # counts prompt tokens with the model's own tokenizer
+
+
+@dataclass(frozen=True)
+class Views:
+    """What the user asked to see of an answer besides its text."""
+
+    candidates: int | None = None  # top-K candidates per step (None: off)
+    trace_beams: bool = False  # the beams beam search pruned (--show-beams)
+    internals: str | None = None  # a flag that reads the model's internals, e.g. --show-beams
+
+
+def missing(spec: Any, capability: str, what: str, hint: str) -> UsageError:
+    """The refusal for `what` on `spec`'s backend, naming the missing `capability`."""
+    return UsageError(f"{what} ('{spec.alias or spec.base_url}' lacks the capability "
+                      f"'{capability}')", hint)
+
+
+class Backend(Protocol):
+    name: ClassVar[str]
+    spec: Any  # chatcli.registry.ModelSpec
+    context_window: int
+    generation_config: dict[str, Any]
+    capabilities: Capabilities
+    implementation: str  # "native", "transformers (why native was not possible)", "remote"
+    implementation_name: str  # "native", "transformers", "remote"
+    implementation_note: str  # why not native ("" when it is, or on a server)
+
+    def count(self, messages: list[Any]) -> list[int]: ...
+
+    def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views) -> Any: ...
+
+    def check(self, settings: Any, views: Views) -> None: ...
+
+    def invalidate(self) -> None: ...
+
+    def token_text(self, token_id: int) -> str: ...
+
+    def prompt_text(self, messages: list[Any]) -> tuple[str, str | None]: ...
+
+    def attention(self, packed: Any, answer_ids: list[int]) -> Any: ...
+
+    @property
+    def reused(self) -> int: ...
+
+    @property
+    def approximate(self) -> bool: ...

