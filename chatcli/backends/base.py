@@ -58,10 +58,48 @@ class Views:
     internals: str | None = None  # a flag that reads the model's internals, e.g. --show-beams
 
 
-def missing(spec: Any, capability: str, what: str, hint: str) -> UsageError:
-    """The refusal for `what` on `spec`'s backend, naming the missing `capability`."""
-    return UsageError(f"{what} ('{spec.alias or spec.base_url}' lacks the capability "
-                      f"'{capability}')", hint)
+def _name(spec: Any) -> str:
+    return str(spec.alias or getattr(spec, "base_url", None) or spec.backend)
+
+
+def check_capabilities(spec: Any, caps: Capabilities, views: Views,
+                       settings: Any = None) -> None:
+    """The generic refusals of what `caps` lacks, each naming the missing capability:
+    a view of the model's internals, candidates (more than `max_candidates`), and with
+    `settings` a strategy the backend cannot run. A backend with its own wording (the
+    openai backend's server profiles) refuses before this is reached."""
+    where = f"'{_name(spec)}' (backend {spec.backend})"
+    if views.internals and not caps.internals:
+        raise UsageError(f"{views.internals} needs the capability 'internals', which {where} "
+                         "lacks", "use a local model (-m)")
+    k, most = views.candidates, caps.max_candidates
+    if k and most is not None and k > most:
+        if most == 0:
+            raise UsageError(f"--show-candidates needs the capability 'candidates', which "
+                             f"{where} lacks", "drop --show-candidates, or use a local model")
+        raise UsageError(f"--show-candidates {k}: {where} gives at most {most} candidates "
+                         "per token", f"use --show-candidates {most} or less")
+    if settings is not None:
+        needs = strategy_needs(settings)
+        for capability in needs:
+            if not getattr(caps, capability):
+                raise UsageError(f"strategy '{settings.strategy}' needs the capability "
+                                 f"'{capability}', which {where} lacks",
+                                 "choose another strategy (-S), or use a local model (-m)")
+
+
+def strategy_needs(settings: Any) -> list[str]:
+    """The backend capabilities the strategy of `settings` needs."""
+    from chatcli.decoding.base import capabilities_of
+    from chatcli.decoding.registry import strategy_registry
+
+    caps = capabilities_of(strategy_registry().get(settings.strategy))
+    needs = []
+    if caps.remote is None:
+        needs.append("any_strategy")  # it picks tokens itself: the backend must run it
+    if caps.hypotheses:
+        needs.append("beam")
+    return needs
 
 
 class Backend(Protocol):

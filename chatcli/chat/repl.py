@@ -37,7 +37,7 @@ def answer(ctx: ChatContext) -> None:
         ui.error(exc.message, exc.hint)
         return
     except KeyboardInterrupt as exc:
-        session.cache.invalidate()
+        session.backend.invalidate()
         if ended_by_signal(exc):
             raise
         ui.warn("answer interrupted before it began; your message is kept")
@@ -85,7 +85,7 @@ def check_room(session: ChatSession) -> None:
     The smallest prompt is the system prompt with an empty user message; when it
     does not fit the budget (context window minus max_new_tokens), every turn would fail.
     """
-    window, new = session.loaded.context_window, session.max_new_tokens
+    window, new = session.backend.context_window, session.max_new_tokens
     head = [m for m in session.conversation.messages() if m.role == "system"]
     smallest = len(session.render([*head, Message("user", "")]))
     if smallest + new <= window:
