@@ -69,7 +69,8 @@ def test_remote_alias_keys(tmp_path: Path) -> None:
     ('backend = "openai"\nbase_url = "http://h/v1"\nmodel = "m"\nsource = "hf"\n',
      "[models.srv] 'source' applies to local models, not backend = \"openai\""),
     ('backend = "openai"\nbase_url = "http://h/v1"\nmodel = "m"\nserver = "tgi"\n',
-     "[models.srv] 'server' must be one of generic, openai, vllm, llama.cpp (got 'tgi')"),
+     "[models.srv] 'server' must be one of generic, openai, vllm, llama.cpp, transformers "
+     "(got 'tgi')"),
     ('source = "hf"\nrepo = "o/r"\nbase_url = "http://h/v1"\n',
      "[models.srv] 'base_url' needs backend = \"openai\""),
 ])
@@ -112,11 +113,91 @@ def test_beam_on_vllm() -> None:
 def test_plugin_strategies_run_locally_only() -> None:
     from dataclasses import replace
 
+    from chatcli.decoding.base import DEFAULT_CAPABILITIES
+
     settings = resolve_settings(strategy_registry(), strategy="greedy")
+    # A strategy that declares no capabilities (a plugin's default) has no `Remote`.
+    plugin = replace(settings, strategy="contrastive", capabilities=DEFAULT_CAPABILITIES)
     with pytest.raises(UsageError) as err:
-        params.check(_spec(), replace(settings, strategy="contrastive"))
-    assert err.value.message == ("strategy 'contrastive' chooses tokens itself, so it runs on "
-                                 "local models only ('srv' is served by http://h/v1)")
+        params.check(_spec(), plugin)
+    assert (err.value.message, err.value.hint) == (
+        "strategy 'contrastive' chooses tokens itself, so it runs on local models only ('srv' "
+        "is served by http://h/v1)", "use -S greedy or -S sample, or a local model (-m)")
+    with pytest.raises(UsageError) as err:
+        params.check(_spec("vllm"), plugin)
+    assert err.value.hint == "use -S greedy or -S sample or -S beam, or a local model (-m)"
+
+
+def test_the_mapping_asks_the_strategy_not_its_name() -> None:
+    """Renamed, a built-in strategy is sent exactly as before: the request comes from its
+    declared capabilities and parameters."""
+    from dataclasses import replace
+
+    for server, strategy, flags in [("vllm", "beam", {"num_beams": 3}),
+                                    ("llama.cpp", "sample", {"top_k": 5, "seed": 1}),
+                                    ("generic", "greedy", {"stop": ("x",)})]:
+        settings = resolve_settings(strategy_registry(), strategy=strategy, flags=flags)
+        body = params.request_body(_spec(server), settings, [Message("user", "hi")], 16)
+        renamed = replace(settings, strategy="mine")
+        assert params.request_body(_spec(server), renamed, [Message("user", "hi")], 16) == body
+
+
+def test_sample_on_llama_cpp_sends_every_extra_field() -> None:
+    assert _body("llama.cpp", "sample", temperature=0.5, seed=3) == {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16,
+        "temperature": 0.5, "top_p": 1.0, "seed": 3, "top_k": 0, "min_p": 0.0,
+        "repeat_penalty": 1.0, "stream_options": {"include_usage": True}}
+    body = _body("generic", "greedy", stop=("a", "b"), frequency_penalty=0.5,
+                 presence_penalty=-0.5)
+    assert (body["stop"], body["frequency_penalty"], body["presence_penalty"]) == (
+        ["a", "b"], 0.5, -0.5)
+    assert "seed" not in body  # greedy draws nothing
+
+
+# -- the transformers serve profile ----------------------------------------------------------
+def test_transformers_profile_sends_standard_fields_only() -> None:
+    assert _body("transformers", "sample", temperature=0.7, top_p=0.9, seed=5,
+                 stop=("###",)) == {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16,
+        "temperature": 0.7, "top_p": 0.9, "seed": 5, "stop": ["###"]}
+    assert _body("transformers", "greedy")["temperature"] == 0.0
+    # compare's K = 0 (the sequence log-probability) is not asked of a server without it
+    settings = resolve_settings(strategy_registry(), strategy="greedy")
+    body = params.request_body(_spec("transformers"), settings, [Message("user", "hi")], 16,
+                               candidates=0)
+    assert "logprobs" not in body and "top_logprobs" not in body
+
+
+@pytest.mark.parametrize(("strategy", "flags", "candidates", "message", "hint"), [
+    ("sample", {}, 3, "--show-candidates needs per-token log-probabilities, which 'srv' "
+     "(server transformers) does not return", "remove it, or use a local model (-m)"),
+    ("beam", {}, None, "-S beam needs a server with beam search; 'srv' is server "
+     "'transformers'", "set server = \"vllm\" for the alias if it is vLLM, or use a local "
+     "model (-m)"),
+    ("sample", {"top_k": 5}, None, "--top-k cannot be sent to 'srv' (backend openai, server "
+     "transformers)", "remove it, or set server = \"generic\" for the alias if the server "
+     "accepts it"),
+    ("greedy", {"presence_penalty": 0.5}, None, "--presence-penalty cannot be sent to 'srv' "
+     "(backend openai, server transformers)", "remove it, or use a local model (-m)"),
+    ("greedy", {"frequency_penalty": 0.5}, None, "--frequency-penalty cannot be sent to 'srv' "
+     "(backend openai, server transformers)", "remove it, or use a local model (-m)"),
+    ("greedy", {"repetition_penalty": 1.2}, None, "--repetition-penalty cannot be sent to "
+     "'srv' (backend openai, server transformers)", "remove it, or set server = \"generic\" "
+     "for the alias if the server accepts it"),
+])
+def test_transformers_profile_refuses_up_front(strategy: str, flags: dict[str, object],
+                                               candidates: int | None, message: str,
+                                               hint: str) -> None:
+    settings = resolve_settings(strategy_registry(), strategy=strategy, flags=flags)
+    with pytest.raises(UsageError) as err:
+        params.check(_spec("transformers"), settings, candidates)
+    assert (err.value.message, err.value.hint) == (message, hint)
+
+
+def test_profiles_declare_their_capabilities() -> None:
+    assert [name for name, p in params.PROFILES.items() if p.beam] == ["vllm"]
+    assert [name for name, p in params.PROFILES.items() if not p.logprobs] == ["transformers"]
+    assert params.PROFILES["generic"].max_top_logprobs == params.MAX_TOP_LOGPROBS == 20
 
 
 def test_token_estimate() -> None:

@@ -6,7 +6,9 @@ Every command is a row of `COMMANDS` (name, argument synopsis, help, handler);
 an unknown command gets a did-you-mean (and, without one, the `//` escape that
 sends a message starting with "/"). Errors from a command (a bad `/set` value,
 quoted as typed; a missing file; `/prompt` on an empty conversation) are printed
-as one line and the chat goes on.
+as one line and the chat goes on. `/set` takes any parameter of the current
+strategy (plugins' included) or a common one, typed and checked as declared;
+`/candidates` is refused for a strategy without per-token distributions.
 Knows nothing about prompt_toolkit or how answers stream.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.chat.session import ChatSession, DecodingRequest
-from chatcli.decoding.base import ParamError, coerce
+from chatcli.decoding.base import ParamError, coerce, is_list, param_types
 from chatcli.decoding.settings import COMMON_NAMES, CommonParams
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.ui.console import UI
@@ -71,20 +73,18 @@ def _set(ctx: ChatContext, arg: str) -> None:
                                   options=dict(session.request.options))
     strategy_cls = session.strategies.get(session.settings.strategy)
     own = {f.name for f in dataclasses.fields(strategy_cls.Params)}
-    if key in COMMON_NAMES:
-        if key == "stop":
-            request.flags["stop"] = (*request.flags.get("stop", ()), value)
-        elif value == "none":  # back to the model's (or the built-in) default
-            request.flags[key] = None
-        else:
-            request.flags[key] = coerce(CommonParams, key, value, _set_spelling)
-    elif key in own:
-        request.flags[key] = coerce(strategy_cls.Params, key, value, _set_spelling)
-    else:
+    owner = CommonParams if key in COMMON_NAMES else strategy_cls.Params if key in own else None
+    if owner is None:
         users = session.strategies.users_of(key)
         hint = f"use /strategy {users[0]} first" if users else "see 'chatcli strategies'"
         raise UsageError(f"/set {key}: strategy '{session.settings.strategy}' has no "
                          f"parameter '{key}'", hint)
+    if is_list(param_types(owner)[key]):  # each /set adds one (e.g. another stop string)
+        request.flags[key] = (*request.flags.get(key, ()), value)
+    elif owner is CommonParams and value == "none":  # back to the model's (or built-in) default
+        request.flags[key] = None
+    else:
+        request.flags[key] = coerce(owner, key, value, _set_spelling)
     try:
         settings = session.update_request(request)
     except ParamError as exc:
@@ -229,9 +229,13 @@ def _candidates(ctx: ChatContext, arg: str) -> None:
     if not value.isdigit():
         raise UsageError(f"/candidates {value}: expected a number", "e.g. /candidates 5 (0: off)")
     k = int(value)
-    if k and ctx.session.settings.strategy == "beam":
-        raise UsageError("/candidates shows token-by-token choices; beam search scores whole "
-                         "sequences", "switch with /strategy greedy or /strategy sample")
+    settings = ctx.session.settings
+    if k and not settings.capabilities.distributions:  # what the strategy can show
+        takers = ctx.session.strategies.with_capability(lambda c: c.distributions)
+        why = settings.capabilities.note or f"strategy '{settings.strategy}' has no per-token " \
+            "distributions"
+        raise UsageError(f"/candidates shows token-by-token choices; {why}",
+                         "switch with " + " or ".join(f"/strategy {n}" for n in takers))
     ctx.session.candidates = k or None
     ctx.ui.notify(f"candidates = {k}" + (" (off)" if not k else ""))
 

@@ -2,11 +2,15 @@
 
 Parses options, gathers the prompt (piped stdin first, then the argument), loads
 the model, resolves the decoding settings and hands the stream of events to the
-UI. Knows nothing about how tokens are chosen.
+UI. What it shows must suit the strategy, which says what it can do (per-token
+distributions for --show-candidates, several hypotheses for --show-beams); a strategy
+that does not stream shows a spinner on a terminal until its answer comes. Knows
+nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -17,31 +21,16 @@ from chatcli.cli.options import (
     DeviceOpt,
     DtypeOpt,
     ExplainContextOpt,
-    FrequencyPenaltyOpt,
     JsonOpt,
-    LengthPenaltyOpt,
-    MaxNewTokensOpt,
-    MinPOpt,
     ModelOpt,
     ModelsFileOpt,
-    NoRepeatNgramOpt,
-    NumBeamsOpt,
-    OptionOpt,
-    PresencePenaltyOpt,
     QuantizeOpt,
-    RepetitionPenaltyOpt,
-    SeedOpt,
     ShowBeamsOpt,
     ShowCandidatesOpt,
     StatsOpt,
-    StopOpt,
-    StrategyOpt,
     SystemOpt,
-    TemperatureOpt,
     ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
-    TypicalPOpt,
+    decoding_options,
 )
 from chatcli.errors import UsageError
 from chatcli.ui.console import UI, read_piped_stdin
@@ -52,28 +41,45 @@ PromptArg = Annotated[
 ]
 
 
+def refuse_views(strategies: Any, settings: Any, show_candidates: int | None,
+                 show_beams: bool) -> None:
+    """What ask shows must suit the strategy: refused, naming what it lacks."""
+    caps, name = settings.capabilities, settings.strategy
+    if show_candidates and not caps.distributions:
+        why = caps.note or f"strategy '{name}' has no per-token distributions"
+        fix = (f"use --show-beams with --strategy {name}" if caps.hypotheses else
+               "use a strategy with per-token distributions, e.g. " + " or ".join(
+                   f"-S {n}" for n in strategies.with_capability(lambda c: c.distributions)))
+        raise UsageError(f"--show-candidates shows token-by-token choices; {why}", fix)
+    if show_beams and not caps.hypotheses:
+        takers = strategies.with_capability(lambda c: c.hypotheses)
+        if not takers:
+            raise UsageError("--show-beams needs a strategy that returns several hypotheses "
+                             f"(the strategy is {name}), and none is installed", "remove it")
+        raise UsageError(f"--show-beams needs --strategy {' or '.join(takers)} (the strategy is "
+                         f"{name})", f"add -S {takers[0]}")
+
+
+def waited(ui: UI, events: Iterable[Any], message: str) -> Iterator[Any]:
+    """`events` of a strategy that answers at the end: a spinner on a terminal until then."""
+    it = iter(events)
+    if ui.err_tty:
+        with ui.busy(message):
+            first = next(it, None)
+        if first is None:
+            return
+        yield first
+    yield from it
+
+
+@decoding_options()
 def ask(
     ctx: typer.Context,
     prompt: PromptArg = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
-    max_new_tokens: MaxNewTokensOpt = None,
-    strategy: StrategyOpt = None,
-    temperature: TemperatureOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    typical_p: TypicalPOpt = None,
-    num_beams: NumBeamsOpt = None,
-    length_penalty: LengthPenaltyOpt = None,
-    repetition_penalty: RepetitionPenaltyOpt = None,
-    frequency_penalty: FrequencyPenaltyOpt = None,
-    presence_penalty: PresencePenaltyOpt = None,
-    no_repeat_ngram_size: NoRepeatNgramOpt = None,
-    seed: SeedOpt = None,
-    stop: StopOpt = None,
-    option: OptionOpt = None,
+    decoding: dict[str, Any] | None = None,
     cont: ContinueOpt = False,
     show_candidates: ShowCandidatesOpt = None,
     show_beams: ShowBeamsOpt = False,
@@ -91,22 +97,17 @@ def ask(
     from chatcli.chat.session import ChatSession
     from chatcli.cli.common import setup
     from chatcli.conversation import Conversation
+    from chatcli.decoding.registry import strategy_registry
     from chatcli.prompt import join_prompt
     from chatcli.store import history_path
     from chatcli.ui.answers import show_spans, stats_line, stream_answer
     from chatcli.ui.candidates import show_table, token_records
 
-    def refuse_views(early: Any) -> None:  # what ask shows must suit the strategy
-        if show_candidates and early.strategy == "beam":
-            raise UsageError("--show-candidates shows token-by-token choices; beam search "
-                             "scores whole sequences", "use --show-beams with --strategy beam")
-        if show_beams and early.strategy != "beam":
-            raise UsageError(f"--show-beams needs --strategy beam (the strategy is "
-                             f"{early.strategy})", "add -S beam")
-
     ui = UI()
     # Flags are validated before stdin is read or anything loads.
-    prep = setup(ui, ctx.params, check=refuse_views, candidates=show_candidates or None,
+    prep = setup(ui, ctx.params, check=lambda early: refuse_views(
+                     strategy_registry(), early, show_candidates, show_beams),
+                 candidates=show_candidates or None,
                  internals="--show-beams" if show_beams else
                  "--explain-context" if explain_context else None)
     text = join_prompt(prompt, read_piped_stdin(ui))
@@ -148,8 +149,12 @@ def ask(
             ui.warn(session.packing_note)
         settings = session.settings
         events: list[Any] = []
+        shown: Iterable[Any] = gen
+        if not settings.capabilities.streams and not json_out:
+            shown = waited(ui, gen, f"{settings.strategy}: the answer comes when the search "
+                           "ends")
         try:
-            stream_answer(ui, gen, events, coloured=session.candidates is not None,
+            stream_answer(ui, shown, events, coloured=session.candidates is not None,
                           quiet=json_out)
         except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
             session.finish_reply(gen, interrupted=True)
@@ -184,11 +189,11 @@ def ask(
             },
         }
         if gen.hypotheses:
-            out["hypotheses"] = gen.hypotheses
+            out["hypotheses"] = [h.as_dict() for h in gen.hypotheses]
         if session.candidates is not None:
             out["tokens"] = token_records(events, token_text)
         if show_beams:
-            out["pruned_beams"] = gen.pruned
+            out["pruned_beams"] = [b.as_dict() for b in gen.pruned]
         if spans is not None:
             out["context_attention"] = [
                 {"span": s.label, "message": s.index, "tokens": s.end - s.start,
@@ -197,10 +202,10 @@ def ask(
         ui.print_json(out)
     elif session.candidates is not None:
         show_table(ui, events, token_text)
-    elif show_beams:
+    elif show_beams and gen.search is not None:
         from chatcli.ui.beams import show_beams as show_beam_tree
 
-        show_beam_tree(ui, settings.params, gen.hypotheses, gen.pruned)
+        show_beam_tree(ui, gen.search.title, gen.search.score, gen.hypotheses, gen.pruned)
     if spans is not None and not json_out:
         show_spans(ui, spans)
     if stats:

@@ -1,10 +1,12 @@
 """`chatcli compare`: run several decoding strategies on the same prompt, side by side.
 
 Wiring only: parses `-S NAME[:key=value,...]` (repeatable; any parameter of the
-strategy or a common one, errors quoted as `-S NAME:key=value`), gathers the
-prompt like `ask` (piped stdin first), packs it once (leaving room for the most
-new tokens any strategy may generate), runs each strategy on the same prompt
-ids and hands the results to the UI. Knows nothing about how tokens are chosen.
+strategy or a common one, errors quoted as `-S NAME:key=value`) and the common
+parameters' flags (applied to every strategy), gathers the prompt like `ask` (piped
+stdin first), packs it once (leaving room for the most new tokens any strategy may
+generate), runs each strategy on the same prompt ids and hands the results to the
+UI. Without -S it compares the built-in strategies the alias's backend can run.
+Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ from chatcli.cli.options import (
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
-    MaxNewTokensOpt,
     ModelOpt,
     ModelsFileOpt,
     QuantizeOpt,
-    SeedOpt,
     SystemOpt,
     ThreadsOpt,
+    decoding_options,
 )
 from chatcli.decoding.base import Spelling
 from chatcli.errors import ContextOverflowError, UsageError
@@ -70,6 +71,22 @@ def divergence(first: list[int], other: list[int]) -> int | None:
     return None if len(first) == len(other) else min(len(first), len(other)) + 1
 
 
+def runnable(spec: Any, name: str) -> bool:
+    """Whether the alias's backend can run strategy `name` (at its defaults)."""
+    from chatcli.backends.base import Views
+    from chatcli.cli.common import check_settings
+    from chatcli.decoding.registry import strategy_registry
+    from chatcli.decoding.settings import resolve_settings
+
+    try:
+        settings = resolve_settings(strategy_registry(), strategy=name)
+        check_settings(spec, settings, Views(candidates=0))
+    except UsageError:
+        return False
+    return True
+
+
+@decoding_options(strategies=False, strategy=False, option=False)
 def compare(
     ctx: typer.Context,
     prompt: PromptArg = None,
@@ -77,8 +94,7 @@ def compare(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
-    max_new_tokens: MaxNewTokensOpt = None,
-    seed: SeedOpt = None,
+    decoding: dict[str, Any] | None = None,
     json_out: JsonOpt = False,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
@@ -88,18 +104,19 @@ def compare(
 ) -> None:
     """Answer one prompt with several strategies and show the answers side by side.
 
-    Default strategies: greedy, sample and beam (beam only where the model can run it:
-    locally, or on a server with beam search)."""
+    Default strategies: the built-in ones the model can run (greedy, sample and beam
+    locally; beam on a server only where it has beam search)."""
     from chatcli.cli.common import Request, setup
+    from chatcli.cli.options import decoding_request
+    from chatcli.decoding.registry import strategy_registry
     from chatcli.prompt import join_prompt
-    from chatcli.remote.params import PROFILES
 
-    flags: dict[str, Any] = {"seed": seed, "max_new_tokens": max_new_tokens}
+    _, flags, _ = decoding_request(decoding or {})
 
     def requests(spec: Any) -> list[Request]:
-        default = ["greedy", "sample"]
-        if not spec.is_remote or PROFILES[spec.server].beam:
-            default.append("beam")
+        registry = strategy_registry()
+        default = [n for n in registry.names()
+                   if registry.origins[n] == "built-in" and runnable(spec, n)]
         return [Request(name, flags, options, spelling(name))
                 for name, options in map(parse_spec, strategy or default)]
 
@@ -142,8 +159,8 @@ def compare(
         events = list(gen)
         seconds = time.perf_counter() - start
         entropies = [e.candidates.entropy for e in events if e.candidates is not None]
-        # Beam search scores whole sequences: take its best hypothesis' log-prob.
-        logprob = gen.hypotheses[0]["logprob"] if gen.hypotheses else sum(e.logprob for e in events)
+        # A strategy that returns hypotheses scores whole sequences: the best one's log-prob.
+        logprob = gen.hypotheses[0].logprob if gen.hypotheses else sum(e.logprob for e in events)
         if not math.isfinite(logprob):  # a server that returned no logprobs
             logprob = None
         name, options = request.strategy, request.options

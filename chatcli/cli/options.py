@@ -1,13 +1,25 @@
-"""Every shared CLI option, declared once as an `Annotated` alias.
+"""Every shared CLI option, declared once: as an `Annotated` alias, or from its decoding
+parameter's declaration.
 
 Commands reuse these aliases so that a flag has one spelling, one help text and
-one default everywhere. Knows nothing about models or torch.
+one default everywhere. The decoding options are not written here: `decoding_options`
+gives a command one option per parameter that declares a flag (the common ones, then
+the built-in strategies', from `chatcli.decoding.settings.command_line_parameters`),
+with the flag names, help, valid range and default of the declaration, in the
+"Decoding" help panel, in place of the command's `decoding` parameter (which then
+receives their values as a dict). `decoding_request` turns a command's parsed
+parameters into (strategy, flag values, -o options). Knows nothing about models or
+torch (the decoding declarations import no torch).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -25,12 +37,6 @@ BaseUrlOpt = Annotated[
 ]
 SystemOpt = Annotated[
     str | None, typer.Option("--system", "-s", help="System prompt.", show_default=False)
-]
-MaxNewTokensOpt = Annotated[
-    int | None,
-    typer.Option("--max-new-tokens", "-n",
-                 help="Most tokens to generate (default: the alias's, else 512).",
-                 show_default=False),
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")
@@ -77,59 +83,6 @@ StrategyOpt = Annotated[
     typer.Option("--strategy", "-S", help="Decoding strategy: greedy, sample, beam or a plugin "
                  "('chatcli strategies' lists them).", show_default=False, rich_help_panel=_D),
 ]
-TemperatureOpt = Annotated[
-    float | None,
-    typer.Option("--temperature", "-t", help="sample: divide logits by this.", show_default=False,
-                 rich_help_panel=_D),
-]
-TopKOpt = Annotated[
-    int | None, typer.Option("--top-k", help="sample: keep the k most likely tokens.",
-                             show_default=False, rich_help_panel=_D)
-]
-TopPOpt = Annotated[
-    float | None, typer.Option("--top-p", help="sample: nucleus probability mass.",
-                               show_default=False, rich_help_panel=_D)
-]
-MinPOpt = Annotated[
-    float | None, typer.Option("--min-p", help="sample: drop tokens below min-p x top prob.",
-                               show_default=False, rich_help_panel=_D)
-]
-TypicalPOpt = Annotated[
-    float | None, typer.Option("--typical-p", help="sample: locally typical mass.",
-                               show_default=False, rich_help_panel=_D)
-]
-NumBeamsOpt = Annotated[
-    int | None, typer.Option("--num-beams", help="beam: hypotheses kept per step.",
-                             show_default=False, rich_help_panel=_D)
-]
-LengthPenaltyOpt = Annotated[
-    float | None, typer.Option("--length-penalty", help="beam: score / length^this.",
-                               show_default=False, rich_help_panel=_D)
-]
-RepetitionPenaltyOpt = Annotated[
-    float | None, typer.Option("--repetition-penalty", help="Any strategy: penalise seen tokens.",
-                               show_default=False, rich_help_panel=_D)
-]
-FrequencyPenaltyOpt = Annotated[
-    float | None, typer.Option("--frequency-penalty", help="Any strategy: -x per repeat.",
-                               show_default=False, rich_help_panel=_D)
-]
-PresencePenaltyOpt = Annotated[
-    float | None, typer.Option("--presence-penalty", help="Any strategy: -x once used.",
-                               show_default=False, rich_help_panel=_D)
-]
-NoRepeatNgramOpt = Annotated[
-    int | None, typer.Option("--no-repeat-ngram-size", help="Any strategy: ban repeated n-grams.",
-                             show_default=False, rich_help_panel=_D)
-]
-SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Random seed: a fixed seed reproduces the answer.",
-                             show_default=False, rich_help_panel=_D)
-]
-StopOpt = Annotated[
-    list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable; not printed).",
-                                   show_default=False, rich_help_panel=_D)
-]
 OptionOpt = Annotated[
     list[str] | None, typer.Option("--option", "-o", metavar="KEY=VALUE",
                                    help="A strategy parameter without its own flag "
@@ -137,12 +90,85 @@ OptionOpt = Annotated[
                                    rich_help_panel=_D)
 ]
 
-# Parameter names of the decoding flags above (the command's parameter names).
-DECODING_FLAGS = (
-    "temperature", "top_k", "top_p", "min_p", "typical_p", "num_beams", "length_penalty",
-    "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
-    "seed", "stop", "max_new_tokens",
-)
+
+def _flagged() -> list[Any]:
+    from chatcli.decoding.settings import command_line_parameters
+
+    return command_line_parameters()
+
+
+def _help(flagged: Any) -> str:
+    """An option's help, from its declaration: who takes it, what it does, its range and
+    default."""
+    from chatcli.decoding.base import is_list
+
+    d = flagged.param
+    who = ", ".join(flagged.owners) if flagged.owners else "Any strategy"
+    text = f"{who}: {d.help}."
+    details = [d.valid.text] if d.valid else []
+    if is_list(d.kind):
+        details.append("repeatable")
+    if d.default not in (None, ()):
+        shown = str(d.default).lower() if isinstance(d.default, bool) else str(d.default)
+        details.append(f"default: the alias's, else {shown}")
+    if details:
+        more = "; ".join(details)
+        text += f" {more[0].upper()}{more[1:]}."
+    return text
+
+
+def _annotation(flagged: Any) -> Any:
+    from chatcli.decoding.base import is_list, unwrap_optional
+
+    d = flagged.param
+    kind = list[str] if is_list(d.kind) else unwrap_optional(d.kind)
+    names = [d.flag, *([d.short] if d.short else [])]
+    return Annotated[kind | None, typer.Option(*names, help=_help(flagged), show_default=False,
+                                               rich_help_panel=_D)]
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def decoding_options(*, strategies: bool = True, strategy: bool = True,
+                     option: bool = True) -> Callable[[Command], Command]:
+    """Give a command its decoding options in place of its `decoding` parameter.
+
+    The options are `--strategy/-S` (unless `strategy=False`), one per common
+    parameter with a flag, one per built-in strategy parameter with a flag (unless
+    `strategies=False`) and `--option/-o` (unless `option=False`). Typer reads the
+    command's signature and type hints, so both are rewritten; the command receives
+    `decoding`, a dict of the values given to them (None when not given).
+    """
+
+    def wrap(fn: Command) -> Command:
+        added: list[tuple[str, Any]] = [("strategy", StrategyOpt)] if strategy else []
+        added += [(f.param.name, _annotation(f)) for f in _flagged()
+                  if strategies or not f.owners]
+        if option:
+            added.append(("option", OptionOpt))
+        names = [name for name, _ in added]
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params: list[inspect.Parameter] = []
+        for p in inspect.signature(fn).parameters.values():
+            if p.name == "decoding":
+                params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                             default=None, annotation=a) for n, a in added]
+            else:
+                params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+        if len(params) == len(inspect.signature(fn).parameters):
+            raise TypeError(f"{fn.__name__} has no `decoding` parameter to put the options in")
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return fn(*args, decoding=values, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return typing.cast(Command, command)
+
+    return wrap
 
 
 def decoding_request(params: dict[str, object]) -> tuple[str | None, dict[str, object],
@@ -150,9 +176,11 @@ def decoding_request(params: dict[str, object]) -> tuple[str | None, dict[str, o
     """(strategy, flag values, -o options) from a command's parsed parameters."""
     from chatcli.errors import UsageError
 
-    flags = {k: params.get(k) for k in DECODING_FLAGS if params.get(k) not in (None, [])}
-    if "stop" in flags:
-        flags["stop"] = tuple(flags["stop"])  # type: ignore[arg-type]
+    flags: dict[str, object] = {}
+    for f in _flagged():
+        value = params.get(f.param.name)
+        if value not in (None, []):
+            flags[f.param.name] = tuple(value) if isinstance(value, list) else value
     options: dict[str, str] = {}
     for item in params.get("option") or []:  # type: ignore[union-attr]
         key, sep, value = str(item).partition("=")
@@ -161,6 +189,7 @@ def decoding_request(params: dict[str, object]) -> tuple[str | None, dict[str, o
         options[key.strip()] = value
     strategy = params.get("strategy")
     return (str(strategy) if strategy else None), flags, options
+
 
 ContinueOpt = Annotated[
     bool, typer.Option("--continue", "-c", help="Continue the latest saved conversation.")

@@ -1,32 +1,51 @@
-"""What a decoding strategy is, and what it is given.
+"""What a decoding strategy is, what it declares, what it is given and what it returns.
 
 Contract: a strategy is a class with a `name`, a one-line docstring (shown by
-`chatcli strategies`), a `Params` dataclass whose constructor validates every
-value (the message names the parameter, its flag and the valid range), and a
-`decode(lm, prompt_ids, params, ctx)` method that yields one `TokenStep` per
-generated token; the last one carries the finish reason ("stop" at an EOS id,
-"length" at the token limit). Strategies that do not stream (beam search) yield
-their best sequence at the end and put the rest in `ctx.extras`.
+`chatcli strategies`), a `Params` dataclass and a `decode(lm, prompt_ids, params, ctx)`
+method that yields one `TokenStep` per generated token; the last one carries the
+finish reason ("stop" at an EOS id, "length" at the token limit). A strategy that
+returns several hypotheses puts the typed `Hypotheses` it found on the first step
+yielded once they are known (beam search: its first step).
+
+Parameters are declared once, with `param(default, help, flag, short=, valid=, off=,
+request=)` on the `Params` dataclass, derived from `StrategyParams` so that its
+constructor validates every declared range (cross-field checks stay in
+`__post_init__`, after `super().__post_init__()`, with `check`). Everything else
+reads the declaration (`declared(cls)`): the command-line flags of ask/chat/compare
+(built-in strategies and the common parameters), `-o`, `/set`, `compare -S`,
+models.toml [defaults], `chatcli strategies`, and the request field a server is
+sent. A bad value raises `ParamError` whose message names the parameter, its flag
+and the valid range.
+
+A strategy declares what it can do with `capabilities` (a `Capabilities`): whether it
+streams tokens as it chooses them, has per-token distributions (--show-candidates),
+returns several hypotheses (--show-beams), and how it runs on an OpenAI-compatible
+server (`Remote`: fixed request fields, parameters always sent, the seed, server
+features it needs). Without the attribute a strategy gets `DEFAULT_CAPABILITIES`: a
+token-by-token strategy (as `chatcli.decoding.loop.token_loop` makes) that runs on
+local models only. Callers ask `capabilities_of(cls)`, never a strategy's name.
 
 `DecodeContext` carries what every strategy shares: limits, EOS ids, the logit
-processors (penalties) and a seeded random generator.
+processors (penalties), a seeded random generator, and what the caller asks to see
+(top-K candidates, the beams a search pruned).
 
 Parameter types: `coerce` turns a typed-in string into a parameter's declared type
 (int, float, bool, str, `bool | str`, a tuple of str, any of them `| None`),
 `convert` checks a value read from a file; `check` raises `ParamError` (out of
 range), which says which parameter so that callers can name where it was written.
 
-This module knows nothing about tokenization, text or the terminal.
+This module knows nothing about tokenization, text, the terminal or servers' HTTP.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import operator
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -47,11 +66,41 @@ class Candidates:
 
 
 @dataclass(frozen=True)
+class Hypothesis:
+    """One finished sequence of a strategy that returns several."""
+
+    token_ids: list[int]  # generated tokens only (includes the final EOS id if it ended with one)
+    score: float  # what the strategy ranks by (beam: length-normalised, as sequences_scores)
+    logprob: float  # sum of the log-probabilities of the generated tokens (un-normalised)
+    finished: bool  # ended with an EOS id (False: hit the token limit)
+
+
+@dataclass(frozen=True)
+class PrunedBeam:
+    """A partial sequence a search dropped (recorded when `DecodeContext.trace` is set)."""
+
+    token_ids: list[int]  # its generated tokens when it left the search
+    score: float  # its running (un-normalised) score then
+    step: int  # the generation step (1-based) at which no continuation of it survived
+
+
+@dataclass(frozen=True)
+class Hypotheses:
+    """What a strategy that returns several hypotheses found, on one of its `TokenStep`s."""
+
+    ranked: list[Hypothesis]  # best first; the first one is the answer the steps spelled
+    pruned: list[PrunedBeam] = field(default_factory=list)  # only with `DecodeContext.trace`
+    title: str = ""  # how they were found, e.g. "beam search: 4 beams, length penalty 1.0, ..."
+    score: str = ""  # what a score is, e.g. "log-prob / length^1.0"
+
+
+@dataclass(frozen=True)
 class TokenStep:
     token_id: int
-    logprob: float  # log-probability under the model's raw distribution
+    logprob: float  # log-probability under the model's raw distribution (nan: not kept)
     finish_reason: str | None = None
     candidates: Candidates | None = None
+    hypotheses: Hypotheses | None = None  # once known, from a strategy that returns several
 
 
 @dataclass
@@ -61,27 +110,180 @@ class DecodeContext:
     processors: Sequence[Processor] = ()
     generator: Any = None  # torch.Generator, seeded
     pad_id: int | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     candidates: int | None = None  # K: record the top-K candidates at every step (None: off)
+    trace: bool = False  # record what a search pruned (`Hypotheses.pruned`)
+
+
+# -- what a strategy can do -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class NoParams:
-    """This strategy takes no parameters."""
+class Remote:
+    """How a strategy runs on an OpenAI-compatible server (`chatcli.remote.params` maps it).
+
+    The request carries `fixed` fields as they are, the strategy's own parameters named in
+    `always` even at their default (the server's own default may differ), every other
+    parameter with a `request` field only when it is not off, and the run's seed when
+    `seed`. `needs` names server features the strategy cannot run without.
+    """
+
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 0.0}
+    always: tuple[str, ...] = ()  # own parameters sent even when off, e.g. ("temperature",)
+    seed: bool = False  # send the seed of the run (recorded in the history)
+    needs: tuple[str, ...] = ()  # server features, e.g. ("beam_search",)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy can do; callers ask this, never the strategy's name."""
+
+    streams: bool = True  # yields each token as it is chosen (False: all of them at the end)
+    distributions: bool = True  # per-token distributions (--show-candidates, /candidates)
+    hypotheses: bool = False  # returns several hypotheses (--show-beams, "hypotheses" in --json)
+    remote: Remote | None = None  # how it runs on a server (None: local models only)
+    # What it does instead of what it lacks, for refusals: "beam search scores whole sequences".
+    note: str = ""
+    # Whether a model's generation_config.json asks for this strategy (None: never).
+    implied_by: Callable[[Mapping[str, Any]], bool] | None = None
+
+
+# A plugin strategy without `capabilities`: token by token with distributions, local only.
+DEFAULT_CAPABILITIES = Capabilities()
+
+
+def capabilities_of(cls: type) -> Capabilities:
+    """What strategy class `cls` declares it can do (`DEFAULT_CAPABILITIES` when silent)."""
+    caps = getattr(cls, "capabilities", DEFAULT_CAPABILITIES)
+    if not isinstance(caps, Capabilities):
+        raise ValueError(f"strategy '{getattr(cls, 'name', cls)}': `capabilities` must be a "
+                         "chatcli.decoding.base.Capabilities")
+    return caps
 
 
 class Strategy(Protocol):
     name: ClassVar[str]
     Params: ClassVar[type]
+    # Optional: capabilities: ClassVar[Capabilities] (see `capabilities_of`).
 
     def decode(
         self, lm: LanguageModel, prompt_ids: list[int], params: Any, ctx: DecodeContext
     ) -> Iterator[TokenStep]: ...
 
 
-def param(default: Any, help: str, flag: str | None = None) -> Any:
-    """A dataclass field with the help text (and CLI flag) shown by `chatcli strategies`."""
-    return field(default=default, metadata={"help": help, "flag": flag})
+# -- declaring parameters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Valid:
+    """A parameter's valid values: `text` as error messages say it ("in (0, 1]"), `test`."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def above(lo: float) -> Valid:
+    """A finite number > lo."""
+    return Valid(f"a number > {_num(lo)}", lambda v: math.isfinite(v) and v > lo)
+
+
+def at_least(lo: int) -> Valid:
+    """An integer >= lo."""
+    return Valid(f"an integer >= {lo}", lambda v: v >= lo)
+
+
+def interval(lo: float, hi: float, ends: str = "[]") -> Valid:
+    """A number between lo and hi; `ends` says which ends are included: "[]", "(]", "[)"."""
+    low = (lambda v: v >= lo) if ends[0] == "[" else (lambda v: v > lo)
+    high = (lambda v: v <= hi) if ends[1] == "]" else (lambda v: v < hi)
+    return Valid(f"in {ends[0]}{_num(lo)}, {_num(hi)}{ends[1]}", lambda v: low(v) and high(v))
+
+
+def finite() -> Valid:
+    return Valid("a finite number", math.isfinite)
+
+
+def param(default: Any, help: str, flag: str | None = None, *, short: str | None = None,
+          valid: Valid | None = None, off: Any = dataclasses.MISSING,
+          request: str | None = None) -> Any:
+    """A strategy parameter, declared once.
+
+    `help` is shown by `chatcli strategies` and `--help`; `flag` (and `short`) make it
+    an option of ask, chat and compare (built-in strategies and common parameters only:
+    a plugin's parameters are set with `-o NAME=VALUE`); `valid` is checked by the
+    constructor of a `Params` subclass (None, for an optional parameter, always passes;
+    a tuple is checked item by item); `off` is the value that leaves decoding unchanged
+    (default: `default`); `request` is the field of a chat-completions request that
+    carries it to a server (None: it cannot be sent, and is refused there unless off).
+    """
+    meta = {"help": help, "flag": flag, "short": short, "valid": valid,
+            "off": default if off is dataclasses.MISSING else off, "request": request}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One parameter as its `param(...)` declares it."""
+
+    name: str
+    kind: Any  # its declared type
+    default: Any
+    help: str
+    flag: str | None  # its long option, e.g. "--temperature" (None: set with -o)
+    short: str | None  # e.g. "-t"
+    valid: Valid | None
+    off: Any
+    request: str | None  # its chat-completions request field, e.g. "top_k"
+
+    @property
+    def spelled(self) -> str:
+        """How the user sets it: its flag, else `-o NAME`."""
+        return self.flag or f"-o {self.name}"
+
+
+def declared(cls: type) -> list[Declared]:
+    """The parameters of a `Params` dataclass, in declaration order."""
+    kinds = param_types(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        default = None if f.default is dataclasses.MISSING else f.default
+        out.append(Declared(f.name, kinds[f.name], default, str(m.get("help", "")),
+                            m.get("flag"), m.get("short"), m.get("valid"),
+                            m.get("off", default), m.get("request")))
+    return out
+
+
+def validate(params: Any) -> None:
+    """Check every declared `valid=` of a Params instance, in declaration order."""
+    cls = type(params)
+    for f in dataclasses.fields(cls):
+        valid: Valid | None = f.metadata.get("valid")
+        value = getattr(params, f.name)
+        if valid is None or value is None:
+            continue
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            check(valid.test(item), cls, f.name, valid.text, item)
+
+
+class StrategyParams:
+    """Base of a strategy's parameter dataclass: its constructor checks every `valid=`.
+
+    A subclass with cross-field checks overrides `__post_init__`, calls
+    `super().__post_init__()` first, then `check(...)`.
+    """
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class NoParams(StrategyParams):
+    """This strategy takes no parameters."""
 
 
 def flag_of(name: str, f: dataclasses.Field[Any] | None = None) -> str:
@@ -138,6 +340,16 @@ def _optional(kind: Any) -> tuple[Any, bool]:
 
 def _is_list(kind: Any) -> bool:
     return typing.get_origin(kind) in (tuple, list)
+
+
+def unwrap_optional(kind: Any) -> Any:
+    """`X | None` -> X; any other type unchanged."""
+    return _optional(kind)[0]
+
+
+def is_list(kind: Any) -> bool:
+    """Whether a declared type is a tuple or list (of str), optional or not."""
+    return _is_list(_optional(kind)[0])
 
 
 def type_name(kind: Any) -> str:

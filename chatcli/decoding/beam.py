@@ -23,25 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatcli.decoding.base import Processor
+from chatcli.decoding.base import Hypothesis, Processor, PrunedBeam
 from chatcli.lm.base import LanguageModel
 
 _NEG = -1.0e9  # transformers' "impossible" score
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    token_ids: list[int]  # generated tokens only (includes the final EOS id if it ended with one)
-    score: float  # length-normalised score, as transformers' sequences_scores
-    logprob: float  # sum of the log-probabilities of the generated tokens (un-normalised)
-    finished: bool  # ended with an EOS id (False: hit the token limit)
-
-
-@dataclass(frozen=True)
-class PrunedBeam:
-    token_ids: list[int]  # the beam's generated tokens when it left the search
-    score: float  # its running (un-normalised) score then
-    step: int  # the generation step (1-based) at which no continuation of it survived
 
 
 @dataclass

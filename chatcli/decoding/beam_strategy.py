@@ -1,44 +1,59 @@
 """The `beam` strategy: `chatcli.decoding.beam.beam_search` behind the Strategy interface.
 
-Beam search does not stream: the best hypothesis is yielded when the search ends,
-and all returned hypotheses (with scores) and pruned beams go to `ctx.extras`.
+Beam search does not stream: the best hypothesis is yielded when the search ends, and
+its first step carries every returned hypothesis (with scores) and, when the context
+asks for a trace, the pruned beams, as a typed `Hypotheses` (so a caller that stops
+early at a stop string has them too). It has no per-token
+distributions; on a server it needs beam search (vLLM's `use_beam_search`, `n`).
+A model's generation_config.json asks for it with `num_beams > 1` and no sampling.
 Knows nothing about text or the CLI.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from chatcli.decoding.base import DecodeContext, TokenStep, check, param
+from chatcli.decoding.base import (
+    Capabilities,
+    DecodeContext,
+    Hypotheses,
+    Remote,
+    StrategyParams,
+    TokenStep,
+    Valid,
+    at_least,
+    check,
+    finite,
+    param,
+)
 from chatcli.decoding.beam import beam_search
 from chatcli.lm.base import LanguageModel
 
 
 @dataclass(frozen=True)
-class BeamParams:
-    num_beams: int = param(4, "hypotheses kept at each step", "--num-beams")
+class BeamParams(StrategyParams):
+    num_beams: int = param(4, "hypotheses kept at each step", "--num-beams",
+                           valid=at_least(2), request="n")
     length_penalty: float = param(
-        1.0, "score / length^this; > 0 favours longer answers", "--length-penalty"
-    )
+        1.0, "score / length^this; > 0 favours longer answers", "--length-penalty",
+        valid=finite(), request="length_penalty")
     early_stopping: bool | str = param(
-        False, "true: stop at num_beams finished; false: stop when no better one can appear; never"
-    )
+        False, "true: stop at num_beams finished; false: stop when no better one can appear; never",
+        valid=Valid("true, false or never", lambda v: isinstance(v, bool) or v == "never"))
     num_return_sequences: int = param(1, "hypotheses returned (the best is printed)")
 
     def __post_init__(self) -> None:
-        cls = type(self)
-        check(self.num_beams >= 2, cls, "num_beams", "an integer >= 2", self.num_beams)
-        lp = self.length_penalty
-        check(math.isfinite(lp), cls, "length_penalty", "a finite number", lp)
-        es = self.early_stopping
-        check(isinstance(es, bool) or es == "never", cls, "early_stopping",
-              "true, false or never", es)
+        super().__post_init__()
         n = self.num_return_sequences
-        check(1 <= n <= self.num_beams, cls, "num_return_sequences",
+        check(1 <= n <= self.num_beams, type(self), "num_return_sequences",
               f"in [1, num_beams={self.num_beams}]", n)
+
+
+def _implied(config: Mapping[str, Any]) -> bool:
+    return int(config.get("num_beams") or 1) > 1 and not config.get("do_sample")
 
 
 class Beam:
@@ -46,6 +61,12 @@ class Beam:
 
     name: ClassVar[str] = "beam"
     Params: ClassVar[type] = BeamParams
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streams=False, distributions=False, hypotheses=True,
+        remote=Remote(fixed={"use_beam_search": True, "temperature": 0.0},
+                      always=("num_beams", "length_penalty"), needs=("beam_search",)),
+        note="beam search scores whole sequences", implied_by=_implied,
+    )
 
     def decode(
         self, lm: LanguageModel, prompt_ids: list[int], params: Any, ctx: DecodeContext
@@ -57,13 +78,17 @@ class Beam:
             eos_ids=ctx.eos_ids, length_penalty=params.length_penalty,
             early_stopping=params.early_stopping,
             num_return_sequences=params.num_return_sequences, processors=ctx.processors,
-            trace=bool(ctx.extras.get("trace")), pad_id=ctx.pad_id,
+            trace=ctx.trace, pad_id=ctx.pad_id,
         )
-        ctx.extras["hypotheses"] = result.hypotheses
-        ctx.extras["pruned"] = result.pruned
+        found = Hypotheses(
+            result.hypotheses, result.pruned,
+            title=(f"beam search: {params.num_beams} beams, length penalty "
+                   f"{params.length_penalty}, early stopping {params.early_stopping}"),
+            score=f"log-prob / length^{params.length_penalty}",
+        )
         best = result.hypotheses[0]
         last = len(best.token_ids) - 1
         for i, token in enumerate(best.token_ids):
             finish = None if i < last else ("stop" if best.finished else "length")
             # Beam search scores whole sequences; per-token log-probabilities are not kept.
-            yield TokenStep(token, math.nan, finish)
+            yield TokenStep(token, math.nan, finish, hypotheses=None if i else found)

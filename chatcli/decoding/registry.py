@@ -8,6 +8,14 @@ strategies. A plugin that fails to load or registers an invalid strategy is
 skipped and reported in `problems` (chatcli keeps working). Set
 `CHATCLI_NO_PLUGINS=1` (tests do) to load built-ins only.
 
+A strategy is checked when registered: a `name` that is an identifier, a `Params`
+dataclass (derived from `StrategyParams` when it declares `valid=` ranges, so that
+its constructor checks them), `capabilities` of the right type when given, and a
+`decode` method. Only chatcli's own parameters have command-line flags: a plugin's
+parameter may declare a flag only where a built-in one of the same name has it
+(e.g. a sampler's `temperature`); the others are set with `-o NAME=VALUE`.
+`with_capability(test)` names the strategies whose capabilities pass `test`.
+
 Knows nothing about the CLI or models.
 """
 
@@ -19,6 +27,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from chatcli.decoding.base import Capabilities, StrategyParams, capabilities_of, declared
 from chatcli.errors import UsageError
 
 ENTRY_POINT_GROUP = "chatcli.strategies"
@@ -42,6 +51,20 @@ class StrategyRegistry:
             raise ValueError(f"strategy '{name}' needs a `decode` method")
         if name in self._classes:
             raise ValueError(f"strategy '{name}' is already registered by {self.origins[name]}")
+        capabilities_of(cls)
+        params_declared = declared(params)
+        if any(d.valid for d in params_declared) and not issubclass(params, StrategyParams):
+            raise ValueError(f"strategy '{name}' declares valid= ranges: derive its Params "
+                             "from chatcli.decoding.base.StrategyParams")
+        if origin != "built-in":
+            builtin = {(d.name, d.flag, d.short) for n, o in self.origins.items()
+                       if o == "built-in" for d in declared(self._classes[n].Params)}
+            for d in params_declared:
+                if (d.flag or d.short) and (d.name, d.flag, d.short) not in builtin:
+                    raise ValueError(
+                        f"strategy '{name}': parameter '{d.name}' declares the flag "
+                        f"{d.flag or d.short}, but only chatcli's own parameters have flags "
+                        f"(it is set with -o {d.name}=VALUE): remove flag=")
         self._classes[name] = cls
         self.origins[name] = origin
 
@@ -65,6 +88,13 @@ class StrategyRegistry:
             n for n, cls in self._classes.items()
             if param_name in {f.name for f in dataclasses.fields(cls.Params)}
         ]
+
+    def capabilities(self, name: str) -> Capabilities:
+        return capabilities_of(self.get(name))
+
+    def with_capability(self, test: Callable[[Capabilities], bool]) -> list[str]:
+        """Names of the strategies whose capabilities pass `test`, in registration order."""
+        return [n for n, cls in self._classes.items() if test(capabilities_of(cls))]
 
     def load_plugins(self) -> None:
         from importlib.metadata import entry_points

@@ -3,41 +3,47 @@
 The filters (`chatcli.decoding.filters`) are applied in transformers' order:
 temperature, top-k, top-p, min-p, typical; then one token is drawn from the softmax
 by inverting its CDF (`draw`), using the context's seeded generator, so a fixed
-`--seed` reproduces an answer exactly. Knows nothing about text or the CLI.
+`--seed` reproduces an answer exactly. On a server it sends `temperature`, `top_p`
+and the seed, and `top_k`, `min_p` (extra fields) where the server takes them. A
+model's generation_config.json asks for it with `do_sample: true`.
+Knows nothing about text or the CLI.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from chatcli.decoding.base import DecodeContext, TokenStep, check, param
+from chatcli.decoding.base import (
+    Capabilities,
+    DecodeContext,
+    Remote,
+    StrategyParams,
+    TokenStep,
+    above,
+    at_least,
+    interval,
+    param,
+)
 from chatcli.decoding.filters import make_filter
 from chatcli.decoding.loop import token_loop
 from chatcli.lm.base import LanguageModel
 
 
 @dataclass(frozen=True)
-class SampleParams:
+class SampleParams(StrategyParams):
     temperature: float = param(1.0, "divide logits by this; < 1 sharper, > 1 flatter",
-                               "--temperature")
-    top_k: int = param(0, "keep the k most likely tokens (0: off)", "--top-k")
+                               "--temperature", short="-t", valid=above(0),
+                               request="temperature")
+    top_k: int = param(0, "keep the k most likely tokens (0: off)", "--top-k",
+                       valid=at_least(0), request="top_k")
     top_p: float = param(1.0, "keep the smallest set with this much probability (1: off)",
-                         "--top-p")
+                         "--top-p", valid=interval(0, 1, "(]"), request="top_p")
     min_p: float = param(0.0, "drop tokens below min_p x the top probability (0: off)",
-                         "--min-p")
-    typical_p: float = param(1.0, "locally typical sampling mass (1: off)", "--typical-p")
-
-    def __post_init__(self) -> None:
-        cls = type(self)
-        t = self.temperature
-        check(math.isfinite(t) and t > 0, cls, "temperature", "a number > 0", t)
-        check(self.top_k >= 0, cls, "top_k", "an integer >= 0", self.top_k)
-        check(0 < self.top_p <= 1, cls, "top_p", "in (0, 1]", self.top_p)
-        check(0 <= self.min_p < 1, cls, "min_p", "in [0, 1)", self.min_p)
-        check(0 < self.typical_p <= 1, cls, "typical_p", "in (0, 1]", self.typical_p)
+                         "--min-p", valid=interval(0, 1, "[)"), request="min_p")
+    typical_p: float = param(1.0, "locally typical sampling mass (1: off)", "--typical-p",
+                             valid=interval(0, 1, "(]"), request="typical_p")
 
 
 def draw(probs: Any, generator: Any) -> int:
@@ -62,6 +68,10 @@ class Sample:
 
     name: ClassVar[str] = "sample"
     Params: ClassVar[type] = SampleParams
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        remote=Remote(always=("temperature", "top_p"), seed=True),
+        implied_by=lambda config: bool(config.get("do_sample")),
+    )
 
     def decode(
         self, lm: LanguageModel, prompt_ids: list[int], params: Any, ctx: DecodeContext

@@ -1,12 +1,13 @@
 """One place that decides decoding settings and their precedence.
 
 Contract: `resolve_settings(...)` merges, lowest first: the strategy's defaults <
-the model's generation_config.json < the alias's [defaults] in models.toml <
-command-line flags (and `-o key=value`). It picks the strategy (flag, else the
-alias's `strategy`, else what generation_config implies: `num_beams > 1` → beam,
-`do_sample` → sample, else greedy), validates every value through the parameter
-classes' constructors, and returns `DecodingSettings` that also record where each
-value came from. A flag the chosen strategy does not use is an error naming the
+the model's generation_config.json (every key that names a declared parameter) <
+the alias's [defaults] in models.toml < command-line flags (and `-o key=value`). It
+picks the strategy (flag, else the alias's `strategy`, else the first strategy whose
+capabilities say generation_config implies it (`implied_by`), else greedy), validates
+every value through the parameter classes' constructors, and returns
+`DecodingSettings` that also record where each value came from and carry the
+strategy's capabilities. A flag the chosen strategy does not use is an error naming the
 strategy that does; values from lower layers that do not apply are dropped.
 Every value reaches the parameter classes as its declared type: typed-in strings
 (`-o`, `compare -S`, `/set`) are converted with an error quoting how they were
@@ -14,6 +15,9 @@ written, file values (models.toml, generation_config.json) are checked; an
 out-of-range value typed in with `compare -S` is reported as written there.
 `check_defaults(...)` checks a models.toml [defaults] table (types, ranges, known
 strategy, plugin parameters included) when the file is read.
+`CommonParams` declares the parameters every strategy takes; `command_line_parameters()`
+lists those with a flag (common, then the built-in strategies'), which ask, chat and
+compare turn into options.
 
 Knows nothing about the terminal or how tokens are generated.
 """
@@ -22,70 +26,89 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chatcli.decoding.base import (
+    DEFAULT_CAPABILITIES,
+    Capabilities,
+    Declared,
     DecodeContext,
     ParamError,
     Processor,
     Spelling,
-    check,
+    StrategyParams,
+    Valid,
+    above,
+    at_least,
+    capabilities_of,
     coerce,
     convert,
+    declared,
     example,
     flag_of,
+    interval,
     option_spelling,
     param,
 )
-from chatcli.decoding.registry import StrategyRegistry
+from chatcli.decoding.registry import StrategyRegistry, register_builtins
 from chatcli.errors import ChatcliError, UsageError
 
 DEFAULT_MAX_NEW_TOKENS = 512
-# generation_config.json keys chatcli honours (others, like max_length, are ignored).
-GENERATION_CONFIG_KEYS = (
-    "temperature", "top_k", "top_p", "min_p", "typical_p", "num_beams", "length_penalty",
-    "early_stopping", "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size",
-    "max_new_tokens",
-)
 
 
 @dataclass(frozen=True)
-class CommonParams:
+class CommonParams(StrategyParams):
     """Parameters every strategy accepts."""
 
     max_new_tokens: int = param(DEFAULT_MAX_NEW_TOKENS, "most tokens to generate",
-                                "--max-new-tokens")
+                                "--max-new-tokens", short="-n", valid=at_least(1),
+                                request="max_tokens")
     seed: int | None = param(None, "random seed (a fixed seed reproduces a sampled answer)",
-                             "--seed")
-    stop: tuple[str, ...] = param((), "stop when this text appears (not printed)", "--stop")
+                             "--seed", valid=Valid("in [0, 2^63)", lambda v: 0 <= v < 2**63),
+                             request="seed")
+    stop: tuple[str, ...] = param((), "stop when this text appears (not printed)", "--stop",
+                                  valid=Valid("a non-empty string", bool), request="stop")
     repetition_penalty: float = param(1.0, "divide logits of seen tokens (1: off)",
-                                      "--repetition-penalty")
+                                      "--repetition-penalty", valid=above(0),
+                                      request="repetition_penalty")
     frequency_penalty: float = param(0.0, "subtract this x count of each generated token",
-                                     "--frequency-penalty")
+                                     "--frequency-penalty", valid=interval(-2, 2),
+                                     request="frequency_penalty")
     presence_penalty: float = param(0.0, "subtract this from every generated token",
-                                    "--presence-penalty")
+                                    "--presence-penalty", valid=interval(-2, 2),
+                                    request="presence_penalty")
     no_repeat_ngram_size: int = param(0, "never repeat an n-gram of this size (0: off)",
-                                      "--no-repeat-ngram-size")
-
-    def __post_init__(self) -> None:
-        cls = type(self)
-        check(self.max_new_tokens >= 1, cls, "max_new_tokens", "an integer >= 1",
-              self.max_new_tokens)
-        check(self.seed is None or 0 <= self.seed < 2**63, cls, "seed", "in [0, 2^63)", self.seed)
-        check(all(self.stop), cls, "stop", "a non-empty string", "")
-        rp = self.repetition_penalty
-        check(math.isfinite(rp) and rp > 0, cls, "repetition_penalty", "a number > 0", rp)
-        for name in ("frequency_penalty", "presence_penalty"):
-            v = getattr(self, name)
-            check(-2.0 <= v <= 2.0, cls, name, "in [-2, 2]", v)
-        check(self.no_repeat_ngram_size >= 0, cls, "no_repeat_ngram_size", "an integer >= 0",
-              self.no_repeat_ngram_size)
+                                      "--no-repeat-ngram-size", valid=at_least(0))
 
 
 COMMON_NAMES = frozenset(f.name for f in dataclasses.fields(CommonParams))
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """A parameter with a command-line flag, and who takes it."""
+
+    param: Declared
+    owners: tuple[str, ...]  # the built-in strategies that take it (): every strategy
+
+
+def command_line_parameters() -> list[Flagged]:
+    """Every parameter with a flag: the common ones, then each built-in strategy's in
+    registration order (a name several strategies declare appears once). Plugins are
+    not loaded: their parameters are set with -o."""
+    builtins = StrategyRegistry()
+    register_builtins(builtins.register)
+    out = [Flagged(d, ()) for d in declared(CommonParams) if d.flag]
+    seen = {f.param.name for f in out}
+    for name in builtins.names():
+        for d in declared(builtins.get(name).Params):
+            if d.flag and d.name not in seen:
+                seen.add(d.name)
+                out.append(Flagged(d, tuple(builtins.users_of(d.name))))
+    return out
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,7 @@ class DecodingSettings:
     common: CommonParams
     origins: dict[str, str]  # parameter -> "default" | "generation_config.json" | ...
     seed: int  # the seed actually used (drawn at random when none was given)
+    capabilities: Capabilities = DEFAULT_CAPABILITIES  # what the strategy can do
 
     def as_dict(self) -> dict[str, Any]:
         out = {"strategy": self.strategy, **dataclasses.asdict(self.params)}
@@ -128,17 +152,18 @@ class DecodingSettings:
                              pad_id=pad_id)
 
 
-def from_generation_config(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The strategy a generation_config.json implies, and the values chatcli honours."""
-    values = {k: config[k] for k in GENERATION_CONFIG_KEYS if config.get(k) is not None}
-    strategy = None
-    if int(config.get("num_beams") or 1) > 1 and not config.get("do_sample"):
-        strategy = "beam"
-    elif config.get("do_sample"):
-        strategy = "sample"
-    elif "do_sample" in config:
-        strategy = "greedy"
-    return strategy, values
+def from_generation_config(registry: StrategyRegistry, config: Mapping[str, Any]
+                           ) -> tuple[str | None, dict[str, Any]]:
+    """The strategy a generation_config.json implies (the first whose capabilities say
+    so), and its values that name a declared parameter (others, like max_length, are
+    ignored)."""
+    names = set(COMMON_NAMES)
+    for n in registry.names():
+        names.update(f.name for f in dataclasses.fields(registry.get(n).Params))
+    values = {k: v for k, v in config.items() if k in names and v is not None}
+    implied = registry.with_capability(lambda c: c.implied_by is not None
+                                       and c.implied_by(config))
+    return (implied[0] if implied else None), values
 
 
 def resolve_settings(
@@ -160,7 +185,7 @@ def resolve_settings(
     """
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     alias = dict(alias_defaults or {})
-    gc_strategy, gc_values = from_generation_config(generation_config or {})
+    gc_strategy, gc_values = from_generation_config(registry, generation_config or {})
     alias_strategy = alias.pop("strategy", None)
     name, strategy_origin = next(
         (n, o) for n, o in ((strategy, "flag"), (alias_strategy, "models.toml"),
@@ -213,7 +238,7 @@ def resolve_settings(
     except ParamError as exc:
         raise _reworded(exc, origins, options or {}, spelling) from None
     seed = common.seed if common.seed is not None else secrets.randbits(32)
-    return DecodingSettings(name, params, common, origins, seed)
+    return DecodingSettings(name, params, common, origins, seed, capabilities_of(cls))
 
 
 def _typed(cls: type, key: str, value: Any, layer: str) -> Any:

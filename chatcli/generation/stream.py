@@ -5,20 +5,24 @@ Contract: `stream(loaded, prompt_ids, settings, max_new_tokens)` returns a
 `StepEvent` per generated token, with the printable text delta (never broken
 UTF-8, never an EOS token, never a stop string or what follows it). The last
 event carries the finish reason: "stop" (an EOS id), "length" (the token limit)
-or "stop_string". `Generation.stats` and `Generation.hypotheses` (beam search)
-are filled when it is exhausted. `complete()` is the convenience wrapper.
+or "stop_string". `Generation.stats` is kept current as it streams; a strategy that
+returns several hypotheses (beam search) fills `Generation.search` (its typed result),
+`Generation.hypotheses` (`AnswerHypothesis`, with text) and `Generation.pruned`
+(`PrunedText`, with text; only with `trace_beams`) when it ends. `as_dict()` of either
+is its --json form. `complete()` is the convenience wrapper.
 
 Knows nothing about the terminal or the CLI.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatcli.decoding.base import Candidates
+from chatcli.decoding.base import Candidates, Hypotheses
 from chatcli.decoding.registry import StrategyRegistry, strategy_registry
 from chatcli.decoding.settings import DecodingSettings
 from chatcli.generation.detokenize import IncrementalDetokenizer
@@ -47,6 +51,32 @@ class Stats:
     finish_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class AnswerHypothesis:
+    """One of the hypotheses a strategy returned, with its text."""
+
+    text: str  # without the EOS token
+    token_ids: list[int]  # with the final EOS id, when it ended with one
+    score: float
+    logprob: float
+    finished: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PrunedText:
+    """A beam that left the search, with its text."""
+
+    step: int
+    score: float
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class Generation:
     """An answer being generated: iterate for events, then read the results."""
@@ -56,8 +86,9 @@ class Generation:
     settings: DecodingSettings
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    hypotheses: list[dict[str, Any]] = field(default_factory=list)
-    pruned: list[dict[str, Any]] = field(default_factory=list)  # beams that left the search
+    hypotheses: list[AnswerHypothesis] = field(default_factory=list)
+    pruned: list[PrunedText] = field(default_factory=list)  # beams that left the search
+    search: Hypotheses | None = None  # the strategy's own result, token ids only
 
     def __iter__(self) -> Iterator[StepEvent]:
         for event in self._events:
@@ -98,7 +129,7 @@ def _events(
     ctx = settings.context(max_new_tokens, loaded.eos_ids, len(prompt_ids), loaded.lm.device,
                            loaded.tokenizer.pad_token_id)
     ctx.candidates = candidates
-    ctx.extras["trace"] = trace_beams
+    ctx.trace = trace_beams
     detok = IncrementalDetokenizer(loaded.tokenizer)
     stops = StopMatcher(settings.common.stop)
     stats = gen.stats
@@ -123,31 +154,28 @@ def _events(
             finish = "stop_string"
         elif finish is not None:
             text += stops.flush()
+        if step.hypotheses is not None:
+            _found(loaded, gen, step.hypotheses)
         if finish is not None:
             stats.finish_reason = finish
-            gen.hypotheses = _hypotheses(loaded, ctx.extras)
-            gen.pruned = [
-                {"step": b.step, "score": b.score,
-                 "text": loaded.tokenizer.decode(b.token_ids, skip_special_tokens=True)}
-                for b in ctx.extras.get("pruned", [])
-            ]
         yield StepEvent(step.token_id, text, step.logprob, finish, step.candidates)
         if finish is not None:
             return
 
 
-def _hypotheses(loaded: LoadedModel, extras: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for h in extras.get("hypotheses", []):
-        ids = [t for t in h.token_ids if t not in loaded.eos_ids]
-        out.append({
-            "text": loaded.tokenizer.decode(ids, skip_special_tokens=True),
-            "token_ids": list(h.token_ids),
-            "score": h.score,
-            "logprob": h.logprob,
-            "finished": h.finished,
-        })
-    return out
+def _found(loaded: LoadedModel, gen: Generation, found: Hypotheses) -> None:
+    """A strategy's hypotheses and pruned beams, with their texts, on `gen`."""
+
+    def text(ids: list[int]) -> str:
+        return loaded.tokenizer.decode(ids, skip_special_tokens=True)
+
+    gen.search = found
+    gen.hypotheses = [
+        AnswerHypothesis(text([t for t in h.token_ids if t not in loaded.eos_ids]),
+                         list(h.token_ids), h.score, h.logprob, h.finished)
+        for h in found.ranked
+    ]
+    gen.pruned = [PrunedText(b.step, b.score, text(b.token_ids)) for b in found.pruned]
 
 
 def complete(

@@ -1,116 +1,174 @@
 """Decoding settings → the fields of a chat-completions request.
 
 Contract: `check(spec, settings, candidates)` raises `UsageError` (before any
-request is made) for a strategy or parameter the alias's server cannot honour;
-`request_body(spec, settings, messages, max_tokens, candidates)` builds the JSON
-body. What is sent, per strategy:
+request is made) for a strategy, parameter or view the alias's server cannot honour,
+naming what is missing; `request_body(spec, settings, messages, max_tokens,
+candidates)` builds the JSON body. Nothing here names a strategy or a parameter:
+both come from their declarations (`chatcli.decoding.base`).
 
-* greedy → `temperature: 0`.
-* sample → `temperature`, `top_p`, `seed` (always: the seed recorded in the
-  history is the one the server used), plus `top_k` and `min_p` as extra fields
-  where the server takes them. `typical_p` is never sent (no server profile here
-  takes it in chat completions).
-* beam → only on `server = "vllm"`: `use_beam_search: true`, `n` = num_beams (vLLM's
-  beam width; the best beam is choice 0), `length_penalty`, `temperature: 0`.
-  `early_stopping` and `num_return_sequences` other than their defaults are refused.
-* any strategy → `max_tokens`, `stop`, `frequency_penalty` and `presence_penalty`
-  (standard), `repetition_penalty` as an extra field (`repeat_penalty` on
-  llama.cpp). `no_repeat_ngram_size` is refused.
-* `--show-candidates K` → `logprobs: true`, `top_logprobs: K` (at most 20).
-* `stream_options: {"include_usage": true}` asks for the server's token counts.
+* A strategy runs on a server when its capabilities have a `Remote`, and the
+  server's profile has every feature it `needs` (beam search: `beam_search`).
+  Its `fixed` fields are sent as they are (greedy: `temperature: 0`; beam:
+  `use_beam_search: true`, `temperature: 0`), its parameters named in `always` even
+  at their default (sample: `temperature`, `top_p`; beam: `n` = num_beams,
+  `length_penalty`), and the run's seed when it says `seed` (sample: always, so the
+  seed recorded in the history is the one the server used).
+* Every other parameter of the strategy, and every common one, is sent under its
+  declared `request` field when it is not off, if the profile takes that field; a
+  parameter that is not off and that the profile cannot take (or that declares no
+  field: `no_repeat_ngram_size`, beam's `early_stopping`, ...) is refused, naming its
+  flag and the profile that would take it. `max_tokens` is the room the caller gives.
+* `--show-candidates K` → `logprobs: true`, `top_logprobs: K` (at most the profile's
+  `max_top_logprobs`); K = 0 (compare's sequence log-probability) asks for logprobs
+  only where the profile has them. `stream_options: {"include_usage": true}` asks for
+  the server's token counts where the profile takes it.
 
-Server profiles (`server` in models.toml): `generic` (the default) sends extra
-fields only when they differ from chatcli's defaults (off); `openai` sends
-standard fields only and refuses the rest; `vllm` is generic plus beam search;
-`llama.cpp` always sends `top_k`, `min_p` and `repeat_penalty`, because that
-server's own defaults (top_k 40, min_p 0.05, repeat_penalty 1.1) are not off.
-A plugin strategy chooses tokens itself and runs on local models only.
+Server profiles (`server` in models.toml) are the rows of `PROFILES`: the standard
+fields the server takes, its extra fields (chatcli's field name → the server's),
+its features, its log-probabilities, and whether extra fields are always sent.
+`generic` (the default) sends extra fields only when they are on; `openai` sends
+standard fields only and refuses the rest; `vllm` is generic plus beam search and
+`length_penalty`; `llama.cpp` always sends `top_k`, `min_p` and `repeat_penalty`,
+because that server's own defaults (top_k 40, min_p 0.05, repeat_penalty 1.1) are
+not off; `transformers` (`transformers serve`) takes temperature, top_p, seed,
+max_tokens and stop only: it rejects unknown fields, ignores `logprobs`, `n`,
+`presence_penalty` and `stream_options`, and reads `frequency_penalty` as a
+repetition penalty, so those are refused or not sent.
 
 Knows nothing about HTTP or the terminal.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from chatcli.conversation import Message
+from chatcli.decoding.base import Capabilities, Declared, Remote, declared
 from chatcli.decoding.settings import CommonParams, DecodingSettings
 from chatcli.errors import UsageError
 from chatcli.registry import ModelSpec
 
-MAX_TOP_LOGPROBS = 20
-_FLAGS = {
-    "top_k": "--top-k", "min_p": "--min-p", "typical_p": "--typical-p",
-    "repetition_penalty": "--repetition-penalty",
-    "no_repeat_ngram_size": "--no-repeat-ngram-size",
-    "early_stopping": "-o early_stopping", "num_return_sequences": "-o num_return_sequences",
-}
+MAX_TOP_LOGPROBS = 20  # what the chat-completions API allows
+# OpenAI's standard chat-completions fields that carry a decoding parameter.
+STANDARD = frozenset({"temperature", "top_p", "seed", "max_tokens", "stop", "frequency_penalty",
+                      "presence_penalty", "n"})
+# Fields the run fills in rather than a parameter's value: the room left, the seed used.
+_RUN_FIELDS = frozenset({"max_tokens", "seed"})
+# Server features a strategy may need, as refusals say them.
+FEATURES = {"beam_search": "beam search"}
 
 
 @dataclass(frozen=True)
 class Profile:
-    extra: dict[str, str]  # chatcli parameter -> the server's request field (non-standard)
-    beam: bool = False  # vLLM-style beam search (use_beam_search, n)
-    explicit: bool = False  # send every extra field, even at chatcli's default
+    """What one kind of server takes; a row of `PROFILES`."""
+
+    label: str  # how hints name it: "vLLM"
+    extra: Mapping[str, str] = field(default_factory=dict)  # request field -> server's name
+    standard: frozenset[str] = STANDARD  # the standard fields it takes
+    features: frozenset[str] = frozenset()  # e.g. {"beam_search"}
+    logprobs: bool = True  # returns per-token log-probabilities (--show-candidates)
+    max_top_logprobs: int = MAX_TOP_LOGPROBS
+    explicit: bool = False  # send every extra field, even at chatcli's default (off)
+    stream_options: bool = True  # takes stream_options.include_usage
+
+    @property
+    def beam(self) -> bool:
+        return "beam_search" in self.features
+
+    def takes(self, request: str | None) -> bool:
+        return request is not None and (request in self.standard or request in self.extra)
 
 
 _EXTRA = {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty"}
-PROFILES = {
-    "generic": Profile(_EXTRA),
-    "openai": Profile({}),
-    "vllm": Profile(_EXTRA, beam=True),
-    "llama.cpp": Profile({"top_k": "top_k", "min_p": "min_p",
-                          "repetition_penalty": "repeat_penalty"}, explicit=True),
+PROFILES: dict[str, Profile] = {
+    "generic": Profile("an OpenAI-compatible server", _EXTRA),
+    "openai": Profile("OpenAI"),
+    "vllm": Profile("vLLM", {**_EXTRA, "length_penalty": "length_penalty"},
+                    features=frozenset({"beam_search"})),
+    "llama.cpp": Profile("llama.cpp", {"top_k": "top_k", "min_p": "min_p",
+                                       "repetition_penalty": "repeat_penalty"}, explicit=True),
+    "transformers": Profile("transformers serve",
+                            standard=frozenset({"temperature", "top_p", "seed", "max_tokens",
+                                                "stop"}),
+                            logprobs=False, max_top_logprobs=0, stream_options=False),
 }
-_NEUTRAL = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repetition_penalty": 1.0,
-            "no_repeat_ngram_size": 0, "early_stopping": False, "num_return_sequences": 1}
 
 
-def _refuse(spec: ModelSpec, name: str) -> UsageError:
-    flag = _FLAGS.get(name, name)
-    where = f"'{spec.alias or spec.base_url}' (backend {spec.backend}, server {spec.server})"
-    takers = [s for s, p in PROFILES.items() if name in p.extra]
+def _where(spec: ModelSpec) -> str:
+    return spec.alias or spec.base_url or ""
+
+
+def _refuse(spec: ModelSpec, d: Declared) -> UsageError:
+    where = f"'{_where(spec)}' (backend {spec.backend}, server {spec.server})"
+    takers = [s for s, p in PROFILES.items() if d.request is not None and d.request in p.extra]
     hint = "remove it, or use a local model (-m)"
     if takers:
         hint = (f"remove it, or set server = \"{takers[0]}\" for the alias if the server "
                 "accepts it")
-    return UsageError(f"{flag} cannot be sent to {where}", hint)
+    return UsageError(f"{d.spelled} cannot be sent to {where}", hint)
 
 
-def _used(settings: DecodingSettings) -> dict[str, Any]:
-    """The parameters whose value differs from 'off'."""
-    values = {**dataclasses.asdict(settings.params),
-              "repetition_penalty": settings.common.repetition_penalty,
-              "no_repeat_ngram_size": settings.common.no_repeat_ngram_size}
-    return {k: v for k, v in values.items() if k in _NEUTRAL and v != _NEUTRAL[k]}
+def _values(settings: DecodingSettings) -> Iterator[tuple[Declared, Any, bool]]:
+    """(declaration, value, whether the strategy always sends it) of each parameter the
+    request could carry: the strategy's own, then the common ones."""
+    remote = settings.capabilities.remote
+    always = remote.always if remote else ()
+    for d in declared(type(settings.params)):
+        yield d, getattr(settings.params, d.name), d.name in always
+    for d in declared(CommonParams):
+        yield d, getattr(settings.common, d.name), False
+
+
+def runs_on(spec: ModelSpec, capabilities: Capabilities) -> bool:
+    """Whether a strategy with these capabilities can run on the alias's server."""
+    remote = capabilities.remote
+    return remote is not None and all(n in PROFILES[spec.server].features for n in remote.needs)
+
+
+def _runnable(spec: ModelSpec) -> list[str]:
+    from chatcli.decoding.registry import strategy_registry
+
+    return strategy_registry().with_capability(
+        lambda c: c.remote is not None and runs_on(spec, c))
 
 
 def check(spec: ModelSpec, settings: DecodingSettings, candidates: int | None = None) -> None:
     """Refuse what the alias's server cannot do, before any request."""
     profile = PROFILES[spec.server]
-    name = settings.strategy
-    if name not in ("greedy", "sample", "beam"):
+    name, remote = settings.strategy, settings.capabilities.remote
+    if remote is None:
+        usable = _runnable(spec)
         raise UsageError(
             f"strategy '{name}' chooses tokens itself, so it runs on local models only "
             f"('{spec.alias}' is served by {spec.base_url})",
-            "use -S greedy or -S sample, or a local model (-m)",
+            "use " + " or ".join(f"-S {n}" for n in usable) + ", or a local model (-m)"
+            if usable else "use a local model (-m)",
         )
-    if name == "beam" and not profile.beam:
+    for need in remote.needs:
+        if need not in profile.features:
+            takers = [(s, p) for s, p in PROFILES.items() if need in p.features]
+            hint = "use a local model (-m)"
+            if takers:
+                hint = (f"set server = \"{takers[0][0]}\" for the alias if it is "
+                        f"{takers[0][1].label}, or {hint}")
+            raise UsageError(f"-S {name} needs a server with {FEATURES.get(need, need)}; "
+                             f"'{_where(spec)}' is server '{spec.server}'", hint)
+    for d, value, always in _values(settings):
+        if d.request in _RUN_FIELDS:
+            continue
+        if (always or value != d.off) and not profile.takes(d.request):
+            raise _refuse(spec, d)
+    if candidates and not profile.logprobs:
         raise UsageError(
-            f"-S beam needs a server with beam search; '{spec.alias or spec.base_url}' is server "
-            f"'{spec.server}'",
-            "set server = \"vllm\" for the alias if it is vLLM, or use a local model (-m)",
-        )
-    for key in _used(settings):
-        if key not in profile.extra:
-            raise _refuse(spec, key)
-    if candidates is not None and candidates > MAX_TOP_LOGPROBS:
+            f"--show-candidates needs per-token log-probabilities, which '{_where(spec)}' "
+            f"(server {spec.server}) does not return", "remove it, or use a local model (-m)")
+    if candidates is not None and candidates > profile.max_top_logprobs:
         raise UsageError(
             f"--show-candidates {candidates}: the chat-completions API returns at most "
-            f"{MAX_TOP_LOGPROBS} alternatives per token",
-            f"use --show-candidates {MAX_TOP_LOGPROBS} or less",
+            f"{profile.max_top_logprobs} alternatives per token",
+            f"use --show-candidates {profile.max_top_logprobs} or less",
         )
 
 
@@ -123,38 +181,29 @@ def request_body(
 ) -> dict[str, Any]:
     check(spec, settings, candidates)
     profile = PROFILES[spec.server]
-    common: CommonParams = settings.common
-    p = settings.params
+    remote: Remote | None = settings.capabilities.remote
+    assert remote is not None  # check() refused a local-only strategy
     body: dict[str, Any] = {
         "model": spec.model,
         "messages": [m.as_dict() for m in messages],
         "max_tokens": max_tokens,
     }
-
-    def extra(key: str, value: Any) -> None:
-        if key in profile.extra and (profile.explicit or value != _NEUTRAL[key]):
-            body[profile.extra[key]] = value
-
-    if settings.strategy == "greedy":
-        body["temperature"] = 0.0
-    elif settings.strategy == "sample":
-        body["temperature"] = p.temperature
-        body["top_p"] = p.top_p
+    body.update(remote.fixed)
+    if remote.seed:
         body["seed"] = settings.seed
-        extra("top_k", p.top_k)
-        extra("min_p", p.min_p)
-    else:  # beam (vLLM)
-        body.update(use_beam_search=True, n=p.num_beams, length_penalty=p.length_penalty,
-                    temperature=0.0)
-    extra("repetition_penalty", common.repetition_penalty)
-    if common.frequency_penalty:
-        body["frequency_penalty"] = common.frequency_penalty
-    if common.presence_penalty:
-        body["presence_penalty"] = common.presence_penalty
-    if common.stop:
-        body["stop"] = list(common.stop)
-    if candidates is not None:
+    for d, value, always in _values(settings):
+        if d.request is None or d.request in _RUN_FIELDS or not profile.takes(d.request):
+            continue
+        if d.request in profile.standard:
+            send = always or value != d.off
+        else:
+            send = always or profile.explicit or value != d.off
+        if send:
+            key = d.request if d.request in profile.standard else profile.extra[d.request]
+            body[key] = list(value) if isinstance(value, tuple) else value
+    if candidates is not None and profile.logprobs:  # K > 0 without them: refused above
         body["logprobs"] = True
         body["top_logprobs"] = candidates
-    body["stream_options"] = {"include_usage": True}
+    if profile.stream_options:
+        body["stream_options"] = {"include_usage": True}
     return body

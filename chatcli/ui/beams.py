@@ -1,42 +1,57 @@
-"""Why beam search picked what it picked: hypotheses and pruned beams.
+"""Why a search picked what it picked: hypotheses and pruned beams.
 
-Contract: `show_beams(ui, params, hypotheses, pruned)` prints the returned
-hypotheses with length-normalised and raw scores, and every pruned beam with the
-step at which it left the search: a rich tree on a terminal, indented plain text
-otherwise. Knows nothing about models.
+Contract: `show_beams(ui, title, score, hypotheses, pruned)` prints the returned
+hypotheses with their scores (`score` says what a score is, e.g. "log-prob /
+length^1.0") and raw log-probabilities, and every pruned beam with the step at which
+it left the search, under `title` (how the strategy searched): a rich tree on a
+terminal, indented plain text otherwise. Knows nothing about models or strategies:
+hypotheses and beams are read through the small protocols below.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 from chatcli.ui.console import UI
 
 
-def _lines(params: Any, hypotheses: list[dict[str, Any]], pruned: list[dict[str, Any]],
-           ) -> tuple[str, list[str], list[str]]:
-    title = (f"beam search: {params.num_beams} beams, length penalty {params.length_penalty}, "
-             f"early stopping {params.early_stopping}")
+class Hypothesis(Protocol):
+    text: str
+    token_ids: list[int]
+    score: float
+    logprob: float
+    finished: bool
+
+
+class Pruned(Protocol):
+    step: int
+    score: float
+    text: str
+
+
+def _lines(hypotheses: Sequence[Hypothesis], pruned: Sequence[Pruned]
+           ) -> tuple[list[str], list[str]]:
     hyps = [
-        f"#{n} score {h['score']:.4f} (raw log-prob {h['logprob']:.3f}, "
-        f"{len(h['token_ids'])} tokens, {'finished' if h['finished'] else 'cut at the limit'}):"
-        f" {h['text']!r}"
+        f"#{n} score {h.score:.4f} (raw log-prob {h.logprob:.3f}, "
+        f"{len(h.token_ids)} tokens, {'finished' if h.finished else 'cut at the limit'}):"
+        f" {h.text!r}"
         for n, h in enumerate(hypotheses, start=1)
     ]
-    cut = [f"step {p['step']}: running score {p['score']:.3f}: {p['text']!r}" for p in pruned]
-    return title, hyps, cut
+    cut = [f"step {p.step}: running score {p.score:.3f}: {p.text!r}" for p in pruned]
+    return hyps, cut
 
 
-def show_beams(ui: UI, params: Any, hypotheses: list[dict[str, Any]],
-               pruned: list[dict[str, Any]]) -> None:
-    title, hyps, cut = _lines(params, hypotheses, pruned)
+def show_beams(ui: UI, title: str, score: str, hypotheses: Sequence[Hypothesis],
+               pruned: Sequence[Pruned]) -> None:
+    hyps, cut = _lines(hypotheses, pruned)
     if ui.out_tty:
         from rich.text import Text
         from rich.tree import Tree
 
         tree = Tree(Text(title, style="bold"))
-        branch = tree.add(Text(f"hypotheses (best first, score = log-prob / length^"
-                               f"{params.length_penalty})"))
+        branch = tree.add(Text("hypotheses (best first" + (f", score = {score})" if score
+                                                          else ")")))
         for line in hyps:
             branch.add(Text(line))
         gone = tree.add(Text(f"pruned beams ({len(cut)})"))
