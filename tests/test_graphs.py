@@ -178,8 +178,8 @@ def test_prompt_cache_across_turns(model: NativeCausalLM) -> None:
 def _beam(lm: Any, prompt: list[int], beams: int, n: int = 12) -> list[tuple[list[int], float]]:
     ctx = DecodeContext(max_new_tokens=n, eos_ids=frozenset({2, 17}))
     params = BeamParams(num_beams=beams, num_return_sequences=beams)
-    list(Beam().decode(lm, prompt, params, ctx))
-    return [(h.token_ids, h.score) for h in ctx.extras["hypotheses"]]
+    found = [s.hypotheses for s in Beam().decode(lm, prompt, params, ctx) if s.hypotheses]
+    return [(h.token_ids, h.score) for h in found[0].ranked]
 
 
 def _assert_same_beams(ours: list[tuple[list[int], float]], theirs: Any) -> None:

@@ -30,7 +30,15 @@ from typing import Any
 import pytest
 import torch
 
-from chatcli.lm.llama import KVCache, NativeCausalLM, supports
+from chatcli.errors import ChatcliError
+from chatcli.lm.llama import (
+    KVCache,
+    ModelArgs,
+    NativeCausalLM,
+    RopeParams,
+    UnsupportedModelError,
+    supports,
+)
 
 SIZE = {
     "hidden_size": 32,
@@ -270,7 +278,8 @@ def test_transformers_4_config_and_sharded_weights(tmp_path: Path) -> None:
         assert torch.equal(ours, expected), variant
 
 
-LLAMA = {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2}
+LLAMA = {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2,
+         "hidden_size": 32, "num_hidden_layers": 2, "vocab_size": 300}
 QWEN2 = {**LLAMA, "model_type": "qwen2"}
 
 
@@ -292,10 +301,52 @@ QWEN2 = {**LLAMA, "model_type": "qwen2"}
         ({**LLAMA, "layer_types": ["full_attention", "sliding_attention"]}, False),
         ({**LLAMA, "model_type": "mistral"}, False),
         ({**LLAMA, "model_type": "gpt2"}, False),
+        ({**LLAMA, "num_key_value_heads": 3}, False),
+        ({k: v for k, v in LLAMA.items() if k != "hidden_size"}, False),
     ],
 )
 def test_supports(config: dict, expected: bool) -> None:
     assert supports({"max_position_embeddings": 256, **config}) is expected
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({**LLAMA, "model_type": "gpt2"}, "gpt2 architecture has no native implementation"),
+        ({**QWEN2, "use_sliding_window": True}, "qwen2 with a sliding window is not native"),
+        ({**LLAMA, "hidden_act": "gelu"}, "llama with activation 'gelu' is not native"),
+        ({**LLAMA, "rope_scaling": {"type": "yarn", "factor": 2.0}},
+         "RoPE type 'yarn' is not native"),
+        ({**LLAMA, "rope_scaling": {"type": "llama3", "factor": 8.0}},
+         "llama3 RoPE scaling lacks low_freq_factor, high_freq_factor"),
+        ({**LLAMA, "partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 is not native"),
+        ({"model_type": "llama", "hidden_size": 32},
+         "config.json lacks vocab_size, num_hidden_layers, num_attention_heads"),
+        ({**LLAMA, "num_key_value_heads": 3},
+         "4 attention heads do not split into 3 key/value heads"),
+        ({**LLAMA, "hidden_size": 0}, "hidden_size must be a positive integer (got 0)"),
+        ({**LLAMA, "head_dim": 7}, "RoPE needs an even head_dim (got 7)"),
+    ],
+)
+def test_model_args_name_what_they_refuse(config: dict, message: str) -> None:
+    with pytest.raises(UnsupportedModelError) as raised:
+        ModelArgs.from_config(config)
+    assert str(raised.value).startswith(message)
+    assert isinstance(raised.value, ChatcliError) and isinstance(raised.value, ValueError)
+
+
+def test_model_args_read_the_config_once() -> None:
+    args = ModelArgs.from_config({**QWEN2, "head_dim": 16, "rms_norm_eps": 1e-5,
+                                  "rope_theta": 5e5, "tie_word_embeddings": True})
+    assert args == ModelArgs(
+        model_type="qwen2", vocab_size=300, hidden_size=32, num_layers=2, heads=4, kv_heads=2,
+        head_dim=16, rms_norm_eps=1e-5, rope=RopeParams("default", 5e5),
+        tie_word_embeddings=True, qkv_bias=True, o_bias=False, mlp_bias=False,
+    )
+    llama = ModelArgs.from_config({**LLAMA, "num_key_value_heads": None,
+                                   "rope_scaling": {"type": "llama3", **LLAMA3_ROPE}})
+    assert (llama.kv_heads, llama.head_dim, llama.qkv_bias) == (4, 8, False)
+    assert llama.rope == RopeParams("llama3", 10000.0, 8.0, 1.0, 4.0, 64)
 
 
 def test_from_folder_rejects_unsupported(tmp_path: Path) -> None:

@@ -208,9 +208,9 @@ def test_one_query_attention_equals_the_fused_kernel(tiny_model: Tiny, cached: i
     q = torch.randn(rows, model.heads, 1, d, generator=gen)
     k = torch.randn(rows, model.kv_heads, cached, d, generator=gen)
     v = torch.randn(rows, model.kv_heads, cached, d, generator=gen)
-    fused = model._attend(q, k, v, past=cached - 1)
+    fused = model.attend(q, k, v, past=cached - 1)
     model.exact = False
-    mine = model._attend(q, k, v, past=cached - 1)
+    mine = model.attend(q, k, v, past=cached - 1)
     assert mine.shape == fused.shape == (rows, 1, model.heads * d)
     assert torch.allclose(mine, fused, atol=1e-5, rtol=0)
 

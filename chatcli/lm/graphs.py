@@ -5,13 +5,14 @@ Contract: `GraphedLanguageModel(model, max_len, reporter)` implements
 `StaticKVCache`s: per-layer K/V buffers of shape (rows, kv_heads, capacity, head_dim)
 allocated once (capacity: `max_len`, the context window, rounded up to a multiple
 of 16), whose addresses never change, so one captured graph serves every step.
-`prefill` runs the model's own eager `forward` (any number of tokens), which writes
-straight into the static buffers. `step` runs `decode_step`: one token per row, the
-position passed as a 1-element *tensor* (RoPE cos/sin gathered from a precomputed
-table, K/V written with `index_copy_`, the single query attending over the whole
-buffer with a mask that hides the positions after it), then o-proj, MLP, final
-norm and head, with the model's own weights, linears and `_rms_norm`. Logits equal
-the eager forward's up to rounding (the attention sums over more, masked,
+`prefill` runs the model's own eager `forward` (any number of tokens, in chunks),
+which writes straight into the static buffers. `step` runs `decode_step`: one token
+per row through the model's own layers (`NativeCausalLM.hidden`, `logits`), with
+the position passed as a 1-element *tensor*; only the cache write (`index_copy_` at
+that position, `StaticKVCache.at`) and the attention kernel (the single query over
+the whole buffer, with a mask that hides the positions after it) are this module's,
+and RoPE's cos/sin are gathered from a table the model's own `rope` built. Logits
+equal the eager forward's up to rounding (the attention sums over more, masked,
 positions); greedy tokens are the same in the tests. Going past `max_len` raises
 `ContextOverflowError`.
 
@@ -33,7 +34,8 @@ The loader uses this class for the native implementation on CUDA unless
 CHATCLI_NO_CUDA_GRAPHS=1 is set (see `wanted`); on CPU the eager
 `NativeLanguageModel` is faster and stays. This module deliberately knows nothing
 about tokenization, decoding strategies, text or the terminal (it never prints),
-nor about checkpoints or quantization: it reuses whatever linears the model holds.
+nor about checkpoints, quantization or the layers' ops: it calls the model's public
+pass with its own cache write and attention.
 """
 
 from __future__ import annotations
@@ -80,9 +82,10 @@ class StaticKVCache(KVCache):
     def allocate(cls, model: NativeCausalLM, max_len: int) -> StaticKVCache:
         """An empty 1-row cache for `model` with room for `max_len` positions."""
         shape = (1, model.kv_heads, _capacity(max_len), model.head_dim)
+        dtype = model.cache_dtype
         with torch.inference_mode():
             keys, values = (
-                [torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in model.layers]
+                [torch.zeros(shape, dtype=dtype, device=model.device) for _ in model.layers]
                 for _ in range(2)
             )
         return cls(keys, values, max_len)
@@ -114,6 +117,11 @@ class StaticKVCache(KVCache):
         values[:, :, start:end] = value
         return keys[:, :, :end], values[:, :, :end]
 
+    def at(self, pos: torch.Tensor) -> _StepWriter:
+        """The cache as one decode step writes it: at position `pos` (a 1-element tensor,
+        so no host synchronisation), returning whole buffers (the attention masks them)."""
+        return _StepWriter(self, pos)
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (in that order), e.g. the surviving beams; in place."""
         n = rows.numel()
@@ -137,6 +145,21 @@ class StaticKVCache(KVCache):
         self.rows = rows
 
 
+@dataclass(frozen=True)
+class _StepWriter:
+    cache: StaticKVCache
+    pos: torch.Tensor
+
+    def append(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = key.shape[0]
+        keys, values = self.cache.keys[layer][:rows], self.cache.values[layer][:rows]
+        keys.index_copy_(2, self.pos, key)
+        values.index_copy_(2, self.pos, value)
+        return keys, values
+
+
 def _capacity(max_len: int) -> int:
     return -(-max_len // _ALIGN) * _ALIGN
 
@@ -150,7 +173,7 @@ def _overflow(length: int, max_len: int) -> ContextOverflowError:
 
 @dataclass
 class RopeTable:
-    """cos/sin (capacity, head_dim) for every position, computed as the eager forward does."""
+    """cos/sin (capacity, head_dim) for every position, from the model's own `rope`."""
 
     cos: torch.Tensor
     sin: torch.Tensor
@@ -160,9 +183,7 @@ class RopeTable:
     def build(cls, model: NativeCausalLM, capacity: int) -> RopeTable:
         with torch.inference_mode():
             positions = torch.arange(capacity, device=model.device)
-            freqs = positions[:, None].float() * model.inv_freq
-            emb = torch.cat((freqs, freqs), dim=-1)
-            return cls(emb.cos().to(model.dtype), emb.sin().to(model.dtype), positions)
+            return cls(*model.rope(positions), positions)
 
 
 def decode_step(
@@ -177,30 +198,22 @@ def decode_step(
     Fixed shapes and no host synchronisation, so it can be captured as a CUDA graph.
     Writes this position's K/V into `cache` but leaves `cache.length` to the caller.
     """
-    rows, hd, half = ids.shape[0], model.head_dim, model.head_dim // 2
+    rows, hd = ids.shape[0], model.head_dim
     n_rep = model.heads // model.kv_heads
-    h = F.embedding(ids, model.embed)
     cos = rope.cos.index_select(0, pos).view(1, 1, 1, hd)
     sin = rope.sin.index_select(0, pos).view(1, 1, 1, hd)
     visible = (rope.positions <= pos).view(1, 1, 1, -1)
-    for i, layer in enumerate(model.layers):
-        q, k, v = model._qkv(layer, model._rms_norm(h, layer.input_norm))
-        q = q.view(rows, 1, -1, hd).transpose(1, 2)
-        k = k.view(rows, 1, -1, hd).transpose(1, 2)
-        v = v.view(rows, 1, -1, hd).transpose(1, 2)
-        q = (q * cos) + (torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin)
-        k = (k * cos) + (torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin)
-        keys, values = cache.keys[i][:rows], cache.values[i][:rows]
-        keys.index_copy_(2, pos, k)
-        values.index_copy_(2, pos, v)
+
+    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         # The query heads sharing a K/V head become that head's queries (transformers'
         # `pack_gqa`): no repeated K/V, and one mask for all of them.
         q = q.reshape(rows, model.kv_heads, n_rep, hd)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=model.scale)
-        h = h + layer.o(out.reshape(rows, 1, -1))
-        h = h + model._mlp(layer, model._rms_norm(h, layer.post_norm))
-    h = model._rms_norm(h, model.norm)
-    return model.head(h.reshape(rows, -1))
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible,
+                                             scale=model.scale)
+        return out.reshape(rows, 1, -1)
+
+    h = model.hidden(ids, cache.at(pos), cos, sin, attend)
+    return model.logits(h, 1).view(rows, -1)
 
 
 def capture_graph(run: Callable[[], None], warmup_runs: int = WARMUP_RUNS) -> Callable[[], None]:
