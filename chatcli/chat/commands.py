@@ -23,7 +23,7 @@ from typing import Any
 
 from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.decoding.base import ParamError, coerce, is_list, param_types
-from chatcli.decoding.settings import COMMON_NAMES, CommonParams
+from chatcli.decoding.settings import COMMON_NAMES, CommonParams, builtin_strategies
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.ui.console import UI
 
@@ -248,8 +248,8 @@ COMMANDS: list[Command] = [
     Command("help", "", "this list", _help),
     Command("system", "TEXT", "set the system prompt (empty: remove it)", _system),
     Command("set", "KEY VALUE", "set a decoding parameter (validated like the flags)", _set),
-    Command("strategy", "NAME", "switch decoding strategy (greedy, sample, beam, plugins)",
-            _strategy),
+    Command("strategy", "NAME", "switch decoding strategy "
+            f"({', '.join([*builtin_strategies(), 'plugins'])})", _strategy),
     Command("model", "ALIAS", "switch model, keeping the conversation", _model),
     Command("clear", "", "start over (the system prompt stays)", _clear),
     Command("undo", "", "remove the last exchange", _undo),

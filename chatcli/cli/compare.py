@@ -104,8 +104,8 @@ def compare(
 ) -> None:
     """Answer one prompt with several strategies and show the answers side by side.
 
-    Default strategies: the built-in ones the model can run (greedy, sample and beam
-    locally; beam on a server only where it has beam search)."""
+    Default strategies: the built-in ones the model can run (all of them locally; on a
+    server, those it can run: beam search only where it has it)."""
     from chatcli.cli.common import Request, setup
     from chatcli.cli.options import decoding_request
     from chatcli.decoding.registry import strategy_registry

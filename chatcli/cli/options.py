@@ -78,11 +78,19 @@ AliasArg = Annotated[str, typer.Argument(help="Model alias.", show_default=False
 
 # -- decoding (validated by the strategies' parameter classes, not here) ---------
 _D = "Decoding"
-StrategyOpt = Annotated[
-    str | None,
-    typer.Option("--strategy", "-S", help="Decoding strategy: greedy, sample, beam or a plugin "
-                 "('chatcli strategies' lists them).", show_default=False, rich_help_panel=_D),
-]
+
+
+def _strategy_option() -> Any:
+    from chatcli.decoding.settings import builtin_strategies
+
+    names = ", ".join(builtin_strategies())
+    return Annotated[
+        str | None,
+        typer.Option("--strategy", "-S", help=f"Decoding strategy: {names} or a plugin "
+                     "('chatcli strategies' lists them).", show_default=False,
+                     rich_help_panel=_D),
+    ]
+
 OptionOpt = Annotated[
     list[str] | None, typer.Option("--option", "-o", metavar="KEY=VALUE",
                                    help="A strategy parameter without its own flag "
@@ -142,7 +150,7 @@ def decoding_options(*, strategies: bool = True, strategy: bool = True,
     """
 
     def wrap(fn: Command) -> Command:
-        added: list[tuple[str, Any]] = [("strategy", StrategyOpt)] if strategy else []
+        added: list[tuple[str, Any]] = [("strategy", _strategy_option())] if strategy else []
         added += [(f.param.name, _annotation(f)) for f in _flagged()
                   if strategies or not f.owners]
         if option:

@@ -17,7 +17,7 @@ out-of-range value typed in with `compare -S` is reported as written there.
 strategy, plugin parameters included) when the file is read.
 `CommonParams` declares the parameters every strategy takes; `command_line_parameters()`
 lists those with a flag (common, then the built-in strategies'), which ask, chat and
-compare turn into options.
+compare turn into options; `builtin_strategies()` names chatcli's own strategies.
 
 Knows nothing about the terminal or how tokens are generated.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,12 +96,23 @@ class Flagged:
     owners: tuple[str, ...]  # the built-in strategies that take it (): every strategy
 
 
+@functools.cache
+def _builtins() -> StrategyRegistry:
+    builtins = StrategyRegistry()
+    register_builtins(builtins.register)
+    return builtins
+
+
+def builtin_strategies() -> list[str]:
+    """The names of chatcli's own strategies, in registration order (no plugins)."""
+    return _builtins().names()
+
+
 def command_line_parameters() -> list[Flagged]:
     """Every parameter with a flag: the common ones, then each built-in strategy's in
     registration order (a name several strategies declare appears once). Plugins are
     not loaded: their parameters are set with -o."""
-    builtins = StrategyRegistry()
-    register_builtins(builtins.register)
+    builtins = _builtins()
     out = [Flagged(d, ()) for d in declared(CommonParams) if d.flag]
     seen = {f.param.name for f in out}
     for name in builtins.names():

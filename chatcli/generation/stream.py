@@ -8,8 +8,8 @@ event carries the finish reason: "stop" (an EOS id), "length" (the token limit)
 or "stop_string". `Generation.stats` is kept current as it streams; a strategy that
 returns several hypotheses (beam search) fills `Generation.search` (its typed result),
 `Generation.hypotheses` (`AnswerHypothesis`, with text) and `Generation.pruned`
-(`PrunedText`, with text; only with `trace_beams`) when it ends. `as_dict()` of either
-is its --json form. `complete()` is the convenience wrapper.
+(`PrunedText`, with text; only with `trace_beams`) as soon as its steps carry them.
+`as_dict()` of either is its --json form. `complete()` is the convenience wrapper.
 
 Knows nothing about the terminal or the CLI.
 """
