@@ -19,6 +19,9 @@ import torch
 from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.decoding.registry import strategy_registry
 from chatcli.generation.prompt_cache import PromptCache
+from chatcli.lm.hf import HFLanguageModel
+from chatcli.lm.llama import KVCache
+from chatcli.lm.native import NativeLanguageModel
 from chatcli.loader import LoadedModel, load_model
 from chatcli.progress import SilentReporter
 from chatcli.registry import load_registry
@@ -53,6 +56,9 @@ class Spy:
 
     def crop(self, cache: Any, length: int) -> None:
         self.lm.crop(cache, length)
+
+    def can_crop(self, cache: Any, length: int) -> bool:
+        return bool(self.lm.can_crop(cache, length))
 
 
 def _loaded(home: Path, dtype: str) -> LoadedModel:
@@ -159,3 +165,107 @@ def test_stats_counts_the_reused_prompt_tokens(cli) -> None:
     assert fields[0]["reused_prompt_tokens"] == "0"
     assert fields[1]["prompt_tokens"] == prompt
     assert fields[1]["reused_prompt_tokens"] == prompt  # /retry: the whole prompt was cached
+
+
+class _Uncroppable(KVCache):
+    """A cache that declares it cannot be cropped, and fails if it is cropped anyway."""
+
+    croppable = False
+
+    def crop(self, length: int) -> None:
+        raise AssertionError("a cache that declares itself not croppable was cropped")
+
+
+class _UncroppableLM(NativeLanguageModel):
+    def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
+        if cache is None:
+            cache = _Uncroppable(len(self.model.layers))
+        return super().prefill(ids, cache)
+
+
+def test_a_cache_that_cannot_be_cropped_gets_a_full_prefill(home: Path) -> None:
+    """Every turn, /retry included, prefills its whole prompt into a new cache (nothing
+    reused, nothing cropped) and answers exactly as a session without reuse."""
+    loaded = _loaded(home, "float32")
+    assert isinstance(loaded.lm, NativeLanguageModel)
+    uncroppable = dataclasses.replace(loaded, lm=_UncroppableLM(loaded.lm.model))
+    runs = []
+    for model, reuse in ((uncroppable, True), (loaded, False)):
+        session, spy = _session(model, reuse=reuse)
+        answers, prompts, reused = [], [], []
+        for message in ("Hello there", "And the fox?", None):
+            if message is None:
+                assert session.retry() is not None
+            else:
+                session.add_user(message)
+            answers.append(answer_ids(session))
+            assert session.last_packed is not None
+            prompts.append(session.last_packed.tokens)
+            reused.append(session.cache.reused)
+        assert spy.fed == prompts and reused == [0, 0, 0]
+        assert prompts[1] > prompts[0] + len(answers[0])  # turn 2 had a prefix to reuse
+        runs.append(answers)
+    assert runs[0] == runs[1]
+
+
+class _Window(_Counting):
+    """A stand-in whose cache can be cropped only while it holds at most `window` ids."""
+
+    window = 4
+
+    def can_crop(self, cache: Any, length: int) -> bool:
+        return len(cache) <= self.window and 0 <= length <= len(cache)
+
+    def crop(self, cache: Any, length: int) -> None:
+        assert self.can_crop(cache, length)
+        super().crop(cache, length)
+
+
+def test_the_prompt_cache_asks_before_it_crops() -> None:
+    pc = PromptCache(_Window())
+    logits, cache = pc.prefill([1, 2, 3])
+    pc.step(torch.tensor([9]), cache)  # the cache holds 4 ids: still croppable
+    logits, cache = pc.prefill([1, 2, 3, 5, 6])
+    assert logits.tolist() == [[2.0] * 4] and pc.reused == 3 and cache == [1, 2, 3, 5, 6]
+    assert not pc.can_crop(cache, 3)
+    # 5 ids: past the window. A longer prompt and the same prompt again (/retry) both
+    # prefill everything into a new cache.
+    logits, new = pc.prefill([1, 2, 3, 5, 6, 7])
+    assert logits.tolist() == [[6.0] * 4] and pc.reused == 0 and new is not cache
+    again, newer = pc.prefill([1, 2, 3, 5, 6, 7])
+    assert again.tolist() == [[6.0] * 4] and pc.reused == 0 and newer is not new
+
+
+def test_transformers_caches_say_when_they_cannot_roll_back(sliding: Path) -> None:
+    """A sliding-window layer past its window cannot be cropped: `can_crop` says so, and
+    the prompt cache then prefills cold (bit for bit a fresh prefill's logits)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = HFLanguageModel(AutoModelForCausalLM.from_pretrained(sliding, dtype=torch.float32))
+    ids = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    _, cache = lm.prefill(ids[:20])
+    assert lm.can_crop(cache, 10) and lm.can_crop(cache, 20)
+    _, cache = lm.prefill(ids[20:30], cache)  # 30 positions: past the 24-token window
+    assert not lm.can_crop(cache, 10) and lm.can_crop(cache, 30)
+    spy = Spy(lm)
+    pc = PromptCache(spy)
+    pc.prefill(ids[:30])
+    pc.prefill(ids)  # all 30 cached positions shared: nothing to roll back
+    assert spy.fed == [30, 10] and pc.reused == 30
+    edited = ids[:25] + ids[26:]  # shares 25 of the 40 cached positions
+    logits, _ = pc.prefill(edited)
+    assert spy.fed == [30, 10, 39] and pc.reused == 0
+    cold, _ = lm.prefill(edited)
+    assert torch.equal(logits, cold)
+    short = PromptCache(Spy(lm))
+    short.prefill(ids[:20])
+    short.prefill(ids[:22])  # within the window: reused
+    assert short.reused == 20
+
+
+@pytest.fixture(scope="module")
+def sliding(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_transformers_path import build_model
+
+    return build_model(tmp_path_factory.mktemp("sliding"), "qwen2", use_sliding_window=True,
+                       sliding_window=24, max_window_layers=0)

@@ -4,10 +4,12 @@ Contract: `PromptCache(lm)` is a `LanguageModel` that wraps another one and
 remembers which token ids its last single-row cache holds (the previous packed
 prompt plus the reply tokens fed back while generating). `prefill(ids)` finds the
 longest common prefix with them, crops the cache to it and feeds only the new
-suffix; when nothing is shared (packing dropped a turn, a new system prompt) it
-starts over. Beam search (several rows) or `invalidate()` (after an interrupted
-answer) discards the cache. `reused` says how many prompt tokens were skipped
-last time.
+suffix; when nothing is shared (packing dropped a turn, a new system prompt), or when
+the model declares that its cache cannot be cropped to that prefix
+(`LanguageModel.can_crop`: e.g. a sliding-window layer past its window), it prefills
+the whole prompt into a new cache instead. Beam search (several rows) or
+`invalidate()` (after an interrupted answer) discards the cache. `reused` says how
+many prompt tokens were skipped last time.
 
 Exactness: the logits of the last prompt position are kept with the cache. A
 prompt equal to the one last prefilled (`/retry`; `/undo` and the same message)
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatcli.lm.base import LanguageModel
+from chatcli.lm.base import LanguageModel, can_crop
 
 
 class PromptCache:
@@ -44,7 +46,8 @@ class PromptCache:
 
     def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
         if (cache is None and self.cache is not None and self.logits is not None
-                and len(ids) == self.prompt_length and self.ids[:len(ids)] == ids):
+                and len(ids) == self.prompt_length and self.ids[:len(ids)] == ids
+                and can_crop(self.lm, self.cache, len(ids))):
             self.lm.crop(self.cache, len(ids))
             self.ids, self.reused = list(ids), len(ids)
             return self.logits.clone(), self.cache
@@ -53,6 +56,9 @@ class PromptCache:
             limit = min(len(self.ids), len(ids) - 1)  # feed at least one token
             while shared < limit and self.ids[shared] == ids[shared]:
                 shared += 1
+            if shared and not can_crop(self.lm, self.cache, shared):
+                shared = 0
+                self.invalidate()  # a full prefill into a new cache; this one is let go first
         if shared > 0:
             self.lm.crop(self.cache, shared)
             logits, new_cache = self.lm.prefill(ids[shared:], self.cache)
@@ -81,6 +87,9 @@ class PromptCache:
     def reorder(self, cache: Any, rows: Any) -> None:
         self.invalidate()
         self.lm.reorder(cache, rows)
+
+    def can_crop(self, cache: Any, length: int) -> bool:
+        return can_crop(self.lm, cache, length)
 
     def crop(self, cache: Any, length: int) -> None:
         self.lm.crop(cache, length)

@@ -6,6 +6,13 @@ the cache; `step(tokens, cache)` feeds one token per row and returns (rows, voca
 logits; `expand`, `reorder` and `crop` reshape a cache in place for beam search and
 prompt-cache reuse. Logits come back in the model's dtype.
 
+`can_crop(cache, length)` declares whether `crop(cache, length)` rolls the cache back
+exactly by dropping positions, without recomputing anything: chatcli's own caches
+always can (`KVCache.croppable`); a transformers cache holding a sliding-window layer
+past its window, or a recurrent layer, cannot. The prompt cache asks before reusing a
+cached prefix and prefills the whole prompt afresh where the answer is no. A model
+that does not declare `can_crop` is taken to crop exactly (`can_crop` below).
+
 Implementations know nothing about tokenization, decoding strategies or text.
 """
 
@@ -23,3 +30,10 @@ class LanguageModel(Protocol):
     def expand(self, cache: Any, rows: int) -> None: ...
     def reorder(self, cache: Any, rows: Any) -> None: ...
     def crop(self, cache: Any, length: int) -> None: ...
+    def can_crop(self, cache: Any, length: int) -> bool: ...
+
+
+def can_crop(lm: Any, cache: Any, length: int) -> bool:
+    """`lm.can_crop(cache, length)`, or True for a model that does not declare it."""
+    declared = getattr(lm, "can_crop", None)
+    return True if declared is None else bool(declared(cache, length))

@@ -308,6 +308,9 @@ class GraphedLanguageModel:
     def crop(self, cache: StaticKVCache, length: int) -> None:
         self._live(cache).crop(length)
 
+    def can_crop(self, cache: StaticKVCache, length: int) -> bool:
+        return cache is self._cache and cache.croppable and 0 <= length <= len(cache)
+
     # -- graphs ----------------------------------------------------------------
     def warm_up(self) -> None:
         """Capture the one-row step now (on CUDA), so that the first answer does not wait.

@@ -7,12 +7,19 @@ releases (`past_key_values` → `cache`). It works for every architecture
 transformers supports; `chatcli.lm.llama` is the faster-starting path for the
 Llama family.
 
+A prompt longer than `prefill_chunk` tokens (512) is fed in chunks of that size
+through the cache, as `generate(prefill_chunk_size=...)` does, so that no tensor grows
+with prompt x prompt (the causal mask of a chunk after cached positions) at once; the
+last position's logits equal an unchunked prefill's up to float rounding.
+
 `crop(cache, length)` keeps the first `length` positions. transformers 5.x's
 `Cache.crop(n)` takes the number of positions to *remove*, as a negative int (a
-positive one raises); that is what is called. A cache that cannot be rolled back
-that way (a sliding-window layer already past its window, a linear-attention
-layer) is rebuilt in place from the ids fed into it, which this class records
-for single-row caches, so cropping is always exact.
+positive one raises); that is what is called. `can_crop(cache, length)` says
+whether that rolls the cache back: not for a sliding-window layer already past its
+window, nor a layer that declares itself not croppable (linear attention); the
+prompt cache then prefills afresh. Such a cache given to `crop` anyway is rebuilt in
+place from the ids fed into it, which this class records for single-row caches, so
+cropping is always exact.
 
 Knows nothing about tokenization, decoding strategies or text.
 """
@@ -26,6 +33,8 @@ from typing import Any
 
 
 class HFLanguageModel:
+    prefill_chunk = 0  # prompt tokens fed at once; 0: the whole prompt at once
+
     def __init__(self, model: Any) -> None:
         self.model = model
         params = inspect.signature(model.forward).parameters
@@ -57,12 +66,22 @@ class HFLanguageModel:
         with contextlib.suppress(TypeError):  # a cache type without weak references
             self._fed[cache] = fed
 
-    def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
+    def _feed(self, ids: list[int], cache: Any) -> tuple[Any, Any]:
+        """Feed `ids` into `cache` in chunks of `prefill_chunk`: the last one's logits."""
         import torch
 
+        size = self.prefill_chunk if self.prefill_chunk > 0 else len(ids)
+        logits = None
+        with torch.inference_mode():
+            for start in range(0, len(ids), max(size, 1)):
+                chunk = [ids[start:start + size]]
+                input_ids = torch.tensor(chunk, dtype=torch.long, device=self.device)
+                logits, cache = self._forward_raw(input_ids, cache)
+        return logits, cache
+
+    def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
         before = [] if cache is None else self._fed.get(cache) if _weak(cache) else None
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits, new_cache = self._forward(input_ids, cache)
+        logits, new_cache = self._feed(list(ids), cache)
         self._record(new_cache, before, list(ids))
         return logits, new_cache
 
@@ -81,6 +100,9 @@ class HFLanguageModel:
         cache.reorder_cache(rows)
         self._record(cache, None, None)
 
+    def can_crop(self, cache: Any, length: int) -> bool:
+        return length >= 0 and (length >= int(cache.get_seq_length()) or _can_roll_back(cache))
+
     def crop(self, cache: Any, length: int) -> None:
         current = int(cache.get_seq_length())
         if length >= current:
@@ -97,12 +119,8 @@ class HFLanguageModel:
 
     def _rebuild(self, cache: Any, ids: list[int]) -> None:
         """Refill `cache` in place with exactly `ids` (for caches that cannot roll back)."""
-        import torch
-
         cache.reset()
-        if ids:
-            with torch.inference_mode():
-                self._forward_raw(torch.tensor([ids], dtype=torch.long, device=self.device), cache)
+        self._feed(ids, cache)
 
 
 def _weak(cache: Any) -> bool:

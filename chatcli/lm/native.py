@@ -38,3 +38,6 @@ class NativeLanguageModel:
 
     def crop(self, cache: KVCache, length: int) -> None:
         cache.crop(length)
+
+    def can_crop(self, cache: KVCache, length: int) -> bool:
+        return cache.croppable and 0 <= length <= len(cache)
