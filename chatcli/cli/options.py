@@ -221,8 +221,9 @@ ShowCandidatesOpt = Annotated[
                              "(model and strategy distributions; 0: off).", show_default=False)
 ]
 ShowBeamsOpt = Annotated[
-    bool, typer.Option("--show-beams", help="beam: show the final hypotheses with their scores "
-                       "and the step at which each pruned beam left the search.")
+    bool, typer.Option("--show-beams", help="With a strategy that returns several hypotheses "
+                       "(beam): show them with their scores, and the step at which each pruned "
+                       "beam left the search.")
 ]
 ExplainContextOpt = Annotated[
     bool, typer.Option("--explain-context", help="Report how much of the answer's attention "

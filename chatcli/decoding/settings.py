@@ -58,6 +58,7 @@ from chatcli.decoding.registry import StrategyRegistry, register_builtins
 from chatcli.errors import ChatcliError, UsageError
 
 DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_STRATEGY = "greedy"  # when neither a flag, the alias nor generation_config chooses
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def resolve_settings(
     alias_strategy = alias.pop("strategy", None)
     name, strategy_origin = next(
         (n, o) for n, o in ((strategy, "flag"), (alias_strategy, "models.toml"),
-                            (gc_strategy, "generation_config.json"), ("greedy", "default")) if n
+                            (gc_strategy, "generation_config.json"),
+                            (DEFAULT_STRATEGY, "default")) if n
     )
     cls = registry.get(name)
     own = {f.name: f for f in dataclasses.fields(cls.Params)}
