@@ -99,3 +99,35 @@ def test_side_by_side_fits_the_terminal(monkeypatch: pytest.MonkeyPatch, width: 
         assert "strategy-1" in header[0] and "strategy-2" in header[0]
     else:  # stacked panels
         assert "strategy-1" not in header[0]
+
+
+def test_common_flags_apply_to_every_strategy(cli) -> None:
+    result = run_cli(["compare", "--json", "-n", "10", "--repetition-penalty", "1.5",
+                      "--stop", "zzz-never", "-S", "greedy", "-S", "beam:num_beams=2", "Hello"])
+    assert result.exit_code == 0, result.stderr
+    greedy, beam = json.loads(result.stdout)["results"]
+    for r, args in ((greedy, []), (beam, ["-S", "beam", "--num-beams", "2"])):
+        assert (r["decoding"]["repetition_penalty"], r["decoding"]["stop"]) == (1.5, ["zzz-never"])
+        asked = json.loads(run_cli(["ask", "--json", "-n", "10", "--repetition-penalty", "1.5",
+                                    *args, "Hello"]).stdout)
+        assert r["token_ids"] == asked["token_ids"]
+    bad = run_cli(["compare", "--presence-penalty", "3", "hi"])
+    assert (bad.exit_code, bad.stderr) == (
+        2, "error: --presence-penalty must be in [-2, 2] (got 3.0); "
+           "hint: 'chatcli strategies' lists every parameter\n")
+
+
+def test_the_default_set_is_what_the_backend_can_run() -> None:
+    from chatcli.cli.compare import runnable
+    from chatcli.registry import ModelSpec
+
+    def server(name: str) -> ModelSpec:
+        return ModelSpec(alias="srv", source="remote", backend="openai",
+                         base_url="http://h/v1", model="m", server=name)
+
+    local = ModelSpec(alias="tiny", source="path", path=None)
+    assert [runnable(local, n) for n in ("greedy", "sample", "beam")] == [True, True, True]
+    for name, beam in (("generic", False), ("vllm", True), ("llama.cpp", False),
+                       ("transformers", False)):
+        assert [runnable(server(name), n) for n in ("greedy", "sample", "beam")] == [
+            True, True, beam]
