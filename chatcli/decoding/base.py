@@ -24,6 +24,8 @@ server (`Remote`: fixed request fields, parameters always sent, the seed, server
 features it needs). Without the attribute a strategy gets `DEFAULT_CAPABILITIES`: a
 token-by-token strategy (as `chatcli.decoding.loop.token_loop` makes) that runs on
 local models only. Callers ask `capabilities_of(cls)`, never a strategy's name.
+Every command's --help reads the built-in declarations, so a strategy module imports
+what it decodes with (the loop, filters, torch) inside `decode`, not at module level.
 
 `DecodeContext` carries what every strategy shares: limits, EOS ids, the logit
 processors (penalties), a seeded random generator, and what the caller asks to see

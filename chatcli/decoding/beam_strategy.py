@@ -29,7 +29,6 @@ from chatcli.decoding.base import (
     finite,
     param,
 )
-from chatcli.decoding.beam import beam_search
 from chatcli.lm.base import LanguageModel
 
 
@@ -71,6 +70,8 @@ class Beam:
     def decode(
         self, lm: LanguageModel, prompt_ids: list[int], params: Any, ctx: DecodeContext
     ) -> Iterator[TokenStep]:
+        from chatcli.decoding.beam import beam_search
+
         if ctx.max_new_tokens <= 0:
             return
         result = beam_search(

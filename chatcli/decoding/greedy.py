@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from chatcli.decoding.base import Capabilities, DecodeContext, NoParams, Remote, TokenStep
-from chatcli.decoding.loop import token_loop
 from chatcli.lm.base import LanguageModel
 
 
@@ -32,4 +31,6 @@ class Greedy:
     def decode(
         self, lm: LanguageModel, prompt_ids: list[int], params: Any, ctx: DecodeContext
     ) -> Iterator[TokenStep]:
+        from chatcli.decoding.loop import token_loop
+
         return token_loop(lm, prompt_ids, lambda scores: int(scores[0].argmax()), ctx)

@@ -26,8 +26,6 @@ from chatcli.decoding.base import (
     interval,
     param,
 )
-from chatcli.decoding.filters import make_filter
-from chatcli.decoding.loop import token_loop
 from chatcli.lm.base import LanguageModel
 
 
@@ -77,6 +75,9 @@ class Sample:
         self, lm: LanguageModel, prompt_ids: list[int], params: Any, ctx: DecodeContext
     ) -> Iterator[TokenStep]:
         import torch
+
+        from chatcli.decoding.filters import make_filter
+        from chatcli.decoding.loop import token_loop
 
         filt = make_filter(params.temperature, params.top_k, params.top_p, params.min_p,
                            params.typical_p)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -251,7 +250,12 @@ def resolve_settings(
         common = CommonParams(**{k: v for k, v in merged.items() if k in COMMON_NAMES})
     except ParamError as exc:
         raise _reworded(exc, origins, options or {}, spelling) from None
-    seed = common.seed if common.seed is not None else secrets.randbits(32)
+    if common.seed is not None:
+        seed = common.seed
+    else:
+        import secrets
+
+        seed = secrets.randbits(32)
     return DecodingSettings(name, params, common, origins, seed, capabilities_of(cls))
 
 
