@@ -88,10 +88,6 @@ class ModelSpec:
     timeout: float = DEFAULT_TIMEOUT  # openai: seconds to wait for the server
 
     @property
-    def is_remote(self) -> bool:  # TEMPORARY: until cli/compare.py asks the backend
-        return self.backend != "local"
-
-    @property
     def location(self) -> str:
         """Where the weights (or the server) are, in one short string (its backend says)."""
         from chatcli.backends import backend_of

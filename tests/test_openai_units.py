@@ -50,7 +50,7 @@ def test_remote_alias_keys(tmp_path: Path) -> None:
     spec = _parse(tmp_path, 'backend = "openai"\nbase_url = "https://gpu.example:8000/v1/"\n'
                   'model = "meta-llama/Llama-3.3-70B-Instruct"\napi_key_env = "VLLM_KEY"\n'
                   'server = "vllm"\ntimeout = 5\n[models.srv.defaults]\ntemperature = 0.5\n')
-    assert spec.is_remote and spec.source == "remote"
+    assert spec.backend == "openai" and spec.source == "remote"
     assert spec.base_url == "https://gpu.example:8000/v1"
     assert spec.model == "meta-llama/Llama-3.3-70B-Instruct"
     assert (spec.api_key_env, spec.server, spec.timeout) == ("VLLM_KEY", "vllm", 5.0)

@@ -90,10 +90,7 @@ def check_capabilities(spec: Any, caps: Capabilities, views: Views,
 
 def strategy_needs(settings: Any) -> list[str]:
     """The backend capabilities the strategy of `settings` needs."""
-    from chatcli.decoding.base import capabilities_of
-    from chatcli.decoding.registry import strategy_registry
-
-    caps = capabilities_of(strategy_registry().get(settings.strategy))
+    caps = settings.capabilities
     needs = []
     if caps.remote is None:
         needs.append("any_strategy")  # it picks tokens itself: the backend must run it

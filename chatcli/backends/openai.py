@@ -91,13 +91,12 @@ class OpenAIBackend:
 
     @staticmethod
     def capabilities_of(spec: Any) -> Capabilities:
-        from chatcli.remote.params import MAX_TOP_LOGPROBS, PROFILES
+        from chatcli.remote.params import PROFILES
 
         profile = PROFILES[spec.server]
-        logprobs = getattr(profile, "logprobs", True)
         return Capabilities(token_ids=False, internals=False, any_strategy=False,
                             beam=bool(profile.beam),
-                            max_candidates=MAX_TOP_LOGPROBS if logprobs else 0,
+                            max_candidates=profile.max_top_logprobs if profile.logprobs else 0,
                             constrained=False, kv_reuse=False,
                             exact_count=bool(spec.tokenizer))
 

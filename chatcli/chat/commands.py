@@ -33,7 +33,7 @@ class ChatContext:
     session: ChatSession
     ui: UI
     answer: Callable[[], None]  # answers the last user message (the REPL's streaming)
-    load_model: Callable[[str], Any]  # alias -> LoadedModel
+    load_model: Callable[[str], Any]  # alias -> its backend, opened
     failed: int = 0  # turns that ended in an error (piped chat exits 1 when any did)
 
 
@@ -112,10 +112,10 @@ def _strategy(ctx: ChatContext, arg: str) -> None:
 def _model(ctx: ChatContext, arg: str) -> None:
     alias = arg.strip()
     if not alias:
-        ctx.ui.print(f"model: {ctx.session.loaded.spec.alias}")
+        ctx.ui.print(f"model: {ctx.session.backend.spec.alias}")
         return
     ctx.session.use_model(ctx.load_model(alias))
-    ctx.ui.notify(f"model = {alias} (context window {ctx.session.loaded.context_window})")
+    ctx.ui.notify(f"model = {alias} (context window {ctx.session.backend.context_window})")
 
 
 def _clear(ctx: ChatContext, _: str) -> None:
@@ -154,43 +154,35 @@ def _context(ctx: ChatContext, _: str) -> None:
             state = "kept (shortened)"
         rows.append(["system" if r.index < 0 else str(r.index + 1), r.role, str(r.tokens), state])
     show_table(ctx.ui, ["turn", "role", "tokens", "status"], rows)
-    window = session.loaded.context_window
+    window = session.backend.context_window
     ctx.ui.print(
         f"prompt {packed.tokens} of {packed.budget} tokens (context window {window} - "
         f"max new tokens {session.max_new_tokens}); {packed.dropped_exchanges} exchange(s) dropped"
     )
     answered, gen = session.answered_packed, session.last_generation
-    if (session.explain and session.remote is None and answered is not None and gen is not None
-            and gen.token_ids):
-        show_attention(ctx.ui, session.loaded, answered, gen.token_ids)
+    if (session.explain and session.backend.capabilities.internals and answered is not None
+            and gen is not None and gen.token_ids):
+        show_attention(ctx.ui, session.backend, answered, gen.token_ids)
 
 
-def show_attention(ui: UI, loaded: Any, packed: Any, answer_ids: list[int]) -> None:
+def show_attention(ui: UI, backend: Any, packed: Any, answer_ids: list[int]) -> None:
     """The last answer's attention per message of the prompt it was given."""
-    from chatcli.explain import context_attention
     from chatcli.ui.answers import show_spans
 
     with ui.busy("Measuring attention per turn (one extra forward pass)"):
-        spans = context_attention(loaded, packed.messages, packed.ids, answer_ids)
+        spans = backend.attention(packed, answer_ids)
     show_spans(ui, spans)
 
 
 def _prompt(ctx: ChatContext, _: str) -> None:
-    from chatcli.prompt import render_text
-
     if not ctx.session.conversation.messages():
         ctx.ui.print("the conversation is empty")
         return
     packed = ctx.session.pack()
-    remote = ctx.session.remote
-    if remote is not None and remote.tokenizer is None:
-        import json
-
-        ctx.ui.print_raw(json.dumps([m.as_dict() for m in packed.messages], indent=2,
-                                    ensure_ascii=False))
-        ctx.ui.print("(the messages sent to the server, which applies its own chat template)")
-        return
-    ctx.ui.print_raw(render_text(ctx.session.loaded.tokenizer, packed.messages))
+    text, note = ctx.session.backend.prompt_text(packed.messages)
+    ctx.ui.print_raw(text)
+    if note:
+        ctx.ui.print(note)
 
 
 def _stats(ctx: ChatContext, _: str) -> None:
@@ -200,8 +192,8 @@ def _stats(ctx: ChatContext, _: str) -> None:
     if gen is None:
         ctx.ui.print("no answer yet")
         return
-    ctx.ui.print(stats_line(ctx.session.loaded.spec.alias, gen.settings, gen.stats,
-                            len(gen.token_ids), reused=ctx.session.cache.reused))
+    ctx.ui.print(stats_line(ctx.session.backend.spec.alias, gen.settings, gen.stats,
+                            len(gen.token_ids), reused=ctx.session.backend.reused))
 
 
 def _save(ctx: ChatContext, arg: str) -> None:

@@ -103,15 +103,6 @@ class ChatSession:
         self.backend = as_backend(model)
         self.settings = self._resolve(self.request)
 
-    # TEMPORARY (until chat/commands.py, chat/repl.py and cli/ask.py ask the backend).
-    @property
-    def loaded(self) -> Any:
-        return getattr(self.backend, "loaded", None) or getattr(self.backend, "remote", None)
-
-    @property
-    def remote(self) -> Any:
-        return getattr(self.backend, "remote", None)
-
     @property
     def cache(self) -> Backend:
         """What keeps the prompt between turns (`reused`, `invalidate()`): the backend."""

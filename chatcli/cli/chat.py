@@ -79,9 +79,9 @@ def chat(
 
     prep = setup(ui, ctx.params, alias=resume,
                  internals="--explain-context" if explain_context else None)
-    loaded = prep.open()
+    backend = prep.open()
     session = ChatSession(
-        loaded, prep.strategies, prep.decoding(), conv, store=store,
+        backend, prep.strategies, prep.decoding(), conv, store=store,
         conversation_id=conv_id, message_ids=message_ids, truncate=not no_truncate,
         warn=ui.warn, history_path=history_path(),
     )

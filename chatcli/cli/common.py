@@ -108,9 +108,9 @@ def setup(
     In this order: the strategies; the decoding request of the command's flags (unless
     `requests(spec)` gives them, once the alias is known: compare's `-S`); models.toml;
     the alias (`alias()` once models.toml is read, else `-m`); then for each request its
-    settings, `check(settings)` (the command's own refusals), `internals` (the flag that
-    reads the model's internals) refused for a remote alias, and what the alias's
-    server cannot do (`candidates` alternatives per token) refused; last the runtime.
+    settings, `check(settings)` (the command's own refusals), and what the alias's
+    backend cannot give refused: `internals` (the flag that reads the model's
+    internals), `candidates` alternatives per token, the settings; last the runtime.
     """
     from chatcli.cli.options import decoding_request
     from chatcli.registry import load_registry
