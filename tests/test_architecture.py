@@ -126,6 +126,17 @@ RULES = [
          ("chatcli.remote.sse",),
          never=(*HTTP, "json", "chatcli.remote.client", "chatcli.remote.shape",
                 "chatcli.remote.params")),
+    # Backends: the one interface answers come through.
+    Rule("backends/ know nothing about the terminal, the CLI or chat",
+         ("chatcli.backends",), never=("chatcli.cli", "chatcli.chat", *TERMINAL)),
+    Rule("backends/base.py knows no particular backend: no server, no weights, no torch",
+         ("chatcli.backends.base",),
+         never=("chatcli.backends.local", "chatcli.backends.openai", "chatcli.remote",
+                "chatcli.loader", "chatcli.lm", "torch", "transformers")),
+    Rule("the CLI and chat reach weights and servers only through a backend",
+         ("chatcli.cli", "chatcli.chat"),
+         never=("chatcli.remote", "chatcli.loader", "chatcli.sources", "chatcli.lm",
+                "chatcli.generation.prompt_cache", "chatcli.backends.local")),
     # The terminal, chat and the command line.
     Rule("ui/ is the terminal only (no torch, nothing about models, decoding or chat): "
          "it imports only ui/, errors.py and paths.py",

@@ -28,3 +28,11 @@ def backend_class(name: str) -> Any:
 def backend_of(spec: Any) -> Any:
     """The class of the backend `spec` (a `ModelSpec`) runs on."""
     return backend_class(spec.backend)
+
+
+def as_backend(model: Any) -> Any:
+    """`model` as an opened backend: a `LoadedModel` (tests, benchmarks) runs on the
+    local one; a backend is returned as it is."""
+    if hasattr(model, "capabilities"):
+        return model
+    return backend_class("local")(model)

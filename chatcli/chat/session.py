@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatcli.backends import as_backend
 from chatcli.backends.base import Backend, Views
 from chatcli.chat.recorder import Recorder
 from chatcli.context import Packed, pack
@@ -35,15 +36,6 @@ from chatcli.decoding.registry import StrategyRegistry
 from chatcli.decoding.settings import DecodingSettings, resolve_settings
 from chatcli.errors import ChatcliError
 from chatcli.generation.stream import Generation
-
-
-def as_backend(model: Any) -> Backend:
-    """`model` as a backend: a `LoadedModel` (tests, benchmarks) runs on the local one."""
-    if hasattr(model, "capabilities"):
-        return model  # type: ignore[no-any-return]
-    from chatcli.backends.local import LocalBackend
-
-    return LocalBackend(model)
 
 
 @dataclass
