@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from decode import write_section
+from harness import (  # bench/ is on sys.path when run as a script
+    Conditions,
+    add_write_options,
+    first_difference,
+    format_load,
+    median,
+    write_report,
+)
 
 QUESTIONS = [
     "Hi! Can you help me plan a small vegetable garden?",
@@ -68,14 +69,6 @@ class Turn:
         return first_difference(self.cold, self.answer)
 
 
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """Index of the first token where `a` and `b` differ; None when identical."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def _timed(gen: Any, start: float) -> float:
     first = None
     for _ in gen:
@@ -105,8 +98,9 @@ def run(loaded: Any, turns: int, max_new: int) -> list[Turn]:
         start = time.perf_counter()
         gen, _ = session.start_reply()
         ttft_reuse = _timed(gen, start)
-        reused_logits = session.cache.logits.float()
-        reused = session.cache.reused
+        prompt_cache = session.backend.cache  # the local backend's PromptCache
+        reused_logits = prompt_cache.logits.float()
+        reused = prompt_cache.reused
         session.finish_reply(gen)
         # /retry as chatcli runs it: from the cache and the kept logits
         session.retry()
@@ -128,17 +122,6 @@ def run(loaded: Any, turns: int, max_new: int) -> list[Turn]:
     return out
 
 
-def _cpu() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lscpu
-                 if line.startswith("Model name")), "unknown CPU")
-
-
-def _load() -> str:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout
-    return uptime.split("load average:")[-1].strip()
-
-
 def section(name: str, runs: list[list[Turn]], threads: int, impl: str) -> list[str]:
     turns = runs[0]
     for other in runs[1:]:
@@ -147,7 +130,7 @@ def section(name: str, runs: list[list[Turn]], threads: int, impl: str) -> list[
     n = len(turns)
 
     def med(attr: str, i: int) -> float:
-        return statistics.median(getattr(r[i], attr) for r in runs)
+        return median(getattr(r[i], attr) for r in runs)
 
     agree = sum(t.first_difference is None for t in turns)
     retry = sum(t.retried == t.answer for t in turns)
@@ -195,9 +178,9 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--write", type=Path, default=None)
-    ap.add_argument("--section", default="chat", help="the <!-- NAME --> section to replace")
+    add_write_options(ap, "chat")
     args = ap.parse_args()
+    conditions = Conditions.observe()
 
     import torch
 
@@ -209,8 +192,10 @@ def main() -> None:
     spec = load_registry().resolve(args.model)
     lines = [
         f"`python bench/chat.py --precisions {args.precisions} --turns {args.turns} "
-        f"--max-new-tokens {args.max_new_tokens} --rounds {args.rounds}` — model {spec.alias}, "
-        f"greedy; {_cpu()}; load average (`uptime`) at the start: {_load()}.",
+        f"--max-new-tokens {args.max_new_tokens} --rounds {args.rounds}"
+        f"{f' --section {args.section}' if args.section != 'chat' else ''}` — model {spec.alias}, "
+        f"greedy; {conditions.cpu}; load average (1, 5, 15 min) at the start: "
+        f"{format_load(conditions.load_start)}.",
         "",
     ]
     for precision in args.precisions.split(","):
@@ -223,10 +208,10 @@ def main() -> None:
         part = section(name, runs, torch.get_num_threads(), loaded.implementation)
         print("\n".join(part), flush=True)
         lines += part
-    lines.append(f"Load average at the end: {_load()}.")
-    report = "\n".join(lines)
-    if args.write:
-        write_section(args.write, args.section, report)
+    conditions.finish()
+    assert conditions.load_end is not None
+    lines.append(f"Load average at the end: {format_load(conditions.load_end)}.")
+    write_report(args, "\n".join(lines))
 
 
 if __name__ == "__main__":

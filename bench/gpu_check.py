@@ -22,7 +22,6 @@ traceback. On --device cpu no graph is captured: the static step runs eagerly.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from decode import Clock  # bench/ is on sys.path when run as a script
+from harness import (  # bench/ is on sys.path when run as a script
+    Conditions,
+    first_difference,
+    generate,
+    greedy,
+    interleave,
+    medians,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # chatcli from this checkout
 
@@ -91,35 +97,20 @@ def sync(device: Any) -> None:
 
 def run_generate(model: Any, ids: list[int], n: int) -> tuple[float, list[int]]:
     """Decode tok/s of transformers' greedy generate(), and its tokens."""
-    import torch
-
-    clock = Clock()
-    x = torch.tensor([ids], device=model.device)
-    out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                         max_new_tokens=n, min_new_tokens=n, streamer=clock)
-    end = time.perf_counter()
-    return (n - 1) / (end - clock.times[1]), out[0, len(ids):].tolist()
+    out = generate(model, ids, n, do_sample=False)
+    return out.decode_tokens_per_s, out.tokens
 
 
 def run_chatcli(lm: Any, ids: list[int], n: int) -> tuple[float, list[int]]:
-    """Decode tok/s of a chatcli LanguageModel in a greedy loop (as chatcli's own), its tokens."""
-    import torch
-
-    logits, cache = lm.prefill(ids)
-    tokens = [int(logits[0].argmax())]
-    first = time.perf_counter()
-    for _ in range(n - 1):
-        logits, cache = lm.step(torch.tensor(tokens[-1:], device=lm.device), cache)
-        tokens.append(int(logits[0].argmax()))  # a host sync every token, as when streaming
+    """Decode tok/s of a chatcli LanguageModel in the harness's greedy loop, its tokens."""
+    out = greedy(lm, ids, n)  # a host sync every token (int(argmax)), as when streaming
     sync(lm.device)
-    return (n - 1) / (time.perf_counter() - first), tokens
+    return out.decode_tokens_per_s, out.tokens
 
 
-def first_difference(a: list[int], b: list[int]) -> str:
-    if a == b:
-        return "yes"
-    index = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
-    return f"no (first difference at token {index})"
+def same_tokens(a: list[int], b: list[int]) -> str:
+    index = first_difference(a, b)
+    return "yes" if index is None else f"no (first difference at token {index})"
 
 
 class _Reporter:
@@ -149,6 +140,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.tokens < 2 or args.rounds < 1 or args.prompt < 1:
         fail("--tokens must be >= 2, --rounds and --prompt >= 1")
+    conditions = Conditions.observe()
 
     try:
         import torch
@@ -194,13 +186,11 @@ def main() -> None:
     }
     for run in runners.values():  # warm-up: kernels, allocator, the first prefill
         run(min(n, 8))
-    speeds: dict[str, list[float]] = {name: [] for name in runners}
-    tokens: dict[str, list[int]] = {}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            speed, tokens[name] = run(n)
-            speeds[name].append(speed)
-    med = {name: statistics.median(values) for name, values in speeds.items()}
+    runs = interleave({name: lambda run=run: run(n) for name, run in runners.items()},
+                      args.rounds)
+    conditions.finish()
+    med = medians({name: [speed for speed, _ in samples] for name, samples in runs.items()})
+    tokens = {name: samples[-1][1] for name, samples in runs.items()}  # the last round's
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     mode = "CUDA graph" if graphed.graphs else "static step, eager (no graph)"
@@ -213,22 +203,23 @@ def main() -> None:
         f"random-weight {'toy' if args.tiny else 'SmolLM2-135M-shaped'} Llama, {args.dtype}, "
         f"{where}, torch {torch.__version__}, transformers {transformers.__version__}; "
         f"prompt {args.prompt} tokens, greedy decode tok/s after the first token, "
-        f"medians of {args.rounds} interleaved rounds; static cache of {max_len} positions.",
+        f"medians of {args.rounds} interleaved rounds; static cache of {max_len} positions; "
+        f"{conditions.describe()}.",
         "",
         "| decoder | decode tok/s | vs generate() | tokens = eager native |",
         "|---|---|---|---|",
         f"| transformers generate() | {med['generate()']:.1f} | 1.00x | "
-        f"{first_difference(tokens['generate()'], tokens['eager'])} |",
+        f"{same_tokens(tokens['generate()'], tokens['eager'])} |",
         f"| chatcli native, eager | {med['eager']:.1f} | "
         f"{med['eager'] / med['generate()']:.2f}x | - |",
         f"| chatcli native, {mode} | {g:.1f} | {g / med['generate()']:.2f}x | "
-        f"{first_difference(tokens['graphed'], tokens['eager'])} |",
+        f"{same_tokens(tokens['graphed'], tokens['eager'])} |",
         "",
         f"- graphed / generate(): **{g / med['generate()']:.2f}x** (target >= 5x); "
         f"graphed / eager native: **{g / med['eager']:.2f}x**",
         f"- one-time warm-up and capture: {warm_up_s:.2f} s",
         f"- graphed tokens = generate() tokens: "
-        f"{first_difference(tokens['graphed'], tokens['generate()'])}",
+        f"{same_tokens(tokens['graphed'], tokens['generate()'])}",
     ]
     print("\n".join(lines))
 

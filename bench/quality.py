@@ -1,7 +1,7 @@
 """Quality guard for `--quantize`: perplexity and greedy agreement against bf16.
 
 Usage: python bench/quality.py [--model ALIAS] [--dtype bfloat16] [--tokens 64]
-                               [--window 512] [--write docs/benchmarks.md]
+                               [--window 512] [--prompts 20] [--write docs/benchmarks.md]
 
 For each of none / int8 / int4 on the same converted weights it reports
 - the perplexity of chatcli's native forward pass on `bench/data/english.txt` (a fixed
@@ -23,7 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from decode import write_section  # bench/ is on sys.path when run as a script
+from harness import (  # bench/ is on sys.path when run as a script
+    Conditions,
+    add_write_options,
+    first_difference,
+    greedy,
+    write_report,
+)
 
 TEXT = Path(__file__).parent / "data" / "english.txt"
 MODES = ("none", "int8", "int4")
@@ -69,27 +75,14 @@ def perplexity(model: Any, ids: list[int], window: int) -> float:
     return math.exp(nll / count)
 
 
-def greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    import torch
-
-    logits, cache = model.forward(torch.tensor([ids]), None)
-    out: list[int] = []
-    for _ in range(n):
-        out.append(int(logits[0, -1].argmax()))
-        logits, cache = model.forward(torch.tensor([[out[-1]]]), cache)
-    return out
-
-
 def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
     """(fraction of positions with equal tokens, mean common-prefix length)."""
     equal = sum(x == y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
     total = sum(len(r) for r in a)
     prefixes = []
     for ra, rb in zip(a, b, strict=True):
-        k = 0
-        while k < len(ra) and ra[k] == rb[k]:
-            k += 1
-        prefixes.append(k)
+        k = first_difference(ra, rb)
+        prefixes.append(len(ra) if k is None else k)
     return equal / total, statistics.mean(prefixes)
 
 
@@ -100,12 +93,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--window", type=int, default=512)
-    parser.add_argument("--write", type=Path, default=None)
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS),
+                        help="how many of the fixed chat prompts (a quick check: fewer)")
+    add_write_options(parser, "quality")
     args = parser.parse_args()
+    conditions = Conditions.observe()
 
     import torch
 
     from chatcli.lm.llama import NativeCausalLM
+    from chatcli.lm.native import NativeLanguageModel
     from chatcli.loader import load_model
     from chatcli.progress import SilentReporter
     from chatcli.prompt import Message, render_ids
@@ -118,7 +115,7 @@ def main() -> None:
     tokenizer, folder = loaded.tokenizer, loaded.folder
     dtype = getattr(torch, runtime.dtype)
     text_ids = tokenizer.encode(TEXT.read_text())
-    prompts = [render_ids(tokenizer, [Message("user", p)]) for p in PROMPTS]
+    prompts = [render_ids(tokenizer, [Message("user", p)]) for p in PROMPTS[:args.prompts]]
 
     rows: dict[str, dict[str, Any]] = {}
     answers: dict[str, list[list[int]]] = {}
@@ -127,15 +124,18 @@ def main() -> None:
         model = NativeCausalLM.from_folder(folder, dtype)
         model.quantize(mode)
         ppl = perplexity(model, text_ids, args.window)
-        answers[mode] = [greedy(model, ids, args.tokens) for ids in prompts]
+        lm = NativeLanguageModel(model)
+        answers[mode] = [greedy(lm, ids, args.tokens).tokens for ids in prompts]
         rows[mode] = {"ppl": ppl, "seconds": time.perf_counter() - started}
         print(f"{mode}: perplexity {ppl:.3f}", flush=True)
 
     base = rows["none"]["ppl"]
+    conditions.finish()
     lines = [
-        f"`python bench/quality.py --tokens {args.tokens} --window {args.window}` — model "
+        f"`python bench/quality.py --tokens {args.tokens} --window {args.window}"
+        f"{f' --prompts {args.prompts}' if args.prompts != len(PROMPTS) else ''}` — model "
         f"{spec.alias}, {runtime.dtype}, {len(text_ids)} tokens of `bench/data/english.txt`, "
-        f"{len(PROMPTS)} chat prompts x {args.tokens} greedy tokens.",
+        f"{len(prompts)} chat prompts x {args.tokens} greedy tokens; {conditions.describe()}.",
         "",
         "| quantize | perplexity | vs none | target | greedy tokens equal to none's | "
         "mean common prefix |",
@@ -155,8 +155,7 @@ def main() -> None:
         )
     body = "\n".join(lines)
     print(body)
-    if args.write:
-        write_section(args.write, "quality", body)
+    write_report(args, body)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import Conditions, interleave, medians, ratio  # bench/ is on sys.path
 
 
 def load_old_loop(rev: str):  # type: ignore[no-untyped-def]
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    conditions = Conditions.observe()
 
     from chatcli.decoding import loop as new_loop
     from chatcli.decoding.base import DecodeContext
@@ -63,17 +65,15 @@ def main() -> None:
         return n / (time.perf_counter() - start)
 
     run(new_loop), run(old_loop)
-    res: dict[str, list[float]] = {"before": [], "now (views off)": []}
-    for _ in range(args.rounds):
-        res["before"].append(run(old_loop))
-        res["now (views off)"].append(run(new_loop))
-    med = {k: statistics.median(v) for k, v in res.items()}
+    med = medians(interleave({"before": lambda: run(old_loop),
+                              "now (views off)": lambda: run(new_loop)}, args.rounds))
+    conditions.finish()
     print(f"`python bench/views_overhead.py --rev {args.rev} --rounds {args.rounds}` — "
           f"{spec.alias}, {loaded.runtime.dtype}, {args.threads} threads, greedy, "
-          f"{args.tokens} tokens; medians")
+          f"{args.tokens} tokens; {conditions.describe()}; medians")
     for k, v in med.items():
         print(f"- {k}: {v:.1f} tok/s")
-    print(f"- ratio now / before: **{med['now (views off)'] / med['before']:.3f}** "
+    print(f"- ratio now / before: **{ratio(med['now (views off)'], med['before']):.3f}** "
           "(target >= 0.98)")
 
 
