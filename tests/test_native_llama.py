@@ -244,6 +244,40 @@ def test_expand_and_reorder(folder: Path, dtype: torch.dtype) -> None:
         lm.forward(torch.tensor([[1]]), cache)  # 1 row against a 3-row cache
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_prefill_equals_transformers_chunked_prefill(
+    folder: Path, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt longer than `prefill_chunk` is fed in chunks, as transformers'
+    `generate(prefill_chunk_size=...)` feeds it: the same logits and tokens, bit for bit."""
+    from transformers import DynamicCache
+
+    ref, lm = _load(folder, dtype)
+    monkeypatch.setattr(lm, "prefill_chunk", 8)
+    ids = _ids(20)  # chunks of 8, 8 and 4
+    hf_cache = DynamicCache(config=ref.config)
+    for start in (0, 8, 16):
+        theirs = _hf_forward(ref, ids[:, start:start + 8], hf_cache)
+    ours, cache = lm.forward(ids, None)
+    assert len(cache) == 20 and torch.equal(ours, theirs)
+    # all positions, and the last 6 (two chunks), against the same chunks fed one by one
+    every, _ = lm.forward(ids, None, logits_to_keep=0)
+    last6, _ = lm.forward(ids, None, logits_to_keep=6)
+    by_hand, chunks = KVCache(SIZE["num_hidden_layers"]), []
+    for start in (0, 8, 16):
+        chunks.append(lm.forward(ids[:, start:start + 8], by_hand, logits_to_keep=0)[0])
+    assert every.shape == (1, 20, SIZE["vocab_size"])
+    assert torch.equal(every, torch.cat(chunks, dim=1)) and torch.equal(last6, every[:, -6:])
+
+    steps = 12
+    out = ref.generate(ids, do_sample=False, max_new_tokens=steps, prefill_chunk_size=8,
+                       output_logits=True, return_dict_in_generate=True)
+    tokens, step_logits = _greedy(lm, ids, steps)
+    assert tokens == out.sequences[0, 20:].tolist()
+    for mine, theirs in zip(step_logits, out.logits, strict=True):
+        assert torch.equal(mine.float(), theirs[0].float())
+
+
 def test_new_cache_is_empty() -> None:
     assert len(KVCache(2)) == 0
 

@@ -33,7 +33,7 @@ from typing import Any
 
 
 class HFLanguageModel:
-    prefill_chunk = 0  # prompt tokens fed at once; 0: the whole prompt at once
+    prefill_chunk = 512  # prompt tokens fed at once; 0: the whole prompt at once
 
     def __init__(self, model: Any) -> None:
         self.model = model

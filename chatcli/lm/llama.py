@@ -381,7 +381,7 @@ def _load_weights(folder: Path, dtype: torch.dtype, device: torch.device) -> _We
 class NativeCausalLM:
     """Weights as plain tensors and a forward pass mirroring transformers' op order."""
 
-    prefill_chunk = 0  # positions fed at once by `forward`; 0: any number at once
+    prefill_chunk = 512  # positions fed at once by `forward`; 0: any number at once
 
     def __init__(self, args: ModelArgs, weights: _Weights, config: dict | None = None) -> None:
         self.args = args
