@@ -328,6 +328,20 @@ def test_capture_failure_warns_once_and_decodes_eagerly(
     ]
 
 
+def test_the_static_step_uses_only_the_models_public_pass() -> None:
+    """graphs.py brings its cache write and attention kernel; the layers are the model's."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(graphs))
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and isinstance(node.value, ast.Name) and node.value.id == "model"
+                      and node.attr.startswith("_")})
+    assert private == []
+    step = ast.parse(inspect.getsource(graphs.decode_step))
+    assert not [node for node in ast.walk(step) if isinstance(node, ast.For)]  # no layer loop
+
+
 def test_wanted_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(graphs.DISABLE_ENV, raising=False)
     assert graphs.wanted("cuda") and graphs.wanted(torch.device("cuda", 0))

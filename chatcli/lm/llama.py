@@ -315,7 +315,6 @@ class _Layer:
     down: Linear
     # After `quantize`: q/k/v and gate/up as one fused linear each (None: separate)
     qkv: Linear | None = None
-    qkv_sizes: list[int] | None = None
     gate_up: Linear | None = None
 
 
@@ -460,7 +459,6 @@ class NativeCausalLM:
             dense = [layer.q, layer.k, layer.v, layer.gate, layer.up]
             assert all(isinstance(lin, Dense) for lin in dense)
             q, k, v, gate, up = (lin for lin in dense if isinstance(lin, Dense))
-            layer.qkv_sizes = [q.out_features, k.out_features, v.out_features]
             layer.qkv = convert(fuse([q, k, v]))
             layer.gate_up = convert(fuse([gate, up]))
             assert isinstance(layer.o, Dense) and isinstance(layer.down, Dense)
@@ -489,7 +487,6 @@ class NativeCausalLM:
             layer.qkv, layer.gate_up, layer.o, layer.down = (
                 from_tensors(tensors, f"layers.{i}.{name}") for name in self._QUANTIZED
             )
-            layer.qkv_sizes = [lin.out_features for lin in (layer.q, layer.k, layer.v)]
             layer.q = layer.k = layer.v = layer.gate = layer.up = None  # free the dense copies
         self.quantization, self.exact = mode, False
 

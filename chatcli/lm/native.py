@@ -1,8 +1,10 @@
 """`LanguageModel` over chatcli's own Llama-family forward pass (`chatcli.lm.llama`).
 
 Contract: implements `chatcli.lm.base.LanguageModel` with `NativeCausalLM` and its
-`KVCache`; logits are bit-identical to transformers' on CPU, and nothing from
-transformers is imported, so a model answers about two seconds sooner.
+`KVCache`; logits are bit-identical to transformers' on CPU (a prompt of more than
+`NativeCausalLM.prefill_chunk` tokens: to transformers' prefill in chunks of that
+size), and nothing from transformers is imported, so a model answers about two
+seconds sooner. Its caches can always be cropped (`can_crop`).
 Knows nothing about tokenization, decoding strategies or text.
 """
 
