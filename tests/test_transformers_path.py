@@ -138,8 +138,13 @@ def test_chat_turns_retry_and_undo_match_generate(models: dict[str, Tiny], alias
     loaded = _load(alias)
     assert loaded.implementation == "transformers"
     reused = chat_script_matches_generate(loaded, models[alias])
-    # Every turn after the first prefilled only its new tokens: the cache was cropped.
-    assert reused[0] == 0 and min(reused[1:]) > 10
+    if alias == "sliding":
+        # After the first turn the cache fills the 24-token window: it cannot be cropped,
+        # so every later turn is prefilled in full (and still equals generate()).
+        assert reused == [0] * len(reused)
+    else:
+        # Every turn after the first prefilled only its new tokens: the cache was cropped.
+        assert reused[0] == 0 and min(reused[1:]) > 10
 
 
 def chat_script_matches_generate(loaded: LoadedModel, model: Tiny) -> list[int]:
