@@ -274,11 +274,10 @@ def native_blocker(spec: ModelSpec, device: str, config: dict[str, Any]) -> str 
         return f"the native implementation runs on cpu and cuda, not {device}"
     from chatcli.lm import llama
 
-    arch = config.get("model_type") or "unknown"
-    if arch not in llama.SUPPORTED_MODEL_TYPES:
-        return f"{arch} architecture has no native implementation"
-    if not llama.supports(config):
-        return f"this {arch} configuration (e.g. sliding window, RoPE type) is not native"
+    try:  # the config parsed as the forward pass reads it; the reason names what is not
+        llama.ModelArgs.from_config(config)
+    except llama.UnsupportedModelError as exc:
+        return exc.message
     return None
 
 

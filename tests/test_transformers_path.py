@@ -285,8 +285,7 @@ def test_context_window_larger_than_the_model_is_refused(models: dict[str, Tiny]
 
 WHY = {
     "gpt2": "transformers (gpt2 architecture has no native implementation)",
-    "sliding": "transformers (this qwen2 configuration (e.g. sliding window, RoPE type) is "
-               "not native)",
+    "sliding": "transformers (qwen2 with a sliding window is not native)",
     "tiny": "native",
 }
 
