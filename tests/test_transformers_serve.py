@@ -3,8 +3,8 @@
 Starts `transformers serve` (transformers' serving extras: fastapi, uvicorn, openai; `pip
 install -e ".[server-tests]"`) offline (HF_HUB_OFFLINE=1) on a free loopback port, pinned
 to chatcli's default model as chatcli converted it (the safetensors folder that `chatcli
-pull smollm2-135m` reports), in float32 on the CPU. The tests run the real `chatcli`
-command in a subprocess with a models.toml alias `backend = "openai"`, `server =
+pull smollm2-135m` reports), in float32 on the CPU with one thread. The tests run the real
+`chatcli` command in a subprocess with a models.toml alias `backend = "openai"`, `server =
 "transformers"`.
 
 What they hold the server to: a greedy answer through it is token for token chatcli's
@@ -79,8 +79,11 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log = scratch / "transformers-serve.log"
+        # One thread: on shared cores a two-thread server decoded ~10x slower (1.5 vs 13.8
+        # tokens/s under load), and its answers stay token-identical to chatcli's.
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-               "HF_HOME": str(scratch / "hf-home"), "PYTHONUNBUFFERED": "1"}
+               "HF_HOME": str(scratch / "hf-home"), "PYTHONUNBUFFERED": "1",
+               "OMP_NUM_THREADS": "1"}
         started = time.monotonic()
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
