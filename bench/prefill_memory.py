@@ -1,8 +1,9 @@
 """Peak memory (RSS high-water mark) of prefilling one long prompt, chunked and not.
 
 Usage: python bench/prefill_memory.py [--tokens 16384] [--chunk 512] [--cached 0,64]
-                                      [--dtype float32] [--shape tiny|wide]
+                                      [--dtype float32] [--shape tiny|wide[=VARIANTS] ...]
                                       [--variants native-whole,native-chunked,...]
+                                      [--write docs/benchmarks.md] [--section prefill-memory]
 
 Builds a random-weight Llama whose context window holds the prompt, then prefills a
 `--tokens`-token prompt of random ids through chatcli's `LanguageModel.prefill`, once
@@ -23,7 +24,10 @@ cache (SDPA's `is_causal` path, whose CPU kernel never materialises the scores).
 Shapes: "tiny" is the tests' tiny model (hidden size 32, MLP 64, 2 layers, 4 query
 heads over 2 key/value heads, 400-token vocabulary); "wide" has SmolLM2-135M's widths
 (hidden 576, MLP 1536, 9 over 3 heads, 49,152 tokens) with 2 layers, where the
-activations that grow with the prompt (MLP, q/k/v) show.
+activations that grow with the prompt (MLP, q/k/v) show. `--shape` may be given more
+than once, each as NAME or NAME=VARIANTS (comma-separated; default `--variants`): one
+table per shape, in the order given, e.g. `--shape tiny --shape
+wide=native-whole,native-chunked`.
 
 Each process reports its RSS high-water mark (VmHWM of /proc/self/status; elsewhere
 `resource.getrusage(RUSAGE_SELF).ru_maxrss`) after loading the model and prefilling
@@ -31,7 +35,10 @@ one token (which reads every weight in, as the mapped file is paged in lazily, a
 warms torch up) plus the cached tokens, and again after the prefill; tracemalloc would
 miss torch's allocations. The table gives both, what the prefill added, the greedy
 token of the last position and the largest logit difference from the same
-implementation's one-pass prefill. Memory only: nothing is timed.
+implementation's one-pass prefill. Memory only: nothing is timed. The report starts
+with the command, the CPU and the load average (bench/harness.py's `Conditions`); with
+`--write PATH` it replaces the "prefill-memory" section of PATH (e.g. docs/benchmarks.md,
+or a scratch copy; `--section` names another).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness import Conditions, add_write_options, write_report  # bench/ is on sys.path
 
 VARIANTS = ("native-whole", "native-chunked", "hf-whole", "hf-chunked")
 SHAPES: dict[str, dict[str, int]] = {
@@ -125,31 +134,72 @@ def child(variant: str, folder: Path, args: argparse.Namespace, cached: int) -> 
                       "peak": peak, "logits": logits.float().reshape(-1).tolist()}))
 
 
+def parse_shape(spec: str, default: list[str]) -> tuple[str, list[str]]:
+    """`--shape NAME[=VARIANTS]` -> (NAME, its variants; `default` when none are given)."""
+    name, _, variants = spec.partition("=")
+    return name, [v for v in variants.split(",") if v] if variants else default
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--cached", default="0,64", help="tokens cached before the prompt, each")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--shape", default="tiny", choices=tuple(SHAPES))
+    ap.add_argument("--shape", action="append", default=None, metavar="NAME[=VARIANTS]",
+                    help=f"one of {', '.join(SHAPES)}, optionally with its own variants; "
+                         "repeat for one table per shape (default tiny)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, default=None, help=argparse.SUPPRESS)
+    add_write_options(ap, "prefill-memory")
     args = ap.parse_args()
     cached_counts = [int(n) for n in args.cached.split(",") if n]
-    if args.child == "build":
-        build(args.folder, args.tokens + max(cached_counts), args.shape)
+    if args.child:  # a child is given exactly one plain shape
+        args.shape = args.shape[0]
+        if args.child == "build":
+            build(args.folder, args.tokens + max(cached_counts), args.shape)
+        else:
+            child(args.child, args.folder, args, cached_counts[0])
         return
-    if args.child:
-        child(args.child, args.folder, args, cached_counts[0])
-        return
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    default = [v for v in args.variants.split(",") if v]
+    shapes = [parse_shape(spec, default) for spec in args.shape or ["tiny"]]
+    for shape, variants in shapes:
+        if shape not in SHAPES:
+            ap.error(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    conditions = Conditions.observe()
+    tables = [table(args, shape, variants, cached_counts) for shape, variants in shapes]
+    conditions.finish()
+    header = f"`{command(args)}` — {conditions.describe()}. Memory only: nothing is timed."
+    print(header + "\n")
+    for text in tables:
+        print(text + "\n")
+    write_report(args, "\n\n".join([header, *tables]))
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this report (the default --write left out)."""
+    words = ["python bench/prefill_memory.py", f"--tokens {args.tokens}",
+             f"--chunk {args.chunk}", f"--cached {args.cached}", f"--dtype {args.dtype}"]
+    words += [f"--shape {spec}" for spec in args.shape or ["tiny"]]
+    if args.variants != ",".join(VARIANTS):
+        words.append(f"--variants {args.variants}")
+    if args.write is not None:
+        words.append(f"--write {args.write}")
+    if args.section != "prefill-memory":
+        words.append(f"--section {args.section}")
+    return " ".join(words)
+
+
+def table(args: argparse.Namespace, shape: str, variants: list[str],
+          cached_counts: list[int]) -> str:
+    """Measure every variant of one shape (each in a fresh process); its markdown table."""
     rows: list[dict[str, Any]] = []
     common = ["--tokens", str(args.tokens), "--chunk", str(args.chunk), "--dtype", args.dtype,
-              "--shape", args.shape]
+              "--shape", shape]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     with tempfile.TemporaryDirectory(prefix="chatcli-prefill-memory-") as tmp:
         # Every import of torch happens in a child: see peak_mib.
@@ -162,20 +212,24 @@ def main() -> None:
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     one_pass = {(r["variant"].split("-")[0], r["cached"]): r["logits"]
                 for r in rows if r["chunk"] == 0}
-    print(f"Prefill of {args.tokens} tokens, {args.shape} random Llama (2 layers), "
-          f"{args.dtype}, torch {_version('torch')}, transformers {_version('transformers')}\n")
-    print("| variant | cached before | chunk | RSS before (MiB) | peak RSS (MiB) "
-          "| added by prefill (MiB) | greedy token | max abs logit diff vs one pass |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [
+        f"Prefill of {args.tokens} tokens, {shape} random Llama (2 layers), "
+        f"{args.dtype}, torch {_version('torch')}, transformers {_version('transformers')}",
+        "",
+        "| variant | cached before | chunk | RSS before (MiB) | peak RSS (MiB) "
+        "| added by prefill (MiB) | greedy token | max abs logit diff vs one pass |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         logits = r["logits"]
         ref = one_pass.get((r["variant"].split("-")[0], r["cached"]))
         diff = "" if ref is None else \
             f"{max(abs(a - b) for a, b in zip(logits, ref, strict=True)):.3g}"
         token = max(range(len(logits)), key=logits.__getitem__)
-        print(f"| {r['variant']} | {r['cached']} | {r['chunk'] or 'none'} | "
-              f"{r['loaded']:.0f} | {r['peak']:.0f} | {r['peak'] - r['loaded']:.0f} | "
-              f"{token} | {diff} |")
+        lines.append(f"| {r['variant']} | {r['cached']} | {r['chunk'] or 'none'} | "
+                     f"{r['loaded']:.0f} | {r['peak']:.0f} | {r['peak'] - r['loaded']:.0f} | "
+                     f"{token} | {diff} |")
+    return "\n".join(lines)
 
 
 def _version(name: str) -> str:
