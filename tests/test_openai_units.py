@@ -156,11 +156,15 @@ def test_sample_on_llama_cpp_sends_every_extra_field() -> None:
 
 # -- the transformers serve profile ----------------------------------------------------------
 def test_transformers_profile_sends_standard_fields_only() -> None:
-    assert _body("transformers", "sample", temperature=0.7, top_p=0.9, seed=5,
-                 stop=("###",)) == {
+    # temperature alone does not sample there: its generation_config turns sampling on
+    # (and transformers' own top_k of 50 off)
+    assert _body("transformers", "sample", temperature=0.7, top_p=0.9, seed=5) == {
         "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16,
-        "temperature": 0.7, "top_p": 0.9, "seed": 5, "stop": ["###"]}
-    assert _body("transformers", "greedy")["temperature"] == 0.0
+        "temperature": 0.7, "top_p": 0.9, "seed": 5,
+        "generation_config": '{"do_sample": true, "top_k": 0}'}
+    assert _body("transformers", "greedy") == {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16,
+        "temperature": 0.0}
     # compare's K = 0 (the sequence log-probability) is not asked of a server without it
     settings = resolve_settings(strategy_registry(), strategy="greedy")
     body = params.request_body(_spec("transformers"), settings, [Message("user", "hi")], 16,
@@ -181,6 +185,9 @@ def test_transformers_profile_sends_standard_fields_only() -> None:
      "(backend openai, server transformers)", "remove it, or use a local model (-m)"),
     ("greedy", {"frequency_penalty": 0.5}, None, "--frequency-penalty cannot be sent to 'srv' "
      "(backend openai, server transformers)", "remove it, or use a local model (-m)"),
+    # it stops at a stop string but keeps the string in the answer
+    ("greedy", {"stop": ("###",)}, None, "--stop cannot be sent to 'srv' (backend openai, "
+     "server transformers)", "remove it, or use a local model (-m)"),
     ("greedy", {"repetition_penalty": 1.2}, None, "--repetition-penalty cannot be sent to "
      "'srv' (backend openai, server transformers)", "remove it, or set server = \"generic\" "
      "for the alias if the server accepts it"),

@@ -30,10 +30,12 @@ its features, its log-probabilities, and whether extra fields are always sent.
 standard fields only and refuses the rest; `vllm` is generic plus beam search and
 `length_penalty`; `llama.cpp` always sends `top_k`, `min_p` and `repeat_penalty`,
 because that server's own defaults (top_k 40, min_p 0.05, repeat_penalty 1.1) are
-not off; `transformers` (`transformers serve`) takes temperature, top_p, seed,
-max_tokens and stop only: it rejects unknown fields, ignores `logprobs`, `n`,
-`presence_penalty` and `stream_options`, and reads `frequency_penalty` as a
-repetition penalty, so those are refused or not sent.
+not off; `transformers` (`transformers serve`) takes temperature, top_p, seed and
+max_tokens only: it rejects unknown fields, ignores `logprobs`, `n`,
+`presence_penalty` and `stream_options`, reads `frequency_penalty` as a repetition
+penalty and keeps a stop string in the answer, so those are refused or not sent; and
+it samples only when told so in its `generation_config` field (sent with any
+temperature above 0, with its own default top_k of 50 turned off).
 
 Knows nothing about HTTP or the terminal.
 """
@@ -72,6 +74,10 @@ class Profile:
     max_top_logprobs: int = MAX_TOP_LOGPROBS
     explicit: bool = False  # send every extra field, even at chatcli's default (off)
     stream_options: bool = True  # takes stream_options.include_usage
+    # Fields sent with a temperature above 0 to turn sampling on, where temperature alone
+    # does not (transformers serve decodes greedily unless its generation_config says
+    # do_sample, and then keeps transformers' own top_k of 50 unless told 0).
+    sampling: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def beam(self) -> bool:
@@ -90,9 +96,9 @@ PROFILES: dict[str, Profile] = {
     "llama.cpp": Profile("llama.cpp", {"top_k": "top_k", "min_p": "min_p",
                                        "repetition_penalty": "repeat_penalty"}, explicit=True),
     "transformers": Profile("transformers serve",
-                            standard=frozenset({"temperature", "top_p", "seed", "max_tokens",
-                                                "stop"}),
-                            logprobs=False, max_top_logprobs=0, stream_options=False),
+                            standard=frozenset({"temperature", "top_p", "seed", "max_tokens"}),
+                            logprobs=False, max_top_logprobs=0, stream_options=False,
+                            sampling={"generation_config": '{"do_sample": true, "top_k": 0}'}),
 }
 
 
@@ -204,6 +210,8 @@ def request_body(
     if candidates is not None and profile.logprobs:  # K > 0 without them: refused above
         body["logprobs"] = True
         body["top_logprobs"] = candidates
+    if profile.sampling and body.get("temperature"):
+        body.update(profile.sampling)
     if profile.stream_options:
         body["stream_options"] = {"include_usage": True}
     return body
