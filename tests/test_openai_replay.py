@@ -216,6 +216,21 @@ def test_show_candidates_from_top_logprobs(remote: Replay) -> None:
     assert "".join(t["text"] for t in data["tokens"]) == ANSWER
 
 
+def test_a_server_that_ignores_logprobs_gets_a_note_not_a_crash(remote: Replay) -> None:
+    # The recorded answer has no logprobs: the server ignored the request for them.
+    remote.responses = [Response.recorded("greedy")]
+    result = run_cli(["ask", "-m", "local-server", "-n", "12", "--show-candidates", "3",
+                      "Name a fruit."])
+    assert (result.exit_code, result.stdout) == (0, ANSWER + "\n")
+    assert result.stderr == ("warning: no per-token candidates came back (the server "
+                             "returned no log-probabilities)\n")
+    result = run_cli(["ask", "-m", "local-server", "-n", "12", "--json",
+                      "--show-candidates", "3", "Name a fruit."])
+    data = json.loads(result.stdout)  # valid JSON: no NaN
+    assert "NaN" not in result.stdout
+    assert [t["logprob"] for t in data["tokens"]] == [None] * len(data["tokens"])
+
+
 def test_piped_chat_sends_the_history(remote: Replay, home: Path) -> None:
     remote.responses = [Response.recorded("greedy")]
     result = run_cli(["chat", "-m", "local-server", "-n", "12", "-s", "Be brief."],

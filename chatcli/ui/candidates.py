@@ -71,6 +71,9 @@ def show_table(ui: UI, events: Sequence[Any], token_text: TokenText) -> None:
             f"{math.exp(e.logprob):.3f}",
             f"{c.entropy:.2f}", _top(c.raw, token_text), _top(c.drawn_from, token_text),
         ])
+    if not rows:  # a server that ignored the request for log-probabilities
+        ui.warn("no per-token candidates came back (the server returned no log-probabilities)")
+        return
     table(ui, ["step", "token", "p (drawn)", "p (model)", "entropy", "model top-k",
                "drawn-from top-k"], rows)
 

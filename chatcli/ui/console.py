@@ -9,6 +9,7 @@ is created, never at import time. It knows nothing about models or decoding.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,8 +81,11 @@ class UI:
         return MarkdownWriter(self.out_console) if use_md else PlainWriter(self.out)
 
     def print_json(self, obj: Any) -> None:
+        """One line of valid JSON: a NaN or infinite number (a log-probability a server
+        did not send) is written as null."""
         try:
-            self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            self.out.write(json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False)
+                           + "\n")
             self.out.flush()
         except BrokenPipeError as exc:
             raise OutputClosed from exc
@@ -134,3 +138,14 @@ def read_piped_stdin(ui: UI) -> str | None:
             "invalid bytes were replaced with U+FFFD"
         )
         return data.decode("utf-8", errors="replace")
+
+
+def _finite(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

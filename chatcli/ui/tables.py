@@ -17,7 +17,7 @@ def show_table(ui: UI, headers: Sequence[str], rows: Sequence[Sequence[str]]) ->
             table.add_row(*(Text(cell) for cell in row))  # cells are data, never markup
         ui.print(table)
         return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     for row in (headers, *rows):
         ui.print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
