@@ -1,0 +1,392 @@
+"""An ahead-of-time compiled single-row decode step (AOTInductor), with eager fallbacks.
+
+Contract:
+- `build(model, path, capacity, model_id=..., max_autotune=...)` exports one decode
+  step of a `NativeCausalLM` with `torch.export` and compiles it with AOTInductor
+  (`torch._inductor.aoti_compile_and_package`) into the package file `path`, and writes
+  its key, `<path>.json`, beside it: format, torch version, CPU model and flags (from
+  /proc/cpuinfo), `model_id` (the caller's identity of the weights; `folder_fingerprint`
+  hashes a checkpoint folder's config.json and its weight files' names, sizes and
+  mtimes), mode (dtype and quantization, `mode_of`), capacity, the model's shapes, the
+  inductor options and the package's size. Autotuning (max-autotune) happens once, at
+  build time: its choices are compiled into the package and never revisited at load.
+  It returns the key. Building takes seconds for the test model, minutes for a real one.
+- The step's graph takes the token id (1, 1), its position (1,) and the whole static
+  KV cache, keys and values each one tensor (layers, 1, kv_heads, capacity, head_dim),
+  *read only*: attention covers the cached positions before the token's (a mask) plus
+  the new key/value, which the graph returns with the logits (1, vocab) as (layers, 1,
+  kv_heads, 1, head_dim) each. The caller writes them into the cache, outside the graph
+  (a graph that wrote into the cache gave wrong tokens or ran slowly, issue 13).
+- `CompiledLanguageModel.open(model, path, model_id)` implements
+  `chatcli.lm.base.LanguageModel`. It never raises for a bad package: a missing,
+  stale (key fields differ from the running torch, CPU, model or mode), corrupt
+  (truncated, unreadable) package, or one whose first call fails, leaves it decoding
+  eagerly, with `compiled` False and `reason` a one-line sentence the caller can print.
+  Prefill is always the native model's eager forward, writing straight into a static
+  cache of `capacity` positions (a fresh one per new prompt, shared by nobody); each
+  single-row step then runs the package and writes the new K/V rows at the position.
+- Fallbacks to the eager native model, per cache and transparent to the caller (its
+  tokens are the eager model's from then on): a prompt + answer that reaches past
+  `capacity` (the cache moves into a growing `KVCache` and decoding continues eagerly,
+  rather than being refused: the context window is the loader's limit, not this
+  cache's), and beam search (`expand` to several rows moves the cache likewise: the
+  package is built for one row). `crop`/`can_crop` roll back any cache exactly.
+- Logits are not bit-identical to the eager model's (inductor fuses and reorders ops;
+  attention sums over masked positions); in float32 greedy tokens agree in the tests.
+
+Deliberately knows nothing about where packages live, when they are built, CLI labels,
+tokenization, decoding strategies or checkpoints beyond `folder_fingerprint`. torch is
+imported at module level only through `chatcli.lm.llama` (lm/ is never imported by
+the CLI at start); inductor is imported only inside `build` and `load_step`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chatcli.errors import ChatcliError
+from chatcli.lm.graphs import StaticKVCache
+from chatcli.lm.llama import KVCache, NativeCausalLM
+
+FORMAT = 1  # bump when the step's inputs, outputs or the key's meaning change
+TEST_OPTIONS: dict[str, Any] = {"freezing": False}
+"""Inductor options without autotuning: quick to build (tests)."""
+AUTOTUNE_OPTIONS: dict[str, Any] = {
+    "freezing": True,  # weights become constants: inductor may prepack them (oneDNN, AMX)
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+}
+"""Inductor options of a release build: GEMM templates autotuned once, at build time."""
+
+_KEY_FIELDS = ("format", "torch", "cpu", "cpu_flags", "model", "mode")
+
+
+class CompiledStepError(ChatcliError):
+    """A compiled decode step that cannot be built."""
+
+
+# -- the key ---------------------------------------------------------------------------------
+def key_path(path: Path) -> Path:
+    """Where the key of the package `path` lives: `<path>.json`."""
+    return path.with_name(path.name + ".json")
+
+
+def cpu_identity() -> tuple[str, str]:
+    """The CPU's model name and its sorted feature flags, from /proc/cpuinfo ("" unknown)."""
+    name = flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not name:
+                name = value.strip()
+            elif key == "flags" and not flags:
+                flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return name, flags
+
+
+def mode_of(model: NativeCausalLM) -> str:
+    """The model's dtype and quantization, e.g. "bfloat16/int4" or "float32/none"."""
+    return f"{str(model.dtype).removeprefix('torch.')}/{model.quantization}"
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A hash of a checkpoint folder's config.json and its weight files' names, sizes and
+    mtimes: it changes when the weights are rewritten (no need to read them)."""
+    folder = Path(folder)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")):
+        info = weights.stat()
+        digest.update(f"{weights.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _shape(model: NativeCausalLM) -> dict[str, int]:
+    return {"layers": len(model.layers), "kv_heads": model.kv_heads,
+            "head_dim": model.head_dim, "vocab": model.vocab_size}
+
+
+def expected_key(model: NativeCausalLM, model_id: str) -> dict[str, Any]:
+    """The key fields a package must have to serve `model` here and now."""
+    name, flags = cpu_identity()
+    return {"format": FORMAT, "torch": torch.__version__, "cpu": name, "cpu_flags": flags,
+            "model": model_id, "mode": mode_of(model), "shape": _shape(model)}
+
+
+def stale_fields(key: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The names of the fields of `key` that differ from `expected` (empty: valid)."""
+    return [name for name in (*_KEY_FIELDS, "shape") if key.get(name) != expected.get(name)]
+
+
+# -- the graph -------------------------------------------------------------------------------
+class _ReadOnlyCache:
+    """The cache as the compiled step sees it: `append` keeps the new key/value of the
+    layer and hands back the layer's whole cache; `attend` then adds the new position."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+        self.new_keys: list[torch.Tensor] = []
+        self.new_values: list[torch.Tensor] = []
+
+    def append(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.new_keys.append(key)
+        self.new_values.append(value)
+        return self.keys[layer], self.values[layer]
+
+
+class _Step(torch.nn.Module):
+    """forward(ids (1, 1), pos (1,), keys, values) -> logits (1, vocab), new keys, new values."""
+
+    def __init__(self, model: NativeCausalLM, capacity: int) -> None:
+        super().__init__()
+        self.model = model
+        with torch.inference_mode():
+            positions = torch.arange(capacity, device=model.device)
+            cos, sin = model.rope(positions)
+        self.register_buffer("cos", cos.clone())
+        self.register_buffer("sin", sin.clone())
+        self.register_buffer("positions", positions.clone())
+
+    def forward(
+        self, ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model = self.model
+        hd, kv = model.head_dim, model.kv_heads
+        cos = self.cos.index_select(0, pos).view(1, 1, 1, hd)
+        sin = self.sin.index_select(0, pos).view(1, 1, 1, hd)
+        hidden = (self.positions >= pos).view(1, 1, 1, -1)  # the token's own and later ones
+        cache = _ReadOnlyCache(keys, values)
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            new_k, new_v = cache.new_keys[-1], cache.new_values[-1]  # (1, kv, 1, hd)
+            grouped = q.reshape(1, kv, -1, hd)  # the query heads sharing a K/V head
+            old = torch.matmul(grouped, k.transpose(-1, -2)) * model.scale
+            old = old.masked_fill(hidden, float("-inf"))
+            own = (grouped * new_k).sum(-1, keepdim=True) * model.scale
+            probs = torch.softmax(torch.cat((old, own), dim=-1).float(), dim=-1).to(q.dtype)
+            out = torch.matmul(probs[..., :-1], v) + probs[..., -1:] * new_v
+            return out.reshape(1, 1, -1)
+
+        h = model.hidden(ids, cache, cos, sin, attend)
+        logits = model.logits(h, 1).view(1, -1)
+        return logits, torch.stack(cache.new_keys), torch.stack(cache.new_values)
+
+
+def _static_cache(model: NativeCausalLM, capacity: int) -> tuple[StaticKVCache, torch.Tensor,
+                                                                  torch.Tensor]:
+    """An empty 1-row static cache whose per-layer buffers are views of two tensors
+    (layers, 1, kv_heads, capacity, head_dim): what the step reads and the prefill writes."""
+    shape = (len(model.layers), 1, model.kv_heads, capacity, model.head_dim)
+    with torch.inference_mode():
+        keys, values = (torch.zeros(shape, dtype=model.cache_dtype, device=model.device)
+                        for _ in range(2))
+    return StaticKVCache(list(keys.unbind(0)), list(values.unbind(0)), capacity), keys, values
+
+
+def _example(model: NativeCausalLM, capacity: int) -> tuple[torch.Tensor, ...]:
+    _, keys, values = _static_cache(model, capacity)
+    ids = torch.zeros((1, 1), dtype=torch.long, device=model.device)
+    pos = torch.zeros(1, dtype=torch.long, device=model.device)
+    return ids, pos, keys, values
+
+
+def build(
+    model: NativeCausalLM, path: Path, capacity: int, *, model_id: str,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compile `model`'s decode step for a cache of `capacity` positions into `path` (and
+    its key beside it); `options`: inductor's (default `AUTOTUNE_OPTIONS`). Returns the key.
+    Raises `CompiledStepError` if export or compilation fails."""
+    import torch._inductor
+
+    if capacity < 1:
+        raise ValueError(f"capacity must be positive (got {capacity})")
+    options = dict(AUTOTUNE_OPTIONS if options is None else options)
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ValueError(f"a package path ends in .pt2 (got {path})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The fast ops fill small tables lazily (`_fast_norm`'s doubled weights): fill them
+    # eagerly first, so that tracing finds real tensors and never stores traced ones.
+    with torch.inference_mode():
+        model.forward(torch.zeros((1, 1), dtype=torch.long, device=model.device), None)
+    step = _Step(model, capacity)
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(step, _example(model, capacity), strict=False)
+            partial = path.with_name(path.stem + ".partial.pt2")
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=str(partial), inductor_configs=options)
+        os.replace(partial, path)
+    except Exception as exc:  # export and inductor raise many kinds; all mean "no package"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CompiledStepError(f"could not compile the decode step: {first}",
+                                "decode eagerly (the native model)") from exc
+    key = {**expected_key(model, model_id), "capacity": capacity,
+           "inductor": {k: options[k] for k in sorted(options)},
+           "package_bytes": path.stat().st_size}
+    key_path(path).write_text(json.dumps(key, indent=2) + "\n")
+    return key
+
+
+# -- loading ---------------------------------------------------------------------------------
+@dataclass
+class CompiledStep:
+    """A loaded package and the key it was built with."""
+
+    run: Callable[..., Any]
+    capacity: int
+    key: dict[str, Any] = field(default_factory=dict)
+
+
+def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep | str:
+    """The package at `path`, if its key matches `model` here and now; else why not."""
+    path = Path(path)
+    if not path.is_file():
+        return f"no compiled decode step at {path}"
+    try:
+        key = json.loads(key_path(path).read_text())
+        capacity = int(key["capacity"])
+        size = int(key["package_bytes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the compiled decode step's key {key_path(path)} is unreadable ({exc})"
+    stale = stale_fields(key, expected_key(model, model_id))
+    if stale:
+        return f"the compiled decode step is stale ({', '.join(stale)} changed)"
+    if path.stat().st_size != size:
+        return (f"the compiled decode step {path} is corrupt ({path.stat().st_size} bytes, "
+                f"built as {size})")
+    try:
+        import torch._inductor
+
+        run = torch._inductor.aoti_load_package(str(path))
+    except Exception as exc:  # a damaged zip, a missing symbol, ...: all mean "eager"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"the compiled decode step {path} does not load ({first})"
+    return CompiledStep(run, capacity, key)
+
+
+# -- the language model ----------------------------------------------------------------------
+class CompiledCache:
+    """A cache of `CompiledLanguageModel`: static (`capacity` positions, one row, what the
+    compiled step reads) until it must grow or hold several rows, then an eager `KVCache`."""
+
+    croppable = True
+
+    def __init__(self, inner: StaticKVCache | KVCache, keys: torch.Tensor | None = None,
+                 values: torch.Tensor | None = None) -> None:
+        self.inner = inner
+        self.keys, self.values = keys, values  # the static buffers, None once eager
+
+    @property
+    def static(self) -> bool:
+        return self.keys is not None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def make_eager(self) -> None:
+        """Move into a `KVCache` that grows as eager decoding needs (a copy of the rows)."""
+        if not self.static:
+            return
+        static = self.inner
+        assert isinstance(static, StaticKVCache)
+        eager = KVCache(len(static.keys))
+        with torch.inference_mode():
+            eager.keys = [k[: static.rows].clone() for k in static.keys]
+            eager.values = [v[: static.rows].clone() for v in static.values]
+        eager.length = static.length
+        self.inner, self.keys, self.values = eager, None, None
+
+
+class CompiledLanguageModel:
+    def __init__(self, model: NativeCausalLM, step: CompiledStep | None,
+                 reason: str | None = None) -> None:
+        """`step`: the loaded package (None: eager throughout, `reason` says why)."""
+        self.model = model
+        self.device = model.device
+        self.vocab_size = model.vocab_size
+        self.step_fn = step
+        self.reason = reason
+        self._pos = torch.zeros(1, dtype=torch.long, device=model.device)
+
+    @classmethod
+    def open(cls, model: NativeCausalLM, path: Path, model_id: str) -> CompiledLanguageModel:
+        """Over the package at `path`, or eager (with `reason`) if it cannot serve."""
+        loaded = load_step(model, path, model_id)
+        if isinstance(loaded, str):
+            return cls(model, None, loaded)
+        return cls(model, loaded)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether single-row steps run the package (False after any fallback to eager)."""
+        return self.step_fn is not None
+
+    @property
+    def capacity(self) -> int:
+        return self.step_fn.capacity if self.step_fn is not None else 0
+
+    # -- LanguageModel ---------------------------------------------------------------------
+    def prefill(self, ids: list[int], cache: CompiledCache | None = None) -> tuple[Any, Any]:
+        if cache is None:
+            if self.step_fn is not None and len(ids) < self.capacity:
+                static, keys, values = _static_cache(self.model, self.capacity)
+                cache = CompiledCache(static, keys, values)
+            else:
+                cache = CompiledCache(KVCache(len(self.model.layers)))
+        elif cache.static and len(cache) + len(ids) > self.capacity:
+            cache.make_eager()
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits, _ = self.model.forward(input_ids, cache.inner, logits_to_keep=1)
+        return logits[:, -1, :], cache
+
+    def step(self, tokens: Any, cache: CompiledCache) -> tuple[Any, Any]:
+        rows = tokens.numel()
+        if cache.static and (rows != 1 or len(cache) >= self.capacity or self.step_fn is None):
+            cache.make_eager()
+        if not cache.static:
+            logits, _ = self.model.forward(tokens.view(-1, 1), cache.inner, logits_to_keep=1)
+            return logits[:, -1, :], cache
+        assert self.step_fn is not None and cache.keys is not None and cache.values is not None
+        position = len(cache)
+        with torch.inference_mode():
+            self._pos.fill_(position)
+            try:
+                logits, new_keys, new_values = self.step_fn.run(
+                    tokens.reshape(1, 1).to(self.device), self._pos, cache.keys, cache.values)
+            except Exception as exc:  # never crash on the package: decode eagerly instead
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.step_fn, self.reason = None, f"the compiled decode step failed ({first})"
+                cache.make_eager()
+                return self.step(tokens, cache)
+            cache.keys.index_copy_(3, self._pos, new_keys)
+            cache.values.index_copy_(3, self._pos, new_values)
+        cache.inner.length = position + 1
+        return logits, cache
+
+    def expand(self, cache: CompiledCache, rows: int) -> None:
+        cache.make_eager()  # the package is built for one row: beam search decodes eagerly
+        cache.inner.expand(rows)
+
+    def reorder(self, cache: CompiledCache, rows: Any) -> None:
+        cache.make_eager()
+        cache.inner.reorder(rows)
+
+    def crop(self, cache: CompiledCache, length: int) -> None:
+        cache.inner.crop(length)
+
+    def can_crop(self, cache: CompiledCache, length: int) -> bool:
+        return 0 <= length <= len(cache)
