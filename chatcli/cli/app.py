@@ -9,6 +9,18 @@ Typer's shell completion is on (`--install-completion`, `--show-completion`); a
 shell's completion request (`_CHATCLI_COMPLETE=complete_bash …`) is answered by
 `main()` too, before any command runs.
 Nothing heavy is imported here: `chatcli --help` stays instant.
+
+Fast exit: run as a program (`main()` with no arguments: the console script and
+`python -m chatcli`), a command that returned normally after loading torch ends the
+process with `os._exit` and skips the interpreter's teardown (~0.3 s of freeing torch's
+modules and objects). By then every history write is committed (the store commits each
+one before returning; the recorder is closed in the command's `finally`) and the
+terminal is restored; what is skipped is only freeing memory. The atexit handlers still
+run, stdout and stderr are flushed first, and the exit code is the one `sys.exit` would
+give. It is skipped — the ordinary exit happens — when `main(argv)` is called with
+arguments (tests, embedding), on any error or interrupt path, when a non-daemon thread
+is still running, when a flush fails (e.g. a reader that went away: reported as
+before), and when `CHATCLI_NO_FAST_EXIT=1`.
 """
 
 from __future__ import annotations
@@ -42,6 +54,42 @@ def _debug() -> bool:
     return os.environ.get("CHATCLI_DEBUG", "") not in ("", "0")
 
 
+def _fast_exit_allowed() -> bool:
+    if os.environ.get("CHATCLI_NO_FAST_EXIT", "") not in ("", "0"):
+        return False
+    if "torch" not in sys.modules:  # nothing slow to tear down
+        return False
+    import threading
+
+    main_thread = threading.main_thread()
+    return not any(t.is_alive() and not t.daemon and t is not main_thread
+                   for t in threading.enumerate())
+
+
+def _exit_now(code: int) -> None:
+    """End the process with `code` without the interpreter's teardown, if it is safe;
+    return (and let the caller exit the ordinary way) if it is not."""
+    import atexit
+
+    if not _fast_exit_allowed():
+        return
+    try:
+        _flush()
+    except (OSError, ValueError):  # a closed pipe: the ordinary exit reports it as before
+        return
+    atexit._run_exitfuncs()  # what others registered still runs (logging, coverage); once
+    try:
+        _flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
+
+
+def _flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     from chatcli import interrupts
     from chatcli.errors import ChatcliError, OutputClosed
@@ -49,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
 
     interrupts.install()
     command = typer.main.get_command(app)
+    normal = False
     try:
         code = command.main(args=argv, prog_name="chatcli", standalone_mode=False)
+        normal = True
     except ChatcliError as exc:
         if _debug():
             raise
@@ -73,4 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     if interrupts.received() is not None:  # typer answers any KeyboardInterrupt with 130
         code = 128 + interrupts.received()
-    sys.exit(code if isinstance(code, int) else 0)
+        normal = False
+    code = code if isinstance(code, int) else 0
+    if normal and argv is None:
+        _exit_now(code)
+    sys.exit(code)
