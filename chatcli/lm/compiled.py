@@ -57,7 +57,7 @@ from chatcli.lm.graphs import StaticKVCache
 from chatcli.lm.llama import KVCache, NativeCausalLM
 
 FORMAT = 1  # bump when the step's inputs, outputs or the key's meaning change
-TEST_OPTIONS: dict[str, Any] = {"freezing": False}
+TEST_OPTIONS: dict[str, Any] = {"freezing": True}
 """Inductor options without autotuning: quick to build (tests)."""
 AUTOTUNE_OPTIONS: dict[str, Any] = {
     "freezing": True,  # weights become constants: inductor may prepack them (oneDNN, AMX)
@@ -158,8 +158,40 @@ class _Step(torch.nn.Module):
         self.register_buffer("cos", cos.clone())
         self.register_buffer("sin", sin.clone())
         self.register_buffer("positions", positions.clone())
+        # The model's tensors become this module's buffers (each once: tied weights share
+        # one), so that export lifts them as weights inductor can freeze and prepack.
+        self._slots = list(_tensor_slots(model))
+        self._names: dict[int, str] = {}
+        for obj, attr in self._slots:
+            tensor = getattr(obj, attr)
+            if id(tensor) not in self._names:
+                self._names[id(tensor)] = name = f"w{len(self._names)}"
+                self.register_buffer(name, tensor)
+        for doubled in model._norm_weights.values():
+            if id(doubled) not in self._names:
+                self._names[id(doubled)] = name = f"w{len(self._names)}"
+                self.register_buffer(name, doubled)
 
     def forward(
+        self, ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model = self.model
+        saved = [(obj, attr, getattr(obj, attr)) for obj, attr in self._slots]
+        norms = model._norm_weights
+        try:  # the model computes with this module's buffers (traced), then gets its own back
+            for obj, attr, tensor in saved:
+                setattr(obj, attr, getattr(self, self._names[id(tensor)]))
+            swapped = {id(t): getattr(self, self._names[id(t)]) for _, _, t in saved}
+            model._norm_weights = {
+                id(swapped[key]): getattr(self, self._names[id(doubled)])
+                for key, doubled in norms.items() if key in swapped}
+            return self._step(ids, pos, keys, values)
+        finally:
+            for obj, attr, tensor in saved:
+                setattr(obj, attr, tensor)
+            model._norm_weights = norms
+
+    def _step(
         self, ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
@@ -182,6 +214,18 @@ class _Step(torch.nn.Module):
         h = model.hidden(ids, cache, cos, sin, attend)
         logits = model.logits(h, 1).view(1, -1)
         return logits, torch.stack(cache.new_keys), torch.stack(cache.new_values)
+
+
+def _tensor_slots(model: NativeCausalLM) -> list[tuple[Any, str]]:
+    """(object, attribute) of every tensor the forward pass reads: the model's own, its
+    layers' and their linears' (dense or quantized)."""
+    holders: list[Any] = [model, model.head]
+    for layer in model.layers:
+        holders.append(layer)
+        holders.extend(value for value in vars(layer).values()
+                       if value is not None and not isinstance(value, torch.Tensor))
+    return [(obj, attr) for obj in holders for attr, value in vars(obj).items()
+            if isinstance(value, torch.Tensor)]
 
 
 def _static_cache(model: NativeCausalLM, capacity: int) -> tuple[StaticKVCache, torch.Tensor,

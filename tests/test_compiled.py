@@ -1,0 +1,288 @@
+"""The AOTInductor-compiled decode step (chatcli.lm.compiled) on the tiny test model, fp32.
+
+The fallbacks that need no package (missing, stale key, corrupt file, a step that fails
+at run time) run in every suite. Building a package compiles C++ (about 20-60 s here),
+so the tests that need one share a session-wide build and are marked slow (CI runs them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from chatcli.lm import compiled
+from chatcli.lm.compiled import CompiledLanguageModel, CompiledStep
+from chatcli.lm.llama import NativeCausalLM
+from chatcli.lm.native import NativeLanguageModel
+from conftest import Tiny
+
+CAPACITY = 64
+PROMPTS = [[1, 5, 9, 22], [7], [300, 12, 45, 99, 101, 250, 3, 17, 88, 64, 2]]
+
+
+def tiny_lm(tiny: Tiny, dtype: torch.dtype = torch.float32) -> NativeCausalLM:
+    return NativeCausalLM.from_folder(tiny.folder, dtype)
+
+
+def greedy(lm: Any, ids: list[int], n: int) -> tuple[list[int], list[torch.Tensor], Any]:
+    """n greedy tokens after `ids`, each step's logits, and the final cache."""
+    logits, cache = lm.prefill(ids)
+    tokens, seen = [], [logits]
+    for _ in range(n):
+        token = logits.argmax(-1)
+        tokens.append(int(token))
+        logits, cache = lm.step(token, cache)
+        seen.append(logits)
+    return tokens, seen, cache
+
+
+def fake_package(tmp_path: Path, model: NativeCausalLM, model_id: str,
+                 content: bytes = b"not a package", changes: dict[str, Any] | None = None
+                 ) -> Path:
+    """A package file with a key that matches `model` here (but for `changes`)."""
+    path = tmp_path / "step.pt2"
+    path.write_bytes(content)
+    key = {**compiled.expected_key(model, model_id), "capacity": CAPACITY,
+           "inductor": compiled.TEST_OPTIONS, "package_bytes": len(content), **(changes or {})}
+    compiled.key_path(path).write_text(json.dumps(key))
+    return path
+
+
+def assert_eager(lm: CompiledLanguageModel, model: NativeCausalLM, reason: str) -> None:
+    """`lm` decodes eagerly, says `reason`, and gives the native model's tokens exactly."""
+    assert not lm.compiled
+    assert lm.reason == reason
+    for ids in PROMPTS:
+        want, want_logits, _ = greedy(NativeLanguageModel(model), ids, 12)
+        got, got_logits, _ = greedy(lm, ids, 12)
+        assert got == want
+        assert all(torch.equal(a, b) for a, b in zip(got_logits, want_logits, strict=True))
+
+
+# -- fallbacks without a package (fast) ------------------------------------------------------
+def test_missing_package_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> None:
+    model = tiny_lm(tiny_model)
+    path = tmp_path / "none.pt2"
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert_eager(lm, model, f"no compiled decode step at {path}")
+
+
+@pytest.mark.parametrize("field", ["format", "torch", "cpu", "cpu_flags", "model", "mode"])
+def test_stale_key_decodes_eagerly(tiny_model: Tiny, tmp_path: Path, field: str) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, "id", changes={field: "something else"})
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert_eager(lm, model, f"the compiled decode step is stale ({field} changed)")
+
+
+def test_other_weights_and_dtype_make_a_key_stale(tiny_model: Tiny, tmp_path: Path) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, compiled.folder_fingerprint(tiny_model.folder))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model.folder, copy)
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes() + b"x")
+    other = compiled.folder_fingerprint(copy)
+    assert other != compiled.folder_fingerprint(tiny_model.folder)
+    assert CompiledLanguageModel.open(model, path, other).reason == (
+        "the compiled decode step is stale (model changed)")
+    bf16 = tiny_lm(tiny_model, torch.bfloat16)
+    assert compiled.mode_of(bf16) == "bfloat16/none"
+    assert CompiledLanguageModel.open(
+        bf16, path, compiled.folder_fingerprint(tiny_model.folder)).reason == (
+        "the compiled decode step is stale (mode changed)")
+
+
+def test_truncated_package_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, "id", content=b"x" * 100)
+    path.write_bytes(b"x" * 40)
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert_eager(lm, model, f"the compiled decode step {path} is corrupt (40 bytes, built as 100)")
+
+
+def test_unloadable_package_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, "id", content=b"PK\x03\x04 garbage")
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert not lm.compiled
+    assert lm.reason is not None
+    assert lm.reason.startswith(f"the compiled decode step {path} does not load (")
+    assert_eager(lm, model, lm.reason)
+
+
+def test_unreadable_key_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, "id")
+    compiled.key_path(path).write_text("{not json")
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert lm.reason is not None
+    assert lm.reason.startswith(f"the compiled decode step's key {compiled.key_path(path)} "
+                                "is unreadable (")
+
+
+def test_a_step_that_fails_falls_back_for_good(tiny_model: Tiny) -> None:
+    model = tiny_lm(tiny_model)
+    calls = []
+
+    def broken(*args: Any) -> Any:
+        calls.append(args)
+        raise RuntimeError("kernel exploded\nmore detail")
+
+    lm = CompiledLanguageModel(model, CompiledStep(broken, CAPACITY))
+    want, want_logits, _ = greedy(NativeLanguageModel(model), PROMPTS[0], 12)
+    got, got_logits, cache = greedy(lm, PROMPTS[0], 12)
+    assert got == want
+    assert all(torch.equal(a, b) for a, b in zip(got_logits, want_logits, strict=True))
+    assert len(calls) == 1
+    assert not lm.compiled and not cache.static
+    assert lm.reason == "the compiled decode step failed (kernel exploded)"
+
+
+def test_build_refuses_other_suffixes(tiny_model: Tiny, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"ends in \.pt2"):
+        compiled.build(tiny_lm(tiny_model), tmp_path / "step.bin", CAPACITY, model_id="id")
+
+
+# -- with a built package (slow) -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def package(tiny_model: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("compiled") / "tiny.pt2"
+    key = compiled.build(tiny_lm(tiny_model), path, CAPACITY,
+                         model_id=compiled.folder_fingerprint(tiny_model.folder),
+                         options=compiled.TEST_OPTIONS)
+    assert key["capacity"] == CAPACITY and key["package_bytes"] == path.stat().st_size
+    assert key["inductor"] == compiled.TEST_OPTIONS
+    return path
+
+
+def open_compiled(tiny: Tiny, path: Path) -> tuple[CompiledLanguageModel, NativeCausalLM]:
+    model = tiny_lm(tiny)
+    lm = CompiledLanguageModel.open(model, path, compiled.folder_fingerprint(tiny.folder))
+    assert lm.compiled, lm.reason
+    return lm, model
+
+
+@pytest.mark.slow
+def test_greedy_tokens_equal_eager(tiny_model: Tiny, package: Path) -> None:
+    lm, model = open_compiled(tiny_model, package)
+    eager = NativeLanguageModel(model)
+    for ids in PROMPTS:
+        n = CAPACITY - len(ids)  # every step through the package, up to the last position
+        want, want_logits, _ = greedy(eager, ids, n)
+        got, got_logits, cache = greedy(lm, ids, n)
+        assert got == want
+        assert cache.static and len(cache) == CAPACITY
+        for a, b in zip(got_logits, want_logits, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_package_writes_the_cache_as_eager_does(tiny_model: Tiny, package: Path) -> None:
+    lm, model = open_compiled(tiny_model, package)
+    *_, cache = greedy(lm, PROMPTS[0], 20)
+    *_, eager_cache = greedy(NativeLanguageModel(model), PROMPTS[0], 20)
+    assert len(cache) == len(eager_cache) == 24
+    for layer in range(len(model.layers)):
+        for mine, theirs in ((cache.inner.keys, eager_cache.keys),
+                             (cache.inner.values, eager_cache.values)):
+            torch.testing.assert_close(mine[layer][:, :, :24], theirs[layer][:, :, :24],
+                                       rtol=1e-5, atol=1e-5)
+            assert not mine[layer][:, :, 24:].any()  # nothing written past the length
+
+
+@pytest.mark.slow
+def test_past_the_capacity_decoding_continues_eagerly(tiny_model: Tiny, package: Path) -> None:
+    lm, model = open_compiled(tiny_model, package)
+    ids = PROMPTS[2]
+    want, *_ = greedy(NativeLanguageModel(model), ids, 90)
+    logits, cache = lm.prefill(ids)
+    got = []
+    for _ in range(90):
+        got.append(int(logits.argmax(-1)))
+        assert cache.static == (len(cache) <= CAPACITY)
+        logits, cache = lm.step(logits.argmax(-1), cache)
+    assert got == want
+    assert len(cache) == len(ids) + 90 and not cache.static
+    assert lm.compiled  # the next prompt gets a static cache again
+    _, fresh = lm.prefill(PROMPTS[0])
+    assert fresh.static
+
+
+@pytest.mark.slow
+def test_a_prompt_longer_than_the_capacity_is_eager(tiny_model: Tiny, package: Path) -> None:
+    lm, model = open_compiled(tiny_model, package)
+    ids = [(7 * i) % 400 for i in range(CAPACITY + 5)]
+    want, want_logits, _ = greedy(NativeLanguageModel(model), ids, 5)
+    got, got_logits, cache = greedy(lm, ids, 5)
+    assert got == want and not cache.static
+    assert all(torch.equal(a, b) for a, b in zip(got_logits, want_logits, strict=True))
+
+
+@pytest.mark.slow
+def test_crop_and_prefill_the_rest(tiny_model: Tiny, package: Path) -> None:
+    """The prompt cache's use: crop to a shared prefix, prefill only the new suffix."""
+    lm, model = open_compiled(tiny_model, package)
+    *_, cache = greedy(lm, PROMPTS[2], 10)
+    assert lm.can_crop(cache, 6) and not lm.can_crop(cache, len(cache) + 1)
+    lm.crop(cache, 6)
+    suffix = [40, 41, 42]
+    logits, cache = lm.prefill(suffix, cache)
+    assert cache.static and len(cache) == 9
+    want, want_logits, _ = greedy(NativeLanguageModel(model), PROMPTS[2][:6] + suffix, 20)
+    torch.testing.assert_close(logits, want_logits[0], rtol=1e-5, atol=1e-5)
+    got = []
+    for _ in range(20):
+        got.append(int(logits.argmax(-1)))
+        logits, cache = lm.step(logits.argmax(-1), cache)
+    assert got == want
+    # a suffix that no longer fits moves the cache to eager first
+    lm.crop(cache, 9)
+    logits, cache = lm.prefill(list(range(100, 100 + CAPACITY)), cache)
+    assert not cache.static and len(cache) == 9 + CAPACITY
+
+
+@pytest.mark.slow
+def test_beam_rows_decode_eagerly(tiny_model: Tiny, package: Path) -> None:
+    lm, model = open_compiled(tiny_model, package)
+    eager = NativeLanguageModel(model)
+    (_, cache), (_, want_cache) = lm.prefill(PROMPTS[0]), eager.prefill(PROMPTS[0])
+    lm.expand(cache, 3)
+    eager.expand(want_cache, 3)
+    assert not cache.static
+    tokens = torch.tensor([5, 6, 7])
+    for _ in range(3):
+        got, cache = lm.step(tokens, cache)
+        want, want_cache = eager.step(tokens, want_cache)
+        assert torch.equal(got, want)
+        rows = torch.tensor([2, 0, 0])
+        lm.reorder(cache, rows)
+        eager.reorder(want_cache, rows)
+        tokens = want.argmax(-1)
+
+
+@pytest.mark.slow
+def test_a_real_package_stale_or_cut_short_falls_back(
+    tiny_model: Tiny, package: Path, tmp_path: Path
+) -> None:
+    model = tiny_lm(tiny_model)
+    model_id = compiled.folder_fingerprint(tiny_model.folder)
+    path = tmp_path / "tiny.pt2"
+    shutil.copy(package, path)
+    shutil.copy(compiled.key_path(package), compiled.key_path(path))
+    assert CompiledLanguageModel.open(model, path, model_id).compiled
+    key = json.loads(compiled.key_path(path).read_text())
+    compiled.key_path(path).write_text(json.dumps({**key, "torch": "2.0.0"}))
+    assert CompiledLanguageModel.open(model, path, model_id).reason == (
+        "the compiled decode step is stale (torch changed)")
+    half = path.read_bytes()[: key["package_bytes"] // 2]
+    path.write_bytes(half)
+    compiled.key_path(path).write_text(json.dumps({**key, "package_bytes": len(half)}))
+    lm = CompiledLanguageModel.open(model, path, model_id)
+    assert lm.reason is not None
+    assert lm.reason.startswith(f"the compiled decode step {path} does not load (")
+    assert_eager(lm, model, lm.reason)
