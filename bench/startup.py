@@ -1,63 +1,178 @@
-"""Time from command start to the first answer byte, and `chatcli --help` time.
+"""Start-up of a one-shot answer: first answer byte, last byte, process exit; `--help`.
 
-Usage: python bench/startup.py [--runs 5] [-- extra ask args]
+Usage: python bench/startup.py [--runs 5] [-n 16] [--tree NAME=PATH ...]
+                               [--write docs/benchmarks.md] [-- extra ask args]
 
-Runs `chatcli --help` and `chatcli ask` on the default model (already pulled) as
-fresh processes, interleaved, several times and prints the median time to the first
-byte on stdout, plus the median wall time of `chatcli --help`. Appends nothing; copy
-the table into docs/benchmarks.md.
+Runs `chatcli --help` and `chatcli ask -n N --stats QUESTION` on the default model
+(already pulled and converted; warm page cache after the first round) as fresh
+processes, interleaved over rounds, and reports medians (min-max) of:
+- `--help`: the whole command;
+- first answer byte: from the start to the first byte on stdout;
+- last byte: to the last byte on stdout or stderr (the `--stats` line);
+- exit: to the process's end (`wait()` returns);
+- teardown: exit minus last byte, per run — what the process does after its last
+  byte is written (the history is committed before the stats line).
+
+Each `--tree NAME=PATH` is a checkout of chatcli (e.g. a `git worktree` of the commit
+before a change) run as `python -m chatcli` from PATH with PATH on PYTHONPATH; the
+variants are interleaved in every round, so load from other work falls on all alike.
+Without `--tree` the checkout this script is in is measured alone. The header states
+the CPU and the load average at the start and end; `--write PATH` replaces the
+`startup` section of PATH (e.g. docs/benchmarks.md) with the report.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import selectors
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from harness import Conditions, interleave, median  # bench/ is on sys.path
+from harness import (  # bench/ is on sys.path
+    Conditions,
+    add_write_options,
+    interleave,
+    median,
+    write_report,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "What is the capital of France?"
 
 
-def first_byte(cmd: list[str]) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Run:
+    """One `ask` process: seconds from its start."""
+
+    first_byte: float
+    last_byte: float
+    exit: float
+    code: int
+
+    @property
+    def teardown(self) -> float:
+        return self.exit - self.last_byte
+
+
+def timed_run(cmd: list[str], env: dict[str, str], cwd: Path) -> Run:
+    """Run `cmd`, stamping the first stdout byte, the last byte on either stream and
+    the process's end."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    proc.stdout.read(1)
-    first = time.perf_counter() - start
-    proc.stdout.read()
-    proc.wait()
-    return first, time.perf_counter() - start
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    assert proc.stdout is not None and proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    first = last = float("nan")
+    open_streams = 2
+    while open_streams:
+        for key, _ in sel.select():
+            chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+            now = time.perf_counter() - start
+            if not chunk:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+                continue
+            if key.data == "out" and first != first:  # still NaN
+                first = now
+            last = now
+    code = proc.wait()
+    end = time.perf_counter() - start
+    sel.close()
+    return Run(first, last, end, code)
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def check_tree(tree: Path) -> None:
+    """`python -m chatcli` from `tree` must run that tree's chatcli."""
+    out = subprocess.run([sys.executable, "-c", "import chatcli; print(chatcli.__file__)"],
+                         capture_output=True, text=True, check=True, env=tree_env(tree),
+                         cwd=tree).stdout.strip()
+    if not Path(out).resolve().is_relative_to(tree.resolve()):
+        sys.exit(f"{tree}: python imports chatcli from {out}, not from this tree")
+
+
+def parse_tree(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def spread(values: list[float]) -> str:
+    return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})" if values else "-"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("rest", nargs="*")
+    ap.add_argument("-n", type=int, default=16, help="answer tokens (default 16)")
+    ap.add_argument("--tree", type=parse_tree, action="append", default=[],
+                    metavar="NAME=PATH", help="a chatcli checkout to measure (repeatable)")
+    add_write_options(ap, "startup")
+    ap.add_argument("rest", nargs="*", help="extra `chatcli ask` arguments")
     args = ap.parse_args()
-    exe = [sys.executable, "-m", "chatcli"]
+    trees: list[tuple[str, Path]] = args.tree or [("this checkout", REPO)]
+    for _, tree in trees:
+        check_tree(tree)
     env_note = os.environ.get("CHATCLI_HOME", "default cache")
+    ask_args = ["ask", "-n", str(args.n), "--stats", *args.rest, QUESTION]
     conditions = Conditions.observe()
 
-    def help_s() -> float:
-        t = time.perf_counter()
-        subprocess.run([*exe, "--help"], stdout=subprocess.DEVNULL, check=True)
-        return time.perf_counter() - t
+    variants = {}
+    for name, tree in trees:
+        exe = [sys.executable, "-m", "chatcli"]
 
-    def ask() -> tuple[float, float]:
-        return first_byte([*exe, "ask", "-n", "16", *args.rest, "What is the capital of France?"])
+        def help_s(exe: list[str] = exe, tree: Path = tree) -> float:
+            t = time.perf_counter()
+            subprocess.run([*exe, "--help"], stdout=subprocess.DEVNULL, check=True,
+                           env=tree_env(tree), cwd=tree)
+            return time.perf_counter() - t
 
-    res = interleave({"help": help_s, "ask": ask}, args.runs)
-    helps = res["help"]
-    firsts = [first for first, _ in res["ask"]]
-    totals = [total for _, total in res["ask"]]
+        def ask(exe: list[str] = exe, tree: Path = tree) -> Run:
+            run = timed_run([*exe, *ask_args], tree_env(tree), tree)
+            if run.code != 0:
+                sys.exit(f"{tree}: chatcli {' '.join(ask_args)} exited with {run.code}")
+            return run
+
+        variants[(name, "help")] = help_s
+        variants[(name, "ask")] = ask
+    res = interleave(variants, args.runs)
     conditions.finish()
-    print(f"cache: {env_note}; runs: {args.runs} (interleaved); {conditions.describe()}")
-    print("| measure | median s | min s | max s |")
-    print("|---|---|---|---|")
-    for name, v in (("chatcli --help", helps), ("ask: first answer byte", firsts),
-                    ("ask: whole command (16 tokens)", totals)):
-        print(f"| {name} | {median(v):.2f} | {min(v):.2f} | {max(v):.2f} |")
+
+    names = [name for name, _ in trees]
+    rows: list[tuple[str, list[str]]] = []
+    helps = {n: [float(x) for x in res[(n, "help")]] for n in names}
+    asks = {n: [r for r in res[(n, "ask")] if isinstance(r, Run)] for n in names}
+    rows.append(("`chatcli --help`", [spread(helps[n]) for n in names]))
+    for label, get in (("first answer byte", lambda r: r.first_byte),
+                       ("last byte (`--stats` line)", lambda r: r.last_byte),
+                       ("process exit (whole command)", lambda r: r.exit),
+                       ("teardown: exit - last byte", lambda r: r.teardown)):
+        rows.append((f"`ask -n {args.n}`: {label}",
+                     [spread([get(r) for r in asks[n]]) for n in names]))
+    lines = [
+        f"`python bench/startup.py --runs {args.runs} -n {args.n}"
+        + "".join(f" --tree {n}=…" for n in (args.tree and names) or [])
+        + f"`: fresh processes, `chatcli ask -n {args.n} --stats \"{QUESTION}\"`, cache: "
+        f"{env_note}; {args.runs} interleaved rounds; median (min-max) seconds from the "
+        f"command's start; {conditions.describe()}.",
+        "",
+        "| measure | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        *[f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows],
+    ]
+    body = "\n".join(lines)
+    print(body)
+    write_report(args, body)
 
 
 if __name__ == "__main__":
