@@ -272,7 +272,7 @@ def build(
             exported = torch.export.export(step, _example(model, capacity), strict=False)
             partial = path.with_name(path.stem + ".partial.pt2")
             torch._inductor.aoti_compile_and_package(
-                exported, package_path=str(partial), inductor_configs=options)
+                exported, package_path=str(partial), inductor_configs=dict(options))
         os.replace(partial, path)
     except Exception as exc:  # export and inductor raise many kinds; all mean "no package"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
