@@ -5,13 +5,17 @@ Usage: python bench/startup.py [--runs 5] [-n 16] [--tree NAME=PATH ...]
 
 Runs `chatcli --help` and `chatcli ask -n N --stats QUESTION` on the default model
 (already pulled and converted; warm page cache after the first round) as fresh
-processes, interleaved over rounds, and reports medians (min-max) of:
+processes, interleaved over rounds (the order reversed every other round), and reports
+medians (min to max) of:
 - `--help`: the whole command;
 - first answer byte: from the start to the first byte on stdout;
 - last byte: to the last byte on stdout or stderr (the `--stats` line);
 - exit: to the process's end (`wait()` returns);
 - teardown: exit minus last byte, per run — what the process does after its last
   byte is written (the history is committed before the stats line).
+With several checkouts, a last column per later one gives its difference from the first,
+run by run in the same round (median, min to max): load that drifts between rounds
+cancels.
 
 Each `--tree NAME=PATH` is a checkout of chatcli (e.g. a `git worktree` of the commit
 before a change) run as `python -m chatcli` from PATH with PATH on PYTHONPATH; the
@@ -108,7 +112,7 @@ def parse_tree(text: str) -> tuple[str, Path]:
 
 
 def spread(values: list[float]) -> str:
-    return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})" if values else "-"
+    return f"{median(values):.2f} ({min(values):.2f} to {max(values):.2f})" if values else "-"
 
 
 def main() -> None:
@@ -145,29 +149,37 @@ def main() -> None:
 
         variants[(name, "help")] = help_s
         variants[(name, "ask")] = ask
-    res = interleave(variants, args.runs)
+    res = interleave(variants, args.runs, alternate=True)
     conditions.finish()
 
     names = [name for name, _ in trees]
-    rows: list[tuple[str, list[str]]] = []
+    base, others = names[0], names[1:]
     helps = {n: [float(x) for x in res[(n, "help")]] for n in names}
     asks = {n: [r for r in res[(n, "ask")] if isinstance(r, Run)] for n in names}
-    rows.append(("`chatcli --help`", [spread(helps[n]) for n in names]))
+
+    def cells(samples: dict[str, list[float]]) -> list[str]:
+        # each variant's spread, then each later variant minus the first, paired by round
+        return [spread(samples[n]) for n in names] + [
+            spread([a - b for a, b in zip(samples[n], samples[base], strict=True)])
+            for n in others]
+
+    rows: list[tuple[str, list[str]]] = [("`chatcli --help`", cells(helps))]
     for label, get in (("first answer byte", lambda r: r.first_byte),
                        ("last byte (`--stats` line)", lambda r: r.last_byte),
                        ("process exit (whole command)", lambda r: r.exit),
                        ("teardown: exit - last byte", lambda r: r.teardown)):
         rows.append((f"`ask -n {args.n}`: {label}",
-                     [spread([get(r) for r in asks[n]]) for n in names]))
+                     cells({n: [get(r) for r in asks[n]] for n in names})))
+    columns = [*names, *[f"{n} - {base}, same round" for n in others]]
     lines = [
         f"`python bench/startup.py --runs {args.runs} -n {args.n}"
         + "".join(f" --tree {n}=…" for n in (args.tree and names) or [])
         + f"`: fresh processes, `chatcli ask -n {args.n} --stats \"{QUESTION}\"`, cache: "
-        f"{env_note}; {args.runs} interleaved rounds; median (min-max) seconds from the "
+        f"{env_note}; {args.runs} interleaved rounds; median (min to max) seconds from the "
         f"command's start; {conditions.describe()}.",
         "",
-        "| measure | " + " | ".join(names) + " |",
-        "|---" * (len(names) + 1) + "|",
+        "| measure | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
         *[f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows],
     ]
     body = "\n".join(lines)
