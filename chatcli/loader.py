@@ -39,6 +39,7 @@ reported through a `Reporter`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -368,11 +369,11 @@ def _load_folder(
     if impl == "auto":
         note = native_blocker(spec, runtime.device, config) or ""
     if impl == "native" or (impl == "auto" and not note):
-        lm, tokenizer = _load_native(spec, runtime, folder, ctx, reporter)
+        lm, tokenizer, runtime = _load_native(spec, runtime, folder, ctx, reporter)
         impl, note = "native", ""
     else:
         note = note or f'implementation = "transformers" in {spec.origin}'
-        _refuse_quantize(spec, runtime, "it runs on transformers' implementation")
+        runtime = _unquantized(spec, runtime, "it runs on transformers' implementation")
         lm, tokenizer = _load_transformers(spec, runtime, folder)
         impl = "transformers"
     if spec.chat_template:
@@ -444,7 +445,9 @@ def _transformers_hint(spec: ModelSpec) -> str:
 
 def _load_native(
     spec: ModelSpec, runtime: Runtime, folder: Path, context_window: int, reporter: Reporter
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, Runtime]:
+    """The native model, its tokenizer, and the runtime it runs with (an alias's
+    `quantize` dropped where quantized layers do not exist)."""
     import torch
 
     from chatcli.lm import graphs
@@ -456,7 +459,7 @@ def _load_native(
     dtype = getattr(torch, runtime.dtype)
     why_not = supported(runtime.quantize, torch.device(runtime.device), dtype)
     if why_not:
-        _refuse_quantize(spec, runtime, why_not)
+        runtime = _unquantized(spec, runtime, why_not)
     own = True  # chatcli's own tokenizer failing is native; transformers' is not
     try:
         own = supports(folder)
@@ -474,8 +477,8 @@ def _load_native(
     if graphs.wanted(runtime.device):
         graphed = graphs.GraphedLanguageModel(model, context_window, reporter)
         graphed.warm_up()
-        return graphed, tokenizer
-    return NativeLanguageModel(model), tokenizer
+        return graphed, tokenizer, runtime
+    return NativeLanguageModel(model), tokenizer, runtime
 
 
 def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Reporter) -> None:
@@ -512,13 +515,15 @@ def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Repor
             Path(tmp).unlink(missing_ok=True)
 
 
-def _refuse_quantize(spec: ModelSpec, runtime: Runtime, why: str) -> None:
-    """Quantized layers exist only in chatcli's native CPU forward pass."""
+def _unquantized(spec: ModelSpec, runtime: Runtime, why: str) -> Runtime:
+    """Quantized layers exist only in chatcli's native CPU forward pass: elsewhere an
+    alias's `quantize` gives way (the runtime without it), --quantize is refused."""
     if runtime.quantize == "none":
-        return
-    where = f" (set by [models.{spec.alias}] in {spec.origin})" if spec.quantize != "none" else ""
+        return runtime
+    if runtime.quantize_from_alias:
+        return dataclasses.replace(runtime, quantize="none", quantize_from_alias=False)
     raise UsageError(
-        f"--quantize {runtime.quantize} is not available for '{spec.alias}'{where}: {why}",
+        f"--quantize {runtime.quantize} is not available for '{spec.alias}': {why}",
         "use --quantize none, or run on the CPU with the native implementation",
     )
 

@@ -32,6 +32,10 @@ class Runtime:
     dtype: str  # "float32", "bfloat16", "float16"
     threads: int | None  # torch intra-op threads on CPU; None: chosen by `apply_threads`
     quantize: str = "none"  # weight-only quantization of linear layers: none | int8 | int4
+    # Whether `quantize` came from the alias (models.toml) rather than --quantize: an
+    # alias's choice applies where quantized layers exist (chatcli's native forward pass
+    # on the CPU) and gives way elsewhere; the flag's is refused where it cannot apply.
+    quantize_from_alias: bool = False
 
 
 @cache
@@ -122,7 +126,8 @@ def resolve_runtime(
         else:
             chosen = "bfloat16" if dev == "cuda" else "float16"
     return Runtime(device=dev, dtype=chosen, threads=threads,
-                   quantize=quantize if quantize is not None else spec_quantize)
+                   quantize=quantize if quantize is not None else spec_quantize,
+                   quantize_from_alias=quantize is None and spec_quantize != "none")
 
 
 def _pick_device() -> str:

@@ -229,7 +229,10 @@ class LocalBackend:
 
     @property
     def implementation(self) -> str:
-        return str(self.loaded.implementation_label())
+        """"native", "native+int4" (quantized layers), or "transformers (why)"."""
+        label = str(self.loaded.implementation_label())
+        quantize = self.loaded.runtime.quantize
+        return label if quantize == "none" else f"{label}+{quantize}"
 
     @property
     def implementation_name(self) -> str:
