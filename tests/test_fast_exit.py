@@ -173,3 +173,24 @@ def test_a_reader_that_stops_after_the_first_byte(home: Path) -> None:
     assert proc.wait(timeout=300) == 0
     assert err == b""
     assert saved(home)[0] == ("user", "Hello")
+
+
+def test_a_piped_chat_after_the_fast_exit(home: Path) -> None:
+    """`chat` loads torch too: two turns from piped stdin, every byte printed and both
+    exchanges saved."""
+    script = "Hello\nThe capital of France?\n"
+    expected = run_cli(["chat", "-n", "3"], input=script)
+    assert expected.exit_code == 0
+    first = saved(home)
+
+    proc = subprocess.run([sys.executable, "-c", WITNESS, "console", "chat", "-n", "3"],
+                          env=env(home), input=script, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expected.stdout
+    assert proc.stderr == expected.stderr + "atexit\n"  # the teardown was skipped
+    assert [role for role, _ in first] == ["user", "assistant"] * 2
+    os.environ["CHATCLI_HOME"] = str(home)
+    export = run_cli(["history", "export", "2", "--format", "json"])
+    assert export.exit_code == 0, export.stderr
+    assert [(m["role"], m["content"]) for m in json.loads(export.stdout)["messages"]] == first
