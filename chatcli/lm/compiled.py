@@ -203,12 +203,15 @@ class _Step(torch.nn.Module):
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             new_k, new_v = cache.new_keys[-1], cache.new_values[-1]  # (1, kv, 1, hd)
-            grouped = q.reshape(1, kv, -1, hd)  # the query heads sharing a K/V head
-            old = torch.matmul(grouped, k.transpose(-1, -2)) * model.scale
+            # Products and sums, not matmuls: inductor fuses them into one reduction each,
+            # and its bf16 AMX batched-GEMM template, which max-autotune picked for
+            # q @ K^T on a busy machine, returned NaN logits (SmolLM2, torch 2.13).
+            grouped = q.reshape(1, kv, -1, 1, hd)  # the query heads sharing a K/V head
+            old = (grouped * k[:, :, None]).sum(-1) * model.scale  # (1, kv, n_rep, capacity)
             old = old.masked_fill(hidden, float("-inf"))
-            own = (grouped * new_k).sum(-1, keepdim=True) * model.scale
+            own = (grouped[..., 0, :] * new_k).sum(-1, keepdim=True) * model.scale
             probs = torch.softmax(torch.cat((old, own), dim=-1).float(), dim=-1).to(q.dtype)
-            out = torch.matmul(probs[..., :-1], v) + probs[..., -1:] * new_v
+            out = (probs[..., :-1, None] * v[:, :, None]).sum(-2) + probs[..., -1:] * new_v
             return out.reshape(1, 1, -1)
 
         h = model.hidden(ids, cache, cos, sin, attend)
@@ -410,7 +413,8 @@ class CompiledLanguageModel:
             self._pos.fill_(position)
             try:
                 logits, new_keys, new_values = self.step_fn.run(
-                    tokens.reshape(1, 1).to(self.device), self._pos, cache.keys, cache.values)
+                    tokens.reshape(1, 1).to(self.device, torch.long), self._pos, cache.keys,
+                    cache.values)
             except Exception as exc:  # never crash on the package: decode eagerly instead
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self.step_fn, self.reason = None, f"the compiled decode step failed ({first})"
