@@ -474,6 +474,16 @@ def _load_native(
         raise _LoadFailed(True, exc) from exc
     if runtime.quantize != "none":
         _quantize_cached(model, runtime, folder, reporter)
+    package = compiled_package(folder, runtime)
+    # The exact path (--quantize none) never runs a compiled step: it is not bit-identical.
+    if runtime.device == "cpu" and runtime.quantize != "none" and package.is_file():
+        from chatcli.lm.compiled import CompiledLanguageModel, folder_fingerprint
+
+        stepped = CompiledLanguageModel.open(model, package, folder_fingerprint(folder))
+        if stepped.compiled:
+            return stepped, tokenizer, runtime
+        reporter.notify(f"The compiled decode step of '{spec.alias}' is not used "
+                        f"({stepped.reason}); run 'chatcli compile {spec.alias}' again")
     if graphs.wanted(runtime.device):
         graphed = graphs.GraphedLanguageModel(model, context_window, reporter)
         graphed.warm_up()
@@ -513,6 +523,53 @@ def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Repor
     except OSError:  # a read-only cache only costs the next load its time
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def compiled_package(folder: Path, runtime: Runtime) -> Path:
+    """Where the compiled decode step of the model in `folder`, in `runtime`'s dtype and
+    quantization, lives in chatcli's cache (`chatcli compile` writes it; the key beside
+    it says which torch, CPU and weights it was built for)."""
+    parts = [str(folder.resolve()), runtime.dtype, runtime.quantize]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+    return paths.cache_dir() / "compiled" / f"{key}.pt2"
+
+
+def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter, capacity: int,
+                  autotune: bool = True) -> tuple[Path, dict[str, Any], float]:
+    """Build the compiled decode step of a local alias for `runtime` (CPU, native forward
+    pass) into the cache; returns its path, its key and the seconds the build took.
+    Later loads in the same dtype and quantization use it (`_load_native`)."""
+    import torch
+
+    from chatcli.lm import compiled
+    from chatcli.lm.llama import NativeCausalLM
+
+    weights = sources.fetch(spec, reporter)
+    folder = weights.folder
+    if weights.gguf_file:
+        folder, weights = _ensure_converted(spec, weights, reporter)
+    why = native_blocker(spec, runtime.device, read_json(folder / "config.json"))
+    if why is None and runtime.device != "cpu":
+        why = f"the compiled decode step runs on the CPU, not {runtime.device}"
+    if why is None and runtime.quantize == "none":
+        raise UsageError(f"'{spec.alias}' runs unquantized, the exact path, which is never "
+                         "compiled (it would no longer be bit-identical to transformers)",
+                         "compile a quantized mode: --quantize int4 or int8")
+    if why is not None:
+        raise UsageError(f"'{spec.alias}' cannot be compiled: {why}",
+                         "compile an alias that runs chatcli's native forward pass on the CPU")
+    apply_threads(runtime)
+    model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype), runtime.device)
+    if runtime.quantize != "none":
+        _quantize_cached(model, runtime, folder, reporter)
+    path = compiled_package(folder, runtime)
+    options = compiled.AUTOTUNE_OPTIONS if autotune else compiled.TEST_OPTIONS
+    started = time.perf_counter()
+    with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}, "
+                       f"{capacity} positions; a real model takes minutes, once)"):
+        key = compiled.build(model, path, capacity, model_id=compiled.folder_fingerprint(folder),
+                             options=options)
+    return path, key, time.perf_counter() - started
 
 
 def _unquantized(spec: ModelSpec, runtime: Runtime, why: str) -> Runtime:

@@ -197,6 +197,15 @@ class LocalBackend:
         where = cls.cached_path(spec) or str(weights.folder)
         return f"{spec.alias}: {'already cached' if already else 'ready'} at {where}"
 
+    @staticmethod
+    def compile(spec: Any, runtime: Any, reporter: Any, capacity: int, autotune: bool) -> str:
+        """Build the alias's compiled decode step for `runtime`; a line saying what."""
+        from chatcli.loader import compile_model
+
+        path, key, seconds = compile_model(spec, runtime, reporter, capacity, autotune)
+        return (f"{spec.alias}: decode step compiled ({key['mode']}, {capacity} positions) in "
+                f"{seconds:.0f} s, {key['package_bytes'] / 1e6:.0f} MB at {path}")
+
     @classmethod
     def open(cls, spec: Any, registry: Any, reporter: Any, runtime: Any) -> LocalBackend:
         from chatcli.loader import load_model
@@ -229,10 +238,15 @@ class LocalBackend:
 
     @property
     def implementation(self) -> str:
-        """"native", "native+int4" (quantized layers), or "transformers (why)"."""
+        """"native", "native+int4" (quantized layers), "native+int4+compiled" (the
+        compiled decode step), or "transformers (why)"."""
         label = str(self.loaded.implementation_label())
         quantize = self.loaded.runtime.quantize
-        return label if quantize == "none" else f"{label}+{quantize}"
+        if quantize != "none":
+            label += f"+{quantize}"
+        if getattr(self.loaded.lm, "compiled", False):  # `chatcli compile`'s decode step
+            label += "+compiled"
+        return label
 
     @property
     def implementation_name(self) -> str:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import typer
 
-from chatcli.cli.options import AliasArg, JsonListingOpt, ModelsFileOpt
+from chatcli.cli.options import (
+    AliasArg,
+    DtypeOpt,
+    JsonListingOpt,
+    ModelsFileOpt,
+    QuantizeOpt,
+    ThreadsOpt,
+)
 from chatcli.ui.console import UI
 
 app = typer.Typer(help="List and inspect the models chatcli knows.", no_args_is_help=True)
@@ -113,3 +121,39 @@ def pull(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
     ui = UI()
     spec = load_registry(models_file).resolve(alias)
     ui.print(backend_of(spec).pull(spec, ui))
+
+
+CompileAliasArg = Annotated[
+    str | None, typer.Argument(help="Model alias (default: the default model).",
+                               show_default=False)]
+CapacityOpt = Annotated[
+    int, typer.Option("--capacity", min=16, help="Positions (prompt + answer) the compiled "
+                      "step serves; longer answers go on eagerly.")]
+QuickOpt = Annotated[
+    bool, typer.Option("--quick", help="Build without autotuning: seconds instead of "
+                       "minutes, but a slower step.")]
+
+
+def compile_step(alias: CompileAliasArg = None, capacity: CapacityOpt = 1024,
+                 quick: QuickOpt = False, models_file: ModelsFileOpt = None,
+                 dtype: DtypeOpt = "auto", quantize: QuantizeOpt = None,
+                 threads: ThreadsOpt = None) -> None:
+    """Compile the model's decode step ahead of time (AOTInductor) for this CPU, once.
+
+    Only quantized modes (int4, the default model's, or int8) are compiled: later
+    answers in the same dtype and quantization decode through it (`--stats` says
+    native+int4+compiled); a package built for another torch, CPU or weights is not
+    used (a note says so). The exact path, --quantize none, is never compiled."""
+    from chatcli.backends import backend_of
+    from chatcli.errors import UsageError
+    from chatcli.registry import load_registry
+
+    ui = UI()
+    spec = load_registry(models_file).resolve(alias)
+    backend = backend_of(spec)
+    build = getattr(backend, "compile", None)
+    if build is None:
+        raise UsageError(f"'{spec.alias}' runs on backend {spec.backend}: there is no decode "
+                         "step to compile here", "compile a local alias")
+    runtime = backend.runtime_for(spec, "cpu", dtype, threads, quantize)
+    ui.print(build(spec, runtime, ui, capacity, not quick))
