@@ -240,3 +240,19 @@ def real(real_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("CHATCLI_HOME", str(real_home))
     monkeypatch.delenv("CHATCLI_DEBUG", raising=False)
     yield real_home
+
+
+def http_json(port: int, method: str, path: str, body: Any = None,
+              timeout: float = 120.0) -> tuple[int, Any]:
+    """One request with a JSON body (or none) to a test server on loopback: (status, JSON)."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()

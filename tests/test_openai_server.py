@@ -12,7 +12,6 @@ where that is a failure.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from conftest import pull_default, run_cli
+from conftest import http_json, pull_default, run_cli
 
 pytestmark = pytest.mark.slow
 ALIAS = "local-server"
@@ -72,14 +71,7 @@ class Server:
         raise RuntimeError("llama.cpp's server did not answer within 120 s")
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
+        return http_json(self.port, method, path, body, timeout=120)
 
     def greedy(self, messages: list[dict[str, str]], max_tokens: int) -> str:
         """llama.cpp's own greedy answer, not streamed and without chatcli."""

@@ -24,7 +24,6 @@ Marked slow. Without transformers' serving extras they are skipped, except under
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import json
 import os
@@ -41,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from conftest import pull_default, run_cli
+from conftest import http_json, pull_default, run_cli
 
 pytestmark = pytest.mark.slow
 ALIAS = "served"  # the remote alias: transformers serve
@@ -105,14 +104,7 @@ class Server:
         raise RuntimeError(f"transformers serve did not answer within {START_TIMEOUT_S:g} s")
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=START_TIMEOUT_S)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
+        return http_json(self.port, method, path, body, timeout=START_TIMEOUT_S)
 
     def requests(self) -> list[str]:
         """Every request the server has logged so far, as 'METHOD /path' (health checks
