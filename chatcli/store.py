@@ -394,7 +394,7 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _set_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
         with self._transaction("BEGIN IMMEDIATE"):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -672,3 +672,18 @@ class Store:
                 (-1 if limit is None else max(limit, 0),),
             ).fetchall()
         return [ConversationInfo(*row) for row in rows]
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, retried while another process holds the lock: SQLite answers a
+    journal-mode change "database is locked" at once, without its busy handler, while
+    several processes create a fresh database together."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
