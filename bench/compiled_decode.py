@@ -1,7 +1,7 @@
 """Eager native decode vs the AOTInductor-compiled decode step (chatcli.lm.compiled).
 
 Usage: python bench/compiled_decode.py [--folder PATH] [--modes bf16,int8,int4]
-           [--capacity 256] [--tokens 64] [--rounds 3] [--threads N] [--no-autotune]
+           [--tokens 64] [--rounds 3] [--threads N] [--no-autotune]
            [--packages DIR] [--rebuild] [--write PATH] [--section compiled-decode]
 
 The default model's converted folder comes from `chatcli pull smollm2-135m` unless
@@ -61,7 +61,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--modes", default="bf16,int8,int4")
-    parser.add_argument("--capacity", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
@@ -89,12 +88,12 @@ def main() -> None:
         model = NativeCausalLM.from_folder(folder, torch.bfloat16)
         model.quantize(MODES[name])
         tag = "noautotune" if args.no_autotune else "autotune"
-        path = args.packages / f"{name}-{args.capacity}-{tag}.pt2"
+        path = args.packages / f"{name}-{tag}.pt2"
         build_s = float("nan")
         if args.rebuild or isinstance(compiled.load_step(model, path, model_id), str):
             print(f"{name}: building {path} ...", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            compiled.build(model, path, args.capacity, model_id=model_id, options=options)
+            compiled.build(model, path, model_id=model_id, options=options)
             build_s = time.perf_counter() - start
         size_mb = path.stat().st_size / 1e6
         fast = compiled.CompiledLanguageModel.open(model, path, model_id)
@@ -120,7 +119,7 @@ def main() -> None:
         print(rows[-1], file=sys.stderr, flush=True)
     conditions.finish()
     body = "\n".join([
-        f"`python bench/compiled_decode.py --modes {args.modes} --capacity {args.capacity} "
+        f"`python bench/compiled_decode.py --modes {args.modes} "
         f"--tokens {args.tokens} --rounds {args.rounds}"
         f"{' --no-autotune' if args.no_autotune else ''}`: {folder.name}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -534,7 +534,7 @@ def compiled_package(folder: Path, runtime: Runtime) -> Path:
     return paths.cache_dir() / "compiled" / f"{key}.pt2"
 
 
-def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter, capacity: int,
+def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
                   autotune: bool = True) -> tuple[Path, dict[str, Any], float]:
     """Build the compiled decode step of a local alias for `runtime` (CPU, native forward
     pass) into the cache; returns its path, its key and the seconds the build took.
@@ -565,9 +565,9 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter, capacit
     path = compiled_package(folder, runtime)
     options = compiled.AUTOTUNE_OPTIONS if autotune else compiled.TEST_OPTIONS
     started = time.perf_counter()
-    with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}, "
-                       f"{capacity} positions; a real model takes minutes, once)"):
-        key = compiled.build(model, path, capacity, model_id=compiled.folder_fingerprint(folder),
+    with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}; "
+                       "a real model takes minutes, once)"):
+        key = compiled.build(model, path, model_id=compiled.folder_fingerprint(folder),
                              options=options)
     return path, key, time.perf_counter() - started
 

@@ -21,7 +21,6 @@ from chatcli.lm.llama import NativeCausalLM
 from chatcli.lm.native import NativeLanguageModel
 from conftest import Tiny
 
-CAPACITY = 64
 PROMPTS = [[1, 5, 9, 22], [7], [300, 12, 45, 99, 101, 250, 3, 17, 88, 64, 2]]
 
 
@@ -47,7 +46,7 @@ def fake_package(tmp_path: Path, model: NativeCausalLM, model_id: str,
     """A package file with a key that matches `model` here (but for `changes`)."""
     path = tmp_path / "step.pt2"
     path.write_bytes(content)
-    key = {**compiled.expected_key(model, model_id), "capacity": CAPACITY,
+    key = {**compiled.expected_key(model, model_id),
            "inductor": compiled.TEST_OPTIONS, "package_bytes": len(content), **(changes or {})}
     compiled.key_path(path).write_text(json.dumps(key))
     return path
@@ -133,7 +132,7 @@ def test_a_step_that_fails_falls_back_for_good(tiny_model: Tiny) -> None:
         calls.append(args)
         raise RuntimeError("kernel exploded\nmore detail")
 
-    lm = CompiledLanguageModel(model, CompiledStep(broken, CAPACITY))
+    lm = CompiledLanguageModel(model, CompiledStep(broken))
     want, want_logits, _ = greedy(NativeLanguageModel(model), PROMPTS[0], 12)
     got, got_logits, cache = greedy(lm, PROMPTS[0], 12)
     assert got == want
@@ -145,17 +144,17 @@ def test_a_step_that_fails_falls_back_for_good(tiny_model: Tiny) -> None:
 
 def test_build_refuses_other_suffixes(tiny_model: Tiny, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"ends in \.pt2"):
-        compiled.build(tiny_lm(tiny_model), tmp_path / "step.bin", CAPACITY, model_id="id")
+        compiled.build(tiny_lm(tiny_model), tmp_path / "step.bin", model_id="id")
 
 
 # -- with a built package (slow) -------------------------------------------------------------
 @pytest.fixture(scope="session")
 def package(tiny_model: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("compiled") / "tiny.pt2"
-    key = compiled.build(tiny_lm(tiny_model), path, CAPACITY,
+    key = compiled.build(tiny_lm(tiny_model), path,
                          model_id=compiled.folder_fingerprint(tiny_model.folder),
                          options=compiled.TEST_OPTIONS)
-    assert key["capacity"] == CAPACITY and key["package_bytes"] == path.stat().st_size
+    assert key["package_bytes"] == path.stat().st_size
     assert key["inductor"] == compiled.TEST_OPTIONS
     return path
 
@@ -167,22 +166,45 @@ def open_compiled(tiny: Tiny, path: Path) -> tuple[CompiledLanguageModel, Native
     return lm, model
 
 
+@pytest.fixture
+def small_buffers(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Fresh caches start with room for 8 positions, so that they grow within a test."""
+    monkeypatch.setattr(compiled, "INITIAL_POSITIONS", 8)
+    return 8
+
+
 @pytest.mark.slow
-def test_greedy_tokens_equal_eager(tiny_model: Tiny, package: Path) -> None:
+def test_greedy_tokens_equal_eager(tiny_model: Tiny, package: Path, small_buffers: int) -> None:
+    """Every step runs the package, whatever the cache's length: it grows 8 -> 128."""
     lm, model = open_compiled(tiny_model, package)
     eager = NativeLanguageModel(model)
+    calls = []
+    run = lm.step_fn.run  # type: ignore[union-attr]
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[2].shape[0])
+        return run(*args)
+
+    lm.step_fn.run = counted  # type: ignore[union-attr]
     for ids in PROMPTS:
-        n = CAPACITY - len(ids)  # every step through the package, up to the last position
+        calls.clear()
+        n = 100
         want, want_logits, _ = greedy(eager, ids, n)
         got, got_logits, cache = greedy(lm, ids, n)
         assert got == want
-        assert cache.static and len(cache) == CAPACITY
+        assert cache.static and len(cache) == len(ids) + n
+        assert cache.keys.shape[0] == 128  # type: ignore[union-attr]
+        # the package served every length from the prompt's (a 1-token one: from 2)
+        first = max(len(ids), compiled.MIN_LENGTH)
+        assert calls == list(range(first, len(ids) + n))
         for a, b in zip(got_logits, want_logits, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_the_package_writes_the_cache_as_eager_does(tiny_model: Tiny, package: Path) -> None:
+def test_the_package_writes_the_cache_as_eager_does(
+    tiny_model: Tiny, package: Path, small_buffers: int
+) -> None:
     lm, model = open_compiled(tiny_model, package)
     *_, cache = greedy(lm, PROMPTS[0], 20)
     *_, eager_cache = greedy(NativeLanguageModel(model), PROMPTS[0], 20)
@@ -192,39 +214,24 @@ def test_the_package_writes_the_cache_as_eager_does(tiny_model: Tiny, package: P
                              (cache.inner.values, eager_cache.values)):
             torch.testing.assert_close(mine[layer][:, :, :24], theirs[layer][:, :, :24],
                                        rtol=1e-5, atol=1e-5)
-            assert not mine[layer][:, :, 24:].any()  # nothing written past the length
 
 
 @pytest.mark.slow
-def test_past_the_capacity_decoding_continues_eagerly(tiny_model: Tiny, package: Path) -> None:
+def test_a_prompt_longer_than_the_buffers_is_compiled(
+    tiny_model: Tiny, package: Path, small_buffers: int
+) -> None:
     lm, model = open_compiled(tiny_model, package)
-    ids = PROMPTS[2]
-    want, *_ = greedy(NativeLanguageModel(model), ids, 90)
-    logits, cache = lm.prefill(ids)
-    got = []
-    for _ in range(90):
-        got.append(int(logits.argmax(-1)))
-        assert cache.static == (len(cache) <= CAPACITY)
-        logits, cache = lm.step(logits.argmax(-1), cache)
-    assert got == want
-    assert len(cache) == len(ids) + 90 and not cache.static
-    assert lm.compiled  # the next prompt gets a static cache again
-    _, fresh = lm.prefill(PROMPTS[0])
-    assert fresh.static
-
-
-@pytest.mark.slow
-def test_a_prompt_longer_than_the_capacity_is_eager(tiny_model: Tiny, package: Path) -> None:
-    lm, model = open_compiled(tiny_model, package)
-    ids = [(7 * i) % 400 for i in range(CAPACITY + 5)]
+    ids = [(7 * i) % 400 for i in range(70)]
     want, want_logits, _ = greedy(NativeLanguageModel(model), ids, 5)
     got, got_logits, cache = greedy(lm, ids, 5)
-    assert got == want and not cache.static
-    assert all(torch.equal(a, b) for a, b in zip(got_logits, want_logits, strict=True))
+    assert got == want and cache.static and lm.compiled
+    assert torch.equal(got_logits[0], want_logits[0])  # the prefill is the eager forward
+    for a, b in zip(got_logits, want_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_crop_and_prefill_the_rest(tiny_model: Tiny, package: Path) -> None:
+def test_crop_and_prefill_the_rest(tiny_model: Tiny, package: Path, small_buffers: int) -> None:
     """The prompt cache's use: crop to a shared prefix, prefill only the new suffix."""
     lm, model = open_compiled(tiny_model, package)
     *_, cache = greedy(lm, PROMPTS[2], 10)
@@ -240,10 +247,17 @@ def test_crop_and_prefill_the_rest(tiny_model: Tiny, package: Path) -> None:
         got.append(int(logits.argmax(-1)))
         logits, cache = lm.step(logits.argmax(-1), cache)
     assert got == want
-    # a suffix that no longer fits moves the cache to eager first
+    # a suffix longer than the room left grows the buffers and stays compiled
     lm.crop(cache, 9)
-    logits, cache = lm.prefill(list(range(100, 100 + CAPACITY)), cache)
-    assert not cache.static and len(cache) == 9 + CAPACITY
+    long_suffix = list(range(100, 180))
+    logits, cache = lm.prefill(long_suffix, cache)
+    assert cache.static and len(cache) == 89
+    want, *_ = greedy(NativeLanguageModel(model), PROMPTS[2][:6] + suffix + long_suffix, 10)
+    got = []
+    for _ in range(10):
+        got.append(int(logits.argmax(-1)))
+        logits, cache = lm.step(logits.argmax(-1), cache)
+    assert got == want
 
 
 @pytest.mark.slow

@@ -198,12 +198,12 @@ class LocalBackend:
         return f"{spec.alias}: {'already cached' if already else 'ready'} at {where}"
 
     @staticmethod
-    def compile(spec: Any, runtime: Any, reporter: Any, capacity: int, autotune: bool) -> str:
+    def compile(spec: Any, runtime: Any, reporter: Any, autotune: bool) -> str:
         """Build the alias's compiled decode step for `runtime`; a line saying what."""
         from chatcli.loader import compile_model
 
-        path, key, seconds = compile_model(spec, runtime, reporter, capacity, autotune)
-        return (f"{spec.alias}: decode step compiled ({key['mode']}, {capacity} positions) in "
+        path, key, seconds = compile_model(spec, runtime, reporter, autotune)
+        return (f"{spec.alias}: decode step compiled ({key['mode']}) in "
                 f"{seconds:.0f} s, {key['package_bytes'] / 1e6:.0f} MB at {path}")
 
     @classmethod

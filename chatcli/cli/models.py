@@ -126,18 +126,14 @@ def pull(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
 CompileAliasArg = Annotated[
     str | None, typer.Argument(help="Model alias (default: the default model).",
                                show_default=False)]
-CapacityOpt = Annotated[
-    int, typer.Option("--capacity", min=16, help="Positions (prompt + answer) the compiled "
-                      "step serves; longer answers go on eagerly.")]
 QuickOpt = Annotated[
     bool, typer.Option("--quick", help="Build without autotuning: seconds instead of "
                        "minutes, but a slower step.")]
 
 
-def compile_step(alias: CompileAliasArg = None, capacity: CapacityOpt = 1024,
-                 quick: QuickOpt = False, models_file: ModelsFileOpt = None,
-                 dtype: DtypeOpt = "auto", quantize: QuantizeOpt = None,
-                 threads: ThreadsOpt = None) -> None:
+def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
+                 models_file: ModelsFileOpt = None, dtype: DtypeOpt = "auto",
+                 quantize: QuantizeOpt = None, threads: ThreadsOpt = None) -> None:
     """Compile the model's decode step ahead of time (AOTInductor) for this CPU, once.
 
     Only quantized modes (int4, the default model's, or int8) are compiled: later
@@ -156,4 +152,4 @@ def compile_step(alias: CompileAliasArg = None, capacity: CapacityOpt = 1024,
         raise UsageError(f"'{spec.alias}' runs on backend {spec.backend}: there is no decode "
                          "step to compile here", "compile a local alias")
     runtime = backend.runtime_for(spec, "cpu", dtype, threads, quantize)
-    ui.print(build(spec, runtime, ui, capacity, not quick))
+    ui.print(build(spec, runtime, ui, not quick))

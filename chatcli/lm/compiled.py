@@ -1,38 +1,39 @@
 """An ahead-of-time compiled single-row decode step (AOTInductor), with eager fallbacks.
 
 Contract:
-- `build(model, path, capacity, model_id=..., max_autotune=...)` exports one decode
-  step of a `NativeCausalLM` with `torch.export` and compiles it with AOTInductor
+- `build(model, path, model_id=..., options=...)` exports one decode step of a
+  `NativeCausalLM` with `torch.export` and compiles it with AOTInductor
   (`torch._inductor.aoti_compile_and_package`) into the package file `path`, and writes
   its key, `<path>.json`, beside it: format, torch version, CPU model and flags (from
   /proc/cpuinfo), `model_id` (the caller's identity of the weights; `folder_fingerprint`
   hashes a checkpoint folder's config.json and its weight files' names, sizes and
-  mtimes), mode (dtype and quantization, `mode_of`), capacity, the model's shapes, the
-  inductor options and the package's size. Autotuning (max-autotune) happens once, at
-  build time: its choices are compiled into the package and never revisited at load.
+  mtimes), mode (dtype and quantization, `mode_of`), the model's shapes, the inductor
+  options and the package's size. Autotuning (max-autotune) happens once, at build
+  time: its choices are compiled into the package and never revisited at load.
   It returns the key. Building takes seconds for the test model, minutes for a real one.
-- The step's graph takes the token id (1, 1), its position (1,) and the whole static
-  KV cache, keys and values each one tensor (layers, 1, kv_heads, capacity, head_dim),
-  *read only*: attention covers the cached positions before the token's (a mask) plus
-  the new key/value, which the graph returns with the logits (1, vocab) as (layers, 1,
-  kv_heads, 1, head_dim) each. The caller writes them into the cache, outside the graph
-  (a graph that wrote into the cache gave wrong tokens or ran slowly, issue 13).
+- The step's graph takes the token id (1, 1), its position (1,) and the cached keys and
+  values, each one tensor (positions, layers, kv_heads, head_dim) whose first dimension
+  is dynamic (one package serves every cache length from `MIN_LENGTH`; attention reads
+  exactly the cached positions, no mask), *read only*; it returns the logits (1, vocab)
+  and the token's new key and value, (layers, kv_heads, head_dim) each, which the
+  caller writes at the position, outside the graph (a graph that wrote into the cache
+  gave wrong tokens or ran slowly, issue 13).
 - `CompiledLanguageModel.open(model, path, model_id)` implements
   `chatcli.lm.base.LanguageModel`. It never raises for a bad package: a missing,
   stale (key fields differ from the running torch, CPU, model or mode), corrupt
   (truncated, unreadable) package, or one whose first call fails, leaves it decoding
   eagerly, with `compiled` False and `reason` a one-line sentence the caller can print.
-  Prefill is always the native model's eager forward, writing straight into a static
-  cache of `capacity` positions (a fresh one per new prompt, shared by nobody); each
-  single-row step then runs the package and writes the new K/V rows at the position.
+  The cache is position-major buffers (room for `INITIAL_POSITIONS`, or the prompt's
+  next power of two, doubling when full), so that its first n positions are one
+  contiguous tensor; prefill is the native model's eager forward writing into per-layer
+  views of them; each single-row step from position `MIN_LENGTH` on runs the package.
 - Fallbacks to the eager native model, per cache and transparent to the caller (its
-  tokens are the eager model's from then on): a prompt + answer that reaches past
-  `capacity` (the cache moves into a growing `KVCache` and decoding continues eagerly,
-  rather than being refused: the context window is the loader's limit, not this
-  cache's), and beam search (`expand` to several rows moves the cache likewise: the
-  package is built for one row). `crop`/`can_crop` roll back any cache exactly.
-- Logits are not bit-identical to the eager model's (inductor fuses and reorders ops;
-  attention sums over masked positions); in float32 greedy tokens agree in the tests.
+  tokens are the eager model's from then on): beam search (`expand` to several rows
+  moves the cache into an eager `KVCache`: the package is built for one row).
+  `crop`/`can_crop` roll back any cache exactly. The context window is the loader's
+  limit, not this module's.
+- Logits are not bit-identical to the eager model's (inductor fuses and reorders ops);
+  in float32 greedy tokens agree in the tests.
 
 Deliberately knows nothing about where packages live, when they are built, CLI labels,
 tokenization, decoding strategies or checkpoints beyond `folder_fingerprint`. torch is
@@ -56,7 +57,7 @@ from chatcli.errors import ChatcliError
 from chatcli.lm.graphs import StaticKVCache
 from chatcli.lm.llama import KVCache, NativeCausalLM
 
-FORMAT = 1  # bump when the step's inputs, outputs or the key's meaning change
+FORMAT = 2  # bump when the step's inputs, outputs or the key's meaning change
 TEST_OPTIONS: dict[str, Any] = {"freezing": True}
 """Inductor options without autotuning: quick to build (tests)."""
 AUTOTUNE_OPTIONS: dict[str, Any] = {
@@ -131,10 +132,10 @@ def stale_fields(key: dict[str, Any], expected: dict[str, Any]) -> list[str]:
 # -- the graph -------------------------------------------------------------------------------
 class _ReadOnlyCache:
     """The cache as the compiled step sees it: `append` keeps the new key/value of the
-    layer and hands back the layer's whole cache; `attend` then adds the new position."""
+    layer and hands back the layer's cached positions; `attend` then adds the new one."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.keys, self.values = keys, values
+        self.keys, self.values = keys, values  # (positions, layers, kv_heads, head_dim)
         self.new_keys: list[torch.Tensor] = []
         self.new_values: list[torch.Tensor] = []
 
@@ -143,21 +144,18 @@ class _ReadOnlyCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.new_keys.append(key)
         self.new_values.append(value)
-        return self.keys[layer], self.values[layer]
+        return self.keys[:, layer], self.values[:, layer]
 
 
 class _Step(torch.nn.Module):
-    """forward(ids (1, 1), pos (1,), keys, values) -> logits (1, vocab), new keys, new values."""
+    """forward(ids (1, 1), pos (1,), keys, values) -> logits (1, vocab), new keys, new values.
 
-    def __init__(self, model: NativeCausalLM, capacity: int) -> None:
+    keys/values: (positions, layers, kv_heads, head_dim), the cached positions before the
+    token's, their number a dynamic dimension (the package serves every cache length)."""
+
+    def __init__(self, model: NativeCausalLM) -> None:
         super().__init__()
         self.model = model
-        with torch.inference_mode():
-            positions = torch.arange(capacity, device=model.device)
-            cos, sin = model.rope(positions)
-        self.register_buffer("cos", cos.clone())
-        self.register_buffer("sin", sin.clone())
-        self.register_buffer("positions", positions.clone())
         # The model's tensors become this module's buffers (each once: tied weights share
         # one), so that export lifts them as weights inductor can freeze and prepack.
         self._slots = list(_tensor_slots(model))
@@ -196,9 +194,8 @@ class _Step(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
         hd, kv = model.head_dim, model.kv_heads
-        cos = self.cos.index_select(0, pos).view(1, 1, 1, hd)
-        sin = self.sin.index_select(0, pos).view(1, 1, 1, hd)
-        hidden = (self.positions >= pos).view(1, 1, 1, -1)  # the token's own and later ones
+        cos, sin = model.rope(pos)
+        cos, sin = cos.view(1, 1, 1, hd), sin.view(1, 1, 1, hd)
         cache = _ReadOnlyCache(keys, values)
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -207,16 +204,19 @@ class _Step(torch.nn.Module):
             # and its bf16 AMX batched-GEMM template, which max-autotune picked for
             # q @ K^T on a busy machine, returned NaN logits (SmolLM2, torch 2.13).
             grouped = q.reshape(1, kv, -1, 1, hd)  # the query heads sharing a K/V head
-            old = (grouped * k[:, :, None]).sum(-1) * model.scale  # (1, kv, n_rep, capacity)
-            old = old.masked_fill(hidden, float("-inf"))
+            k = k.permute(1, 0, 2)[None, :, None]  # (1, kv, 1, positions, hd)
+            v = v.permute(1, 0, 2)[None, :, None]
+            old = (grouped * k).sum(-1) * model.scale  # (1, kv, n_rep, positions)
             own = (grouped[..., 0, :] * new_k).sum(-1, keepdim=True) * model.scale
             probs = torch.softmax(torch.cat((old, own), dim=-1).float(), dim=-1).to(q.dtype)
-            out = (probs[..., :-1, None] * v[:, :, None]).sum(-2) + probs[..., -1:] * new_v
+            out = (probs[..., :-1, None] * v).sum(-2) + probs[..., -1:] * new_v
             return out.reshape(1, 1, -1)
 
         h = model.hidden(ids, cache, cos, sin, attend)
         logits = model.logits(h, 1).view(1, -1)
-        return logits, torch.stack(cache.new_keys), torch.stack(cache.new_values)
+        # (layers, kv, hd) each: the row the caller writes at position `pos`
+        return (logits, torch.stack(cache.new_keys).view(-1, kv, hd),
+                torch.stack(cache.new_values).view(-1, kv, hd))
 
 
 def _tensor_slots(model: NativeCausalLM) -> list[tuple[Any, str]]:
@@ -231,35 +231,42 @@ def _tensor_slots(model: NativeCausalLM) -> list[tuple[Any, str]]:
             if isinstance(value, torch.Tensor)]
 
 
-def _static_cache(model: NativeCausalLM, capacity: int) -> tuple[StaticKVCache, torch.Tensor,
-                                                                  torch.Tensor]:
-    """An empty 1-row static cache whose per-layer buffers are views of two tensors
-    (layers, 1, kv_heads, capacity, head_dim): what the step reads and the prefill writes."""
-    shape = (len(model.layers), 1, model.kv_heads, capacity, model.head_dim)
+def _buffers(model: NativeCausalLM, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty key and value buffers (positions, layers, kv_heads, head_dim): position-major,
+    so that the first n positions are one contiguous tensor (what the step reads)."""
+    shape = (positions, len(model.layers), model.kv_heads, model.head_dim)
     with torch.inference_mode():
-        keys, values = (torch.zeros(shape, dtype=model.cache_dtype, device=model.device)
-                        for _ in range(2))
-    return StaticKVCache(list(keys.unbind(0)), list(values.unbind(0)), capacity), keys, values
+        return tuple(torch.empty(shape, dtype=model.cache_dtype, device=model.device)
+                     for _ in range(2))  # type: ignore[return-value]
 
 
-def _example(model: NativeCausalLM, capacity: int) -> tuple[torch.Tensor, ...]:
-    _, keys, values = _static_cache(model, capacity)
+def _layer_views(buffer: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the (1, kv_heads, positions, head_dim) view the eager forward writes."""
+    return [buffer[:, i].permute(1, 0, 2).unsqueeze(0) for i in range(buffer.shape[1])]
+
+
+_EXAMPLE_LENGTH = 16
+MIN_LENGTH = 2
+"""The step serves caches of at least this many positions (export specializes 0 and 1)."""
+
+
+def _example(model: NativeCausalLM) -> tuple[torch.Tensor, ...]:
+    shape = (_EXAMPLE_LENGTH, len(model.layers), model.kv_heads, model.head_dim)
+    keys, values = (torch.zeros(shape, dtype=model.cache_dtype, device=model.device)
+                    for _ in range(2))
     ids = torch.zeros((1, 1), dtype=torch.long, device=model.device)
-    pos = torch.zeros(1, dtype=torch.long, device=model.device)
+    pos = torch.full((1,), _EXAMPLE_LENGTH, dtype=torch.long, device=model.device)
     return ids, pos, keys, values
 
 
 def build(
-    model: NativeCausalLM, path: Path, capacity: int, *, model_id: str,
-    options: dict[str, Any] | None = None,
+    model: NativeCausalLM, path: Path, *, model_id: str, options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compile `model`'s decode step for a cache of `capacity` positions into `path` (and
-    its key beside it); `options`: inductor's (default `AUTOTUNE_OPTIONS`). Returns the key.
+    """Compile `model`'s decode step into `path` (and its key beside it); `options`:
+    inductor's (default `AUTOTUNE_OPTIONS`). Returns the key.
     Raises `CompiledStepError` if export or compilation fails."""
     import torch._inductor
 
-    if capacity < 1:
-        raise ValueError(f"capacity must be positive (got {capacity})")
     options = dict(AUTOTUNE_OPTIONS if options is None else options)
     path = Path(path)
     if path.suffix != ".pt2":
@@ -269,10 +276,13 @@ def build(
     # eagerly first, so that tracing finds real tensors and never stores traced ones.
     with torch.inference_mode():
         model.forward(torch.zeros((1, 1), dtype=torch.long, device=model.device), None)
-    step = _Step(model, capacity)
+    step = _Step(model)
+    length = torch.export.Dim("positions", min=MIN_LENGTH, max=1 << 24)
     try:
         with torch.no_grad():
-            exported = torch.export.export(step, _example(model, capacity), strict=False)
+            exported = torch.export.export(
+                step, _example(model), strict=False,
+                dynamic_shapes=(None, None, {0: length}, {0: length}))
             partial = path.with_name(path.stem + ".partial.pt2")
             torch._inductor.aoti_compile_and_package(
                 exported, package_path=str(partial), inductor_configs=dict(options))
@@ -281,7 +291,7 @@ def build(
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CompiledStepError(f"could not compile the decode step: {first}",
                                 "decode eagerly (the native model)") from exc
-    key = {**expected_key(model, model_id), "capacity": capacity,
+    key = {**expected_key(model, model_id),
            "inductor": {k: options[k] for k in sorted(options)},
            "package_bytes": path.stat().st_size}
     key_path(path).write_text(json.dumps(key, indent=2) + "\n")
@@ -294,7 +304,6 @@ class CompiledStep:
     """A loaded package and the key it was built with."""
 
     run: Callable[..., Any]
-    capacity: int
     key: dict[str, Any] = field(default_factory=dict)
 
 
@@ -305,7 +314,6 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
         return f"no compiled decode step at {path}"
     try:
         key = json.loads(key_path(path).read_text())
-        capacity = int(key["capacity"])
         size = int(key["package_bytes"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"the compiled decode step's key {key_path(path)} is unreadable ({exc})"
@@ -322,20 +330,32 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
     except Exception as exc:  # a damaged zip, a missing symbol, ...: all mean "eager"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"the compiled decode step {path} does not load ({first})"
-    return CompiledStep(run, capacity, key)
+    return CompiledStep(run, key)
 
 
 # -- the language model ----------------------------------------------------------------------
+INITIAL_POSITIONS = 256
+"""Room a fresh cache starts with (at least the prompt's); it doubles when full."""
+
+
 class CompiledCache:
-    """A cache of `CompiledLanguageModel`: static (`capacity` positions, one row, what the
-    compiled step reads) until it must grow or hold several rows, then an eager `KVCache`."""
+    """A cache of `CompiledLanguageModel`: one row in position-major buffers (what the
+    compiled step reads; they double when full) until it must hold several rows, then an
+    eager `KVCache`. `inner` is what the eager forward writes: a `StaticKVCache` over
+    per-layer views of the buffers, or the `KVCache`."""
 
     croppable = True
 
     def __init__(self, inner: StaticKVCache | KVCache, keys: torch.Tensor | None = None,
                  values: torch.Tensor | None = None) -> None:
         self.inner = inner
-        self.keys, self.values = keys, values  # the static buffers, None once eager
+        self.keys, self.values = keys, values  # the buffers, None once eager
+
+    @classmethod
+    def allocate(cls, model: NativeCausalLM, positions: int) -> CompiledCache:
+        keys, values = _buffers(model, positions)
+        inner = StaticKVCache(_layer_views(keys), _layer_views(values), positions)
+        return cls(inner, keys, values)
 
     @property
     def static(self) -> bool:
@@ -343,6 +363,26 @@ class CompiledCache:
 
     def __len__(self) -> int:
         return len(self.inner)
+
+    def reserve(self, positions: int) -> None:
+        """Room for `positions` positions in the buffers (doubling; cached ones kept)."""
+        if self.keys is None or self.values is None or positions <= self.keys.shape[0]:
+            return
+        size = self.keys.shape[0]
+        while size < positions:
+            size *= 2
+        length = len(self)
+        with torch.inference_mode():
+            grown = []
+            for old in (self.keys, self.values):
+                new = old.new_empty((size, *old.shape[1:]))
+                new[:length] = old[:length]
+                grown.append(new)
+        self.keys, self.values = grown
+        static = self.inner
+        assert isinstance(static, StaticKVCache)
+        static.keys, static.values = _layer_views(self.keys), _layer_views(self.values)
+        static.max_len = size
 
     def make_eager(self) -> None:
         """Move into a `KVCache` that grows as eager decoding needs (a copy of the rows)."""
@@ -352,8 +392,8 @@ class CompiledCache:
         assert isinstance(static, StaticKVCache)
         eager = KVCache(len(static.keys))
         with torch.inference_mode():
-            eager.keys = [k[: static.rows].clone() for k in static.keys]
-            eager.values = [v[: static.rows].clone() for v in static.values]
+            eager.keys = [k[:, :, : static.length].contiguous() for k in static.keys]
+            eager.values = [v[:, :, : static.length].contiguous() for v in static.values]
         eager.length = static.length
         self.inner, self.keys, self.values = eager, None, None
 
@@ -382,46 +422,44 @@ class CompiledLanguageModel:
         """Whether single-row steps run the package (False after any fallback to eager)."""
         return self.step_fn is not None
 
-    @property
-    def capacity(self) -> int:
-        return self.step_fn.capacity if self.step_fn is not None else 0
-
     # -- LanguageModel ---------------------------------------------------------------------
     def prefill(self, ids: list[int], cache: CompiledCache | None = None) -> tuple[Any, Any]:
         if cache is None:
-            if self.step_fn is not None and len(ids) < self.capacity:
-                static, keys, values = _static_cache(self.model, self.capacity)
-                cache = CompiledCache(static, keys, values)
+            if self.step_fn is not None:
+                room = INITIAL_POSITIONS
+                while room < len(ids) + 1:
+                    room *= 2
+                cache = CompiledCache.allocate(self.model, room)
             else:
                 cache = CompiledCache(KVCache(len(self.model.layers)))
-        elif cache.static and len(cache) + len(ids) > self.capacity:
-            cache.make_eager()
+        cache.reserve(len(cache) + len(ids) + 1)
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         logits, _ = self.model.forward(input_ids, cache.inner, logits_to_keep=1)
         return logits[:, -1, :], cache
 
     def step(self, tokens: Any, cache: CompiledCache) -> tuple[Any, Any]:
         rows = tokens.numel()
-        if cache.static and (rows != 1 or len(cache) >= self.capacity or self.step_fn is None):
+        if cache.static and (rows != 1 or self.step_fn is None):
             cache.make_eager()
-        if not cache.static:
+        position = len(cache)
+        cache.reserve(position + 1)
+        if not cache.static or position < MIN_LENGTH:
             logits, _ = self.model.forward(tokens.view(-1, 1), cache.inner, logits_to_keep=1)
             return logits[:, -1, :], cache
         assert self.step_fn is not None and cache.keys is not None and cache.values is not None
-        position = len(cache)
         with torch.inference_mode():
             self._pos.fill_(position)
             try:
                 logits, new_keys, new_values = self.step_fn.run(
-                    tokens.reshape(1, 1).to(self.device, torch.long), self._pos, cache.keys,
-                    cache.values)
+                    tokens.reshape(1, 1).to(self.device, torch.long), self._pos,
+                    cache.keys[:position], cache.values[:position])
             except Exception as exc:  # never crash on the package: decode eagerly instead
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self.step_fn, self.reason = None, f"the compiled decode step failed ({first})"
                 cache.make_eager()
                 return self.step(tokens, cache)
-            cache.keys.index_copy_(3, self._pos, new_keys)
-            cache.values.index_copy_(3, self._pos, new_values)
+            cache.keys[position] = new_keys
+            cache.values[position] = new_values
         cache.inner.length = position + 1
         return logits, cache
 
