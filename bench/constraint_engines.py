@@ -721,7 +721,7 @@ def report(args: argparse.Namespace, cond: Conditions, runs: dict[str, EngineRun
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
                         help=f"some of {','.join(ENGINES)} (llguidance-lenient: "
                              f"llguidance with {LENIENT})")
