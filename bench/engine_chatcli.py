@@ -7,6 +7,9 @@ returns the last position's logits, then one forward per token), for the harness
 greedy loop (`feed` None: the loop's default torch input). `decode_bytes()` is what a
 decode step reads: every linear as stored after quantization (the head included) and
 the norms. `precision` names the class in the report ("bf16 + int8").
+`compiled=True` decodes through the compiled decode step `chatcli compile` built for
+that dtype and quantization (chatcli's cache; `.lm` a `CompiledLanguageModel`), and
+ends the script with the command to run when it is missing or stale.
 
 It knows nothing about llama.cpp or GGUF files; the thread count is the caller's
 (`torch.set_num_threads`).
@@ -22,7 +25,7 @@ class ChatcliEngine:
     label = "chatcli"
     feed = None  # the harness's default: a one-element torch tensor
 
-    def __init__(self, folder: Path, dtype: str, quantize: str) -> None:
+    def __init__(self, folder: Path, dtype: str, quantize: str, compiled: bool = False) -> None:
         import torch
 
         from chatcli.lm.llama import NativeCausalLM
@@ -30,9 +33,20 @@ class ChatcliEngine:
 
         self.model = NativeCausalLM.from_folder(folder, getattr(torch, dtype))
         self.model.quantize(quantize)
-        self.lm = NativeLanguageModel(self.model)
+        self.lm: Any = NativeLanguageModel(self.model)
         self.precision = f"{dtype.replace('float', 'fp').replace('bfp', 'bf')}" + (
             f" + {quantize}" if quantize != "none" else "")
+        if compiled:
+            from chatcli.lm.compiled import CompiledLanguageModel, folder_fingerprint
+            from chatcli.loader import compiled_package
+            from chatcli.runtime import Runtime
+
+            package = compiled_package(folder, Runtime("cpu", dtype, None, quantize))
+            self.lm = CompiledLanguageModel.open(self.model, package, folder_fingerprint(folder))
+            if not self.lm.compiled:
+                raise SystemExit(f"{self.lm.reason}: run `chatcli compile --dtype {dtype} "
+                                 f"--quantize {quantize}` first (minutes, once)")
+            self.precision += " compiled"
 
     def decode_bytes(self) -> int:
         from chatcli.lm.quant import Dense, Int4Linear, Int8Linear

@@ -3,20 +3,27 @@
 Usage: python bench/quality.py [--model ALIAS] [--dtype bfloat16] [--tokens 64]
                                [--window 512] [--prompts 20] [--write docs/benchmarks.md]
 
-For each of none / int8 / int4 on the same converted weights it reports
+For each of none / int8 / int4 on the same converted weights, and int8 / int4 through
+the compiled decode step (`chatcli compile`, `chatcli compile --quantize int8`: the
+package in chatcli's cache; a mode whose package is missing or stale is reported as not
+built), it reports
 - the perplexity of chatcli's native forward pass on `bench/data/english.txt` (a fixed
   English text kept in the repository), scored in non-overlapping windows of --window
-  tokens, every token after the first of a window predicted from the ones before it;
+  tokens, every token after the first of a window predicted from the ones before it
+  (compiled modes: one decode step per token, as answers are made, so the package's
+  logits are what is scored);
 - over 20 fixed chat prompts, the fraction of the first --tokens greedy tokens equal
   (position by position) to the unquantized model's, and the mean length of the common
   prefix.
-Targets (issue #6): int8 perplexity within 1 % of bf16's, int4 within 5 %.
+Targets (issues #6, #13): int8 perplexity within 1 % of bf16's, int4 within 5 %,
+compiled or not.
 With --write, the table replaces the "quality" section of the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
@@ -32,8 +39,8 @@ from harness import (  # bench/ is on sys.path when run as a script
 )
 
 TEXT = Path(__file__).parent / "data" / "english.txt"
-MODES = ("none", "int8", "int4")
-TARGETS = {"int8": 0.01, "int4": 0.05}
+MODES = ("none", "int8", "int4", "int8+compiled", "int4+compiled")
+TARGETS = {"int8": 0.01, "int4": 0.05, "int8+compiled": 0.01, "int4+compiled": 0.05}
 
 PROMPTS = [
     "What is the capital of France?",
@@ -75,6 +82,25 @@ def perplexity(model: Any, ids: list[int], window: int) -> float:
     return math.exp(nll / count)
 
 
+def stepwise_perplexity(lm: Any, ids: list[int], window: int) -> float:
+    """As `perplexity`, but each window is fed one token per decode step (`lm` a chatcli
+    `LanguageModel`), so that the step that makes answers is the one scored."""
+    import torch
+
+    nll, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start:start + window]
+        if len(chunk) < 2:
+            break
+        logits, cache = lm.prefill(chunk[:1])
+        for i, target in enumerate(chunk[1:], start=1):
+            nll -= float(torch.log_softmax(logits.float().view(-1), dim=-1)[target])
+            count += 1
+            if i < len(chunk) - 1:
+                logits, cache = lm.step(torch.tensor([target]), cache)
+    return math.exp(nll / count)
+
+
 def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
     """(fraction of positions with equal tokens, mean common-prefix length)."""
     equal = sum(x == y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
@@ -101,9 +127,10 @@ def main() -> None:
 
     import torch
 
+    from chatcli.lm.compiled import CompiledLanguageModel, folder_fingerprint
     from chatcli.lm.llama import NativeCausalLM
     from chatcli.lm.native import NativeLanguageModel
-    from chatcli.loader import load_model
+    from chatcli.loader import compiled_package, load_model
     from chatcli.progress import SilentReporter
     from chatcli.prompt import Message, render_ids
     from chatcli.registry import load_registry
@@ -121,10 +148,20 @@ def main() -> None:
     answers: dict[str, list[list[int]]] = {}
     for mode in MODES:
         started = time.perf_counter()
+        quantize, _, compiled = mode.partition("+")
         model = NativeCausalLM.from_folder(folder, dtype)
-        model.quantize(mode)
-        ppl = perplexity(model, text_ids, args.window)
-        lm = NativeLanguageModel(model)
+        model.quantize(quantize)
+        if compiled:
+            package = compiled_package(folder, dataclasses.replace(runtime, quantize=quantize))
+            lm: Any = CompiledLanguageModel.open(model, package, folder_fingerprint(folder))
+            if not lm.compiled:
+                print(f"{mode}: not measured ({lm.reason}; run 'chatcli compile "
+                      f"{spec.alias} --quantize {quantize}')", flush=True)
+                continue
+            ppl = stepwise_perplexity(lm, text_ids, args.window)
+        else:
+            ppl = perplexity(model, text_ids, args.window)
+            lm = NativeLanguageModel(model)
         answers[mode] = [greedy(lm, ids, args.tokens).tokens for ids in prompts]
         rows[mode] = {"ppl": ppl, "seconds": time.perf_counter() - started}
         print(f"{mode}: perplexity {ppl:.3f}", flush=True)
@@ -142,6 +179,9 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for mode in MODES:
+        if mode not in rows:
+            lines.append(f"| {mode} | not built (`chatcli compile`) | | | | |")
+            continue
         ppl = rows[mode]["ppl"]
         change = ppl / base - 1
         target = TARGETS.get(mode)

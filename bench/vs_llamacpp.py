@@ -15,7 +15,9 @@ This module is the driver and the report: the engines are bench/engine_chatcli.p
 bench/engine_llamacpp.py, the weights bench/vs_llamacpp_files.py (with
 bench/gguf_converter.py), the rounds, greedy loop and medians bench/harness.py.
 With --write, the output replaces the "vs_llamacpp" section of the file (appended if
-absent).
+absent). What `chatcli ask` runs by default (int4 through the compiled decode step)
+against llama.cpp's fastest <= 8-bit variant, and the exact mode against BF16, is
+bench/vs_llamacpp_default.py.
 """
 
 from __future__ import annotations

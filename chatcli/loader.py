@@ -564,12 +564,35 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
         _quantize_cached(model, runtime, folder, reporter)
     path = compiled_package(folder, runtime)
     options = compiled.AUTOTUNE_OPTIONS if autotune else compiled.TEST_OPTIONS
+    if autotune:
+        note = busy_note(_load_average(), os.cpu_count() or 1)
+        if note:
+            reporter.notify(note)
     started = time.perf_counter()
     with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}; "
                        "a real model takes minutes, once)"):
         key = compiled.build(model, path, model_id=compiled.folder_fingerprint(folder),
                              options=options)
     return path, key, time.perf_counter() - started
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this system
+        return 0.0
+
+
+def busy_note(load: float, cores: int) -> str | None:
+    """A note when the machine is busy while autotuning times kernels (None: quiet enough).
+
+    Autotuning picks each kernel by timing the candidates now; on a busy machine the
+    timings mislead it (a build at load 2.8 on 2 cores picked a kernel 0.65x as fast)."""
+    if load <= 0.5 * cores:
+        return None
+    return (f"The machine is busy (load average {load:.1f} on {cores} cores): autotuning times "
+            "kernels now, so the compiled step may come out slower; compile again on an idle "
+            "machine for the fastest one")
 
 
 def _unquantized(spec: ModelSpec, runtime: Runtime, why: str) -> Runtime:

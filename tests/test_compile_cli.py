@@ -114,3 +114,14 @@ def test_a_damaged_package_is_not_used(compiled_home: tuple[Path, str]) -> None:
         assert _stats(result.stderr).endswith(" implementation=native+int4")
     finally:
         package.write_bytes(saved)
+
+
+def test_a_busy_machine_is_named_before_autotuning() -> None:
+    from chatcli.loader import busy_note
+
+    assert busy_note(0.9, 2) is None and busy_note(1.0, 2) is None
+    assert busy_note(2.8, 2) == (
+        "The machine is busy (load average 2.8 on 2 cores): autotuning times kernels now, so "
+        "the compiled step may come out slower; compile again on an idle machine for the "
+        "fastest one")
+    assert busy_note(7.9, 16) is None
