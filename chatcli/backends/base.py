@@ -16,9 +16,10 @@ models.toml). Its class declares, before anything is opened:
 An opened backend has `spec`, `context_window`, `generation_config` (its generation
 defaults; {} where the server applies its own), `capabilities`, and does: `count`
 (the prompt token ids of packed messages, the model's own chat template where it
-can), `stream` (a `Generation` for packed messages with decoding settings and
-views), `check` (refuses settings and views it cannot honour, naming the missing
-capability), `invalidate` (forget its prompt cache), `token_text`, `prompt_text`
+can), `stream` (a `Generation` for packed messages with decoding settings, views and
+an optional `constraint`, chatcli.constraints.spec.Constraint: the answer's shape),
+`check` (refuses settings, views and constraints it cannot honour, naming the missing
+capability, before any request), `invalidate` (forget its prompt cache), `token_text`, `prompt_text`
 (what the model is given, for /prompt), `attention` (the answer's attention per
 turn: internals only), `reused` (prompt tokens the last answer did not recompute),
 `approximate` (token counts are estimates) and `implementation` (which code runs;
@@ -111,9 +112,10 @@ class Backend(Protocol):
 
     def count(self, messages: list[Any]) -> list[int]: ...
 
-    def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views) -> Any: ...
+    def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
+               strategies: Any = None, constraint: Any = None) -> Any: ...
 
-    def check(self, settings: Any, views: Views) -> None: ...
+    def check(self, settings: Any, views: Views, constraint: Any = None) -> None: ...
 
     def invalidate(self) -> None: ...
 

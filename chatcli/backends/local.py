@@ -111,8 +111,8 @@ class LocalBackend:
         """A local model gives every view."""
 
     @staticmethod
-    def check_settings(spec: Any, settings: Any, views: Views) -> None:
-        """A local model runs every strategy with every parameter."""
+    def check_settings(spec: Any, settings: Any, views: Views, constraint: Any = None) -> None:
+        """A local model runs every strategy with every parameter, under any constraint."""
 
     @staticmethod
     def runtime_for(spec: Any, device: str, dtype: str, threads: int | None,
@@ -269,19 +269,20 @@ class LocalBackend:
 
         return render_ids(self.loaded.tokenizer, messages)
 
-    def check(self, settings: Any, views: Views) -> None:
-        """A local model runs every strategy and gives every view."""
+    def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
+        """A local model runs every strategy, gives every view and takes every constraint."""
 
     def invalidate(self) -> None:
         self.cache.invalidate()
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
-               strategies: Any = None) -> Any:
+               strategies: Any = None, constraint: Any = None) -> Any:
         from chatcli.generation.stream import stream
 
         loaded = dataclasses.replace(self.loaded, lm=self.cache)
         return stream(loaded, packed.ids, settings, max_new_tokens, strategies,
-                      candidates=views.candidates, trace_beams=views.trace_beams)
+                      candidates=views.candidates, trace_beams=views.trace_beams,
+                      constraint=constraint)
 
     def token_text(self, token_id: int) -> str:
         return str(self.loaded.tokenizer.decode([token_id], skip_special_tokens=False))

@@ -82,6 +82,7 @@ class ChatSession:
         self.dropped = 0
         self.candidates: int | None = None  # top-K candidates recorded per step (None: off)
         self.trace_beams = False  # record pruned beams (--show-beams)
+        self.constraint: Any = None  # the answers' shape (chatcli.constraints), None: free
         self.explain = False  # /context also reports the last answer's attention per turn
         self.answered_packed: Packed | None = None  # the prompt the last answer was given
         # Set by start_reply, once per session, when an estimated count decided the packing.
@@ -104,6 +105,18 @@ class ChatSession:
     def views(self) -> Views:
         return Views(candidates=self.candidates, trace_beams=self.trace_beams)
 
+    def _check(self, settings: DecodingSettings, constraint: Any) -> None:
+        if constraint is None:
+            self.backend.check(settings, self.views)
+        else:
+            self.backend.check(settings, self.views, constraint)
+
+    def set_constraint(self, constraint: Any) -> None:
+        """Hold later answers to `constraint` (None: free); refused, keeping the old one,
+        where the backend cannot honour it."""
+        self._check(self.settings, constraint)
+        self.constraint = constraint
+
     def token_text(self, token_id: int) -> str:
         """A generated token as text (a remote model's tokens are named by negative ids)."""
         return self.backend.token_text(token_id)
@@ -118,7 +131,7 @@ class ChatSession:
     def update_request(self, request: DecodingRequest) -> DecodingSettings:
         """Validate and adopt a new request (raises, leaving the old one, if invalid)."""
         settings = self._resolve(request)
-        self.backend.check(settings, self.views)
+        self._check(settings, self.constraint)
         self.request, self.settings = request, settings
         return settings
 
@@ -223,8 +236,9 @@ class ChatSession:
             )
         if not self.reuse_cache:
             self.backend.invalidate()
+        extra = {"constraint": self.constraint} if self.constraint is not None else {}
         gen = self.backend.stream(packed, self.settings, min(self.max_new_tokens, room),
-                                  self.views, strategies=self.strategies)
+                                  self.views, strategies=self.strategies, **extra)
         self.last_generation = gen
         return gen, newly
 

@@ -10,6 +10,7 @@ nothing about how tokens are chosen.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
@@ -17,22 +18,28 @@ import typer
 
 from chatcli.cli.options import (
     BaseUrlOpt,
+    ChoiceOpt,
     ContinueOpt,
     DeviceOpt,
     DtypeOpt,
     ExplainContextOpt,
+    GrammarOpt,
+    JsonObjectOpt,
     JsonOpt,
     ModelOpt,
     ModelsFileOpt,
     QuantizeOpt,
+    RegexOpt,
+    SchemaOpt,
     ShowBeamsOpt,
     ShowCandidatesOpt,
     StatsOpt,
     SystemOpt,
     ThreadsOpt,
+    constraint_of,
     decoding_options,
 )
-from chatcli.errors import UsageError
+from chatcli.errors import ChatcliError, UsageError
 from chatcli.ui.console import UI, read_piped_stdin
 
 PromptArg = Annotated[
@@ -86,6 +93,11 @@ def ask(
     explain_context: ExplainContextOpt = False,
     json_out: JsonOpt = False,
     stats: StatsOpt = False,
+    schema: SchemaOpt = None,
+    json_object: JsonObjectOpt = False,
+    regex: RegexOpt = None,
+    grammar: GrammarOpt = None,
+    choice: ChoiceOpt = None,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -105,11 +117,12 @@ def ask(
 
     ui = UI()
     # Flags are validated before stdin is read or anything loads.
+    constraint = constraint_of(ctx.params)
     prep = setup(ui, ctx.params, check=lambda early: refuse_views(
                      strategy_registry(), early, show_candidates, show_beams),
                  candidates=show_candidates or None,
                  internals="--show-beams" if show_beams else
-                 "--explain-context" if explain_context else None)
+                 "--explain-context" if explain_context else None, constraint=constraint)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError(
@@ -142,6 +155,7 @@ def ask(
                               recorder=recorder, truncate=False)
         session.candidates = show_candidates or None
         session.trace_beams = show_beams
+        session.constraint = constraint
         gen, dropped = session.start_reply()
         if dropped:
             ui.warn(f"dropped the oldest {dropped} exchange(s) to fit the context window")
@@ -188,6 +202,11 @@ def ask(
                 "reason": backend.implementation_note or None,
             },
         }
+        if constraint is not None:
+            out["constraint"] = constraint.as_dict()
+            out["constraint_satisfied"] = gen.constraint_satisfied
+            if constraint.is_json and gen.constraint_satisfied:
+                out["parsed"] = json.loads(gen.text)
         if gen.hypotheses:
             out["hypotheses"] = [h.as_dict() for h in gen.hypotheses]
         if session.candidates is not None:
@@ -212,4 +231,17 @@ def ask(
         implementation = backend.implementation
         ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
                                             implementation=implementation))
+    if constraint is not None and gen.constraint_satisfied is False:
+        raise ChatcliError(incomplete(constraint, s.finish_reason, s.completion_tokens),
+                           "raise --max-new-tokens (-n), or loosen the constraint"
+                           if s.finish_reason == "length" else
+                           "drop --stop, or loosen the constraint")
+
+
+def incomplete(constraint: Any, finish: str | None, tokens: int) -> str:
+    """Why a constrained answer is not complete (it is printed and saved as it is)."""
+    why = {"length": f"the token limit ({tokens} tokens)",
+           "stop_string": "a stop string"}.get(finish or "", f"finish reason {finish}")
+    return (f"the answer is incomplete: {why} cut it short before it satisfied "
+            f"{constraint.source or constraint.describe()}")
 

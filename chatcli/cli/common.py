@@ -102,6 +102,7 @@ def setup(
     internals: str | None = None,
     candidates: int | None = None,
     alias: Callable[[], str | None] | None = None,
+    constraint: Any = None,
 ) -> Setup:
     """Everything a model command checks before it reads stdin or loads anything.
 
@@ -110,7 +111,8 @@ def setup(
     the alias (`alias()` once models.toml is read, else `-m`); then for each request its
     settings, `check(settings)` (the command's own refusals), and what the alias's
     backend cannot give refused: `internals` (the flag that reads the model's
-    internals), `candidates` alternatives per token, the settings; last the runtime.
+    internals), `candidates` alternatives per token, the settings and `constraint`
+    (the answer's shape); last the runtime.
     """
     from chatcli.cli.options import decoding_request
     from chatcli.registry import load_registry
@@ -130,7 +132,7 @@ def setup(
         if check:
             check(early)
         check_views(prepared.spec, views)
-        check_settings(prepared.spec, early, views)
+        check_settings(prepared.spec, early, views, constraint)
     prepared.runtime = prepared.runtime_for(prepared.spec)
     return prepared
 
@@ -204,8 +206,13 @@ def open_model(spec: Any, registry: Any, ui: UI, runtime: Any) -> Any:
     return backend_of(spec).open(spec, registry, ui, runtime)
 
 
-def check_settings(spec: Any, settings: Any, views: Any) -> None:
-    """Refuse, before any request, settings the alias's backend cannot honour."""
+def check_settings(spec: Any, settings: Any, views: Any, constraint: Any = None) -> None:
+    """Refuse, before any request, settings (and a constraint) the alias's backend cannot
+    honour."""
     from chatcli.backends import backend_of
 
-    backend_of(spec).check_settings(spec, settings, views)
+    backend = backend_of(spec)
+    if constraint is None:
+        backend.check_settings(spec, settings, views)
+    else:
+        backend.check_settings(spec, settings, views, constraint)

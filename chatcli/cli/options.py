@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -229,3 +229,39 @@ ExplainContextOpt = Annotated[
     bool, typer.Option("--explain-context", help="Report how much of the answer's attention "
                        "went to each earlier turn (one extra forward pass).")
 ]
+
+_SHAPE = "Answer shape (constrained decoding)"
+SchemaOpt = Annotated[
+    str | None, typer.Option("--schema", metavar="FILE|JSON|FIELDS", rich_help_panel=_SHAPE,
+                             help="The answer is JSON valid against this JSON Schema: a file, "
+                             "JSON text, or fields like 'name str, age int, tags list[str]'.",
+                             show_default=False)
+]
+JsonObjectOpt = Annotated[
+    bool, typer.Option("--json-object", rich_help_panel=_SHAPE,
+                       help="The answer is a JSON object (any).")
+]
+RegexOpt = Annotated[
+    str | None, typer.Option("--regex", metavar="RE", rich_help_panel=_SHAPE,
+                             help="The answer matches this regular expression (Rust regex "
+                             "syntax).", show_default=False)
+]
+GrammarOpt = Annotated[
+    str | None, typer.Option("--grammar", metavar="FILE", rich_help_panel=_SHAPE,
+                             help="The answer follows this grammar (Lark, or GBNF with ::= "
+                             "rules).", show_default=False)
+]
+ChoiceOpt = Annotated[
+    str | None, typer.Option("--choice", metavar="A,B,...", rich_help_panel=_SHAPE,
+                             help="The answer is exactly one of these comma-separated choices.",
+                             show_default=False)
+]
+
+
+def constraint_of(params: Mapping[str, Any]) -> Any:
+    """The `Constraint` the answer-shape flags ask for (None: unconstrained)."""
+    from chatcli.constraints.spec import from_options
+
+    return from_options(schema=params.get("schema"), json_object=bool(params.get("json_object")),
+                        regex=params.get("regex"), grammar=params.get("grammar"),
+                        choice=params.get("choice"))

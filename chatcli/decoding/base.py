@@ -65,6 +65,11 @@ class Candidates:
     drawn_from: list[tuple[int, float]]  # top-K of the distribution the strategy chose from
     entropy: float  # of the model's distribution, in nats
     chosen_prob: float  # the chosen token's probability in the drawn-from distribution
+    # With a constraint (--schema, --regex, ...): the ids among `raw` the constraint
+    # removed, and the probability the model gave all removed tokens together (None: no
+    # constraint).
+    removed: tuple[int, ...] = ()
+    removed_mass: float | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Contract: `token_loop(lm, prompt_ids, pick, ctx)` prefills once, then for each
 step applies `ctx.processors` (penalties) to the float32 logits, asks `pick` for
 the next token, and yields a `TokenStep` with the token's log-probability under
-the model's raw distribution. It stops after an EOS id ("stop", yielded too) or at
+the model's raw distribution (over a `chatcli.constraints.masked.ConstrainedLM`, whose
+logits are masked: its `last_unmasked` logits, the model's own, with its mask for the
+candidates view). It stops after an EOS id ("stop", yielded too) or at
 `ctx.max_new_tokens` ("length"), and runs no forward pass after the last token.
 
 The loop knows nothing about how a token is chosen (that is `pick`), nor about
@@ -22,8 +24,10 @@ Pick = Callable[[Any], int]  # float32 scores (1, vocab) -> token id
 Distribution = Callable[[Any], Any]  # float32 scores (1, vocab) -> probabilities (1, vocab)
 
 
-def candidates(raw: Any, drawn: Any, token: int, k: int) -> Candidates:
-    """Top-k of the model's distribution and of the one the token was drawn from."""
+def candidates(raw: Any, drawn: Any, token: int, k: int, allowed: Any = None) -> Candidates:
+    """Top-k of the model's distribution and of the one the token was drawn from; with
+    `allowed` (a constraint's mask of the row), which of the model's top-k it removed and
+    the probability of everything it removed."""
     import torch
 
     logp = torch.log_softmax(raw[0], -1)
@@ -37,7 +41,13 @@ def candidates(raw: Any, drawn: Any, token: int, k: int) -> Candidates:
         values, ids = torch.topk(probs, k)
         return [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
 
-    return Candidates(top(p), top(drawn[0]), entropy, float(drawn[0, token]))
+    model_top = top(p)
+    if allowed is None:
+        return Candidates(model_top, top(drawn[0]), entropy, float(drawn[0, token]))
+    allowed = allowed.to(p.device)
+    removed = tuple(i for i, _ in model_top if not bool(allowed[i]))
+    mass = float(p.masked_fill(allowed, 0.0).sum())
+    return Candidates(model_top, top(drawn[0]), entropy, float(drawn[0, token]), removed, mass)
 
 
 def token_loop(
@@ -56,9 +66,11 @@ def token_loop(
     logits, cache = lm.prefill(prompt_ids)
     history = torch.tensor([prompt_ids], device=lm.device) if ctx.processors else None
     last = ctx.max_new_tokens - 1
+    constrained = hasattr(lm, "last_unmasked")  # a ConstrainedLM: masked logits
     for i in range(ctx.max_new_tokens):
-        raw = logits.float()
-        scores = raw
+        scores = logits.float()
+        # the model's own distribution: what log-probabilities and the views report
+        raw = lm.last_unmasked.float() if constrained else scores  # type: ignore[attr-defined]
         for process in ctx.processors:
             scores = process(history, scores)
         token = pick(scores)
@@ -67,7 +79,8 @@ def token_loop(
         seen = None
         if ctx.candidates is not None:
             drawn = distribution(scores) if distribution else torch.softmax(scores, -1)
-            seen = candidates(raw, drawn, token, ctx.candidates)
+            allowed = lm.last_allowed[0] if constrained else None  # type: ignore[attr-defined]
+            seen = candidates(raw, drawn, token, ctx.candidates, allowed)
         yield TokenStep(token, logprob, finish, seen)
         if finish is not None:
             return

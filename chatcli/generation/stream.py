@@ -10,6 +10,11 @@ returns several hypotheses (beam search) fills `Generation.search` (its typed re
 `Generation.hypotheses` (`AnswerHypothesis`, with text) and `Generation.pruned`
 (`PrunedText`, with text; only with `trace_beams`) as soon as its steps carry them.
 `as_dict()` of either is its --json form. `complete()` is the convenience wrapper.
+With a `constraint` (chatcli.constraints), `stream` compiles it for the model's
+vocabulary first (a `ConstraintError` before anything is generated) and decodes over a
+`ConstrainedLM`, so any strategy only picks what the constraint allows; the last event's
+Generation has `constraint_satisfied` (whether the answer is complete under it: False
+when the token limit or a stop string cut it short).
 
 Knows nothing about the terminal or the CLI.
 """
@@ -89,6 +94,8 @@ class Generation:
     hypotheses: list[AnswerHypothesis] = field(default_factory=list)
     pruned: list[PrunedText] = field(default_factory=list)  # beams that left the search
     search: Hypotheses | None = None  # the strategy's own result, token ids only
+    constraint: Any = None  # chatcli.constraints.spec.Constraint the answer was held to
+    constraint_satisfied: bool | None = None  # set with the last event (None: no constraint)
 
     def __iter__(self) -> Iterator[StepEvent]:
         for event in self._events:
@@ -105,18 +112,39 @@ def stream(
     registry: StrategyRegistry | None = None,
     candidates: int | None = None,
     trace_beams: bool = False,
+    constraint: Any = None,
 ) -> Generation:
     """`candidates=K` records each step's top-K candidates on the events; `trace_beams`
-    records the beams beam search pruned (`Generation.pruned`)."""
+    records the beams beam search pruned (`Generation.pruned`); `constraint` holds the
+    answer to a shape (see the module)."""
     stats = Stats(prompt_tokens=len(prompt_ids))
-    gen = Generation(iter(()), stats, settings)
-    gen._events = _events(loaded, prompt_ids, settings, max_new_tokens, registry, gen,
+    gen = Generation(iter(()), stats, settings, constraint=constraint)
+    lm = loaded.lm
+    if constraint is not None:
+        lm = constrained_lm(loaded, constraint)
+    gen._events = _events(loaded, lm, prompt_ids, settings, max_new_tokens, registry, gen,
                           candidates, trace_beams)
     return gen
 
 
+def constrained_lm(loaded: LoadedModel, constraint: Any) -> Any:
+    """`loaded.lm` under `constraint`, compiled for its vocabulary (ConstraintError)."""
+    from chatcli.constraints.engine import ConstraintError, compile_constraint
+    from chatcli.constraints.masked import ConstrainedLM
+
+    tokenizer_json = loaded.folder / "tokenizer.json" if loaded.folder is not None else None
+    if tokenizer_json is None or not tokenizer_json.is_file():
+        raise ConstraintError("constrained decoding needs the model's tokenizer.json, which "
+                              f"{loaded.folder or 'this model'} lacks",
+                              "answer without a constraint")
+    compiled = compile_constraint(constraint, str(tokenizer_json), loaded.lm.vocab_size,
+                                  frozenset(loaded.eos_ids))
+    return ConstrainedLM(loaded.lm, compiled)
+
+
 def _events(
     loaded: LoadedModel,
+    lm: Any,
     prompt_ids: list[int],
     settings: DecodingSettings,
     max_new_tokens: int,
@@ -126,7 +154,7 @@ def _events(
     trace_beams: bool,
 ) -> Iterator[StepEvent]:
     strategy = (registry or strategy_registry()).get(settings.strategy)()
-    ctx = settings.context(max_new_tokens, loaded.eos_ids, len(prompt_ids), loaded.lm.device,
+    ctx = settings.context(max_new_tokens, loaded.eos_ids, len(prompt_ids), lm.device,
                            loaded.tokenizer.pad_token_id)
     ctx.candidates = candidates
     ctx.trace = trace_beams
@@ -135,8 +163,10 @@ def _events(
     stats = gen.stats
     start = time.perf_counter()
     first = start
-    steps = strategy.decode(loaded.lm, prompt_ids, settings.params, ctx)
+    steps = strategy.decode(lm, prompt_ids, settings.params, ctx)
+    chosen: list[int] = []
     for n, step in enumerate(steps, start=1):
+        chosen.append(step.token_id)
         now = time.perf_counter()
         if n == 1:
             first = now
@@ -158,6 +188,10 @@ def _events(
             _found(loaded, gen, step.hypotheses)
         if finish is not None:
             stats.finish_reason = finish
+            if gen.constraint is not None:
+                answer = gen.search.ranked[0].token_ids if gen.search and gen.search.ranked \
+                    else chosen
+                gen.constraint_satisfied = finish != "stop_string" and lm.satisfied(answer)
         yield StepEvent(step.token_id, text, step.logprob, finish, step.candidates)
         if finish is not None:
             return

@@ -5,8 +5,10 @@ probability the strategy gave it (green likely … red unlikely) on a terminal;
 `show_table(ui, events, token_text)` prints one row per generated token: the chosen
 token, its probability, the top-K of the model's raw distribution and of the
 distribution the strategy drew from (after penalties, temperature, top-k, top-p,
-min-p, typical), labelled. `token_records` is the same for --json. Knows nothing
-about models or decoding.
+min-p, typical), labelled; under a constraint (--schema, --regex, ...) a column of
+the probability the constraint removed, and the model's top-k it removed marked `✗`.
+`token_records` is the same for --json (`removed_mass`, `removed` per candidate).
+Knows nothing about models or decoding.
 """
 
 from __future__ import annotations
@@ -54,28 +56,34 @@ def shown(text: str) -> str:
     return repr(text)
 
 
-def _top(pairs: Sequence[tuple[int, float]], token_text: TokenText) -> str:
-    return "  ".join(f"{shown(token_text(i))} {p:.3f}" for i, p in pairs)
+def _top(pairs: Sequence[tuple[int, float]], token_text: TokenText,
+         removed: Sequence[int] = ()) -> str:
+    return "  ".join(f"{'✗' if i in removed else ''}{shown(token_text(i))} {p:.3f}"
+                     for i, p in pairs)
 
 
 def show_table(ui: UI, events: Sequence[Any], token_text: TokenText) -> None:
     from chatcli.ui.tables import show_table as table
 
     rows = []
+    constrained = any(e.candidates is not None and e.candidates.removed_mass is not None
+                      for e in events)
     for n, e in enumerate(events, start=1):
         c = e.candidates
         if c is None:
             continue
-        rows.append([
-            str(n), shown(token_text(e.token_id)), f"{c.chosen_prob:.3f}",
-            f"{math.exp(e.logprob):.3f}",
-            f"{c.entropy:.2f}", _top(c.raw, token_text), _top(c.drawn_from, token_text),
-        ])
+        row = [str(n), shown(token_text(e.token_id)), f"{c.chosen_prob:.3f}",
+               f"{math.exp(e.logprob):.3f}", f"{c.entropy:.2f}"]
+        if constrained:
+            row.append("-" if c.removed_mass is None else f"{c.removed_mass:.3f}")
+        rows.append([*row, _top(c.raw, token_text, c.removed), _top(c.drawn_from, token_text)])
     if not rows:  # a server that ignored the request for log-probabilities
         ui.warn("no per-token candidates came back (the server returned no log-probabilities)")
         return
-    table(ui, ["step", "token", "p (drawn)", "p (model)", "entropy", "model top-k",
-               "drawn-from top-k"], rows)
+    removed = ["removed"] if constrained else []
+    table(ui, ["step", "token", "p (drawn)", "p (model)", "entropy", *removed,
+               "model top-k" + (" (✗ removed)" if constrained else ""), "drawn-from top-k"],
+          rows)
 
 
 def token_records(events: Sequence[Any], token_text: TokenText) -> list[dict[str, Any]]:
@@ -89,6 +97,10 @@ def token_records(events: Sequence[Any], token_text: TokenText) -> list[dict[str
             record["probability_drawn"] = c.chosen_prob
             record["top_model"] = [{"id": _id(i), "text": token_text(i), "p": p}
                                    for i, p in c.raw]
+            if c.removed_mass is not None:
+                record["removed_mass"] = c.removed_mass
+                for entry, (i, _) in zip(record["top_model"], c.raw, strict=True):
+                    entry["removed"] = i in c.removed
             record["top_drawn_from"] = [
                 {"id": _id(i), "text": token_text(i), "p": p} for i, p in c.drawn_from
             ]
