@@ -270,7 +270,12 @@ class LocalBackend:
         return render_ids(self.loaded.tokenizer, messages)
 
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
-        """A local model runs every strategy, gives every view and takes every constraint."""
+        """A local model runs every strategy and gives every view; a constraint is compiled
+        for its vocabulary now, so that a bad one is refused (ConstraintError) at once."""
+        if constraint is not None:
+            from chatcli.generation.stream import constrained_lm
+
+            constrained_lm(self.loaded, constraint)
 
     def invalidate(self) -> None:
         self.cache.invalidate()

@@ -236,6 +236,49 @@ def _exit(ctx: ChatContext, _: str) -> bool:
     return True
 
 
+def _constrain(ctx: ChatContext, constraint: Any) -> None:
+    ctx.session.set_constraint(constraint)
+    ctx.ui.notify(f"answers are held to {constraint.describe()} until /unconstrain")
+
+
+def _schema(ctx: ChatContext, arg: str) -> None:
+    from chatcli.constraints.spec import schema_constraint
+
+    if not arg.strip():
+        raise UsageError("/schema needs a JSON Schema", "a file, JSON text, or fields like "
+                         "/schema name str, age int")
+    _constrain(ctx, schema_constraint(arg.strip(), "/schema"))
+
+
+def _regex(ctx: ChatContext, arg: str) -> None:
+    from chatcli.constraints.spec import Constraint
+
+    if not arg.strip():
+        raise UsageError("/regex needs a regular expression", "e.g. /regex [0-9]+")
+    _constrain(ctx, Constraint("regex", arg.strip(), source="/regex"))
+
+
+def _grammar(ctx: ChatContext, arg: str) -> None:
+    from chatcli.constraints.spec import grammar_constraint
+
+    if not arg.strip():
+        raise UsageError("/grammar needs a grammar file", "e.g. /grammar answer.lark")
+    _constrain(ctx, grammar_constraint(arg.strip(), "/grammar"))
+
+
+def _choice(ctx: ChatContext, arg: str) -> None:
+    from chatcli.constraints.spec import choice_constraint
+
+    _constrain(ctx, choice_constraint(arg, "/choice"))
+
+
+def _unconstrain(ctx: ChatContext, _: str) -> None:
+    had = ctx.session.constraint
+    ctx.session.set_constraint(None)
+    ctx.ui.notify("answers are free again" if had is not None else "answers were not held to "
+                  "a shape")
+
+
 COMMANDS: list[Command] = [
     Command("help", "", "this list", _help),
     Command("system", "TEXT", "set the system prompt (empty: remove it)", _system),
@@ -250,6 +293,11 @@ COMMANDS: list[Command] = [
     Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
     Command("stats", "", "figures of the last answer", _stats),
     Command("candidates", "K", "show each token's top-K alternatives (0: off)", _candidates),
+    Command("schema", "FILE|JSON|FIELDS", "hold answers to a JSON Schema", _schema),
+    Command("regex", "RE", "hold answers to a regular expression", _regex),
+    Command("grammar", "FILE", "hold answers to a grammar (Lark or GBNF)", _grammar),
+    Command("choice", "A,B,...", "answers are one of these choices", _choice),
+    Command("unconstrain", "", "answers are free again", _unconstrain),
     Command("save", "FILE", "save the conversation (.md or .json)", _save),
     Command("load", "FILE", "load a conversation saved as .json", _load),
     Command("exit", "", "leave (Ctrl-D does too)", _exit),

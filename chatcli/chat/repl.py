@@ -77,6 +77,12 @@ def answer(ctx: ChatContext) -> None:
         ui.error(failure.message, failure.hint)
     elif interrupted:
         ui.warn("answer interrupted; the partial reply is kept in the history")
+    elif gen.constraint is not None and gen.constraint_satisfied is False:
+        from chatcli.constraints.spec import incomplete
+
+        message, hint = incomplete(gen.constraint, gen.stats.finish_reason,
+                                   gen.stats.completion_tokens)
+        ui.warn(f"{message}; {hint}")
 
 
 def check_room(session: ChatSession) -> None:

@@ -232,16 +232,6 @@ def ask(
         ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
                                             implementation=implementation))
     if constraint is not None and gen.constraint_satisfied is False:
-        raise ChatcliError(incomplete(constraint, s.finish_reason, s.completion_tokens),
-                           "raise --max-new-tokens (-n), or loosen the constraint"
-                           if s.finish_reason == "length" else
-                           "drop --stop, or loosen the constraint")
+        from chatcli.constraints.spec import incomplete
 
-
-def incomplete(constraint: Any, finish: str | None, tokens: int) -> str:
-    """Why a constrained answer is not complete (it is printed and saved as it is)."""
-    why = {"length": f"the token limit ({tokens} tokens)",
-           "stop_string": "a stop string"}.get(finish or "", f"finish reason {finish}")
-    return (f"the answer is incomplete: {why} cut it short before it satisfied "
-            f"{constraint.source or constraint.describe()}")
-
+        raise ChatcliError(*incomplete(constraint, s.finish_reason, s.completion_tokens))

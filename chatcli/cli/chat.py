@@ -12,18 +12,24 @@ import typer
 
 from chatcli.cli.options import (
     BaseUrlOpt,
+    ChoiceOpt,
     ContextWindowOpt,
     ContinueOpt,
     ConversationOpt,
     DeviceOpt,
     DtypeOpt,
     ExplainContextOpt,
+    GrammarOpt,
+    JsonObjectOpt,
     ModelOpt,
     ModelsFileOpt,
     NoTruncateOpt,
     QuantizeOpt,
+    RegexOpt,
+    SchemaOpt,
     SystemOpt,
     ThreadsOpt,
+    constraint_of,
     decoding_options,
 )
 from chatcli.ui.console import UI
@@ -41,6 +47,11 @@ def chat(
     context_window: ContextWindowOpt = None,
     explain_context: ExplainContextOpt = False,
     decoding: dict[str, Any] | None = None,
+    schema: SchemaOpt = None,
+    json_object: JsonObjectOpt = False,
+    regex: RegexOpt = None,
+    grammar: GrammarOpt = None,
+    choice: ChoiceOpt = None,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -59,6 +70,7 @@ def chat(
     from chatcli.ui.input import PromptReader, make_reader
 
     ui = UI()
+    constraint = constraint_of(ctx.params)
     store: Any = None
     conv_id, conv, message_ids = None, None, None
 
@@ -78,7 +90,8 @@ def chat(
         return model or info.model
 
     prep = setup(ui, ctx.params, alias=resume,
-                 internals="--explain-context" if explain_context else None)
+                 internals="--explain-context" if explain_context else None,
+                 constraint=constraint)
     backend = prep.open()
     session = ChatSession(
         backend, prep.strategies, prep.decoding(), conv, store=store,
@@ -88,6 +101,8 @@ def chat(
     if system is not None:
         session.set_system(system)
     session.explain = explain_context
+    if constraint is not None:
+        session.set_constraint(constraint)
     chat_ctx = ChatContext(session, ui, answer=lambda: answer(chat_ctx),
                            load_model=prep.open_alias)
     if conv_id is not None:

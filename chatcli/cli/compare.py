@@ -19,14 +19,20 @@ import typer
 
 from chatcli.cli.options import (
     BaseUrlOpt,
+    ChoiceOpt,
     DeviceOpt,
     DtypeOpt,
+    GrammarOpt,
+    JsonObjectOpt,
     JsonOpt,
     ModelOpt,
     ModelsFileOpt,
     QuantizeOpt,
+    RegexOpt,
+    SchemaOpt,
     SystemOpt,
     ThreadsOpt,
+    constraint_of,
     decoding_options,
 )
 from chatcli.decoding.base import Spelling
@@ -41,6 +47,11 @@ SpecsOpt = Annotated[
                  help="A strategy to compare, with its parameters (repeatable), e.g. "
                  "-S greedy -S beam:num_beams=4 -S sample:temperature=0.8,top_p=0.9.",
                  show_default=False),
+]
+FreeTooOpt = Annotated[
+    bool, typer.Option("--free-too", rich_help_panel="Answer shape (constrained decoding)",
+                       help="With a constraint: run each strategy without it too, side by "
+                       "side.")
 ]
 
 
@@ -96,6 +107,12 @@ def compare(
     system: SystemOpt = None,
     decoding: dict[str, Any] | None = None,
     json_out: JsonOpt = False,
+    schema: SchemaOpt = None,
+    json_object: JsonObjectOpt = False,
+    regex: RegexOpt = None,
+    grammar: GrammarOpt = None,
+    choice: ChoiceOpt = None,
+    free_too: FreeTooOpt = False,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -122,7 +139,12 @@ def compare(
 
     ui = UI()
     # Every strategy is validated before stdin is read or anything loads.
-    prep = setup(ui, ctx.params, requests=requests, candidates=0)
+    constraint = constraint_of(ctx.params)
+    if free_too and constraint is None:
+        raise UsageError("--free-too compares answers with and without a constraint, and "
+                         "none is given", "add --schema, --json-object, --regex, --grammar or "
+                         "--choice")
+    prep = setup(ui, ctx.params, requests=requests, candidates=0, constraint=constraint)
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
@@ -149,13 +171,17 @@ def compare(
         )
     packed = pack(conversation, backend.count, budget, truncate=False)
     results: list[dict[str, Any]] = []
-    for request, settings in zip(prep.requests, all_settings, strict=True):
+    shapes = ([None] if free_too else []) + [constraint]
+    runs = [(request, settings, shape) for request, settings in
+            zip(prep.requests, all_settings, strict=True) for shape in shapes]
+    for request, settings, shape in runs:
         start = time.perf_counter()
         # Candidates (K=0) give each step's entropy; a server's logprobs give the
         # sequence log-probability.
         backend.invalidate()  # each strategy starts from the same cold prompt
+        extra = {"constraint": shape} if shape is not None else {}
         gen = backend.stream(packed, settings, settings.common.max_new_tokens,
-                             Views(candidates=0), strategies=prep.strategies)
+                             Views(candidates=0), strategies=prep.strategies, **extra)
         events = list(gen)
         seconds = time.perf_counter() - start
         entropies = [e.candidates.entropy for e in events if e.candidates is not None]
@@ -166,6 +192,10 @@ def compare(
         name, options = request.strategy, request.options
         label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options
                         else "")
+        removed = [e.candidates.removed_mass for e in events
+                   if e.candidates is not None and e.candidates.removed_mass is not None]
+        if constraint is not None:
+            label += f" [{shape.source or shape.describe()}]" if shape is not None else " [free]"
         results.append({
             "label": label,
             "strategy": name,
@@ -178,6 +208,9 @@ def compare(
             "seconds": seconds,
             "tokens_per_second": len(gen.token_ids) / seconds if seconds > 0 else 0.0,
             "finish_reason": gen.stats.finish_reason,
+            "constraint": None if shape is None else shape.as_dict(),
+            "constraint_satisfied": gen.constraint_satisfied,
+            "mean_removed": sum(removed) / len(removed) if removed else None,
             "ids": gen.token_ids,  # remote: ids that name token texts, enough for divergence
         })
     first = results[0]["ids"]

@@ -196,3 +196,14 @@ def choice_constraint(value: str, option: str = "--choice") -> Constraint:
     if len(set(choices)) != len(choices):
         raise UsageError(f"{option}: a choice is given twice in {value!r}", "list each once")
     return Constraint("choice", json.dumps(choices), source=option)
+
+
+def incomplete(constraint: Constraint, finish: str | None, tokens: int) -> tuple[str, str]:
+    """(message, hint) for an answer cut short before it satisfied `constraint` (the
+    answer is shown and saved as it is)."""
+    why = {"length": f"the token limit ({tokens} tokens)",
+           "stop_string": "a stop string"}.get(finish or "", f"finish reason {finish}")
+    hint = ("raise --max-new-tokens (-n), or loosen the constraint" if finish == "length"
+            else "drop the stop string, or loosen the constraint")
+    return (f"the answer is incomplete: {why} cut it short before it satisfied "
+            f"{constraint.source or constraint.describe()}", hint)

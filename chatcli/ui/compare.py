@@ -2,7 +2,8 @@
 
 Contract: `show_comparison(ui, results)` prints each result (name, answer,
 completion tokens, sequence log-probability, mean per-token entropy, time,
-tokens/s, first step where it diverges from the first answer): columns when the
+tokens/s, first step where it diverges from the first answer; under a constraint the
+mean probability per step it removed, and "incomplete" where it was not satisfied): columns when the
 terminal is wide enough for all of them (>= 38 columns each), stacked panels
 otherwise, and plain sections when stdout is not a terminal. Knows nothing about
 models or decoding.
@@ -24,9 +25,14 @@ def figures(r: dict[str, Any]) -> str:
     logprob = "-" if r["logprob"] is None else f"{r['logprob']:.2f}"
     diverges = r["diverges_at"]
     where = "-" if diverges is None else f"step {diverges}"
+    shape = ""
+    if r.get("mean_removed") is not None:
+        shape = f"removed {r['mean_removed']:.2f} · "
+    if r.get("constraint_satisfied") is False:
+        shape += "incomplete · "
     return (f"{r['completion_tokens']} tokens · log-prob {logprob} · "
-            f"entropy {entropy} · {r['seconds']:.2f} s · {r['tokens_per_second']:.1f} tok/s · "
-            f"diverges: {where}")
+            f"entropy {entropy} · {shape}{r['seconds']:.2f} s · "
+            f"{r['tokens_per_second']:.1f} tok/s · diverges: {where}")
 
 
 def show_comparison(ui: UI, results: Sequence[dict[str, Any]]) -> None:
