@@ -293,10 +293,11 @@ COMMANDS: list[Command] = [
     Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
     Command("stats", "", "figures of the last answer", _stats),
     Command("candidates", "K", "show each token's top-K alternatives (0: off)", _candidates),
-    Command("schema", "FILE|JSON|FIELDS", "hold answers to a JSON Schema", _schema),
+    Command("schema", "SCHEMA", "hold answers to a JSON Schema: a file, JSON, or fields like "
+            "name str, age int", _schema),
     Command("regex", "RE", "hold answers to a regular expression", _regex),
     Command("grammar", "FILE", "hold answers to a grammar (Lark or GBNF)", _grammar),
-    Command("choice", "A,B,...", "answers are one of these choices", _choice),
+    Command("choice", "LIST", "answers are one of these comma-separated choices", _choice),
     Command("unconstrain", "", "answers are free again", _unconstrain),
     Command("save", "FILE", "save the conversation (.md or .json)", _save),
     Command("load", "FILE", "load a conversation saved as .json", _load),
