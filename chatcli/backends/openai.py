@@ -6,7 +6,14 @@ and checks them (`parse`). Its capabilities come from the alias's server profile
 (`chatcli.remote.params.PROFILES`): never token ids, model internals, plugin
 strategies or a prompt cache of its own; beam search only on a server that has it;
 at most 20 candidates per token (the API's limit). `check_settings` and
-`check_views` refuse what the server cannot do before any request; `open` connects
+`check_views` refuse what the server cannot do before any request, an answer shape
+(`constraint`, chatcli.constraints.spec.Constraint) included: each server profile
+maps the shapes it can hold into the request (`chatcli.remote.params`: response_format,
+vLLM's structured_outputs, llama.cpp's grammar) and refuses the others, naming the
+flag and the profile. The server applies the constraint; chatcli sees no mask, so the
+`constrained` capability (a logits mask per step, what --show-candidates would show
+removed) stays off and `Generation.constraint_satisfied` is judged from the answer
+(`chatcli.remote.model.satisfied`). `open` connects
 (`chatcli.remote.model.open_remote`), and the opened backend owns the HTTP client.
 Packed messages are sent as messages (the server applies its chat template); their
 tokens are counted with the alias's `tokenizer`, else estimated (`approximate`).
@@ -97,7 +104,8 @@ class OpenAIBackend:
         return Capabilities(token_ids=False, internals=False, any_strategy=False,
                             beam=bool(profile.beam),
                             max_candidates=profile.max_top_logprobs if profile.logprobs else 0,
-                            constrained=False, kv_reuse=False,
+                            constrained=False,  # the server masks, unseen: no removed mass
+                            kv_reuse=False,
                             exact_count=bool(spec.tokenizer))
 
     @staticmethod
@@ -109,11 +117,12 @@ class OpenAIBackend:
                              "use a local model (-m)")
 
     @staticmethod
-    def check_settings(spec: Any, settings: Any, views: Views) -> None:
-        """Refuse, before any request, what the alias's server cannot do."""
+    def check_settings(spec: Any, settings: Any, views: Views, constraint: Any = None) -> None:
+        """Refuse, before any request, what the alias's server cannot do: settings,
+        candidates and the answer's shape (`constraint`)."""
         from chatcli.remote.params import check
 
-        check(spec, settings, views.candidates)
+        check(spec, settings, views.candidates, constraint)
 
     @staticmethod
     def runtime_for(spec: Any, device: str, dtype: str, threads: int | None,
@@ -217,17 +226,17 @@ class OpenAIBackend:
     def count(self, messages: list[Any]) -> list[int]:
         return list(self.remote.count_ids(messages))
 
-    def check(self, settings: Any, views: Views) -> None:
+    def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         self.check_views(self.spec, views)
-        self.check_settings(self.spec, settings, views)
+        self.check_settings(self.spec, settings, views, constraint)
 
     def invalidate(self) -> None:
         """Nothing to forget: the server keeps its own cache."""
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
-               strategies: Any = None) -> Any:
+               strategies: Any = None, constraint: Any = None) -> Any:
         return self.remote.stream(packed.messages, packed.ids, settings, max_new_tokens,
-                                  views.candidates)
+                                  views.candidates, constraint)
 
     def token_text(self, token_id: int) -> str:
         return str(self.remote.token_text(token_id))

@@ -3,9 +3,17 @@
 Contract: `open_remote(spec, registry, reporter)` returns a `RemoteModel` with
 what a chat session needs: `spec`, `context_window`, `generation_config` ({}:
 the server applies its own), `count_ids(messages)` for context packing and
-`stream(messages, prompt_ids, settings, max_new_tokens, candidates)`, which sends
-the request at once (so connection and status errors surface before any output)
-and returns the same `Generation` of `StepEvent`s and `Stats` as a local model.
+`stream(messages, prompt_ids, settings, max_new_tokens, candidates, constraint)`,
+which sends the request at once (so connection and status errors surface before any
+output) and returns the same `Generation` of `StepEvent`s and `Stats` as a local model.
+
+With a `constraint` (the answer's shape, mapped into the request by
+`chatcli.remote.params`), the server holds the answer to it; chatcli cannot see how,
+so `Generation.constraint_satisfied` is judged from what came back (`satisfied`): the
+server finished with "stop", and for the JSON kinds the text parses as JSON, for a
+choice it is one of the choices, for a regex Python's `re.fullmatch` accepts it
+(a pattern Python cannot compile is trusted to the finish reason, as a grammar is).
+It is set before the last event is yielded; an answer cut short sets it False.
 
 Remote answers are text, not vocabulary ids: each token text the server returns
 is interned and named by a negative id (`token_text(id)` gives it back), so
@@ -29,7 +37,9 @@ Knows nothing about the terminal or the CLI.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,24 +121,28 @@ class RemoteModel:
         settings: DecodingSettings,
         max_new_tokens: int,
         candidates: int | None = None,
+        constraint: Any = None,
     ) -> Generation:
-        body = params.request_body(self.spec, settings, messages, max_new_tokens, candidates)
+        body = params.request_body(self.spec, settings, messages, max_new_tokens, candidates,
+                                   constraint)
         stats = Stats(prompt_tokens=len(prompt_ids))
         start = time.perf_counter()
         chunks = self.client.stream_chat(body)
-        gen = Generation(iter(()), stats, settings)
-        gen._events = self._events(chunks, messages, stats, start, bool(candidates))
+        gen = Generation(iter(()), stats, settings, constraint=constraint)
+        gen._events = self._events(chunks, messages, gen, start, bool(candidates))
         return gen
 
     def _events(
-        self, chunks: Iterator[Chunk], messages: list[Message], stats: Stats,
+        self, chunks: Iterator[Chunk], messages: list[Message], gen: Generation,
         start: float, with_candidates: bool,
     ) -> Iterator[StepEvent]:
+        stats = gen.stats
         held: StepEvent | None = None  # the newest event waits for a possible finish reason
         finish: str | None = None
         count = 0
         first = start
         prompt_tokens = completion_tokens = None
+        text: list[str] = []  # the answer so far, to judge it against a constraint
         try:
             for chunk in chunks:
                 if chunk.usage is not None:
@@ -144,9 +158,12 @@ class RemoteModel:
                     if held is not None:
                         yield held
                     held = event
+                    text.append(event.text)
                 finish = chunk.finish_reason or finish
         except (RemoteError, KeyboardInterrupt):
             _timings(stats, count, start, first)  # the figures of what did arrive
+            if gen.constraint is not None:
+                gen.constraint_satisfied = False  # cut short: not a whole answer
             if held is not None:
                 yield held
             raise
@@ -156,6 +173,9 @@ class RemoteModel:
             stats.prompt_tokens = prompt_tokens
             self.observe(messages, stats.prompt_tokens)
         stats.finish_reason = finish or "stop"
+        if gen.constraint is not None:
+            gen.constraint_satisfied = satisfied(gen.constraint, "".join(text),
+                                                 stats.finish_reason)
         if held is not None:
             yield dataclasses.replace(held, finish_reason=stats.finish_reason)
 
@@ -182,6 +202,27 @@ class RemoteModel:
         entropy = -sum(p * math.log(p) for _, p in pairs if p > 0)
         return Candidates(raw=pairs, drawn_from=pairs, entropy=entropy,
                           chosen_prob=math.exp(logprob) if math.isfinite(logprob) else 0.0)
+
+
+def satisfied(constraint: Any, text: str, finish: str | None) -> bool:
+    """Whether a server's answer is whole under `constraint` (see the module)."""
+    if finish != "stop":
+        return False
+    if constraint.is_json:
+        try:
+            json.loads(text)
+        except ValueError:
+            return False
+        return True
+    if constraint.kind == "choice":
+        return text in constraint.choices
+    if constraint.kind == "regex":
+        try:
+            pattern = re.compile(constraint.text)
+        except re.error:
+            return True  # a pattern only the server's engine reads: trust its finish
+        return pattern.fullmatch(text) is not None
+    return True  # a grammar: the server's engine ended it
 
 
 def _timings(stats: Stats, count: int, start: float, first: float) -> None:

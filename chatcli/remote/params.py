@@ -1,10 +1,11 @@
 """Decoding settings → the fields of a chat-completions request.
 
-Contract: `check(spec, settings, candidates)` raises `UsageError` (before any
-request is made) for a strategy, parameter or view the alias's server cannot honour,
-naming what is missing; `request_body(spec, settings, messages, max_tokens,
-candidates)` builds the JSON body. Nothing here names a strategy or a parameter:
-both come from their declarations (`chatcli.decoding.base`).
+Contract: `check(spec, settings, candidates, constraint)` raises `UsageError`
+(before any request is made) for a strategy, parameter, view or answer shape the
+alias's server cannot honour, naming what is missing; `request_body(spec, settings,
+messages, max_tokens, candidates, constraint)` builds the JSON body. Nothing here
+names a strategy or a parameter: both come from their declarations
+(`chatcli.decoding.base`).
 
 * A strategy runs on a server when its capabilities have a `Remote`, and the
   server's profile has every feature it `needs` (beam search: `beam_search`).
@@ -36,6 +37,26 @@ max_tokens only: it rejects unknown fields, ignores `logprobs`, `n`,
 penalty and keeps a stop string in the answer, so those are refused or not sent; and
 it samples only when told so in its `generation_config` field (sent with any
 temperature above 0, with its own default top_k of 50 turned off).
+
+Answer shapes (`chatcli.constraints.spec.Constraint`, from --schema, --json-object,
+--regex, --grammar, --choice) go into the request by the profile's `shapes`:
+* `openai` (profiles generic and openai): --schema → `response_format: {"type":
+  "json_schema", "json_schema": {"name": "answer", "schema": S, "strict": true}}`,
+  --json-object → `response_format: {"type": "json_object"}`; nothing else.
+* `vllm`: the JSON kinds as `openai`; --regex, --grammar (its text, Lark or GBNF:
+  vLLM's engines read EBNF/Lark) and --choice under `structured_outputs` (`{"regex":
+  R}`, `{"grammar": G}`, `{"choice": [...]}`), the field current vLLM reads (the older
+  `guided_regex`/`guided_grammar`/`guided_choice` were removed in vLLM 0.12).
+* `llama.cpp`: --schema → `response_format: {"type": "json_object", "schema": S}`,
+  --json-object the same with `{"type": "object"}`: the one spelling every llama.cpp
+  server reads (llama-server also reads a top-level `json_schema`, but
+  llama-cpp-python's server ignores that field without a word and would answer
+  unconstrained; it and older llama-servers reject `"type": "json_schema"`). A GBNF
+  --grammar → top-level `grammar`; --choice → a GBNF grammar of the choices
+  (`gbnf_choice`). A Lark grammar and --regex are refused (llama.cpp reads GBNF only).
+* none (`transformers`: it rejects `response_format`): every shape is refused.
+A refusal names the flag as typed (`--regex`, `--grammar rules.lark`), the alias and
+its server, and hints at a local model or the shapes the profile does take.
 
 Knows nothing about HTTP or the terminal.
 """
@@ -78,6 +99,8 @@ class Profile:
     # does not (transformers serve decodes greedily unless its generation_config says
     # do_sample, and then keeps transformers' own top_k of 50 unless told 0).
     sampling: Mapping[str, Any] = field(default_factory=dict)
+    # How it takes an answer's shape: a key of SHAPES (see the module), "" for not at all.
+    shapes: str = "openai"
 
     @property
     def beam(self) -> bool:
@@ -92,14 +115,27 @@ PROFILES: dict[str, Profile] = {
     "generic": Profile("an OpenAI-compatible server", _EXTRA),
     "openai": Profile("OpenAI"),
     "vllm": Profile("vLLM", {**_EXTRA, "length_penalty": "length_penalty"},
-                    features=frozenset({"beam_search"})),
+                    features=frozenset({"beam_search"}), shapes="vllm"),
     "llama.cpp": Profile("llama.cpp", {"top_k": "top_k", "min_p": "min_p",
-                                       "repetition_penalty": "repeat_penalty"}, explicit=True),
+                                       "repetition_penalty": "repeat_penalty"}, explicit=True,
+                         shapes="llama.cpp"),
     "transformers": Profile("transformers serve",
                             standard=frozenset({"temperature", "top_p", "seed", "max_tokens"}),
                             logprobs=False, max_top_logprobs=0, stream_options=False,
-                            sampling={"generation_config": '{"do_sample": true, "top_k": 0}'}),
+                            sampling={"generation_config": '{"do_sample": true, "top_k": 0}'},
+                            shapes=""),
 }
+# The answer shapes (Constraint kinds) each way of sending them takes.
+SHAPES: dict[str, tuple[str, ...]] = {
+    "openai": ("json_schema", "json_object"),
+    "vllm": ("json_schema", "json_object", "regex", "grammar", "choice"),
+    "llama.cpp": ("json_schema", "json_object", "grammar", "choice"),  # grammar: GBNF only
+    "": (),
+}
+_OPTION = {"json_schema": "--schema", "json_object": "--json-object", "regex": "--regex",
+           "grammar": "--grammar", "choice": "--choice"}
+_WHAT = {"json_schema": "a JSON schema", "json_object": "a JSON object", "regex": "a regex",
+         "grammar": "a grammar", "choice": "a fixed choice"}
 
 
 def _where(spec: ModelSpec) -> str:
@@ -140,7 +176,8 @@ def _runnable(spec: ModelSpec) -> list[str]:
         lambda c: c.remote is not None and runs_on(spec, c))
 
 
-def check(spec: ModelSpec, settings: DecodingSettings, candidates: int | None = None) -> None:
+def check(spec: ModelSpec, settings: DecodingSettings, candidates: int | None = None,
+          constraint: Any = None) -> None:
     """Refuse what the alias's server cannot do, before any request."""
     profile = PROFILES[spec.server]
     name, remote = settings.strategy, settings.capabilities.remote
@@ -176,6 +213,94 @@ def check(spec: ModelSpec, settings: DecodingSettings, candidates: int | None = 
             f"{profile.max_top_logprobs} alternatives per token",
             f"use --show-candidates {profile.max_top_logprobs} or less",
         )
+    if constraint is not None:
+        check_constraint(spec, constraint)
+
+
+def _spelled(constraint: Any) -> str:
+    """The flag as the user gave it: "--regex", "--grammar rules.lark", "/choice"."""
+    source = str(constraint.source or "")
+    if source.startswith(("-", "/")):
+        return source
+    option = _OPTION[constraint.kind]
+    return f"{option} {source}" if source else option
+
+
+def check_constraint(spec: ModelSpec, constraint: Any) -> None:
+    """Refuse, before any request, an answer shape the alias's server cannot hold."""
+    profile = PROFILES[spec.server]
+    kind, spelled = constraint.kind, _spelled(constraint)
+    where = f"'{_where(spec)}' (server {spec.server})"
+    taken = SHAPES[profile.shapes]
+    if kind == "grammar" and kind in taken and profile.shapes == "llama.cpp" \
+            and constraint.syntax != "gbnf":
+        syntax = "Lark" if constraint.syntax in ("", "lark") else constraint.syntax
+        raise UsageError(f"{spelled} is a {syntax} grammar, and {where} reads GBNF only",
+                         "write it as GBNF (rules with ::=, in a .gbnf file), or use a local "
+                         "model (-m)")
+    if kind in taken:
+        return
+    if not taken:
+        why = f"{profile.label} does not constrain answers"
+        if spec.server == "transformers":
+            why += " (it rejects response_format)"
+    else:
+        why = f"{profile.label} cannot hold an answer to {_WHAT[kind]}"
+    hint = "use a local model (-m)"
+    if taken:
+        hint += ", or " + "/".join(_OPTION[k] for k in taken)
+    takers = [(name, p) for name, p in PROFILES.items()
+              if kind in SHAPES[p.shapes] and p.shapes != profile.shapes]
+    if takers:
+        hint += f"; set server = \"{takers[0][0]}\" for the alias if it is {takers[0][1].label}"
+    raise UsageError(f"{spelled} cannot be sent to {where}: {why}", hint)
+
+
+def gbnf_literal(text: str) -> str:
+    """`text` as a GBNF string literal: quotes, backslashes and control characters
+    escaped (\\n, \\r, \\t, else \\xHH); everything else as it is (GBNF reads UTF-8)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def gbnf_choice(choices: list[str]) -> str:
+    """A GBNF grammar whose only sentences are `choices`: `root ::= "a" | "b"`."""
+    return "root ::= " + " | ".join(gbnf_literal(c) for c in choices)
+
+
+def constraint_fields(spec: ModelSpec, constraint: Any) -> dict[str, Any]:
+    """The request fields that hold the answer to `constraint` on the alias's server
+    (see the module); `check_constraint` first."""
+    check_constraint(spec, constraint)
+    style, kind = PROFILES[spec.server].shapes, constraint.kind
+    if style == "llama.cpp":
+        if kind in ("json_schema", "json_object"):
+            return {"response_format": {"type": "json_object", "schema": constraint.schema()}}
+        if kind == "grammar":
+            return {"grammar": constraint.text}
+        return {"grammar": gbnf_choice(constraint.choices)}
+    if kind == "json_schema":
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "answer", "schema": constraint.schema(), "strict": True}}}
+    if kind == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    # vLLM reads regex, grammar and choice under `structured_outputs` (its
+    # guided_regex / guided_grammar / guided_choice fields were removed in 0.12).
+    value = constraint.choices if kind == "choice" else constraint.text
+    return {"structured_outputs": {kind: value}}
 
 
 def request_body(
@@ -184,8 +309,9 @@ def request_body(
     messages: list[Message],
     max_tokens: int,
     candidates: int | None = None,
+    constraint: Any = None,
 ) -> dict[str, Any]:
-    check(spec, settings, candidates)
+    check(spec, settings, candidates, constraint)
     profile = PROFILES[spec.server]
     remote: Remote | None = settings.capabilities.remote
     assert remote is not None  # check() refused a local-only strategy
@@ -214,4 +340,6 @@ def request_body(
         body.update(profile.sampling)
     if profile.stream_options:
         body["stream_options"] = {"include_usage": True}
+    if constraint is not None:
+        body.update(constraint_fields(spec, constraint))
     return body
