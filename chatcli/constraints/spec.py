@@ -201,9 +201,13 @@ def choice_constraint(value: str, option: str = "--choice") -> Constraint:
 def incomplete(constraint: Constraint, finish: str | None, tokens: int) -> tuple[str, str]:
     """(message, hint) for an answer cut short before it satisfied `constraint` (the
     answer is shown and saved as it is)."""
+    what = constraint.source or constraint.describe()
+    if finish == "stop":  # only a server ends an answer the constraint does not accept
+        return (f"the answer does not satisfy {what}: the server ended it without holding "
+                "it to the constraint", "check that the server supports it, and its "
+                "server = ... profile in models.toml; or use a local model (-m)")
     why = {"length": f"the token limit ({tokens} tokens)",
            "stop_string": "a stop string"}.get(finish or "", f"finish reason {finish}")
     hint = ("raise --max-new-tokens (-n), or loosen the constraint" if finish == "length"
             else "drop the stop string, or loosen the constraint")
-    return (f"the answer is incomplete: {why} cut it short before it satisfied "
-            f"{constraint.source or constraint.describe()}", hint)
+    return (f"the answer is incomplete: {why} cut it short before it satisfied {what}", hint)
