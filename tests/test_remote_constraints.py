@@ -345,7 +345,10 @@ def test_ask_choice_on_llama_cpp_and_an_answer_outside_it(home: Path, server: Re
     result = run_cli(["ask", "-m", "srv", "--choice", "yes,no", "Is water wet?"])
     assert result.exit_code == 1
     assert result.stdout == "maybe\n"
-    assert result.stderr.startswith("error: the answer is incomplete")
+    assert result.stderr == (
+        "error: the answer does not satisfy --choice: the server ended it without holding it "
+        "to the constraint; hint: check that the server supports it, and its server = ... "
+        "profile in models.toml; or use a local model (-m)\n")
 
 
 def test_ask_regex_on_vllm(home: Path, server: Recorder) -> None:

@@ -31,8 +31,8 @@ from chatcli.constraints.spec import Constraint
 from chatcli.errors import UsageError
 
 HINTS = {
-    "json_schema": "check the schema (JSON Schema draft 2020-12; oneOf, dependencies and "
-                   "custom formats are not supported)",
+    "json_schema": "check the schema (JSON Schema draft 2020-12; overlapping oneOf, "
+                   "dependencies and custom formats are not supported)",
     "json_object": "",
     "regex": "check the regular expression (Rust regex syntax)",
     "grammar": "check the grammar (Lark, or GBNF with ::= rules)",
@@ -76,7 +76,7 @@ def _first(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
         return "invalid"
-    head = re.sub(r"^at \d+\(\d+\): ", "", lines[0].removeprefix("Parser Error: ").strip())
+    head = re.sub(r"^(at )?\d+\(\d+\): ", "", lines[0].removeprefix("Parser Error: ").strip())
     detail = next((line[len("error:"):].strip() for line in lines[1:]
                    if line.startswith("error:")), None)
     return f"{head.rstrip(': ')}: {detail}" if detail else head

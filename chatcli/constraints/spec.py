@@ -5,9 +5,10 @@ turns at most one of the five options into a `Constraint` (None when none is giv
 raises `UsageError` (one line, naming the option, with a hint) for two at once, an
 unreadable file, schema text that is not JSON, a shorthand it cannot read, or an empty
 choice. `--schema` takes a file (JSON Schema), JSON text (starting with `{`), or the
-shorthand `'name str, age int, tags list[str]'` (`parse_shorthand`: fields separated by
-commas or newlines, each `NAME [TYPE][: description]`, TYPE one of str (the default),
-int, float, bool, list[T]; every field required, no others allowed). `--grammar` takes a
+shorthand `'name str, age int, tags list[str]'` (`parse_shorthand`: one field per line
+when there are several lines, else fields separated by commas, each
+`NAME [TYPE][: description]`, TYPE one of str (the default), int, float, bool, list[T];
+every field required, no others allowed). `--grammar` takes a
 file in Lark or GBNF (`.gbnf`, or any file with `::=`, is GBNF).
 
 A `Constraint` is plain data: kind, text (the JSON Schema as JSON, the regex, the
@@ -117,7 +118,7 @@ def schema_constraint(value: str, option: str = "--schema") -> Constraint:
     """A file, JSON text or the shorthand (see the module)."""
     text, source = value, ""
     stripped = value.strip()
-    looks_like_path = not stripped.startswith("{") and (
+    looks_like_path = not stripped.startswith(("{", "[")) and (
         stripped.endswith(".json") or "/" in stripped or Path(stripped).is_file())
     if looks_like_path and Path(stripped).expanduser().is_file():
         path = Path(stripped).expanduser()
@@ -125,7 +126,7 @@ def schema_constraint(value: str, option: str = "--schema") -> Constraint:
     elif looks_like_path and stripped.endswith(".json"):
         raise UsageError(f"{option}: no such file: {stripped}",
                          "give a JSON Schema file, JSON text, or fields like 'name str, age int'")
-    elif not stripped.startswith("{"):
+    elif not stripped.startswith(("{", "[")):
         return Constraint("json_schema", json.dumps(parse_shorthand(value, option)),
                           source=option)
     try:
@@ -157,7 +158,9 @@ def _type(spelled: str, name: str, option: str) -> dict[str, Any]:
 def parse_shorthand(text: str, option: str = "--schema") -> dict[str, Any]:
     """'name str, age int: in years, tags list[str]' -> an object JSON Schema."""
     properties: dict[str, Any] = {}
-    parts = [p for p in re.split(r"[,\n]", text) if p.strip()]
+    # As llm's concise schemas: one field per line when there are several lines (so a
+    # description may hold commas), else fields separated by commas.
+    parts = [p for p in re.split(r"\n" if "\n" in text.strip() else r",", text) if p.strip()]
     if not parts:
         raise UsageError(f"{option} is empty", "give fields like 'name str, age int'")
     for part in parts:

@@ -11,7 +11,9 @@ go to the finished set with score `logprob / generated_length ** length_penalty`
 counts the EOS token), the best N others keep running. The search stops when the finished set
 cannot improve (transformers' heuristic, see `early_stopping`), when `early_stopping is True`
 and N hypotheses are finished, or at the token limit. The prompt is prefilled once with one
-row; no forward pass is run once the search is decided.
+row; no forward pass is run once the search is decided. Candidates scored at or below
+half of transformers' "impossible" -1e9 (filler rows; tokens a constraint masked to -inf)
+never become hypotheses, so fewer than `num_return_sequences` can come back.
 
 It deliberately knows nothing about tokenization, text, streaming or the CLI: it maps token
 ids to token ids. `pad_id` exists for parity with `generate()`, where it only fills the
@@ -92,8 +94,10 @@ def beam_search(
         keep = torch.topk(masked, n).indices
         beam_idx, next_tok = src[keep], tok[keep]
 
-        # Ended candidates among the first n join the finished set if they rank in its top n.
-        just = hits & top_n
+        # Ended candidates among the first n join the finished set if they rank in its top n;
+        # never an impossible one (a filler row's, or one a constraint's -inf mask left in
+        # the top k when it allows fewer continuations than k): it is no hypothesis.
+        just = hits & top_n & (cand > _NEG / 2)
         normed = cand / (step**length_penalty) + (~just) * _NEG
         merged = torch.cat((fin_scores, normed))
         order = torch.topk(merged, n).indices
