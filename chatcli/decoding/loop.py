@@ -47,7 +47,9 @@ def candidates(raw: Any, drawn: Any, token: int, k: int, allowed: Any = None) ->
     allowed = allowed.to(p.device)
     removed = tuple(i for i, _ in model_top if not bool(allowed[i]))
     mass = float(p.masked_fill(allowed, 0.0).sum())
-    return Candidates(model_top, top(drawn[0]), entropy, float(drawn[0, token]), removed, mass)
+    # what the strategy could draw from: never a token the constraint removed (p = 0)
+    drawn_top = [(i, v) for i, v in top(drawn[0]) if v > 0.0]
+    return Candidates(model_top, drawn_top, entropy, float(drawn[0, token]), removed, mass)
 
 
 def token_loop(
