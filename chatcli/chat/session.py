@@ -252,9 +252,17 @@ class ChatSession:
         s = gen.stats
         meta = ReplyMeta(
             model=self.backend.spec.alias, strategy=self.settings.strategy,
-            params=self.settings.as_dict(), seed=self.settings.seed,
+            params={**self.settings.as_dict(), **_shape(gen)}, seed=self.settings.seed,
             prompt_tokens=s.prompt_tokens, completion_tokens=len(gen.token_ids),
             time_to_first_token_s=s.time_to_first_token_s,
             tokens_per_second=s.decode_tokens_per_s,
         )
         self._save(self.conversation.add_assistant(gen.text, interrupted), meta)
+
+
+def _shape(gen: Generation) -> dict[str, Any]:
+    """What the history records of a constrained answer (nothing for a free one)."""
+    if gen.constraint is None:
+        return {}
+    return {"constraint": gen.constraint.as_dict(),
+            "constraint_satisfied": gen.constraint_satisfied}
