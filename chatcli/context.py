@@ -8,23 +8,39 @@ window minus the tokens reserved for the answer; the caller computes it.
 
 Rules, in order:
 
-* The system prompt and the last exchange (normally the newest user message,
+* The system prompt, every pinned message (`Message.pinned`, see
+  `chatcli.conversation`) and the last exchange (normally the newest user message,
   still awaiting its answer; when the conversation ends with a reply, that user
-  message together with its reply) always stay.
+  message together with its reply) always stay. A pin is never dropped: when
+  these do not fit, the only relief is shortening the newest user message (next
+  rules) and otherwise `ContextOverflowError` is raised.
 * Older exchanges (a user message with its reply, see `Conversation.exchanges`)
   are added newest first while the whole rendered prompt fits the budget. They
-  are kept or dropped whole, and the first one that does not fit drops everything
-  older too, so the turns sent are always a contiguous suffix of the history.
-* When the system prompt and the last exchange alone exceed the budget, the
-  newest user message is shortened in the middle (its start and end kept, an
-  omission marker between them) to the longest version that fits, found by
+  are kept or dropped whole, except that a pinned message of a dropped exchange
+  stays (pinning a user message keeps that message, not its reply). The first
+  exchange that does not fit stops the scan and drops everything older too (but
+  the pins): the turns sent are a contiguous suffix of the history (a *window*)
+  plus the pinned messages before it, all in their original order. "Maximal"
+  means exactly that: the next older exchange, added to the window, would not
+  fit; a smaller exchange further back is not tried, so the history sent has no
+  holes other than around pins. An exchange whose messages are all pinned adds
+  nothing, so it never stops the scan. Without pins this is a contiguous suffix,
+  as it always was.
+* When the system prompt, the pins and the last exchange alone exceed the
+  budget, the newest user message (pinned or not; no other message is ever
+  shortened) is shortened in the middle (its start and end kept, an omission
+  marker between them) to the longest version that fits beside them, found by
   binary search on characters with a render per candidate; with
   `truncate=False` a `ContextOverflowError` is raised instead. When not even the
-  marker alone fits, `ContextOverflowError` is raised either way.
+  marker alone fits, `ContextOverflowError` is raised either way. When pins
+  before the last exchange are involved, the error says how many tokens they
+  take and hints at `/unpin N`.
 
 Every count is the length of an actual `render` of the candidate, never a sum of
-per-message estimates. `render` is called O(number of exchanges) times for the
-report and the packing, plus O(log length) times for shortening.
+per-message estimates (the pins' token count in an error message is the sum of
+their `message_tokens` rows, as `/context` shows them). `render` is called
+O(number of exchanges) times for the report and the packing, plus O(log length)
+times for shortening.
 
 This module knows nothing about tokenizers, models, the terminal or storage: the
 template lives behind `render`, and presenting the report is the caller's job.
@@ -45,6 +61,10 @@ HINT = (
     "lower --max-new-tokens, shorten the message or the system prompt, "
     "or choose a model with a larger context window (-m)"
 )
+PIN_HINT = (
+    "unpin a message (/unpin N; /context numbers them), lower --max-new-tokens, "
+    "shorten the message, or choose a model with a larger context window (-m)"
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +73,8 @@ class TurnReport:
 
     `index` is the position in `conversation.turns` (-1 for the system prompt);
     `tokens` is the message's own count from `message_tokens` over the whole
-    conversation (for a shortened message: its original, unshortened count).
+    conversation (for a shortened message: its original, unshortened count);
+    `pinned` is the message's pin (always False for the system prompt).
     """
 
     index: int
@@ -61,11 +82,17 @@ class TurnReport:
     tokens: int
     kept: bool
     shortened: bool = False
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
 class Packed:
-    """What is sent: the system prompt (if any) and a contiguous suffix of the turns."""
+    """What is sent: the system prompt (if any), the pinned turns before the window and
+    the window (a contiguous suffix of the turns), in their original order.
+
+    `dropped_exchanges` counts the exchanges with at least one message not sent (an
+    exchange left out of the window whose messages are all pinned is not counted).
+    """
 
     messages: list[Message]
     ids: list[int]
@@ -127,10 +154,11 @@ def pack(
 ) -> Packed:
     """Fit `conversation` into `budget` prompt tokens (see the module docstring for the rules).
 
-    Raises `ContextOverflowError` when the system prompt and the last exchange do
-    not fit and `truncate` is False, or when they do not fit even with the newest
-    user message shortened to nothing but its omission marker (also when the last
-    exchange has no user message to shorten).
+    Raises `ContextOverflowError` when the system prompt, the pinned messages and
+    the last exchange do not fit and `truncate` is False, or when they do not fit
+    even with the newest user message shortened to nothing but its omission marker
+    (also when the last exchange has no user message to shorten). Pins are never
+    dropped to make room.
     """
     all_messages = conversation.messages()
     head = all_messages[: len(all_messages) - len(conversation.turns)]
@@ -145,27 +173,51 @@ def pack(
                 f"{BUDGET_NOTE}",
                 HINT,
             )
-        return Packed(head, ids, budget, 0, False, _report(all_messages, head, counts, 0, False))
+        report = _report(all_messages, head, counts, set(), False)
+        return Packed(head, ids, budget, 0, False, report)
 
-    last = groups[-1]
-    messages = head + last
+    # Turn index of each exchange's first message.
+    starts = [0]
+    for group in groups[:-1]:
+        starts.append(starts[-1] + len(group))
+
+    def window(first: int) -> tuple[list[Message], set[int]]:
+        """System prompt, the pins before exchange `first`, then exchanges `first`..."""
+        before = [i for i in range(starts[first]) if conversation.turns[i].pinned]
+        kept = set(before) | set(range(starts[first], len(conversation.turns)))
+        return head + [conversation.turns[i] for i in sorted(kept)], kept
+
+    first = len(groups) - 1
+    messages, kept = window(first)
     ids = render(messages)
-    kept_groups = 1
     shortened = False
     if len(ids) > budget:
-        messages, ids = _shorten(head, last, ids, render, budget, truncate)
+        pins = [i for i in range(starts[first]) if conversation.turns[i].pinned]
+        pin_tokens = sum(counts[len(head) + i] for i in pins)
+        messages, ids = _shorten(
+            messages[: len(messages) - len(groups[-1])], groups[-1], ids, render, budget,
+            truncate, bool(head), len(pins), pin_tokens,
+        )
         shortened = True
     else:
-        for start in range(len(groups) - 2, -1, -1):
-            candidate = head + [m for group in groups[start:] for m in group]
+        while first > 0:
+            if all(m.pinned for m in groups[first - 1]):  # nothing to add: it is all there
+                first -= 1
+                kept = window(first)[1]
+                continue
+            candidate, candidate_kept = window(first - 1)
             candidate_ids = render(candidate)
             if len(candidate_ids) > budget:
                 break
-            messages, ids, kept_groups = candidate, candidate_ids, kept_groups + 1
+            first -= 1
+            messages, ids, kept = candidate, candidate_ids, candidate_kept
 
-    kept_turns = len(messages) - len(head)
-    report = _report(all_messages, head, counts, kept_turns, shortened)
-    return Packed(messages, ids, budget, len(groups) - kept_groups, shortened, report)
+    dropped = sum(
+        1 for g, group in enumerate(groups)
+        if any(starts[g] + j not in kept for j in range(len(group)))
+    )
+    report = _report(all_messages, head, counts, kept, shortened)
+    return Packed(messages, ids, budget, dropped, shortened, report)
 
 
 def _shorten(
@@ -175,33 +227,48 @@ def _shorten(
     render: Render,
     budget: int,
     truncate: bool,
+    system: bool,
+    pins: int,
+    pin_tokens: int,
 ) -> tuple[list[Message], list[int]]:
-    """The system prompt and the last exchange with its user message cut to the longest fit."""
-    who = "the system prompt and the newest message need" if head else "the newest message needs"
+    """`head` (the system prompt and the pins before the last exchange) and the last
+    exchange with its user message cut to the longest fit.
+
+    `pins` is how many pinned messages `head` holds, `pin_tokens` their count.
+    """
+    hint = PIN_HINT if pins else HINT
+    if pins:
+        pinned = f"{pins} pinned message{'' if pins == 1 else 's'} ({pin_tokens} tokens)"
+        who = ("the system prompt, " if system else "") + pinned + " and the newest message need"
+    elif system:
+        who = "the system prompt and the newest message need"
+    else:
+        who = "the newest message needs"
     if not truncate:
         raise ContextOverflowError(
-            f"{who} {len(full_ids)} tokens but the budget is {budget} tokens {BUDGET_NOTE}", HINT
+            f"{who} {len(full_ids)} tokens but the budget is {budget} tokens {BUDGET_NOTE}", hint
         )
     user = last[0]
     if user.role != "user" or not user.content:
         raise ContextOverflowError(
             f"{who} {len(full_ids)} tokens but the budget is {budget} tokens {BUDGET_NOTE}, "
             "and there is nothing to shorten",
-            HINT,
+            hint,
         )
     text = user.content
 
     def attempt(keep: int) -> tuple[list[Message], list[int]]:
-        shorter = Message("user", shorten_middle(text, keep), user.interrupted)
+        shorter = Message("user", shorten_middle(text, keep), user.interrupted, user.pinned)
         candidate = [*head, shorter, *last[1:]]
         return candidate, render(candidate)
 
     best = attempt(0)
     if len(best[1]) > budget:
+        beside = f" beside {pinned}" if pins else ""
         raise ContextOverflowError(
-            f"the newest message does not fit even when shortened: the prompt needs at least "
-            f"{len(best[1])} tokens but the budget is {budget} tokens {BUDGET_NOTE}",
-            HINT,
+            f"the newest message does not fit even when shortened{beside}: the prompt needs at "
+            f"least {len(best[1])} tokens but the budget is {budget} tokens {BUDGET_NOTE}",
+            hint,
         )
     # Invariant: keeping `low` characters fits, keeping `high` does not (the full text).
     low, high = 0, len(text)
@@ -219,11 +286,10 @@ def _report(
     all_messages: list[Message],
     head: list[Message],
     counts: list[int],
-    kept_turns: int,
+    kept: set[int],
     shortened: bool,
 ) -> list[TurnReport]:
     rows: list[TurnReport] = []
-    turns = len(all_messages) - len(head)
     newest_user = max(
         (i for i, m in enumerate(all_messages[len(head) :]) if m.role == "user"), default=-1
     )
@@ -232,7 +298,6 @@ def _report(
         if index < 0:
             rows.append(TurnReport(-1, message.role, tokens, True))
             continue
-        kept = index >= turns - kept_turns
         cut = shortened and index == newest_user
-        rows.append(TurnReport(index, message.role, tokens, kept, cut))
+        rows.append(TurnReport(index, message.role, tokens, index in kept, cut, message.pinned))
     return rows
