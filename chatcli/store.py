@@ -144,6 +144,8 @@ class StoredMessage:
     interrupted: bool
     created: float
     meta: ReplyMeta | None
+    # a user message's attached files: {"path", "size", "sha256"} each (chatcli.attachments)
+    attachments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -475,8 +477,11 @@ class Store:
                 raise _no_conversation(conv_id)
 
     def add_message(self, conv_id: int, message: Message, meta: ReplyMeta | None = None, *,
-                    expect: Sequence[int] | None = None) -> int:
-        """Append a user or assistant message (the system prompt goes to `set_system`).
+                    expect: Sequence[int] | None = None,
+                    attachments: Sequence[dict[str, Any]] = ()) -> int:
+        """Append a user or assistant message (the system prompt goes to `set_system`);
+        `attachments` (a user message's files: path, size, sha256) are kept beside it, in
+        the `params` column a reply uses for its decoding parameters.
 
         With `expect`, only if the conversation holds exactly these message ids, in
         order, when the write transaction starts; else `ConversationChanged`.
@@ -489,11 +494,15 @@ class Store:
                 "SELECT id FROM messages WHERE conversation_id = ? ORDER BY position", (conv_id,)
             )] != list(expect):
                 raise ConversationChanged(conv_id)
-            return self._insert(conn, conv_id, message, meta, _now())
+            return self._insert(conn, conv_id, message, meta, _now(), attachments)
 
     def _insert(self, conn: sqlite3.Connection, conv_id: int, message: Message,
-                meta: ReplyMeta | None, now: float) -> int:
+                meta: ReplyMeta | None, now: float,
+                attachments: Sequence[dict[str, Any]] = ()) -> int:
         values: tuple[object, ...] = (None,) * 8
+        if meta is None and attachments:
+            values = (None, None, json.dumps({"attachments": list(attachments)},
+                                             sort_keys=True), *(None,) * 5)
         if meta is not None:
             values = (
                 meta.model,
@@ -515,6 +524,10 @@ class Store:
              now, *values),
         )
         title = make_title(message.content) if message.role == "user" else ""
+        if attachments and message.role == "user":  # the user's words, not the first file
+            words = message.content.rsplit("</file>", 1)[-1]
+            title = make_title(words) or make_title(
+                "files: " + ", ".join(str(a.get("path", "")) for a in attachments))
         conn.execute(
             "UPDATE conversations SET updated = ?, "
             "title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
@@ -656,11 +669,15 @@ class Store:
         for row in conn.execute(_MESSAGE_SQL, (conv_id,)):
             msg_id, role, content, interrupted, created, model, *rest = row
             meta = None
+            strategy, params, seed, prompt, completion, ttft, tps = rest
             if model is not None:
-                strategy, params, seed, prompt, completion, ttft, tps = rest
                 meta = ReplyMeta(model, strategy, json.loads(params) if params else {}, seed,
                                  prompt, completion, ttft, tps)
-            result.append(StoredMessage(msg_id, role, content, bool(interrupted), created, meta))
+            attached: tuple[dict[str, Any], ...] = ()
+            if model is None and params:
+                attached = tuple(json.loads(params).get("attachments", ()))
+            result.append(StoredMessage(msg_id, role, content, bool(interrupted), created, meta,
+                                        attached))
         return result
 
     # Defined last: inside the class body, `list` names this method.

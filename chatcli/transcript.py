@@ -16,7 +16,9 @@ The JSON format, version 1 (`"chatcli": 1`)::
                    "interrupted": false,
                    "meta": {"model", "strategy", "params", "seed", "prompt_tokens",
                             "completion_tokens", "time_to_first_token_s",
-                            "tokens_per_second"}  (optional, assistant replies)}]}
+                            "tokens_per_second"}  (optional, assistant replies),
+                   "attachments": [{"path", "size", "sha256"}]  (optional, user messages
+                   with files attached: -f, /read, /glob; their text is in "content")}]}
 
 `save_recovery` writes a conversation the history could not keep to a new private
 JSON file (0600) in the first of the given folders that takes it, for `/load`.
@@ -81,10 +83,17 @@ def describe_meta(meta: ReplyMeta) -> str:
     return " · ".join(parts)
 
 
+def _attached(files: Sequence[dict[str, Any]]) -> str:
+    return "attached: " + ", ".join(f"{f['path']} ({f['size']} bytes)" for f in files)
+
+
 def to_markdown(info: ConversationInfo | None, conversation: Conversation,
-                metas: Sequence[ReplyMeta | None] | None = None) -> str:
-    """The conversation as a Markdown document (ends with one newline)."""
+                metas: Sequence[ReplyMeta | None] | None = None,
+                attachments: Sequence[Sequence[dict[str, Any]]] | None = None) -> str:
+    """The conversation as a Markdown document (ends with one newline); a user message
+    with `attachments` (one list per turn) is followed by an italic line naming them."""
     metas = _metas(conversation, metas)
+    files = list(attachments) if attachments is not None else [()] * len(conversation.turns)
     first_user = next((m.content for m in conversation.turns if m.role == "user"), "")
     title = (info.title if info is not None else "") or make_title(first_user) or "Conversation"
     blocks = [f"# {title}"]
@@ -97,8 +106,10 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
         ]))
     if conversation.system:
         blocks += ["## System", conversation.system.rstrip()]
-    for message, meta in zip(conversation.turns, metas, strict=True):
+    for message, meta, attached in zip(conversation.turns, metas, files, strict=True):
         blocks += [f"## {message.role.capitalize()}", message.content.rstrip() or "*(empty)*"]
+        if attached:
+            blocks.append(f"*{_attached(attached)}*")
         if message.interrupted:
             blocks.append("*(interrupted)*")
         if meta is not None:
@@ -109,10 +120,13 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
 
 
 def to_json(info: ConversationInfo | None, conversation: Conversation,
-            metas: Sequence[ReplyMeta | None] | None = None) -> str:
+            metas: Sequence[ReplyMeta | None] | None = None,
+            attachments: Sequence[Sequence[dict[str, Any]]] | None = None) -> str:
     """The conversation as a version-1 JSON transcript (indented; ends with a newline)."""
     messages: list[dict[str, Any]] = []
-    for message, meta in zip(conversation.turns, _metas(conversation, metas), strict=True):
+    files = list(attachments) if attachments is not None else [()] * len(conversation.turns)
+    for message, meta, attached in zip(conversation.turns, _metas(conversation, metas), files,
+                                       strict=True):
         item: dict[str, Any] = {
             "role": message.role,
             "content": message.content,
@@ -120,6 +134,8 @@ def to_json(info: ConversationInfo | None, conversation: Conversation,
         }
         if meta is not None:
             item["meta"] = dataclasses.asdict(meta)
+        if attached:
+            item["attachments"] = [dict(f) for f in attached]
         messages.append(item)
     doc = {
         "chatcli": FORMAT_VERSION,
@@ -190,11 +206,12 @@ def format_of(path: Path) -> str:
 
 
 def save(path: Path, info: ConversationInfo | None, conversation: Conversation,
-         metas: Sequence[ReplyMeta | None] | None = None) -> None:
+         metas: Sequence[ReplyMeta | None] | None = None,
+         attachments: Sequence[Sequence[dict[str, Any]]] | None = None) -> None:
     """Write the conversation to `path`, as Markdown or JSON by its extension."""
     path = Path(path)
     render = to_markdown if format_of(path) == "md" else to_json
-    text = render(info, conversation, metas)
+    text = render(info, conversation, metas, attachments)
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -35,6 +35,8 @@ class ChatContext:
     answer: Callable[[], None]  # answers the last user message (the REPL's streaming)
     load_model: Callable[[str], Any]  # alias -> its backend, opened
     failed: int = 0  # turns that ended in an error (piped chat exits 1 when any did)
+    # files attached to the next message (-f, /read, /glob): chatcli.attachments.Attachment
+    pending: list[Any] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,36 @@ def _choice(ctx: ChatContext, arg: str) -> None:
     _constrain(ctx, choice_constraint(arg, "/choice"))
 
 
+def attach(ctx: ChatContext, paths: list[str]) -> None:
+    """Attach the files at `paths` to the next message (notes warned)."""
+    from chatcli.attachments import gather
+
+    gathered = gather(paths)
+    for note in gathered.notes:
+        ctx.ui.warn(note)
+    ctx.pending.extend(gathered.attachments)
+    if gathered.attachments:
+        size = sum(a.size for a in gathered.attachments)
+        names = ", ".join(a.path for a in gathered.attachments[:5])
+        more = len(gathered.attachments) - 5
+        ctx.ui.notify(f"attached {len(gathered.attachments)} file(s), {size} bytes, to your "
+                      f"next message: {names}" + (f" and {more} more" if more > 0 else ""))
+
+
+def _read(ctx: ChatContext, arg: str) -> None:
+    if not arg.strip():
+        raise UsageError("/read needs a path", "e.g. /read src/app.py (a file or a directory)")
+    attach(ctx, [arg.strip()])
+
+
+def _glob(ctx: ChatContext, arg: str) -> None:
+    from chatcli.attachments import glob_paths
+
+    if not arg.strip():
+        raise UsageError("/glob needs a pattern", "e.g. /glob src/**/*.py")
+    attach(ctx, glob_paths(arg.strip()))
+
+
 def _unconstrain(ctx: ChatContext, _: str) -> None:
     had = ctx.session.constraint
     ctx.session.set_constraint(None)
@@ -299,6 +331,9 @@ COMMANDS: list[Command] = [
     Command("grammar", "FILE", "hold answers to a grammar (Lark or GBNF)", _grammar),
     Command("choice", "LIST", "answers are one of these comma-separated choices", _choice),
     Command("unconstrain", "", "answers are free again", _unconstrain),
+    Command("read", "PATH", "attach a file or directory to your next message", _read),
+    Command("glob", "PATTERN", "attach the files a pattern matches to your next message",
+            _glob),
     Command("save", "FILE", "save the conversation (.md or .json)", _save),
     Command("load", "FILE", "load a conversation saved as .json", _load),
     Command("exit", "", "leave (Ctrl-D does too)", _exit),

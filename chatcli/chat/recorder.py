@@ -32,6 +32,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from chatcli.conversation import Conversation
 from chatcli.store import ConversationChanged, ReplyMeta, Store, StoreError
@@ -82,6 +83,7 @@ class Recorder:
         self.warnings: list[str] = []
         self.warn = warn or self.warnings.append
         self._metas: dict[int, ReplyMeta] = {}  # replies not saved yet, by turn index
+        self._attached: dict[int, list[dict[str, Any]]] = {}  # a user message's files, likewise
         self._deletes: list[int] = []
         self._system_dirty = False
         self._mine: set[int] = set()  # ids this process wrote
@@ -104,11 +106,15 @@ class Recorder:
                     or (self._system_dirty and self.conversation_id is not None))
 
     # -- changes -----------------------------------------------------------------
-    def added(self, meta: ReplyMeta | None = None) -> None:
-        """The conversation's last message is new: save it (after what is pending)."""
+    def added(self, meta: ReplyMeta | None = None,
+              attachments: list[dict[str, Any]] | None = None) -> None:
+        """The conversation's last message is new: save it (after what is pending), with
+        its reply metadata or its attached files (path, size, sha256)."""
         self.ids.append(None)
         if meta is not None:
             self._metas[len(self.ids) - 1] = meta
+        if attachments:
+            self._attached[len(self.ids) - 1] = list(attachments)
         self.flush()
 
     def removed(self, count: int) -> None:
@@ -117,6 +123,7 @@ class Recorder:
         self._deletes += [i for i in self.ids[keep:] if i is not None]
         del self.ids[keep:]
         self._metas = {k: v for k, v in self._metas.items() if k < keep}
+        self._attached = {k: v for k, v in self._attached.items() if k < keep}
         if self.enabled and self._deletes:
             self._attempt(self._write_deletes)
 
@@ -131,6 +138,7 @@ class Recorder:
         self.conversation = conversation
         self.conversation_id = None
         self.ids, self._metas, self._system_dirty, self._recovered = [], {}, False, False
+        self._attached = {}
 
     # -- writing -----------------------------------------------------------------
     def flush(self) -> bool:
@@ -186,7 +194,8 @@ class Recorder:
                 if message.role == "user" and not store.claim(conv_id):
                     raise ConversationChanged(conv_id, busy=True)
                 expect = [i for i in self.ids[:index] if i is not None]
-                new = store.add_message(conv_id, message, self._metas.get(index), expect=expect)
+                new = store.add_message(conv_id, message, self._metas.get(index), expect=expect,
+                                        attachments=self._attached.get(index, ()))
             except ConversationChanged as exc:
                 self._fork(store, index, exc)
                 continue
@@ -198,6 +207,7 @@ class Recorder:
             self.ids[index] = new
             self._mine.add(new)
             self._metas.pop(index, None)
+            self._attached.pop(index, None)
             if message.role == "assistant":
                 store.release(conv_id)
 

@@ -128,7 +128,13 @@ def run(ctx: ChatContext, reader: LineReader) -> None:
             if dispatch(entry, ctx):
                 return
             continue
-        if not entry.strip():
+        if not entry.strip() and not ctx.pending:
             continue
-        ctx.session.add_user(entry)
+        if ctx.pending:
+            from chatcli.attachments import describe, render
+
+            ctx.session.add_user(render(ctx.pending, entry), describe(ctx.pending))
+            ctx.pending.clear()
+        else:
+            ctx.session.add_user(entry)
         answer(ctx)

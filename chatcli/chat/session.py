@@ -156,9 +156,13 @@ class ChatSession:
     def message_ids(self) -> list[int | None]:
         return self.recorder.ids
 
-    def _save(self, message: Message, meta: Any = None) -> None:
+    def _save(self, message: Message, meta: Any = None,
+              attachments: list[dict[str, Any]] | None = None) -> None:
         assert self.conversation.turns[-1] is message
-        self.recorder.added(meta)
+        if attachments:
+            self.recorder.added(meta, attachments)
+        else:
+            self.recorder.added(meta)
 
     def _forget(self, count: int) -> None:
         self.recorder.removed(count)
@@ -167,8 +171,10 @@ class ChatSession:
         """Save what waits; else write the recovery file (warned, and returned)."""
         return self.recorder.close()
 
-    def add_user(self, text: str) -> None:
-        self._save(self.conversation.add_user(text))
+    def add_user(self, text: str, attachments: list[dict[str, Any]] | None = None) -> None:
+        """A user message (its attached files already rendered into `text`; `attachments`
+        is what the history records of them: path, size, sha256)."""
+        self._save(self.conversation.add_user(text), attachments=attachments)
 
     def set_system(self, text: str | None) -> None:
         self.conversation.system = text or None

@@ -23,9 +23,12 @@ from chatcli.cli.options import (
     DeviceOpt,
     DtypeOpt,
     ExplainContextOpt,
+    FileOpt,
     GrammarOpt,
     JsonObjectOpt,
     JsonOpt,
+    MaxBytesOpt,
+    MaxFilesOpt,
     ModelOpt,
     ModelsFileOpt,
     QuantizeOpt,
@@ -98,6 +101,9 @@ def ask(
     regex: RegexOpt = None,
     grammar: GrammarOpt = None,
     choice: ChoiceOpt = None,
+    file: FileOpt = None,
+    max_files: MaxFilesOpt = 50,
+    max_bytes: MaxBytesOpt = 1_000_000,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -105,9 +111,10 @@ def ask(
     threads: ThreadsOpt = None,
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
+    from chatcli.attachments import describe, render
     from chatcli.chat.recorder import Recorder, open_history
     from chatcli.chat.session import ChatSession
-    from chatcli.cli.common import setup
+    from chatcli.cli.common import gather_files, setup
     from chatcli.conversation import Conversation
     from chatcli.decoding.registry import strategy_registry
     from chatcli.prompt import join_prompt
@@ -123,7 +130,13 @@ def ask(
                  candidates=show_candidates or None,
                  internals="--show-beams" if show_beams else
                  "--explain-context" if explain_context else None, constraint=constraint)
-    text = join_prompt(prompt, read_piped_stdin(ui))
+    paths = list(file or [])
+    gathered = gather_files(ui, paths, max_files, max_bytes) if paths else None
+    # `-f -` takes stdin as a file; otherwise piped stdin joins the prompt
+    text = join_prompt(prompt, None if "-" in paths else read_piped_stdin(ui))
+    attached = gathered.attachments if gathered is not None else []
+    if attached:
+        text = render(attached, text)
     if not text.strip():
         raise UsageError(
             "the prompt is empty", 'pass a question, e.g. chatcli ask "Why is the sky blue?"'
@@ -147,7 +160,10 @@ def ask(
             conversation.system = system
             recorder.system_changed()
         conversation.add_user(text)
-        recorder.added()
+        if attached:
+            recorder.added(attachments=describe(attached))
+        else:
+            recorder.added()
         backend = prep.open()
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
@@ -202,6 +218,8 @@ def ask(
                 "reason": backend.implementation_note or None,
             },
         }
+        if attached:
+            out["attachments"] = describe(attached)
         if constraint is not None:
             out["constraint"] = constraint.as_dict()
             out["constraint_satisfied"] = gen.constraint_satisfied

@@ -19,8 +19,11 @@ from chatcli.cli.options import (
     DeviceOpt,
     DtypeOpt,
     ExplainContextOpt,
+    FileOpt,
     GrammarOpt,
     JsonObjectOpt,
+    MaxBytesOpt,
+    MaxFilesOpt,
     ModelOpt,
     ModelsFileOpt,
     NoTruncateOpt,
@@ -52,6 +55,9 @@ def chat(
     regex: RegexOpt = None,
     grammar: GrammarOpt = None,
     choice: ChoiceOpt = None,
+    file: FileOpt = None,
+    max_files: MaxFilesOpt = 50,
+    max_bytes: MaxBytesOpt = 1_000_000,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -70,6 +76,11 @@ def chat(
     from chatcli.ui.input import PromptReader, make_reader
 
     ui = UI()
+    if file and "-" in file:
+        from chatcli.errors import UsageError
+
+        raise UsageError("chat reads your messages from stdin, so -f - cannot take it",
+                         "attach files by path, or pipe the file to chatcli ask -f -")
     constraint = constraint_of(ctx.params)
     store: Any = None
     conv_id, conv, message_ids = None, None, None
@@ -105,6 +116,10 @@ def chat(
         session.set_constraint(constraint)
     chat_ctx = ChatContext(session, ui, answer=lambda: answer(chat_ctx),
                            load_model=prep.open_alias)
+    if file:  # attached to the first message sent
+        from chatcli.cli.common import gather_files
+
+        chat_ctx.pending.extend(gather_files(ui, list(file), max_files, max_bytes).attachments)
     if conv_id is not None:
         ui.notify(f"continuing conversation {conv_id} ({len(session.conversation.turns)} "
                   "messages)")

@@ -216,3 +216,25 @@ def check_settings(spec: Any, settings: Any, views: Any, constraint: Any = None)
         backend.check_settings(spec, settings, views)
     else:
         backend.check_settings(spec, settings, views, constraint)
+
+
+def stdin_bytes() -> bytes:
+    """Everything on stdin, as bytes (for `-f -`)."""
+    import sys
+
+    stream = sys.stdin
+    if stream is None:
+        return b""
+    buf = getattr(stream, "buffer", None)
+    return bytes(buf.read()) if buf is not None else stream.read().encode("utf-8", "replace")
+
+
+def gather_files(ui: UI, paths: list[str], max_files: int, max_bytes: int) -> Any:
+    """The files of `-f/--file` (chatcli.attachments.Gathered), each note warned."""
+    from chatcli.attachments import gather
+
+    gathered = gather(paths, stdin=stdin_bytes if "-" in paths else None,
+                      max_files=max_files, max_bytes=max_bytes)
+    for note in gathered.notes:
+        ui.warn(note)
+    return gathered

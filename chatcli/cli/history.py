@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -53,13 +53,14 @@ OutputOpt = Annotated[
 
 
 def _transcript(store: Store, conv_id: int) -> tuple[ConversationInfo, Conversation,
-                                                     list[ReplyMeta | None]]:
+                                                     list[ReplyMeta | None], list[Any]]:
     from chatcli.conversation import Conversation, Message
 
     info = store.info(conv_id)
     stored = store.messages(conv_id)
     turns = [Message(m.role, m.content, m.interrupted) for m in stored]  # type: ignore[arg-type]
-    return info, Conversation(system=info.system, turns=turns), [m.meta for m in stored]
+    return (info, Conversation(system=info.system, turns=turns), [m.meta for m in stored],
+            [m.attachments for m in stored])
 
 
 def _write_raw(ui: UI, text: str) -> None:
@@ -140,14 +141,14 @@ def export(
                 "leave out --format: the file's extension chooses it",
             )
     with Store.open(readonly=True) as store:
-        info, conversation, metas = _transcript(store, conversation_id)
+        info, conversation, metas, attached = _transcript(store, conversation_id)
     ui = UI()
     if output is not None:
-        transcript.save(output, info, conversation, metas)
+        transcript.save(output, info, conversation, metas, attached)
         ui.print(f"exported conversation {conversation_id} to {output}")
         return
     render = transcript.to_json if fmt is ExportFormat.json else transcript.to_markdown
-    _write_raw(ui, render(info, conversation, metas))
+    _write_raw(ui, render(info, conversation, metas, attached))
 
 
 @app.command("rm")

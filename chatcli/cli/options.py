@@ -265,3 +265,19 @@ def constraint_of(params: Mapping[str, Any]) -> Any:
     return from_options(schema=params.get("schema"), json_object=bool(params.get("json_object")),
                         regex=params.get("regex"), grammar=params.get("grammar"),
                         choice=params.get("choice"))
+
+_FILES = "Files"
+FileOpt = Annotated[
+    list[str] | None, typer.Option("--file", "-f", metavar="PATH", rich_help_panel=_FILES,
+                                   help="Attach a text file, a directory (its text files; "
+                                   ".gitignore honoured in a git work tree) or - (stdin) to "
+                                   "the message (repeatable).", show_default=False)
+]
+MaxFilesOpt = Annotated[
+    int, typer.Option("--max-files", min=1, rich_help_panel=_FILES,
+                      help="Attach at most this many files.")
+]
+MaxBytesOpt = Annotated[
+    int, typer.Option("--max-bytes", min=1, rich_help_panel=_FILES,
+                      help="Attach at most this many bytes of files in all.")
+]

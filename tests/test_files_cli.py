@@ -1,0 +1,104 @@
+"""Files in the conversation (issue 15): ask -f, chat -f, /read, /glob, and what the history
+keeps of them (path, size, sha256 beside the message text), on the tiny test model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from chatcli.attachments import Attachment, render
+from conftest import run_cli
+
+
+def user_rows(home: Path) -> list[tuple[str, str | None]]:
+    with sqlite3.connect(home / "data" / "history.db") as db:
+        return db.execute("SELECT content, params FROM messages WHERE role = 'user' "
+                          "ORDER BY conversation_id, position").fetchall()
+
+
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "src").mkdir()
+    code = tmp_path / "src" / "app.py"
+    code.write_text("print('hi')\n")
+    blob = tmp_path / "src" / "blob.bin"
+    blob.write_bytes(b"\x00\x01\x02")
+    return code, blob
+
+
+def record(path: Path, shown: str) -> dict[str, object]:
+    data = path.read_bytes()
+    return {"path": shown, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_ask_attaches_files_and_the_history_names_them(cli, home: Path, tmp_path: Path) -> None:
+    code, _ = files(tmp_path)
+    result = run_cli(["ask", "-n", "3", "--json", "-f", str(code), "What does it print?"])
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["attachments"] == [record(code, str(code))]
+    [(content, params)] = user_rows(home)
+    assert content == (f'<file path="{code}">\nprint(\'hi\')\n</file>\n\nWhat does it print?')
+    assert json.loads(params) == {"attachments": [record(code, str(code))]}
+    shown = run_cli(["history", "show", "1"])
+    assert f"*attached: {code} (12 bytes)*" in shown.stdout
+    exported = json.loads(run_cli(["history", "export", "1", "--format", "json"]).stdout)
+    assert exported["messages"][0]["attachments"] == [record(code, str(code))]
+    listing = run_cli(["history", "list", "--json"])
+    assert json.loads(listing.stdout)[0]["title"] == "What does it print?"
+
+
+def test_ask_directory_skips_binary_files_with_a_note(cli, home: Path, tmp_path: Path) -> None:
+    code, _ = files(tmp_path)
+    src = tmp_path / "src"
+    result = run_cli(["ask", "-n", "2", "-f", str(src), "Summarize."])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"warning: skipped 1 binary file: {src}/blob.bin\n"
+    [(content, _)] = user_rows(home)
+    assert content == render([Attachment(f"{src}/app.py", 12, "", "print('hi')\n")],
+                             "Summarize.")
+
+
+def test_ask_file_from_stdin_and_errors(cli, home: Path) -> None:
+    result = run_cli(["ask", "-n", "2", "-f", "-", "Repeat it."], input="piped text\n")
+    assert result.exit_code == 0, result.stderr
+    [(content, _)] = user_rows(home)
+    assert content == '<file path="stdin">\npiped text\n</file>\n\nRepeat it.'
+    missing = run_cli(["ask", "-f", "/no/such/file", "x"])
+    assert missing.exit_code == 2
+    assert missing.stderr == ("error: cannot read /no/such/file: no such file or directory; "
+                              "hint: check the path; a glob pattern needs *, ? or [...]\n")
+
+
+def test_chat_read_glob_and_flag(cli, home: Path, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    files(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative paths: the prompt's length does not depend on tmp
+    script = "/read src/app.py\nFirst?\n/glob src/*.py\n\n/read\n/glob src/*.zz\n"
+    result = run_cli(["chat", "-n", "2", "-f", "src/app.py"], input=script)
+    assert result.exit_code == 0, result.stderr
+    note = "chatcli: attached 1 file(s), 12 bytes, to your next message: src/app.py"
+    assert result.stderr.splitlines() == [
+        note, note,
+        "error: /read needs a path; hint: e.g. /read src/app.py (a file or a directory)",
+        "error: no file matches src/*.zz; hint: patterns are relative to the current "
+        "directory; ** spans directories",
+    ]
+    rows = user_rows(home)
+    block = '<file path="src/app.py">\nprint(\'hi\')\n</file>'
+    # -f and /read both attach to the first message
+    assert rows[0][0] == f"{block}\n\n{block}\n\nFirst?"
+    assert rows[1][0] == block  # an empty line sends the attached files alone
+    assert json.loads(rows[1][1]) == {"attachments": [record(tmp_path / "src" / "app.py",
+                                                              "src/app.py")]}
+
+
+def test_chat_refuses_stdin_as_a_file(cli) -> None:
+    result = run_cli(["chat", "-f", "-"], input="hi\n")
+    assert result.exit_code == 2
+    assert result.stderr == ("error: chat reads your messages from stdin, so -f - cannot take "
+                             "it; hint: attach files by path, or pipe the file to chatcli ask "
+                             "-f -\n")
