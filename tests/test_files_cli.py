@@ -52,7 +52,7 @@ def test_ask_attaches_files_and_the_history_names_them(cli, home: Path, tmp_path
 
 
 def test_ask_directory_skips_binary_files_with_a_note(cli, home: Path, tmp_path: Path) -> None:
-    code, _ = files(tmp_path)
+    files(tmp_path)
     src = tmp_path / "src"
     result = run_cli(["ask", "-n", "2", "-f", str(src), "Summarize."])
     assert result.exit_code == 0, result.stderr
