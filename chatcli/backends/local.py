@@ -289,6 +289,35 @@ class LocalBackend:
                       candidates=views.candidates, trace_beams=views.trace_beams,
                       constraint=constraint)
 
+    def _lm(self, constraint: Any) -> Any:
+        """The model answers came from: the prompt cache, under `constraint` if any."""
+        if constraint is None:
+            return self.cache
+        from chatcli.generation.stream import constrained_lm
+
+        return constrained_lm(dataclasses.replace(self.loaded, lm=self.cache), constraint)
+
+    def distributions(self, packed: Any, answer_ids: list[int], k: int,
+                      constraint: Any = None) -> Any:
+        """Per step of an answer, what the model weighed (chatcli.alternatives.StepView)."""
+        from chatcli.alternatives import distributions
+
+        return distributions(self._lm(constraint), packed.ids, answer_ids, k)
+
+    def alternative(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
+                    answer_ids: list[int], step: int, rank: int, strategies: Any = None,
+                    constraint: Any = None) -> tuple[Any, Any]:
+        """The answer `answer_ids` taken the other way at `step` (its `rank`-th token):
+        (chatcli.alternatives.Alternative, its Generation). Refusals before anything runs."""
+        from chatcli.alternatives import alternative, stream_alternative
+
+        alt = alternative(self._lm(constraint), packed.ids, answer_ids, step, rank, settings)
+        loaded = dataclasses.replace(self.loaded, lm=self.cache)
+        gen = stream_alternative(loaded, packed.ids, settings, max_new_tokens, alt,
+                                 registry=strategies, candidates=views.candidates,
+                                 constraint=constraint)
+        return alt, gen
+
     def token_text(self, token_id: int) -> str:
         return str(self.loaded.tokenizer.decode([token_id], skip_special_tokens=False))
 

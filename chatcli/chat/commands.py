@@ -32,7 +32,9 @@ from chatcli.ui.console import UI
 class ChatContext:
     session: ChatSession
     ui: UI
-    answer: Callable[[], None]  # answers the last user message (the REPL's streaming)
+    # answers the last user message (the REPL's streaming); given a `start`, the answer is
+    # the Generation it returns (with the exchanges newly dropped), e.g. an alternative
+    answer: Callable[..., None]
     load_model: Callable[[str], Any]  # alias -> its backend, opened
     failed: int = 0  # turns that ended in an error (piped chat exits 1 when any did)
     # files attached to the next message (-f, /read, /glob): chatcli.attachments.Attachment
@@ -304,6 +306,43 @@ def _glob(ctx: ChatContext, arg: str) -> None:
     attach(ctx, glob_paths(arg.strip()))
 
 
+def _alt(ctx: ChatContext, arg: str) -> None:
+    parts = arg.split()
+    if not parts:
+        _least_sure(ctx)
+        return
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise UsageError(f"/alt {arg.strip()}: expected STEP RANK (two numbers)",
+                         "e.g. /alt 3 2: at step 3 take the model's second choice; /alt alone "
+                         "lists the steps where it was least sure")
+    step, rank = (int(p) for p in parts)
+    session = ctx.session
+    alt, gen = session.start_alternative(step, rank)
+    original = session.token_text(alt.original_id)
+    chosen = session.token_text(alt.token_id)
+    ctx.ui.notify(f"step {step}: {chosen!r} (rank {rank}, p {alt.prob:.3f}) instead of "
+                  f"{original!r} (rank {alt.original_rank}); the previous answer is replaced"
+                  + (" (the same token: the same answer)" if alt.same else ""))
+    ctx.answer(lambda: (gen, 0))
+
+
+def _least_sure(ctx: ChatContext) -> None:
+    from chatcli.ui.tables import show_table
+
+    session = ctx.session
+    views = session.least_sure()
+    if not views:
+        ctx.ui.notify("the last answer has no steps")
+        return
+    rows = [[str(v.step), repr(session.token_text(v.token_id)), f"{v.prob:.3f}",
+             f"{v.entropy:.2f}", f"{v.margin:.3f}",
+             "  ".join(f"{i}. {session.token_text(t)!r} {p:.3f}"
+                       for i, (t, p) in enumerate(v.top, start=1))]
+            for v in views]
+    show_table(ctx.ui, ["step", "token", "p", "entropy", "margin", "candidates (rank)"], rows)
+    ctx.ui.notify("/alt STEP RANK takes another token at a step and answers from there")
+
+
 def _unconstrain(ctx: ChatContext, _: str) -> None:
     had = ctx.session.constraint
     ctx.session.set_constraint(None)
@@ -331,6 +370,8 @@ COMMANDS: list[Command] = [
     Command("grammar", "FILE", "hold answers to a grammar (Lark or GBNF)", _grammar),
     Command("choice", "LIST", "answers are one of these comma-separated choices", _choice),
     Command("unconstrain", "", "answers are free again", _unconstrain),
+    Command("alt", "[STEP RANK]", "where the model was least sure; or take its RANK-th token "
+            "at STEP and answer from there", _alt),
     Command("read", "PATH", "attach a file or directory to your next message", _read),
     Command("glob", "PATTERN", "attach the files a pattern matches to your next message",
             _glob),

@@ -15,6 +15,7 @@ drops earlier exchanges. Knows nothing about how tokens are chosen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chatcli.chat.commands import ChatContext, dispatch
@@ -28,10 +29,12 @@ from chatcli.ui.input import LineReader
 ESCAPE = "//"  # an entry starting with it is a message starting with "/"
 
 
-def answer(ctx: ChatContext) -> None:
+def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None) -> None:
+    """Answer the last user message (`start`: how the answer's Generation begins, with the
+    exchanges newly dropped; default: `session.start_reply`)."""
     session, ui = ctx.session, ctx.ui
     try:
-        gen, newly_dropped = session.start_reply()
+        gen, newly_dropped = (start or session.start_reply)()
     except ChatcliError as exc:
         ctx.failed += 1
         ui.error(exc.message, exc.hint)

@@ -34,7 +34,7 @@ from chatcli.context import Packed, pack
 from chatcli.conversation import Conversation, Message
 from chatcli.decoding.registry import StrategyRegistry
 from chatcli.decoding.settings import DecodingSettings, resolve_settings
-from chatcli.errors import ChatcliError
+from chatcli.errors import ChatcliError, UsageError
 from chatcli.generation.stream import Generation
 
 
@@ -247,6 +247,43 @@ class ChatSession:
                                   self.views, strategies=self.strategies, **extra)
         self.last_generation = gen
         return gen, newly
+
+    def _explorable(self, what: str) -> tuple[Any, Generation, Packed]:
+        gen, packed = self.last_generation, self.last_packed
+        turns = self.conversation.turns
+        if gen is None or packed is None or not turns or turns[-1].role != "assistant" \
+                or not gen.token_ids:
+            raise ChatcliError(f"{what} explores the last answer, and there is none yet",
+                               "ask something first")
+        method = getattr(self.backend, "alternative", None)
+        if method is None:
+            spec = self.backend.spec
+            where = spec.alias or getattr(spec, "base_url", None)
+            raise UsageError(f"{what} needs the model's distribution at every step, which "
+                             f"'{where}' (backend {spec.backend}) does not give",
+                             "use a local model (-m)")
+        return method, gen, packed
+
+    def least_sure(self, k: int = 5, n: int = 5) -> list[Any]:
+        """The last answer's steps where the model was least sure (StepView, step order)."""
+        from chatcli.alternatives import least_sure
+
+        _, gen, packed = self._explorable("/alt")
+        views = self.backend.distributions(packed, gen.token_ids, k, gen.constraint)
+        return least_sure(views, n)
+
+    def start_alternative(self, step: int, rank: int) -> tuple[Any, Generation]:
+        """Replace the last answer by the one the model gives when its `rank`-th token is
+        taken at `step` (same strategy, parameters, seed and constraint); the old reply
+        is removed only once the alternative is known to exist."""
+        method, old, packed = self._explorable("/alt")
+        room = self.backend.context_window - len(packed.ids)
+        alt, gen = method(packed, old.settings, min(old.settings.common.max_new_tokens, room),
+                          self.views, old.token_ids, step, rank, strategies=self.strategies,
+                          constraint=old.constraint)
+        self.retry()
+        self.last_generation = gen
+        return alt, gen
 
     def finish_reply(self, gen: Generation, interrupted: bool = False) -> None:
         if interrupted:

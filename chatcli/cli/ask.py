@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 import typer
@@ -70,6 +71,21 @@ def refuse_views(strategies: Any, settings: Any, show_candidates: int | None,
                          f"{name})", f"add -S {takers[0]}")
 
 
+AltOpt = Annotated[
+    str | None, typer.Option("--alt", metavar="STEP:RANK", show_default=False,
+                             help="Answer, then answer again taking the model's RANK-th token "
+                             "at STEP (1: its top one) and going on with the same strategy and "
+                             "seed; the alternative is shown and saved.")]
+
+
+def parse_alt(value: str) -> tuple[int, int]:
+    step, sep, rank = value.partition(":")
+    if not sep or not step.strip().isdigit() or not rank.strip().isdigit():
+        raise UsageError(f"--alt {value}: expected STEP:RANK", "e.g. --alt 3:2 (at step 3, the "
+                         "model's second choice); chatcli chat's /alt lists the steps to try")
+    return int(step), int(rank)
+
+
 def waited(ui: UI, events: Iterable[Any], message: str) -> Iterator[Any]:
     """`events` of a strategy that answers at the end: a spinner on a terminal until then."""
     it = iter(events)
@@ -102,6 +118,7 @@ def ask(
     grammar: GrammarOpt = None,
     choice: ChoiceOpt = None,
     file: FileOpt = None,
+    alt_spec: AltOpt = None,
     max_files: MaxFilesOpt = 50,
     max_bytes: MaxBytesOpt = 1_000_000,
     models_file: ModelsFileOpt = None,
@@ -125,11 +142,25 @@ def ask(
     ui = UI()
     # Flags are validated before stdin is read or anything loads.
     constraint = constraint_of(ctx.params)
-    prep = setup(ui, ctx.params, check=lambda early: refuse_views(
-                     strategy_registry(), early, show_candidates, show_beams),
+    alt = parse_alt(alt_spec) if alt_spec is not None else None
+    def check(early: Any) -> None:
+        refuse_views(strategy_registry(), early, show_candidates, show_beams)
+        if alt is not None and early.capabilities.hypotheses:
+            raise UsageError(f"--alt explores one answer's steps; strategy '{early.strategy}' "
+                             "returns several hypotheses, so no step's token was chosen from "
+                             "that step's distribution", "use --strategy greedy or sample")
+
+    prep = setup(ui, ctx.params, check=check,
                  candidates=show_candidates or None,
                  internals="--show-beams" if show_beams else
                  "--explain-context" if explain_context else None, constraint=constraint)
+    if alt is not None:
+        from chatcli.backends import backend_of
+
+        if not hasattr(backend_of(prep.spec), "alternative"):
+            raise UsageError(f"--alt needs the model's distribution at every step, which "
+                             f"'{prep.spec.alias or prep.spec.base_url}' (backend "
+                             f"{prep.spec.backend}) does not give", "use a local model (-m)")
     paths = list(file or [])
     gathered = gather_files(ui, paths, max_files, max_bytes) if paths else None
     # `-f -` takes stdin as a file; otherwise piped stdin joins the prompt
@@ -178,6 +209,15 @@ def ask(
         if session.packing_note:
             ui.warn(session.packing_note)
         settings = session.settings
+        original = None
+        if alt is not None:  # the answer first, unseen; then the road not taken
+            original = gen
+            with ui.busy("Answering once to find the step to change") if ui.err_tty \
+                    else nullcontext():
+                for _ in original:
+                    pass
+            session.finish_reply(original)
+            taken, gen = session.start_alternative(*alt)
         events: list[Any] = []
         shown: Iterable[Any] = gen
         if not settings.capabilities.streams and not json_out:
@@ -220,6 +260,12 @@ def ask(
         }
         if attached:
             out["attachments"] = describe(attached)
+        if original is not None:
+            out["alternative"] = {
+                "step": taken.step, "rank": taken.rank, "token_id": taken.token_id,
+                "probability": taken.prob, "original_token_id": taken.original_id,
+                "original_rank": taken.original_rank, "original_text": original.text,
+                "original_token_ids": original.token_ids}
         if constraint is not None:
             out["constraint"] = constraint.as_dict()
             out["constraint_satisfied"] = gen.constraint_satisfied

@@ -114,7 +114,7 @@ def chat(
     session.explain = explain_context
     if constraint is not None:
         session.set_constraint(constraint)
-    chat_ctx = ChatContext(session, ui, answer=lambda: answer(chat_ctx),
+    chat_ctx = ChatContext(session, ui, answer=lambda start=None: answer(chat_ctx, start),
                            load_model=prep.open_alias)
     if file:  # attached to the first message sent
         from chatcli.cli.common import gather_files

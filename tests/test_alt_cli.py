@@ -1,0 +1,75 @@
+"""The road not taken from the command line (issue 15): `ask --alt STEP:RANK` and chat's
+`/alt`, on the tiny test model, checked against transformers' teacher-forced logits."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import torch
+from test_candidates import teacher_forced_logits
+
+from conftest import Tiny, run_cli
+
+PROMPT = "Hello there"
+
+
+def replies(home: Path) -> list[str]:
+    with sqlite3.connect(home / "data" / "history.db") as db:
+        return [r[0] for r in db.execute(
+            "SELECT content FROM messages WHERE role = 'assistant' ORDER BY id")]
+
+
+def test_ask_alt_takes_the_rank_th_token_and_goes_on(cli, home: Path, tiny_model: Tiny) -> None:
+    result = run_cli(["ask", "-n", "12", "--alt", "3:2", "--json", PROMPT])
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    alt = out["alternative"]
+    original = alt["original_token_ids"]
+    assert out["token_ids"][:2] == original[:2]  # the answer up to step 3, kept
+    logits = teacher_forced_logits(tiny_model, PROMPT, original)
+    ranked = torch.argsort(logits[2], descending=True, stable=True).tolist()
+    assert alt["original_token_id"] == original[2] == ranked[0] and alt["original_rank"] == 1
+    assert out["token_ids"][2] == alt["token_id"] == ranked[1]
+    # chatcli's native forward pass vs transformers': the same ranks, probabilities to 1e-6
+    assert abs(alt["probability"] - torch.softmax(logits[2], -1)[ranked[1]].item()) < 1e-6
+    # the rest is plain greedy from the forced prefix: transformers' argmax at every step
+    forced = teacher_forced_logits(tiny_model, PROMPT, out["token_ids"])
+    assert out["token_ids"][3:] == forced[3:].argmax(-1).tolist()
+    # the alternative is what the history keeps as the reply
+    assert replies(home) == [out["text"]]
+
+
+def test_ask_alt_refusals(cli) -> None:
+    bad = run_cli(["ask", "--alt", "3", "x"])
+    assert (bad.exit_code, bad.stderr) == (2, (
+        "error: --alt 3: expected STEP:RANK; hint: e.g. --alt 3:2 (at step 3, the model's "
+        "second choice); chatcli chat's /alt lists the steps to try\n"))
+    beam = run_cli(["ask", "-S", "beam", "--alt", "1:2", "x"])
+    assert (beam.exit_code, beam.stderr) == (2, (
+        "error: --alt explores one answer's steps; strategy 'beam' returns several hypotheses, "
+        "so no step's token was chosen from that step's distribution; hint: use --strategy "
+        "greedy or sample\n"))
+    far = run_cli(["ask", "-n", "4", "--alt", "9:1", "x"])
+    assert far.exit_code == 2
+    assert far.stderr == ("error: STEP must be in 1..4, the answer's tokens (got 9); hint: "
+                          "'/alt' with no arguments lists the steps where the model was least "
+                          "sure\n")
+
+
+def test_chat_alt_lists_steps_and_replaces_the_answer(cli, home: Path) -> None:
+    result = run_cli(["chat", "-n", "8"], input=f"{PROMPT}\n/alt\n/alt 2 3\n/alt 2\n")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["step", "token", "p", "entropy", "margin", "candidates",
+                                "(rank)"]
+    assert len(lines) == 1 + 1 + 5 + 1  # answer, header, 5 least-sure steps, alternative
+    err = result.stderr.splitlines()
+    assert err[0] == "chatcli: /alt STEP RANK takes another token at a step and answers from there"
+    assert err[1].startswith("chatcli: step 2: ") and err[1].endswith(
+        "(rank 1); the previous answer is replaced")
+    assert err[2] == ("error: /alt 2: expected STEP RANK (two numbers); hint: e.g. /alt 3 2: at "
+                      "step 3 take the model's second choice; /alt alone lists the steps where "
+                      "it was least sure")
+    assert replies(home) == [lines[-1]]  # one reply: the alternative replaced the answer
