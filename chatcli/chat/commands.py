@@ -370,8 +370,8 @@ COMMANDS: list[Command] = [
     Command("grammar", "FILE", "hold answers to a grammar (Lark or GBNF)", _grammar),
     Command("choice", "LIST", "answers are one of these comma-separated choices", _choice),
     Command("unconstrain", "", "answers are free again", _unconstrain),
-    Command("alt", "[STEP RANK]", "where the model was least sure; or take its RANK-th token "
-            "at STEP and answer from there", _alt),
+    Command("alt", "STEP RANK", "take the model's RANK-th token at STEP and answer from "
+            "there (alone: the steps where it was least sure)", _alt),
     Command("read", "PATH", "attach a file or directory to your next message", _read),
     Command("glob", "PATTERN", "attach the files a pattern matches to your next message",
             _glob),
