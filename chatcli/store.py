@@ -52,7 +52,7 @@ from chatcli import paths
 from chatcli.conversation import Conversation, Message, Role
 from chatcli.errors import ChatcliError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 TITLE_LENGTH = 60
 
@@ -87,6 +87,8 @@ _MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX messages_order ON messages (conversation_id, position)",
         "CREATE INDEX conversations_updated ON conversations (updated)",
     ],
+    # 2: a message can be pinned (kept in the context window while older turns are dropped)
+    ["ALTER TABLE messages ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0"],
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -97,7 +99,7 @@ _INFO_SQL = """
 """
 _MESSAGE_SQL = """
     SELECT id, role, content, interrupted, created, model, strategy, params, seed,
-           prompt_tokens, completion_tokens, time_to_first_token_s, tokens_per_second
+           prompt_tokens, completion_tokens, time_to_first_token_s, tokens_per_second, {pinned}
     FROM messages WHERE conversation_id = ? ORDER BY position
 """
 
@@ -146,6 +148,7 @@ class StoredMessage:
     meta: ReplyMeta | None
     # a user message's attached files: {"path", "size", "sha256"} each (chatcli.attachments)
     attachments: tuple[dict[str, Any], ...] = ()
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,7 @@ class Store:
         self.readonly = readonly
         self._lock_fd: int | None = None
         self._claimed: set[int] = set()
+        self.version = SCHEMA_VERSION  # an older file read only keeps its own (no migration)
 
     # -- opening and closing ---------------------------------------------------
     @classmethod
@@ -362,8 +366,9 @@ class Store:
             self._conn = sqlite3.connect(":memory:", isolation_level=None)
             self._setup()
             return
-        if version != SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise self._newer(version)
+        self.version = version
 
     def _newer(self, version: int) -> StoreError:
         return StoreError(
@@ -517,11 +522,11 @@ class Store:
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, interrupted, "
             "created, model, strategy, params, seed, prompt_tokens, completion_tokens, "
-            "time_to_first_token_s, tokens_per_second) "
+            "time_to_first_token_s, tokens_per_second, pinned) "
             "VALUES (?, (SELECT COALESCE(MAX(position) + 1, 0) FROM messages "
-            "WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (conv_id, conv_id, message.role, message.content, int(message.interrupted),
-             now, *values),
+             now, *values, int(message.pinned)),
         )
         title = make_title(message.content) if message.role == "user" else ""
         if attachments and message.role == "user":  # the user's words, not the first file
@@ -556,10 +561,11 @@ class Store:
                 cur = conn.execute(
                     "INSERT INTO messages (conversation_id, position, role, content, "
                     "interrupted, created, model, strategy, params, seed, prompt_tokens, "
-                    "completion_tokens, time_to_first_token_s, tokens_per_second) "
+                    "completion_tokens, time_to_first_token_s, tokens_per_second, pinned) "
                     "SELECT ?, ?, role, content, interrupted, created, model, strategy, params, "
                     "seed, prompt_tokens, completion_tokens, time_to_first_token_s, "
-                    "tokens_per_second FROM messages WHERE id = ? AND conversation_id = ?",
+                    "tokens_per_second, pinned FROM messages WHERE id = ? AND "
+                    "conversation_id = ?",
                     (new_id, position, old_id, conv_id),
                 )
                 if cur.rowcount == 1:
@@ -605,6 +611,11 @@ class Store:
 
         fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, conv_id)
         self._claimed.discard(conv_id)
+
+    def set_pinned(self, message_id: int, pinned: bool) -> None:
+        """Pin a stored message (or unpin it)."""
+        with self._write() as conn:
+            conn.execute("UPDATE messages SET pinned = ? WHERE id = ?", (int(pinned), message_id))
 
     def delete_messages(self, message_ids: Sequence[int]) -> None:
         """Remove these messages (unknown ids are ignored), e.g. for /undo and /retry."""
@@ -655,7 +666,8 @@ class Store:
         with self._read() as conn:
             info = self._info(conn, conv_id)
             stored = self._messages(conn, conv_id)
-        turns = [Message(cast(Role, m.role), m.content, m.interrupted) for m in stored]
+        turns = [Message(cast(Role, m.role), m.content, m.interrupted, m.pinned)
+                 for m in stored]
         return info, Conversation(system=info.system, turns=turns), [m.id for m in stored]
 
     def _info(self, conn: sqlite3.Connection, conv_id: int) -> ConversationInfo:
@@ -666,7 +678,9 @@ class Store:
 
     def _messages(self, conn: sqlite3.Connection, conv_id: int) -> list[StoredMessage]:
         result = []
-        for row in conn.execute(_MESSAGE_SQL, (conv_id,)):
+        pinned_sql = "pinned" if self.version >= 2 else "0 AS pinned"
+        for row in conn.execute(_MESSAGE_SQL.format(pinned=pinned_sql), (conv_id,)):
+            *row, pinned = row
             msg_id, role, content, interrupted, created, model, *rest = row
             meta = None
             strategy, params, seed, prompt, completion, ttft, tps = rest
@@ -677,7 +691,7 @@ class Store:
             if model is None and params:
                 attached = tuple(json.loads(params).get("attachments", ()))
             result.append(StoredMessage(msg_id, role, content, bool(interrupted), created, meta,
-                                        attached))
+                                        attached, bool(pinned)))
         return result
 
     # Defined last: inside the class body, `list` names this method.

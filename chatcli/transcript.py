@@ -18,7 +18,8 @@ The JSON format, version 1 (`"chatcli": 1`)::
                             "completion_tokens", "time_to_first_token_s",
                             "tokens_per_second"}  (optional, assistant replies),
                    "attachments": [{"path", "size", "sha256"}]  (optional, user messages
-                   with files attached: -f, /read, /glob; their text is in "content")}]}
+                   with files attached: -f, /read, /glob; their text is in "content"),
+                   "pinned": true  (optional: kept in the window, /pin)}]}
 
 `save_recovery` writes a conversation the history could not keep to a new private
 JSON file (0600) in the first of the given folders that takes it, for `/load`.
@@ -136,6 +137,8 @@ def to_json(info: ConversationInfo | None, conversation: Conversation,
             item["meta"] = dataclasses.asdict(meta)
         if attached:
             item["attachments"] = [dict(f) for f in attached]
+        if message.pinned:
+            item["pinned"] = True
         messages.append(item)
     doc = {
         "chatcli": FORMAT_VERSION,
@@ -188,7 +191,7 @@ def from_json(text: str, source: str = "the transcript") -> Conversation:
         interrupted = item.get("interrupted", False)
         if not isinstance(interrupted, bool):
             raise TranscriptError(f"{where}: \"interrupted\" must be true or false", _HINT)
-        turns.append(Message(role, content, interrupted))
+        turns.append(Message(role, content, interrupted, item.get("pinned") is True))
     return Conversation(system=system or None, turns=turns)
 
 

@@ -87,14 +87,14 @@ def test_open_creates_the_schema_in_a_private_wal_database(db: Path) -> None:
         assert wal.exists()
         assert mode(wal) == 0o600
     assert raw(db, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db, "PRAGMA user_version") == [(1,)]
+    assert raw(db, "PRAGMA user_version") == [(2,)]
     assert [r[1] for r in raw(db, "PRAGMA table_info(conversations)")] == [
         "id", "title", "model", "system", "created", "updated",
     ]
     assert [r[1] for r in raw(db, "PRAGMA table_info(messages)")] == [
         "id", "conversation_id", "position", "role", "content", "interrupted", "created",
         "model", "strategy", "params", "seed", "prompt_tokens", "completion_tokens",
-        "time_to_first_token_s", "tokens_per_second",
+        "time_to_first_token_s", "tokens_per_second", "pinned",
     ]
     fk = raw(db, "PRAGMA foreign_key_list(messages)")[0]
     assert (fk[2], fk[3], fk[6]) == ("conversations", "conversation_id", "CASCADE")
@@ -111,7 +111,7 @@ def test_an_existing_file_is_made_private_and_reopening_keeps_data(db: Path) -> 
     with Store.open(db) as s:
         assert [i.id for i in s.list()] == [conv]
     assert mode(db) == 0o600
-    assert raw(db, "PRAGMA user_version") == [(1,)]
+    assert raw(db, "PRAGMA user_version") == [(2,)]
 
 
 def test_default_path_is_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +142,7 @@ def test_a_newer_schema_is_refused_untouched(db: Path) -> None:
     with pytest.raises(StoreError) as err:
         Store.open(db)
     assert err.value.message == (
-        f"the history database {db} has schema version 9; this chatcli knows up to 1"
+        f"the history database {db} has schema version 9; this chatcli knows up to 2"
     )
     assert err.value.hint == "upgrade chatcli, or set CHATCLI_HOME to use another history"
     assert raw(db, "PRAGMA user_version") == [(9,)]
@@ -578,3 +578,54 @@ def test_save_and_load_errors(tmp_path: Path) -> None:
     with pytest.raises(TranscriptError) as terr:
         transcript.load(bad)
     assert terr.value.message == f'{bad}: "messages" must be a list'
+
+
+V1_SCHEMA = [  # what chatcli wrote before pins (schema version 1), verbatim
+    """CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY, title TEXT NOT NULL DEFAULT '', model TEXT NOT NULL,
+        system TEXT, created REAL NOT NULL, updated REAL NOT NULL)""",
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations ON DELETE CASCADE,
+        position INTEGER NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL,
+        interrupted INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, model TEXT,
+        strategy TEXT, params TEXT, seed INTEGER, prompt_tokens INTEGER,
+        completion_tokens INTEGER, time_to_first_token_s REAL, tokens_per_second REAL)""",
+    "CREATE UNIQUE INDEX messages_order ON messages (conversation_id, position)",
+    "CREATE INDEX conversations_updated ON conversations (updated)",
+    "PRAGMA user_version = 1",
+]
+
+
+def _v1_database(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    for statement in V1_SCHEMA:
+        conn.execute(statement)
+    conn.execute("INSERT INTO conversations VALUES (1, 'Hi', 'm', 'Be brief.', 1.0, 2.0)")
+    conn.execute("INSERT INTO messages (conversation_id, position, role, content, created) "
+                 "VALUES (1, 0, 'user', 'Hi', 1.0)")
+    conn.execute("INSERT INTO messages (conversation_id, position, role, content, created, "
+                 "model, strategy, params, seed, prompt_tokens, completion_tokens, "
+                 "time_to_first_token_s, tokens_per_second) VALUES (1, 1, 'assistant', "
+                 "'Hello', 2.0, 'm', 'greedy', '{}', 7, 5, 1, 0.1, 10.0)")
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_1_history_is_read_as_it_is_and_migrated_on_write(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    _v1_database(db)
+    with Store.open(db, readonly=True) as s:  # read only: no migration, every message
+        _, conv, ids = s.load(1)
+        assert [(m.role, m.content, m.pinned) for m in conv.turns] == [
+            ("user", "Hi", False), ("assistant", "Hello", False)]
+        assert conv.system == "Be brief." and ids == [1, 2]
+    assert raw(db, "PRAGMA user_version") == [(1,)]
+    with Store.open(db) as s:  # opened to write: migrated, nothing lost
+        _, conv, ids = s.load(1)
+        assert [m.content for m in conv.turns] == ["Hi", "Hello"]
+        s.set_pinned(ids[0], True)
+        _, conv, _ = s.load(1)
+        assert [m.pinned for m in conv.turns] == [True, False]
+        assert s.messages(1)[1].meta.seed == 7  # type: ignore[union-attr]
+    assert raw(db, "PRAGMA user_version") == [(2,)]

@@ -39,6 +39,7 @@ class ChatContext:
     failed: int = 0  # turns that ended in an error (piped chat exits 1 when any did)
     # files attached to the next message (-f, /read, /glob): chatcli.attachments.Attachment
     pending: list[Any] = dataclasses.field(default_factory=list)
+    pin_pending: bool = False  # --pin: the message the pending files go with is pinned
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ def _context(ctx: ChatContext, _: str) -> None:
         state = "kept" if r.kept else "dropped"
         if r.shortened:
             state = "kept (shortened)"
+        if r.pinned:
+            state += " (pinned)"
         rows.append(["system" if r.index < 0 else str(r.index + 1), r.role, str(r.tokens), state])
     show_table(ctx.ui, ["turn", "role", "tokens", "status"], rows)
     window = session.backend.context_window
@@ -343,6 +346,26 @@ def _least_sure(ctx: ChatContext) -> None:
     ctx.ui.notify("/alt STEP RANK takes another token at a step and answers from there")
 
 
+def _pin_number(command: str, arg: str) -> int:
+    if not arg.strip().isdigit():
+        raise UsageError(f"{command} needs a message number",
+                         f"e.g. {command} 1 (/context numbers the messages)")
+    return int(arg.strip())
+
+
+def _pin(ctx: ChatContext, arg: str) -> None:
+    number = _pin_number("/pin", arg)
+    message = ctx.session.pin(number)
+    ctx.ui.notify(f"message {number} ({message.role}) is pinned: it stays in the context "
+                  "window while older turns are dropped")
+
+
+def _unpin(ctx: ChatContext, arg: str) -> None:
+    number = _pin_number("/unpin", arg)
+    message = ctx.session.pin(number, pinned=False)
+    ctx.ui.notify(f"message {number} ({message.role}) is no longer pinned")
+
+
 def _unconstrain(ctx: ChatContext, _: str) -> None:
     had = ctx.session.constraint
     ctx.session.set_constraint(None)
@@ -372,6 +395,8 @@ COMMANDS: list[Command] = [
     Command("unconstrain", "", "answers are free again", _unconstrain),
     Command("alt", "STEP RANK", "take the model's RANK-th token at STEP and answer from "
             "there (alone: the steps where it was least sure)", _alt),
+    Command("pin", "N", "keep message N in the window while older turns are dropped", _pin),
+    Command("unpin", "N", "let message N be dropped again", _unpin),
     Command("read", "PATH", "attach a file or directory to your next message", _read),
     Command("glob", "PATTERN", "attach the files a pattern matches to your next message",
             _glob),

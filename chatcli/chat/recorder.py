@@ -127,6 +127,12 @@ class Recorder:
         if self.enabled and self._deletes:
             self._attempt(self._write_deletes)
 
+    def pinned(self, index: int, pinned: bool) -> None:
+        """Turn `index` was pinned or unpinned (a message not saved yet carries its flag)."""
+        message_id = self.ids[index] if index < len(self.ids) else None
+        if message_id is not None and self.enabled:
+            self._attempt(lambda: self._writable().set_pinned(message_id, pinned))
+
     def system_changed(self) -> None:
         self._system_dirty = True
         self.flush()

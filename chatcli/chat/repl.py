@@ -136,8 +136,10 @@ def run(ctx: ChatContext, reader: LineReader) -> None:
         if ctx.pending:
             from chatcli.attachments import describe, render
 
-            ctx.session.add_user(render(ctx.pending, entry), describe(ctx.pending))
+            ctx.session.add_user(render(ctx.pending, entry), describe(ctx.pending),
+                                 pinned=ctx.pin_pending)
             ctx.pending.clear()
+            ctx.pin_pending = False
         else:
             ctx.session.add_user(entry)
         answer(ctx)

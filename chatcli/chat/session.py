@@ -171,10 +171,19 @@ class ChatSession:
         """Save what waits; else write the recovery file (warned, and returned)."""
         return self.recorder.close()
 
-    def add_user(self, text: str, attachments: list[dict[str, Any]] | None = None) -> None:
+    def add_user(self, text: str, attachments: list[dict[str, Any]] | None = None,
+                 pinned: bool = False) -> None:
         """A user message (its attached files already rendered into `text`; `attachments`
-        is what the history records of them: path, size, sha256)."""
-        self._save(self.conversation.add_user(text), attachments=attachments)
+        is what the history records of them: path, size, sha256), pinned if asked."""
+        self._save(self.conversation.add_user(text, pinned=pinned), attachments=attachments)
+
+    def pin(self, number: int, pinned: bool = True) -> Message:
+        """Pin message `number` (1-based, as /context numbers it) or unpin it; saved."""
+        index = number - 1
+        message = (self.conversation.pin(index) if pinned
+                   else self.conversation.unpin(index))
+        self.recorder.pinned(index, pinned)
+        return message
 
     def set_system(self, text: str | None) -> None:
         self.conversation.system = text or None

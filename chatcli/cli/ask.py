@@ -32,6 +32,7 @@ from chatcli.cli.options import (
     MaxFilesOpt,
     ModelOpt,
     ModelsFileOpt,
+    PinOpt,
     QuantizeOpt,
     RegexOpt,
     SchemaOpt,
@@ -121,6 +122,7 @@ def ask(
     alt_spec: AltOpt = None,
     max_files: MaxFilesOpt = 50,
     max_bytes: MaxBytesOpt = 1_000_000,
+    pin: PinOpt = False,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -190,7 +192,7 @@ def ask(
         if system is not None:
             conversation.system = system
             recorder.system_changed()
-        conversation.add_user(text)
+        conversation.add_user(text, pinned=pin)
         if attached:
             recorder.added(attachments=describe(attached))
         else:

@@ -27,6 +27,7 @@ from chatcli.cli.options import (
     ModelOpt,
     ModelsFileOpt,
     NoTruncateOpt,
+    PinOpt,
     QuantizeOpt,
     RegexOpt,
     SchemaOpt,
@@ -58,6 +59,7 @@ def chat(
     file: FileOpt = None,
     max_files: MaxFilesOpt = 50,
     max_bytes: MaxBytesOpt = 1_000_000,
+    pin: PinOpt = False,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -120,6 +122,7 @@ def chat(
         from chatcli.cli.common import gather_files
 
         chat_ctx.pending.extend(gather_files(ui, list(file), max_files, max_bytes).attachments)
+        chat_ctx.pin_pending = pin
     if conv_id is not None:
         ui.notify(f"continuing conversation {conv_id} ({len(session.conversation.turns)} "
                   "messages)")

@@ -58,7 +58,8 @@ def _transcript(store: Store, conv_id: int) -> tuple[ConversationInfo, Conversat
 
     info = store.info(conv_id)
     stored = store.messages(conv_id)
-    turns = [Message(m.role, m.content, m.interrupted) for m in stored]  # type: ignore[arg-type]
+    turns = [Message(m.role, m.content, m.interrupted, m.pinned)  # type: ignore[arg-type]
+             for m in stored]
     return (info, Conversation(system=info.system, turns=turns), [m.meta for m in stored],
             [m.attachments for m in stored])
 

@@ -281,3 +281,8 @@ MaxBytesOpt = Annotated[
     int, typer.Option("--max-bytes", min=1, rich_help_panel=_FILES,
                       help="Attach at most this many bytes of files in all.")
 ]
+PinOpt = Annotated[
+    bool, typer.Option("--pin", rich_help_panel=_FILES,
+                       help="Pin the message the files (-f) are attached to: it stays in the "
+                       "context window while older turns are dropped.")
+]
