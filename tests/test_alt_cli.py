@@ -73,3 +73,19 @@ def test_chat_alt_lists_steps_and_replaces_the_answer(cli, home: Path) -> None:
                       "step 3 take the model's second choice; /alt alone lists the steps where "
                       "it was least sure")
     assert replies(home) == [lines[-1]]  # one reply: the alternative replaced the answer
+
+
+def test_compare_alt_shows_where_they_part(cli) -> None:
+    result = run_cli(["compare", "-S", "greedy", "--alt", "2:2", "-n", "6", "--json", PROMPT])
+    assert result.exit_code == 0, result.stderr
+    first, other = json.loads(result.stdout)["results"]
+    assert [first["label"], other["label"]] == ["greedy", "greedy [alt 2:2]"]
+    assert other["parts_at"] == other["diverges_at"] == 2
+    assert other["token_ids"][:1] == first["token_ids"][:1]
+    assert other["token_ids"][1] == other["alternative"]["token_id"] != first["token_ids"][1]
+    assert other["alternative"]["original_token_id"] == first["token_ids"][1]
+    assert other["mean_removed"] is None
+    refused = run_cli(["compare", "-S", "beam", "--alt", "1:2", "x"])
+    assert (refused.exit_code, refused.stderr) == (2, (
+        "error: --alt explores one answer's steps; strategy 'beam' returns several hypotheses; "
+        "hint: compare greedy or sample with --alt\n"))

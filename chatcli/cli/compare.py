@@ -48,6 +48,11 @@ SpecsOpt = Annotated[
                  "-S greedy -S beam:num_beams=4 -S sample:temperature=0.8,top_p=0.9.",
                  show_default=False),
 ]
+CompareAltOpt = Annotated[
+    str | None, typer.Option("--alt", metavar="STEP:RANK", show_default=False,
+                             help="Beside each answer, the one the model gives when its RANK-th "
+                             "token is taken at STEP (same strategy and seed), with the step "
+                             "where they part.")]
 FreeTooOpt = Annotated[
     bool, typer.Option("--free-too", rich_help_panel="Answer shape (constrained decoding)",
                        help="With a constraint: run each strategy without it too, side by "
@@ -113,6 +118,7 @@ def compare(
     grammar: GrammarOpt = None,
     choice: ChoiceOpt = None,
     free_too: FreeTooOpt = False,
+    alt_spec: CompareAltOpt = None,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -132,8 +138,11 @@ def compare(
 
     def requests(spec: Any) -> list[Request]:
         registry = strategy_registry()
+        from chatcli.decoding.base import capabilities_of
+
         default = [n for n in registry.names()
-                   if registry.origins[n] == "built-in" and runnable(spec, n)]
+                   if registry.origins[n] == "built-in" and runnable(spec, n)
+                   and not (alt is not None and capabilities_of(registry.get(n)).hypotheses)]
         return [Request(name, flags, options, spelling(name))
                 for name, options in map(parse_spec, strategy or default)]
 
@@ -144,7 +153,24 @@ def compare(
         raise UsageError("--free-too compares answers with and without a constraint, and "
                          "none is given", "add --schema, --json-object, --regex, --grammar or "
                          "--choice")
-    prep = setup(ui, ctx.params, requests=requests, candidates=0, constraint=constraint)
+    from chatcli.cli.ask import parse_alt
+
+    alt = parse_alt(alt_spec) if alt_spec is not None else None
+
+    def check(early: Any) -> None:
+        if alt is not None and early.capabilities.hypotheses:
+            raise UsageError(f"--alt explores one answer's steps; strategy '{early.strategy}' "
+                             "returns several hypotheses", "compare greedy or sample with --alt")
+
+    prep = setup(ui, ctx.params, requests=requests, candidates=0, constraint=constraint,
+                 check=check)
+    if alt is not None:
+        from chatcli.backends import backend_of
+
+        if not hasattr(backend_of(prep.spec), "alternative"):
+            raise UsageError("--alt needs the model's distribution at every step, which "
+                             f"'{prep.spec.alias or prep.spec.base_url}' (backend "
+                             f"{prep.spec.backend}) does not give", "use a local model (-m)")
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
@@ -174,29 +200,18 @@ def compare(
     shapes = ([None] if free_too else []) + [constraint]
     runs = [(request, settings, shape) for request, settings in
             zip(prep.requests, all_settings, strict=True) for shape in shapes]
-    for request, settings, shape in runs:
-        start = time.perf_counter()
-        # Candidates (K=0) give each step's entropy; a server's logprobs give the
-        # sequence log-probability.
-        backend.invalidate()  # each strategy starts from the same cold prompt
-        extra = {"constraint": shape} if shape is not None else {}
-        gen = backend.stream(packed, settings, settings.common.max_new_tokens,
-                             Views(candidates=0), strategies=prep.strategies, **extra)
-        events = list(gen)
-        seconds = time.perf_counter() - start
+    def result(label: str, name: str, settings: Any, shape: Any, gen: Any, events: list[Any],
+               seconds: float) -> dict[str, Any]:
         entropies = [e.candidates.entropy for e in events if e.candidates is not None]
         # A strategy that returns hypotheses scores whole sequences: the best one's log-prob.
         logprob = gen.hypotheses[0].logprob if gen.hypotheses else sum(e.logprob for e in events)
         if not math.isfinite(logprob):  # a server that returned no logprobs
             logprob = None
-        name, options = request.strategy, request.options
-        label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options
-                        else "")
+        # what a constraint removed (an alternative's forced steps look like one: left out)
         removed = [e.candidates.removed_mass for e in events
-                   if e.candidates is not None and e.candidates.removed_mass is not None]
-        if constraint is not None:
-            label += f" [{shape.source or shape.describe()}]" if shape is not None else " [free]"
-        results.append({
+                   if shape is not None and e.candidates is not None
+                   and e.candidates.removed_mass is not None]
+        return {
             "label": label,
             "strategy": name,
             "decoding": settings.as_dict(),
@@ -212,7 +227,38 @@ def compare(
             "constraint_satisfied": gen.constraint_satisfied,
             "mean_removed": sum(removed) / len(removed) if removed else None,
             "ids": gen.token_ids,  # remote: ids that name token texts, enough for divergence
-        })
+        }
+
+    for request, settings, shape in runs:
+        start = time.perf_counter()
+        # Candidates (K=0) give each step's entropy; a server's logprobs give the
+        # sequence log-probability.
+        backend.invalidate()  # each strategy starts from the same cold prompt
+        extra = {"constraint": shape} if shape is not None else {}
+        gen = backend.stream(packed, settings, settings.common.max_new_tokens,
+                             Views(candidates=0), strategies=prep.strategies, **extra)
+        events = list(gen)
+        seconds = time.perf_counter() - start
+        name, options = request.strategy, request.options
+        label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options
+                        else "")
+        if constraint is not None:
+            label += f" [{shape.source or shape.describe()}]" if shape is not None else " [free]"
+        results.append(result(label, name, settings, shape, gen, events, seconds))
+        if alt is None:
+            continue
+        start = time.perf_counter()
+        taken, other = backend.alternative(  # type: ignore[attr-defined]
+            packed, settings, settings.common.max_new_tokens, Views(candidates=0),
+            gen.token_ids, *alt, strategies=prep.strategies, constraint=shape)
+        other_events = list(other)
+        alternative = result(f"{label} [alt {alt[0]}:{alt[1]}]", name, settings, shape, other,
+                             other_events, time.perf_counter() - start)
+        alternative["parts_at"] = divergence(gen.token_ids, other.token_ids)
+        alternative["alternative"] = {"step": taken.step, "rank": taken.rank,
+                                      "token_id": taken.token_id, "probability": taken.prob,
+                                      "original_token_id": taken.original_id}
+        results.append(alternative)
     first = results[0]["ids"]
     for r in results:
         r["diverges_at"] = divergence(first, r.pop("ids"))

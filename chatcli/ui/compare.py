@@ -30,6 +30,8 @@ def figures(r: dict[str, Any]) -> str:
         shape = f"removed {r['mean_removed']:.2f} · "
     if r.get("constraint_satisfied") is False:
         shape += "incomplete · "
+    if r.get("parts_at") is not None:
+        shape += f"parts from its answer at step {r['parts_at']} · "
     return (f"{r['completion_tokens']} tokens · log-prob {logprob} · "
             f"entropy {entropy} · {shape}{r['seconds']:.2f} s · "
             f"{r['tokens_per_second']:.1f} tok/s · diverges: {where}")
