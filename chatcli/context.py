@@ -149,6 +149,25 @@ def message_tokens(messages: list[Message], render: Render) -> list[int]:
     return counts
 
 
+def part_tokens(messages: list[Message], index: int, cuts: list[int], render: Render
+                ) -> list[int]:
+    """The token counts of the parts of message `index` cut at the character offsets
+    `cuts` (increasing): `len(cuts) + 1` counts that sum to exactly that message's count in
+    `message_tokens(messages, render)`, each how much the prompt grows as the message is
+    appended up to the next cut (the first part of message 0 also carries the template's
+    fixed cost). Costs `len(cuts) + 2` renders."""
+    message = messages[index]
+    before = len(render(messages[:index])) if index > 0 else 0
+    counts: list[int] = []
+    previous = before
+    for cut in [*cuts, len(message.content)]:
+        part = Message(message.role, message.content[:cut], message.interrupted)
+        length = len(render([*messages[:index], part]))
+        counts.append(length - previous)
+        previous = length
+    return counts
+
+
 def pack(
     conversation: Conversation, render: Render, budget: int, *, truncate: bool = True
 ) -> Packed:

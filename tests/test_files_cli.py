@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chatcli.attachments import Attachment, render
-from conftest import run_cli
+from conftest import Tiny, run_cli
 
 
 def user_rows(home: Path) -> list[tuple[str, str | None]]:
@@ -102,3 +102,31 @@ def test_chat_refuses_stdin_as_a_file(cli) -> None:
     assert result.stderr == ("error: chat reads your messages from stdin, so -f - cannot take "
                              "it; hint: attach files by path, or pipe the file to chatcli ask "
                              "-f -\n")
+
+
+def test_context_lists_each_attachment_with_exact_tokens(cli, tmp_path: Path, tiny_model: Tiny,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    from chatcli.attachments import Attachment
+    from chatcli.conversation import Message
+    from chatcli.prompt import render_ids
+
+    files(tmp_path)
+    (tmp_path / "src" / "b.txt").write_text("two\n")
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(["chat", "-n", "2", "-f", "src/app.py", "-f", "src/b.txt"],
+                     input="Which?\n/context\n")
+    assert result.exit_code == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
+    table = rows[rows.index(["turn", "role", "tokens", "status"]) + 1:]
+    assert [r[:3] for r in table[1:4]] == [["file", "src/app.py", table[1][2]],
+                                           ["file", "src/b.txt", table[2][2]],
+                                           ["words", table[3][1], "kept"]]
+    user, app, b, words = int(table[0][2]), int(table[1][2]), int(table[2][2]), int(table[3][1])
+    assert app + b + words == user  # the parts telescope to the message's own count
+    # ... which is the prompt's length up to the message under the tiny model's template
+    tok = AutoTokenizer.from_pretrained(tiny_model.folder)
+    text = render([Attachment("src/app.py", 12, "", "print('hi')\n"),
+                   Attachment("src/b.txt", 4, "", "two\n")], "Which?")
+    assert user == len(render_ids(tok, [Message("user", text)]))

@@ -160,6 +160,8 @@ def _context(ctx: ChatContext, _: str) -> None:
         if r.pinned:
             state += " (pinned)"
         rows.append(["system" if r.index < 0 else str(r.index + 1), r.role, str(r.tokens), state])
+        if r.index >= 0:
+            rows += _attachment_rows(session, r.index, state)
     show_table(ctx.ui, ["turn", "role", "tokens", "status"], rows)
     window = session.backend.context_window
     ctx.ui.print(
@@ -170,6 +172,24 @@ def _context(ctx: ChatContext, _: str) -> None:
     if (session.explain and session.backend.capabilities.internals and answered is not None
             and gen is not None and gen.token_ids):
         show_attention(ctx.ui, session.backend, answered, gen.token_ids)
+
+
+def _attachment_rows(session: ChatSession, index: int, state: str) -> list[list[str]]:
+    """A row per file attached to turn `index` and one for the words after them, their
+    tokens (exact, under the model's template) summing to the turn's row."""
+    from chatcli.attachments import block_spans
+    from chatcli.context import part_tokens
+
+    message = session.conversation.turns[index]
+    spans = block_spans(message.content) if message.role == "user" else []
+    if not spans:
+        return []
+    messages = session.conversation.messages()
+    position = index + (len(messages) - len(session.conversation.turns))
+    counts = part_tokens(messages, position, [end for _, _, end in spans], session.render)
+    rows = [["", f"  file {path}", str(n), state]
+            for (path, _, _), n in zip(spans, counts, strict=False)]
+    return [*rows, ["", "  words", str(counts[-1]), state]]
 
 
 def show_attention(ui: UI, backend: Any, packed: Any, answer_ids: list[int]) -> None:
