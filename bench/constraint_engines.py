@@ -72,7 +72,7 @@ from typing import Any, Protocol
 from harness import Conditions, add_write_options, median, write_report  # bench/ on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data/jsonschemabench-sample")
+DATA = REPO / "tests" / "data" / "jsonschemabench-sample"  # the sample, kept in the repository
 ENGINES = ("llguidance", "xgrammar", "llguidance-lenient")
 DEFAULT_ENGINES = ("llguidance", "xgrammar")
 # llguidance's JSON options that trade refusals for warnings (approximations)
