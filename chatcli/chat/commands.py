@@ -357,10 +357,12 @@ def _least_sure(ctx: ChatContext) -> None:
     if not views:
         ctx.ui.notify("the last answer has no steps")
         return
+    # on a terminal one candidate per line (a narrow column would wrap inside them)
+    sep = "\n" if ctx.ui.out_tty else "  "
     rows = [[str(v.step), repr(session.token_text(v.token_id)), f"{v.prob:.3f}",
              f"{v.entropy:.2f}", f"{v.margin:.3f}",
-             "  ".join(f"{i}. {session.token_text(t)!r} {p:.3f}"
-                       for i, (t, p) in enumerate(v.top, start=1))]
+             sep.join(f"{i}. {session.token_text(t)!r} {p:.3f}"
+                      for i, (t, p) in enumerate(v.top, start=1))]
             for v in views]
     show_table(ctx.ui, ["step", "token", "p", "entropy", "margin", "candidates (rank)"], rows)
     ctx.ui.notify("/alt STEP RANK takes another token at a step and answers from there")
