@@ -256,3 +256,44 @@ def http_json(port: int, method: str, path: str, body: Any = None,
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+# -- the tiny model as chatcli's loader would hand it over -------------------------------------
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread meanwhile (a model this small only loses from threading)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def tiny_loaded(tiny: Tiny) -> Any:
+    """A `LoadedModel` over transformers' tiny model (float32, context window 256), with the
+    transformers model as `.model` (generate(), teacher forcing) and its folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chatcli.lm.hf import HFLanguageModel
+    from chatcli.loader import LoadedModel, eos_ids_of
+    from chatcli.registry import ModelSpec
+    from chatcli.runtime import Runtime
+
+    tok = AutoTokenizer.from_pretrained(tiny.folder)
+    model = AutoModelForCausalLM.from_pretrained(tiny.folder, dtype=torch.float32).eval()
+    loaded = LoadedModel(
+        spec=ModelSpec(alias="tiny", source="path", path=tiny.folder),
+        lm=HFLanguageModel(model),
+        tokenizer=tok,
+        runtime=Runtime("cpu", "float32", None),
+        eos_ids=eos_ids_of(model.generation_config.to_dict(), tok),
+        context_window=256,
+        load_seconds=0.0,
+        folder=tiny.folder,
+    )
+    loaded.model = model  # type: ignore[attr-defined]
+    return loaded

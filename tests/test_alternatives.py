@@ -34,11 +34,8 @@ from chatcli.decoding.settings import DecodingSettings, resolve_settings
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.generation.prompt_cache import PromptCache
 from chatcli.generation.stream import Generation, constrained_lm, stream
-from chatcli.lm.hf import HFLanguageModel
-from chatcli.loader import LoadedModel, eos_ids_of
-from chatcli.registry import ModelSpec
-from chatcli.runtime import Runtime
-from conftest import Tiny
+from chatcli.loader import LoadedModel
+from conftest import Tiny, one_thread, tiny_loaded
 
 N = 24  # max_new_tokens of every answer here
 VOCAB = 400
@@ -48,26 +45,10 @@ ALL_TOKENS = Constraint("grammar", f"start: <[^{EOS}]>*\n", syntax="lark", sourc
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model: Tiny) -> Iterator[LoadedModel]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(tiny_model.folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model.folder, dtype=torch.float32).eval()
-    result = LoadedModel(
-        spec=ModelSpec(alias="tiny", source="path", path=tiny_model.folder),
-        lm=HFLanguageModel(model),
-        tokenizer=tok,
-        runtime=Runtime("cpu", "float32", None),
-        eos_ids=eos_ids_of(model.generation_config.to_dict(), tok),
-        context_window=256,
-        load_seconds=0.0,
-        folder=tiny_model.folder,
-    )
-    result.model = model  # type: ignore[attr-defined]  # the direct forward pass
-    assert result.eos_ids == {EOS} and result.lm.vocab_size == VOCAB
-    yield result
-    torch.set_num_threads(threads)
+    with one_thread():
+        result = tiny_loaded(tiny_model)
+        assert result.eos_ids == {EOS} and result.lm.vocab_size == VOCAB
+        yield result
 
 
 def settings_for(strategy: str = "greedy", **flags: Any) -> DecodingSettings:

@@ -29,11 +29,8 @@ from chatcli.decoding.registry import strategy_registry
 from chatcli.decoding.settings import resolve_settings
 from chatcli.errors import UsageError
 from chatcli.generation.stream import Generation, StepEvent, constrained_lm, stream
-from chatcli.lm.hf import HFLanguageModel
-from chatcli.loader import LoadedModel, eos_ids_of
-from chatcli.registry import ModelSpec
-from chatcli.runtime import Runtime
-from conftest import Tiny, printed, run_cli
+from chatcli.loader import LoadedModel
+from conftest import Tiny, one_thread, printed, run_cli, tiny_loaded
 
 EOS = 2  # <|im_end|> of the tiny tokenizer (asserted by the `loaded` fixture)
 # A bounded JSON schema: the random model completes it in ~35 tokens under every strategy.
@@ -65,27 +62,13 @@ ANY_TEXT = Constraint("regex", "(.|\n)*", source="--regex")
 # -- the model, and replaying a constraint directly ------------------------------------------
 @pytest.fixture(scope="module")
 def loaded(tiny_model: Tiny) -> Iterator[LoadedModel]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(tiny_model.folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model.folder, dtype=torch.float32).eval()
-    result = LoadedModel(
-        spec=ModelSpec(alias="tiny", source="path", path=tiny_model.folder),
-        lm=HFLanguageModel(model),
-        tokenizer=tok,
-        runtime=Runtime("cpu", "float32", None),
-        eos_ids=eos_ids_of(model.generation_config.to_dict(), tok),
-        context_window=256,
-        load_seconds=0.0,
-        folder=tiny_model.folder,
-    )
-    result.model = model  # type: ignore[attr-defined]  # teacher forcing
-    assert result.eos_ids == {EOS} and result.lm.vocab_size == 400
-    assert tok.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    yield result
-    torch.set_num_threads(threads)
+    with one_thread():
+        result = tiny_loaded(tiny_model)
+        tok = result.tokenizer
+        assert result.eos_ids == {EOS} and result.lm.vocab_size == 400
+        assert tok.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<|im_start|>",
+                                                         "<|im_end|>"]
+        yield result
 
 
 def prompt_of(loaded: LoadedModel, text: str) -> list[int]:

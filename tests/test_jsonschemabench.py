@@ -51,7 +51,7 @@ from chatcli.decoding.registry import strategy_registry
 from chatcli.decoding.settings import DecodingSettings, resolve_settings
 from chatcli.generation.stream import stream
 from chatcli.loader import LoadedModel
-from conftest import Tiny
+from conftest import Tiny, one_thread, tiny_loaded
 
 DATA = Path(__file__).parent / "data" / "jsonschemabench-sample"
 SCHEMAS = sorted(DATA.glob("*/*.json"))
@@ -112,29 +112,8 @@ def name_of(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model: Tiny) -> Iterator[LoadedModel]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from chatcli.lm.hf import HFLanguageModel
-    from chatcli.loader import eos_ids_of
-    from chatcli.registry import ModelSpec
-    from chatcli.runtime import Runtime
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small only loses from threading on a busy machine
-    tok = AutoTokenizer.from_pretrained(tiny_model.folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model.folder, dtype=torch.float32).eval()
-    yield LoadedModel(
-        spec=ModelSpec(alias="tiny", source="path", path=tiny_model.folder),
-        lm=HFLanguageModel(model),
-        tokenizer=tok,
-        runtime=Runtime("cpu", "float32", None),
-        eos_ids=eos_ids_of(model.generation_config.to_dict(), tok),
-        context_window=256,
-        load_seconds=0.0,
-        folder=tiny_model.folder,
-    )
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield tiny_loaded(tiny_model)
 
 
 def sweep(loaded: LoadedModel, settings: DecodingSettings, label: str) -> Sweep:
