@@ -16,91 +16,26 @@ where that is a failure.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import http_json, pull_default, run_cli
+from conftest import run_cli
+from llamacpp_server import LlamaServer, default_gguf, require_llama_cpp
 
 pytestmark = pytest.mark.slow
 ALIAS = "local-server"
 
 
-def _require_llama_cpp() -> None:
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"llama-cpp-python[server] is required in CI: {exc}")
-        pytest.skip('llama.cpp\'s server is not installed (pip install -e ".[server-tests]")')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """llama.cpp's server on loopback (the part of tests/test_openai_server.py's we need)."""
-
-    def __init__(self, gguf: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
-             "smollm2", "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"llama.cpp's server exited: {self.log.read()[-2000:]!r}")
-            try:
-                if http_json(self.port, "GET", "/v1/models", timeout=120)[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("llama.cpp's server did not answer within 120 s")
-
-    def completions(self) -> int:
-        """How many chat completions the server has logged (uvicorn's access log)."""
-        self.log.seek(0)
-        return self.log.read().count(b"POST /v1/chat/completions")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-
-def _gguf(real_home: Path) -> Path:
-    from chatcli import sources
-    from chatcli.registry import load_registry
-
-    pull_default(real_home)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CHATCLI_HOME", str(real_home))
-        weights = sources.locate(load_registry().resolve("smollm2-135m"))
-    assert weights is not None and weights.gguf_path is not None
-    return weights.gguf_path
+Server = LlamaServer
 
 
 @pytest.fixture(scope="module")
 def server(real_home: Path) -> Iterator[Server]:
-    _require_llama_cpp()
-    running = Server(_gguf(real_home))
+    require_llama_cpp()
+    running = Server(default_gguf(real_home))
     yield running
     running.stop()
 
