@@ -349,6 +349,9 @@ def _alt(ctx: ChatContext, arg: str) -> None:
     ctx.answer(lambda: (gen, 0))
 
 
+NARROW = 90  # columns below which /alt lists steps without a table
+
+
 def _least_sure(ctx: ChatContext) -> None:
     from chatcli.ui.tables import show_table
 
@@ -356,6 +359,17 @@ def _least_sure(ctx: ChatContext) -> None:
     views = session.least_sure()
     if not views:
         ctx.ui.notify("the last answer has no steps")
+        return
+    if ctx.ui.out_tty and ctx.ui.out_console.size.width < NARROW:
+        # a table's last column would be a few characters wide: a step and its candidates
+        # on lines of their own instead
+        for v in views:
+            ctx.ui.print_raw(f"step {v.step} · {session.token_text(v.token_id)!r} "
+                             f"(p {v.prob:.3f}) · entropy {v.entropy:.2f} · margin "
+                             f"{v.margin:.3f}")
+            for i, (t, p) in enumerate(v.top, start=1):
+                ctx.ui.print_raw(f"  {i}. {session.token_text(t)!r} {p:.3f}")
+        ctx.ui.notify("/alt STEP RANK takes another token at a step and answers from there")
         return
     # on a terminal one candidate per line (a narrow column would wrap inside them)
     sep = "\n" if ctx.ui.out_tty else "  "
