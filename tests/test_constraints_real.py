@@ -13,12 +13,16 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
+# Every value bounded, so that any answer the constraint allows ends well within the token
+# limit, whatever a sampler draws on whichever CPU.
 PERSON = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"}, "born": {"type": "integer"},
-        "occupation": {"type": "string"},
-        "known_for": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "name": {"type": "string", "maxLength": 40},
+        "born": {"type": "integer", "minimum": 0, "maximum": 2100},
+        "occupation": {"type": "string", "maxLength": 40},
+        "known_for": {"type": "array", "items": {"type": "string", "maxLength": 40},
+                      "maxItems": 3},
     },
     "required": ["name", "born", "occupation", "known_for"], "additionalProperties": False,
 }
@@ -31,9 +35,7 @@ def person(tmp_path: Path) -> Path:
     return path
 
 
-# Sampling cool (temperature 0.3): a CPU whose kernels round differently may draw another
-# answer, but not one that rambles past the token limit inside a string.
-@pytest.mark.parametrize("flags", [[], ["-S", "sample", "-t", "0.3", "--seed", "3"],
+@pytest.mark.parametrize("flags", [[], ["-S", "sample", "--seed", "3"],
                                    ["-S", "beam", "--num-beams", "3"]],
                          ids=["greedy", "sample", "beam"])
 def test_the_answer_validates(real: Path, person: Path, flags: list[str]) -> None:
