@@ -12,33 +12,15 @@ from chatcli.decoding.registry import strategy_registry
 from chatcli.decoding.settings import resolve_settings
 from chatcli.generation.detokenize import IncrementalDetokenizer
 from chatcli.generation.stream import complete, stream
-from chatcli.lm.hf import HFLanguageModel
-from chatcli.loader import LoadedModel, eos_ids_of
-from chatcli.registry import ModelSpec
-from chatcli.runtime import Runtime
-from conftest import Tiny
+from chatcli.loader import LoadedModel
+from conftest import Tiny, tiny_loaded
 
 GREEDY = resolve_settings(strategy_registry(), strategy="greedy")
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model: Tiny) -> LoadedModel:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model.folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model.folder, dtype=torch.float32).eval()
-    loaded = LoadedModel(
-        spec=ModelSpec(alias="tiny", source="path", path=tiny_model.folder),
-        lm=HFLanguageModel(model),
-        tokenizer=tok,
-        runtime=Runtime("cpu", "float32", None),
-        eos_ids=eos_ids_of(model.generation_config.to_dict(), tok),
-        context_window=256,
-        load_seconds=0.0,
-    )
-    loaded.model = model  # type: ignore[attr-defined]  # the reference for generate()
-    return loaded
+    return tiny_loaded(tiny_model)  # with the transformers model as .model, for generate()
 
 
 def reference_ids(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:

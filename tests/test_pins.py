@@ -18,12 +18,16 @@ that undo, retry and clear take a pin away with its message.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_context import (  # the packing tests' fake template and real-template fixture
+    MARKER,
+    Render,
+    conversation,
+    fake_render,
+)
 
 from chatcli.context import Packed, TurnReport, message_tokens, pack, shorten_middle
 from chatcli.conversation import Conversation, Message
@@ -31,27 +35,7 @@ from chatcli.errors import ContextOverflowError, UsageError
 from chatcli.prompt import render_ids
 from conftest import Tiny
 
-Render = Callable[[list[Message]], list[int]]
-ROLE_IDS = {"system": 11, "user": 12, "assistant": 13}
-MARKER = re.compile(r"\n\[… (\d+) characters omitted by chatcli to fit the context window …\]\n")
 BUDGET_NOTE = "(context window minus max new tokens)"
-
-
-def fake_render(messages: list[Message]) -> list[int]:
-    """1 token per character, 3 per message (start, role, end), 2 for the generation prompt."""
-    ids: list[int] = []
-    for message in messages:
-        ids += [1, ROLE_IDS[message.role], *map(ord, message.content), 2]
-    return [*ids, 1, ROLE_IDS["assistant"]]
-
-
-def conversation(system: str | None, *pairs: tuple[str, str | None]) -> Conversation:
-    conv = Conversation(system)
-    for user, reply in pairs:
-        conv.add_user(user)
-        if reply is not None:
-            conv.add_assistant(reply)
-    return conv
 
 
 @pytest.fixture(scope="module")
