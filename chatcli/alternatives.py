@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatcli.errors import ChatcliError, UsageError
+from chatcli.lm.wrapped import WrappedLM
 
 STEP_HINT = "'/alt' with no arguments lists the steps where the model was least sure"
 
@@ -235,13 +236,11 @@ def _check_penalties(settings: Any, prompt_ids: list[int], prefix: list[int], lo
 # -- forcing tokens ------------------------------------------------------------------------
 
 
-class ForcedLM:
+class ForcedLM(WrappedLM):
     """`lm` whose first len(forced) positions allow only the forced token (see the module)."""
 
     def __init__(self, lm: Any, forced: list[int]) -> None:
-        self.lm = lm
-        self.device = lm.device
-        self.vocab_size = lm.vocab_size
+        super().__init__(lm)
         self.forced = [int(t) for t in forced]
         self.position = 0  # the position the latest logits are for (0: the prefill's)
         self._raw: Any = None
@@ -281,7 +280,7 @@ class ForcedLM:
         return masked
 
     def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
-        logits, cache = self.lm.prefill(ids) if cache is None else self.lm.prefill(ids, cache)
+        logits, cache = super().prefill(ids, cache)
         self.position = 0
         return self._out(logits), cache
 
@@ -304,18 +303,7 @@ class ForcedLM:
                 "alternatives of a beam answer are not defined: beam search keeps several "
                 "sequences and picks the best whole one, so forcing a prefix restarts a "
                 "different search", "explore a greedy or sampled answer")
-        self.lm.expand(cache, rows)
-
-    def reorder(self, cache: Any, rows: Any) -> None:
-        self.lm.reorder(cache, rows)
-
-    def crop(self, cache: Any, length: int) -> None:
-        self.lm.crop(cache, length)
-
-    def can_crop(self, cache: Any, length: int) -> bool:
-        from chatcli.lm.base import can_crop
-
-        return can_crop(self.lm, cache, length)
+        super().expand(cache, rows)
 
     def satisfied(self, token_ids: list[int]) -> bool:
         """A wrapped `ConstrainedLM`'s verdict on an answer (True without a constraint)."""

@@ -30,13 +30,12 @@ from __future__ import annotations
 from typing import Any
 
 from chatcli.constraints.engine import Compiled, Matcher
+from chatcli.lm.wrapped import WrappedLM
 
 
-class ConstrainedLM:
+class ConstrainedLM(WrappedLM):
     def __init__(self, lm: Any, compiled: Compiled) -> None:
-        self.lm = lm
-        self.device = lm.device
-        self.vocab_size = lm.vocab_size
+        super().__init__(lm)
         self.compiled = compiled
         self.matchers: list[Matcher | None] = []  # None: a dead row
         self.last_unmasked: Any = None
@@ -56,7 +55,7 @@ class ConstrainedLM:
         return logits.masked_fill(~allowed, float("-inf"))
 
     def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
-        logits, cache = self.lm.prefill(ids) if cache is None else self.lm.prefill(ids, cache)
+        logits, cache = super().prefill(ids, cache)
         self.matchers = [self.compiled.matcher()]
         return self._masked(logits), cache
 
@@ -90,14 +89,6 @@ class ConstrainedLM:
             gathered.append(source if source is None or i not in taken else source.copy())
             taken.add(int(i))
         self.matchers = gathered
-
-    def crop(self, cache: Any, length: int) -> None:
-        self.lm.crop(cache, length)
-
-    def can_crop(self, cache: Any, length: int) -> bool:
-        from chatcli.lm.base import can_crop
-
-        return can_crop(self.lm, cache, length)
 
     def satisfied(self, token_ids: list[int]) -> bool:
         """Whether `token_ids` (an answer) is complete under the constraint."""
