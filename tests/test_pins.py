@@ -26,6 +26,7 @@ from test_context import (  # the packing tests' fake template and real-template
     MARKER,
     Render,
     conversation,
+    conversations,
     fake_render,
 )
 
@@ -78,23 +79,11 @@ def bare(conv: Conversation) -> list[Message]:
 
 # ---------------------------------------------------------------- properties, real template
 
-texts = st.text(max_size=60) | st.text(alphabet="abc xyz.\n", max_size=300)
 
 
 @st.composite
 def pinned_conversations(draw: st.DrawFn) -> Conversation:
-    system = draw(st.none() | texts)
-    earlier = draw(st.lists(st.tuples(texts, texts, st.booleans()), max_size=11))
-    conv = Conversation(system)
-    for user, reply, interrupted in earlier:
-        conv.add_user(user)
-        conv.add_assistant(reply, interrupted)
-    long = st.text(min_size=80, max_size=200) | st.text(
-        alphabet="hello world\n", min_size=100, max_size=800
-    )
-    conv.add_user(draw(texts if draw(st.integers(0, 3)) == 0 else long))  # long, mostly
-    if draw(st.integers(0, 5)) == 0:  # now and then the newest message already has its answer
-        conv.add_assistant(draw(texts))
+    conv = draw(conversations())  # the packing tests' conversations, then pins on them
     chance = draw(st.sampled_from([0.0, 0.1, 0.3, 0.7]))
     for i in range(len(conv.turns)):
         if draw(st.floats(0, 1)) < chance:
