@@ -80,7 +80,6 @@ def bare(conv: Conversation) -> list[Message]:
 # ---------------------------------------------------------------- properties, real template
 
 
-
 @st.composite
 def pinned_conversations(draw: st.DrawFn) -> Conversation:
     conv = draw(conversations())  # the packing tests' conversations, then pins on them
