@@ -10,9 +10,19 @@ keeps what was saved before. (`synchronous=NORMAL`: a killed process loses
 nothing; only a power cut may lose the last commits.) The schema is versioned with
 `PRAGMA user_version`; a database from a newer chatcli is refused, not altered.
 
-Messages are kept in `position` order, unique within a conversation. A
-conversation's title is always its first user message, on one line and at most
-60 characters (`make_title`); it follows undo and clear. A conversation's
+A conversation is a tree of messages (schema version 3): each message names its
+parent (None for a first message), siblings are versions of one message (a
+retried answer, an edited question), and the conversation's `leaf` ends the
+path the user is on. `messages` and `load` give that path, root to leaf; `tree`
+gives every message with its parent id (`chatcli.branches.Tree.from_stored`
+builds the tree). Appending (`add_message`) adds a child of the leaf, or of a
+given `parent`, and moves the leaf to it; `set_leaf` moves it without writing a
+message; deleting a message deletes everything below it too, and a leaf that
+goes moves up to what is left of its path. A `position` is a message's depth in
+the tree. A version-2 history is migrated on the first write: each message's
+parent is the one before it, the last one is the leaf. A conversation's title is
+always its first user message, on one line and at most 60 characters
+(`make_title`); it follows undo and clear. A conversation's
 `updated` time moves with every change to it. Assistant replies may carry a
 `ReplyMeta` (its `params` are stored as JSON, so tuples come back as lists).
 
@@ -24,10 +34,11 @@ aside. `Store.open(readonly=True)` only reads: it creates and changes nothing, a
 works on a read-only file or folder and on a full disk (a missing file reads as an
 empty history); its writes raise `StoreError`.
 
-Several processes on one conversation: `add_message(..., expect=ids)` appends only
-if, in the same write transaction, the conversation still holds exactly those
-message ids (`ConversationChanged` otherwise), and `fork` copies a conversation's
-earlier turns into a new one. `claim(conv_id)` marks a conversation as being
+Several processes on one conversation: `add_message(..., expect_leaf=id)` appends
+only if, in the same write transaction, the conversation's leaf is still `id`
+(`ConversationChanged` otherwise: another process wrote to it, and the caller may
+append to its own parent anyway, which makes a branch), and `fork` copies a
+conversation's earlier turns into a new one. `claim(conv_id)` marks a conversation as being
 answered by this process until `release` (a lock byte in `history.db-answering`
 that the system drops when the process dies); `claim` returns False while another
 process holds it. Knows nothing about models, tokens or the terminal.
@@ -52,7 +63,7 @@ from chatcli import paths
 from chatcli.conversation import Conversation, Message, Role
 from chatcli.errors import ChatcliError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 TITLE_LENGTH = 60
 
@@ -89,6 +100,21 @@ _MIGRATIONS: list[list[str]] = [
     ],
     # 2: a message can be pinned (kept in the context window while older turns are dropped)
     ["ALTER TABLE messages ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0"],
+    # 3: a tree of messages: each names its parent, the conversation its current leaf
+    [
+        "ALTER TABLE messages ADD COLUMN parent_id INTEGER "
+        "REFERENCES messages ON DELETE CASCADE",
+        """UPDATE messages SET parent_id = (
+            SELECT p.id FROM messages AS p WHERE p.conversation_id = messages.conversation_id
+            AND p.position < messages.position ORDER BY p.position DESC LIMIT 1)""",
+        "ALTER TABLE conversations ADD COLUMN leaf_id INTEGER",
+        """UPDATE conversations SET leaf_id = (
+            SELECT m.id FROM messages AS m WHERE m.conversation_id = conversations.id
+            ORDER BY m.position DESC LIMIT 1)""",
+        "DROP INDEX messages_order",
+        "CREATE INDEX messages_order ON messages (conversation_id, position)",
+        "CREATE INDEX messages_parent ON messages (parent_id)",
+    ],
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -99,8 +125,9 @@ _INFO_SQL = """
 """
 _MESSAGE_SQL = """
     SELECT id, role, content, interrupted, created, model, strategy, params, seed,
-           prompt_tokens, completion_tokens, time_to_first_token_s, tokens_per_second, {pinned}
-    FROM messages WHERE conversation_id = ? ORDER BY position
+           prompt_tokens, completion_tokens, time_to_first_token_s, tokens_per_second, {pinned},
+           {parent}
+    FROM messages WHERE conversation_id = ? ORDER BY position, id
 """
 
 
@@ -149,6 +176,7 @@ class StoredMessage:
     # a user message's attached files: {"path", "size", "sha256"} each (chatcli.attachments)
     attachments: tuple[dict[str, Any], ...] = ()
     pinned: bool = False
+    parent_id: int | None = None  # the message it follows (None: a first message)
 
 
 @dataclass(frozen=True)
@@ -173,6 +201,15 @@ def make_title(text: str) -> str:
     if len(line) <= TITLE_LENGTH:
         return line
     return line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def _title(content: str, attachments: Sequence[dict[str, Any]]) -> str:
+    """A user message's title: its words, not the files attached before them."""
+    if not attachments:
+        return make_title(content)
+    words = content.rsplit("</file>", 1)[-1]
+    return make_title(words) or make_title(
+        "files: " + ", ".join(str(a.get("path", "")) for a in attachments))
 
 
 def _now() -> float:
@@ -291,6 +328,16 @@ def _create_private(path: Path) -> None:
 
 def _jsonable(value: object) -> object:
     return str(value)
+
+
+class _Leaf:
+    """The conversation's current leaf, as a default `parent` (shown as such in help)."""
+
+    def __repr__(self) -> str:
+        return "LEAF"
+
+
+LEAF = _Leaf()
 
 
 class Store:
@@ -452,11 +499,12 @@ class Store:
 
     def _retitle(self, conn: sqlite3.Connection, conv_id: int, now: float) -> None:
         row = conn.execute(
-            "SELECT content FROM messages WHERE conversation_id = ? AND role = 'user' "
-            "ORDER BY position LIMIT 1",
+            "SELECT content, params FROM messages WHERE conversation_id = ? AND role = 'user' "
+            "ORDER BY position, id LIMIT 1",
             (conv_id,),
         ).fetchone()
-        title = make_title(row[0]) if row else ""
+        attached = json.loads(row[1]).get("attachments", ()) if row and row[1] else ()
+        title = _title(row[0], attached) if row else ""
         conn.execute(
             "UPDATE conversations SET title = ?, updated = ? WHERE id = ?", (title, now, conv_id)
         )
@@ -482,28 +530,46 @@ class Store:
                 raise _no_conversation(conv_id)
 
     def add_message(self, conv_id: int, message: Message, meta: ReplyMeta | None = None, *,
-                    expect: Sequence[int] | None = None,
+                    parent: int | _Leaf | None = LEAF,
+                    expect_leaf: int | _Leaf | None = LEAF,
                     attachments: Sequence[dict[str, Any]] = ()) -> int:
-        """Append a user or assistant message (the system prompt goes to `set_system`);
-        `attachments` (a user message's files: path, size, sha256) are kept beside it, in
-        the `params` column a reply uses for its decoding parameters.
+        """Append a user or assistant message (the system prompt goes to `set_system`) as
+        a child of `parent` (default: the conversation's leaf; None: a first message), and
+        make it the leaf. `attachments` (a user message's files: path, size, sha256) are
+        kept beside it, in the `params` column a reply uses for its decoding parameters.
 
-        With `expect`, only if the conversation holds exactly these message ids, in
-        order, when the write transaction starts; else `ConversationChanged`.
+        With `expect_leaf`, only if the conversation's leaf is still that message id (None:
+        it has none) when the write transaction starts; else `ConversationChanged`. A
+        `parent` that is not in the conversation is a `StoreError` of kind "missing".
         """
         if message.role not in ("user", "assistant"):
             raise ValueError(f"only user and assistant messages are stored, not {message.role!r}")
         with self._write() as conn:
             self._require(conn, conv_id)
-            if expect is not None and [row[0] for row in conn.execute(
-                "SELECT id FROM messages WHERE conversation_id = ? ORDER BY position", (conv_id,)
-            )] != list(expect):
+            leaf = self._leaf(conn, conv_id)
+            if not isinstance(expect_leaf, _Leaf) and leaf != expect_leaf:
                 raise ConversationChanged(conv_id)
-            return self._insert(conn, conv_id, message, meta, _now(), attachments)
+            if isinstance(parent, _Leaf):
+                parent = leaf
+            elif parent is not None and conn.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?", (parent, conv_id)
+            ).fetchone() is None:
+                raise _typed("missing", f"conversation {conv_id} has no message {parent}",
+                             "another chatcli process may have removed it")
+            return self._insert(conn, conv_id, message, meta, _now(), attachments, parent)
+
+    def _leaf(self, conn: sqlite3.Connection, conv_id: int) -> int | None:
+        if self.version < 3:  # an older file, read as it is: its last message
+            row = conn.execute("SELECT id FROM messages WHERE conversation_id = ? "
+                               "ORDER BY position DESC LIMIT 1", (conv_id,)).fetchone()
+        else:
+            row = conn.execute("SELECT leaf_id FROM conversations WHERE id = ?",
+                               (conv_id,)).fetchone()
+        return None if row is None else cast("int | None", row[0])
 
     def _insert(self, conn: sqlite3.Connection, conv_id: int, message: Message,
                 meta: ReplyMeta | None, now: float,
-                attachments: Sequence[dict[str, Any]] = ()) -> int:
+                attachments: Sequence[dict[str, Any]] = (), parent: int | None = None) -> int:
         values: tuple[object, ...] = (None,) * 8
         if meta is None and attachments:
             values = (None, None, json.dumps({"attachments": list(attachments)},
@@ -522,23 +588,20 @@ class Store:
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, position, role, content, interrupted, "
             "created, model, strategy, params, seed, prompt_tokens, completion_tokens, "
-            "time_to_first_token_s, tokens_per_second, pinned) "
-            "VALUES (?, (SELECT COALESCE(MAX(position) + 1, 0) FROM messages "
-            "WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (conv_id, conv_id, message.role, message.content, int(message.interrupted),
-             now, *values, int(message.pinned)),
+            "time_to_first_token_s, tokens_per_second, pinned, parent_id) "
+            "VALUES (?, COALESCE((SELECT position + 1 FROM messages WHERE id = ?), 0), "
+            "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (conv_id, parent, message.role, message.content, int(message.interrupted),
+             now, *values, int(message.pinned), parent),
         )
-        title = make_title(message.content) if message.role == "user" else ""
-        if attachments and message.role == "user":  # the user's words, not the first file
-            words = message.content.rsplit("</file>", 1)[-1]
-            title = make_title(words) or make_title(
-                "files: " + ", ".join(str(a.get("path", "")) for a in attachments))
+        new_id = cast(int, cur.lastrowid)
+        title = _title(message.content, attachments) if message.role == "user" else ""
         conn.execute(
-            "UPDATE conversations SET updated = ?, "
+            "UPDATE conversations SET updated = ?, leaf_id = ?, "
             "title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
-            (now, title, conv_id),
+            (now, new_id, title, conv_id),
         )
-        return cast(int, cur.lastrowid)
+        return new_id
 
     def fork(self, conv_id: int, model: str, system: str | None,
              turns: Sequence[tuple[int | None, Message]]) -> tuple[int, list[int]]:
@@ -558,20 +621,24 @@ class Store:
             new_id = cast(int, cur.lastrowid)
             ids: list[int] = []
             for position, (old_id, message) in enumerate(turns):
+                parent = ids[-1] if ids else None
                 cur = conn.execute(
                     "INSERT INTO messages (conversation_id, position, role, content, "
                     "interrupted, created, model, strategy, params, seed, prompt_tokens, "
-                    "completion_tokens, time_to_first_token_s, tokens_per_second, pinned) "
+                    "completion_tokens, time_to_first_token_s, tokens_per_second, pinned, "
+                    "parent_id) "
                     "SELECT ?, ?, role, content, interrupted, created, model, strategy, params, "
                     "seed, prompt_tokens, completion_tokens, time_to_first_token_s, "
-                    "tokens_per_second, pinned FROM messages WHERE id = ? AND "
+                    "tokens_per_second, pinned, ? FROM messages WHERE id = ? AND "
                     "conversation_id = ?",
-                    (new_id, position, old_id, conv_id),
+                    (new_id, position, parent, old_id, conv_id),
                 )
                 if cur.rowcount == 1:
                     ids.append(cast(int, cur.lastrowid))
                 else:
-                    ids.append(self._insert(conn, new_id, message, None, now))
+                    ids.append(self._insert(conn, new_id, message, None, now, (), parent))
+            conn.execute("UPDATE conversations SET leaf_id = ? WHERE id = ?",
+                         (ids[-1] if ids else None, new_id))
             self._retitle(conn, new_id, now)
         return new_id, ids
 
@@ -617,8 +684,22 @@ class Store:
         with self._write() as conn:
             conn.execute("UPDATE messages SET pinned = ? WHERE id = ?", (int(pinned), message_id))
 
+    def set_leaf(self, conv_id: int, message_id: int | None) -> None:
+        """Move the conversation's current path to end at `message_id` (None: empty)."""
+        with self._write() as conn:
+            self._require(conn, conv_id)
+            if message_id is not None and conn.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?",
+                (message_id, conv_id),
+            ).fetchone() is None:
+                raise _typed("missing", f"conversation {conv_id} has no message {message_id}",
+                             "another chatcli process may have removed it")
+            conn.execute("UPDATE conversations SET leaf_id = ?, updated = ? WHERE id = ?",
+                         (message_id, _now(), conv_id))
+
     def delete_messages(self, message_ids: Sequence[int]) -> None:
-        """Remove these messages (unknown ids are ignored), e.g. for /undo and /retry."""
+        """Remove these messages and everything below them (unknown ids are ignored), e.g.
+        for /undo. A conversation whose leaf goes ends its path at what is left of it."""
         ids = sorted(set(message_ids))
         if not ids:
             return
@@ -628,14 +709,20 @@ class Store:
             convs = [row[0] for row in conn.execute(
                 f"SELECT DISTINCT conversation_id FROM messages WHERE id IN ({marks})", ids
             )]
+            leaves = {conv_id: self._path_ids(conn, conv_id) for conv_id in convs}
             conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)
-            for conv_id in convs:
+            for conv_id, path in leaves.items():
+                gone = set(ids)
+                kept = path[:next((i for i, m in enumerate(path) if m in gone), len(path))]
+                conn.execute("UPDATE conversations SET leaf_id = ? WHERE id = ?",
+                             (kept[-1] if kept else None, conv_id))
                 self._retitle(conn, conv_id, now)
 
     def clear_messages(self, conv_id: int) -> None:
         """Remove every message of a conversation (it keeps its model and system prompt)."""
         with self._write() as conn:
             self._require(conn, conv_id)
+            conn.execute("UPDATE conversations SET leaf_id = NULL WHERE id = ?", (conv_id,))
             conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conv_id,))
             self._retitle(conn, conv_id, _now())
 
@@ -657,15 +744,27 @@ class Store:
             return self._info(conn, conv_id)
 
     def messages(self, conv_id: int) -> list[StoredMessage]:
+        """The conversation's current path, first message to leaf."""
         with self._read() as conn:
             self._require(conn, conv_id)
-            return self._messages(conn, conv_id)
+            return _path(self._messages(conn, conv_id), self._leaf(conn, conv_id))
+
+    def tree(self, conv_id: int) -> tuple[list[StoredMessage], int | None]:
+        """Every message of the conversation (each with its parent id), in the order they
+        were written, and the current leaf's id."""
+        with self._read() as conn:
+            self._require(conn, conv_id)
+            rows = sorted(self._messages(conn, conv_id), key=lambda m: m.id)
+            return rows, self._leaf(conn, conv_id)
+
+    def _path_ids(self, conn: sqlite3.Connection, conv_id: int) -> list[int]:
+        return [m.id for m in _path(self._messages(conn, conv_id), self._leaf(conn, conv_id))]
 
     def load(self, conv_id: int) -> tuple[ConversationInfo, Conversation, list[int]]:
         """The conversation as chat commands use it, with its message ids in order."""
         with self._read() as conn:
             info = self._info(conn, conv_id)
-            stored = self._messages(conn, conv_id)
+            stored = _path(self._messages(conn, conv_id), self._leaf(conn, conv_id))
         turns = [Message(cast(Role, m.role), m.content, m.interrupted, m.pinned)
                  for m in stored]
         return info, Conversation(system=info.system, turns=turns), [m.id for m in stored]
@@ -677,10 +776,16 @@ class Store:
         return ConversationInfo(*row)
 
     def _messages(self, conn: sqlite3.Connection, conv_id: int) -> list[StoredMessage]:
+        """Every message, in position order, with its parent (an older file: the one before)."""
         result = []
         pinned_sql = "pinned" if self.version >= 2 else "0 AS pinned"
-        for row in conn.execute(_MESSAGE_SQL.format(pinned=pinned_sql), (conv_id,)):
-            *row, pinned = row
+        parent_sql = "parent_id" if self.version >= 3 else "NULL AS parent_id"
+        previous: int | None = None
+        for row in conn.execute(_MESSAGE_SQL.format(pinned=pinned_sql, parent=parent_sql),
+                                (conv_id,)):
+            *row, pinned, parent_id = row
+            if self.version < 3:
+                parent_id, previous = previous, row[0]
             msg_id, role, content, interrupted, created, model, *rest = row
             meta = None
             strategy, params, seed, prompt, completion, ttft, tps = rest
@@ -691,7 +796,7 @@ class Store:
             if model is None and params:
                 attached = tuple(json.loads(params).get("attachments", ()))
             result.append(StoredMessage(msg_id, role, content, bool(interrupted), created, meta,
-                                        attached, bool(pinned)))
+                                        attached, bool(pinned), parent_id))
         return result
 
     # Defined last: inside the class body, `list` names this method.
@@ -703,6 +808,17 @@ class Store:
                 (-1 if limit is None else max(limit, 0),),
             ).fetchall()
         return [ConversationInfo(*row) for row in rows]
+
+
+def _path(rows: Sequence[StoredMessage], leaf: int | None) -> list[StoredMessage]:
+    """The messages from the first one down to `leaf`."""
+    by_id = {m.id: m for m in rows}
+    path: list[StoredMessage] = []
+    node = by_id.get(leaf) if leaf is not None else None
+    while node is not None:
+        path.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id is not None else None
+    return path[::-1]
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

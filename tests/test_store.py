@@ -87,17 +87,18 @@ def test_open_creates_the_schema_in_a_private_wal_database(db: Path) -> None:
         assert wal.exists()
         assert mode(wal) == 0o600
     assert raw(db, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db, "PRAGMA user_version") == [(2,)]
+    assert raw(db, "PRAGMA user_version") == [(3,)]
     assert [r[1] for r in raw(db, "PRAGMA table_info(conversations)")] == [
-        "id", "title", "model", "system", "created", "updated",
+        "id", "title", "model", "system", "created", "updated", "leaf_id",
     ]
     assert [r[1] for r in raw(db, "PRAGMA table_info(messages)")] == [
         "id", "conversation_id", "position", "role", "content", "interrupted", "created",
         "model", "strategy", "params", "seed", "prompt_tokens", "completion_tokens",
-        "time_to_first_token_s", "tokens_per_second", "pinned",
+        "time_to_first_token_s", "tokens_per_second", "pinned", "parent_id",
     ]
-    fk = raw(db, "PRAGMA foreign_key_list(messages)")[0]
-    assert (fk[2], fk[3], fk[6]) == ("conversations", "conversation_id", "CASCADE")
+    fks = {(fk[2], fk[3], fk[6]) for fk in raw(db, "PRAGMA foreign_key_list(messages)")}
+    assert fks == {("conversations", "conversation_id", "CASCADE"),
+                   ("messages", "parent_id", "CASCADE")}
 
 
 def test_an_existing_file_is_made_private_and_reopening_keeps_data(db: Path) -> None:
@@ -111,7 +112,7 @@ def test_an_existing_file_is_made_private_and_reopening_keeps_data(db: Path) -> 
     with Store.open(db) as s:
         assert [i.id for i in s.list()] == [conv]
     assert mode(db) == 0o600
-    assert raw(db, "PRAGMA user_version") == [(2,)]
+    assert raw(db, "PRAGMA user_version") == [(3,)]
 
 
 def test_default_path_is_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +143,7 @@ def test_a_newer_schema_is_refused_untouched(db: Path) -> None:
     with pytest.raises(StoreError) as err:
         Store.open(db)
     assert err.value.message == (
-        f"the history database {db} has schema version 9; this chatcli knows up to 2"
+        f"the history database {db} has schema version 9; this chatcli knows up to 3"
     )
     assert err.value.hint == "upgrade chatcli, or set CHATCLI_HOME to use another history"
     assert raw(db, "PRAGMA user_version") == [(9,)]
@@ -158,9 +159,9 @@ def test_round_trip_with_metadata(store: Store, clock: list[float]) -> None:
 
     assert store.messages(conv) == [
         StoredMessage(u1, "user", "What is 2+2?", False, 1001.0, None),
-        StoredMessage(a1, "assistant", "4.", False, 1002.0, META),
-        StoredMessage(u2, "user", "And 3+3?", False, 1003.0, None),
-        StoredMessage(a2, "assistant", "Six, bec", True, 1004.0, None),
+        StoredMessage(a1, "assistant", "4.", False, 1002.0, META, parent_id=u1),
+        StoredMessage(u2, "user", "And 3+3?", False, 1003.0, None, parent_id=a1),
+        StoredMessage(a2, "assistant", "Six, bec", True, 1004.0, None, parent_id=u2),
     ]
     info = ConversationInfo(conv, "What is 2+2?", "tiny", "Be brief.", 1000.0, 1004.0, 4)
     assert store.info(conv) == info
@@ -217,9 +218,12 @@ def test_undo_retry_and_clear(store: Store, clock: list[float]) -> None:
     again = store.add_message(conv, Message("assistant", "deux"))
     assert raw(store.path, f"SELECT position FROM messages WHERE id = {again}") == [(3,)]
 
-    store.delete_messages([ids[0], ids[1]])  # undo the first exchange: the title follows
-    assert store.info(conv).title == "second"
-    assert [m.content for m in store.messages(conv)] == ["second", "deux"]
+    store.delete_messages([ids[2]])  # undo the last exchange: what is below goes too
+    assert [m.content for m in store.messages(conv)] == ["first", "one"]
+    assert store.info(conv).messages == 2
+    store.delete_messages([ids[0]])  # the first message: the title follows
+    assert store.info(conv).title == ""
+    assert store.messages(conv) == []
     store.delete_messages([])
     store.delete_messages([999])
 
@@ -628,4 +632,4 @@ def test_a_version_1_history_is_read_as_it_is_and_migrated_on_write(tmp_path: Pa
         _, conv, _ = s.load(1)
         assert [m.pinned for m in conv.turns] == [True, False]
         assert s.messages(1)[1].meta.seed == 7  # type: ignore[union-attr]
-    assert raw(db, "PRAGMA user_version") == [(2,)]
+    assert raw(db, "PRAGMA user_version") == [(3,)]
