@@ -31,10 +31,22 @@ def greedy_reply(tiny: Tiny, messages: list[dict[str, str]], n: int) -> str:
 
 
 def stored(home: Path) -> list[tuple[Any, ...]]:
+    """Each conversation's current path (root to leaf): what chat -c continues."""
     with sqlite3.connect(home / "data" / "history.db") as db:
         return db.execute(
+            "WITH RECURSIVE path(id) AS (SELECT leaf_id FROM conversations WHERE leaf_id IS NOT "
+            "NULL UNION ALL SELECT m.parent_id FROM messages AS m JOIN path ON m.id = path.id "
+            "WHERE m.parent_id IS NOT NULL) "
             "SELECT conversation_id, role, content, interrupted FROM messages "
-            "ORDER BY conversation_id, position"
+            "WHERE id IN (SELECT id FROM path) ORDER BY conversation_id, position"
+        ).fetchall()
+
+
+def every(home: Path) -> list[tuple[Any, ...]]:
+    """Every message of every branch, in the order written."""
+    with sqlite3.connect(home / "data" / "history.db") as db:
+        return db.execute(
+            "SELECT conversation_id, role, content, interrupted FROM messages ORDER BY id"
         ).fetchall()
 
 
@@ -236,3 +248,6 @@ def test_repl_in_a_terminal(home: Path, slow_model: Path) -> None:
     assert child.exitstatus == 0
     assert stored(home)[0][1:3] == ("user", "Again")
     assert [r[1] for r in stored(home)] == ["user", "assistant"]
+    # /retry kept the first answer, a second version of it
+    assert [r[1] for r in every(home)] == ["user", "assistant", "assistant"]
+    assert stored(home)[1] == every(home)[2]

@@ -1,27 +1,37 @@
 """Saving one conversation in the history as it happens, and keeping it when the history fails.
 
-Contract: a `Recorder` mirrors one in-memory `Conversation` into the history
-`Store`. Its owner calls `added(meta)` after appending a message, `removed(n)`
-after taking the last n away (or before, for a clear), `system_changed()` and
+Contract: a `Recorder` mirrors one in-memory conversation into the history
+`Store`: the `Conversation` its owner edits (the path the model sees) and, in
+`tree` (`chatcli.branches.Tree`), every version of every message. Its owner
+calls `added(meta)` after appending a message, `removed(n)` after taking the last
+n away for good (their versions and what follows them go too), `cut(n)` after
+leaving the last n for a new version (/retry, /edit: nothing is deleted, the
+next message becomes a sibling), `switched()` after `tree.switch` (the
+conversation's turns follow), `cleared()`, `system_changed()` and
 `replaced(conversation)` (a conversation to be stored as a new one). Each call
-first writes what is still pending, in order, then the new change.
+first writes what is still pending, in the order it was made, then the new change.
+The history's leaf follows the path: a message written becomes the leaf; a
+switch moves it.
 
 A write that fails (disk full, read-only, locked past the busy timeout, any
 `StoreError`) never raises: the change stays pending in memory, one warning line
 says so per outage (through `warn`), every later call tries again, and one line
 says when the history works again. A history that could not be opened for
 writing is reopened on those tries. `close()` tries one last time and, if
-anything is still unsaved, writes the whole conversation to a recovery file
-(JSON, loadable with /load) in the history's folder, else the temp folder, and
-names it in a warning; then it closes the store.
+anything is still unsaved, writes the conversation (its path) to a recovery
+file (JSON, loadable with /load) in the history's folder, else the temp folder,
+and names it in a warning; then it closes the store.
 
-Several processes on one conversation: a user message is written only if no other
-chatcli is answering the conversation (`Store.claim`) and, in the same write
-transaction, the conversation still ends where this process read it. Otherwise
-the turns go to a NEW conversation that copies the earlier ones (`Store.fork`),
-and a warning names it; a trailing question that another process wrote and has
-not answered is left out of the copy and of the in-memory conversation. The
-claim is released when the reply is saved.
+Several processes on one conversation become branches of it, never interleaved
+turns: a message is written as the child of this process's previous one, and if
+another process wrote to the conversation since (its leaf moved) or is answering
+it now (`Store.claim`, for a user message), the message starts a new branch and
+a warning says so once. A trailing question that another process wrote and has
+not answered is left off this process's path (it stays in the history, a
+sibling of the new question). If the message this one follows is gone (another
+process removed it, or the conversation), the path goes to a NEW conversation
+that copies it (`Store.fork`), named in a warning. The claim is released when
+the reply is saved.
 
 With no store and no path the history is off: nothing is written or warned.
 Knows nothing about models or the terminal.
@@ -34,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chatcli.branches import Node, Tree
 from chatcli.conversation import Conversation
 from chatcli.store import ConversationChanged, ReplyMeta, Store, StoreError
 
@@ -77,59 +88,101 @@ class Recorder:
         self.path = store.path if store is not None else path
         self.conversation = conversation
         self.conversation_id = conversation_id
-        ids = list(message_ids or [])
-        self.ids: list[int | None] = [*ids, *[None] * (len(conversation.turns) - len(ids))]
         self.alias = alias
         self.warnings: list[str] = []
         self.warn = warn or self.warnings.append
-        self._metas: dict[int, ReplyMeta] = {}  # replies not saved yet, by turn index
-        self._attached: dict[int, list[dict[str, Any]]] = {}  # a user message's files, likewise
+        ids = list(message_ids or [])
+        self.tree = self._load_tree(ids)
+        self.leaf: int | None = ids[-1] if ids else None  # the history's, as last seen
         self._deletes: list[int] = []
         self._system_dirty = False
         self._mine: set[int] = set()  # ids this process wrote
+        self._branched: set[int] = set()  # conversations whose branching was warned
         # Failing since the last success (and warned): open_history has warned already.
         self._failing = self.enabled and (store is None or store.readonly)
         self._recovered = False
+
+    def _load_tree(self, ids: list[int]) -> Tree:
+        """The conversation's tree: the history's, when it holds this path; else the path."""
+        turns = self.conversation.turns
+        if self.store is not None and self.conversation_id is not None and ids:
+            try:
+                rows, leaf = self.store.tree(self.conversation_id)
+            except StoreError:
+                rows, leaf = [], None
+            tree = Tree.from_stored(rows, leaf)
+            if [n.id for n in tree.path] == ids and len(ids) == len(turns):
+                for node, message in zip(tree.path, turns, strict=True):
+                    node.message = message
+                return tree
+        tree = Tree()
+        for k, message in enumerate(turns):
+            tree.add(message, id=ids[k] if k < len(ids) else None)
+        return tree
 
     @property
     def enabled(self) -> bool:
         return self.path is not None
 
+    @property
+    def ids(self) -> list[int | None]:
+        """The history's id of each turn of the conversation (None: not saved yet)."""
+        return [n.id for n in self.tree.path]
+
     def unsaved(self) -> int:
-        """How many messages are not in the history yet."""
+        """How many messages (of any branch) are not in the history yet."""
         if not self.enabled:
             return 0
-        return sum(1 for i in self.ids if i is None)
+        return sum(1 for n in self.tree.nodes() if n.id is None)
 
     def _pending(self) -> bool:
+        path = self.tree.path
         return bool(self._deletes or self.unsaved()
-                    or (self._system_dirty and self.conversation_id is not None))
+                    or (self._system_dirty and self.conversation_id is not None)
+                    or (path and path[-1].id is not None and path[-1].id != self.leaf))
 
     # -- changes -----------------------------------------------------------------
     def added(self, meta: ReplyMeta | None = None,
               attachments: list[dict[str, Any]] | None = None) -> None:
         """The conversation's last message is new: save it (after what is pending), with
         its reply metadata or its attached files (path, size, sha256)."""
-        self.ids.append(None)
-        if meta is not None:
-            self._metas[len(self.ids) - 1] = meta
-        if attachments:
-            self._attached[len(self.ids) - 1] = list(attachments)
+        self.tree.add(self.conversation.turns[-1], meta=meta, attachments=attachments or ())
         self.flush()
 
     def removed(self, count: int) -> None:
-        """The last `count` messages are gone (or about to go, for a clear)."""
-        keep = len(self.ids) - count
-        self._deletes += [i for i in self.ids[keep:] if i is not None]
-        del self.ids[keep:]
-        self._metas = {k: v for k, v in self._metas.items() if k < keep}
-        self._attached = {k: v for k, v in self._attached.items() if k < keep}
+        """The last `count` messages are gone for good, with their other versions and all
+        that follows them."""
+        gone = self.tree.remove(len(self.tree.path) - count)
+        self._deletes += [n.id for n in gone if n.id is not None]
+        saved = [n.id for n in self.tree.path if n.id is not None]
+        self.leaf = saved[-1] if saved else None  # where the history's path now ends
         if self.enabled and self._deletes:
             self._attempt(self._write_deletes)
 
+    def cut(self, count: int) -> None:
+        """The last `count` messages left the path; they stay in the tree and the history,
+        and the next message is a new version of the first of them."""
+        self.tree.cut(len(self.tree.path) - count)
+
+    def cleared(self) -> None:
+        """Every message, of every branch, is gone."""
+        self._deletes += [n.id for n in self.tree.nodes() if n.id is not None]
+        self.tree = Tree()
+        self.leaf = None
+        if self.enabled and self._deletes:
+            self._attempt(self._write_deletes)
+
+    def switched(self) -> None:
+        """`tree.switch` moved the path: the conversation's turns follow, and the history's
+        leaf (when that message is saved)."""
+        self.conversation.turns[:] = self.tree.messages()
+        self.flush()
+
     def pinned(self, index: int, pinned: bool) -> None:
         """Turn `index` was pinned or unpinned (a message not saved yet carries its flag)."""
-        message_id = self.ids[index] if index < len(self.ids) else None
+        node = self.tree.path[index]
+        node.message = self.conversation.turns[index]
+        message_id = node.id
         if message_id is not None and self.enabled:
             self._attempt(lambda: self._writable().set_pinned(message_id, pinned))
 
@@ -143,8 +196,7 @@ class Recorder:
             self._recover()
         self.conversation = conversation
         self.conversation_id = None
-        self.ids, self._metas, self._system_dirty, self._recovered = [], {}, False, False
-        self._attached = {}
+        self.tree, self.leaf, self._system_dirty, self._recovered = Tree(), None, False, False
 
     # -- writing -----------------------------------------------------------------
     def flush(self) -> bool:
@@ -183,68 +235,111 @@ class Recorder:
         store = self._writable()
         if self._deletes:
             self._write_deletes()
-        turns = self.conversation.turns
         if self.conversation_id is None:
-            if not turns:
+            if not self.tree.roots:
                 return
             self.conversation_id = store.new_conversation(self.alias(), self.conversation.system)
             self._system_dirty = False
+            self.leaf = None
         elif self._system_dirty:
             store.set_system(self.conversation_id, self.conversation.system)
             self._system_dirty = False
-        while None in self.ids:
-            index = self.ids.index(None)
-            message = turns[index]
-            conv_id = self.conversation_id
+        while True:
+            node = next((n for n in self.tree.nodes() if n.id is None), None)
+            if node is None:
+                break
+            self._write(store, node)
+        path = self.tree.path
+        if path and path[-1].id != self.leaf:  # a switch, or versions saved late
+            store.set_leaf(self.conversation_id, path[-1].id)
+            self.leaf = path[-1].id
+
+    def _write(self, store: Store, node: Node) -> None:
+        conv_id = self.conversation_id
+        assert conv_id is not None
+        message = node.message
+        parent = node.parent.id if node.parent is not None else None
+        try:
             try:
                 if message.role == "user" and not store.claim(conv_id):
                     raise ConversationChanged(conv_id, busy=True)
-                expect = [i for i in self.ids[:index] if i is not None]
-                new = store.add_message(conv_id, message, self._metas.get(index), expect=expect,
-                                        attachments=self._attached.get(index, ()))
+                new = store.add_message(conv_id, message, node.meta, parent=parent,
+                                        expect_leaf=self.leaf, attachments=node.attachments)
             except ConversationChanged as exc:
-                self._fork(store, index, exc)
-                continue
-            except StoreError as exc:
-                if exc.kind == "missing":  # deleted meanwhile (history rm)
-                    self._fork(store, index, ConversationChanged(conv_id))
-                    continue
+                left_out = self._step_aside(node) if exc.busy else 0
+                parent = node.parent.id if node.parent is not None else None
+                new = store.add_message(conv_id, message, node.meta, parent=parent,
+                                        attachments=node.attachments)
+                self._warn_branch(conv_id, exc.busy, left_out)
+        except StoreError as exc:
+            if exc.kind != "missing":  # the message it follows, or the conversation, is gone
                 raise
-            self.ids[index] = new
-            self._mine.add(new)
-            self._metas.pop(index, None)
-            self._attached.pop(index, None)
-            if message.role == "assistant":
-                store.release(conv_id)
+            self._fork(store, node, ConversationChanged(conv_id))
+            return
+        node.id = self.leaf = new
+        self._mine.add(new)
+        if message.role == "assistant":
+            store.release(conv_id)
 
-    def _fork(self, store: Store, index: int, why: ConversationChanged) -> None:
-        """Save the turns before `index` and what follows in a new conversation."""
-        old = why.conv_id
-        turns = self.conversation.turns
-        keep = index
-        if turns[index].role == "user":
-            # Another process's question that has no answer is not ours to continue.
-            while keep and turns[keep - 1].role == "user" and self.ids[keep - 1] not in self._mine:
-                keep -= 1
-        left_out = index - keep
+    def _step_aside(self, node: Node) -> int:
+        """Move `node` (a question) beside the unanswered questions of another process
+        that precede it; returns how many those are."""
+        parent, left_out = node.parent, 0
+        while (parent is not None and parent.message.role == "user"
+               and parent.id is not None and parent.id not in self._mine):
+            parent, left_out = parent.parent, left_out + 1
         if left_out:
-            del turns[keep:index]
-            del self.ids[keep:index]
-            self._metas = {(k - left_out if k >= index else k): v for k, v in self._metas.items()}
-        copied = [(i, m) for i, m in zip(self.ids[:keep], turns[:keep], strict=True)]
+            assert node.parent is not None
+            node.parent.children.remove(node)
+            node.parent = parent
+            (parent.children if parent is not None else self.tree.roots).append(node)
+            path = self.tree.path
+            if node in path:
+                index = path.index(node)
+                path[index - left_out:index + 1] = [node]
+                self.conversation.turns[:] = self.tree.messages()
+        return left_out
+
+    def _warn_branch(self, conv_id: int, busy: bool, left_out: int) -> None:
+        if conv_id in self._branched:
+            return
+        self._branched.add(conv_id)
+        reason = ("is being answered by another chatcli process" if busy
+                  else "was changed by another chatcli process since this one read it")
+        beside = " beside its unanswered last question" if left_out == 1 else (
+            f" beside its {left_out} unanswered last questions" if left_out else "")
+        self.warn(f"conversation {conv_id} {reason}; this exchange is saved as a new branch "
+                  f"of it{beside} ('chatcli history show --tree {conv_id}' shows them all)")
+
+    def _fork(self, store: Store, node: Node, why: ConversationChanged) -> None:
+        """Save the path in a new conversation: the messages before `node` copied, the
+        rest written after. Versions off the path stay where they were."""
+        old = why.conv_id
+        path = self.tree.path
+        if node not in path:  # a version off the path: what it followed is gone
+            top = node
+            while top.parent is not None and top.parent.id is None:
+                top = top.parent
+            (top.parent.children if top.parent is not None else self.tree.roots).remove(top)
+            self.warn(f"conversation {old} was changed by another chatcli process: a version "
+                      "of one of its messages could not be saved, the message it follows is "
+                      "gone")
+            return
+        keep = path.index(node)
+        copied = [(n.id, n.message) for n in path[:keep]]
         new_id, new_ids = store.fork(old, self.alias(), self.conversation.system, copied)
         store.release(old)
-        self.conversation_id = new_id
-        self.ids[:keep] = new_ids
+        tree = Tree()
+        for n, message_id in zip(self.tree.path, [*new_ids, *[None] * len(self.tree.path)],
+                                 strict=False):
+            tree.add(n.message, meta=n.meta, attachments=n.attachments, id=message_id)
+        self.tree, self.conversation_id = tree, new_id
+        self.leaf = new_ids[-1] if new_ids else None
         self._mine.update(new_ids)
         self._system_dirty = False
-        reason = ("is being answered by another chatcli process" if why.busy
-                  else "was changed by another chatcli process since this one read it")
         copy = f", a copy of its first {keep} message(s)" if keep else ""
-        note = " (without its unanswered last question)" if left_out == 1 else (
-            f" (without its {left_out} unanswered last questions)" if left_out else "")
-        self.warn(f"conversation {old} {reason}; this exchange is saved as a new "
-                  f"conversation {new_id}{copy}{note}")
+        self.warn(f"conversation {old} was changed by another chatcli process since this one "
+                  f"read it; this exchange is saved as a new conversation {new_id}{copy}")
 
     # -- the end ----------------------------------------------------------------
     def close(self) -> Path | None:
@@ -265,7 +360,7 @@ class Recorder:
         if self._recovered or not self.conversation.turns:
             return None
         assert self.path is not None
-        metas = [self._metas.get(k) for k in range(len(self.conversation.turns))]
+        metas = [n.meta for n in self.tree.path]
         folders = [self.path.parent, Path(tempfile.gettempdir())]
         try:
             path = transcript.save_recovery(folders, self.alias(), self.conversation, metas)

@@ -12,6 +12,12 @@ waits or writes a recovery file.
 `start_reply()` packs the history (`chatcli.context.pack`), and returns a
 streaming `Generation`; `finish_reply()` records it.
 
+Branches: the conversation is the path through a tree of versions (the
+recorder's `tree`). `retry()` and `edit()` start a new version of a message and
+keep the old one; `switch()` moves to another version and on to where that
+branch ends; `undo()` and `clear()` delete for good. The backend's prompt cache
+reuses the prefix the old and new paths share.
+
 The model is a backend (`chatcli.backends`: local weights with a prompt cache, or
 an OpenAI-compatible server); the session asks it to count, check, stream and
 forget, and never asks which one it is. A `LoadedModel` given directly runs on the
@@ -22,13 +28,14 @@ Knows nothing about the terminal: the REPL and the slash commands print.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chatcli.backends import as_backend
 from chatcli.backends.base import Backend, Views
+from chatcli.branches import Tree
 from chatcli.chat.recorder import Recorder
 from chatcli.context import Packed, pack
 from chatcli.conversation import Conversation, Message
@@ -190,20 +197,95 @@ class ChatSession:
         self.recorder.system_changed()
 
     def undo(self) -> list[Message]:
+        """Remove the last exchange for good, with its other versions."""
         removed = self.conversation.undo()
         self._forget(len(removed))
+        if removed:
+            self._forget_answer()
         return removed
 
     def retry(self) -> Message | None:
+        """Leave the last reply for a new version of it (it stays, a branch: /branches)."""
         before = len(self.conversation.turns)
         user = self.conversation.retry()
-        self._forget(before - len(self.conversation.turns))
+        self.recorder.cut(before - len(self.conversation.turns))
         return user
 
     def clear(self) -> None:
-        self._forget(len(self.conversation.turns))
+        """Forget every message, of every branch (the system prompt stays)."""
+        self.recorder.cleared()
         self.conversation.clear()
         self.cache.invalidate()
+        self._forget_answer()
+
+    # -- branches ---------------------------------------------------------------------
+    @property
+    def tree(self) -> Tree:
+        return self.recorder.tree
+
+    def editable(self, number: int | None) -> tuple[int, str]:
+        """Message `number` (1-based; None: the last user message) as /edit opens it: its
+        index and its words (the files attached before them are kept by `edit`)."""
+        turns = self.conversation.turns
+        users = [i for i, m in enumerate(turns) if m.role == "user"]
+        if number is None:
+            if not users:
+                raise UsageError("there is no message to edit yet", "type a message first")
+            index = users[-1]
+        else:
+            index = number - 1
+            if not 0 <= index < len(turns):
+                raise UsageError(f"there is no message {number}: the conversation has "
+                                 f"{len(turns)} message" + ("" if len(turns) == 1 else "s"),
+                                 "/context lists the messages with their numbers")
+            if turns[index].role != "user":
+                raise UsageError(f"message {number} is the model's answer; /edit changes "
+                                 "your messages", "/retry answers again, /alt changes a token")
+        words, _ = _split_files(turns[index].content, self.tree.path[index].attachments)
+        return index, words
+
+    def edit(self, index: int, words: str, files: list[Any] | None = None) -> None:
+        """A new version of user message `index` with `words` (its attached files kept,
+        `files` added after them); the old one stays, a branch. Answer it next."""
+        old = self.tree.path[index]
+        _, head = _split_files(old.message.content, old.attachments)
+        attachments = [dict(a) for a in old.attachments]
+        if files:
+            from chatcli.attachments import describe, render
+
+            words = render(files, words)
+            attachments += describe(files)
+        self.recorder.cut(len(self.conversation.turns) - index)
+        del self.conversation.turns[index:]
+        self._forget_answer()
+        self.add_user(head + words, attachments or None, pinned=old.message.pinned)
+
+    def branch_point(self, number: int | None = None) -> int:
+        """The index whose versions /branches lists: message `number`, else the last
+        message on the path that has several versions."""
+        path = self.tree.path
+        if number is not None:
+            if not 1 <= number <= len(path):
+                raise UsageError(f"there is no message {number}: the conversation has "
+                                 f"{len(path)} message" + ("" if len(path) == 1 else "s"),
+                                 "/context lists the messages with their numbers")
+            return number - 1
+        points = self.tree.branch_points()
+        if not points:
+            raise UsageError("this conversation has no branches yet",
+                             "/retry, /edit N and /alt STEP RANK make them")
+        return points[-1]
+
+    def switch(self, index: int, k: int) -> None:
+        """Go to version `k` of message `index` and on to where that branch ends; the
+        prompt cache keeps what the two paths share."""
+        self.tree.switch(index, k)
+        self.recorder.switched()
+        self._forget_answer()
+
+    def _forget_answer(self) -> None:
+        """The last answer shown is no longer the conversation's (for /alt, /stats)."""
+        self.last_generation = self.last_packed = self.answered_packed = None
 
     def replace_conversation(self, conversation: Conversation) -> None:
         """Adopt a loaded conversation; it is stored as a new one."""
@@ -282,15 +364,16 @@ class ChatSession:
         return least_sure(views, n)
 
     def start_alternative(self, step: int, rank: int) -> tuple[Any, Generation]:
-        """Replace the last answer by the one the model gives when its `rank`-th token is
-        taken at `step` (same strategy, parameters, seed and constraint); the old reply
-        is removed only once the alternative is known to exist."""
+        """A new version of the last answer: the one the model gives when its `rank`-th
+        token is taken at `step` (same strategy, parameters, seed and constraint). The old
+        reply stays as a branch; it leaves the path only once the alternative is known
+        to exist."""
         method, old, packed = self._explorable("/alt")
         room = self.backend.context_window - len(packed.ids)
         alt, gen = method(packed, old.settings, min(old.settings.common.max_new_tokens, room),
                           self.views, old.token_ids, step, rank, strategies=self.strategies,
                           constraint=old.constraint)
-        self.retry()
+        self.retry()  # the old reply stays, a branch
         self.last_generation = gen
         return alt, gen
 
@@ -310,6 +393,22 @@ class ChatSession:
             tokens_per_second=s.decode_tokens_per_s,
         )
         self._save(self.conversation.add_assistant(gen.text, interrupted), meta)
+
+
+def _split_files(content: str, attachments: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """A user message's words, and the file blocks before them (with the blank line)."""
+    if not attachments:
+        return content, ""
+    from chatcli.attachments import block_spans
+
+    try:
+        spans = block_spans(content, len(attachments))
+    except ChatcliError:
+        return content, ""
+    end = spans[-1][2]
+    words = content[end:]
+    stripped = words.lstrip("\n")
+    return stripped, content[: end + len(words) - len(stripped)]
 
 
 def _shape(gen: Generation) -> dict[str, Any]:
