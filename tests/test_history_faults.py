@@ -409,7 +409,27 @@ def started(cli, home: Path) -> list[tuple[str, str]]:
     return conversations(home)[1]
 
 
-def test_ask_c_while_another_ask_c_answers_forks_the_conversation(
+def leaves(home: Path, conv: int) -> tuple[list[list[tuple[str, str]]], list[tuple[str, str]]]:
+    """Every branch of a conversation (root to leaf; ordered by where they part, the version
+    made first first) and its current path."""
+    from chatcli.branches import Tree
+    from chatcli.store import Store
+
+    with Store.open(db_path(home), readonly=True) as store:
+        tree = Tree.from_stored(*store.tree(conv))
+    ends = [n for n in tree.nodes() if not n.children]
+    paths = []
+    for end in ends:
+        path, node = [], end
+        while node is not None:
+            path.append((node.seq, (node.message.role, node.message.content)))
+            node = node.parent
+        paths.append(path[::-1])
+    paths.sort(key=lambda p: [seq for seq, _ in p])
+    return [[m for _, m in p] for p in paths], [(m.role, m.content) for m in tree.messages()]
+
+
+def test_ask_c_while_another_ask_c_answers_becomes_a_branch(
     home: Path, tmp_path: Path, started: list[tuple[str, str]]
 ) -> None:
     gate = tmp_path / "go"
@@ -423,15 +443,18 @@ def test_ask_c_while_another_ask_c_answers_forks_the_conversation(
     assert b.returncode == 0, b_err
     assert b_err == (
         "warning: conversation 1 is being answered by another chatcli process; this exchange "
-        "is saved as a new conversation 2, a copy of its first 2 message(s) (without its "
-        "unanswered last question)\n"
+        "is saved as a new branch of it, beside the question being answered ('chatcli history "
+        "show --tree 1' shows them all)\n"
     )
-    convs = conversations(home)
-    assert convs[1] == [*started, ("user", "question A"), ("assistant", a_out.rstrip("\n"))]
-    assert convs[2] == [*started, ("user", "question B"), ("assistant", b_out.rstrip("\n"))]
+    assert sorted(conversations(home)) == [1]  # one conversation, two branches
+    branches, path = leaves(home, 1)
+    a_branch = [*started, ("user", "question A"), ("assistant", a_out.rstrip("\n"))]
+    b_branch = [*started, ("user", "question B"), ("assistant", b_out.rstrip("\n"))]
+    assert branches == [a_branch, b_branch]
+    assert path == a_branch  # the last answer written ends the path chat -c continues
 
 
-def test_two_ask_c_reading_at_once_never_interleave(
+def test_two_ask_c_reading_at_once_become_two_branches(
     home: Path, tmp_path: Path, started: list[tuple[str, str]]
 ) -> None:
     procs = [gated_ask(tmp_path / f"go{n}", "load", f"question {n}") for n in range(2)]
@@ -441,20 +464,21 @@ def test_two_ask_c_reading_at_once_never_interleave(
         (tmp_path / f"go{n}").touch()
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
-    convs = conversations(home)
-    assert sorted(convs) == [1, 2], (convs, results)
-    for turns in convs.values():
-        assert [r for r, _ in turns] == ["user", "assistant"] * 2
+    assert sorted(conversations(home)) == [1], results
+    branches, _ = leaves(home, 1)
+    assert len(branches) == 2, (branches, results)
+    for turns in branches:
+        assert [r for r, _ in turns] == ["user", "assistant"] * 2  # never interleaved
         assert turns[:2] == started
-    asked = {convs[c][2][1]: c for c in convs}
+    asked = {turns[2][1]: n for n, turns in enumerate(branches)}
     assert sorted(asked) == ["question 0", "question 1"]
-    forked = next(n for n in range(2) if asked[f"question {n}"] == 2)
-    out, err = results[forked]
+    second = next(n for n in range(2) if asked[f"question {n}"] == 1)  # wrote second
+    out, err = results[second]
     assert err.startswith("warning: conversation 1 ")
-    assert err.endswith(" this exchange is saved as a new conversation 2, a copy of its "
-                        "first 2 message(s)\n")
-    assert convs[2][3] == ("assistant", out.rstrip("\n"))
-    assert results[1 - forked][1] == ""
+    assert err.endswith("; this exchange is saved as a new branch of it ('chatcli history show "
+                        "--tree 1' shows them all)\n")
+    assert branches[1][3] == ("assistant", out.rstrip("\n"))
+    assert results[1 - second][1] == ""
 
 
 # -- item 14: what the user typed is private --------------------------------------------------

@@ -25,10 +25,11 @@ and names it in a warning; then it closes the store.
 Several processes on one conversation become branches of it, never interleaved
 turns: a message is written as the child of this process's previous one, and if
 another process wrote to the conversation since (its leaf moved) or is answering
-it now (`Store.claim`, for a user message), the message starts a new branch and
-a warning says so once. A trailing question that another process wrote and has
-not answered is left off this process's path (it stays in the history, a
-sibling of the new question). If the message this one follows is gone (another
+it now (`Store.claim`, for a user message), the message is written where this
+process's path goes on; where that makes a new branch, a warning says so once.
+A trailing question that another process wrote and has not answered is left
+off this process's path (it stays in the history, a sibling of the new
+question). If the message this one follows is gone (another
 process removed it, or the conversation), the path goes to a NEW conversation
 that copies it (`Store.fork`), named in a warning. The claim is released when
 the reply is saved.
@@ -270,7 +271,9 @@ class Recorder:
                 parent = node.parent.id if node.parent is not None else None
                 new = store.add_message(conv_id, message, node.meta, parent=parent,
                                         attachments=node.attachments)
-                self._warn_branch(conv_id, exc.busy, left_out)
+                rows, _ = store.tree(conv_id)
+                if any(r.parent_id == parent and r.id != new for r in rows):  # a new branch
+                    self._warn_branch(conv_id, exc.busy, left_out)
         except StoreError as exc:
             if exc.kind != "missing":  # the message it follows, or the conversation, is gone
                 raise
@@ -306,8 +309,8 @@ class Recorder:
         self._branched.add(conv_id)
         reason = ("is being answered by another chatcli process" if busy
                   else "was changed by another chatcli process since this one read it")
-        beside = " beside its unanswered last question" if left_out == 1 else (
-            f" beside its {left_out} unanswered last questions" if left_out else "")
+        beside = ", beside the question being answered" if left_out == 1 else (
+            f", beside its {left_out} unanswered last questions" if left_out else "")
         self.warn(f"conversation {conv_id} {reason}; this exchange is saved as a new branch "
                   f"of it{beside} ('chatcli history show --tree {conv_id}' shows them all)")
 
