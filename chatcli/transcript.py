@@ -12,21 +12,36 @@ The JSON format, version 1 (`"chatcli": 1`)::
     {"chatcli": 1,
      "model": "<alias>" | null,
      "system": "<system prompt>" | null,
-     "messages": [{"role": "user" | "assistant", "content": "<text>",
+     "messages": [{"id": <history id>, "parent": <history id> | null  (only with "tree"),
+                   "role": "user" | "assistant", "content": "<text>",
                    "interrupted": false,
                    "meta": {"model", "strategy", "params", "seed", "prompt_tokens",
                             "completion_tokens", "time_to_first_token_s",
                             "tokens_per_second"}  (optional, assistant replies),
                    "attachments": [{"path", "size", "sha256"}]  (optional, user messages
                    with files attached: -f, /read, /glob; their text is in "content"),
-                   "pinned": true  (optional: kept in the window, /pin)}]}
+                   "pinned": true  (optional: kept in the window, /pin)}],
+     "leaf": <history id> | null  (only with "tree"),
+     "tree": [<every message of every branch, in the order written, each like
+               those of "messages", with its "id" and "parent">]  (optional)}
+
+"messages" is the conversation: the path from the first message to the one the
+user is on. A conversation with other versions of its messages (/retry, /edit,
+/alt: a tree, `chatcli.branches.Tree`) adds "tree", "leaf" (the last message of
+the path) and each message's "id" and "parent" (the message it follows; null for
+a first message); one without them is written as before, without those keys.
 
 `save_recovery` writes a conversation the history could not keep to a new private
 JSON file (0600) in the first of the given folders that takes it, for `/load`.
 
-`from_json` ignores "meta" and any key it does not know. In Markdown an
-interrupted reply is followed by "*(interrupted)*" and a reply's metadata by one
-italic line. Times are local. Knows nothing about SQLite, models or the terminal.
+`from_json` reads "messages" only: it ignores "meta", "id", "parent", "tree",
+"leaf" and any key it does not know (a loaded conversation is the path). In
+Markdown an interrupted reply is followed by "*(interrupted)*" and a reply's
+metadata by one italic line; given the tree, a message with other versions says
+which it is in its heading ("## Assistant (version 2 of 3)") and the document
+ends with one italic line naming `chatcli history show --tree ID`. `outline`
+draws the whole tree, one line per message (`to_outline`: as plain text). Times
+are local. Knows nothing about SQLite, models or the terminal.
 """
 
 from __future__ import annotations
@@ -35,15 +50,20 @@ import dataclasses
 import json
 import os
 import time
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatcli.conversation import Conversation, Message
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.store import ConversationInfo, ReplyMeta, make_title
 
+if TYPE_CHECKING:
+    from chatcli.branches import Node, Tree
+
 FORMAT_VERSION = 1
+OUTLINE_TEXT_WIDTH = 60  # a message's text in an outline without a width (piped)
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 JSON_SUFFIX = ".json"
 _HINT = "expected a JSON object like 'chatcli history export ID --format json' writes"
@@ -90,11 +110,15 @@ def _attached(files: Sequence[dict[str, Any]]) -> str:
 
 def to_markdown(info: ConversationInfo | None, conversation: Conversation,
                 metas: Sequence[ReplyMeta | None] | None = None,
-                attachments: Sequence[Sequence[dict[str, Any]]] | None = None) -> str:
+                attachments: Sequence[Sequence[dict[str, Any]]] | None = None, *,
+                tree: Tree | None = None) -> str:
     """The conversation as a Markdown document (ends with one newline); a user message
-    with `attachments` (one list per turn) is followed by an italic line naming them."""
+    with `attachments` (one list per turn) is followed by an italic line naming them.
+    With its `tree` (whose path is `conversation`'s turns) a message that has other
+    versions says which it is, and a conversation with other branches ends saying so."""
     metas = _metas(conversation, metas)
     files = list(attachments) if attachments is not None else [()] * len(conversation.turns)
+    versions = _versions(conversation, tree)
     first_user = next((m.content for m in conversation.turns if m.role == "user"), "")
     title = (info.title if info is not None else "") or make_title(first_user) or "Conversation"
     blocks = [f"# {title}"]
@@ -107,8 +131,10 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
         ]))
     if conversation.system:
         blocks += ["## System", conversation.system.rstrip()]
-    for message, meta, attached in zip(conversation.turns, metas, files, strict=True):
-        blocks += [f"## {message.role.capitalize()}", message.content.rstrip() or "*(empty)*"]
+    for message, meta, attached, (k, n) in zip(conversation.turns, metas, files, versions,
+                                               strict=True):
+        heading = f"## {message.role.capitalize()}" + (f" (version {k} of {n})" if n > 1 else "")
+        blocks += [heading, message.content.rstrip() or "*(empty)*"]
         if attached:
             blocks.append(f"*{_attached(attached)}*")
         if message.interrupted:
@@ -117,36 +143,184 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
             blocks.append(f"*{describe_meta(meta)}*")
     if not conversation.turns:
         blocks.append("*(no messages)*")
+    if tree is not None and has_branches(tree):
+        where = (f"; `chatcli history show --tree {info.id}` shows every branch"
+                 if info is not None and info.id else "")
+        blocks.append(f"*This is one branch of the conversation{where}.*")
     return "\n\n".join(blocks) + "\n"
+
+
+def has_branches(tree: Tree) -> bool:
+    """Whether the tree holds messages that are not on its path (other versions)."""
+    return len(_nodes(tree)) > len(tree.path)
+
+
+def _versions(conversation: Conversation, tree: Tree | None) -> list[tuple[int, int]]:
+    """(k, n) per turn: the turn is version k of n (1 of 1 without a tree)."""
+    if tree is None:
+        return [(1, 1)] * len(conversation.turns)
+    if len(tree.path) != len(conversation.turns):
+        raise ValueError(f"a path of {len(tree.path)} for {len(conversation.turns)} turns")
+    return [tree.version(i) for i in range(len(tree.path))]
 
 
 def to_json(info: ConversationInfo | None, conversation: Conversation,
             metas: Sequence[ReplyMeta | None] | None = None,
-            attachments: Sequence[Sequence[dict[str, Any]]] | None = None) -> str:
-    """The conversation as a version-1 JSON transcript (indented; ends with a newline)."""
-    messages: list[dict[str, Any]] = []
+            attachments: Sequence[Sequence[dict[str, Any]]] | None = None, *,
+            tree: Tree | None = None) -> str:
+    """The conversation as a version-1 JSON transcript (indented; ends with a newline).
+    With its `tree` (whose path is `conversation`'s turns, saved: every node has an id)
+    a conversation with other branches also writes them ("tree", "leaf", ids)."""
     files = list(attachments) if attachments is not None else [()] * len(conversation.turns)
-    for message, meta, attached in zip(conversation.turns, _metas(conversation, metas), files,
-                                       strict=True):
-        item: dict[str, Any] = {
-            "role": message.role,
-            "content": message.content,
-            "interrupted": message.interrupted,
-        }
-        if meta is not None:
-            item["meta"] = dataclasses.asdict(meta)
-        if attached:
-            item["attachments"] = [dict(f) for f in attached]
-        if message.pinned:
-            item["pinned"] = True
-        messages.append(item)
-    doc = {
+    _versions(conversation, tree)  # the tree's path must be the conversation
+    branched = tree is not None and has_branches(tree)
+    path = tree.path if tree is not None and branched else [None] * len(conversation.turns)
+    messages = [
+        _item(message, meta, attached, node)
+        for message, meta, attached, node in zip(
+            conversation.turns, _metas(conversation, metas), files, path, strict=True)
+    ]
+    doc: dict[str, Any] = {
         "chatcli": FORMAT_VERSION,
         "model": info.model if info is not None else None,
         "system": conversation.system or None,
         "messages": messages,
     }
+    if tree is not None and branched:
+        doc["leaf"] = tree.path[-1].id if tree.path else None
+        doc["tree"] = [_item(n.message, n.meta, n.attachments, n) for n in _nodes(tree)]
     return json.dumps(doc, ensure_ascii=False, indent=2, default=str) + "\n"
+
+
+def _item(message: Message, meta: ReplyMeta | None, attached: Sequence[dict[str, Any]],
+          node: Node | None) -> dict[str, Any]:
+    """One message of a JSON transcript; with its node, its history id and parent's first."""
+    item: dict[str, Any] = {}
+    if node is not None:
+        item["id"] = node.id
+        item["parent"] = node.parent.id if node.parent is not None else None
+    item.update(role=message.role, content=message.content, interrupted=message.interrupted)
+    if meta is not None:
+        item["meta"] = dataclasses.asdict(meta)
+    if attached:
+        item["attachments"] = [dict(f) for f in attached]
+    if message.pinned:
+        item["pinned"] = True
+    return item
+
+
+# -- the whole tree, one line per message --------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class OutlineLine:
+    """One message of an outline: `prefix` (box-drawing connectors), `label` (its
+    number along its branch, role, version), `text` (its first line, shortened)."""
+
+    current: bool  # on the path the user is on
+    prefix: str
+    label: str
+    text: str
+
+    def plain(self) -> str:
+        return f"{CURRENT_MARK if self.current else '  '}{self.prefix}{self.label}: {self.text}"
+
+
+CURRENT_MARK = "→ "
+
+
+def outline(tree: Tree, width: int | None = None) -> list[OutlineLine]:
+    """Every message of the tree, one line each, depth first, versions in the order made.
+
+    A message's only follower goes on the next line at the same indentation; the
+    versions that follow a message hang from it with ├─ and └─. Each text is cut to
+    fit `width` cells per line (at least 12 cells of text), or to
+    OUTLINE_TEXT_WIDTH characters without one."""
+    on_path = set(map(id, tree.path))
+    lines: list[OutlineLine] = []
+
+    def add(node: Node, siblings: list[Node], depth: int, prefix: str) -> None:
+        label = f"{depth} {node.message.role.capitalize()}"
+        notes = []
+        if len(siblings) > 1:
+            notes.append(f"version {siblings.index(node) + 1} of {len(siblings)}")
+        if node.message.interrupted:
+            notes.append("interrupted")
+        if notes:
+            label += f" ({', '.join(notes)})"
+        room = OUTLINE_TEXT_WIDTH if width is None else max(
+            12, width - _cells(CURRENT_MARK + prefix + label + ": "))
+        lines.append(OutlineLine(id(node) in on_path, prefix, label,
+                                 _shorten(_gist(node), room, width is not None)))
+
+    def chain(node: Node, siblings: list[Node], depth: int, first: str, rest: str) -> None:
+        add(node, siblings, depth, first)
+        while len(node.children) == 1:
+            siblings, node, depth = node.children, node.children[0], depth + 1
+            add(node, siblings, depth, rest)
+        fan(node.children, depth + 1, rest)
+
+    def fan(nodes: list[Node], depth: int, prefix: str) -> None:
+        for i, node in enumerate(nodes):
+            last = i == len(nodes) - 1
+            chain(node, nodes, depth, prefix + ("└─ " if last else "├─ "),
+                  prefix + ("   " if last else "│  "))
+
+    if len(tree.roots) == 1:
+        chain(tree.roots[0], tree.roots, 1, "", "")
+    else:
+        fan(tree.roots, 1, "")
+    return lines
+
+
+def to_outline(tree: Tree, width: int | None = None) -> str:
+    """`outline` as plain text, "→ " before the messages of the current path; ends with
+    a newline ("(no messages)" for an empty tree)."""
+    lines = [line.plain() for line in outline(tree, width)] or ["(no messages)"]
+    return "\n".join(lines) + "\n"
+
+
+def _gist(node: Node) -> str:
+    """A message's first line of words (after its attached files), marked "…" when more
+    follows; "(empty)" for none."""
+    text = node.message.content
+    if node.attachments:
+        text = text.rsplit("</file>", 1)[-1]
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        if node.attachments:
+            return "files: " + ", ".join(str(f.get("path", "")) for f in node.attachments)
+        return "(empty)"
+    return lines[0] + (" …" if len(lines) > 1 else "")
+
+
+def _cells(text: str) -> int:
+    """How many terminal cells `text` takes (wide East Asian characters take two)."""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def _shorten(text: str, room: int, cells: bool) -> str:
+    """`text` in at most `room` terminal cells (`cells`) or characters, ending "…" if cut."""
+    if (_cells(text) if cells else len(text)) <= room:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += _cells(char) if cells else 1
+        if used > room - 1:
+            break
+        kept.append(char)
+    return "".join(kept).rstrip() + "…"
+
+
+def _nodes(tree: Tree) -> list[Node]:
+    """Every node of the tree in the order made (without recursion: a long conversation
+    is a deep tree)."""
+    found, stack = [], list(tree.roots)
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.children)
+    return sorted(found, key=lambda n: n.seq)
 
 
 def from_json(text: str, source: str = "the transcript") -> Conversation:
@@ -210,11 +384,13 @@ def format_of(path: Path) -> str:
 
 def save(path: Path, info: ConversationInfo | None, conversation: Conversation,
          metas: Sequence[ReplyMeta | None] | None = None,
-         attachments: Sequence[Sequence[dict[str, Any]]] | None = None) -> None:
-    """Write the conversation to `path`, as Markdown or JSON by its extension."""
+         attachments: Sequence[Sequence[dict[str, Any]]] | None = None, *,
+         tree: Tree | None = None) -> None:
+    """Write the conversation to `path`, as Markdown or JSON by its extension (with its
+    branches given its `tree`, as `to_markdown` and `to_json` write them)."""
     path = Path(path)
     render = to_markdown if format_of(path) == "md" else to_json
-    text = render(info, conversation, metas, attachments)
+    text = render(info, conversation, metas, attachments, tree=tree)
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:

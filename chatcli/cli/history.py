@@ -6,7 +6,12 @@ importing this module touches no SQLite and `chatcli --help` stays instant.
 and on a full disk, and create nothing.
 `show` renders Markdown with rich on a terminal and prints it plain otherwise;
 `export` always writes the raw text (stdout, or a file whose extension must agree
-with --format). Knows nothing about models or decoding.
+with --format). A conversation is a tree of versions (`chatcli.branches.Tree`):
+`show` and `export` give the path the user is on, marking the messages that have
+other versions (`chatcli.transcript`); `show --tree` draws every branch, one line
+per message (`transcript.outline`), styled on a terminal and cut to its width,
+plain otherwise; JSON exports carry every branch. Knows nothing about models or
+decoding.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from chatcli.cli.options import JsonListingOpt
 from chatcli.ui.console import UI
 
 if TYPE_CHECKING:
+    from chatcli.branches import Tree
     from chatcli.conversation import Conversation
     from chatcli.store import ConversationInfo, ReplyMeta, Store
 
@@ -45,6 +51,11 @@ FormatOpt = Annotated[
     typer.Option("--format", "-f", case_sensitive=False, show_default=False,
                  help="md or json (default: md, or what the --output file's extension says)."),
 ]
+TreeOpt = Annotated[
+    bool,
+    typer.Option("--tree", help="Every branch (each version of a message: /retry, /edit, "
+                 "/alt), one line per message; an arrow marks the current path."),
+]
 OutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", dir_okay=False, show_default=False,
@@ -53,15 +64,16 @@ OutputOpt = Annotated[
 
 
 def _transcript(store: Store, conv_id: int) -> tuple[ConversationInfo, Conversation,
-                                                     list[ReplyMeta | None], list[Any]]:
-    from chatcli.conversation import Conversation, Message
+                                                     list[ReplyMeta | None], list[Any], Tree]:
+    """The conversation's info, its current path (turns, reply metadata, attachments)
+    and the whole tree."""
+    from chatcli.branches import Tree
+    from chatcli.conversation import Conversation
 
     info = store.info(conv_id)
-    stored = store.messages(conv_id)
-    turns = [Message(m.role, m.content, m.interrupted, m.pinned)  # type: ignore[arg-type]
-             for m in stored]
-    return (info, Conversation(system=info.system, turns=turns), [m.meta for m in stored],
-            [m.attachments for m in stored])
+    tree = Tree.from_stored(*store.tree(conv_id))
+    return (info, Conversation(system=info.system, turns=tree.messages()),
+            [n.meta for n in tree.path], [n.attachments for n in tree.path], tree)
 
 
 def _write_raw(ui: UI, text: str) -> None:
@@ -107,14 +119,22 @@ def _iso_time(timestamp: float) -> str:
 
 
 @app.command("show")
-def show(conversation_id: ConversationArg) -> None:
-    """A conversation as Markdown: rendered on a terminal, plain text otherwise."""
+def show(conversation_id: ConversationArg, tree: TreeOpt = False) -> None:
+    """A conversation as Markdown: rendered on a terminal, plain text otherwise.
+
+    It is the branch you are on; a message with other versions says which version
+    it is. With --tree: every branch, one line per message.
+    """
     from chatcli.store import Store
     from chatcli.transcript import to_markdown
 
     with Store.open(readonly=True) as store:
-        text = to_markdown(*_transcript(store, conversation_id))
+        info, conversation, metas, attached, whole = _transcript(store, conversation_id)
     ui = UI()
+    if tree:
+        _show_tree(ui, whole)
+        return
+    text = to_markdown(info, conversation, metas, attached, tree=whole)
     if ui.out_tty:
         from rich.markdown import Markdown
 
@@ -123,13 +143,41 @@ def show(conversation_id: ConversationArg) -> None:
         _write_raw(ui, text)
 
 
+def _show_tree(ui: UI, tree: Tree) -> None:
+    """The outline of every branch: styled and cut to the terminal's width on one,
+    plain text otherwise."""
+    from chatcli import transcript
+
+    if not ui.out_tty:
+        _write_raw(ui, transcript.to_outline(tree))
+        return
+    from rich.text import Text
+
+    lines = transcript.outline(tree, ui.out_console.width)
+    if not lines:
+        ui.print(Text("(no messages)", style="italic"))
+    for line in lines:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(transcript.CURRENT_MARK if line.current else "  ", style="bold green")
+        text.append(line.prefix, style="dim")
+        text.append(line.label + ":", style="bold" if line.current else "")
+        text.append(" " + line.text, style="" if line.current else "dim")
+        ui.print(text)
+
+
 @app.command("export")
 def export(
     conversation_id: ConversationArg,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
 ) -> None:
-    """A conversation as Markdown or JSON, on stdout or into a file."""
+    """A conversation as Markdown or JSON, on stdout or into a file.
+
+    Markdown is the branch you are on, as 'show' prints it. JSON keeps every branch:
+    "messages" is the branch you are on (what /load reads); a conversation with other
+    versions adds "tree" (every message of every branch), "leaf" (the last message
+    you are on) and each message's "id" and "parent".
+    """
     from chatcli import transcript
     from chatcli.errors import UsageError
     from chatcli.store import Store
@@ -142,14 +190,14 @@ def export(
                 "leave out --format: the file's extension chooses it",
             )
     with Store.open(readonly=True) as store:
-        info, conversation, metas, attached = _transcript(store, conversation_id)
+        info, conversation, metas, attached, tree = _transcript(store, conversation_id)
     ui = UI()
     if output is not None:
-        transcript.save(output, info, conversation, metas, attached)
+        transcript.save(output, info, conversation, metas, attached, tree=tree)
         ui.print(f"exported conversation {conversation_id} to {output}")
         return
     render = transcript.to_json if fmt is ExportFormat.json else transcript.to_markdown
-    _write_raw(ui, render(info, conversation, metas, attached))
+    _write_raw(ui, render(info, conversation, metas, attached, tree=tree))
 
 
 @app.command("rm")
