@@ -15,10 +15,18 @@ from conftest import Tiny, run_cli
 PROMPT = "Hello there"
 
 
-def replies(home: Path) -> list[str]:
+def replies(home: Path) -> list[tuple[str, int | None]]:
+    """Every reply in the history, with the id of the message it answers."""
     with sqlite3.connect(home / "data" / "history.db") as db:
-        return [r[0] for r in db.execute(
-            "SELECT content FROM messages WHERE role = 'assistant' ORDER BY id")]
+        return [(r[0], r[1]) for r in db.execute(
+            "SELECT content, parent_id FROM messages WHERE role = 'assistant' ORDER BY id")]
+
+
+def path_end(home: Path) -> str:
+    """The last message of the current path (what chat -c continues from)."""
+    with sqlite3.connect(home / "data" / "history.db") as db:
+        return str(db.execute("SELECT m.content FROM conversations AS c JOIN messages AS m "
+                              "ON m.id = c.leaf_id").fetchone()[0])
 
 
 def test_ask_alt_takes_the_rank_th_token_and_goes_on(cli, home: Path, tiny_model: Tiny) -> None:
@@ -37,8 +45,10 @@ def test_ask_alt_takes_the_rank_th_token_and_goes_on(cli, home: Path, tiny_model
     # the rest is plain greedy from the forced prefix: transformers' argmax at every step
     forced = teacher_forced_logits(tiny_model, PROMPT, out["token_ids"])
     assert out["token_ids"][3:] == forced[3:].argmax(-1).tolist()
-    # the alternative is what the history keeps as the reply
-    assert replies(home) == [out["text"]]
+    # the history keeps both answers, versions of one reply; the alternative is current
+    question = 1
+    assert [r[1] for r in replies(home)] == [question, question]
+    assert replies(home)[1][0] == out["text"] == path_end(home)
 
 
 def test_ask_alt_refusals(cli) -> None:
@@ -58,7 +68,7 @@ def test_ask_alt_refusals(cli) -> None:
                           "sure\n")
 
 
-def test_chat_alt_lists_steps_and_replaces_the_answer(cli, home: Path) -> None:
+def test_chat_alt_lists_steps_and_branches(cli, home: Path) -> None:
     result = run_cli(["chat", "-n", "8"], input=f"{PROMPT}\n/alt\n/alt 2 3\n/alt 2\n")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -68,11 +78,13 @@ def test_chat_alt_lists_steps_and_replaces_the_answer(cli, home: Path) -> None:
     err = result.stderr.splitlines()
     assert err[0] == "chatcli: /alt STEP RANK takes another token at a step and answers from there"
     assert err[1].startswith("chatcli: step 2: ") and err[1].endswith(
-        "(rank 1); the previous answer is replaced")
+        "(rank 1); the previous answer stays as a branch (/branches)")
     assert err[2] == ("error: /alt 2: expected STEP RANK (two numbers); hint: e.g. /alt 3 2: at "
                       "step 3 take the model's second choice; /alt alone lists the steps where "
                       "it was least sure")
-    assert replies(home) == [lines[-1]]  # one reply: the alternative replaced the answer
+    # two versions of the reply, the alternative current
+    assert [r for r in replies(home)] == [(lines[0], 1), (lines[-1], 1)]
+    assert path_end(home) == lines[-1]
 
 
 def test_compare_alt_shows_where_they_part(cli) -> None:

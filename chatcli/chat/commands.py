@@ -344,7 +344,8 @@ def _alt(ctx: ChatContext, arg: str) -> None:
     original = session.token_text(alt.original_id)
     chosen = session.token_text(alt.token_id)
     ctx.ui.notify(f"step {step}: {chosen!r} (rank {rank}, p {alt.prob:.3f}) instead of "
-                  f"{original!r} (rank {alt.original_rank}); the previous answer is replaced"
+                  f"{original!r} (rank {alt.original_rank}); the previous answer stays as a "
+                  "branch (/branches)"
                   + (" (the same token: the same answer)" if alt.same else ""))
     ctx.answer(lambda: (gen, 0))
 
