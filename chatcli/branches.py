@@ -50,9 +50,11 @@ class Node:
 
     def walk(self) -> Iterator[Node]:
         """This node and everything below it, depth first, versions in order."""
-        yield self
-        for child in self.children:
-            yield from child.walk()
+        stack = [self]  # not recursive: a conversation may be thousands of messages deep
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children))
 
 
 class Tree:

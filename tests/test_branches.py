@@ -78,6 +78,14 @@ def test_remove_forgets_a_subtree_and_keeps_the_other_versions() -> None:
     assert tree.remove(5) == []
 
 
+def test_a_deep_tree_is_walked_without_recursion() -> None:
+    tree = Tree()
+    for n in range(5000):
+        tree.add(U(f"q{n}") if n % 2 == 0 else A(f"a{n}"))
+    assert len(tree.nodes()) == 5000 and tree.roots[0].newest_leaf() is tree.path[-1]
+    assert len(tree.remove(0)) == 5000 and tree.nodes() == []
+
+
 def test_a_tree_from_the_history_rows(tmp_path: Path) -> None:
     with Store.open(tmp_path / "h.db") as s:
         conv = s.new_conversation("m", None)
