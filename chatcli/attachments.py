@@ -81,6 +81,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chatcli.errors import ChatcliError, UsageError
 
@@ -266,6 +267,21 @@ def block_spans(rendered: str, count: int | None = None) -> list[tuple[str, int,
             f"the message holds {len(spans)} of the {count} file blocks recorded for it",
             "the stored message and its attachment records disagree")
     return spans
+
+
+def split_message(content: str, attachments: Sequence[Any]) -> tuple[str, str]:
+    """A user message's words, and the file blocks before them (with their blank line):
+    `head + words == content`. Without attachments, or blocks that disagree with them,
+    the whole message is words."""
+    if not attachments:
+        return content, ""
+    try:
+        spans = block_spans(content, len(attachments))
+    except ChatcliError:
+        return content, ""
+    end = spans[-1][2]
+    words = content[end:].lstrip("\n")
+    return words, content[: len(content) - len(words)]
 
 
 # -- finding files ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chatcli.attachments import split_message
 from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.decoding.base import ParamError, coerce, is_list, param_types
 from chatcli.decoding.settings import COMMON_NAMES, CommonParams, builtin_strategies
@@ -40,6 +41,12 @@ class ChatContext:
     # files attached to the next message (-f, /read, /glob): chatcli.attachments.Attachment
     pending: list[Any] = dataclasses.field(default_factory=list)
     pin_pending: bool = False  # --pin: the message the pending files go with is pinned
+    # /edit: the index of the user message the next entry replaces, and its text for the
+    # input line (the REPL hands it to the reader once)
+    editing: int | None = None
+    draft: str = ""
+    branch_at: int | None = None  # the message whose versions /branches listed last
+    interactive: bool = False  # entries come from a person at a terminal (set by the REPL)
 
 
 @dataclass(frozen=True)
@@ -124,11 +131,13 @@ def _model(ctx: ChatContext, arg: str) -> None:
 
 
 def _clear(ctx: ChatContext, _: str) -> None:
+    ctx.branch_at = None
     ctx.session.clear()
     ctx.ui.notify("conversation cleared")
 
 
 def _undo(ctx: ChatContext, _: str) -> None:
+    ctx.branch_at = None
     removed = ctx.session.undo()
     ctx.ui.notify(f"removed the last exchange ({len(removed)} messages)" if removed
                   else "nothing to undo")
@@ -138,10 +147,95 @@ def _retry(ctx: ChatContext, _: str) -> None:
     if not any(m.role == "user" for m in ctx.session.conversation.turns):
         ctx.ui.notify("nothing to retry")  # and nothing is removed
         return
+    before = len(ctx.session.conversation.turns)
     if ctx.session.retry() is None:
         ctx.ui.notify("nothing to retry")
         return
+    ctx.branch_at = None
+    if len(ctx.session.conversation.turns) < before:
+        ctx.ui.notify("the previous answer stays as a branch (/branches)")
     ctx.answer()
+
+
+def _number(command: str, arg: str, what: str = "a message number") -> int | None:
+    value = arg.strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise UsageError(f"{command} {value}: expected {what}",
+                         "/context numbers the messages" if "message" in what
+                         else "/branches lists them")
+    return int(value)
+
+
+def _edit(ctx: ChatContext, arg: str) -> None:
+    session = ctx.session
+    index, words = session.editable(_number("/edit", arg))
+    ctx.editing, ctx.draft, ctx.branch_at = index, words, None
+    how = ("change it and press Enter; an empty line or Ctrl-C leaves it as it is"
+           if ctx.interactive else "the next line replaces it; an empty line leaves it as it is")
+    ctx.ui.notify(f"editing message {index + 1}: {how}; the old version and its answers "
+                  "stay as a branch (/branches)")
+
+
+def _snippet(text: str, width: int) -> str:
+    """The first non-blank line of a message, cut to `width` characters."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    more = len(line) > width or len([ln for ln in text.splitlines() if ln.strip()]) > 1
+    if len(line) > width:
+        line = line[: width - 1].rstrip()
+    return line + (" …" if more else "")
+
+
+def _branches(ctx: ChatContext, arg: str) -> None:
+    session = ctx.session
+    index = session.branch_point(_number("/branches", arg))
+    tree = session.tree
+    versions = tree.versions(index)
+    current = tree.path[index]
+    role = "your message" if current.message.role == "user" else "the answer"
+    if len(versions) == 1:
+        ctx.ui.notify(f"message {index + 1} ({role}) has one version; /retry, /edit "
+                      f"{index + 1} and /alt make others" if current.message.role == "user"
+                      else f"message {index + 1} ({role}) has one version; /retry and /alt "
+                      "make others")
+        return
+    ctx.branch_at = index
+    ctx.ui.print_raw(f"message {index + 1} ({role}) has {len(versions)} versions; "
+                     "/switch K goes to one:")
+    width = (ctx.ui.out_console.size.width if ctx.ui.out_tty else 80) - 28
+    for k, node in enumerate(versions, start=1):
+        depth, leaf = 1, node.newest_leaf()
+        while leaf is not node and leaf.parent is not None:
+            depth, leaf = depth + 1, leaf.parent
+        text = node.message.content
+        if node.attachments:
+            text = split_message(text, node.attachments)[0] or "files: " + ", ".join(
+                str(a.get("path", "")) for a in node.attachments)
+        mark = "*" if node is current else " "
+        length = index + depth
+        ctx.ui.print_raw(f"{mark} {k}. {_snippet(text, max(width, 20))}  "
+                         f"({length} message{'s' if length != 1 else ''})")
+
+
+def _switch(ctx: ChatContext, arg: str) -> None:
+    from chatcli.conversation import Conversation
+    from chatcli.ui.answers import show_conversation
+
+    session = ctx.session
+    k = _number("/switch", arg, "a version number")
+    if k is None:
+        raise UsageError("/switch needs a version number", "/branches lists the versions")
+    tree = session.tree
+    index = ctx.branch_at
+    if index is None or index >= len(tree.path) or len(tree.versions(index)) < 2:
+        index = session.branch_point()
+    session.switch(index, k)
+    ctx.branch_at = index
+    count = len(session.conversation.turns)
+    ctx.ui.notify(f"now on version {k} of message {index + 1}; the conversation has {count} "
+                  f"message{'s' if count != 1 else ''}:")
+    show_conversation(ctx.ui, Conversation(None, session.conversation.turns[index:]))
 
 
 def _context(ctx: ChatContext, _: str) -> None:
@@ -419,7 +513,13 @@ COMMANDS: list[Command] = [
     Command("model", "ALIAS", "switch model, keeping the conversation", _model),
     Command("clear", "", "start over (the system prompt stays)", _clear),
     Command("undo", "", "remove the last exchange", _undo),
-    Command("retry", "", "answer the last message again", _retry),
+    Command("retry", "", "answer the last message again (the old answer stays a branch)",
+            _retry),
+    Command("edit", "[N]", "change your message N (default: the last) and answer it; the "
+            "old one stays a branch", _edit),
+    Command("branches", "[N]", "the versions of message N (default: the last that has "
+            "several)", _branches),
+    Command("switch", "K", "go to version K of the message /branches listed", _switch),
     Command("context", "", "every turn: tokens, kept or dropped, budget used", _context),
     Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
     Command("stats", "", "figures of the last answer", _stats),

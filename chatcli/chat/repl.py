@@ -9,8 +9,11 @@ in an error is printed and counted in `ctx.failed`; the chat goes on. Ctrl-C
 while the model answers stops only the answer: the partial reply stays in the
 history marked as interrupted, and the prompt comes back; so does an answer a
 remote server stopped sending (its error is printed and the chat goes on).
-Ctrl-C at the prompt clears the line. A warning line is printed whenever packing
-drops earlier exchanges. Knows nothing about how tokens are chosen.
+Ctrl-C at the prompt clears the line. After /edit the input line holds the
+message being edited: the entry replaces it (a new version, answered; the old
+one stays a branch), while an empty entry, Ctrl-C or a slash command leaves it
+as it was. A warning line is printed whenever packing drops earlier exchanges.
+Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
@@ -114,25 +117,52 @@ def check_room(session: ChatSession) -> None:
     )
 
 
+def _unedited(ctx: ChatContext) -> None:
+    """An /edit left without a new version."""
+    if ctx.editing is not None:
+        ctx.ui.notify(f"message {ctx.editing + 1} is unchanged")
+        ctx.editing = None
+
+
 def run(ctx: ChatContext, reader: LineReader) -> None:
+    from chatcli.ui.input import PlainReader
+
     check_room(ctx.session)
+    ctx.interactive = not isinstance(reader, PlainReader)
     while True:
+        draft, ctx.draft = ctx.draft, ""
         try:
-            entry = reader.read()
+            entry = reader.read(draft) if draft else reader.read()
         except KeyboardInterrupt as exc:
             if ended_by_signal(exc):
                 raise
+            _unedited(ctx)
             continue  # Ctrl-C at the prompt: prompt_toolkit already cleared the line
         if entry is None:
             return
         if entry.startswith(ESCAPE):
             entry = entry[1:]  # "//text" sends "/text"
         elif entry.startswith("/"):
+            _unedited(ctx)
             if dispatch(entry, ctx):
                 return
             continue
+        if ctx.editing is not None:
+            editing, ctx.editing = ctx.editing, None
+            if not entry.strip():
+                ctx.ui.notify(f"message {editing + 1} is unchanged")
+                continue
+            try:
+                ctx.session.edit(editing, entry, list(ctx.pending))
+            except ChatcliError as exc:
+                ctx.ui.error(exc.message, exc.hint)
+                continue
+            ctx.pending.clear()
+            answer(ctx)
+            continue
         if not entry.strip() and not ctx.pending:
             continue
+        ctx.branch_at = None
         if ctx.pending:
             from chatcli.attachments import describe, render
 

@@ -28,11 +28,12 @@ Knows nothing about the terminal: the REPL and the slash commands print.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatcli.attachments import split_message
 from chatcli.backends import as_backend
 from chatcli.backends.base import Backend, Views
 from chatcli.branches import Tree
@@ -241,14 +242,14 @@ class ChatSession:
             if turns[index].role != "user":
                 raise UsageError(f"message {number} is the model's answer; /edit changes "
                                  "your messages", "/retry answers again, /alt changes a token")
-        words, _ = _split_files(turns[index].content, self.tree.path[index].attachments)
+        words, _ = split_message(turns[index].content, self.tree.path[index].attachments)
         return index, words
 
     def edit(self, index: int, words: str, files: list[Any] | None = None) -> None:
         """A new version of user message `index` with `words` (its attached files kept,
         `files` added after them); the old one stays, a branch. Answer it next."""
         old = self.tree.path[index]
-        _, head = _split_files(old.message.content, old.attachments)
+        _, head = split_message(old.message.content, old.attachments)
         attachments = [dict(a) for a in old.attachments]
         if files:
             from chatcli.attachments import describe, render
@@ -393,22 +394,6 @@ class ChatSession:
             tokens_per_second=s.decode_tokens_per_s,
         )
         self._save(self.conversation.add_assistant(gen.text, interrupted), meta)
-
-
-def _split_files(content: str, attachments: Sequence[dict[str, Any]]) -> tuple[str, str]:
-    """A user message's words, and the file blocks before them (with the blank line)."""
-    if not attachments:
-        return content, ""
-    from chatcli.attachments import block_spans
-
-    try:
-        spans = block_spans(content, len(attachments))
-    except ChatcliError:
-        return content, ""
-    end = spans[-1][2]
-    words = content[end:]
-    stripped = words.lstrip("\n")
-    return stripped, content[: end + len(words) - len(stripped)]
 
 
 def _shape(gen: Generation) -> dict[str, Any]:

@@ -5,7 +5,8 @@ user entry, or None at end of input (Ctrl-D, or end of piped stdin). On a TTY it
 uses prompt_toolkit with persistent input history (every line typed: the file is
 made 0600 in a 0700 folder, whatever the umask; a line it cannot write is skipped);
 Esc-Enter inserts a newline, and a block that starts with a line of `\"\"\"`
-runs until a line that ends with `\"\"\"` (both forms work piped too). Ctrl-C at the prompt raises
+runs until a line that ends with `\"\"\"` (both forms work piped too). `read(default)`
+opens the input line holding `default` to be edited (/edit). Ctrl-C at the prompt raises
 KeyboardInterrupt for the caller to treat as "clear the line". Knows nothing
 about models or conversations.
 """
@@ -21,7 +22,7 @@ FENCE = '"""'
 
 
 class LineReader(Protocol):
-    def read(self) -> str | None: ...
+    def read(self, default: str = "") -> str | None: ...
 
 
 class PlainReader:
@@ -34,7 +35,8 @@ class PlainReader:
         line = self.stream.readline()
         return None if line == "" else line.rstrip("\n")
 
-    def read(self) -> str | None:
+    def read(self, default: str = "") -> str | None:
+        """The next entry (`default`, text to edit, has no meaning in a stream)."""
         line = self._line()
         if line is None or not line.strip().startswith(FENCE):
             return line
@@ -80,14 +82,18 @@ class PromptReader:
             history=_quiet(FileHistory)(str(history_file)), key_bindings=bindings
         )
 
-    def _line(self, continuation: bool = False) -> str | None:
+    def _line(self, continuation: bool = False, default: str = "") -> str | None:
         try:
-            return self.session.prompt("… " if continuation else self.prompt)
+            return self.session.prompt("… " if continuation else self.prompt, default=default)
         except EOFError:
             return None
 
-    def read(self) -> str | None:
-        line = self._line()
+    def read(self, default: str = "") -> str | None:
+        """The next entry; `default` is put in the input line to be edited (several lines
+        edit as one: Esc-Enter adds a newline)."""
+        line = self._line(default=default)
+        if default:
+            return line
         if line is None or not line.strip().startswith(FENCE):
             return line
         return _block(line, lambda: self._line(continuation=True))
