@@ -12,7 +12,9 @@ leaf beneath it (where the user last was on that branch). `from_stored` builds
 the tree from the history's rows (`chatcli.store.StoredMessage`, with their
 parent ids) and the conversation's current leaf.
 
-Nodes are compared by identity. Knows nothing about storage, models or the
+`where_it_parts` helps tell versions apart on one line: a version shown from a
+little before where it leaves the most alike of its siblings. Nodes are compared
+by identity. Knows nothing about storage, models or the
 terminal: the history (`chatcli.store`) persists the tree, the recorder
 (`chatcli.chat.recorder`) keeps the two in step.
 """
@@ -156,3 +158,25 @@ class Tree:
     def nodes(self) -> list[Node]:
         """Every node, in the order they were made."""
         return sorted((n for root in self.roots for n in root.walk()), key=lambda n: n.seq)
+
+
+SHARED_SHOWN = 24  # characters two versions may share before a line skips them
+CONTEXT = 12  # characters kept before the place where a version parts from the others
+
+
+def where_it_parts(text: str, others: Sequence[str]) -> str:
+    """`text` from a word shortly before where it parts from the most alike of `others`
+    (after "… "), when they begin with more than SHARED_SHOWN characters in common;
+    else `text` itself."""
+    shared = max((_common(text, other) for other in others), default=0)
+    if shared <= SHARED_SHOWN:
+        return text
+    start = text.rfind(" ", 0, shared - CONTEXT) + 1
+    return "… " + text[start:] if start > 0 else text
+
+
+def _common(a: str, b: str) -> int:
+    n, end = 0, min(len(a), len(b))
+    while n < end and a[n] == b[n]:
+        n += 1
+    return n

@@ -234,6 +234,8 @@ def outline(tree: Tree, width: int | None = None) -> list[OutlineLine]:
     versions that follow a message hang from it with ├─ and └─. Each text is cut to
     fit `width` cells per line (at least 12 cells of text), or to
     OUTLINE_TEXT_WIDTH characters without one."""
+    from chatcli.branches import where_it_parts
+
     on_path = set(map(id, tree.path))
     lines: list[OutlineLine] = []
 
@@ -248,8 +250,9 @@ def outline(tree: Tree, width: int | None = None) -> list[OutlineLine]:
             label += f" ({', '.join(notes)})"
         room = OUTLINE_TEXT_WIDTH if width is None else max(
             12, width - _cells(CURRENT_MARK + prefix + label + ": "))
+        gist = where_it_parts(_gist(node), [_gist(n) for n in siblings if n is not node])
         lines.append(OutlineLine(id(node) in on_path, prefix, label,
-                                 _shorten(_gist(node), room, width is not None)))
+                                 _shorten(gist, room, width is not None)))
 
     def chain(node: Node, siblings: list[Node], depth: int, first: str, rest: str) -> None:
         add(node, siblings, depth, first)

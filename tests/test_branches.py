@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chatcli.branches import Tree
+from chatcli.branches import Tree, where_it_parts
 from chatcli.conversation import Message
 from chatcli.errors import UsageError
 from chatcli.store import ConversationChanged, ReplyMeta, Store, StoreError
@@ -101,6 +101,16 @@ def test_a_tree_from_the_history_rows(tmp_path: Path) -> None:
     assert tree.path[-1].seq > a2  # newer than every stored row
     assert texts(Tree.from_stored(rows, a1)) == ["q", "a1"]
     assert Tree.from_stored(rows, None).path == []
+
+
+def test_where_it_parts_skips_what_versions_share() -> None:
+    a = "The --shout flag should change the output of greet() to print in capitals."
+    b = "The --shout flag should change the output of greet() to capitalize each word."
+    assert where_it_parts(a, [b]) == "… of greet() to print in capitals."
+    assert where_it_parts(b, [a, "Something else"]) == "… of greet() to capitalize each word."
+    assert where_it_parts("Short and alike", ["Short and different"]) == "Short and alike"
+    assert where_it_parts(a, []) == a
+    assert where_it_parts(a, [a]) == "… in capitals."  # the same text: its end
 
 
 # -- the history keeps the tree --------------------------------------------------------------

@@ -94,6 +94,10 @@ def test_chat_read_glob_and_flag(cli, home: Path, tmp_path: Path,
     assert rows[1][0] == block  # an empty line sends the attached files alone
     assert json.loads(rows[1][1]) == {"attachments": [record(tmp_path / "src" / "app.py",
                                                               "src/app.py")]}
+    # continued, the conversation names its files rather than printing them again
+    shown = run_cli(["chat", "-c", "-n", "2"], input="").stdout.splitlines()
+    assert [line for line in shown if line.startswith("> ")] == [
+        "> [file src/app.py] [file src/app.py] First?", "> [file src/app.py]"]
 
 
 def test_chat_refuses_stdin_as_a_file(cli) -> None:

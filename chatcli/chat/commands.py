@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.attachments import split_message
+from chatcli.branches import where_it_parts
 from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.decoding.base import ParamError, coerce, is_list, param_types
 from chatcli.decoding.settings import COMMON_NAMES, CommonParams, builtin_strategies
@@ -178,13 +179,9 @@ def _edit(ctx: ChatContext, arg: str) -> None:
                   "stay as a branch (/branches)")
 
 
-def _snippet(text: str, width: int) -> str:
-    """The first non-blank line of a message, cut to `width` characters."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    more = len(line) > width or len([ln for ln in text.splitlines() if ln.strip()]) > 1
-    if len(line) > width:
-        line = line[: width - 1].rstrip()
-    return line + (" …" if more else "")
+def _one_line(text: str, width: int) -> str:
+    """`text` on one line of at most `width` characters (cut with " …")."""
+    return text if len(text) <= width else text[: width - 2].rstrip() + " …"
 
 
 def _branches(ctx: ChatContext, arg: str) -> None:
@@ -203,19 +200,25 @@ def _branches(ctx: ChatContext, arg: str) -> None:
     ctx.branch_at = index
     ctx.ui.print_raw(f"message {index + 1} ({role}) has {len(versions)} versions; "
                      "/switch K goes to one:")
-    width = (ctx.ui.out_console.size.width if ctx.ui.out_tty else 80) - 28
-    for k, node in enumerate(versions, start=1):
+    width = max((ctx.ui.out_console.size.width if ctx.ui.out_tty else 80) - 20, 20)
+    texts = []
+    for node in versions:
+        words = node.message.content
+        if node.attachments:
+            words = split_message(words, node.attachments)[0] or "files: " + ", ".join(
+                str(a.get("path", "")) for a in node.attachments)
+        texts.append(" ".join(words.split()) or "(empty)")
+    for k, (node, text) in enumerate(zip(versions, texts, strict=True), start=1):
         depth, leaf = 1, node.newest_leaf()
         while leaf is not node and leaf.parent is not None:
             depth, leaf = depth + 1, leaf.parent
-        text = node.message.content
-        if node.attachments:
-            text = split_message(text, node.attachments)[0] or "files: " + ", ".join(
-                str(a.get("path", "")) for a in node.attachments)
+        same = next((j for j, other in enumerate(texts[: k - 1], start=1) if other == text),
+                    None)
+        shown = (f"(the same text as {same})" if same is not None else
+                 _one_line(where_it_parts(text, texts[: k - 1] + texts[k:]), width))
         mark = "*" if node is current else " "
         length = index + depth
-        ctx.ui.print_raw(f"{mark} {k}. {_snippet(text, max(width, 20))}  "
-                         f"({length} message{'s' if length != 1 else ''})")
+        ctx.ui.print_raw(f"{mark} {k}. {shown}  ({length} message{'s' if length != 1 else ''})")
 
 
 def _switch(ctx: ChatContext, arg: str) -> None:
