@@ -284,7 +284,9 @@ def to_outline(tree: Tree, width: int | None = None) -> str:
 def _gist(node: Node) -> str:
     """A message's first line of words (after its attached files), marked "…" when more
     follows; "(empty)" for none."""
-    text = node.message.content
+    from chatcli.ui.answer import printable
+
+    text = printable(node.message.content)  # a model must not drive the terminal
     if node.attachments:
         text = text.rsplit("</file>", 1)[-1]
     lines = [" ".join(line.split()) for line in text.splitlines()]

@@ -15,6 +15,7 @@ from chatcli.conversation import Conversation, Message
 from chatcli.decoding.registry import strategy_registry
 from chatcli.errors import UsageError
 from chatcli.store import Store
+from chatcli.ui.answer import printable
 from conftest import answer_ids, run_cli
 
 
@@ -155,7 +156,7 @@ def test_piped_chat_branches_and_resumes_on_the_same_path(cli, home: Path) -> No
         "> What now?", *a2.splitlines(),  # /switch 1 shows the branch from message 3 on
         *a2b.splitlines(),
         "message 4 (the answer) has 2 versions; /switch K goes to one:",
-        f"  1. {_one_line(' '.join(a2.split()), 60)}  (4 messages)",
+        f"  1. {_one_line(' '.join(printable(a2).split()), 60)}  (4 messages)",
         "* 2. (the same text as 1)  (4 messages)",  # greedy: /retry gives the same answer
     ]
     assert a2b == a2

@@ -8,9 +8,8 @@ changes it with key presses (backspaces and typing; Ctrl-U to empty it) as a per
 The /retry is answered with fewer new tokens, so that its answer differs from the first
 (greedy decoding would repeat it word for word) and the screen shows which one is current.
 The tiny model's answers hold control characters, which a live answer never shows: `flat`
-drops them (with white space, where the terminal wraps) before a comparison. That the
-/branches listing and `history show --tree` write them to the terminal as they are is a
-known fault, kept as a strict xfail at the end (it passes, and fails loudly, once fixed).
+drops them (with white space, where the terminal wraps) before a comparison. The last
+test checks that the /branches listing and `history show --tree` never write them either.
 """
 
 from __future__ import annotations
@@ -212,9 +211,7 @@ def written_controls(raw: bytes) -> list[str]:
 
 
 # The answer of the tiny model to "Hello world" starts with U+0013; the live answer drops
-# it (chatcli.ui.answer.printable), these listings write it to the terminal as it is.
-@pytest.mark.xfail(strict=True, reason="/branches and 'history show --tree' write a model's "
-                   "control characters to the terminal")
+# it (chatcli.ui.answer.printable), and so do these listings.
 @pytest.mark.parametrize("where", ["/branches", "history show --tree"])
 def test_an_answer_s_control_characters_never_reach_the_terminal(home: Path,
                                                                  where: str) -> None:

@@ -27,6 +27,7 @@ from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.decoding.base import ParamError, coerce, is_list, param_types
 from chatcli.decoding.settings import COMMON_NAMES, CommonParams, builtin_strategies
 from chatcli.errors import ChatcliError, UsageError
+from chatcli.ui.answer import printable
 from chatcli.ui.console import UI
 
 
@@ -207,7 +208,7 @@ def _branches(ctx: ChatContext, arg: str) -> None:
         if node.attachments:
             words = split_message(words, node.attachments)[0] or "files: " + ", ".join(
                 str(a.get("path", "")) for a in node.attachments)
-        texts.append(" ".join(words.split()) or "(empty)")
+        texts.append(" ".join(printable(words).split()) or "(empty)")
     for k, (node, text) in enumerate(zip(versions, texts, strict=True), start=1):
         depth, leaf = 1, node.newest_leaf()
         while leaf is not node and leaf.parent is not None:

@@ -127,6 +127,7 @@ def show(conversation_id: ConversationArg, tree: TreeOpt = False) -> None:
     """
     from chatcli.store import Store
     from chatcli.transcript import to_markdown
+    from chatcli.ui.answer import printable
 
     with Store.open(readonly=True) as store:
         info, conversation, metas, attached, whole = _transcript(store, conversation_id)
@@ -134,7 +135,8 @@ def show(conversation_id: ConversationArg, tree: TreeOpt = False) -> None:
     if tree:
         _show_tree(ui, whole)
         return
-    text = to_markdown(info, conversation, metas, attached, tree=whole)
+    # shown, not exported: a model's control characters must not drive the terminal
+    text = printable(to_markdown(info, conversation, metas, attached, tree=whole))
     if ui.out_tty:
         from rich.markdown import Markdown
 
