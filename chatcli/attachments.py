@@ -284,6 +284,16 @@ def split_message(content: str, attachments: Sequence[Any]) -> tuple[str, str]:
     return words, content[: len(content) - len(words)]
 
 
+def name_files(content: str) -> str:
+    """A user message with each attached file's block shown as "[file PATH]", for a
+    conversation shown again (`chat -c`, /switch)."""
+    spans = block_spans(content)
+    if not spans:
+        return content
+    words = content[spans[-1][2]:].lstrip("\n")
+    return " ".join(f"[file {path}]" for path, _, _ in spans) + (f" {words}" if words else "")
+
+
 # -- finding files ---------------------------------------------------------------
 
 

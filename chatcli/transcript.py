@@ -284,9 +284,7 @@ def to_outline(tree: Tree, width: int | None = None) -> str:
 def _gist(node: Node) -> str:
     """A message's first line of words (after its attached files), marked "…" when more
     follows; "(empty)" for none."""
-    from chatcli.ui.answer import printable
-
-    text = printable(node.message.content)  # a model must not drive the terminal
+    text = node.message.content
     if node.attachments:
         text = text.rsplit("</file>", 1)[-1]
     lines = [" ".join(line.split()) for line in text.splitlines()]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatcli.attachments import split_message
+from chatcli.attachments import name_files, split_message
 from chatcli.branches import where_it_parts
 from chatcli.chat.session import ChatSession, DecodingRequest
 from chatcli.decoding.base import ParamError, coerce, is_list, param_types
@@ -239,7 +239,8 @@ def _switch(ctx: ChatContext, arg: str) -> None:
     count = len(session.conversation.turns)
     ctx.ui.notify(f"now on version {k} of message {index + 1}; the conversation has {count} "
                   f"message{'s' if count != 1 else ''}:")
-    show_conversation(ctx.ui, Conversation(None, session.conversation.turns[index:]))
+    show_conversation(ctx.ui, Conversation(None, session.conversation.turns[index:]),
+                      name_files)
 
 
 def _context(ctx: ChatContext, _: str) -> None:

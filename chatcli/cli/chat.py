@@ -126,7 +126,9 @@ def chat(
     if conv_id is not None:
         ui.notify(f"continuing conversation {conv_id} ({len(session.conversation.turns)} "
                   "messages)")
-        show_conversation(ui, session.conversation)
+        from chatcli.attachments import name_files
+
+        show_conversation(ui, session.conversation, name_files)
     elif ui.out_tty:
         ui.notify(f"{prep.spec.alias}, {session.settings.strategy} decoding; /help for commands, "
                   "Ctrl-D to leave")

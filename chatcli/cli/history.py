@@ -149,9 +149,10 @@ def _show_tree(ui: UI, tree: Tree) -> None:
     """The outline of every branch: styled and cut to the terminal's width on one,
     plain text otherwise."""
     from chatcli import transcript
+    from chatcli.ui.answer import printable  # a model must not drive the terminal
 
     if not ui.out_tty:
-        _write_raw(ui, transcript.to_outline(tree))
+        _write_raw(ui, printable(transcript.to_outline(tree)))
         return
     from rich.text import Text
 
@@ -163,7 +164,7 @@ def _show_tree(ui: UI, tree: Tree) -> None:
         text.append(transcript.CURRENT_MARK if line.current else "  ", style="bold green")
         text.append(line.prefix, style="dim")
         text.append(line.label + ":", style="bold" if line.current else "")
-        text.append(" " + line.text, style="" if line.current else "dim")
+        text.append(" " + printable(line.text), style="" if line.current else "dim")
         ui.print(text)
 
 

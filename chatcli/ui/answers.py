@@ -8,8 +8,7 @@ always closed, whatever ends the stream; Ctrl-C, SIGTERM/SIGHUP (a KeyboardInter
 or a server that stopped sending reach the caller unchanged, and the caller keeps the
 partial reply. `stats_line` is the figures of one answer (ask's --stats, chat's
 /stats); `show_spans` the answer's attention per message of its prompt;
-`show_conversation` a saved conversation, shown again when it is continued
-(attached files named, not printed).
+`show_conversation` a saved conversation, shown again when it is continued.
 Knows nothing about models, decoding or chat: events, figures, spans and
 conversations are read through the small protocols below.
 """
@@ -119,26 +118,18 @@ def show_spans(ui: UI, spans: Sequence[Span]) -> None:
     ])
 
 
-def show_conversation(ui: UI, conversation: Shown) -> None:
-    """A saved conversation as it was: the system prompt, questions, answers."""
+def show_conversation(ui: UI, conversation: Shown,
+                      user_text: Callable[[str], str] = str) -> None:
+    """A saved conversation as it was: the system prompt, questions (each as `user_text`
+    gives it), answers."""
     if conversation.system:
         ui.print_raw(f"[system] {conversation.system}")
     for message in conversation.turns:
         mark = " (interrupted)" if message.interrupted else ""
         if message.role == "user":
-            ui.print_raw(f"> {_files_named(message.content)}")
+            ui.print_raw(f"> {user_text(message.content)}")
         else:
             writer = ui.answer_writer()
             writer.write(message.content + mark)
             writer.close()
 
-
-def _files_named(content: str) -> str:
-    """A user message with each attached file's block shown as "[file PATH]"."""
-    from chatcli.attachments import block_spans
-
-    spans = block_spans(content)
-    if not spans:
-        return content
-    words = content[spans[-1][2]:].lstrip("\n")
-    return " ".join(f"[file {path}]" for path, _, _ in spans) + (f" {words}" if words else "")
