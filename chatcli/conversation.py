@@ -114,7 +114,9 @@ class Conversation:
         """The 0-based indices of the pinned turns, in order."""
         return [i for i, msg in enumerate(self.turns) if msg.pinned]
 
-    def _set_pinned(self, index: int, pinned: bool) -> Message:
+    def check_index(self, index: int) -> None:
+        """Raise `UsageError` unless `index` (0-based) names a turn; the message numbers
+        it as users do (`index + 1`)."""
         if not 0 <= index < len(self.turns):
             count = len(self.turns)
             raise UsageError(
@@ -122,6 +124,9 @@ class Conversation:
                 + ("" if count == 1 else "s"),
                 "/context lists the messages with their numbers",
             )
+
+    def _set_pinned(self, index: int, pinned: bool) -> Message:
+        self.check_index(index)
         msg = self.turns[index]
         if msg.pinned != pinned:
             msg = self.turns[index] = replace(msg, pinned=pinned)

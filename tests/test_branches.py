@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from chatcli.branches import Tree, where_it_parts
-from chatcli.conversation import Message
+from chatcli.chat.recorder import Recorder
+from chatcli.conversation import Conversation, Message
 from chatcli.errors import UsageError
 from chatcli.store import ConversationChanged, ReplyMeta, Store, StoreError
 
@@ -272,3 +273,88 @@ def test_migration_follows_positions_with_gaps(tmp_path: Path) -> None:
         rows, leaf = s.tree(2)
         assert [m.parent_id for m in rows] == [None, *[m.id for m in rows[:-1]]]
         assert [m.id for m in s.messages(2)] == [m.id for m in rows] and leaf == rows[-1].id
+
+
+# -- the recorder: another process changed or removed what this chat follows ---------------
+def recorder_on(path: Path) -> tuple[Recorder, Conversation, list[str]]:
+    conv = Conversation()
+    warnings: list[str] = []
+    return Recorder(Store.open(path), conv, alias=lambda: "m", warn=warnings.append), conv, \
+        warnings
+
+
+def say(rec: Recorder, conv: Conversation, message: Message) -> None:
+    conv.turns.append(message)
+    rec.added(META if message.role == "assistant" else None)
+
+
+def test_a_write_after_another_process_wrote_is_a_branch(tmp_path: Path) -> None:
+    rec, conv, warnings = recorder_on(tmp_path / "h.db")
+    say(rec, conv, U("q1"))
+    say(rec, conv, A("a1"))
+    with Store.open(tmp_path / "h.db") as other:  # another chatcli adds an exchange
+        other.add_message(1, U("theirs"))
+        other.add_message(1, A("their answer"))
+    say(rec, conv, U("mine"))
+    say(rec, conv, A("my answer"))
+    assert warnings == [
+        "conversation 1 was changed by another chatcli process since this one read it; this "
+        "exchange is saved as a new branch of it ('chatcli history show --tree 1' shows them "
+        "all)"]
+    rows, leaf = rec.store.tree(1)  # type: ignore[union-attr]
+    assert [(r.content, r.parent_id) for r in rows] == [
+        ("q1", None), ("a1", 1), ("theirs", 2), ("their answer", 3), ("mine", 2),
+        ("my answer", 5)]
+    assert leaf == 6 and rec.ids == [1, 2, 5, 6]
+    rec.close()
+
+
+def test_a_removed_conversation_or_parent_moves_the_chat_to_a_copy(tmp_path: Path) -> None:
+    rec, conv, warnings = recorder_on(tmp_path / "h.db")
+    say(rec, conv, U("q1"))
+    say(rec, conv, A("a1"))
+    with Store.open(tmp_path / "h.db") as other:  # another chatcli's /undo removes a1's turn
+        other.delete_messages([1])
+    say(rec, conv, U("q2"))
+    assert warnings[-1] == (
+        "conversation 1 was changed by another chatcli process since this one read it; this "
+        "exchange is saved as a new conversation 2, a copy of its first 2 message(s)")
+    assert rec.conversation_id == 2
+    copy = rec.store.messages(2)  # type: ignore[union-attr]
+    assert [(m.content, m.parent_id) for m in copy] == [
+        ("q1", None), ("a1", copy[0].id), ("q2", copy[1].id)]
+    with Store.open(tmp_path / "h.db") as other:  # `history rm 2`
+        other.delete(2)
+    say(rec, conv, A("a2"))
+    assert len(warnings) == 2 and warnings[-1].endswith("a copy of its first 3 message(s)")
+    assert [m.content for m in rec.store.messages(rec.conversation_id)] == [  # type: ignore
+        "q1", "a1", "q2", "a2"]
+    rec.close()
+
+
+def test_an_unsaved_version_whose_message_was_removed_is_dropped_with_a_warning(
+        tmp_path: Path) -> None:
+    rec, conv, warnings = recorder_on(tmp_path / "h.db")
+    say(rec, conv, U("q1"))
+    say(rec, conv, A("a1"))
+    say(rec, conv, U("q2"))
+    say(rec, conv, A("a2"))
+    store = rec.store
+    rec.store, rec.path = None, None  # the history off for a while: versions wait in memory
+    rec.cut(1)  # /retry
+    say(rec, conv, A("a2 again"))
+    rec.cut(2)  # /edit 3
+    say(rec, conv, U("q2 edited"))
+    rec.store, rec.path = store, tmp_path / "h.db"
+    with Store.open(tmp_path / "h.db") as other:
+        other.delete_messages([3])  # q2 goes, and with it the place "a2 again" hangs from
+    assert rec.flush()
+    assert warnings == [
+        "conversation 1 was changed by another chatcli process: a version of one of its "
+        "messages could not be saved, the message it follows is gone"]
+    rows, leaf = store.tree(1)  # type: ignore[union-attr]
+    assert [(r.content, r.parent_id) for r in rows] == [
+        ("q1", None), ("a1", 1), ("q2 edited", 2)]
+    assert leaf == rows[-1].id and [n.message.content for n in rec.tree.nodes()] == [
+        "q1", "a1", "q2", "a2", "q2 edited"]  # what the other process removed, it keeps
+    rec.close()

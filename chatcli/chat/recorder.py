@@ -99,6 +99,7 @@ class Recorder:
         self._system_dirty = False
         self._mine: set[int] = set()  # ids this process wrote
         self._branched: set[int] = set()  # conversations whose branching was warned
+        self._forks = 0  # how many times `_fork` changed the tree
         # Failing since the last success (and warned): open_history has warned already.
         self._failing = self.enabled and (store is None or store.readonly)
         self._recovered = False
@@ -245,11 +246,12 @@ class Recorder:
         elif self._system_dirty:
             store.set_system(self.conversation_id, self.conversation.system)
             self._system_dirty = False
-        while True:
-            node = next((n for n in self.tree.nodes() if n.id is None), None)
-            if node is None:
-                break
-            self._write(store, node)
+        pending = [n for n in self.tree.nodes() if n.id is None]
+        while pending:
+            forks = self._forks
+            self._write(store, pending.pop(0))
+            if self._forks != forks:  # the tree changed under the list: read it again
+                pending = [n for n in self.tree.nodes() if n.id is None]
         path = self.tree.path
         if path and path[-1].id != self.leaf:  # a switch, or versions saved late
             store.set_leaf(self.conversation_id, path[-1].id)
@@ -319,6 +321,7 @@ class Recorder:
         rest written after. Versions off the path stay where they were."""
         old = why.conv_id
         path = self.tree.path
+        self._forks += 1
         if node not in path:  # a version off the path: what it followed is gone
             top = node
             while top.parent is not None and top.parent.id is None:

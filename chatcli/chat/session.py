@@ -235,10 +235,7 @@ class ChatSession:
             index = users[-1]
         else:
             index = number - 1
-            if not 0 <= index < len(turns):
-                raise UsageError(f"there is no message {number}: the conversation has "
-                                 f"{len(turns)} message" + ("" if len(turns) == 1 else "s"),
-                                 "/context lists the messages with their numbers")
+            self.conversation.check_index(index)
             if turns[index].role != "user":
                 raise UsageError(f"message {number} is the model's answer; /edit changes "
                                  "your messages", "/retry answers again, /alt changes a token")
@@ -264,12 +261,8 @@ class ChatSession:
     def branch_point(self, number: int | None = None) -> int:
         """The index whose versions /branches lists: message `number`, else the last
         message on the path that has several versions."""
-        path = self.tree.path
         if number is not None:
-            if not 1 <= number <= len(path):
-                raise UsageError(f"there is no message {number}: the conversation has "
-                                 f"{len(path)} message" + ("" if len(path) == 1 else "s"),
-                                 "/context lists the messages with their numbers")
+            self.conversation.check_index(number - 1)
             return number - 1
         points = self.tree.branch_points()
         if not points:
