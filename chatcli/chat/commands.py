@@ -199,8 +199,8 @@ def _branches(ctx: ChatContext, arg: str) -> None:
                       "make others")
         return
     ctx.branch_at = index
-    ctx.ui.print_raw(f"message {index + 1} ({role}) has {len(versions)} versions; "
-                     "/switch K goes to one:")
+    ctx.ui.print(f"message {index + 1} ({role}) has {len(versions)} versions; "  # wrapped
+                 "/switch K goes to one:")
     width = max((ctx.ui.out_console.size.width if ctx.ui.out_tty else 80) - 20, 20)
     texts = []
     for node in versions:

@@ -59,7 +59,8 @@ class UI:
 
     def _err_line(self, line: str, style: str) -> None:
         if self.err_tty:
-            self.err_console.print(line, style=style, markup=False, soft_wrap=True)
+            # wrapped at words, as answers are (the terminal would cut words in two)
+            self.err_console.print(line, style=style, markup=False)
         else:
             print(line, file=self.err, flush=True)
 
