@@ -50,13 +50,19 @@ def test_a_switch_reuses_the_shared_prefix_and_answers_exactly(home: Path) -> No
     assert 0 < shared < len(prompt)
     assert session.cache.reused == shared and spy.fed == [len(prompt) - shared]
 
-    # the same conversation answered from a cold cache: the same tokens
-    fresh, _ = _session(loaded)
+    # the same conversation answered from a cold cache: the same tokens, unless the
+    # suffix prefill's last-bit rounding (README: about 3e-5 in float32, any CPU) met a
+    # near-tie of the cold run's top two logits
+    fresh, cold_spy = _session(loaded)
     fresh.conversation = Conversation(None, list(session.conversation.turns[:-1]))
     fresh.recorder.conversation = fresh.conversation
     for message in session.conversation.turns[:-1]:
         fresh.recorder.tree.add(message)
-    assert answer_ids(fresh) == ids
+    cold = answer_ids(fresh)
+    if cold != ids:
+        step = shared_prefix(cold, ids)
+        top = cold_spy.logits[step].float().flatten().topk(2).values
+        assert float(top[0] - top[1]) < 1e-3, (step, cold, ids)
 
 
 def test_retry_edit_and_switch_keep_every_version(home: Path) -> None:
