@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import termios
 import threading
@@ -131,6 +132,16 @@ def add_script_alias(home: Path, server: ScriptServer, alias: str = "script") ->
 
 
 # -- the terminal ------------------------------------------------------------------
+def default_signals() -> None:
+    """In the child before chatcli starts: SIGHUP and SIGTERM at their default action.
+
+    chatcli keeps a signal its parent ignores ignored (`nohup` sets SIGHUP so, and the
+    child inherits it); the tests that send SIGHUP must not depend on how pytest itself
+    was started."""
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class Terminal:
     """The real chatcli in a pty of `columns` x `lines`, its output fed into pyte."""
 
@@ -145,7 +156,8 @@ class Terminal:
         self.raw = b""
         self.final_termios: list[Any] | None = None
         self.child = pexpect.spawn(sys.executable, ["-m", "chatcli", *args], env=environ,
-                                   timeout=60, dimensions=(lines, columns))
+                                   timeout=60, dimensions=(lines, columns),
+                                   preexec_fn=default_signals)
 
     # -- output ----------------------------------------------------------------------
     def pump(self, seconds: float = 0.05) -> bool:

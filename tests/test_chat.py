@@ -20,6 +20,7 @@ from chatcli.progress import SilentReporter
 from chatcli.registry import load_registry
 from chatcli.runtime import Runtime
 from conftest import Tiny, printed, reference_generate, run_cli
+from screen import default_signals
 
 
 def greedy_reply(tiny: Tiny, messages: list[dict[str, str]], n: int) -> str:
@@ -195,8 +196,8 @@ def spawn(home: Path, *args: str) -> Any:
     env = dict(os.environ, CHATCLI_HOME=str(home), TERM="xterm", COLUMNS="100",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     child = pexpect.spawn(sys.executable, ["-m", "chatcli", "chat", *args], env=env,
-                          encoding="utf-8", codec_errors="replace", timeout=60,
-                          dimensions=(40, 100))
+                          encoding="utf-8", codec_errors="replace", timeout=120,
+                          dimensions=(40, 100), preexec_fn=default_signals)
     return child
 
 

@@ -4,6 +4,8 @@ The real `chatcli` runs as a subprocess with piped output against a scripted ser
 that streams slowly; the signal arrives mid-answer. What arrived is printed, the partial
 reply is saved marked interrupted, and the exit code is 128 + the signal (143, 129).
 (The interactive chat and the terminal's state are covered in test_screen.py.)
+Each child starts with SIGHUP and SIGTERM at their default action, whatever pytest was
+started under (`nohup` ignores SIGHUP, and chatcli keeps an ignored signal ignored).
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
-from screen import ROOT, add_script_alias, script_server
+from screen import ROOT, add_script_alias, default_signals, script_server
 
 ANSWER = " ".join(f"w{i}" for i in range(400))
 
 
-def start(home: Path, args: list[str], stdin: str | None = None) -> subprocess.Popen[str]:
+def start(home: Path, args: list[str], stdin: str | None = None,
+          preexec: Callable[[], None] = default_signals) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "CHATCLI_DEBUG"}
     env.update(CHATCLI_HOME=str(home), PYTHONPATH=str(ROOT))
     source = home / "stdin.txt"
@@ -32,7 +36,8 @@ def start(home: Path, args: list[str], stdin: str | None = None) -> subprocess.P
     with source.open() as piped:
         return subprocess.Popen([sys.executable, "-m", "chatcli", *args], env=env, text=True,
                                 stdin=piped if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=preexec)
 
 
 def read_words(proc: subprocess.Popen[str], count: int) -> str:
@@ -78,3 +83,23 @@ def test_signal_mid_answer_keeps_the_partial_reply(home: Path, sig: signal.Signa
     assert reply["interrupted"] and reply["content"]
     assert ANSWER.startswith(reply["content"])
     assert printed.rstrip("\n") == reply["content"]  # what was printed is what was kept
+
+
+def test_an_ignored_sighup_stays_ignored(home: Path) -> None:
+    """Started under `nohup` (SIGHUP ignored), chatcli answers to the end through a SIGHUP."""
+
+    def ignore_sighup() -> None:
+        default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    answer = " ".join(f"w{i}" for i in range(60))
+    with script_server(answer, pace=0.02) as server:
+        add_script_alias(home, server)
+        proc = start(home, ["ask", "-m", "script", "Count"], preexec=ignore_sighup)
+        shown = read_words(proc, 10)
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert (shown + out).rstrip("\n") == answer
+    (_, reply) = history(home)
+    assert reply["content"] == answer and not reply["interrupted"]
