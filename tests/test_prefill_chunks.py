@@ -67,7 +67,9 @@ def test_chunked_prefill_answers_like_one_pass(
 
 def test_the_default_chunk_is_512_positions(tiny_model: Tiny) -> None:
     """1,100 prompt tokens: chunks of 512, 512 and 76, in one cache allocation; the logits
-    kept (the last 80: two chunks) equal those of the same chunks fed one by one."""
+    kept (the last 80: two chunks) agree with those of the same chunks fed one by one (within
+    float rounding: the head projects 4 rows of the middle chunk here, 512 there, and CPUs
+    round those shapes differently)."""
     model = NativeCausalLM.from_folder(tiny_model.folder, torch.float32)
     assert NativeCausalLM.prefill_chunk == HFLanguageModel.prefill_chunk == 512
     ids = torch.tensor([_prompt(1100, seed=3)])
@@ -79,7 +81,7 @@ def test_the_default_chunk_is_512_positions(tiny_model: Tiny) -> None:
     for start in (0, 512, 1024):
         out, by_hand = model.forward(ids[:, start:start + 512], by_hand, logits_to_keep=0)
         pieces.append(out)
-    assert torch.equal(logits, torch.cat(pieces, dim=1)[:, -80:])
+    torch.testing.assert_close(logits, torch.cat(pieces, dim=1)[:, -80:])
     whole, _ = model.forward(ids, None, logits_to_keep=80)
     torch.testing.assert_close(logits, whole)
 
