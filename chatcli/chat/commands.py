@@ -498,6 +498,11 @@ def _pin(ctx: ChatContext, arg: str) -> None:
 
 def _unpin(ctx: ChatContext, arg: str) -> None:
     number = _pin_number("/unpin", arg)
+    ctx.session.conversation.check_index(number - 1)
+    if not ctx.session.conversation.turns[number - 1].pinned:
+        role = ctx.session.conversation.turns[number - 1].role
+        ctx.ui.notify(f"message {number} ({role}) was not pinned: nothing to unpin")
+        return
     message = ctx.session.pin(number, pinned=False)
     ctx.ui.notify(f"message {number} ({message.role}) is no longer pinned")
 
