@@ -4,7 +4,8 @@ Parses options, gathers the prompt (piped stdin first, then the argument), loads
 the model, resolves the decoding settings and hands the stream of events to the
 UI. What it shows must suit the strategy, which says what it can do (per-token
 distributions for --show-candidates, several hypotheses for --show-beams); a strategy
-that does not stream shows a spinner on a terminal until its answer comes. Knows
+that does not stream shows a spinner on a terminal until its answer comes; an answer
+the token limit cut short is followed, on a terminal, by a dim line saying so. Knows
 nothing about how tokens are chosen.
 """
 
@@ -138,7 +139,7 @@ def ask(
     from chatcli.decoding.registry import strategy_registry
     from chatcli.prompt import join_prompt
     from chatcli.store import history_path
-    from chatcli.ui.answers import show_spans, stats_line, stream_answer
+    from chatcli.ui.answers import show_spans, stats_line, stopped_note, stream_answer
     from chatcli.ui.candidates import show_table, token_records
 
     ui = UI()
@@ -232,6 +233,10 @@ def ask(
             session.finish_reply(gen, interrupted=True)
             raise
         session.finish_reply(gen)
+        note = stopped_note(gen.stats, settings.common.max_new_tokens, session.room(), "-n")
+        if note and not json_out and not (constraint is not None
+                                          and gen.constraint_satisfied is False):
+            ui.aside(note)  # on a terminal: the answer ends mid-sentence for a reason
     finally:
         recorder.close()  # what could not be saved goes to a recovery file
     spans = None
