@@ -19,7 +19,9 @@ The JSON format, version 1 (`"chatcli": 1`)::
                             "completion_tokens", "time_to_first_token_s",
                             "tokens_per_second"}  (optional, assistant replies),
                    "attachments": [{"path", "size", "sha256"}]  (optional, user messages
-                   with files attached: -f, /read, /glob; their text is in "content"),
+                   with files attached: -f, /read, /glob; their text is in "content";
+                   a file cut by --truncate-files adds "truncated": true and
+                   "full_size", null when unknown),
                    "pinned": true  (optional: kept in the window, /pin)}],
      "leaf": <history id> | null  (only with "tree"),
      "tree": [<every message of every branch, in the order written, each like
@@ -105,7 +107,16 @@ def describe_meta(meta: ReplyMeta) -> str:
 
 
 def _attached(files: Sequence[dict[str, Any]]) -> str:
-    return "attached: " + ", ".join(f"{f['path']} ({f['size']} bytes)" for f in files)
+    return "attached: " + ", ".join(f"{f['path']} ({_size(f)})" for f in files)
+
+
+def _size(file: dict[str, Any]) -> str:
+    """"12 bytes"; a truncated file: "truncated to the first 1000 of 52428800 bytes"."""
+    if not file.get("truncated"):
+        return f"{file['size']} bytes"
+    whole = file.get("full_size")
+    return f"truncated to the first {file['size']}" + (
+        f" of {whole} bytes" if whole is not None else " bytes")
 
 
 def to_markdown(info: ConversationInfo | None, conversation: Conversation,

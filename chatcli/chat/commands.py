@@ -9,6 +9,8 @@ quoted as typed; a missing file; `/prompt` on an empty conversation) are printed
 as one line and the chat goes on. `/set` takes any parameter of the current
 strategy (plugins' included) or a common one, typed and checked as declared;
 `/candidates` is refused for a strategy without per-token distributions.
+`/read` and `/glob` gather under chat's caps (`ChatContext.caps`) and never attach a
+file twice to one message.
 Knows nothing about prompt_toolkit or how answers stream.
 """
 
@@ -43,6 +45,8 @@ class ChatContext:
     # files attached to the next message (-f, /read, /glob): chatcli.attachments.Attachment
     pending: list[Any] = dataclasses.field(default_factory=list)
     pin_pending: bool = False  # --pin: the message the pending files go with is pinned
+    # /read and /glob gather as chat's -f does: (--max-files, --max-bytes, --truncate-files)
+    caps: tuple[int, int, bool] = (50, 1_000_000, False)
     # /edit: the index of the user message the next entry replaces, and its text for the
     # input line (the REPL hands it to the reader once)
     editing: int | None = None
@@ -398,11 +402,14 @@ def _choice(ctx: ChatContext, arg: str) -> None:
     _constrain(ctx, choice_constraint(arg, "/choice"))
 
 
-def attach(ctx: ChatContext, paths: list[str]) -> None:
-    """Attach the files at `paths` to the next message (notes warned)."""
+def attach(ctx: ChatContext, paths: list[str], command: str) -> None:
+    """Attach the files at `paths` to the next message (notes warned; a file already
+    attached is left out, noted), under chat's caps."""
     from chatcli.attachments import gather
 
-    gathered = gather(paths)
+    max_files, max_bytes, truncate = ctx.caps
+    gathered = gather(paths, max_files=max_files, max_bytes=max_bytes, truncate=truncate,
+                      attached=ctx.pending)
     for note in gathered.notes:
         ctx.ui.warn(note)
     ctx.pending.extend(gathered.attachments)
@@ -417,7 +424,7 @@ def attach(ctx: ChatContext, paths: list[str]) -> None:
 def _read(ctx: ChatContext, arg: str) -> None:
     if not arg.strip():
         raise UsageError("/read needs a path", "e.g. /read src/app.py (a file or a directory)")
-    attach(ctx, [arg.strip()])
+    attach(ctx, [arg.strip()], f"/read {arg.strip()}")
 
 
 def _glob(ctx: ChatContext, arg: str) -> None:
@@ -425,7 +432,7 @@ def _glob(ctx: ChatContext, arg: str) -> None:
 
     if not arg.strip():
         raise UsageError("/glob needs a pattern", "e.g. /glob src/**/*.py")
-    attach(ctx, glob_paths(arg.strip()))
+    attach(ctx, glob_paths(arg.strip()), f"/glob {arg.strip()}")
 
 
 def _alt(ctx: ChatContext, arg: str) -> None:

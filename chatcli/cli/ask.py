@@ -5,7 +5,8 @@ the model, resolves the decoding settings and hands the stream of events to the
 UI. What it shows must suit the strategy, which says what it can do (per-token
 distributions for --show-candidates, several hypotheses for --show-beams); a strategy
 that does not stream shows a spinner on a terminal until its answer comes; an answer
-the token limit cut short is followed, on a terminal, by a dim line saying so.
+the token limit cut short is followed, on a terminal, by a dim line saying so. Files
+past --max-files/--max-bytes are refused unless --truncate-files.
 `--alt STEP:RANK` is checked before the model runs (STEP and RANK from 1, STEP within
 -n, RANK within the vocabulary); when the answer then has no such alternative (it ended
 before STEP), the answer found is shown, saved, and the error follows. Knows nothing
@@ -45,6 +46,7 @@ from chatcli.cli.options import (
     StatsOpt,
     SystemOpt,
     ThreadsOpt,
+    TruncateFilesOpt,
     constraint_of,
     decoding_options,
 )
@@ -145,6 +147,7 @@ def ask(
     alt_spec: AltOpt = None,
     max_files: MaxFilesOpt = 50,
     max_bytes: MaxBytesOpt = 1_000_000,
+    truncate_files: TruncateFilesOpt = False,
     pin: PinOpt = False,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
@@ -189,7 +192,7 @@ def ask(
                              f"'{prep.spec.alias or prep.spec.base_url}' (backend "
                              f"{prep.spec.backend}) does not give", "use a local model (-m)")
     paths = list(file or [])
-    gathered = gather_files(ui, paths, max_files, max_bytes) if paths else None
+    gathered = gather_files(ui, paths, max_files, max_bytes, truncate_files) if paths else None
     # `-f -` takes stdin as a file; otherwise piped stdin joins the prompt
     text = join_prompt(prompt, None if "-" in paths else read_piped_stdin(ui))
     attached = gathered.attachments if gathered is not None else []
