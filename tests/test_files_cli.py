@@ -203,3 +203,20 @@ def test_chat_caps_hold_for_f_read_and_glob_alike(cli, home: Path, tmp_path: Pat
     assert content.startswith('<file path="big.txt" truncated="first 50 of 110 bytes">\n')
     assert json.loads(params)["attachments"][0]["truncated"] is True
 
+
+def test_undo_drops_the_files_waiting_for_the_next_message(cli, home: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(["chat", "-n", "2"], input="/read src/app.py\n/undo\nHi\n")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "chatcli: attached 1 file(s), 12 bytes, to your next message: src/app.py",
+        "chatcli: dropped 1 file(s) attached to your next message: src/app.py",
+    ]
+    assert user_rows(home) == [("Hi", None)]  # the file did not go with it
+    # with no file waiting, /undo removes the last exchange, as before
+    again = run_cli(["chat", "-c", "-n", "2"], input="/undo\n/undo\n")
+    assert again.stderr.splitlines()[-2:] == ["chatcli: removed the last exchange (2 messages)",
+                                              "chatcli: nothing to undo"]

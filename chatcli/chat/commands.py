@@ -9,8 +9,9 @@ quoted as typed; a missing file; `/prompt` on an empty conversation) are printed
 as one line and the chat goes on. `/set` takes any parameter of the current
 strategy (plugins' included) or a common one, typed and checked as declared;
 `/candidates` is refused for a strategy without per-token distributions.
-`/read` and `/glob` gather under chat's caps (`ChatContext.caps`) and never attach a
-file twice to one message.
+`/read` and `/glob` gather under chat's caps (`ChatContext.caps`), never attach a
+file twice to one message, and are cancelled alone by Ctrl-C (a FIFO no one writes);
+`/undo` first drops the files waiting for the next message, if any.
 Knows nothing about prompt_toolkit or how answers stream.
 """
 
@@ -143,6 +144,14 @@ def _clear(ctx: ChatContext, _: str) -> None:
 
 
 def _undo(ctx: ChatContext, _: str) -> None:
+    if ctx.pending:  # the last thing done: files attached to the next message
+        names = ", ".join(a.path for a in ctx.pending[:5])
+        more = len(ctx.pending) - 5
+        ctx.ui.notify(f"dropped {len(ctx.pending)} file(s) attached to your next message: "
+                      f"{names}" + (f" and {more} more" if more > 0 else ""))
+        ctx.pending.clear()
+        ctx.pin_pending = False
+        return
     ctx.branch_at = None
     removed = ctx.session.undo()
     ctx.ui.notify(f"removed the last exchange ({len(removed)} messages)" if removed
@@ -404,12 +413,20 @@ def _choice(ctx: ChatContext, arg: str) -> None:
 
 def attach(ctx: ChatContext, paths: list[str], command: str) -> None:
     """Attach the files at `paths` to the next message (notes warned; a file already
-    attached is left out, noted), under chat's caps."""
+    attached is left out, noted), under chat's caps. Ctrl-C while reading (a FIFO that
+    no one writes) cancels `command` alone: nothing is attached and the chat goes on."""
     from chatcli.attachments import gather
+    from chatcli.interrupts import ended_by_signal
 
     max_files, max_bytes, truncate = ctx.caps
-    gathered = gather(paths, max_files=max_files, max_bytes=max_bytes, truncate=truncate,
-                      attached=ctx.pending)
+    try:
+        gathered = gather(paths, max_files=max_files, max_bytes=max_bytes, truncate=truncate,
+                          attached=ctx.pending)
+    except KeyboardInterrupt as exc:
+        if ended_by_signal(exc):
+            raise
+        ctx.ui.warn(f"{command} cancelled (Ctrl-C): nothing attached")
+        return
     for note in gathered.notes:
         ctx.ui.warn(note)
     ctx.pending.extend(gathered.attachments)
@@ -529,7 +546,8 @@ COMMANDS: list[Command] = [
             f"({', '.join([*builtin_strategies(), 'plugins'])})", _strategy),
     Command("model", "ALIAS", "switch model, keeping the conversation", _model),
     Command("clear", "", "start over (the system prompt stays)", _clear),
-    Command("undo", "", "remove the last exchange", _undo),
+    Command("undo", "", "remove the last exchange (or, first, the files attached to your "
+            "next message)", _undo),
     Command("retry", "", "answer the last message again (the old answer stays a branch)",
             _retry),
     Command("edit", "[N]", "change your message N (default: the last) and answer it; the "
