@@ -2,10 +2,11 @@
 
 Contract:
 
-- `gather(paths, stdin=..., max_files=50, max_bytes=1_000_000, cwd=...)` turns what
-  the user named into a `Gathered`: the `Attachment`s (path as the user wrote it,
-  size, sha256 of the bytes, decoded text, an optional note) in order, and `notes`,
-  every line the user should see about them. Relative paths are read from `cwd`
+- `gather(paths, stdin=..., max_files=50, max_bytes=1_000_000, truncate=False,
+  attached=(), cwd=...)` turns what the user named into a `Gathered`: the
+  `Attachment`s (path as the user wrote it, size, sha256 of the bytes, decoded text,
+  an optional note, whether it was truncated) in order, and `notes`, every line the
+  user should see about them. Relative paths are read from `cwd`
   (default: the current directory) and a leading `~` is expanded. Each path is
   - a file: taken as it is (a pipe such as `<(cmd)` or `/dev/stdin` too, read up
     to the byte cap);
@@ -19,7 +20,8 @@ Contract:
     devices, each with a note. A walked file's path is the directory as written
     joined with the file's path inside it (`src/` gives `src/app.py`, `.` gives
     `app.py`);
-  - `-`: the bytes of `stdin()`, named `stdin` (once per call);
+  - `-`: the bytes of `stdin()`, named `stdin` (once per call); empty stdin raises
+    `UsageError` (a pipe that gave nothing is a mistake, not a file);
   - a glob pattern, when no file has that name: the files `glob_paths` finds
     (`.gitignore` is not consulted for a pattern; vendor directories and symbolic
     links to directories that the pattern does not name are left out, noted).
@@ -28,17 +30,22 @@ Contract:
   all of them. Other text that is not UTF-8 is decoded with U+FFFD for the bad bytes
   and a note (on the attachment and in `notes`, naming the path). A leading UTF-8
   byte order mark is dropped from the text (not from size or sha256). A file found
-  twice (a directory and a file in it) is attached once, with a note.
-- Caps: files are taken in order until `max_files` are kept, or until the next text
-  file would bring the total of kept bytes past `max_bytes`; then gathering stops,
-  with a note saying how many of the files found were kept and which cap
-  (`--max-files` / `--max-bytes`, the flags that carry them) to raise. Binary files
-  never count against the caps (only their first 8 KiB are read).
+  twice (a directory and a file in it), or one of `attached` (files already attached
+  to the same message, by their resolved path), is attached once, with a note.
+- Caps: files are taken in order while at most `max_files` are kept and the kept
+  bytes stay within `max_bytes`. A text file the caps would leave out, or cut, raises
+  `UsageError` naming the cap (`--max-files` / `--max-bytes`, the flags that carry
+  them) and `--truncate-files`, unless `truncate`: then the file that would pass
+  `max_bytes` is truncated to the bytes left (whole UTF-8 characters;
+  `Attachment.truncated`, with its `full_size` when known), the files after it and
+  those past `max_files` are left out, and a note says each. Binary files never
+  count against the caps (only their first 8 KiB are read).
 - A path that cannot be read (missing, a broken symbolic link, a symbolic link
   loop, no permission, an unlistable directory) raises `UsageError` naming it, in
   one line; so does a glob that matches no file.
 - `render(attachments, message)` is the text of the user message; `describe` gives
-  what history keeps of each attachment; `block_spans` finds each block in a
+  what history keeps of each attachment (a truncated one adds `"truncated": true` and
+  `"full_size"`, null when unknown); `block_spans` finds each block in a
   rendered message again (so that `/context` can count each one's tokens).
 
 The rendered format (quoted by README)::
@@ -62,11 +69,15 @@ one-way (text that already holds `<\\/file>` keeps it). In the path attribute a
 backslash and a double quote are escaped with a backslash, and control characters
 are written `\\n`, `\\r`, `\\t` or `\\xHH`.
 
+A truncated file's opening line says so, and how much of it is there:
+`<file path="big.txt" truncated="first 1000 of 52428800 bytes">` (`first 1000 bytes`
+when the whole size is unknown: a pipe).
+
 What this module deliberately does not know: tokens, tokenizers, context windows
 and models (shortening a file that does not fit is packing's job); the CLI, flags
-other than the two cap names in its notes, and the terminal (it returns notes, it
-prints nothing); chat commands; history and storage (it gives `describe`'s dicts and
-reads no database). It reads files and runs `git ls-files`, nothing else.
+other than the cap names and `--truncate-files` in its messages, and the terminal (it
+returns notes, it prints nothing); chat commands; history and storage (it gives
+`describe`'s dicts and reads no database). It reads files and runs `git ls-files`, nothing else.
 """
 
 from __future__ import annotations
@@ -97,6 +108,7 @@ VENDOR_DIRS = frozenset({"node_modules", "__pycache__"})
 OPEN_TAG = '<file path="'
 CLOSE_TAG = "</file>"
 ESCAPED_CLOSE_TAG = "<\\/file>"
+TRUNCATED_ATTR = ' truncated="'
 _GLOB_CHARS = frozenset("*?[")
 _LISTED = 5  # names shown in a note before "and N more"
 
@@ -110,6 +122,10 @@ class Attachment:
     sha256: str  # of those bytes
     text: str  # decoded
     note: str | None = None  # e.g. not UTF-8, decoded with replacement
+    truncated: bool = False  # only its first `size` bytes are attached (--truncate-files)
+    full_size: int | None = None  # a truncated file's whole size (None: unknown, a pipe)
+    # the resolved path ("" for stdin), to know a file attached again; not compared
+    real: str = field(default="", compare=False, repr=False)
 
 
 @dataclass
@@ -133,6 +149,8 @@ def gather(
     stdin: Callable[[], bytes] | None = None,
     max_files: int = 50,
     max_bytes: int = 1_000_000,
+    truncate: bool = False,
+    attached: Sequence[Attachment] = (),
     cwd: Path | None = None,
 ) -> Gathered:
     """The attachments the user named by `paths` (see the module docstring)."""
@@ -145,7 +163,7 @@ def gather(
     base = Path.cwd() if cwd is None else Path(cwd)
     out = Gathered()
     found: list[_Found] = []
-    seen: set[str] = set()
+    seen: set[str] = {a.real for a in attached if a.real}
     twice: list[str] = []
     stdin_named = False
     for arg in paths:
@@ -172,32 +190,71 @@ def gather(
 
     binary: list[str] = []
     total = 0
-    for item in found:
+    for i, item in enumerate(found):
         kept = len(out.attachments)
         if kept == max_files:
+            rest = [x for x in found[i:] if x.fs is None or not _binary(x)]
+            binary += [x.shown for x in found[i:] if x not in rest]
+            if not rest:
+                break
+            if not truncate:
+                raise UsageError(
+                    f"{_count(kept + len(rest), 'text file')} to attach: more than the cap "
+                    f"--max-files {max_files}",
+                    f"raise --max-files, or add --truncate-files to attach the first "
+                    f"{max_files} and leave out the rest")
             out.notes.append(
                 f"kept {kept} of {_count(len(found), 'file')} found: cap --max-files "
                 f"{max_files}; raise it to take more")
             break
         room = max_bytes - total
-        data, size = _read(item, stdin, room)
+        data, size = _read(item, stdin, room, truncate)
         if data is None and size is None:
             binary.append(item.shown)
             continue
-        if data is None:
+        if size == 0 and item.fs is None:
+            raise UsageError("stdin (-f -) is empty: there is no file to attach",
+                             "pipe the file's text into chatcli, e.g. chatcli ask -f - "
+                             "\"Summarize.\" < notes.txt")
+        whole = data is not None and size == len(data)
+        if not whole:
             what = f"{size} bytes" if size is not None and size >= 0 else f"over {room} bytes"
-            out.notes.append(
-                f"kept {kept} of {_count(len(found), 'file')} found, {total} bytes: the next, "
-                f"{_shown(item.shown)} ({what}), would pass the cap --max-bytes {max_bytes}; "
-                "raise it to take more")
+            after = f", after {_count(kept, 'file')} of {total} bytes" if kept else ""
+            if not truncate:
+                raise UsageError(
+                    f"{_shown(item.shown)} ({what}) would pass the cap --max-bytes "
+                    f"{max_bytes}{after}",
+                    "raise --max-bytes, or add --truncate-files to cut the files there")
+            data = _whole_characters(data or b"")
+            left = [x.shown for x in found[i + 1:]]
+            decoded = _decode(data) if data else None
+            if decoded is None:
+                left.insert(0, item.shown)
+            else:
+                text, note = decoded
+                full = size if size is not None and size >= 0 else None
+                out.attachments.append(Attachment(
+                    item.shown, len(data), hashlib.sha256(data).hexdigest(), text, note,
+                    truncated=True, full_size=full, real=_real(item)))
+                of = f" of {full}" if full is not None else ""
+                out.notes.append(f"{_shown(item.shown)}: truncated to its first {len(data)}"
+                                 f"{of} bytes by the cap --max-bytes {max_bytes}")
+                if note is not None:
+                    out.notes.append(f"{_shown(item.shown)}: {note}")
+            if left:
+                out.notes.append(
+                    f"left out {_count(len(left), 'file')}: the cap --max-bytes {max_bytes} "
+                    f"is reached: {_names(left)}")
             break
+        assert data is not None
         decoded = _decode(data)
         if decoded is None:
             binary.append(item.shown)
             continue
         text, note = decoded
         out.attachments.append(Attachment(
-            item.shown, len(data), hashlib.sha256(data).hexdigest(), text, note))
+            item.shown, len(data), hashlib.sha256(data).hexdigest(), text, note,
+            real=_real(item)))
         total += len(data)
         if note is not None:
             out.notes.append(f"{_shown(item.shown)}: {note}")
@@ -232,8 +289,15 @@ def render(attachments: Sequence[Attachment], message: str) -> str:
 
 
 def describe(attachments: Sequence[Attachment]) -> list[dict[str, object]]:
-    """What history keeps of each attachment: path, size and sha256."""
-    return [{"path": a.path, "size": a.size, "sha256": a.sha256} for a in attachments]
+    """What history keeps of each attachment: path, size and sha256 (of the bytes
+    attached); a truncated one adds `truncated` and its `full_size` (None: unknown)."""
+    out: list[dict[str, object]] = []
+    for a in attachments:
+        record: dict[str, object] = {"path": a.path, "size": a.size, "sha256": a.sha256}
+        if a.truncated:
+            record.update(truncated=True, full_size=a.full_size)
+        out.append(record)
+    return out
 
 
 def block_spans(rendered: str, count: int | None = None) -> list[tuple[str, int, int]]:
@@ -252,9 +316,10 @@ def block_spans(rendered: str, count: int | None = None) -> list[tuple[str, int,
         if parsed is None:
             break
         path, quote = parsed
-        if not rendered.startswith('">\n', quote):
+        line_end = _opening_end(rendered, quote)
+        if line_end is None:
             break
-        close = rendered.find(CLOSE_TAG, quote + 2)
+        close = rendered.find(CLOSE_TAG, line_end)
         if close < 0 or rendered[close - 1] != "\n":
             break
         end = close + len(CLOSE_TAG)
@@ -484,16 +549,18 @@ def _vendor(name: str, full: Path) -> bool:
 # -- reading ---------------------------------------------------------------------
 
 
-def _read(item: _Found, stdin: Callable[[], bytes] | None,
-          room: int) -> tuple[bytes | None, int | None]:
-    """(bytes, size) of a text candidate; (None, None): binary; (None, size): over
-    `room` (size -1 when unknown, for a pipe)."""
+def _read(item: _Found, stdin: Callable[[], bytes] | None, room: int,
+          cut: bool = False) -> tuple[bytes | None, int | None]:
+    """(bytes, size) of a text candidate; (None, None): binary. Over `room`, the size
+    differs from the length of the bytes (size -1 when unknown, for a pipe): the bytes
+    are its first `room` when `cut`, else None."""
     if item.fs is None:
         assert stdin is not None
         data = stdin()
         if b"\0" in data[:SNIFF_BYTES]:
             return None, None
-        return (data, len(data)) if len(data) <= room else (None, len(data))
+        return (data, len(data)) if len(data) <= room else (
+            data[:room] if cut else None, len(data))
     try:
         with open(item.fs, "rb") as f:
             head = f.read(SNIFF_BYTES)
@@ -502,15 +569,42 @@ def _read(item: _Found, stdin: Callable[[], bytes] | None,
             if item.regular:
                 size = os.fstat(f.fileno()).st_size
                 if size > room:
-                    return None, size
+                    return (head + f.read(max(room - len(head), 0)))[:room] if cut else None, size
                 data = head + f.read()
             else:
                 data = head + f.read(max(room - len(head), 0) + 1)
                 if len(data) > room:
-                    return None, -1
+                    return data[:room] if cut else None, -1
     except OSError as exc:
         raise _unreadable(item.shown, item.fs, exc) from None
-    return (data, len(data)) if len(data) <= room else (None, len(data))
+    return (data, len(data)) if len(data) <= room else (data[:room] if cut else None, len(data))
+
+
+def _binary(item: _Found) -> bool:
+    """Whether a file past the caps is binary (its first 8 KiB; unreadable: not)."""
+    assert item.fs is not None
+    try:
+        with open(item.fs, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    return b"\0" in head or (bool(head) and _decode(head) is None)
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """`data` less a UTF-8 character that the cut split at its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return data  # ASCII: nothing split
+        if byte >= 0xC0:  # the lead byte of the last character
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if back >= need else data[:-back]
+    return data
+
+
+def _real(item: _Found) -> str:
+    return os.path.realpath(item.fs) if item.fs is not None else ""
 
 
 def _decode(data: bytes) -> tuple[str, str | None] | None:
@@ -550,7 +644,25 @@ def _block(a: Attachment) -> str:
     body = a.text.replace(CLOSE_TAG, ESCAPED_CLOSE_TAG)
     if body and not body.endswith("\n"):
         body += "\n"
-    return f'{OPEN_TAG}{_attribute(a.path)}">\n{body}{CLOSE_TAG}'
+    cut = ""
+    if a.truncated:
+        of = f" of {a.full_size}" if a.full_size is not None else ""
+        cut = f'{TRUNCATED_ATTR}first {a.size}{of} bytes"'
+    return f'{OPEN_TAG}{_attribute(a.path)}"{cut}>\n{body}{CLOSE_TAG}'
+
+
+def _opening_end(rendered: str, quote: int) -> int | None:
+    """The index of the newline that ends an opening line whose path attribute closes
+    at `quote` (a `truncated` attribute may follow it); None if it is not one."""
+    if rendered.startswith('">\n', quote):
+        return quote + 2
+    if not rendered.startswith(TRUNCATED_ATTR, quote + 1):
+        return None
+    start = quote + 1 + len(TRUNCATED_ATTR)
+    end = rendered.find('"', start)
+    if end < 0 or "\n" in rendered[start:end] or not rendered.startswith('">\n', end):
+        return None
+    return end + 2
 
 
 _ATTR_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -19,7 +19,9 @@ The JSON format, version 1 (`"chatcli": 1`)::
                             "completion_tokens", "time_to_first_token_s",
                             "tokens_per_second"}  (optional, assistant replies),
                    "attachments": [{"path", "size", "sha256"}]  (optional, user messages
-                   with files attached: -f, /read, /glob; their text is in "content"),
+                   with files attached: -f, /read, /glob; their text is in "content";
+                   a file cut by --truncate-files adds "truncated": true and
+                   "full_size", null when unknown),
                    "pinned": true  (optional: kept in the window, /pin)}],
      "leaf": <history id> | null  (only with "tree"),
      "tree": [<every message of every branch, in the order written, each like
@@ -105,7 +107,16 @@ def describe_meta(meta: ReplyMeta) -> str:
 
 
 def _attached(files: Sequence[dict[str, Any]]) -> str:
-    return "attached: " + ", ".join(f"{f['path']} ({f['size']} bytes)" for f in files)
+    return "attached: " + ", ".join(f"{f['path']} ({_size(f)})" for f in files)
+
+
+def _size(file: dict[str, Any]) -> str:
+    """"12 bytes"; a truncated file: "truncated to the first 1000 of 52428800 bytes"."""
+    if not file.get("truncated"):
+        return f"{file['size']} bytes"
+    whole = file.get("full_size")
+    return f"truncated to the first {file['size']}" + (
+        f" of {whole} bytes" if whole is not None else " bytes")
 
 
 def to_markdown(info: ConversationInfo | None, conversation: Conversation,
@@ -213,7 +224,8 @@ def _item(message: Message, meta: ReplyMeta | None, attached: Sequence[dict[str,
 @dataclasses.dataclass(frozen=True)
 class OutlineLine:
     """One message of an outline: `prefix` (box-drawing connectors), `label` (its
-    number along its branch, role, version), `text` (its first line, shortened)."""
+    number along its branch, role, version), `text` (its first line, or all its lines
+    where versions share the first, shortened)."""
 
     current: bool  # on the path the user is on
     prefix: str
@@ -231,7 +243,9 @@ def outline(tree: Tree, width: int | None = None) -> list[OutlineLine]:
     """Every message of the tree, one line each, depth first, versions in the order made.
 
     A message's only follower goes on the next line at the same indentation; the
-    versions that follow a message hang from it with ├─ and └─. Each text is cut to
+    versions that follow a message hang from it with ├─ and └─. A version shows where it
+    parts from the others (`where_it_parts`); versions whose first lines are the same
+    show all their lines, each line break as ⏎. Each text is cut to
     fit `width` cells per line (at least 12 cells of text), or to
     OUTLINE_TEXT_WIDTH characters without one."""
     from chatcli.branches import where_it_parts
@@ -250,7 +264,13 @@ def outline(tree: Tree, width: int | None = None) -> list[OutlineLine]:
             label += f" ({', '.join(notes)})"
         room = OUTLINE_TEXT_WIDTH if width is None else max(
             12, width - _cells(CURRENT_MARK + prefix + label + ": "))
-        gist = where_it_parts(_gist(node), [_gist(n) for n in siblings if n is not node])
+        others = [n for n in siblings if n is not node]
+        own = _gist(node)
+        if any(_gist(n) == own for n in others):  # they part after a line break: show it
+            own, shown = _gist(node, breaks=True), [_gist(n, breaks=True) for n in others]
+        else:
+            shown = [_gist(n) for n in others]
+        gist = where_it_parts(own, shown)
         lines.append(OutlineLine(id(node) in on_path, prefix, label,
                                  _shorten(gist, room, width is not None)))
 
@@ -281,9 +301,12 @@ def to_outline(tree: Tree, width: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gist(node: Node) -> str:
+LINE_BREAK = "⏎"  # where a message's lines meet, in a one-line gist that shows them all
+
+
+def _gist(node: Node, breaks: bool = False) -> str:
     """A message's first line of words (after its attached files), marked "…" when more
-    follows; "(empty)" for none."""
+    follows; with `breaks`, all its lines joined by " ⏎ ". "(empty)" for none."""
     text = node.message.content
     if node.attachments:
         text = text.rsplit("</file>", 1)[-1]
@@ -293,6 +316,8 @@ def _gist(node: Node) -> str:
         if node.attachments:
             return "files: " + ", ".join(str(f.get("path", "")) for f in node.attachments)
         return "(empty)"
+    if breaks:
+        return f" {LINE_BREAK} ".join(lines)
     return lines[0] + (" …" if len(lines) > 1 else "")
 
 

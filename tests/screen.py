@@ -45,11 +45,13 @@ def words(text: str) -> list[str]:
 # -- a scripted OpenAI-compatible server ------------------------------------------------
 class ScriptServer:
     """Streams `answer` as chat-completion chunks, one word (with its spacing) per event,
-    sleeping `pace` seconds between events. `requests` counts the answers started."""
+    sleeping `pace` seconds between events, and ends with `finish` as the finish reason
+    ("length": as if the token limit cut it). `requests` counts the answers started."""
 
-    def __init__(self, answer: str = "", pace: float = 0.002) -> None:
+    def __init__(self, answer: str = "", pace: float = 0.002, finish: str = "stop") -> None:
         self.answer = answer
         self.pace = pace
+        self.finish = finish
         self.requests = 0
         self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -108,7 +110,7 @@ def _handler(script: ScriptServer) -> type[BaseHTTPRequestHandler]:
             for piece in script.chunks():
                 time.sleep(script.pace)
                 event({"content": piece})
-            event({}, "stop")
+            event({}, script.finish)
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 
@@ -116,8 +118,9 @@ def _handler(script: ScriptServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def script_server(answer: str = "", pace: float = 0.002) -> Iterator[ScriptServer]:
-    server = ScriptServer(answer, pace)
+def script_server(answer: str = "", pace: float = 0.002,
+                  finish: str = "stop") -> Iterator[ScriptServer]:
+    server = ScriptServer(answer, pace, finish)
     try:
         yield server
     finally:

@@ -7,10 +7,11 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 import torch
 from test_candidates import teacher_forced_logits
 
-from conftest import Tiny, run_cli
+from conftest import Tiny, printed, run_cli
 
 PROMPT = "Hello there"
 
@@ -61,11 +62,45 @@ def test_ask_alt_refusals(cli) -> None:
         "error: --alt explores one answer's steps; strategy 'beam' returns several hypotheses, "
         "so no step's token was chosen from that step's distribution; hint: use --strategy "
         "greedy or sample\n"))
-    far = run_cli(["ask", "-n", "4", "--alt", "9:1", "x"])
-    assert far.exit_code == 2
-    assert far.stderr == ("error: STEP must be in 1..4, the answer's tokens (got 9); hint: "
-                          "'/alt' with no arguments lists the steps where the model was least "
-                          "sure\n")
+
+
+@pytest.mark.parametrize(("spec", "message", "hint"), [
+    ("0:1", "--alt 0:1: STEP counts from 1 (the answer's first token)",
+     "e.g. --alt 1:2: the model's second choice for the first token"),
+    ("1:0", "--alt 1:0: RANK counts from 1 (the model's most likely token)",
+     "e.g. --alt 3:2: the model's second choice at step 3"),
+    ("9:1", "--alt 9:1: step 9 is past the answer's end: -n (--max-new-tokens) 4 allows 4 "
+     "tokens at most", "choose a STEP in 1..4, or raise -n"),
+])
+def test_ask_alt_refused_before_anything_runs(cli, home: Path, spec: str, message: str,
+                                              hint: str) -> None:
+    result = run_cli(["ask", "-n", "4", "--alt", spec, "x"])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", f"error: {message}; hint: {hint}\n")
+    assert not (home / "data" / "history.db").exists()  # not even the question
+
+
+def test_ask_alt_rank_past_the_vocabulary_is_refused_before_answering(cli, home: Path) -> None:
+    result = run_cli(["ask", "-n", "4", "--alt", "1:99999", "x"])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", "error: --alt 1:99999: RANK must be in 1..400, the model's vocabulary; hint: "
+        "RANK 1 is the model's most likely token at STEP, 2 the next\n")
+    assert replies(home) == []  # the question is kept; no answer was made
+
+
+def test_ask_alt_past_the_answer_s_end_shows_the_answer_it_saves(cli, home: Path) -> None:
+    """The answer ends (a stop string) before STEP: there is no alternative there. The
+    answer made is shown, and it is the only one saved."""
+    full = json.loads(run_cli(["ask", "-n", "12", "--json", PROMPT]).stdout)
+    stop = ["--stop", full["text"][3:6]]
+    short = json.loads(run_cli(["ask", "-n", "12", *stop, "--json", PROMPT]).stdout)
+    n = len(short["token_ids"])
+    assert short["finish_reason"] == "stop_string" and 1 < n < 10
+    result = run_cli(["ask", "-n", "12", *stop, "--alt", "10:1", PROMPT])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, printed(short["text"]), f"error: --alt 10:1: the answer ended after {n} tokens, "
+        f"before step 10; it is shown and saved as it is; hint: choose a STEP in 1..{n}\n")
+    assert [r[0] for r in replies(home)] == [full["text"], short["text"], short["text"]]
 
 
 def test_chat_alt_lists_steps_and_branches(cli, home: Path) -> None:
@@ -101,3 +136,14 @@ def test_compare_alt_shows_where_they_part(cli) -> None:
     assert (refused.exit_code, refused.stderr) == (2, (
         "error: --alt explores one answer's steps; strategy 'beam' returns several hypotheses; "
         "hint: compare greedy or sample with --alt\n"))
+
+
+def test_ask_alt_rank_past_what_a_constraint_allows_shows_the_answer(cli, home: Path) -> None:
+    choice = ["-n", "12", "--choice", "yes,no"]
+    answer = json.loads(run_cli(["ask", *choice, "--json", PROMPT]).stdout)["text"]
+    result = run_cli(["ask", *choice, "--alt", "1:50", PROMPT])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, printed(answer), "error: --alt 1:50: RANK must be in 1..2 at step 1: only 2 tokens "
+        "are possible there (got 50); the answer is shown and saved as it is; hint: a "
+        "constraint allows only these tokens at this step\n")
+    assert [r[0] for r in replies(home)] == [answer, answer]

@@ -193,6 +193,13 @@ def test_stdin(tmp_path: Path) -> None:
         gather(["-", "-"], stdin=lambda: b"x")
     assert e.value.message == "- is named twice: stdin can be read only once"
 
+    # an empty pipe is a mistake (the command before it failed), not an empty file
+    with pytest.raises(UsageError) as e:
+        gather(["-"], stdin=lambda: b"")
+    assert (e.value.message, e.value.hint) == (
+        "stdin (-f -) is empty: there is no file to attach",
+        'pipe the file\'s text into chatcli, e.g. chatcli ask -f - "Summarize." < notes.txt')
+
 
 @pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd")
 def test_pipe_named_as_a_file(tmp_path: Path) -> None:
@@ -202,39 +209,98 @@ def test_pipe_named_as_a_file(tmp_path: Path) -> None:
         os.write(w, data)
         os.close(w)
         try:
-            g = gather([f"/dev/fd/{r}"], max_bytes=cap)
+            g = gather([f"/dev/fd/{r}"], max_bytes=cap, truncate=True)
         finally:
             os.close(r)
         if cap == 100:
             assert g == Gathered([Attachment(f"/dev/fd/{r}", 12, sha(data), "from a pipe\n")], [])
-        else:
-            assert g == Gathered([], [
-                f"kept 0 of 1 file found, 0 bytes: the next, /dev/fd/{r} (over 10 bytes), "
-                "would pass the cap --max-bytes 10; raise it to take more"])
+        else:  # truncated: the whole size of a pipe is not known
+            assert g == Gathered([Attachment(f"/dev/fd/{r}", 10, sha(b"x" * 10), "x" * 10,
+                                             truncated=True, full_size=None)],
+                                 [f"/dev/fd/{r}: truncated to its first 10 bytes by the cap "
+                                  "--max-bytes 10"])
+    r, w = os.pipe()
+    os.write(w, b"x" * 50)
+    os.close(w)
+    try:
+        with pytest.raises(UsageError) as e:
+            gather([f"/dev/fd/{r}"], max_bytes=10)
+    finally:
+        os.close(r)
+    assert (e.value.message, e.value.hint) == (
+        f"/dev/fd/{r} (over 10 bytes) would pass the cap --max-bytes 10",
+        "raise --max-bytes, or add --truncate-files to cut the files there")
 
 
 # -- caps ------------------------------------------------------------------------
 
 
-def test_caps_on_files_and_bytes(tmp_path: Path) -> None:
+def test_caps_refuse_unless_truncation_is_allowed(tmp_path: Path) -> None:
     write(tmp_path, {f"d/f{i}.txt": f"line {i}\n" for i in range(5)})  # 7 bytes each
-    g = gather(["d"], max_files=2, cwd=tmp_path)
+    with pytest.raises(UsageError) as e:
+        gather(["d"], max_files=2, cwd=tmp_path)
+    assert (e.value.message, e.value.hint) == (
+        "5 text files to attach: more than the cap --max-files 2",
+        "raise --max-files, or add --truncate-files to attach the first 2 and leave out the "
+        "rest")
+    with pytest.raises(UsageError) as e:
+        gather(["d"], max_bytes=20, cwd=tmp_path)
+    assert (e.value.message, e.value.hint) == (
+        "d/f2.txt (7 bytes) would pass the cap --max-bytes 20, after 2 files of 14 bytes",
+        "raise --max-bytes, or add --truncate-files to cut the files there")
+    write(tmp_path, {"big.txt": "x" * 5000})
+    with pytest.raises(UsageError) as e:
+        gather(["big.txt"], max_bytes=1000, cwd=tmp_path)
+    assert e.value.message == "big.txt (5000 bytes) would pass the cap --max-bytes 1000"
+
+    # Truncation allowed: the files past --max-files are left out, noted ...
+    g = gather(["d"], max_files=2, truncate=True, cwd=tmp_path)
     assert paths(g) == ["d/f0.txt", "d/f1.txt"]
     assert g.notes == ["kept 2 of 5 files found: cap --max-files 2; raise it to take more"]
-
-    g = gather(["d"], max_bytes=20, cwd=tmp_path)
-    assert paths(g) == ["d/f0.txt", "d/f1.txt"]
-    assert g.notes == ["kept 2 of 5 files found, 14 bytes: the next, d/f2.txt (7 bytes), "
-                       "would pass the cap --max-bytes 20; raise it to take more"]
+    # ... the file at the byte cap is cut there (marked), and the ones after it left out
+    g = gather(["d"], max_bytes=20, truncate=True, cwd=tmp_path)
+    assert g.attachments[:2] == [attachment("d/f0.txt", "line 0\n"),
+                                 attachment("d/f1.txt", "line 1\n")]
+    assert g.attachments[2] == Attachment("d/f2.txt", 6, sha(b"line 2"), "line 2",
+                                          truncated=True, full_size=7)
+    assert g.notes == ["d/f2.txt: truncated to its first 6 of 7 bytes by the cap --max-bytes 20",
+                       "left out 2 files: the cap --max-bytes 20 is reached: d/f3.txt, d/f4.txt"]
 
     # Exactly at the caps: everything, no note.
     assert gather(["d"], max_files=5, max_bytes=35, cwd=tmp_path).notes == []
 
-    # Binary files never count against the caps, however large.
-    write(tmp_path, {"e/a.bin": b"\0" * 100_000, "e/b.txt": "0123456789"})
+    # Binary files never count against the caps, however large, before or after the cap.
+    write(tmp_path, {"e/a.bin": b"\0" * 100_000, "e/b.txt": "0123456789", "e/c.bin": b"\0"})
     g = gather(["e"], max_files=1, max_bytes=10, cwd=tmp_path)
     assert paths(g) == ["e/b.txt"]
-    assert g.notes == ["skipped 1 binary file: e/a.bin"]
+    assert g.notes == ["skipped 2 binary files: e/a.bin, e/c.bin"]
+
+
+def test_truncation_keeps_whole_characters(tmp_path: Path) -> None:
+    data = "héllo wörld\n".encode()  # é and ö take two bytes each
+    write(tmp_path, {"u.txt": data})
+    g = gather(["u.txt"], max_bytes=2, truncate=True, cwd=tmp_path)  # 'h' and half of 'é'
+    assert g.attachments == [Attachment("u.txt", 1, sha(b"h"), "h", truncated=True,
+                                        full_size=len(data))]
+    g = gather(["u.txt"], max_bytes=3, truncate=True, cwd=tmp_path)
+    assert g.attachments[0].text == "hé" and g.attachments[0].size == 3
+    # nothing fits: the file is left out, not attached empty
+    write(tmp_path, {"emoji.txt": "🙂 smile\n"})
+    g = gather(["emoji.txt"], max_bytes=3, truncate=True, cwd=tmp_path)
+    assert g == Gathered([], ["left out 1 file: the cap --max-bytes 3 is reached: emoji.txt"])
+    # stdin: its whole size is known
+    g = gather(["-"], stdin=lambda: b"abcdef", max_bytes=4, truncate=True)
+    assert g.attachments == [Attachment("stdin", 4, sha(b"abcd"), "abcd", truncated=True,
+                                        full_size=6)]
+
+
+def test_a_file_already_attached_is_left_out(tmp_path: Path) -> None:
+    """/read of a file the next message already has (by any path to it): noted, not taken."""
+    write(tmp_path, {"d/a.txt": "a\n", "d/b.txt": "b\n"})
+    first = gather(["d/a.txt"], cwd=tmp_path).attachments
+    g = gather(["./d/a.txt", "d"], attached=first, cwd=tmp_path)
+    assert paths(g) == ["d/b.txt"]
+    assert g.notes == ["left out 2 repeats of files already attached: ./d/a.txt, d/a.txt"]
 
     with pytest.raises(UsageError, match=r"^--max-files must be at least 1 \(got 0\)$"):
         gather(["d"], max_files=0, cwd=tmp_path)
@@ -380,6 +446,14 @@ def test_block_spans_offsets() -> None:
     assert block_spans(text) == [("empty.txt", 0, 31), ("fake", 33, 62)]
     assert block_spans(text, count=1) == [("empty.txt", 0, 31)]
     assert block_spans("no blocks") == []
+
+    # A truncated file's opening line says so; its span is found all the same.
+    cut = Attachment("big.txt", 4, sha(b"abcd"), "abcd", truncated=True, full_size=9)
+    text = render([cut, Attachment("pipe", 2, sha(b"ab"), "ab", truncated=True)], "Sum?")
+    assert text == ('<file path="big.txt" truncated="first 4 of 9 bytes">\nabcd\n</file>\n\n'
+                    '<file path="pipe" truncated="first 2 bytes">\nab\n</file>\n\nSum?')
+    assert block_spans(text) == [("big.txt", 0, 65), ("pipe", 67, 122)]
+    assert block_spans('<file path="x" truncated="oops>\nab\n</file>') == []
     with pytest.raises(ChatcliError) as e:
         block_spans(render(blocks[:1], "hi"), count=2)
     assert e.value.message == "the message holds 1 of the 2 file blocks recorded for it"
@@ -391,4 +465,7 @@ def test_describe_and_sha256(tmp_path: Path) -> None:
     g = gather(["u.txt"], cwd=tmp_path)
     assert describe(g.attachments) == [
         {"path": "u.txt", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
+    cut = gather(["u.txt"], max_bytes=4, truncate=True, cwd=tmp_path).attachments  # "ün"
+    assert describe(cut) == [{"path": "u.txt", "size": 3, "sha256": sha(data[:3]),
+                              "truncated": True, "full_size": len(data)}]
     assert g.attachments[0].sha256 == hashlib.sha256((tmp_path / "u.txt").read_bytes()).hexdigest()

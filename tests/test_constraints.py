@@ -230,6 +230,11 @@ def _write(tmp: Path, name: str, content: str | bytes) -> str:
     return str(path)
 
 
+def _mkdir(tmp: Path, name: str) -> str:
+    (tmp / name).mkdir(exist_ok=True)
+    return str(tmp / name)
+
+
 SPEC_ERRORS = [
     # (options, given tmp_path; message ({tmp}: tmp_path); hint)
     (lambda t: {"schema": "name str", "regex": "a"},
@@ -255,8 +260,11 @@ SPEC_ERRORS = [
     (lambda t: {"schema": str(t / "missing.json")}, "--schema: no such file: {tmp}/missing.json",
      SCHEMA_FILE_HINT),
     (lambda t: {"schema": _write(t, "bad.json", b'\xff{"type": "object"}')},
-     "--schema: cannot read {tmp}/bad.json: 'utf-8' codec can't decode byte 0xff in position "
-     "0: invalid start byte", "check the path and its permissions"),
+     "--schema: {tmp}/bad.json is not UTF-8 text (byte 0xff at offset 0)", "save it as UTF-8"),
+    (lambda t: {"schema": _mkdir(t, "schemas")}, "--schema: {tmp}/schemas is a directory",
+     "give a JSON Schema file inside it"),
+    (lambda t: {"schema": _mkdir(t, "schemas") + "/"}, "--schema: {tmp}/schemas/ is a directory",
+     "give a JSON Schema file inside it"),
     (lambda t: {"schema": '{"type": "object",\n "x": }'},
      "--schema: not valid JSON (line 2, column 7: Expecting value)",
      "a JSON Schema is a JSON object"),
@@ -273,8 +281,9 @@ SPEC_ERRORS = [
     (lambda t: {"grammar": _write(t, "empty.lark", "\n  \n")},
      "--grammar: {tmp}/empty.lark is empty", "write the grammar's rules in it"),
     (lambda t: {"grammar": _write(t, "bad.gbnf", b"root ::= \xe9")},
-     "--grammar: cannot read {tmp}/bad.gbnf: 'utf-8' codec can't decode byte 0xe9 in position "
-     "9: unexpected end of data", "check the path and its permissions"),
+     "--grammar: {tmp}/bad.gbnf is not UTF-8 text (byte 0xe9 at offset 9)", "save it as UTF-8"),
+    (lambda t: {"grammar": _mkdir(t, "grammars")}, "--grammar: {tmp}/grammars is a directory",
+     "give a grammar file inside it"),
 ]
 
 
@@ -666,3 +675,28 @@ def test_cli_candidates_show_what_the_choice_removed(cli) -> None:
         assert row[column:].split()[0] == f"{record['removed_mass']:.3f}"
         marks += sum(flags)
     assert marks >= 1
+
+
+def test_a_directory_named_without_a_slash_is_not_field_shorthand(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "schemas").mkdir()
+    with pytest.raises(UsageError) as err:
+        from_options(schema="schemas")
+    assert (err.value.message, err.value.hint) == (
+        "--schema: schemas is a directory", "give a JSON Schema file inside it")
+    assert from_options(schema="name").schema() == parse_shorthand("name")  # no such dir
+
+
+def test_a_schema_too_large_for_the_engine_says_so(cli, tmp_path: Path) -> None:
+    """A 2 MB schema: the engine's limit, not a hint about oneOf and formats."""
+    properties = {f"field_{i}": {"type": "string", "description": "x" * 60}
+                  for i in range(20_000)}
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"type": "object", "properties": properties}))
+    assert big.stat().st_size > 2_000_000
+    result = run_cli(["ask", "-n", "5", "--schema", str(big), "Hi"])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", "error: the JSON schema is too large for the constraint engine: it builds at "
+        "most 50,000 subschemas from one schema; hint: make it smaller: a part that repeats "
+        "can be one definition in $defs that properties name with $ref\n")

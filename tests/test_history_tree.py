@@ -230,6 +230,23 @@ def test_tree_with_an_edited_first_message_and_a_long_chain(home: Path) -> None:
     )
 
 
+def test_versions_that_part_after_a_line_break_are_told_apart() -> None:
+    """Two versions alike up to a line break: each line shows where it goes on (⏎)."""
+    tree = Tree()
+    tree.add(U("Write the opening of a book.\nOnce upon a time"))
+    tree.add(A("It begins."))
+    tree.cut(0)
+    tree.add(U("Write the opening of a book.\nIt was a dark night\nand cold."))
+    tree.cut(0)
+    tree.add(U("Write the opening of a book.\nMake it about a dog."))
+    assert transcript.to_outline(tree) == (
+        "  ├─ 1 User (version 1 of 3): … of a book. ⏎ Once upon a time\n"
+        "  │  2 Assistant: It begins.\n"
+        "  ├─ 1 User (version 2 of 3): … of a book. ⏎ It was a dark night ⏎ and cold.\n"
+        "→ └─ 1 User (version 3 of 3): … of a book. ⏎ Make it about a dog.\n"
+    )  # (versions whose first lines differ keep the first line: TREE_BRANCHED)
+
+
 def test_outline_fits_a_width_in_terminal_cells() -> None:
     tree = Tree()
     tree.add(U("中文 " * 20))

@@ -17,13 +17,17 @@ def pinned_rows(home: Path) -> list[tuple[str, int]]:
 def test_pin_keeps_a_message_while_older_turns_are_dropped(cli, home: Path) -> None:
     long = "word " * 40
     script = "\n".join(["Remember: the code is 1234.", "/pin 1", f"{long}one", f"{long}two",
-                        f"{long}three", "/context", "/unpin 1", "/pin 9", "/pin x"]) + "\n"
+                        f"{long}three", "/context", "/unpin 1", "/unpin 1", "/unpin 2",
+                        "/pin 9", "/pin x"]) + "\n"
     result = run_cli(["chat", "-n", "8"], input=script)
     assert result.exit_code == 0, result.stderr
     err = result.stderr.splitlines()
     assert err[0] == ("chatcli: message 1 (user) is pinned: it stays in the context window "
                       "while older turns are dropped")
-    assert "chatcli: message 1 (user) is no longer pinned" in err
+    unpinned = err.index("chatcli: message 1 (user) is no longer pinned")
+    assert err[unpinned + 1:unpinned + 3] == [
+        "chatcli: message 1 (user) was not pinned: nothing to unpin",
+        "chatcli: message 2 (assistant) was not pinned: nothing to unpin"]
     assert ("error: there is no message 9: the conversation has 8 messages; hint: /context "
             "lists the messages with their numbers") in err
     assert "error: /pin needs a message number; hint: e.g. /pin 1 (/context numbers the " \

@@ -106,6 +106,15 @@ def listing(rows: list[str], number: int, role: str, lengths: list[int],
     return [text.removesuffix("…") for text in found.groups()[1::2]]
 
 
+def answer_shown(rows: list[str], reply: dict[str, Any], limit: int) -> str:
+    """The rows printed for an answer, flat, less the line that follows an answer the
+    token limit stopped: it is there exactly when the reply has `limit` tokens."""
+    note = flat(f"(stopped at the {limit}-token limit: -n, or /set max_new_tokens N)")
+    shown = flat("".join(rows))
+    assert shown.endswith(note) == (reply["meta"]["completion_tokens"] == limit), shown
+    return shown.removesuffix(note)
+
+
 def begins(shown: str, content: str) -> bool:
     """A /branches text is the start of the message's first line."""
     first = next(line for line in CONTROL.sub("", content).splitlines() if line.strip())
@@ -166,10 +175,10 @@ def test_edit_retry_branches_switch_and_resume(home: Path, columns: int) -> None
     assert [m["id"] for m in path] == [ids[4], ids[5]] and saved["leaf"] == ids[5]
     assert [m["content"] for m in path] == ["Hello there again", tree[5]["content"]]
     # every answer as it was shown
-    assert flat("".join(first)) == flat(tree[1]["content"])
-    assert flat("".join(second)) == flat(tree[3]["content"])
-    assert flat("".join(edited)) == flat(tree[5]["content"])
-    assert flat("".join(retried)) == kept + flat(tree[6]["content"])
+    assert answer_shown(first, tree[1], 8) == flat(tree[1]["content"])
+    assert answer_shown(second, tree[3], 8) == flat(tree[3]["content"])
+    assert answer_shown(edited, tree[5], 8) == flat(tree[5]["content"])
+    assert answer_shown(retried, tree[6], 3) == kept + flat(tree[6]["content"])
     assert flat(tree[5]["content"]) != flat(tree[6]["content"])
     assert begins(answers_shown[0], tree[5]["content"])
     assert begins(answers_shown[1], tree[6]["content"])
@@ -198,7 +207,7 @@ def test_edit_retry_branches_switch_and_resume(home: Path, columns: int) -> None
     assert [(m["role"], m["parent"]) for m in added] == [
         ("user", ids[6]), ("assistant", added[0]["id"])]
     assert added[0]["content"] == "And more"
-    assert flat("".join(more)) == flat(added[1]["content"])
+    assert answer_shown(more, added[1], 8) == flat(added[1]["content"])
     assert [m["id"] for m in resumed["messages"]] == [ids[4], ids[6], *(m["id"] for m in added)]
     assert resumed["leaf"] == added[1]["id"]
 

@@ -233,6 +233,11 @@ class LocalBackend:
         return dict(self.loaded.generation_config)
 
     @property
+    def vocab_size(self) -> int:
+        """The rows of the model's output head: the tokens a RANK (--alt) can name."""
+        return int(self.loaded.lm.vocab_size)
+
+    @property
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
 

@@ -9,6 +9,9 @@ quoted as typed; a missing file; `/prompt` on an empty conversation) are printed
 as one line and the chat goes on. `/set` takes any parameter of the current
 strategy (plugins' included) or a common one, typed and checked as declared;
 `/candidates` is refused for a strategy without per-token distributions.
+`/read` and `/glob` gather under chat's caps (`ChatContext.caps`), never attach a
+file twice to one message, and are cancelled alone by Ctrl-C (a FIFO no one writes);
+`/undo` first drops the files waiting for the next message, if any.
 Knows nothing about prompt_toolkit or how answers stream.
 """
 
@@ -43,6 +46,8 @@ class ChatContext:
     # files attached to the next message (-f, /read, /glob): chatcli.attachments.Attachment
     pending: list[Any] = dataclasses.field(default_factory=list)
     pin_pending: bool = False  # --pin: the message the pending files go with is pinned
+    # /read and /glob gather as chat's -f does: (--max-files, --max-bytes, --truncate-files)
+    caps: tuple[int, int, bool] = (50, 1_000_000, False)
     # /edit: the index of the user message the next entry replaces, and its text for the
     # input line (the REPL hands it to the reader once)
     editing: int | None = None
@@ -139,6 +144,14 @@ def _clear(ctx: ChatContext, _: str) -> None:
 
 
 def _undo(ctx: ChatContext, _: str) -> None:
+    if ctx.pending:  # the last thing done: files attached to the next message
+        names = ", ".join(a.path for a in ctx.pending[:5])
+        more = len(ctx.pending) - 5
+        ctx.ui.notify(f"dropped {len(ctx.pending)} file(s) attached to your next message: "
+                      f"{names}" + (f" and {more} more" if more > 0 else ""))
+        ctx.pending.clear()
+        ctx.pin_pending = False
+        return
     ctx.branch_at = None
     removed = ctx.session.undo()
     ctx.ui.notify(f"removed the last exchange ({len(removed)} messages)" if removed
@@ -398,11 +411,22 @@ def _choice(ctx: ChatContext, arg: str) -> None:
     _constrain(ctx, choice_constraint(arg, "/choice"))
 
 
-def attach(ctx: ChatContext, paths: list[str]) -> None:
-    """Attach the files at `paths` to the next message (notes warned)."""
+def attach(ctx: ChatContext, paths: list[str], command: str) -> None:
+    """Attach the files at `paths` to the next message (notes warned; a file already
+    attached is left out, noted), under chat's caps. Ctrl-C while reading (a FIFO that
+    no one writes) cancels `command` alone: nothing is attached and the chat goes on."""
     from chatcli.attachments import gather
+    from chatcli.interrupts import ended_by_signal
 
-    gathered = gather(paths)
+    max_files, max_bytes, truncate = ctx.caps
+    try:
+        gathered = gather(paths, max_files=max_files, max_bytes=max_bytes, truncate=truncate,
+                          attached=ctx.pending)
+    except KeyboardInterrupt as exc:
+        if ended_by_signal(exc):
+            raise
+        ctx.ui.warn(f"{command} cancelled (Ctrl-C): nothing attached")
+        return
     for note in gathered.notes:
         ctx.ui.warn(note)
     ctx.pending.extend(gathered.attachments)
@@ -417,7 +441,7 @@ def attach(ctx: ChatContext, paths: list[str]) -> None:
 def _read(ctx: ChatContext, arg: str) -> None:
     if not arg.strip():
         raise UsageError("/read needs a path", "e.g. /read src/app.py (a file or a directory)")
-    attach(ctx, [arg.strip()])
+    attach(ctx, [arg.strip()], f"/read {arg.strip()}")
 
 
 def _glob(ctx: ChatContext, arg: str) -> None:
@@ -425,7 +449,7 @@ def _glob(ctx: ChatContext, arg: str) -> None:
 
     if not arg.strip():
         raise UsageError("/glob needs a pattern", "e.g. /glob src/**/*.py")
-    attach(ctx, glob_paths(arg.strip()))
+    attach(ctx, glob_paths(arg.strip()), f"/glob {arg.strip()}")
 
 
 def _alt(ctx: ChatContext, arg: str) -> None:
@@ -498,6 +522,11 @@ def _pin(ctx: ChatContext, arg: str) -> None:
 
 def _unpin(ctx: ChatContext, arg: str) -> None:
     number = _pin_number("/unpin", arg)
+    ctx.session.conversation.check_index(number - 1)
+    if not ctx.session.conversation.turns[number - 1].pinned:
+        role = ctx.session.conversation.turns[number - 1].role
+        ctx.ui.notify(f"message {number} ({role}) was not pinned: nothing to unpin")
+        return
     message = ctx.session.pin(number, pinned=False)
     ctx.ui.notify(f"message {number} ({message.role}) is no longer pinned")
 
@@ -517,7 +546,8 @@ COMMANDS: list[Command] = [
             f"({', '.join([*builtin_strategies(), 'plugins'])})", _strategy),
     Command("model", "ALIAS", "switch model, keeping the conversation", _model),
     Command("clear", "", "start over (the system prompt stays)", _clear),
-    Command("undo", "", "remove the last exchange", _undo),
+    Command("undo", "", "remove the last exchange (or, first, the files attached to your "
+            "next message)", _undo),
     Command("retry", "", "answer the last message again (the old answer stays a branch)",
             _retry),
     Command("edit", "[N]", "change your message N (default: the last) and answer it; the "

@@ -9,7 +9,8 @@ in an error is printed and counted in `ctx.failed`; the chat goes on. Ctrl-C
 while the model answers stops only the answer: the partial reply stays in the
 history marked as interrupted, and the prompt comes back; so does an answer a
 remote server stopped sending (its error is printed and the chat goes on).
-Ctrl-C at the prompt clears the line. After /edit the input line holds the
+An answer the token limit cut short is followed, on a terminal, by a dim line saying
+so. Ctrl-C at the prompt clears the line. After /edit the input line holds the
 message being edited: the entry replaces it (a new version, answered; the old
 one stays a branch), while an empty entry, Ctrl-C or a slash command leaves it
 as it was. A warning line is printed whenever packing drops earlier exchanges.
@@ -26,7 +27,7 @@ from chatcli.chat.session import ChatSession
 from chatcli.conversation import Message
 from chatcli.errors import ChatcliError, ContextOverflowError
 from chatcli.interrupts import ended_by_signal
-from chatcli.ui.answers import stream_answer
+from chatcli.ui.answers import stopped_note, stream_answer
 from chatcli.ui.input import LineReader
 
 ESCAPE = "//"  # an entry starting with it is a message starting with "/"
@@ -74,6 +75,11 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
     session.finish_reply(gen, interrupted)
     if ended is not None:
         raise ended
+    note = stopped_note(gen.stats, gen.settings.common.max_new_tokens, session.room(),
+                        "-n, or /set max_new_tokens N")
+    if note and not interrupted and not (gen.constraint is not None
+                                         and gen.constraint_satisfied is False):
+        ui.aside(note)  # on a terminal: the answer ends mid-sentence for a reason
     if session.candidates is not None:
         from chatcli.ui.candidates import show_table
 

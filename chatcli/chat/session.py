@@ -303,6 +303,11 @@ class ChatSession:
             )
         return pack(self.conversation, self.render, self.budget, truncate=self.truncate)
 
+    def room(self) -> int:
+        """The tokens the context window leaves an answer after the last packed prompt."""
+        packed = self.last_packed
+        return self.backend.context_window - (len(packed.ids) if packed is not None else 0)
+
     def start_reply(self) -> tuple[Generation, int]:
         """Pack and start answering the last user message.
 
@@ -314,7 +319,7 @@ class ChatSession:
         newly = max(0, packed.dropped_exchanges - self.dropped)
         self.dropped = packed.dropped_exchanges
         self.last_packed = self.answered_packed = packed
-        room = self.backend.context_window - len(packed.ids)
+        room = self.room()
         self.packing_note = None
         if self.backend.approximate and not self._noted and (
             packed.dropped_exchanges or packed.shortened or packed.tokens > packed.budget // 2

@@ -4,8 +4,13 @@ Parses options, gathers the prompt (piped stdin first, then the argument), loads
 the model, resolves the decoding settings and hands the stream of events to the
 UI. What it shows must suit the strategy, which says what it can do (per-token
 distributions for --show-candidates, several hypotheses for --show-beams); a strategy
-that does not stream shows a spinner on a terminal until its answer comes. Knows
-nothing about how tokens are chosen.
+that does not stream shows a spinner on a terminal until its answer comes; an answer
+the token limit cut short is followed, on a terminal, by a dim line saying so. Files
+past --max-files/--max-bytes are refused unless --truncate-files.
+`--alt STEP:RANK` is checked before the model runs (STEP and RANK from 1, STEP within
+-n, RANK within the vocabulary); when the answer then has no such alternative (it ended
+before STEP), the answer found is shown, saved, and the error follows. Knows nothing
+about how tokens are chosen.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from chatcli.cli.options import (
     StatsOpt,
     SystemOpt,
     ThreadsOpt,
+    TruncateFilesOpt,
     constraint_of,
     decoding_options,
 )
@@ -84,7 +90,26 @@ def parse_alt(value: str) -> tuple[int, int]:
     if not sep or not step.strip().isdigit() or not rank.strip().isdigit():
         raise UsageError(f"--alt {value}: expected STEP:RANK", "e.g. --alt 3:2 (at step 3, the "
                          "model's second choice); chatcli chat's /alt lists the steps to try")
+    if int(step) < 1:
+        raise UsageError(f"--alt {value}: STEP counts from 1 (the answer's first token)",
+                         "e.g. --alt 1:2: the model's second choice for the first token")
+    if int(rank) < 1:
+        raise UsageError(f"--alt {value}: RANK counts from 1 (the model's most likely token)",
+                         "e.g. --alt 3:2: the model's second choice at step 3")
     return int(step), int(rank)
+
+
+def check_alt(value: str, alt: tuple[int, int], max_new_tokens: int | None = None,
+              vocab: int | None = None) -> None:
+    """Refuse, before anything is generated, a STEP past -n or a RANK past the vocabulary."""
+    step, rank = alt
+    if max_new_tokens is not None and step > max_new_tokens:
+        raise UsageError(f"--alt {value}: step {step} is past the answer's end: -n "
+                         f"(--max-new-tokens) {max_new_tokens} allows {max_new_tokens} "
+                         "tokens at most", f"choose a STEP in 1..{max_new_tokens}, or raise -n")
+    if vocab is not None and rank > vocab:
+        raise UsageError(f"--alt {value}: RANK must be in 1..{vocab}, the model's vocabulary",
+                         "RANK 1 is the model's most likely token at STEP, 2 the next")
 
 
 def waited(ui: UI, events: Iterable[Any], message: str) -> Iterator[Any]:
@@ -122,6 +147,7 @@ def ask(
     alt_spec: AltOpt = None,
     max_files: MaxFilesOpt = 50,
     max_bytes: MaxBytesOpt = 1_000_000,
+    truncate_files: TruncateFilesOpt = False,
     pin: PinOpt = False,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
@@ -138,7 +164,7 @@ def ask(
     from chatcli.decoding.registry import strategy_registry
     from chatcli.prompt import join_prompt
     from chatcli.store import history_path
-    from chatcli.ui.answers import show_spans, stats_line, stream_answer
+    from chatcli.ui.answers import show_spans, stats_line, stopped_note, stream_answer
     from chatcli.ui.candidates import show_table, token_records
 
     ui = UI()
@@ -151,6 +177,8 @@ def ask(
             raise UsageError(f"--alt explores one answer's steps; strategy '{early.strategy}' "
                              "returns several hypotheses, so no step's token was chosen from "
                              "that step's distribution", "use --strategy greedy or sample")
+        if alt is not None:
+            check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
     prep = setup(ui, ctx.params, check=check,
                  candidates=show_candidates or None,
@@ -164,7 +192,7 @@ def ask(
                              f"'{prep.spec.alias or prep.spec.base_url}' (backend "
                              f"{prep.spec.backend}) does not give", "use a local model (-m)")
     paths = list(file or [])
-    gathered = gather_files(ui, paths, max_files, max_bytes) if paths else None
+    gathered = gather_files(ui, paths, max_files, max_bytes, truncate_files) if paths else None
     # `-f -` takes stdin as a file; otherwise piped stdin joins the prompt
     text = join_prompt(prompt, None if "-" in paths else read_piped_stdin(ui))
     attached = gathered.attachments if gathered is not None else []
@@ -198,6 +226,8 @@ def ask(
         else:
             recorder.added()
         backend = prep.open()
+        if alt is not None:  # before the answer is generated
+            check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
         session = ChatSession(backend, prep.strategies, prep.decoding(), conversation,
@@ -212,26 +242,37 @@ def ask(
             ui.warn(session.packing_note)
         settings = session.settings
         original = None
+        no_alt: ChatcliError | None = None  # the alternative does not exist: why
+        shown: Iterable[Any] = gen
         if alt is not None:  # the answer first, unseen; then the road not taken
             original = gen
+            made: list[Any] = []
             with ui.busy("Answering once to find the step to change") if ui.err_tty \
                     else nullcontext():
-                for _ in original:
-                    pass
+                made.extend(original)
             session.finish_reply(original)
-            taken, gen = session.start_alternative(*alt)
+            try:
+                taken, gen = session.start_alternative(*alt)
+                shown = gen
+            except ChatcliError as exc:  # the answer found is shown: it is the one saved
+                no_alt, original, shown = _no_alternative(alt_spec, alt, gen, exc), None, made
         events: list[Any] = []
-        shown: Iterable[Any] = gen
-        if not settings.capabilities.streams and not json_out:
+        if not settings.capabilities.streams and not json_out and no_alt is None:
             shown = waited(ui, gen, f"{settings.strategy}: the answer comes when the search "
                            "ends")
         try:
             stream_answer(ui, shown, events, coloured=session.candidates is not None,
                           quiet=json_out)
         except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
-            session.finish_reply(gen, interrupted=True)
+            if no_alt is None:
+                session.finish_reply(gen, interrupted=True)
             raise
-        session.finish_reply(gen)
+        if no_alt is None:
+            session.finish_reply(gen)
+        note = stopped_note(gen.stats, settings.common.max_new_tokens, session.room(), "-n")
+        if note and not json_out and not (constraint is not None
+                                          and gen.constraint_satisfied is False):
+            ui.aside(note)  # on a terminal: the answer ends mid-sentence for a reason
     finally:
         recorder.close()  # what could not be saved goes to a recovery file
     spans = None
@@ -297,7 +338,22 @@ def ask(
         implementation = backend.implementation
         ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
                                             implementation=implementation))
+    if no_alt is not None:
+        raise no_alt
     if constraint is not None and gen.constraint_satisfied is False:
         from chatcli.constraints.spec import incomplete
 
         raise ChatcliError(*incomplete(constraint, s.finish_reason, s.completion_tokens))
+
+
+def _no_alternative(value: str | None, alt: tuple[int, int], answer: Any,
+                    exc: ChatcliError) -> ChatcliError:
+    """Why `--alt` found no alternative of `answer` (which is then shown and saved)."""
+    step, n = alt[0], len(answer.token_ids)
+    if step > n:
+        return UsageError(f"--alt {value}: the answer ended after {n} token"
+                          f"{'' if n == 1 else 's'}, before step {step}; it is shown and "
+                          "saved as it is", f"choose a STEP in 1..{n}" if n else
+                          "ask something the model answers at more length")
+    return ChatcliError(f"--alt {value}: {exc.message}; the answer is shown and saved as it is",
+                        exc.hint, exit_code=exc.exit_code)

@@ -33,6 +33,7 @@ from chatcli.cli.options import (
     SchemaOpt,
     SystemOpt,
     ThreadsOpt,
+    TruncateFilesOpt,
     constraint_of,
     decoding_options,
 )
@@ -59,6 +60,7 @@ def chat(
     file: FileOpt = None,
     max_files: MaxFilesOpt = 50,
     max_bytes: MaxBytesOpt = 1_000_000,
+    truncate_files: TruncateFilesOpt = False,
     pin: PinOpt = False,
     models_file: ModelsFileOpt = None,
     device: DeviceOpt = "auto",
@@ -84,6 +86,11 @@ def chat(
         raise UsageError("chat reads your messages from stdin, so -f - cannot take it",
                          "attach files by path, or pipe the file to chatcli ask -f -")
     constraint = constraint_of(ctx.params)
+    files: list[Any] = []  # gathered before anything loads: a refusal comes at once
+    if file:
+        from chatcli.cli.common import gather_files
+
+        files = gather_files(ui, list(file), max_files, max_bytes, truncate_files).attachments
     store: Any = None
     conv_id, conv, message_ids = None, None, None
 
@@ -117,11 +124,10 @@ def chat(
     if constraint is not None:
         session.set_constraint(constraint)
     chat_ctx = ChatContext(session, ui, answer=lambda start=None: answer(chat_ctx, start),
-                           load_model=prep.open_alias)
+                           load_model=prep.open_alias,
+                           caps=(max_files, max_bytes, truncate_files))  # /read, /glob too
     if file:  # attached to the first message sent
-        from chatcli.cli.common import gather_files
-
-        chat_ctx.pending.extend(gather_files(ui, list(file), max_files, max_bytes).attachments)
+        chat_ctx.pending.extend(files)
         chat_ctx.pin_pending = pin
     if conv_id is not None:
         ui.notify(f"continuing conversation {conv_id} ({len(session.conversation.turns)} "

@@ -229,12 +229,14 @@ def stdin_bytes() -> bytes:
     return bytes(buf.read()) if buf is not None else stream.read().encode("utf-8", "replace")
 
 
-def gather_files(ui: UI, paths: list[str], max_files: int, max_bytes: int) -> Any:
-    """The files of `-f/--file` (chatcli.attachments.Gathered), each note warned."""
+def gather_files(ui: UI, paths: list[str], max_files: int, max_bytes: int,
+                 truncate: bool = False) -> Any:
+    """The files of `-f/--file` (chatcli.attachments.Gathered), each note warned; past a
+    cap, refused unless `truncate` (--truncate-files)."""
     from chatcli.attachments import gather
 
     gathered = gather(paths, stdin=stdin_bytes if "-" in paths else None,
-                      max_files=max_files, max_bytes=max_bytes)
+                      max_files=max_files, max_bytes=max_bytes, truncate=truncate)
     for note in gathered.notes:
         ui.warn(note)
     return gathered

@@ -281,6 +281,12 @@ MaxBytesOpt = Annotated[
     int, typer.Option("--max-bytes", min=1, rich_help_panel=_FILES,
                       help="Attach at most this many bytes of files in all.")
 ]
+TruncateFilesOpt = Annotated[
+    bool, typer.Option("--truncate-files", rich_help_panel=_FILES,
+                       help="When the files pass --max-bytes or --max-files, attach what fits "
+                       "(the file at the byte cap cut there, marked truncated in the message, "
+                       "the history and --json; the rest left out) instead of refusing.")
+]
 PinOpt = Annotated[
     bool, typer.Option("--pin", rich_help_panel=_FILES,
                        help="Pin the message the files (-f) are attached to: it stays in the "

@@ -2,8 +2,9 @@
 
 Contract: `compile_constraint(constraint, tokenizer_json, vocab_size, eos_ids)` returns a
 `Compiled` (raising `ConstraintError`, a `UsageError`, with one line naming what is
-wrong and a hint, for an invalid or unsupported schema, a grammar or regex syntax error,
-or a constraint nothing can satisfy). `Compiled.matcher()` makes a fresh `Matcher`: its
+wrong and a hint, for an invalid or unsupported schema, a schema too large for the
+engine (saying so, and its limit), a grammar or regex syntax error, or a constraint
+nothing can satisfy). `Compiled.matcher()` makes a fresh `Matcher`: its
 `allowed()` is the (vocab_size,) bool tensor of the tokens that may come next (an EOS id
 only where the constraint accepts the text so far; ids past the tokenizer's vocabulary,
 padding of the model's head, never), `advance(token)` consumes one (it must be allowed),
@@ -38,6 +39,9 @@ HINTS = {
     "grammar": "check the grammar (Lark, or GBNF with ::= rules)",
     "choice": "give non-empty choices separated by commas",
 }
+
+
+SCHEMA_NODES = 50_000  # llguidance's cap on the subschemas it builds from one JSON schema
 
 
 class ConstraintError(UsageError):
@@ -80,6 +84,17 @@ def _first(message: str) -> str:
     detail = next((line[len("error:"):].strip() for line in lines[1:]
                    if line.startswith("error:")), None)
     return f"{head.rstrip(': ')}: {detail}" if detail else head
+
+
+def _error(constraint: Constraint, first: str) -> ConstraintError:
+    """The engine's complaint `first` about `constraint`, as one line and a hint."""
+    if constraint.kind == "json_schema" and first == "schema too large":
+        return ConstraintError(
+            f"the JSON schema is too large for the constraint engine: it builds at most "
+            f"{SCHEMA_NODES:,} subschemas from one schema",
+            "make it smaller: a part that repeats can be one definition in $defs that "
+            "properties name with $ref")
+    return ConstraintError(f"{_what(constraint)}: {first}", HINTS[constraint.kind])
 
 
 def _what(constraint: Constraint) -> str:
@@ -168,12 +183,10 @@ def compile_constraint(constraint: Constraint, tokenizer_json: str, vocab_size: 
     try:
         grammar = _grammar(constraint)
     except ValueError as exc:  # schema text llguidance cannot read
-        raise ConstraintError(f"{_what(constraint)}: {_first(str(exc))}",
-                              HINTS[constraint.kind]) from exc
+        raise _error(constraint, _first(str(exc))) from exc
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
     if is_error:
-        raise ConstraintError(f"{_what(constraint)}: {_first(messages[0] if messages else '')}",
-                              HINTS[constraint.kind])
+        raise _error(constraint, _first(messages[0] if messages else ""))
     compiled = Compiled(constraint, grammar, tokenizer, vocab_size, frozenset(eos_ids),
                         tuple(messages))
     first = compiled.matcher()

@@ -3,13 +3,14 @@
 Contract: `from_options(schema=..., json_object=..., regex=..., grammar=..., choice=...)`
 turns at most one of the five options into a `Constraint` (None when none is given) and
 raises `UsageError` (one line, naming the option, with a hint) for two at once, an
-unreadable file, schema text that is not JSON, a shorthand it cannot read, or an empty
-choice. `--schema` takes a file (JSON Schema), JSON text (starting with `{`), or the
-shorthand `'name str, age int, tags list[str]'` (`parse_shorthand`: one field per line
-when there are several lines, else fields separated by commas, each
-`NAME [TYPE][: description]`, TYPE one of str (the default), int, float, bool, list[T];
-every field required, no others allowed). `--grammar` takes a
-file in Lark or GBNF (`.gbnf`, or any file with `::=`, is GBNF).
+unreadable file (a directory, a file that is not UTF-8 text saying so), schema text
+that is not JSON, a shorthand it cannot read, or an empty choice. `--schema` takes a
+file (JSON Schema), JSON text (starting with `{`), or the shorthand
+`'name str, age int, tags list[str]'` (`parse_shorthand`: one field per line when there
+are several lines, else fields separated by commas, each `NAME [TYPE][: description]`,
+TYPE one of str (the default), int, float, bool, list[T]; every field required, no
+others allowed); a directory it names is refused, not read as a field. `--grammar`
+takes a file in Lark or GBNF (`.gbnf`, or any file with `::=`, is GBNF).
 
 A `Constraint` is plain data: kind, text (the JSON Schema as JSON, the regex, the
 grammar, or the choices as a JSON list), grammar syntax, and where it came from. It
@@ -107,17 +108,29 @@ def from_options(*, schema: str | None = None, json_object: bool = False,
 
 def _read(path: Path, option: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UsageError(f"{option}: cannot read {path}: {why}",
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror or exc}",
                          "check the path and its permissions") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{option}: {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                         f"at offset {exc.start})", "save it as UTF-8") from exc
+
+
+def _directory(path: Path, value: str, option: str, what: str) -> None:
+    """Refuse a directory named where a file is wanted."""
+    if path.is_dir():
+        raise UsageError(f"{option}: {value} is a directory", f"give {what} inside it")
 
 
 def schema_constraint(value: str, option: str = "--schema") -> Constraint:
     """A file, JSON text or the shorthand (see the module)."""
     text, source = value, ""
     stripped = value.strip()
+    if stripped and not stripped.startswith(("{", "[")):
+        _directory(Path(stripped).expanduser(), stripped, option, "a JSON Schema file")
     looks_like_path = not stripped.startswith(("{", "[")) and (
         stripped.endswith(".json") or "/" in stripped or Path(stripped).is_file())
     if looks_like_path and Path(stripped).expanduser().is_file():
@@ -181,8 +194,10 @@ def parse_shorthand(text: str, option: str = "--schema") -> dict[str, Any]:
 
 def grammar_constraint(value: str, option: str = "--grammar") -> Constraint:
     path = Path(value).expanduser()
+    _directory(path, value, option, "a grammar file")
     if not path.is_file():
-        raise UsageError(f"{option}: no such file: {value}",
+        raise UsageError(f"{option}: {value} is not a regular file (a FIFO, socket or device)"
+                         if path.exists() else f"{option}: no such file: {value}",
                          "give a grammar file (Lark, or GBNF with ::= rules)")
     text = _read(path, option)
     if not text.strip():

@@ -6,8 +6,10 @@ has what was shown): coloured by probability on a terminal when `coloured` (plai
 otherwise), Markdown on a terminal else, nothing when `quiet` (--json). The writer is
 always closed, whatever ends the stream; Ctrl-C, SIGTERM/SIGHUP (a KeyboardInterrupt)
 or a server that stopped sending reach the caller unchanged, and the caller keeps the
-partial reply. `stats_line` is the figures of one answer (ask's --stats, chat's
-/stats); `show_spans` the answer's attention per message of its prompt;
+partial reply. `stopped_note` is the line that says an answer ends where the token
+limit cut it (shown dim on a terminal: `UI.aside`). `stats_line` is the figures of one
+answer (ask's --stats, chat's /stats); `show_spans` the answer's attention per message
+of its prompt;
 `show_conversation` a saved conversation, shown again when it is continued.
 Knows nothing about models, decoding or chat: events, figures, spans and
 conversations are read through the small protocols below.
@@ -89,6 +91,17 @@ def stream_answer(ui: UI, events: Iterable[Event], shown: list[Any], *,
             write(event)
     finally:
         close()
+
+
+def stopped_note(figures: Figures, max_new_tokens: int, room: int, how: str) -> str | None:
+    """The line that says an answer ends where the token limit cut it, None when something
+    else ended it. The limit was `max_new_tokens` (set by `how`, a flag or a command)
+    unless the context window had `room` for fewer tokens after the prompt."""
+    if figures.finish_reason != "length":
+        return None
+    if max_new_tokens <= room:
+        return f"(stopped at the {max_new_tokens}-token limit: {how})"
+    return f"(stopped at {max(room, 0)} tokens: the context window is full)"
 
 
 def stats_line(model: str, decoding: Decoding, figures: Figures, completion_tokens: int, *,

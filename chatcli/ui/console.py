@@ -57,6 +57,12 @@ class UI:
         """A progress line: what chatcli is doing now."""
         self._err_line(f"chatcli: {message}", "dim")
 
+    def aside(self, message: str) -> None:
+        """A dim remark on what was just shown, on a terminal's stderr only (never in a
+        pipe or a file: piped output stays exactly the answer and its notes)."""
+        if self.err_tty:
+            self.err_console.print(message, style="dim", markup=False)
+
     def _err_line(self, line: str, style: str) -> None:
         if self.err_tty:
             # wrapped at words, as answers are (the terminal would cut words in two)
