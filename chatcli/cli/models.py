@@ -128,7 +128,7 @@ CompileAliasArg = Annotated[
                                show_default=False)]
 QuickOpt = Annotated[
     bool, typer.Option("--quick", help="Build without autotuning: a slower step, and hardly "
-                       "a quicker build (about 1.5 minutes for the default model).")]
+                       "a quicker build (1-2 minutes for the default model).")]
 
 
 def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
