@@ -1,6 +1,7 @@
 """Start-up of a one-shot answer: first answer byte, last byte, process exit; `--help`.
 
 Usage: python bench/startup.py [--runs 5] [-n 16] [--tree NAME=PATH ...]
+                               [--home NAME=PATH ...] [--question TEXT]
                                [--write docs/benchmarks.md] [-- extra ask args]
 
 Runs `chatcli --help` and `chatcli ask -n N --stats QUESTION` on the default model
@@ -20,7 +21,10 @@ cancels.
 Each `--tree NAME=PATH` is a checkout of chatcli (e.g. a `git worktree` of the commit
 before a change) run as `python -m chatcli` from PATH with PATH on PYTHONPATH; the
 variants are interleaved in every round, so load from other work falls on all alike.
-Without `--tree` the checkout this script is in is measured alone. The header states
+Without `--tree` the checkout this script is in is measured alone. `--home NAME=PATH`
+runs the variant NAME with CHATCLI_HOME=PATH (e.g. the same checkout as two variants,
+one home with a compiled decode step, one without); the others run with the
+environment's. The header states
 the CPU and the load average at the start and end; `--write PATH` replaces the
 `startup` section of PATH (e.g. docs/benchmarks.md) with the report.
 """
@@ -121,28 +125,41 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=16, help="answer tokens (default 16)")
     ap.add_argument("--tree", type=parse_tree, action="append", default=[],
                     metavar="NAME=PATH", help="a chatcli checkout to measure (repeatable)")
+    ap.add_argument("--home", type=parse_tree, action="append", default=[],
+                    metavar="NAME=PATH", help="CHATCLI_HOME of the variant NAME (repeatable)")
+    ap.add_argument("--question", default=QUESTION, help=f"the question (default {QUESTION!r})")
     add_write_options(ap, "startup")
     ap.add_argument("rest", nargs="*", help="extra `chatcli ask` arguments")
     args = ap.parse_args()
     trees: list[tuple[str, Path]] = args.tree or [("this checkout", REPO)]
     for _, tree in trees:
         check_tree(tree)
+    homes = dict(args.home)
+    unknown = set(homes) - {name for name, _ in trees}
+    if unknown:
+        sys.exit(f"--home names no --tree: {', '.join(sorted(unknown))}")
     env_note = os.environ.get("CHATCLI_HOME", "default cache")
-    ask_args = ["ask", "-n", str(args.n), "--stats", *args.rest, QUESTION]
+    if homes:
+        env_note = f"its own CHATCLI_HOME for {', '.join(homes)} (--home), else {env_note}"
+    ask_args = ["ask", "-n", str(args.n), "--stats", *args.rest, args.question]
     conditions = Conditions.observe()
 
     variants = {}
     for name, tree in trees:
         exe = [sys.executable, "-m", "chatcli"]
+        env = tree_env(tree)
+        if name in homes:
+            env["CHATCLI_HOME"] = str(homes[name])
 
-        def help_s(exe: list[str] = exe, tree: Path = tree) -> float:
+        def help_s(exe: list[str] = exe, tree: Path = tree, env: dict[str, str] = env
+                   ) -> float:
             t = time.perf_counter()
             subprocess.run([*exe, "--help"], stdout=subprocess.DEVNULL, check=True,
-                           env=tree_env(tree), cwd=tree)
+                           env=env, cwd=tree)
             return time.perf_counter() - t
 
-        def ask(exe: list[str] = exe, tree: Path = tree) -> Run:
-            run = timed_run([*exe, *ask_args], tree_env(tree), tree)
+        def ask(exe: list[str] = exe, tree: Path = tree, env: dict[str, str] = env) -> Run:
+            run = timed_run([*exe, *ask_args], env, tree)
             if run.code != 0:
                 sys.exit(f"{tree}: chatcli {' '.join(ask_args)} exited with {run.code}")
             return run
@@ -174,7 +191,9 @@ def main() -> None:
     lines = [
         f"`python bench/startup.py --runs {args.runs} -n {args.n}"
         + "".join(f" --tree {n}=…" for n in (args.tree and names) or [])
-        + f"`: fresh processes, `chatcli ask -n {args.n} --stats \"{QUESTION}\"`, cache: "
+        + "".join(f" --home {n}=…" for n in homes)
+        + (f" --question {args.question!r}" if args.question != QUESTION else "")
+        + f"`: fresh processes, `chatcli ask -n {args.n} --stats \"{args.question}\"`, cache: "
         f"{env_note}; {args.runs} interleaved rounds; median (min to max) seconds from the "
         f"command's start; {conditions.describe()}.",
         "",

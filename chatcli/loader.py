@@ -476,7 +476,7 @@ def _load_native(
         _quantize_cached(model, runtime, folder, reporter)
     package = compiled_package(folder, runtime)
     # The exact path (--quantize none) never runs a compiled step: it is not bit-identical.
-    if runtime.device == "cpu" and runtime.quantize != "none" and package.is_file():
+    if runtime.device == "cpu" and runtime.quantize != "none" and package.exists():
         from chatcli.lm.compiled import CompiledLanguageModel, folder_fingerprint
 
         stepped = CompiledLanguageModel.open(model, package, folder_fingerprint(folder))
@@ -563,6 +563,8 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     if runtime.quantize != "none":
         _quantize_cached(model, runtime, folder, reporter)
     path = compiled_package(folder, runtime)
+    if path.is_dir():  # chatcli's own cache: whatever stands in the package's place goes
+        shutil.rmtree(path)
     options = compiled.AUTOTUNE_OPTIONS if autotune else compiled.TEST_OPTIONS
     if autotune:
         note = busy_note(_load_average(), os.cpu_count() or 1)

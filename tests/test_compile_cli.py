@@ -2,14 +2,19 @@
 never by the exact path.
 
 The slow tests build a package of the tiny test model (int4, --quick:
-about 20-60 s here) once for the module, then check: `--stats` names it, the answer
-equals the eager int4 answer, `--quantize none` (the exact path) ignores it, and a
-damaged package is not used (a note says so, the answer is still given). The fast
-tests check the refusals, which happen before anything is built.
+about 20-90 s here) once for the module, then check: `--stats` names it, the answer
+equals the eager int4 answer, `--quantize none` (the exact path) ignores it, neither
+the build nor later answers leave a file in the temp folder, and a damaged package is
+not used (a note says so, the answer is still given). The fast tests check the
+refusals, which happen before anything is built, and the note for a directory in the
+package's place.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +33,23 @@ def _alias(home: Path, tiny: Tiny, extra: str = "") -> None:
 
 def _stats(stderr: str) -> str:
     return stderr.splitlines()[-1]
+
+
+def _package(home: Path, tiny: Tiny) -> Path:
+    """Where q4's package lives in `home` (float32, int4)."""
+    from chatcli.loader import compiled_package
+    from chatcli.runtime import Runtime
+
+    return home / "cache" / "compiled" / compiled_package(
+        tiny.folder, Runtime("cpu", "float32", None, "int4")).name
+
+
+def _process(args: list[str], home: Path, temp: Path) -> subprocess.CompletedProcess[str]:
+    """`chatcli ARGS` as its own process, with `temp` as its temp folder (TMPDIR)."""
+    env = {**os.environ, "CHATCLI_HOME": str(home), "HF_HUB_OFFLINE": "1", "TMPDIR": str(temp)}
+    env.pop("CHATCLI_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "chatcli", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
 
 
 # -- refusals (fast) --------------------------------------------------------------------
@@ -61,11 +83,26 @@ def test_a_server_has_nothing_to_compile(home: Path) -> None:
                              "compile here; hint: compile a local alias\n")
 
 
+def test_a_directory_in_its_place_is_named(home: Path, tiny_model: Tiny) -> None:
+    _alias(home, tiny_model)
+    eager = run_cli(QUESTION)
+    assert eager.exit_code == 0, eager.stderr
+    package = _package(home, tiny_model)
+    package.mkdir(parents=True)
+    result = run_cli(QUESTION)
+    assert (result.exit_code, result.stdout) == (0, eager.stdout)
+    assert result.stderr.splitlines()[0] == (
+        f"chatcli: The compiled decode step of 'q4' is not used (the compiled decode step "
+        f"{package} is not a file); run 'chatcli compile q4' again")
+    assert _stats(result.stderr).endswith(" implementation=native+int4")
+
+
 # -- a real package (slow) --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def compiled_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: Tiny
                   ) -> Iterator[tuple[Path, str]]:
-    """A home with the alias q4, its eager answer, then its package built."""
+    """A home with the alias q4, its eager answer, then its package built (by a process
+    whose temp folder stays empty)."""
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("compiled-home")
     (home / "models.toml").write_text('default = "q4"\n')
@@ -76,11 +113,28 @@ def compiled_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: Tiny
     eager = run_cli(QUESTION)
     assert eager.exit_code == 0, eager.stderr
     assert _stats(eager.stderr).endswith(" implementation=native+int4")
-    built = run_cli(["compile", "q4", "--quick"])
-    assert built.exit_code == 0, built.stderr
+    temp = tmp_path_factory.mktemp("compile-temp")
+    built = _process(["compile", "q4", "--quick"], home, temp)
+    assert built.returncode == 0, built.stderr
     assert built.stdout.startswith("q4: decode step compiled (float32/int4) in ")
+    assert list(temp.iterdir()) == []
     yield home, eager.stdout
     mp.undo()
+
+
+@pytest.mark.slow
+def test_answers_leave_nothing_in_the_temp_folder(
+    compiled_home: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Each process loads the package unpacked beside it: nothing is extracted to the
+    temp folder (it used to be ~150 MB a process for the default model, never removed)."""
+    home, eager = compiled_home
+    for _ in range(3):
+        result = _process(QUESTION, home, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert _stats(result.stderr).endswith(" implementation=native+int4+compiled")
+        assert result.stdout == eager
+        assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -114,6 +168,31 @@ def test_a_damaged_package_is_not_used(compiled_home: tuple[Path, str]) -> None:
         assert _stats(result.stderr).endswith(" implementation=native+int4")
     finally:
         package.write_bytes(saved)
+
+
+@pytest.mark.slow
+def test_a_package_damaged_in_the_middle_is_not_used(compiled_home: tuple[Path, str]) -> None:
+    """Random bytes written into the middle (as `dd` would), the size unchanged."""
+    home, eager = compiled_home
+    (package,) = (home / "cache" / "compiled").glob("*.pt2")
+    saved = package.read_bytes()
+    try:
+        with package.open("r+b") as f:
+            f.seek(len(saved) // 2 - 32 * 1024)
+            f.write(os.urandom(64 * 1024))
+        result = run_cli(QUESTION)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout == eager
+        assert result.stderr.splitlines()[0] == (
+            f"chatcli: The compiled decode step of 'q4' is not used (the compiled decode step "
+            f"{package} is damaged (its content differs from what was built)); run 'chatcli "
+            "compile q4' again")
+        assert _stats(result.stderr).endswith(" implementation=native+int4")
+    finally:
+        package.write_bytes(saved)
+    restored = run_cli(QUESTION)  # whole again: unpacked again, and used
+    assert (restored.exit_code, restored.stdout) == (0, eager)
+    assert _stats(restored.stderr).endswith(" implementation=native+int4+compiled")
 
 
 def test_a_busy_machine_is_named_before_autotuning() -> None:

@@ -1,13 +1,15 @@
 """The AOTInductor-compiled decode step (chatcli.lm.compiled) on the tiny test model, fp32.
 
-The fallbacks that need no package (missing, stale key, corrupt file, a step that fails
-at run time) run in every suite. Building a package compiles C++ (about 20-60 s here),
-so the tests that need one share a session-wide build and are marked slow (CI runs them).
-"""
+The fallbacks that need no package (missing, stale key, corrupt or damaged file, a
+directory in its place, a step that fails at run time) run in every suite. Building a
+package compiles C++ (about 20-90 s here), so the tests that need one share a
+session-wide build and are marked slow (CI runs them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,8 @@ def fake_package(tmp_path: Path, model: NativeCausalLM, model_id: str,
     path = tmp_path / "step.pt2"
     path.write_bytes(content)
     key = {**compiled.expected_key(model, model_id),
-           "inductor": compiled.TEST_OPTIONS, "package_bytes": len(content), **(changes or {})}
+           "inductor": compiled.TEST_OPTIONS, "package_bytes": len(content),
+           "package_sha256": hashlib.sha256(content).hexdigest(), **(changes or {})}
     compiled.key_path(path).write_text(json.dumps(key))
     return path
 
@@ -114,6 +117,49 @@ def test_unloadable_package_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) ->
     assert_eager(lm, model, lm.reason)
 
 
+def test_a_directory_in_its_place_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, "id")
+    path.unlink()
+    path.mkdir()
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert_eager(lm, model, f"the compiled decode step {path} is not a file")
+
+
+def test_other_content_of_the_same_size_decodes_eagerly(tiny_model: Tiny, tmp_path: Path
+                                                        ) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, "id", content=b"x" * 100)
+    path.write_bytes(b"x" * 50 + b"y" * 50)
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert_eager(lm, model, f"the compiled decode step {path} is damaged (its content differs "
+                 "from what was built)")
+    assert not compiled.unpacked_path(path).exists()
+
+
+def test_a_key_without_a_digest_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> None:
+    model = tiny_lm(tiny_model)
+    path = fake_package(tmp_path, model, "id")
+    key = json.loads(compiled.key_path(path).read_text())
+    del key["package_sha256"]
+    compiled.key_path(path).write_text(json.dumps(key))
+    assert CompiledLanguageModel.open(model, path, "id").reason == (
+        f"the compiled decode step's key {compiled.key_path(path)} is unreadable (no digest)")
+
+
+def test_partial_unpacked_folders_are_removed(tmp_path: Path) -> None:
+    """A rebuild removes the unpacked copy and any partial one a killed process left."""
+    path = tmp_path / "step.pt2"
+    kept = [tmp_path / "other.pt2.unpacked", tmp_path / ".other.pt2.unpacked-x1"]
+    gone = [compiled.unpacked_path(path), tmp_path / ".step.pt2.unpacked-x1",
+            tmp_path / ".step.pt2.unpacked-x2"]
+    for folder in (*kept, *gone):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "file").write_text("x")
+    compiled.remove_unpacked(path)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
 def test_unreadable_key_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> None:
     model = tiny_lm(tiny_model)
     path = fake_package(tmp_path, model, "id")
@@ -150,12 +196,20 @@ def test_build_refuses_other_suffixes(tiny_model: Tiny, tmp_path: Path) -> None:
 # -- with a built package (slow) -------------------------------------------------------------
 @pytest.fixture(scope="session")
 def package(tiny_model: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("compiled") / "tiny.pt2"
+    folder = tmp_path_factory.mktemp("compiled")
+    path = folder / "tiny.pt2"
     key = compiled.build(tiny_lm(tiny_model), path,
                          model_id=compiled.folder_fingerprint(tiny_model.folder),
                          options=compiled.TEST_OPTIONS)
     assert key["package_bytes"] == path.stat().st_size
+    assert key["package_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert key["inductor"] == compiled.TEST_OPTIONS
+    # the build unpacked it beside it, and left nothing else (its inductor cache removed)
+    unpacked = compiled.unpacked_path(path)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "tiny.pt2", "tiny.pt2.json", "tiny.pt2.unpacked"]
+    assert sorted(p.name for p in unpacked.iterdir()) == [
+        key["package_sha256"][:16], "stamp.json"]
     return path
 
 
@@ -296,7 +350,94 @@ def test_a_real_package_stale_or_cut_short_falls_back(
     half = path.read_bytes()[: key["package_bytes"] // 2]
     path.write_bytes(half)
     compiled.key_path(path).write_text(json.dumps({**key, "package_bytes": len(half)}))
+    assert CompiledLanguageModel.open(model, path, model_id).reason == (
+        f"the compiled decode step {path} is damaged (its content differs from what was "
+        "built)")
+    compiled.key_path(path).write_text(json.dumps(
+        {**key, "package_bytes": len(half), "package_sha256": hashlib.sha256(half).hexdigest()}))
     lm = CompiledLanguageModel.open(model, path, model_id)
-    assert lm.reason is not None
-    assert lm.reason.startswith(f"the compiled decode step {path} does not load (")
+    assert lm.reason == f"the compiled decode step {path} does not load (File is not a zip file)"
     assert_eager(lm, model, lm.reason)
+    assert not compiled.unpacked_path(path).exists()
+
+
+def _copy(package: Path, tmp_path: Path) -> Path:
+    """The package and its key, copied (not yet unpacked)."""
+    path = tmp_path / "tiny.pt2"
+    shutil.copy(package, path)
+    shutil.copy(compiled.key_path(package), compiled.key_path(path))
+    return path
+
+
+def _damage(path: Path, size: int) -> None:
+    """Overwrite `size` bytes in the middle of `path` with random ones (as `dd` would)."""
+    with path.open("r+b") as f:
+        f.seek((path.stat().st_size - size) // 2)
+        f.write(os.urandom(size))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unpacked_before", [False, True])
+def test_a_real_package_damaged_in_the_middle_falls_back(
+    tiny_model: Tiny, package: Path, tmp_path: Path, unpacked_before: bool
+) -> None:
+    """Random bytes in the middle, the size unchanged: noticed at unpacking, which a
+    changed mtime repeats."""
+    model = tiny_lm(tiny_model)
+    model_id = compiled.folder_fingerprint(tiny_model.folder)
+    path = _copy(package, tmp_path)
+    if unpacked_before:
+        assert CompiledLanguageModel.open(model, path, model_id).compiled
+        assert compiled.unpacked_path(path).is_dir()
+    size = path.stat().st_size
+    _damage(path, 64 * 1024)
+    assert path.stat().st_size == size
+    lm = CompiledLanguageModel.open(model, path, model_id)
+    assert_eager(lm, model, f"the compiled decode step {path} is damaged (its content differs "
+                 "from what was built)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt2", "tiny.pt2.json"]
+
+
+@pytest.mark.slow
+def test_later_loads_use_the_unpacked_copy_while_it_is_whole(
+    tiny_model: Tiny, package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_lm(tiny_model)
+    model_id = compiled.folder_fingerprint(tiny_model.folder)
+    path = _copy(package, tmp_path)
+    unpacks: list[Path] = []
+    unpack = compiled._unpack
+
+    def counted(path: Path, key: dict[str, Any]) -> Path | str:
+        unpacks.append(path)
+        return unpack(path, key)
+
+    monkeypatch.setattr(compiled, "_unpack", counted)
+    eager = NativeLanguageModel(model)
+    want, *_ = greedy(eager, PROMPTS[0], 12)
+
+    def loads() -> int:
+        """Open it (compiled, eager's tokens); how many times it was unpacked."""
+        unpacks.clear()
+        lm = CompiledLanguageModel.open(model, path, model_id)
+        assert lm.compiled, lm.reason
+        assert greedy(lm, PROMPTS[0], 12)[0] == want
+        return len(unpacks)
+
+    assert loads() == 1
+    assert loads() == 0  # the stamp matches: loaded as it is
+    stamp = json.loads((compiled.unpacked_path(path) / "stamp.json").read_text())
+    (so,) = (name for name in stamp["files"] if name.endswith(".so"))
+    shared = compiled.unpacked_path(path) / so
+    # damaged, the same size: a new file (this process has the old one loaded)
+    damaged = tmp_path / "damaged.so"
+    damaged.write_bytes(b"\0" * shared.stat().st_size)
+    os.replace(damaged, shared)
+    assert loads() == 1  # unpacked again from the package
+    assert loads() == 0
+    shutil.rmtree(compiled.unpacked_path(path))
+    assert loads() == 1
+    os.utime(path)  # the package's mtime changed: unpacked again (and its digest checked)
+    assert loads() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "tiny.pt2", "tiny.pt2.json", "tiny.pt2.unpacked"]

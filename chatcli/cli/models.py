@@ -127,8 +127,8 @@ CompileAliasArg = Annotated[
     str | None, typer.Argument(help="Model alias (default: the default model).",
                                show_default=False)]
 QuickOpt = Annotated[
-    bool, typer.Option("--quick", help="Build without autotuning: seconds instead of "
-                       "minutes, but a slower step.")]
+    bool, typer.Option("--quick", help="Build without autotuning: a slower step, and hardly "
+                       "a quicker build (1-2 minutes for the default model).")]
 
 
 def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
@@ -138,8 +138,9 @@ def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
 
     Only quantized modes (int4, the default model's, or int8) are compiled: later
     answers in the same dtype and quantization decode through it (`--stats` says
-    native+int4+compiled); a package built for another torch, CPU or weights is not
-    used (a note says so). The exact path, --quantize none, is never compiled."""
+    native+int4+compiled); a package built for another torch, CPU or weights, or a
+    damaged one, is not used (a note says so). The exact path, --quantize none, is
+    never compiled."""
     from chatcli.backends import backend_of
     from chatcli.errors import UsageError
     from chatcli.registry import load_registry

@@ -8,9 +8,18 @@ Contract:
   /proc/cpuinfo), `model_id` (the caller's identity of the weights; `folder_fingerprint`
   hashes a checkpoint folder's config.json and its weight files' names, sizes and
   mtimes), mode (dtype and quantization, `mode_of`), the model's shapes, the inductor
-  options and the package's size. Autotuning (max-autotune) happens once, at build
-  time: its choices are compiled into the package and never revisited at load.
-  It returns the key. Building takes seconds for the test model, minutes for a real one.
+  options and the package's size and sha256. Autotuning (max-autotune) happens once, at
+  build time: its choices are compiled into the package and never revisited at load.
+  Inductor's own cache lives in a folder beside the package for the build and is removed
+  after it: a build leaves nothing in the temp folder. It then unpacks the package (below)
+  and returns the key. Building takes a minute for the test model, minutes for a real one.
+- Unpacking: the package's files (the weights are inside its shared object) are extracted
+  once into `<path>.unpacked` beside it (into a partial sibling folder, then renamed; a
+  rebuild removes the old one), after checking the package's sha256 against the key's.
+  Its stamp.json records the digest and the package's and every file's size and mtime;
+  a load whose stamp still matches loads the unpacked files as they are (torch's loader
+  over a folder: no extraction, nothing in the temp folder, a few milliseconds); any
+  mismatch unpacks again (and checks the digest again).
 - The step's graph takes the token id (1, 1), its position (1,) and the cached keys and
   values, each one tensor (positions, layers, kv_heads, head_dim) whose first dimension
   is dynamic (one package serves every cache length from `MIN_LENGTH`; attention reads
@@ -21,8 +30,9 @@ Contract:
 - `CompiledLanguageModel.open(model, path, model_id)` implements
   `chatcli.lm.base.LanguageModel`. It never raises for a bad package: a missing,
   stale (key fields differ from the running torch, CPU, model or mode), corrupt
-  (truncated, unreadable) package, or one whose first call fails, leaves it decoding
-  eagerly, with `compiled` False and `reason` a one-line sentence the caller can print.
+  (truncated, unreadable), damaged (another digest) package, a directory in its place,
+  or one whose first call fails, leaves it decoding eagerly, with `compiled` False and
+  `reason` a one-line sentence the caller can print.
   The cache is position-major buffers (room for `INITIAL_POSITIONS`, or the prompt's
   next power of two, doubling when full), so that its first n positions are one
   contiguous tensor; prefill is the native model's eager forward writing into per-layer
@@ -38,17 +48,23 @@ Contract:
 Deliberately knows nothing about where packages live, when they are built, CLI labels,
 tokenization, decoding strategies or checkpoints beyond `folder_fingerprint`. torch is
 imported at module level only through `chatcli.lm.llama` (lm/ is never imported by
-the CLI at start); inductor is imported only inside `build` and `load_step`.
+the CLI at start); inductor is imported only inside `build` (loading needs only torch's
+`torch._C._aoti`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -57,7 +73,8 @@ from chatcli.errors import ChatcliError
 from chatcli.lm.graphs import StaticKVCache
 from chatcli.lm.llama import KVCache, NativeCausalLM
 
-FORMAT = 2  # bump when the step's inputs, outputs or the key's meaning change
+FORMAT = 3  # bump when the step's inputs, outputs or the key's meaning change
+# (3: the key records the package's sha256)
 TEST_OPTIONS: dict[str, Any] = {"freezing": True}
 """Inductor options without autotuning: quick to build (tests)."""
 AUTOTUNE_OPTIONS: dict[str, Any] = {
@@ -259,18 +276,29 @@ def _example(model: NativeCausalLM) -> tuple[torch.Tensor, ...]:
     return ids, pos, keys, values
 
 
+_PACKAGING: dict[str, Any] = {
+    "aot_inductor.package_constants_in_so": True,  # the weights: in the shared object
+    # Precompiled headers go to a folder in the temp folder whatever inductor's cache
+    # folder is (about 280 MB, fixed when inductor is imported): none are made.
+    "aot_inductor.precompile_headers": False,
+    "cpp_cache_precompile_headers": False,
+}
+"""Inductor options of every build, beyond `options` (not part of the key)."""
+
+
 def build(
     model: NativeCausalLM, path: Path, *, model_id: str, options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compile `model`'s decode step into `path` (and its key beside it); `options`:
     inductor's (default `AUTOTUNE_OPTIONS`). Returns the key.
-    Raises `CompiledStepError` if export or compilation fails."""
-    import torch._inductor
-
+    Raises `CompiledStepError` if export or compilation fails, or `path` is a directory."""
     options = dict(AUTOTUNE_OPTIONS if options is None else options)
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"a package path ends in .pt2 (got {path})")
+    if path.is_dir():
+        raise CompiledStepError(f"could not compile the decode step: {path} is a directory",
+                                "remove it, then compile again")
     path.parent.mkdir(parents=True, exist_ok=True)
     # The fast ops fill small tables lazily (`_fast_norm`'s doubled weights): fill them
     # eagerly first, so that tracing finds real tensors and never stores traced ones.
@@ -278,24 +306,148 @@ def build(
         model.forward(torch.zeros((1, 1), dtype=torch.long, device=model.device), None)
     step = _Step(model)
     length = torch.export.Dim("positions", min=MIN_LENGTH, max=1 << 24)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.build-", dir=path.parent))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _private_inductor_cache(work / "inductor"):
+            # importing inductor makes its cache folder: the private one
+            inductor = importlib.import_module("torch._inductor")
             exported = torch.export.export(
                 step, _example(model), strict=False,
                 dynamic_shapes=(None, None, {0: length}, {0: length}))
-            partial = path.with_name(path.stem + ".partial.pt2")
-            torch._inductor.aoti_compile_and_package(
-                exported, package_path=str(partial), inductor_configs=dict(options))
+            partial = work / path.name
+            inductor.aoti_compile_and_package(
+                exported, package_path=str(partial),
+                inductor_configs={**options, **_PACKAGING})
         os.replace(partial, path)
     except Exception as exc:  # export and inductor raise many kinds; all mean "no package"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CompiledStepError(f"could not compile the decode step: {first}",
                                 "decode eagerly (the native model)") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    remove_unpacked(path)
     key = {**expected_key(model, model_id),
            "inductor": {k: options[k] for k in sorted(options)},
-           "package_bytes": path.stat().st_size}
-    key_path(path).write_text(json.dumps(key, indent=2) + "\n")
+           "package_bytes": path.stat().st_size, "package_sha256": _sha256(path)}
+    _write_atomically(key_path(path), json.dumps(key, indent=2) + "\n")
+    with suppress(OSError):  # the first load is as quick as the later ones (or unpacks)
+        _unpack(path, key)
     return key
+
+
+@contextmanager
+def _private_inductor_cache(folder: Path) -> Iterator[None]:
+    """Inductor's cache (compiled kernels, ISA probes: hundreds of MB) in `folder`, not in
+    the temp folder, for the duration; the caller removes `folder`."""
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- unpacking -------------------------------------------------------------------------------
+def unpacked_path(path: Path) -> Path:
+    """Where the package `path` is unpacked, once: the folder `<path>.unpacked` beside it
+    (its stamp.json records the package's digest, size and mtime and each file's size
+    and mtime; the package's files lie in a subfolder named by the digest)."""
+    return path.with_name(path.name + ".unpacked")
+
+
+def remove_unpacked(path: Path) -> None:
+    """Remove the package's unpacked folder and any partial one left by a killed process."""
+    target = unpacked_path(path)
+    for folder in (target, *path.parent.glob(f".{target.name}-*")):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stat(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _unpacked(path: Path, key: dict[str, Any]) -> Path | None:
+    """The folder of the package's files if its unpacked copy is whole (the stamp matches
+    the key's digest, the package's size and mtime, and every file's); else None."""
+    target = unpacked_path(path)
+    try:
+        stamp = json.loads((target / "stamp.json").read_text())
+        if stamp["sha256"] != key["package_sha256"] or stamp["package"] != _stat(path):
+            return None
+        for name, size_mtime in stamp["files"].items():
+            if _stat(target / name) != size_mtime:
+                return None
+        return target / stamp["sha256"][:16]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _unpack(path: Path, key: dict[str, Any]) -> Path | str:
+    """Unpack the package beside it (into a partial folder, then renamed), if its digest is
+    the key's; the folder of its files, or why not."""
+    digest = key["package_sha256"]
+    if _sha256(path) != digest:
+        remove_unpacked(path)
+        return (f"the compiled decode step {path} is damaged (its content differs from "
+                "what was built)")
+    target = unpacked_path(path)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=path.parent))
+    stale: Path | None = None
+    try:
+        files = work / digest[:16]
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                parts = PurePosixPath(info.filename).parts[1:]  # below the archive's root
+                if info.is_dir() or not parts:
+                    continue
+                if ".." in parts or PurePosixPath(info.filename).is_absolute():
+                    raise ValueError(f"unexpected member {info.filename}")
+                dest = files.joinpath(*parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as source, dest.open("wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)  # checks each member's CRC
+        stamp = {"sha256": digest, "package": _stat(path),
+                 "files": {f.relative_to(work).as_posix(): _stat(f)
+                           for f in sorted(files.rglob("*")) if f.is_file()}}
+        (work / "stamp.json").write_text(json.dumps(stamp, indent=1) + "\n")
+        if target.exists():  # a stale copy: set it aside (renamed at once), then remove it
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=path.parent))
+            os.replace(target, stale / "old")
+        os.replace(work, target)
+    except Exception as exc:  # a damaged zip, a full disk, ...: all mean "eager"
+        shutil.rmtree(work, ignore_errors=True)
+        unpacked = _unpacked(path, key)  # another process may have unpacked it meanwhile
+        if unpacked is not None:
+            return unpacked
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"the compiled decode step {path} does not load ({first})"
+    finally:
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+    return target / digest[:16]
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -308,10 +460,16 @@ class CompiledStep:
 
 
 def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep | str:
-    """The package at `path`, if its key matches `model` here and now; else why not."""
+    """The package at `path`, if its key matches `model` here and now; else why not.
+
+    The package is unpacked beside it on its first load (its digest checked against the
+    key's) and loaded from there afterwards, while its size and mtime and the unpacked
+    files' stay as recorded: nothing is written to the temp folder."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return f"no compiled decode step at {path}"
+    if not path.is_file():
+        return f"the compiled decode step {path} is not a file"
     try:
         key = json.loads(key_path(path).read_text())
         size = int(key["package_bytes"])
@@ -320,16 +478,24 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
     stale = stale_fields(key, expected_key(model, model_id))
     if stale:
         return f"the compiled decode step is stale ({', '.join(stale)} changed)"
+    if not isinstance(key.get("package_sha256"), str):
+        return f"the compiled decode step's key {key_path(path)} is unreadable (no digest)"
     if path.stat().st_size != size:
         return (f"the compiled decode step {path} is corrupt ({path.stat().st_size} bytes, "
                 f"built as {size})")
     try:
-        import torch._inductor
-
-        run = torch._inductor.aoti_load_package(str(path))
-    except Exception as exc:  # a damaged zip, a missing symbol, ...: all mean "eager"
+        folder = _unpacked(path, key) or _unpack(path, key)
+        if isinstance(folder, str):
+            return folder
+        # torch's loader over an unpacked package: it extracts nothing (no temp folder)
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(folder), "model", False, 1, -1)
+    except Exception as exc:  # unreadable, a missing symbol, ...: all mean "eager"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"the compiled decode step {path} does not load ({first})"
+
+    def run(*inputs: torch.Tensor) -> list[torch.Tensor]:
+        return loader.run(list(inputs))
+
     return CompiledStep(run, key)
 
 
