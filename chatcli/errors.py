@@ -47,6 +47,10 @@ class IntegrityError(ChatcliError):
     """Downloaded weights whose sha256 differs from the pinned one."""
 
 
+class CacheWriteError(ChatcliError):
+    """A file of chatcli's cache could not be written (a full disk, a read-only folder)."""
+
+
 class ContextOverflowError(ChatcliError):
     """A prompt that does not fit the model's context window."""
 

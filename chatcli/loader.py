@@ -33,6 +33,12 @@ corrupt downloaded GGUF is deleted and fetched again), otherwise the error names
 the folder to delete. In a user's folder (path or hf alias) the error names the
 truncated or corrupt file.
 
+Writing chatcli's cache can fail (a full disk, a read-only folder): nothing
+half-written stays. A conversion that cannot be written is an error naming the
+folder and, for a full disk, where the disk is mounted (`cache_write_error`). The
+quantized model is kept in memory when its cache file cannot be written, so a load
+goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
+
 This module knows nothing about prompts, decoding or the terminal; progress is
 reported through a `Reporter`.
 """
@@ -40,9 +46,11 @@ reported through a `Reporter`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -52,7 +60,13 @@ from pathlib import Path
 from typing import Any
 
 from chatcli import paths, sources
-from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
+from chatcli.errors import (
+    CacheWriteError,
+    ChatcliError,
+    IntegrityError,
+    ModelUnavailableError,
+    UsageError,
+)
 from chatcli.lm.base import LanguageModel
 from chatcli.progress import Reporter
 from chatcli.registry import ModelSpec
@@ -201,21 +215,48 @@ def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
         (tmp / _DONE).write_text(f"converted from {gguf}\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    except Exception as exc:
-        if tmp is not None:
+    except BaseException as exc:
+        if tmp is not None:  # also on Ctrl-C: no half-converted folder stays behind
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, ChatcliError):
+        if isinstance(exc, ChatcliError) or not isinstance(exc, Exception):
             raise
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-            raise ModelUnavailableError(
-                f"model '{spec.alias}': cannot write the converted model to {target}: "
-                f"{exc.strerror or exc}",
-                f"make {target.parent} writable, or delete {target}",
-            ) from exc
+        code = write_errno(exc)
+        if code is not None and not isinstance(exc, FileNotFoundError):
+            error = cache_write_error("the converted model", target.parent, code)
+            raise ModelUnavailableError(f"model '{spec.alias}': {error.message}",
+                                        error.hint) from exc
         raise ModelUnavailableError(
             f"model '{spec.alias}': cannot convert {weights.gguf_file}: {exc}".splitlines()[0],
             "check that the file is a complete GGUF of a transformers-supported architecture",
         ) from exc
+
+
+def write_errno(exc: BaseException) -> int | None:
+    """The OS error number of a failed write: an OSError's, or the one safetensors names
+    in its message ("Error while serializing: I/O error: No space left on device (os
+    error 28)"); None for anything else."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def cache_write_error(what: str, folder: Path, code: int) -> CacheWriteError:
+    """The error for `what` that could not be written into `folder` of chatcli's cache
+    (OS error `code`): a full disk is named by where it is mounted."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        why = f"the disk mounted at {paths.mount_point(folder)} is full"
+        hint = f"free some space on it, or {paths.elsewhere_hint()}"
+    elif code in _READ_ONLY:
+        why = "the folder is read-only"
+        hint = f"make it writable, or {paths.elsewhere_hint()}"
+    else:
+        why = os.strerror(code)
+        hint = f"check the disk mounted at {paths.mount_point(folder)}"
+    return CacheWriteError(f"cannot write {what} to {folder}: {why}", hint)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -491,10 +532,17 @@ def _load_native(
     return NativeLanguageModel(model), tokenizer, runtime
 
 
-def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Reporter) -> None:
+def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Reporter,
+                     required: bool = False) -> None:
     """Quantize `model` once per weights/mode/dtype/torch version; later loads read the
     result from chatcli's cache (quantizing a 135M model takes 1.5-2.5 s, reading it
-    ~0.1 s). A damaged cache file is quantized again and rewritten."""
+    ~0.1 s). A damaged cache file is quantized again and rewritten.
+
+    A cache that cannot be written leaves no partial file. The model is quantized in
+    memory all the same, so a load goes on: silently where the cache is read-only (it
+    only costs the next load its time), with a warning otherwise (a full disk, named).
+    With `required` (building the compiled step, which writes beside it) it raises
+    `CacheWriteError` instead."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
@@ -520,7 +568,18 @@ def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Repor
         os.close(fd)
         save_file(model.quantized_tensors(), tmp)
         os.replace(tmp, target)
-    except OSError:  # a read-only cache only costs the next load its time
+        tmp = None
+    except (OSError, SafetensorError) as exc:
+        code = write_errno(exc)
+        if code is None:
+            raise
+        error = cache_write_error("the quantized model", target.parent, code)
+        if required:
+            raise error from exc
+        if code not in _READ_ONLY:
+            reporter.warn(f"{error.message}; the model runs quantized from memory this time "
+                          f"(the next load quantizes it again); {error.hint}")
+    finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
 
@@ -561,7 +620,7 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     apply_threads(runtime)
     model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype), runtime.device)
     if runtime.quantize != "none":
-        _quantize_cached(model, runtime, folder, reporter)
+        _quantize_cached(model, runtime, folder, reporter, required=True)
     path = compiled_package(folder, runtime)
     options = compiled.AUTOTUNE_OPTIONS if autotune else compiled.TEST_OPTIONS
     if autotune:

@@ -5,8 +5,11 @@ folder; otherwise the XDG base directories are used (`$XDG_CONFIG_HOME/chatcli`,
 `$XDG_CACHE_HOME/chatcli`, `$XDG_DATA_HOME/chatcli`). Functions only compute
 paths and create nothing, except `make_private_dir` and `make_private_file`: the
 data folder holds what the user wrote (history, typed lines), so it is made 0700
-and those files 0600, whatever the umask, tightening existing ones. This module
-knows nothing about models.
+and those files 0600, whatever the umask, tightening existing ones (`tighten`
+does it for a file that exists). `mount_point` names the disk a path is on and
+`elsewhere_hint` says which variable moves a folder of chatcli's to another one,
+for messages about a full or unwritable disk. This module knows nothing about
+models.
 """
 
 from __future__ import annotations
@@ -40,6 +43,27 @@ def user_models_file() -> Path:
     return config_dir() / "models.toml"
 
 
+def mount_point(path: Path) -> Path:
+    """Where the file system holding `path` (or its nearest existing folder) is mounted."""
+    here = Path(os.path.abspath(path))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        device = here.stat().st_dev
+        while here != here.parent and here.parent.stat().st_dev == device:
+            here = here.parent
+    except OSError:  # a folder above it cannot be read: name the nearest one known
+        pass
+    return here
+
+
+def elsewhere_hint(kind: str = "cache") -> str:
+    """How to put chatcli's `kind` folder ("cache", "data" or "config") on another disk."""
+    if os.environ.get("CHATCLI_HOME"):
+        return "set CHATCLI_HOME to a folder on another disk"
+    return f"set XDG_{kind.upper()}_HOME to a folder on another disk"
+
+
 def make_private_dir(folder: Path) -> None:
     """Create `folder` (and its parents) as 0700, or take group and others' rights
     from an existing one (a folder the user made read-only stays so); raises OSError."""
@@ -55,6 +79,15 @@ def make_private_file(path: Path) -> None:
     make_private_dir(path.parent)
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    mode = path.stat().st_mode & 0o777
+    tighten(path)
+
+
+def tighten(path: Path) -> None:
+    """Take group and others' rights from `path` if it exists; raises OSError (e.g. the
+    file is another user's)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return
     if mode & 0o077:
         os.chmod(path, mode & 0o700)
