@@ -47,6 +47,10 @@ class IntegrityError(ChatcliError):
     """Downloaded weights whose sha256 differs from the pinned one."""
 
 
+class HomeError(ChatcliError):
+    """CHATCLI_HOME names something chatcli cannot use as its folder."""
+
+
 class CacheWriteError(ChatcliError):
     """A file of chatcli's cache could not be written (a full disk, a read-only folder)."""
 

@@ -35,7 +35,7 @@ truncated or corrupt file.
 
 Writing chatcli's cache can fail (a full disk, a read-only folder): nothing
 half-written stays. A conversion that cannot be written is an error naming the
-folder and, for a full disk, where the disk is mounted (`cache_write_error`). The
+folder and, for a full disk, where the disk is mounted (`paths.cache_write_error`). The
 quantized model is kept in memory when its cache file cannot be written, so a load
 goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
 
@@ -46,11 +46,9 @@ reported through a `Reporter`.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -60,13 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli import paths, sources
-from chatcli.errors import (
-    CacheWriteError,
-    ChatcliError,
-    IntegrityError,
-    ModelUnavailableError,
-    UsageError,
-)
+from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
 from chatcli.progress import Reporter
 from chatcli.registry import ModelSpec
@@ -220,43 +212,15 @@ def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, ChatcliError) or not isinstance(exc, Exception):
             raise
-        code = write_errno(exc)
+        code = paths.write_errno(exc)
         if code is not None and not isinstance(exc, FileNotFoundError):
-            error = cache_write_error("the converted model", target.parent, code)
+            error = paths.cache_write_error("the converted model", target.parent, code)
             raise ModelUnavailableError(f"model '{spec.alias}': {error.message}",
                                         error.hint) from exc
         raise ModelUnavailableError(
             f"model '{spec.alias}': cannot convert {weights.gguf_file}: {exc}".splitlines()[0],
             "check that the file is a complete GGUF of a transformers-supported architecture",
         ) from exc
-
-
-def write_errno(exc: BaseException) -> int | None:
-    """The OS error number of a failed write: an OSError's, or the one safetensors names
-    in its message ("Error while serializing: I/O error: No space left on device (os
-    error 28)"); None for anything else."""
-    if isinstance(exc, OSError):
-        return exc.errno
-    found = re.search(r"\(os error (\d+)\)", str(exc))
-    return int(found.group(1)) if found else None
-
-
-_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def cache_write_error(what: str, folder: Path, code: int) -> CacheWriteError:
-    """The error for `what` that could not be written into `folder` of chatcli's cache
-    (OS error `code`): a full disk is named by where it is mounted."""
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        why = f"the disk mounted at {paths.mount_point(folder)} is full"
-        hint = f"free some space on it, or {paths.elsewhere_hint()}"
-    elif code in _READ_ONLY:
-        why = "the folder is read-only"
-        hint = f"make it writable, or {paths.elsewhere_hint()}"
-    else:
-        why = os.strerror(code)
-        hint = f"check the disk mounted at {paths.mount_point(folder)}"
-    return CacheWriteError(f"cannot write {what} to {folder}: {why}", hint)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -570,13 +534,13 @@ def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Repor
         os.replace(tmp, target)
         tmp = None
     except (OSError, SafetensorError) as exc:
-        code = write_errno(exc)
+        code = paths.write_errno(exc)
         if code is None:
             raise
-        error = cache_write_error("the quantized model", target.parent, code)
+        error = paths.cache_write_error("the quantized model", target.parent, code)
         if required:
             raise error from exc
-        if code not in _READ_ONLY:
+        if code not in paths.READ_ONLY:
             reporter.warn(f"{error.message}; the model runs quantized from memory this time "
                           f"(the next load quantizes it again); {error.hint}")
     finally:

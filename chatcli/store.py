@@ -238,7 +238,7 @@ def _disk_state(path: Path) -> str:
         return ""
     if vfs.f_flag & getattr(os, "ST_RDONLY", 1):
         return "readonly-fs"
-    if vfs.f_bavail * vfs.f_frsize < FULL_BELOW_BYTES:
+    if vfs.f_blocks and vfs.f_bavail * vfs.f_frsize < FULL_BELOW_BYTES:  # (/proc has none)
         return "full"
     return ""
 

@@ -1,12 +1,17 @@
-"""chatcli's cache on a full disk: one line that names the disk and the folder, no partial file.
+"""chatcli's folders when they cannot be written: one line that names what and why.
 
-Writing the quantized model (`ask`, `chat`) warns and answers all the same with the model
-quantized in memory; `compile` stops with an error; the one-time GGUF conversion stops
-with an error. The full disk is injected where the bytes are written: safetensors'
-`save_file` writes part of the file, then raises the exception the real library raises
-there (`SafetensorError`, "... No space left on device (os error 28)"). One test makes it
-real: a 64 KiB tmpfs mounted in a user namespace (`unshare`; skipped where that is not
-allowed).
+The cache on a full disk names the disk and the folder and leaves no partial file:
+writing the quantized model (`ask`, `chat`) warns and answers all the same with the
+model quantized in memory; `compile` stops with an error; the one-time GGUF conversion
+stops with an error. The full disk is injected where the bytes are written:
+safetensors' `save_file` writes part of the file, then raises the exception the real
+library raises there (`SafetensorError`, "... No space left on device (os error 28)").
+One test makes it real: a 64 KiB tmpfs mounted in a user namespace (`unshare`; skipped
+where that is not allowed).
+
+A CHATCLI_HOME that is a file, lies under a file, cannot be created (/proc) or cannot
+be written is one error line for every command that writes, before anything is read or
+written; the commands that only read still work.
 """
 
 from __future__ import annotations
@@ -189,3 +194,86 @@ def test_a_real_full_disk(home: Path) -> None:
     assert done.stdout.endswith(tail)
     answer = done.stdout[:-len(tail)]
     assert answer == run_cli(["ask", "--quantize", "int8", "-n", "8", "hello"]).stdout
+
+
+# -- CHATCLI_HOME that cannot be used ----------------------------------------------------
+HOME_HINT = "hint: set CHATCLI_HOME to a folder you can write, or unset it\n"
+WRITING = [["ask", "-n", "2", "hi"], ["chat", "-n", "2"], ["compare", "-S", "greedy", "hi"],
+           ["pull", "smollm2-135m"], ["compile", "--quick"], ["history", "rm", "1"]]
+READING = {("models", "list"): "", ("models", "show", "smollm2-135m"): "",
+           ("history", "list"): "no conversations yet\n", ("strategies",): ""}  # -> stderr
+
+
+def unusable_home(kind: str, tmp_path: Path) -> tuple[Path, str]:
+    """A CHATCLI_HOME of `kind`, and what the error says of it."""
+    if kind == "a file":
+        home = tmp_path / "home-file"
+        home.write_text("not a folder\n")
+        return home, f"CHATCLI_HOME={home} is a file, not a folder"
+    if kind == "under a file":
+        (tmp_path / "file").write_text("not a folder\n")
+        home = tmp_path / "file" / "home"
+        return home, f"CHATCLI_HOME={home} cannot be created: {tmp_path / 'file'} is a file, " \
+                     "not a folder"
+    home = Path("/proc/chatcli-home")
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    return home, f"CHATCLI_HOME={home} cannot be created in /proc: No such file or directory"
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "in /proc"])
+def test_an_unusable_chatcli_home_is_one_line_for_every_command_that_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    home, what = unusable_home(kind, tmp_path)
+    monkeypatch.setenv("CHATCLI_HOME", str(home))
+    before = sorted(tmp_path.rglob("*"))
+    for args in WRITING:
+        result = run_cli(args, input="piped question\n")
+        assert (result.exit_code, result.stdout) == (1, ""), args
+        assert result.stderr == f"error: {what}; {HOME_HINT}", args
+    for args, stderr in READING.items():  # commands that only read still work
+        result = run_cli(list(args))
+        assert (result.exit_code, result.stderr) == (0, stderr), args
+    assert sorted(tmp_path.rglob("*")) == before  # nothing was written anywhere
+
+
+def test_a_read_only_chatcli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_history_faults import read_only
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("CHATCLI_HOME", str(home))
+    with read_only(home):
+        result = run_cli(["ask", "-n", "2", "hi"])
+        listed = run_cli(["history", "list"])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"error: CHATCLI_HOME={home} is a folder you cannot write; {HOME_HINT}"
+    assert (listed.exit_code, listed.stdout, listed.stderr) == (0, "", "no conversations yet\n")
+
+
+def test_a_missing_chatcli_home_is_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tiny_model: Tiny) -> None:
+    home = tmp_path / "new" / "home"
+    monkeypatch.setenv("CHATCLI_HOME", str(home))
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.tiny]\nsource = "path"\npath = "{tiny_model.folder}"\n'
+                      'dtype = "float32"\n')
+    result = run_cli(["ask", "--models-file", str(models), "-m", "tiny", "-n", "2", "hi"])
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert (home / "data" / "history.db").is_file()
+
+
+def test_the_history_of_a_pseudo_file_system_is_not_called_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc has no free blocks, and is no full disk: the error says what the system said."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    from chatcli.errors import ChatcliError
+    from chatcli.store import Store
+
+    path = Path("/proc/chatcli-data/history.db")
+    with pytest.raises(ChatcliError) as err:
+        Store.open(path)
+    assert (err.value.message, err.value.hint) == (
+        f"cannot open the history database {path}: No such file or directory",
+        "check the permissions of its folder, or set CHATCLI_HOME to another one")
