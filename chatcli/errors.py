@@ -68,6 +68,15 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C held until a step that must not be cut halfway ended (`during`: what it did,
+    e.g. "loading the model"); chatcli then stops as for any Ctrl-C."""
+
+    def __init__(self, during: str) -> None:
+        super().__init__(during)
+        self.during = during
+
+
 class OutputClosed(Exception):
     """stdout was closed by its reader (e.g. `| head -1`); chatcli stops quietly.
 

@@ -39,6 +39,10 @@ folder and, for a full disk, where the disk is mounted (`paths.cache_write_error
 quantized model is kept in memory when its cache file cannot be written, so a load
 goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
 
+Ctrl-C while a model loads (after its download) is held until the next step ends
+(`chatcli.interrupts.deferred`, with `checkpoint()` between steps): a KeyboardInterrupt
+raised inside torch or transformers is not always an exception that unwinds.
+
 This module knows nothing about prompts, decoding or the terminal; progress is
 reported through a `Reporter`.
 """
@@ -57,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatcli import paths, sources
+from chatcli import interrupts, paths, sources
 from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
 from chatcli.progress import Reporter
@@ -159,6 +163,7 @@ def _ensure_converted(
     )
     with reporter.busy(message):
         _convert(spec, weights, target)
+    interrupts.checkpoint()
     return target, weights
 
 
@@ -335,7 +340,13 @@ def load_model(
     chatcli's native Llama-family one where it applies (CPU or CUDA, llama/qwen2
     architectures whose config it computes exactly), else transformers'. The native
     forward pass takes the tokenizer `open_tokenizer` picks for the folder."""
-    weights = sources.fetch(spec, reporter)
+    weights = sources.fetch(spec, reporter)  # a download stops at Ctrl-C at once
+    with interrupts.deferred(interrupts.LOADING):
+        return _load(spec, runtime, reporter, implementation, weights)
+
+
+def _load(spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
+          weights: LocalWeights) -> LoadedModel:
     started = time.perf_counter()
     if not weights.gguf_file:
         try:
@@ -473,12 +484,15 @@ def _load_native(
         if isinstance(exc, ChatcliError):
             raise
         raise _LoadFailed(own, exc) from exc
+    interrupts.checkpoint()
     try:
         model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _LoadFailed(True, exc) from exc
+    interrupts.checkpoint()
     if runtime.quantize != "none":
         _quantize_cached(model, runtime, folder, reporter)
+        interrupts.checkpoint()
     package = compiled_package(folder, runtime)
     # The exact path (--quantize none) never runs a compiled step: it is not bit-identical.
     if runtime.device == "cpu" and runtime.quantize != "none" and package.is_file():
@@ -562,7 +576,8 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     """Build the compiled decode step of a local alias for `runtime` (CPU, native forward
     pass) into the cache; returns its path, its key and the seconds the build took.
     Later loads in the same dtype and quantization use it (`_load_native`)."""
-    import torch
+    with interrupts.deferred(interrupts.LOADING):  # Ctrl-C must not cut the import halfway
+        import torch
 
     from chatcli.lm import compiled
     from chatcli.lm.llama import NativeCausalLM
@@ -641,6 +656,7 @@ def _load_transformers(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple
     kw = {"trust_remote_code": spec.trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+        interrupts.checkpoint()
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=getattr(torch, runtime.dtype), **kw
         )
