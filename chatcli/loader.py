@@ -39,6 +39,9 @@ folder and, for a full disk, where the disk is mounted (`paths.cache_write_error
 quantized model is kept in memory when its cache file cannot be written, so a load
 goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
 
+No library draws a progress bar while a model converts or loads
+(`quiet_transformers`, `no_progress_bars`); the `Reporter` shows chatcli's own.
+
 Ctrl-C while a model loads (after its download) is held until the next step ends
 (`chatcli.interrupts.deferred`, with `checkpoint()` between steps): a KeyboardInterrupt
 raised inside torch or transformers is not always an exception that unwinds.
@@ -57,6 +60,8 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,15 +117,48 @@ class _LoadFailed(Exception):
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' warnings and progress bars unless CHATCLI_DEBUG is set."""
-    if os.environ.get("CHATCLI_DEBUG"):
-        return
+    """Silence transformers' progress bars (always: chatcli shows its own progress) and
+    its warnings (unless CHATCLI_DEBUG is set)."""
     from transformers.utils import logging as tlog
 
+    tlog.disable_progress_bar()  # transformers' own bars, and the hub's
+    if os.environ.get("CHATCLI_DEBUG"):
+        return
     tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """No tqdm bar inside the block, whoever draws it: libraries write them to stderr,
+    terminal or not, and some call tqdm directly rather than through a switch of their
+    own (transformers' GGUF reader: "Converting and de-quantizing GGUF tensors...")."""
+    try:
+        import tqdm.std
+    except ImportError:
+        yield
+        return
+    cls = tqdm.std.tqdm
+    original = cls.__dict__["__init__"]  # restored as it was (tqdm wraps it)
+    init = cls.__init__
+
+    def silent(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) > _TQDM_DISABLE_AT:  # passed by position
+            args = (*args[:_TQDM_DISABLE_AT], True, *args[_TQDM_DISABLE_AT + 1:])
+        else:
+            kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    cls.__init__ = silent  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.__init__ = original  # type: ignore[method-assign]
+
+
+_TQDM_DISABLE_AT = 10  # tqdm(iterable, desc, total, leave, file, ncols, mininterval,
+# maxinterval, miniters, ascii, disable, ...): the position of `disable`
 
 
 def converted_dir(spec: ModelSpec, weights: LocalWeights) -> Path:
@@ -188,14 +226,15 @@ def _export(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"gguf_file": weights.gguf_file, "trust_remote_code": spec.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(weights.folder, **kw)
-    model = AutoModelForCausalLM.from_pretrained(weights.folder, **kw)
-    # The GGUF loader leaves quantizer metadata behind that save_pretrained refuses.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with no_progress_bars():
+        tokenizer = AutoTokenizer.from_pretrained(weights.folder, **kw)
+        model = AutoModelForCausalLM.from_pretrained(weights.folder, **kw)
+        # The GGUF loader leaves quantizer metadata behind that save_pretrained refuses.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
