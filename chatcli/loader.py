@@ -17,13 +17,15 @@ static KV cache captured as a CUDA graph (`chatcli.lm.graphs`: captured once at
 load, shown as progress; CHATCLI_NO_CUDA_GRAPHS=1 turns it off).
 `trust_remote_code` is only ever taken from the alias.
 
-`LoadedModel.implementation` says which implementation runs and
-`implementation_note` why native was not possible (`implementation_label()`
-and `plan_implementation(spec, device)` put it in words for `--stats`, `--json`
-and `models show`). The context window is the alias's `context_window`, else
-the model config's (`max_position_embeddings`, `n_positions`, `n_ctx`,
-`seq_length` or `max_sequence_length`); a window larger than the model's is
-refused.
+`choose_implementation` is the one decision: `LoadedModel.implementation` says
+which implementation runs and `implementation_note` why native was not possible
+(`implementation_label()` and `plan_implementation(spec, device)` put it in words
+for `--stats`, `--json` and `models show`); an alias that asks for the native
+implementation where it cannot run its model is refused before anything loads
+(`NativeRefused`), and `models show` says so. The context window is the alias's
+`context_window`, else the model config's (`max_position_embeddings`,
+`n_positions`, `n_ctx`, `seq_length` or `max_sequence_length`); a window larger
+than the model's is refused.
 
 Damaged files become one-line errors that name them. The converted folder
 carries a manifest of sizes and sha256 (`chatcli.sources.write_manifest`): sizes
@@ -320,6 +322,12 @@ def native_blocker(spec: ModelSpec, device: str, config: dict[str, Any]) -> str 
         return f'implementation = "transformers" in {spec.origin}'
     if spec.trust_remote_code:
         return "trust_remote_code runs the model's own code"
+    return native_unsupported(device, config)
+
+
+def native_unsupported(device: str, config: dict[str, Any]) -> str | None:
+    """Why the native forward pass cannot compute this model on `device` (None: it can),
+    whatever the alias asks for."""
     if device not in ("cpu", "cuda"):
         return f"the native implementation runs on cpu and cuda, not {device}"
     from chatcli.lm import llama
@@ -329,6 +337,37 @@ def native_blocker(spec: ModelSpec, device: str, config: dict[str, Any]) -> str 
     except llama.UnsupportedModelError as exc:
         return exc.message
     return None
+
+
+class NativeRefused(UsageError):
+    """An alias that asks for the native forward pass, which cannot run its model;
+    `reason` says so without the alias's name."""
+
+    def __init__(self, spec: ModelSpec, reason: str) -> None:
+        super().__init__(f"model '{spec.alias}': {reason}", _transformers_hint(spec))
+        self.reason = reason
+
+
+def choose_implementation(spec: ModelSpec, device: str, config: dict[str, Any],
+                          implementation: str | None = None) -> tuple[str, str]:
+    """The forward pass a load of `spec` on `device` runs, "native" or "transformers",
+    and why native was not possible ("" when it runs): the one decision `load_model`
+    acts on and `plan_implementation` puts in words. `implementation` (default: the
+    alias's) "auto" takes native where `native_blocker` allows; "native" that the model
+    or device does not allow raises `NativeRefused` before anything loads."""
+    impl = implementation or spec.implementation
+    if impl == "native":
+        why = native_unsupported(device, config)
+        if why is not None:
+            asked = (f'implementation = "native" in {spec.origin}'
+                     if spec.implementation == "native" else "the native implementation was "
+                     "asked for")
+            raise NativeRefused(spec, f"{asked}, but it cannot run this model: {why}")
+        return "native", ""
+    why = native_blocker(spec, device, config) if impl == "auto" else None
+    if impl == "auto" and why is None:
+        return "native", ""
+    return "transformers", why or f'implementation = "transformers" in {spec.origin}'
 
 
 def open_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
@@ -355,10 +394,13 @@ def plan_implementation(spec: ModelSpec, device: str) -> str | None:
     config = read_json(folder / "config.json")
     if not config:
         return None
-    if spec.implementation == "native":
+    try:
+        impl, why = choose_implementation(spec, device, config)
+    except NativeRefused as refused:
+        return f"refused: {refused.reason}"
+    if impl == "native" and spec.implementation == "native":
         return f'native (implementation = "native" in {spec.origin})'
-    why = native_blocker(spec, device, config)
-    return f"transformers ({why})" if why else "native"
+    return f"transformers ({why})" if why else impl
 
 
 def eos_ids_of(generation_config: dict[str, Any], tokenizer: Any) -> frozenset[int]:
@@ -415,22 +457,16 @@ def _load_folder(
     spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
     folder: Path, started: float,
 ) -> LoadedModel:
-    impl = implementation or spec.implementation
     config = read_json(folder / "config.json")
     generation_config = read_json(folder / "generation_config.json")
     ctx = context_window(spec, config)
+    impl, note = choose_implementation(spec, runtime.device, config, implementation)
     apply_threads(runtime)
-    note = ""
-    if impl == "auto":
-        note = native_blocker(spec, runtime.device, config) or ""
-    if impl == "native" or (impl == "auto" and not note):
+    if impl == "native":
         lm, tokenizer, runtime = _load_native(spec, runtime, folder, ctx, reporter)
-        impl, note = "native", ""
     else:
-        note = note or f'implementation = "transformers" in {spec.origin}'
         runtime = _unquantized(spec, runtime, "it runs on transformers' implementation")
         lm, tokenizer = _load_transformers(spec, runtime, folder)
-        impl = "transformers"
     if spec.chat_template:
         tokenizer.chat_template = spec.chat_template
     return LoadedModel(
