@@ -4,8 +4,7 @@ Contract: `resolve_runtime(device, dtype, threads, spec_dtype, quantize, spec_qu
 turns the user's
 "auto"-able choices into concrete ones and validates them (`UsageError` names the
 option and the valid values). `apply_threads()` configures torch once per process.
-torch is imported only inside the functions that need it (while it is imported to
-pick the device, Ctrl-C is held: `chatcli.interrupts.deferred`).
+torch is imported only inside the functions that need it.
 
 Defaults come from measurements on a 2-core CPU (see docs/benchmarks.md):
 bf16 decodes 1.1-1.6x faster than fp32 where the CPU has native bf16
@@ -20,7 +19,6 @@ import time
 from dataclasses import dataclass
 from functools import cache
 
-from chatcli import interrupts
 from chatcli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -133,8 +131,7 @@ def resolve_runtime(
 
 
 def _pick_device() -> str:
-    with interrupts.deferred(interrupts.LOADING):  # Ctrl-C must not cut the import halfway
-        import torch
+    import torch
 
     if torch.cuda.is_available():
         return "cuda"
@@ -145,8 +142,7 @@ def _pick_device() -> str:
 
 
 def _check_device(dev: str) -> None:
-    with interrupts.deferred(interrupts.LOADING):
-        import torch
+    import torch
 
     ok = torch.cuda.is_available() if dev == "cuda" else torch.backends.mps.is_available()
     if not ok:

@@ -7,8 +7,9 @@ ends. Here the real `chatcli` runs with a slowed load: a wrapper makes the nativ
 model's `from_folder` touch `ready`, wait until the test touches `go`, and touch
 `done`. The signal arrives while it waits: the step runs to its end (`done` exists),
 nothing after it does (no prompt, no answer), and the screen (a pty read through
-pyte) or stderr says "warning: interrupted while loading the model". A question
-`ask` saved before loading stays whole in the history; a chat wrote nothing. A
+pyte) or stderr says "warning: interrupted while loading the model". The same
+wrapper can hold the start instead, where torch is first imported (picking the device).
+A question `ask` saved before loading stays whole in the history; a chat wrote nothing. A
 second Ctrl-C stops at once; SIGTERM is held the same way and exits with 143.
 """
 
@@ -23,24 +24,31 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 from screen import ROOT, Terminal
 
 SLOW_LOAD = """
 import sys, time
 from pathlib import Path
-gate = Path(sys.argv[1])
-from chatcli.lm import llama
-real = llama.NativeCausalLM.from_folder.__func__
-def slow(cls, *args, **kwargs):
-    gate.with_suffix(".ready").touch()
-    while not gate.exists():
-        time.sleep(0.01)
-    gate.with_suffix(".done").touch()
-    return real(cls, *args, **kwargs)
-llama.NativeCausalLM.from_folder = classmethod(slow)
+gate, where = Path(sys.argv[1]), sys.argv[2]
+def gated(real):
+    def wait(*args, **kwargs):
+        gate.with_suffix(".ready").touch()
+        while not gate.exists():
+            time.sleep(0.01)
+        gate.with_suffix(".done").touch()
+        return real(*args, **kwargs)
+    return wait
+if where == "device":  # where torch is imported first: picking the device
+    from chatcli import runtime
+    runtime._pick_device = gated(runtime._pick_device)
+else:
+    from chatcli.lm import llama
+    llama.NativeCausalLM.from_folder = classmethod(gated(llama.NativeCausalLM.from_folder.__func__))
 from chatcli.cli.app import main
-main(sys.argv[2:])
+main(sys.argv[3:])
 """
 MESSAGE = "warning: interrupted while loading the model"
 
@@ -64,13 +72,15 @@ def conversations(home: Path) -> list[list[tuple[str, str]]]:
     return found
 
 
-def slowed_terminal(home: Path, gate: Path, args: list[str]) -> Terminal:
-    return Terminal(home, [str(gate), *args], python=["-c", SLOW_LOAD])
+def slowed_terminal(home: Path, gate: Path, args: list[str], where: str = "load") -> Terminal:
+    return Terminal(home, [str(gate), where, *args], python=["-c", SLOW_LOAD])
 
 
-def test_ctrl_c_while_chat_loads_stops_before_the_chat(home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["device", "load"])
+def test_ctrl_c_while_chat_loads_stops_before_the_chat(home: Path, tmp_path: Path,
+                                                       where: str) -> None:
     gate = tmp_path / "go"
-    term = slowed_terminal(home, gate, ["chat"])
+    term = slowed_terminal(home, gate, ["chat"], where)
     wait_for(gate.with_suffix(".ready"), term.child.isalive)
     term.child.sendintr()
     term.pump(0.5)
@@ -97,13 +107,15 @@ def test_ctrl_c_while_ask_loads_keeps_the_question(home: Path, tmp_path: Path) -
     assert conversations(home) == [[("user", question)]]  # whole, and never answered
 
 
-def start_piped(home: Path, gate: Path, args: list[str], stdin: str) -> subprocess.Popen[str]:
+def start_piped(home: Path, gate: Path, args: list[str], stdin: str,
+                where: str = "load") -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "CHATCLI_DEBUG"}
     env.update(CHATCLI_HOME=str(home), PYTHONPATH=str(ROOT))
     source = home / "stdin.txt"
     source.write_text(stdin)
     with source.open() as piped:
-        return subprocess.Popen([sys.executable, "-c", SLOW_LOAD, str(gate), *args], env=env,
+        return subprocess.Popen([sys.executable, "-c", SLOW_LOAD, str(gate), where, *args],
+                                env=env,
                                 text=True, stdin=piped, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=ROOT)
 

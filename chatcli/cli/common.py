@@ -7,7 +7,8 @@ that failed to load), the decoding request, the models.toml registry, the alias
 against the alias's defaults together with the command's own refusals, the views
 and settings the alias's backend cannot give refused (`chatcli.backends`: each
 backend declares what it can do), and the runtime (`--device`, `--dtype`,
-`--threads`, `--quantize`) validated. It reads no stdin and loads nothing: the
+`--threads`, `--quantize`) validated (picking the device imports torch, with Ctrl-C
+held meanwhile: `chatcli.interrupts.deferred`). It reads no stdin and loads nothing: the
 command then does what is its own (reading the prompt, saving the question) and
 calls `Setup.open()`.
 `open_model` is looked up when a model is opened (a test holds it at a gate).
@@ -137,7 +138,10 @@ def setup(
             check(early)
         check_views(prepared.spec, views)
         check_settings(prepared.spec, early, views, constraint)
-    prepared.runtime = prepared.runtime_for(prepared.spec)
+    from chatcli import interrupts
+
+    with interrupts.deferred(interrupts.LOADING):  # picking the device imports torch
+        prepared.runtime = prepared.runtime_for(prepared.spec)
     return prepared
 
 
