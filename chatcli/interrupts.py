@@ -54,7 +54,10 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Handle SIGTERM and SIGHUP (those left at their default action)."""
+    """Handle SIGTERM and SIGHUP (those left at their default action); a new run (main()
+    called again in one process) starts with no load interrupted."""
+    global _interrupted_during
+    _interrupted_during = None
     for sig in _signals():
         if signal.getsignal(sig) == signal.SIG_DFL:
             signal.signal(sig, _on_signal)

@@ -3,10 +3,10 @@
 Contract: `CHATCLI_HOME`, when set, roots everything (config, cache, data) in one
 folder; otherwise the XDG base directories are used (`$XDG_CONFIG_HOME/chatcli`,
 `$XDG_CACHE_HOME/chatcli`, `$XDG_DATA_HOME/chatcli`). Functions only compute
-paths and create nothing, except `make_private_dir` and `make_private_file`: the
-data folder holds what the user wrote (history, typed lines), so it is made 0700
-and those files 0600, whatever the umask, tightening existing ones (`tighten`
-does it for a file that exists), and `check_home`.
+paths and create nothing, except `make_private_dir` and `make_private_file` (the
+data folder holds what the user wrote: history, typed lines; so it is made 0700
+and those files 0600, whatever the umask, tightening existing ones, as `tighten`
+does for a file that exists) and `check_home` (which creates CHATCLI_HOME).
 
 `check_home()` is what every command that writes calls first (ask, chat, compare,
 pull, compile, history rm): a CHATCLI_HOME that is a file, cannot be created or
@@ -118,8 +118,11 @@ def check_home() -> None:
     home = Path(value).expanduser()
     name = f"CHATCLI_HOME={value}"
     existing = home
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a folder on the way that may not be looked into
+        raise HomeError(f"{name} cannot be used: {exc.strerror or exc}", HOME_HINT) from exc
     if not existing.is_dir():
         what = "a file, not a folder" if existing.is_file() else "not a folder"
         raise HomeError(f"{name} is {what}" if existing == home

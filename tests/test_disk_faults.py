@@ -277,3 +277,23 @@ def test_the_history_of_a_pseudo_file_system_is_not_called_full(
     assert (err.value.message, err.value.hint) == (
         f"cannot open the history database {path}: No such file or directory",
         "check the permissions of its folder, or set CHATCLI_HOME to another one")
+
+
+def test_a_chatcli_home_that_cannot_be_looked_into(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder on the way that this user may not enter (root enters any: the check is
+    made to fail as the system fails it for others)."""
+    locked = tmp_path / "locked"
+    real = Path.exists
+
+    def exists(self: Path, *args: Any, **kwargs: Any) -> bool:
+        if self.is_relative_to(locked) and self != locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    monkeypatch.setenv("CHATCLI_HOME", str(locked / "home"))
+    result = run_cli(["ask", "hi"])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (f"error: CHATCLI_HOME={locked / 'home'} cannot be used: "
+                             f"Permission denied; {HOME_HINT}")

@@ -172,3 +172,26 @@ def test_sigterm_while_loading_is_held_too(home: Path, tmp_path: Path) -> None:
     assert (proc.returncode, out, err) == (143, "", "")
     assert gate.with_suffix(".done").exists()
     assert conversations(home) == [[("user", "question")]]
+
+
+def test_held_ctrl_c_in_process_and_the_next_run(home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in one process (main() called twice, as tests and embedders do): the held
+    Ctrl-C stops the first run only."""
+    from chatcli import loader
+
+    real = loader._load
+    calls: list[str] = []
+
+    def interrupted_once(*args: object, **kwargs: object) -> object:
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)  # held: the load goes on to its end
+            calls.append("interrupted")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "_load", interrupted_once)
+    first = run_cli(["ask", "-n", "2", "hi"])
+    assert (first.exit_code, first.stdout, first.stderr) == (130, "", MESSAGE + "\n")
+    second = run_cli(["ask", "-n", "2", "hi"])
+    assert (second.exit_code, second.stderr) == (0, "")
+    assert second.stdout
