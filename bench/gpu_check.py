@@ -123,6 +123,10 @@ class _Reporter:
         self.notes.append(message)
         print(f"chatcli: {message}", file=sys.stderr)
 
+    def warn(self, message: str) -> None:
+        self.notes.append(message)
+        print(f"warning: {message}", file=sys.stderr)
+
     @contextmanager
     def busy(self, message: str) -> Iterator[None]:
         print(f"chatcli: {message}", file=sys.stderr)

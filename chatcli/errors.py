@@ -47,6 +47,14 @@ class IntegrityError(ChatcliError):
     """Downloaded weights whose sha256 differs from the pinned one."""
 
 
+class HomeError(ChatcliError):
+    """CHATCLI_HOME names something chatcli cannot use as its folder."""
+
+
+class CacheWriteError(ChatcliError):
+    """A file of chatcli's cache could not be written (a full disk, a read-only folder)."""
+
+
 class ContextOverflowError(ChatcliError):
     """A prompt that does not fit the model's context window."""
 
@@ -58,6 +66,15 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C held until a step that must not be cut halfway ended (`during`: what it did,
+    e.g. "loading the model"); chatcli then stops as for any Ctrl-C."""
+
+    def __init__(self, during: str) -> None:
+        super().__init__(during)
+        self.during = during
 
 
 class OutputClosed(Exception):

@@ -17,13 +17,15 @@ static KV cache captured as a CUDA graph (`chatcli.lm.graphs`: captured once at
 load, shown as progress; CHATCLI_NO_CUDA_GRAPHS=1 turns it off).
 `trust_remote_code` is only ever taken from the alias.
 
-`LoadedModel.implementation` says which implementation runs and
-`implementation_note` why native was not possible (`implementation_label()`
-and `plan_implementation(spec, device)` put it in words for `--stats`, `--json`
-and `models show`). The context window is the alias's `context_window`, else
-the model config's (`max_position_embeddings`, `n_positions`, `n_ctx`,
-`seq_length` or `max_sequence_length`); a window larger than the model's is
-refused.
+`choose_implementation` is the one decision: `LoadedModel.implementation` says
+which implementation runs and `implementation_note` why native was not possible
+(`implementation_label()` and `plan_implementation(spec, device)` put it in words
+for `--stats`, `--json` and `models show`); an alias that asks for the native
+implementation where it cannot run its model is refused before anything loads
+(`NativeRefused`), and `models show` says so. The context window is the alias's
+`context_window`, else the model config's (`max_position_embeddings`,
+`n_positions`, `n_ctx`, `seq_length` or `max_sequence_length`); a window larger
+than the model's is refused.
 
 Damaged files become one-line errors that name them. The converted folder
 carries a manifest of sizes and sha256 (`chatcli.sources.write_manifest`): sizes
@@ -32,6 +34,19 @@ converted again once, from a GGUF whose pinned sha256 is checked first (a
 corrupt downloaded GGUF is deleted and fetched again), otherwise the error names
 the folder to delete. In a user's folder (path or hf alias) the error names the
 truncated or corrupt file.
+
+Writing chatcli's cache can fail (a full disk, a read-only folder): nothing
+half-written stays. A conversion that cannot be written is an error naming the
+folder and, for a full disk, where the disk is mounted (`paths.cache_write_error`). The
+quantized model is kept in memory when its cache file cannot be written, so a load
+goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
+
+No library draws a progress bar while a model converts or loads
+(`quiet_transformers`, `no_progress_bars`); the `Reporter` shows chatcli's own.
+
+Ctrl-C while a model loads (after its download) is held until the next step ends
+(`chatcli.interrupts.deferred`, with `checkpoint()` between steps): a KeyboardInterrupt
+raised inside torch or transformers is not always an exception that unwinds.
 
 This module knows nothing about prompts, decoding or the terminal; progress is
 reported through a `Reporter`.
@@ -47,11 +62,13 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatcli import paths, sources
+from chatcli import interrupts, paths, sources
 from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
 from chatcli.progress import Reporter
@@ -102,15 +119,48 @@ class _LoadFailed(Exception):
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' warnings and progress bars unless CHATCLI_DEBUG is set."""
-    if os.environ.get("CHATCLI_DEBUG"):
-        return
+    """Silence transformers' progress bars (always: chatcli shows its own progress) and
+    its warnings (unless CHATCLI_DEBUG is set)."""
     from transformers.utils import logging as tlog
 
+    tlog.disable_progress_bar()  # transformers' own bars, and the hub's
+    if os.environ.get("CHATCLI_DEBUG"):
+        return
     tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """No tqdm bar inside the block, whoever draws it: libraries write them to stderr,
+    terminal or not, and some call tqdm directly rather than through a switch of their
+    own (transformers' GGUF reader: "Converting and de-quantizing GGUF tensors...")."""
+    try:
+        import tqdm.std
+    except ImportError:
+        yield
+        return
+    cls = tqdm.std.tqdm
+    original = cls.__dict__["__init__"]  # restored as it was (tqdm wraps it)
+    init = cls.__init__
+
+    def silent(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) > _TQDM_DISABLE_AT:  # passed by position
+            args = (*args[:_TQDM_DISABLE_AT], True, *args[_TQDM_DISABLE_AT + 1:])
+        else:
+            kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    cls.__init__ = silent  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.__init__ = original  # type: ignore[method-assign]
+
+
+_TQDM_DISABLE_AT = 10  # tqdm(iterable, desc, total, leave, file, ncols, mininterval,
+# maxinterval, miniters, ascii, disable, ...): the position of `disable`
 
 
 def converted_dir(spec: ModelSpec, weights: LocalWeights) -> Path:
@@ -153,6 +203,7 @@ def _ensure_converted(
     )
     with reporter.busy(message):
         _convert(spec, weights, target)
+    interrupts.checkpoint()
     return target, weights
 
 
@@ -177,14 +228,15 @@ def _export(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"gguf_file": weights.gguf_file, "trust_remote_code": spec.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(weights.folder, **kw)
-    model = AutoModelForCausalLM.from_pretrained(weights.folder, **kw)
-    # The GGUF loader leaves quantizer metadata behind that save_pretrained refuses.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with no_progress_bars():
+        tokenizer = AutoTokenizer.from_pretrained(weights.folder, **kw)
+        model = AutoModelForCausalLM.from_pretrained(weights.folder, **kw)
+        # The GGUF loader leaves quantizer metadata behind that save_pretrained refuses.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
@@ -201,17 +253,16 @@ def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
         (tmp / _DONE).write_text(f"converted from {gguf}\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    except Exception as exc:
-        if tmp is not None:
+    except BaseException as exc:
+        if tmp is not None:  # also on Ctrl-C: no half-converted folder stays behind
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, ChatcliError):
+        if isinstance(exc, ChatcliError) or not isinstance(exc, Exception):
             raise
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-            raise ModelUnavailableError(
-                f"model '{spec.alias}': cannot write the converted model to {target}: "
-                f"{exc.strerror or exc}",
-                f"make {target.parent} writable, or delete {target}",
-            ) from exc
+        code = paths.write_errno(exc)
+        if code is not None and not isinstance(exc, FileNotFoundError):
+            error = paths.cache_write_error("the converted model", target.parent, code)
+            raise ModelUnavailableError(f"model '{spec.alias}': {error.message}",
+                                        error.hint) from exc
         raise ModelUnavailableError(
             f"model '{spec.alias}': cannot convert {weights.gguf_file}: {exc}".splitlines()[0],
             "check that the file is a complete GGUF of a transformers-supported architecture",
@@ -271,6 +322,12 @@ def native_blocker(spec: ModelSpec, device: str, config: dict[str, Any]) -> str 
         return f'implementation = "transformers" in {spec.origin}'
     if spec.trust_remote_code:
         return "trust_remote_code runs the model's own code"
+    return native_unsupported(device, config)
+
+
+def native_unsupported(device: str, config: dict[str, Any]) -> str | None:
+    """Why the native forward pass cannot compute this model on `device` (None: it can),
+    whatever the alias asks for."""
     if device not in ("cpu", "cuda"):
         return f"the native implementation runs on cpu and cuda, not {device}"
     from chatcli.lm import llama
@@ -280,6 +337,37 @@ def native_blocker(spec: ModelSpec, device: str, config: dict[str, Any]) -> str 
     except llama.UnsupportedModelError as exc:
         return exc.message
     return None
+
+
+class NativeRefused(UsageError):
+    """An alias that asks for the native forward pass, which cannot run its model;
+    `reason` says so without the alias's name."""
+
+    def __init__(self, spec: ModelSpec, reason: str) -> None:
+        super().__init__(f"model '{spec.alias}': {reason}", _transformers_hint(spec))
+        self.reason = reason
+
+
+def choose_implementation(spec: ModelSpec, device: str, config: dict[str, Any],
+                          implementation: str | None = None) -> tuple[str, str]:
+    """The forward pass a load of `spec` on `device` runs, "native" or "transformers",
+    and why native was not possible ("" when it runs): the one decision `load_model`
+    acts on and `plan_implementation` puts in words. `implementation` (default: the
+    alias's) "auto" takes native where `native_blocker` allows; "native" that the model
+    or device does not allow raises `NativeRefused` before anything loads."""
+    impl = implementation or spec.implementation
+    if impl == "native":
+        why = native_unsupported(device, config)
+        if why is not None:
+            asked = (f'implementation = "native" in {spec.origin}'
+                     if spec.implementation == "native" else "the native implementation was "
+                     "asked for")
+            raise NativeRefused(spec, f"{asked}, but it cannot run this model: {why}")
+        return "native", ""
+    why = native_blocker(spec, device, config) if impl == "auto" else None
+    if impl == "auto" and why is None:
+        return "native", ""
+    return "transformers", why or f'implementation = "transformers" in {spec.origin}'
 
 
 def open_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
@@ -306,10 +394,13 @@ def plan_implementation(spec: ModelSpec, device: str) -> str | None:
     config = read_json(folder / "config.json")
     if not config:
         return None
-    if spec.implementation == "native":
+    try:
+        impl, why = choose_implementation(spec, device, config)
+    except NativeRefused as refused:
+        return f"refused: {refused.reason}"
+    if impl == "native" and spec.implementation == "native":
         return f'native (implementation = "native" in {spec.origin})'
-    why = native_blocker(spec, device, config)
-    return f"transformers ({why})" if why else "native"
+    return f"transformers ({why})" if why else impl
 
 
 def eos_ids_of(generation_config: dict[str, Any], tokenizer: Any) -> frozenset[int]:
@@ -330,7 +421,13 @@ def load_model(
     chatcli's native Llama-family one where it applies (CPU or CUDA, llama/qwen2
     architectures whose config it computes exactly), else transformers'. The native
     forward pass takes the tokenizer `open_tokenizer` picks for the folder."""
-    weights = sources.fetch(spec, reporter)
+    weights = sources.fetch(spec, reporter)  # a download stops at Ctrl-C at once
+    with interrupts.deferred(interrupts.LOADING):
+        return _load(spec, runtime, reporter, implementation, weights)
+
+
+def _load(spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
+          weights: LocalWeights) -> LoadedModel:
     started = time.perf_counter()
     if not weights.gguf_file:
         try:
@@ -360,22 +457,16 @@ def _load_folder(
     spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
     folder: Path, started: float,
 ) -> LoadedModel:
-    impl = implementation or spec.implementation
     config = read_json(folder / "config.json")
     generation_config = read_json(folder / "generation_config.json")
     ctx = context_window(spec, config)
+    impl, note = choose_implementation(spec, runtime.device, config, implementation)
     apply_threads(runtime)
-    note = ""
-    if impl == "auto":
-        note = native_blocker(spec, runtime.device, config) or ""
-    if impl == "native" or (impl == "auto" and not note):
+    if impl == "native":
         lm, tokenizer, runtime = _load_native(spec, runtime, folder, ctx, reporter)
-        impl, note = "native", ""
     else:
-        note = note or f'implementation = "transformers" in {spec.origin}'
         runtime = _unquantized(spec, runtime, "it runs on transformers' implementation")
         lm, tokenizer = _load_transformers(spec, runtime, folder)
-        impl = "transformers"
     if spec.chat_template:
         tokenizer.chat_template = spec.chat_template
     return LoadedModel(
@@ -468,12 +559,15 @@ def _load_native(
         if isinstance(exc, ChatcliError):
             raise
         raise _LoadFailed(own, exc) from exc
+    interrupts.checkpoint()
     try:
         model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _LoadFailed(True, exc) from exc
+    interrupts.checkpoint()
     if runtime.quantize != "none":
         _quantize_cached(model, runtime, folder, reporter)
+        interrupts.checkpoint()
     package = compiled_package(folder, runtime)
     # The exact path (--quantize none) never runs a compiled step: it is not bit-identical.
     if runtime.device == "cpu" and runtime.quantize != "none" and package.exists():
@@ -491,10 +585,17 @@ def _load_native(
     return NativeLanguageModel(model), tokenizer, runtime
 
 
-def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Reporter) -> None:
+def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Reporter,
+                     required: bool = False) -> None:
     """Quantize `model` once per weights/mode/dtype/torch version; later loads read the
     result from chatcli's cache (quantizing a 135M model takes 1.5-2.5 s, reading it
-    ~0.1 s). A damaged cache file is quantized again and rewritten."""
+    ~0.1 s). A damaged cache file is quantized again and rewritten.
+
+    A cache that cannot be written leaves no partial file. The model is quantized in
+    memory all the same, so a load goes on: silently where the cache is read-only (it
+    only costs the next load its time), with a warning otherwise (a full disk, named).
+    With `required` (building the compiled step, which writes beside it) it raises
+    `CacheWriteError` instead."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
@@ -520,7 +621,18 @@ def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Repor
         os.close(fd)
         save_file(model.quantized_tensors(), tmp)
         os.replace(tmp, target)
-    except OSError:  # a read-only cache only costs the next load its time
+        tmp = None
+    except (OSError, SafetensorError) as exc:
+        code = paths.write_errno(exc)
+        if code is None:
+            raise
+        error = paths.cache_write_error("the quantized model", target.parent, code)
+        if required:
+            raise error from exc
+        if code not in paths.READ_ONLY:
+            reporter.warn(f"{error.message}; the model runs quantized from memory this time "
+                          f"(the next load quantizes it again); {error.hint}")
+    finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
 
@@ -539,7 +651,8 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     """Build the compiled decode step of a local alias for `runtime` (CPU, native forward
     pass) into the cache; returns its path, its key and the seconds the build took.
     Later loads in the same dtype and quantization use it (`_load_native`)."""
-    import torch
+    with interrupts.deferred(interrupts.LOADING):  # Ctrl-C must not cut the import halfway
+        import torch
 
     from chatcli.lm import compiled
     from chatcli.lm.llama import NativeCausalLM
@@ -561,7 +674,7 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     apply_threads(runtime)
     model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype), runtime.device)
     if runtime.quantize != "none":
-        _quantize_cached(model, runtime, folder, reporter)
+        _quantize_cached(model, runtime, folder, reporter, required=True)
     path = compiled_package(folder, runtime)
     if path.is_dir():  # chatcli's own cache: whatever stands in the package's place goes
         shutil.rmtree(path)
@@ -620,6 +733,7 @@ def _load_transformers(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple
     kw = {"trust_remote_code": spec.trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+        interrupts.checkpoint()
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=getattr(torch, runtime.dtype), **kw
         )

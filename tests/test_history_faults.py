@@ -519,3 +519,28 @@ def test_history_and_typed_lines_are_private_under_umask_000(tmp_path: Path,
                          "input_history 0o600"])
     assert folder == "0o700"
     assert "+a secret line" in (data / "input_history").read_text()
+
+
+@pytest.mark.parametrize("command", [["ask", "-n", "2", "hi"], ["chat", "-n", "2"],
+                                     ["history", "list"]])
+def test_a_history_left_readable_by_all_is_made_private(cli, home: Path,
+                                                         command: list[str]) -> None:
+    """A history.db (and the files beside it) that became 0666 is 0600 again once chatcli
+    opens it, to write or only to read (SQLite makes a new -wal or -shm with the
+    database's mode)."""
+    assert cli(["ask", "-n", "2", "first"]).exit_code == 0
+    data = db_path(home).parent
+    holder = sqlite3.connect(db_path(home))  # another reader keeps the -wal and -shm there
+    try:
+        holder.execute("SELECT COUNT(*) FROM messages").fetchall()
+        names = sorted(p.name for p in data.iterdir())
+        assert names == ["history.db", "history.db-answering", "history.db-shm",
+                         "history.db-wal"]
+        for name in names:
+            (data / name).chmod(0o666)
+        result = cli(command, input="hello\n")
+        assert result.exit_code == 0, result.stderr
+        assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in data.iterdir()} == {
+            name: "0o600" for name in names}
+    finally:
+        holder.close()

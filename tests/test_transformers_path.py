@@ -4,7 +4,8 @@ Tiny random-weight GPT-2 and Qwen2 models are built here in seconds (the locally
 byte-level BPE tokenizer and ChatML template of conftest). GPT-2 has no native
 implementation; Qwen2 has one (tests/test_qwen2_native.py), so the qwen2 alias here sets
 `implementation = "transformers"`; a sliding-window Qwen2 configuration is not native, so
-it runs on transformers by itself. Every
+it runs on transformers by itself (and an alias that asks for native on it is refused, as
+`models show` says). Every
 answer is compared token for token with transformers' own `generate()` of the same
 packed prompt: multi-turn chat (the prompt cache crops the KV cache), /retry, /undo,
 beam search (expand/reorder), and a sliding-window cache that cannot be cropped back.
@@ -305,3 +306,27 @@ def test_models_show_stats_and_json_name_the_implementation(
     name, _, reason = why.partition(" (")
     assert data["implementation"] == {"name": name, "reason": reason[:-1] or None}
     assert _load(alias).implementation_label() == why
+
+
+def test_native_asked_for_where_it_cannot_run_is_refused_as_models_show_says(
+        models: dict[str, Tiny], home: Path) -> None:
+    """`implementation = "native"` on the sliding-window model: the load refuses before
+    loading anything, and `models show` says that refusal, not "native"."""
+    toml = home / "models.toml"
+    with toml.open("a") as f:
+        f.write(f'\n[models.forced]\nsource = "path"\npath = "{models["sliding"].folder}"\n'
+                'dtype = "float32"\nimplementation = "native"\n')
+    reason = (f'implementation = "native" in {toml}, but it cannot run this model: qwen2 '
+              "with a sliding window is not native")
+    shown = run_cli(["models", "show", "forced"])
+    assert shown.exit_code == 0, shown.stderr
+    assert f"implementation     refused: {reason}\n" in shown.stdout
+    as_json = json.loads(run_cli(["models", "show", "forced", "--json"]).stdout)
+    assert as_json["implementation"] == f"refused: {reason}"
+    for args in (["ask", "-m", "forced", "Hi"], ["chat", "-m", "forced"]):
+        result = run_cli(args, input="Hi\n")
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == (f"error: model 'forced': {reason}; hint: set implementation "
+                                 f'= "transformers" for [models.forced] in {toml}\n')
+    # the same alias on auto runs transformers', as models show says
+    assert _load("forced", implementation="auto").implementation_label() == WHY["sliding"]

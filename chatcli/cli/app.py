@@ -4,7 +4,9 @@
 place that turns a `ChatcliError` (or a usage error from the parser) into one
 `error: …; hint: …` line and an exit code. `CHATCLI_DEBUG=1` shows tracebacks.
 SIGTERM and SIGHUP unwind like Ctrl-C (so partial answers are saved and the
-terminal is restored) and exit with 128 + the signal number.
+terminal is restored) and exit with 128 + the signal number. Ctrl-C while a model
+loads is held until the step ends (`chatcli.interrupts.deferred`), then one line says
+so ("warning: interrupted while loading the model") and the exit code is 130.
 Typer's shell completion is on (`--install-completion`, `--show-completion`); a
 shell's completion request (`_CHATCLI_COMPLETE=complete_bash …`) is answered by
 `main()` too, before any command runs.
@@ -125,6 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     if interrupts.received() is not None:  # typer answers any KeyboardInterrupt with 130
         code = 128 + interrupts.received()
         normal = False
+    elif interrupts.interrupted_during() is not None:  # Ctrl-C held until a step ended
+        ui = UI()
+        if ui.err_tty:
+            print(file=sys.stderr)  # the line the terminal echoed ^C on
+        ui.warn(f"interrupted while {interrupts.interrupted_during()}")
+        code, normal = 130, False
     code = code if isinstance(code, int) else 0
     if normal and argv is None:
         _exit_now(code)

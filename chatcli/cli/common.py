@@ -1,14 +1,16 @@
 """Start-up steps that several commands share (kept out of the Typer wiring).
 
-Contract: `setup(ui, params, ...)` is what ask, chat and compare start from: the
-strategies (a warning per plugin that failed to load), the decoding request, the
-models.toml registry, the alias (`-m`, `--base-url`, chat's `--context-window`),
-every decoding request validated against the alias's defaults together with the
-command's own refusals, the views and settings the alias's backend cannot give
-refused (`chatcli.backends`: each backend declares what it can do), and the
-runtime (`--device`, `--dtype`, `--threads`, `--quantize`) validated. It reads no
-stdin and loads nothing: the command then does what is its own (reading the
-prompt, saving the question) and calls `Setup.open()`.
+Contract: `setup(ui, params, ...)` is what ask, chat and compare start from:
+CHATCLI_HOME checked (`paths.check_home`), the strategies (a warning per plugin
+that failed to load), the decoding request, the models.toml registry, the alias
+(`-m`, `--base-url`, chat's `--context-window`), every decoding request validated
+against the alias's defaults together with the command's own refusals, the views
+and settings the alias's backend cannot give refused (`chatcli.backends`: each
+backend declares what it can do), and the runtime (`--device`, `--dtype`,
+`--threads`, `--quantize`) validated (picking the device imports torch, with Ctrl-C
+held meanwhile: `chatcli.interrupts.deferred`). It reads no stdin and loads nothing: the
+command then does what is its own (reading the prompt, saving the question) and
+calls `Setup.open()`.
 `open_model` is looked up when a model is opened (a test holds it at a gate).
 """
 
@@ -106,8 +108,9 @@ def setup(
 ) -> Setup:
     """Everything a model command checks before it reads stdin or loads anything.
 
-    In this order: the strategies; the decoding request of the command's flags (unless
-    `requests(spec)` gives them, once the alias is known: compare's `-S`); models.toml;
+    In this order: CHATCLI_HOME (`paths.check_home`); the strategies; the decoding
+    request of the command's flags (unless `requests(spec)` gives them, once the alias is
+    known: compare's `-S`); models.toml;
     the alias (`alias()` once models.toml is read, else `-m`); then for each request its
     settings, `check(settings)` (the command's own refusals), and what the alias's
     backend cannot give refused: `internals` (the flag that reads the model's
@@ -115,8 +118,10 @@ def setup(
     (the answer's shape); last the runtime.
     """
     from chatcli.cli.options import decoding_request
+    from chatcli.paths import check_home
     from chatcli.registry import load_registry
 
+    check_home()
     strategies = load_strategies(ui)
     own = None if requests else [Request(*decoding_request(dict(params)))]
     registry = load_registry(params.get("models_file"))
@@ -133,7 +138,10 @@ def setup(
             check(early)
         check_views(prepared.spec, views)
         check_settings(prepared.spec, early, views, constraint)
-    prepared.runtime = prepared.runtime_for(prepared.spec)
+    from chatcli import interrupts
+
+    with interrupts.deferred(interrupts.LOADING):  # picking the device imports torch
+        prepared.runtime = prepared.runtime_for(prepared.spec)
     return prepared
 
 

@@ -206,8 +206,10 @@ def export(
 @app.command("rm")
 def rm(conversation_id: ConversationArg) -> None:
     """Delete a conversation and its messages."""
+    from chatcli.paths import check_home
     from chatcli.store import Store
 
+    check_home()
     with Store.open() as store:
         store.delete(conversation_id)
     UI().print(f"deleted conversation {conversation_id}")

@@ -116,10 +116,12 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None,
 def pull(alias: AliasArg, models_file: ModelsFileOpt = None) -> None:
     """Download a model's weights (and convert a GGUF once) so it runs offline."""
     from chatcli.backends import backend_of
+    from chatcli.paths import check_home
     from chatcli.registry import load_registry
 
     ui = UI()
     spec = load_registry(models_file).resolve(alias)
+    check_home()
     ui.print(backend_of(spec).pull(spec, ui))
 
 
@@ -143,6 +145,7 @@ def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
     never compiled."""
     from chatcli.backends import backend_of
     from chatcli.errors import UsageError
+    from chatcli.paths import check_home
     from chatcli.registry import load_registry
 
     ui = UI()
@@ -153,4 +156,5 @@ def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
         raise UsageError(f"'{spec.alias}' runs on backend {spec.backend}: there is no decode "
                          "step to compile here", "compile a local alias")
     runtime = backend.runtime_for(spec, "cpu", dtype, threads, quantize)
+    check_home()
     ui.print(build(spec, runtime, ui, not quick))
