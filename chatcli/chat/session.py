@@ -284,13 +284,13 @@ class ChatSession:
         self.last_generation = self.last_packed = self.answered_packed = None
 
     def replace_conversation(self, conversation: Conversation) -> None:
-        """Adopt a loaded conversation; it is stored as a new one."""
+        """Adopt a loaded conversation; it is stored as a new one (all its messages in
+        one flush of the recorder)."""
         self.conversation = Conversation(system=conversation.system)
         self.recorder.replaced(self.conversation)
         self.cache.invalidate()
-        for message in conversation.turns:
-            self.conversation.turns.append(message)
-            self._save(message)
+        self.conversation.turns.extend(conversation.turns)
+        self.recorder.extended(len(conversation.turns))
 
     # -- answering ----------------------------------------------------------------
     @property
