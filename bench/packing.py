@@ -1,7 +1,7 @@
-"""Long conversations: packing into the context window, a chat turn's overhead, /context, /load.
+"""Long conversations: /load and /context, a chat turn's overhead, packing into the window.
 
 Usage: python bench/packing.py [--sizes 1000,3000,10000] [--repeats 5] [--limit 300]
-                               [--tree NAME=PATH ...] [--measure open,pack,turn,context,load]
+                               [--tree NAME=PATH ...] [--measure open,load,turn,pack]
                                [--prefill-threads N] [--no-prefill]
                                [--write docs/benchmarks.md] [--section packing]
 
@@ -16,30 +16,30 @@ checkout this script is in), each measurement in seconds:
 - open: what `chat --conversation ID` does before the first turn besides loading the
   model: the stored conversation read from a scratch history (`Store.load`) and the
   session made over it (its branch tree read from the history);
-- pack cold: `pack` with the backend's `count`, as `chat` packs, on a backend that has
-  counted nothing yet (the first turn after opening the conversation);
-- pack warm: the next turns' packing (a reply and a question added each time): the
-  median of --repeats;
-- turn: one chat turn as `chat` runs it (`add_user`, `start_reply`, the answer,
-  `finish_reply`, the history written) with the model replaced by one that answers at
-  once (the same 60-token reply every time, without computing anything): everything a
-  turn costs besides the model's own work, up to the first token of the answer and
-  after its last (the decoding steps between, the same for any conversation, are left
-  out). The first turn after opening, then the median of --repeats more; with the
-  tokens the model would have prefilled each turn (the prompt minus what the prompt
-  cache kept);
-- /context: the slash command, printed to a buffer;
-- /load: the conversation's JSON export loaded into the session (every message saved to
-  the history again), then /context.
+- load: in a new chat, `/load` of the conversation's JSON export (every message saved
+  to the history again), then `/context` (everything counted, a row per message,
+  printed to a buffer);
+- turn: one chat turn over the opened conversation as `chat` runs it (`add_user`,
+  `start_reply`, the answer, `finish_reply`, the history written) with the model
+  replaced by one that answers at once (the same 60-token reply every time, without
+  computing anything): everything a turn costs besides the model's own work, up to the
+  first token of the answer and after its last (the decoding steps between, the same
+  for any conversation, are left out). The first turn after opening, then the median
+  of --repeats more; with the tokens the model would have prefilled each turn (the
+  prompt minus what the prompt cache kept);
+- pack: `pack` with the backend's `count`, as `chat` packs, on a backend that has
+  counted nothing yet (cold), then on the next turns (a reply and a question added
+  each time; warm): the median of --repeats.
 
 A measurement that runs past --limit seconds is stopped and reported as "> limit"; the
-rest of that size, and the larger sizes, are not run for that checkout (they would
-take longer). Repeats stop early where another one would take the measurement past
---limit in all (so a slow checkout gets fewer samples). Then, once, the real default
-model prefills a prompt as long as the largest size's packed prompt (in this process,
-`--prefill-threads` threads): the model's own time for a turn, which the overhead is
-compared with. The report states the CPU and the load average at the start and the
-end; `--write PATH` replaces the `packing` section of PATH.
+rest of that size is not run for that checkout, nor that measurement at larger sizes
+(nor any other that packs the whole conversation, where it was one of those). Repeats
+stop early where another one would take the measurement past --limit in all (so a
+slow checkout gets fewer samples). Then, once, the real default model prefills a prompt
+as long as the largest size's packed prompt (in this process, `--prefill-threads`
+threads): the model's own time for a turn, which the overhead is compared with. The
+report states the CPU and the load average at the start and the end; `--write PATH`
+replaces the `packing` section of PATH.
 """
 
 from __future__ import annotations
@@ -68,7 +68,10 @@ from harness import (  # bench/ is on sys.path
 )
 
 REPO = Path(__file__).resolve().parent.parent
-MEASURES = ("open", "pack", "turn", "context", "load")
+MEASURES = ("open", "load", "turn", "pack")
+# The measurements (as reported) that pack the whole conversation: where one of them runs
+# too long, all of them would.
+PACKING = {"load context", "turn", "pack cold", "pack warm"}
 VOCABULARY = (
     "the garden needs water and light while tomatoes grow in warm soil so plant them after "
     "the last frost then add compost every week pick leaves shade roots seeds basil carrots "
@@ -195,7 +198,7 @@ def child(args: argparse.Namespace) -> None:
     system = "You are a helpful gardening assistant. Answer briefly."
     turns = [Message(role, text) for role, text in conversation_turns(args.child)]
     questions = (f"And what about week {k}? " + " ".join(WORDS[k:k + 30]) for k in range(10**6))
-    measures = set(args.measure.split(","))
+    asked, skip = set(args.measure.split(",")), set(args.skip.split(","))
     limit = args.limit
 
     def more(samples: list[float]) -> bool:
@@ -204,43 +207,43 @@ def child(args: argparse.Namespace) -> None:
         return len(samples) < args.repeats and (
             not samples or sum(samples) + max(samples) <= limit)
 
+    def session_over(conv: Conversation, store: Store, conv_id: int | None,
+                     ids: list[int] | None) -> Any:
+        return ChatSession(backend()[0], registry, DecodingRequest(), conv, store=store,
+                           conversation_id=conv_id, message_ids=ids, warn=lambda text: None)
+
+    def context_of(session: Any) -> Any:
+        return ChatContext(session, UI(io.StringIO(), io.StringIO()), answer=lambda *a: None,
+                           load_model=lambda alias: None)
+
     with tempfile.TemporaryDirectory(prefix="chatcli-bench-") as scratch:
         store = Store.open(Path(scratch) / "history.sqlite")
         empty = store.new_conversation("bench", system)
         conv_id, _ = store.fork(empty, "bench", system, [(None, m) for m in turns])
+        session_over(Conversation(system), store, None, None)  # imports, before any timing
         current = "open"
         try:
-            session: Any = None
+            opened: list[Any] = []
 
             def open_session() -> None:
-                nonlocal session
                 _, conv, ids = store.load(conv_id)
-                session = ChatSession(backend()[0], registry, DecodingRequest(), conv,
-                                      store=store, conversation_id=conv_id, message_ids=ids,
-                                      warn=lambda text: None)
+                opened.append(session_over(conv, store, conv_id, ids))
 
-            ChatSession(backend()[0], registry, DecodingRequest(), Conversation(system))
-            emit("open", _timed(limit, open_session))  # (modules imported just above)
+            emit(current, _timed(limit, open_session))
+            session = opened[0]
             budget = session.budget
 
-            if "pack" in measures:
-                counting, _ = backend()
-                conv = Conversation(system, list(turns))
-                conv.add_user(next(questions))
-                packed: list[Any] = []
-                current = "pack cold"
-                emit(current, _timed(limit, lambda: packed.append(
-                    pack(conv, counting.count, budget))))
-                current, warm = "pack warm", []
-                while more(warm):
-                    conv.add_assistant("Sure. " + " ".join(WORDS[:40]))
-                    conv.add_user(next(questions))
-                    warm.append(_timed(limit, lambda: packed.append(
-                        pack(conv, counting.count, budget))))
-                emit(current, warm, tokens=len(packed[-1].ids),
-                     dropped=packed[-1].dropped_exchanges)
+            if "load" in asked and "load" not in skip:  # a new chat, /load, /context
+                path = Path(scratch) / "export.json"
+                path.write_text(to_json(None, Conversation(system, list(turns))))
+                ctx = context_of(session_over(Conversation(), store, None, None))
+                current = "load"
+                emit(current, _timed(limit, lambda: dispatch(f"/load {path}", ctx)))
+                if "load context" not in skip:
+                    current = "load context"
+                    emit(current, _timed(limit, lambda: dispatch("/context", ctx)))
 
-            if "turn" in measures:
+            if "turn" in asked and "turn" not in skip:  # the conversation opened above
                 lm = session.backend.loaded.lm
                 current, samples, fed, prompts = "turn", [], [], []
                 while more(samples[1:]):
@@ -264,22 +267,24 @@ def child(args: argparse.Namespace) -> None:
                     prompts.append(session.last_packed.tokens)
                 emit(current, samples, fed=fed, prompt=prompts)
 
-            out = io.StringIO()
-            ctx = ChatContext(session, UI(out, io.StringIO()), answer=lambda *a: None,
-                              load_model=lambda alias: None)
-            if "context" in measures:
-                current = "context"
-                emit(current, _timed(limit, lambda: dispatch("/context", ctx)))
-            if "load" in measures:
-                path = Path(scratch) / "export.json"
-                path.write_text(to_json(None, Conversation(system, list(turns))))
-                current = "load"
-                emit(current, _timed(limit, lambda: dispatch(f"/load {path}", ctx)))
-                current = "load context"
-                emit(current, _timed(limit, lambda: dispatch("/context", ctx)))
+            if "pack" in asked and "pack cold" not in skip:  # `pack` on a new backend
+                counting, _ = backend()
+                conv = Conversation(system, list(turns))
+                conv.add_user(next(questions))
+                packed: list[Any] = []
+                current = "pack cold"
+                emit(current, _timed(limit, lambda: packed.append(
+                    pack(conv, counting.count, budget))))
+                current, warm = "pack warm", []
+                while more(warm):
+                    conv.add_assistant("Sure. " + " ".join(WORDS[:40]))
+                    conv.add_user(next(questions))
+                    warm.append(_timed(limit, lambda: packed.append(
+                        pack(conv, counting.count, budget))))
+                emit(current, warm, tokens=len(packed[-1].ids),
+                     dropped=packed[-1].dropped_exchanges)
         except TooLong:
             emit(current, math.inf)
-            emit("stopped", limit)
         finally:
             store.close()
 
@@ -287,12 +292,12 @@ def child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the parent process
 
 
-def run_child(tree: Path, size: int, args: argparse.Namespace, folder: Path,
-              home: Path) -> Iterator[dict[str, Any]]:
+def run_child(tree: Path, size: int, args: argparse.Namespace, folder: Path, home: Path,
+              skip: set[str]) -> Iterator[dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": str(tree), "CHATCLI_HOME": str(home)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(size),
            "--folder", str(folder), "--repeats", str(args.repeats), "--limit", str(args.limit),
-           "--measure", args.measure]
+           "--measure", args.measure, "--skip", ",".join(sorted(skip))]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=tree) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -353,6 +358,7 @@ def main() -> None:
     ap.add_argument("--prefill-threads", type=int, default=None)
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--skip", default="", help=argparse.SUPPRESS)
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     add_write_options(ap, "packing")
     args = ap.parse_args()
@@ -372,30 +378,28 @@ def main() -> None:
     trees = [tuple(t.split("=", 1)) for t in args.tree] or [("now", str(REPO))]
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name, _ in trees}
-    stopped: set[str] = set()
+    skip: dict[str, set[str]] = {name: set() for name, _ in trees}
     with tempfile.TemporaryDirectory(prefix="chatcli-bench-home-") as home:
         for size in sizes:
             for name, path in trees:
-                if name in stopped:
-                    continue
-                for row in run_child(Path(path), size, args, folder, Path(home)):
+                for row in run_child(Path(path), size, args, folder, Path(home), skip[name]):
                     print(f"{name} {size}: {row}", file=sys.stderr, flush=True)
-                    if row["measure"] == "stopped":
-                        stopped.add(name)
                     results[name].setdefault(size, {})[row["measure"]] = row
+                    if row["value"] == math.inf:  # larger sizes would take longer still
+                        skip[name] |= PACKING if row["measure"] in PACKING else {row["measure"]}
     prefill = None
     if not args.no_prefill:
         longest = max((r["pack warm"]["tokens"] for rs in results.values()
                        for r in rs.values() if "pack warm" in r), default=7600)
         prefill = prefill_seconds(longest, args.prefill_threads)
     conditions.finish()
-    body = report(args, trees, sizes, results, stopped, prefill, conditions)
+    body = report(args, trees, sizes, results, prefill, conditions)
     print(body)
     write_report(args, body)
 
 
 def report(args: argparse.Namespace, trees: list[Any], sizes: list[int],
-           results: dict[str, dict[int, dict[str, Any]]], stopped: set[str],
+           results: dict[str, dict[int, dict[str, Any]]],
            prefill: tuple[float, int, str] | None, conditions: Conditions) -> str:
     limit = args.limit
     names = [name for name, _ in trees]
@@ -409,14 +413,14 @@ def report(args: argparse.Namespace, trees: list[Any], sizes: list[int],
         f"{format_load(conditions.load_end)} at the end. "
         + "; ".join(f"{name}: {commit_of(Path(path))}" for name, path in trees) + ".",
         "",
-        "Seconds; pack warm and turn: next are medians of up to --repeats samples. `> N`: "
-        "stopped after N s; `-`: not run (not asked for, or an earlier measurement ran "
-        "past the limit).",
+        "Seconds; turn: next and pack warm are medians of up to --repeats samples. `> N`: "
+        "stopped after N s; `-`: not run (not asked for, or stopped at a smaller size or "
+        "earlier in this one).",
         "",
     ]
-    header = ["messages", "checkout", "open", "pack cold", "pack warm", "turn: first",
-              "turn: next", "tokens prefilled, turn by turn", "/context", "/load",
-              "/context after"]
+    header = ["messages", "checkout", "open", "/load", "/context after /load",
+              "turn: first", "turn: next", "tokens prefilled, turn by turn", "pack cold",
+              "pack warm"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for size in sizes:
         for name in names:
@@ -430,13 +434,12 @@ def report(args: argparse.Namespace, trees: list[Any], sizes: list[int],
             fed = get("turn", "fed")
             listed = isinstance(turn, list)
             cells = [
-                str(size), name, seconds(get("open"), limit), seconds(get("pack cold"), limit),
-                seconds(get("pack warm"), limit),
+                str(size), name, seconds(get("open"), limit), seconds(get("load"), limit),
+                seconds(get("load context"), limit),
                 seconds(turn[0] if listed else turn, limit),
                 seconds(turn[1:] if listed and len(turn) > 1 else turn, limit),
                 ", ".join(map(str, fed)) if fed else "-",
-                seconds(get("context"), limit), seconds(get("load"), limit),
-                seconds(get("load context"), limit),
+                seconds(get("pack cold"), limit), seconds(get("pack warm"), limit),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     if prefill is not None:

@@ -97,11 +97,12 @@ class PromptCounter:
         """Whether the current chat template and tokenizer allow the shortcut (checked
         once per template; a changed template forgets every count)."""
         template = getattr(self.tokenizer, "chat_template", None)
-        if self._additive is None or template != self._template:
-            self._sizes.clear()
-            self._offsets.clear()
-            self._template = template
-            self._additive = self._check()
+        if self._additive is None or template is not self._template:
+            if self._additive is None or template != self._template:
+                self._sizes.clear()
+                self._offsets.clear()
+                self._additive = self._check()
+            self._template = template  # (an equal template keeps what was counted)
         return self._additive
 
     def sizes(self, messages: Sequence[Message]) -> list[int] | None:

@@ -308,6 +308,10 @@ def test_a_changed_template_is_checked_again(tiny_model: Tiny) -> None:
     assert counter.additive
     conv.system = None
     assert message_tokens(conv.messages(), counter) == message_tokens(conv.messages(), render)
+    counted = dict(counter._sizes)
+    tokenizer.chat_template = "".join(ADDITIVE["default system"])  # equal, another object
+    assert counter.additive and counter._sizes == counted  # nothing to count again
+    assert message_tokens(conv.messages(), counter) == message_tokens(conv.messages(), render)
 
 
 def test_the_local_and_remote_backends_count_with_a_measure(tiny_model: Tiny) -> None:
