@@ -22,7 +22,10 @@ can match across): then the token ids of the whole are the ids of the pieces, on
 after the other. Each message's segment must begin with such a token too. Where
 any of this fails (another template, a slow tokenizer, a message whose segment
 does not begin at a split), `sizes` returns None and callers render, as before.
-The checks are redone when the tokenizer's chat template changes.
+The checks are redone when the tokenizer's chat template changes. What they cannot
+see is a template that renders one message differently because of what another one
+says (no probe says it); `chatcli.context.pack` therefore still renders the prompt
+it sends and compares, and renders everything where the two disagree.
 
 This module knows nothing about models, decoding or history storage.
 """
