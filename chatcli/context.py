@@ -36,11 +36,22 @@ Rules, in order:
   before the last exchange are involved, the error says how many tokens they
   take and hints at `/unpin N`.
 
-Every count is the length of an actual `render` of the candidate, never a sum of
-per-message estimates (the pins' token count in an error message is the sum of
-their `message_tokens` rows, as `/context` shows them). `render` is called
-O(number of exchanges) times for the report and the packing, plus O(log length)
-times for shortening.
+Every count is exactly the length of an actual `render` of the candidate (the
+pins' token count in an error message is the sum of their `message_tokens` rows,
+as `/context` shows them). With a plain `render`, each count is such a render:
+`render` is called once per message for the report, once per exchange scanned for
+the packing, plus O(log length) times for shortening; that is quadratic in the
+length of the conversation, since every render tokenizes the whole prompt.
+
+A `render` that is also a `Measure` (`chatcli.prompt.PromptCounter`, the remote
+backend's estimate) can say how many tokens each message adds when appended
+(`sizes`, counted once per message and remembered) and how long a prompt is from
+its first message and that sum (`length`); whenever `sizes` answers, the counts
+come from those numbers and prefix sums instead, in time linear in the number of
+messages, and are the same numbers. The packing then still renders the prompt it
+sends (its `ids`) and, when older exchanges are dropped, the next older candidate
+that did not fit; should either length differ from the sums, the packing is done
+again by rendering, as above. Shortening always renders.
 
 This module knows nothing about tokenizers, models, the terminal or storage: the
 template lives behind `render`, and presenting the report is the caller's job.
@@ -48,13 +59,31 @@ template lives behind `render`, and presenting the report is the caller's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from chatcli.conversation import Conversation, Message
 from chatcli.errors import ContextOverflowError
 
 Render = Callable[[list[Message]], list[int]]
+
+
+@runtime_checkable
+class Measure(Protocol):
+    """A `Render` that counts each message once (see the module docstring).
+
+    Whenever `sizes(messages)` is not None, for every non-empty list `L` of those
+    messages (any of them, in any order), `len(self(L)) == self.length(L[0],
+    sum(self.sizes(L)))`, and `length` does not decrease as `total` grows.
+    """
+
+    def __call__(self, messages: list[Message]) -> list[int]: ...
+
+    def sizes(self, messages: Sequence[Message]) -> list[int] | None: ...
+
+    def length(self, first: Message, total: int) -> int: ...
+
 
 BUDGET_NOTE = "(context window minus max new tokens)"
 HINT = (
@@ -138,8 +167,18 @@ def message_tokens(messages: list[Message], render: Render) -> list[int]:
     called (many templates reject an empty list). A template that merges tokens
     across a message boundary, or renders a message differently by position, makes
     a count differ from rendering that message alone; the total stays exact.
-    Costs `len(messages)` renders; `[]` for no messages.
+    Costs `len(messages)` renders; `[]` for no messages. With a `Measure` whose
+    `sizes` answers, the same counts come from the sizes, without rendering.
     """
+    sizes = _sizes(render, messages)
+    if sizes is not None:
+        assert isinstance(render, Measure)
+        return _counts(render, messages, sizes)
+    return _rendered_counts(messages, render)
+
+
+def _rendered_counts(messages: list[Message], render: Render) -> list[int]:
+    """`message_tokens` by rendering every prefix."""
     counts: list[int] = []
     previous = 0
     for i in range(len(messages)):
@@ -155,8 +194,19 @@ def part_tokens(messages: list[Message], index: int, cuts: list[int], render: Re
     `cuts` (increasing): `len(cuts) + 1` counts that sum to exactly that message's count in
     `message_tokens(messages, render)`, each how much the prompt grows as the message is
     appended up to the next cut (the first part of message 0 also carries the template's
-    fixed cost). Costs `len(cuts) + 2` renders."""
+    fixed cost). Costs `len(cuts) + 2` renders, or none with a `Measure` whose `sizes`
+    answers (each part is then counted alone)."""
     message = messages[index]
+    parts = [Message(message.role, message.content[:cut], message.interrupted)
+             for cut in [*cuts, len(message.content)]]
+    sizes = _sizes(render, [*messages[:index], *parts])
+    if sizes is not None:
+        assert isinstance(render, Measure)
+        before = sum(sizes[:index])
+        lengths = [render.length(messages[0] if index > 0 else part, before + size)
+                   for part, size in zip(parts, sizes[index:], strict=True)]
+        start = render.length(messages[0], before) if index > 0 else 0
+        return [b - a for a, b in zip([start, *lengths], lengths, strict=False)]
     before = len(render(messages[:index])) if index > 0 else 0
     counts: list[int] = []
     previous = before
@@ -180,9 +230,42 @@ def pack(
     dropped to make room.
     """
     all_messages = conversation.messages()
+    sizes = _sizes(render, all_messages) if conversation.turns else None
+    if sizes is not None:
+        assert isinstance(render, Measure)
+        packed = _pack_measured(conversation, render, budget, truncate, all_messages, sizes)
+        if packed is not None:
+            return packed
+    return _pack_rendered(conversation, render, budget, truncate, all_messages)
+
+
+def _sizes(render: Render, messages: Sequence[Message]) -> list[int] | None:
+    """The `Measure` sizes of `messages`, or None (a plain render, or no shortcut)."""
+    if not messages or not isinstance(render, Measure):
+        return None
+    return render.sizes(messages)
+
+
+def _counts(measure: Measure, messages: Sequence[Message], sizes: list[int]) -> list[int]:
+    """`message_tokens` from the sizes: each prefix's length, differenced."""
+    counts: list[int] = []
+    previous = total = 0
+    for size in sizes:
+        total += size
+        length = measure.length(messages[0], total)
+        counts.append(length - previous)
+        previous = length
+    return counts
+
+
+def _pack_rendered(
+    conversation: Conversation, render: Render, budget: int, truncate: bool,
+    all_messages: list[Message],
+) -> Packed:
+    """`pack` with every count a render."""
     head = all_messages[: len(all_messages) - len(conversation.turns)]
     groups = conversation.exchanges()
-    counts = message_tokens(all_messages, render)
+    counts = _rendered_counts(all_messages, render)
 
     if not groups:
         ids = render(head)
@@ -230,6 +313,90 @@ def pack(
                 break
             first -= 1
             messages, ids, kept = candidate, candidate_ids, candidate_kept
+
+    dropped = sum(
+        1 for g, group in enumerate(groups)
+        if any(starts[g] + j not in kept for j in range(len(group)))
+    )
+    report = _report(all_messages, head, counts, kept, shortened)
+    return Packed(messages, ids, budget, dropped, shortened, report)
+
+
+def _pack_measured(
+    conversation: Conversation, measure: Measure, budget: int, truncate: bool,
+    all_messages: list[Message], sizes: list[int],
+) -> Packed | None:
+    """`pack` with the counts from `sizes` and prefix sums: the same packing as
+    `_pack_rendered`, in linear time. Renders the prompt sent and, when exchanges are
+    dropped, the next older candidate; None when either length disagrees with the
+    sums (then the caller renders everything)."""
+    turns = conversation.turns
+    head = all_messages[: len(all_messages) - len(turns)]
+    groups = conversation.exchanges()
+    counts = _counts(measure, all_messages, sizes)
+    turn_sizes = sizes[len(head):]
+    head_total = sum(sizes[: len(head)])
+
+    starts = [0]
+    for group in groups[:-1]:
+        starts.append(starts[-1] + len(group))
+    # after[i]: the sizes of turns i.. ; pinned[i]: the sizes of the pinned turns before i
+    after = [0] * (len(turns) + 1)
+    for i in range(len(turns) - 1, -1, -1):
+        after[i] = after[i + 1] + turn_sizes[i]
+    pinned = [0] * (len(turns) + 1)
+    first_pin = None
+    for i, message in enumerate(turns):
+        pinned[i + 1] = pinned[i] + (turn_sizes[i] if message.pinned else 0)
+        if message.pinned and first_pin is None:
+            first_pin = i
+
+    def length(g: int) -> int:
+        """The prompt length of the window from exchange `g` (see `_pack_rendered`)."""
+        start = starts[g]
+        if head:
+            opening = head[0]
+        elif first_pin is not None and first_pin < start:
+            opening = turns[first_pin]
+        else:
+            opening = turns[start]
+        return measure.length(opening, head_total + pinned[start] + after[start])
+
+    def window(g: int) -> tuple[list[Message], set[int]]:
+        before = [i for i in range(starts[g]) if turns[i].pinned]
+        kept = set(before) | set(range(starts[g], len(turns)))
+        return head + [turns[i] for i in sorted(kept)], kept
+
+    first = len(groups) - 1
+    shortened = False
+    if length(first) > budget:
+        messages, kept = window(first)
+        ids = measure(messages)
+        if len(ids) != length(first):
+            return None
+        pins = [i for i in range(starts[first]) if turns[i].pinned]
+        pin_tokens = sum(counts[len(head) + i] for i in pins)
+        messages, ids = _shorten(
+            messages[: len(messages) - len(groups[-1])], groups[-1], ids, measure, budget,
+            truncate, bool(head), len(pins), pin_tokens,
+        )
+        shortened = True
+    else:
+        rejected = None
+        while first > 0:
+            if all(m.pinned for m in groups[first - 1]):  # nothing to add: it is all there
+                first -= 1
+                continue
+            if length(first - 1) > budget:
+                rejected = first - 1
+                break
+            first -= 1
+        messages, kept = window(first)
+        ids = measure(messages)
+        if len(ids) != length(first):
+            return None
+        if rejected is not None and len(measure(window(rejected)[0])) <= budget:
+            return None
 
     dropped = sum(
         1 for g, group in enumerate(groups)

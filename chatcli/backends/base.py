@@ -16,10 +16,12 @@ models.toml). Its class declares, before anything is opened:
 An opened backend has `spec`, `context_window`, `generation_config` (its generation
 defaults; {} where the server applies its own), `capabilities`, and does: `count`
 (the prompt token ids of packed messages, the model's own chat template where it
-can), `stream` (a `Generation` for packed messages with decoding settings, views and
-an optional `constraint`, chatcli.constraints.spec.Constraint: the answer's shape),
-`check` (refuses settings, views and constraints it cannot honour, naming the missing
-capability, before any request), `invalidate` (forget its prompt cache), `token_text`, `prompt_text`
+can; it may be a `chatcli.context.Measure`, which packing then uses to count each
+message once instead of rendering every prefix), `stream` (a `Generation` for
+packed messages with decoding settings, views and an optional `constraint`,
+chatcli.constraints.spec.Constraint: the answer's shape), `check` (refuses settings,
+views and constraints it cannot honour, naming the missing capability, before any
+request), `invalidate` (forget its prompt cache), `token_text`, `prompt_text`
 (what the model is given, for /prompt), `attention` (the answer's attention per
 turn: internals only), `reused` (prompt tokens the last answer did not recompute),
 `approximate` (token counts are estimates) and `implementation` (which code runs;
@@ -30,6 +32,7 @@ Knows nothing about the terminal, the CLI or a particular backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -110,7 +113,8 @@ class Backend(Protocol):
     implementation_name: str  # "native", "transformers", "remote"
     implementation_note: str  # why not native ("" when it is, or on a server)
 
-    def count(self, messages: list[Any]) -> list[int]: ...
+    # The prompt token ids of messages: a method, or a `chatcli.context.Measure`.
+    count: Callable[[list[Any]], list[int]]
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
                strategies: Any = None, constraint: Any = None) -> Any: ...

@@ -6,7 +6,8 @@ sha256; how to run them: dtype, chat_template, trust_remote_code, implementation
 quantize) and checks them (`parse`); `runtime_for` validates --device, --dtype,
 --threads and --quantize; `open` loads the model (`chatcli.loader.load_model`).
 An opened `LocalBackend` owns the prompt cache (`PromptCache`: each turn prefills
-only what changed), counts tokens with the model's own chat template, runs every
+only what changed), counts tokens with the model's own chat template (`count` is a
+`chatcli.prompt.PromptCounter`: each message is counted once), runs every
 strategy (plugins included) and gives every view: token ids, candidates with any
 K, pruned beams, attention per turn.
 
@@ -219,6 +220,7 @@ class LocalBackend:
         self.loaded = loaded  # chatcli.loader.LoadedModel
         self.cache = PromptCache(loaded.lm)
         self.capabilities = CAPABILITIES
+        self._counter: Any = None  # chatcli.prompt.PromptCounter, made on first use
 
     @property
     def spec(self) -> Any:
@@ -269,10 +271,15 @@ class LocalBackend:
     def approximate(self) -> bool:
         return False
 
-    def count(self, messages: list[Any]) -> list[int]:
-        from chatcli.prompt import render_ids
+    @property
+    def count(self) -> Any:  # chatcli.prompt.PromptCounter
+        """The prompt token ids of messages, with the model's own chat template: a
+        `PromptCounter`, so each message is counted once (a `chatcli.context.Measure`)."""
+        from chatcli.prompt import PromptCounter
 
-        return render_ids(self.loaded.tokenizer, messages)
+        if self._counter is None or self._counter.tokenizer is not self.loaded.tokenizer:
+            self._counter = PromptCounter(self.loaded.tokenizer)
+        return self._counter
 
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         """A local model runs every strategy and gives every view; a constraint is compiled

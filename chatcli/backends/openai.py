@@ -223,8 +223,11 @@ class OpenAIBackend:
     def approximate(self) -> bool:
         return bool(self.remote.approximate)
 
-    def count(self, messages: list[Any]) -> list[int]:
-        return list(self.remote.count_ids(messages))
+    @property
+    def count(self) -> Any:  # a chatcli.context.Measure
+        """The prompt's token ids (exact with a tokenizer, else placeholders as many as the
+        estimate), counting each message once: the remote model's `counter`."""
+        return self.remote.counter
 
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         self.check_views(self.spec, views)

@@ -8,8 +8,10 @@ n away for good (their versions and what follows them go too), `cut(n)` after
 leaving the last n for a new version (/retry, /edit: nothing is deleted, the
 next message becomes a sibling), `switched()` after `tree.switch` (the
 conversation's turns follow), `cleared()`, `system_changed()` and
-`replaced(conversation)` (a conversation to be stored as a new one). Each call
-first writes what is still pending, in the order it was made, then the new change.
+`replaced(conversation)` (a conversation to be stored as a new one), whose
+messages then come at once through `extended(n)` (one pass over the tree for all
+n, as /load needs for a long transcript). Each call first writes what is still
+pending, in the order it was made, then the new change.
 The history's leaf follows the path: a message written becomes the leaf; a
 switch moves it.
 
@@ -151,6 +153,14 @@ class Recorder:
         self.tree.add(self.conversation.turns[-1], meta=meta, attachments=attachments or ())
         self.flush()
 
+    def extended(self, count: int) -> None:
+        """The conversation's last `count` messages are new (a loaded transcript): save
+        them all with one flush (one pass over the tree, not one per message)."""
+        turns = self.conversation.turns
+        for message in turns[len(turns) - count:]:
+            self.tree.add(message)
+        self.flush()
+
     def removed(self, count: int) -> None:
         """The last `count` messages are gone for good, with their other versions and all
         that follows them."""
@@ -246,12 +256,12 @@ class Recorder:
         elif self._system_dirty:
             store.set_system(self.conversation_id, self.conversation.system)
             self._system_dirty = False
-        pending = [n for n in self.tree.nodes() if n.id is None]
+        pending = [n for n in self.tree.nodes() if n.id is None][::-1]  # the next one last
         while pending:
             forks = self._forks
-            self._write(store, pending.pop(0))
+            self._write(store, pending.pop())
             if self._forks != forks:  # the tree changed under the list: read it again
-                pending = [n for n in self.tree.nodes() if n.id is None]
+                pending = [n for n in self.tree.nodes() if n.id is None][::-1]
         path = self.tree.path
         if path and path[-1].id != self.leaf:  # a switch, or versions saved late
             store.set_leaf(self.conversation_id, path[-1].id)

@@ -9,8 +9,10 @@ the answer starts, the reply (possibly interrupted) when it ends. Writing goes
 through a `Recorder` (chatcli.chat.recorder): a failed write never raises, the
 message waits in memory and is retried; `close_history()` at the end saves what
 waits or writes a recovery file.
-`start_reply()` packs the history (`chatcli.context.pack`), and returns a
-streaming `Generation`; `finish_reply()` records it.
+`start_reply()` packs the history (`chatcli.context.pack`, with the backend's
+`count`: a local model counts each message once, so packing stays linear in the
+length of the conversation), and returns a streaming `Generation`;
+`finish_reply()` records it.
 
 Branches: the conversation is the path through a tree of versions (the
 recorder's `tree`). `retry()` and `edit()` start a new version of a message and
@@ -38,7 +40,7 @@ from chatcli.backends import as_backend
 from chatcli.backends.base import Backend, Views
 from chatcli.branches import Tree
 from chatcli.chat.recorder import Recorder
-from chatcli.context import Packed, pack
+from chatcli.context import Packed, Render, pack
 from chatcli.conversation import Conversation, Message
 from chatcli.decoding.registry import StrategyRegistry
 from chatcli.decoding.settings import DecodingSettings, resolve_settings
@@ -282,17 +284,20 @@ class ChatSession:
         self.last_generation = self.last_packed = self.answered_packed = None
 
     def replace_conversation(self, conversation: Conversation) -> None:
-        """Adopt a loaded conversation; it is stored as a new one."""
+        """Adopt a loaded conversation; it is stored as a new one (all its messages in
+        one flush of the recorder)."""
         self.conversation = Conversation(system=conversation.system)
         self.recorder.replaced(self.conversation)
         self.cache.invalidate()
-        for message in conversation.turns:
-            self.conversation.turns.append(message)
-            self._save(message)
+        self.conversation.turns.extend(conversation.turns)
+        self.recorder.extended(len(conversation.turns))
 
     # -- answering ----------------------------------------------------------------
-    def render(self, messages: list[Message]) -> list[int]:
-        return self.backend.count(messages)
+    @property
+    def render(self) -> Render:
+        """The prompt token ids of messages: the backend's `count`, which may count each
+        message once (a `chatcli.context.Measure`; packing then takes linear time)."""
+        return self.backend.count
 
     def pack(self) -> Packed:
         if self.budget <= 0:

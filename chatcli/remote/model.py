@@ -27,7 +27,9 @@ hub id, the chat template is rendered and counted exactly as for a local model.
 Without one they are estimated: per message ceil(characters / 4) + 4, plus 3 for
 the reply's header, times a factor learnt from the prompt sizes the server
 reports (never below 1, never above 16: a server's implausible count is capped);
-`approximate` is True then and the caller warns. What the server sends is checked by
+`approximate` is True then and the caller warns. `counter` is `count_ids` as a
+`chatcli.context.Measure`, so that packing counts each message once either way.
+What the server sends is checked by
 `chatcli.remote.shape`: JSON of the wrong shape raises `MalformedStreamError` after
 the events that did arrive, as a cut stream does.
 
@@ -41,7 +43,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +71,25 @@ def estimate_tokens(messages: list[Message]) -> int:
     )
 
 
+class Estimate:
+    """`RemoteModel.count_ids` without a tokenizer, as a `chatcli.context.Measure`: a
+    message's size is ceil(chars / 4) + 4, a prompt's length ceil((3 + sizes) * scale)."""
+
+    tokenizer = None
+
+    def __init__(self, model: RemoteModel) -> None:
+        self.model = model
+
+    def __call__(self, messages: list[Message]) -> list[int]:
+        return self.model.count_ids(messages)
+
+    def sizes(self, messages: Sequence[Message]) -> list[int]:
+        return [-(-len(m.content) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD for m in messages]
+
+    def length(self, first: Message, total: int) -> int:
+        return math.ceil((REPLY_OVERHEAD + total) * self.model.scale)
+
+
 @dataclass
 class RemoteModel:
     spec: ModelSpec
@@ -79,12 +100,27 @@ class RemoteModel:
     scale: float = 1.0  # learnt from the server's reported prompt sizes (estimates only)
     _tokens: list[str] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict)
+    _counter: Any = field(default=None, repr=False)
 
     @property
     def approximate(self) -> bool:
         return self.tokenizer is None
 
     # -- tokens ----------------------------------------------------------------------
+    @property
+    def counter(self) -> Any:  # a chatcli.context.Measure
+        """`count_ids` counting each message once: a `chatcli.prompt.PromptCounter` over
+        the tokenizer, else `Estimate` (the estimate is a sum over messages)."""
+        tokenizer = self.tokenizer
+        if self._counter is None or getattr(self._counter, "tokenizer", None) is not tokenizer:
+            if tokenizer is not None:
+                from chatcli.prompt import PromptCounter
+
+                self._counter = PromptCounter(tokenizer)
+            else:
+                self._counter = Estimate(self)
+        return self._counter
+
     def count_ids(self, messages: list[Message]) -> list[int]:
         """Prompt "ids" for packing: exact ids with a tokenizer, else placeholders (-1)
         as many as the estimate (only their number means anything)."""
