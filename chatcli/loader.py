@@ -55,6 +55,7 @@ reported through a `Reporter`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -686,8 +687,14 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     started = time.perf_counter()
     with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}; "
                        "a real model takes minutes, once)"):
-        key = compiled.build(model, path, model_id=compiled.folder_fingerprint(folder),
-                             options=options)
+        try:
+            key = compiled.build(model, path, model_id=compiled.folder_fingerprint(folder),
+                                 options=options)
+        except compiled.CompiledStepError as exc:
+            if exc.disk_full:
+                raise paths.cache_write_error("the compiled decode step", path.parent,
+                                              errno.ENOSPC) from exc
+            raise
     return path, key, time.perf_counter() - started
 
 

@@ -2,7 +2,9 @@
 
 The cache on a full disk names the disk and the folder and leaves no partial file:
 writing the quantized model (`ask`, `chat`) warns and answers all the same with the
-model quantized in memory; `compile` stops with an error; the one-time GGUF conversion
+model quantized in memory; `compile` stops with an error, also when the disk fills
+during the build itself (the compiler then says only "C++ compile error": a build that
+fails with next to nothing free is named a full disk); the one-time GGUF conversion
 stops with an error. The full disk is injected where the bytes are written:
 safetensors' `save_file` writes part of the file, then raises the exception the real
 library raises there (`SafetensorError`, "... No space left on device (os error 28)").
@@ -155,6 +157,59 @@ def test_conversion_on_a_full_disk_names_it_and_leaves_nothing(
         f"mounted at {mounted_at(home)} is full; hint: free some space on it, or set "
         "CHATCLI_HOME to a folder on another disk\n")
     assert list(converted.iterdir()) == []
+
+
+class CompilerOutOfSpace:
+    """The build's compiler finds the disk full and says only "C++ compile error" (what
+    inductor raises on a 9 MB tmpfs), or the package writer raises an ENOSPC OSError."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, free: int, chained: bool) -> None:
+        import torch._inductor
+
+        from chatcli.lm import compiled
+
+        self.free, self.chained, self.folders = free, chained, []
+        monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", self.compile)
+        real = shutil.disk_usage
+        monkeypatch.setattr(compiled.shutil, "disk_usage", self.disk_usage(real))
+
+    def disk_usage(self, real: Any) -> Any:
+        def usage(folder: Any) -> Any:
+            self.folders.append(Path(folder))
+            total, used, _ = real(folder)
+            return type(real(folder))(total, used, self.free)
+        return usage
+
+    def compile(self, exported: Any, package_path: str, **_: Any) -> str:
+        Path(package_path).write_bytes(b"\0" * 512)  # half a package
+        if self.chained:
+            raise RuntimeError("enforce fail at inline_container.cc:664] . unexpected pos") \
+                from OSError(28, "No space left on device")
+        raise RuntimeError("C++ compile error")
+
+
+@pytest.mark.parametrize(("free", "chained"), [(4096, False), (10 << 30, True)])
+def test_compile_names_a_disk_that_filled_during_the_build(
+        home: Path, monkeypatch: pytest.MonkeyPatch, free: int, chained: bool) -> None:
+    disk = CompilerOutOfSpace(monkeypatch, free, chained)
+    result = run_cli(["compile", "--quantize", "int8", "--quick"])
+    compiled = home / "cache" / "compiled"
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.endswith(
+        f"error: cannot write the compiled decode step to {compiled}: the disk mounted at "
+        f"{mounted_at(home)} is full; hint: free some space on it, or set CHATCLI_HOME to a "
+        "folder on another disk\n")
+    assert list(compiled.iterdir()) == []  # the half package and the build folder are gone
+    assert disk.folders == ([] if chained else [compiled])
+
+
+def test_compile_failing_with_room_left_is_not_called_a_full_disk(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    CompilerOutOfSpace(monkeypatch, 10 << 30, chained=False)
+    result = run_cli(["compile", "--quantize", "int8", "--quick"])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.endswith("error: could not compile the decode step: C++ compile "
+                                  "error; hint: decode eagerly (the native model)\n")
 
 
 # -- a real full disk ------------------------------------------------------------------

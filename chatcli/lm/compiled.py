@@ -54,6 +54,7 @@ the CLI at start); inductor is imported only inside `build` (loading needs only 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import json
@@ -88,7 +89,10 @@ _KEY_FIELDS = ("format", "torch", "cpu", "cpu_flags", "model", "mode")
 
 
 class CompiledStepError(ChatcliError):
-    """A compiled decode step that cannot be built."""
+    """A compiled decode step that cannot be built; `disk_full` when the folder it was
+    built in ran out of space (the caller names the disk)."""
+
+    disk_full = False
 
 
 # -- the key ---------------------------------------------------------------------------------
@@ -321,8 +325,10 @@ def build(
         os.replace(partial, path)
     except Exception as exc:  # export and inductor raise many kinds; all mean "no package"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CompiledStepError(f"could not compile the decode step: {first}",
-                                "decode eagerly (the native model)") from exc
+        error = CompiledStepError(f"could not compile the decode step: {first}",
+                                  "decode eagerly (the native model)")
+        error.disk_full = _out_of_space(exc, path.parent)
+        raise error from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     remove_unpacked(path)
@@ -333,6 +339,28 @@ def build(
     with suppress(OSError):  # the first load is as quick as the later ones (or unpacks)
         _unpack(path, key)
     return key
+
+
+# A build that fails with less than this free beside it ran out of space: the compiler's
+# and the package writer's errors ("C++ compile error", "enforce fail") do not say so.
+_NEARLY_FULL = 16 << 20
+
+
+def _out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed build ran out of disk space in `folder` (checked before the
+    build's files are removed): an ENOSPC anywhere in the exception's chain or text, or
+    next to nothing left free."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
 
 
 @contextmanager
