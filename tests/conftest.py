@@ -22,6 +22,20 @@ import pytest
 # Tests see built-in strategies only, whatever plugins this environment has.
 os.environ["CHATCLI_NO_PLUGINS"] = "1"
 
+
+@pytest.fixture(scope="session", autouse=True)
+def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Importing torch's inductor in the test process (tests that build or open compiled
+    packages in-process) makes its cache folder in the temp folder: it goes under pytest's
+    own temporary folder instead, as chatcli's processes leave the temp folder alone."""
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
+    yield
+    if saved is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

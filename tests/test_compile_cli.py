@@ -46,7 +46,8 @@ def _package(home: Path, tiny: Tiny) -> Path:
 
 def _process(args: list[str], home: Path, temp: Path) -> subprocess.CompletedProcess[str]:
     """`chatcli ARGS` as its own process, with `temp` as its temp folder (TMPDIR)."""
-    env = {**os.environ, "CHATCLI_HOME": str(home), "HF_HUB_OFFLINE": "1", "TMPDIR": str(temp)}
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}  # the default
+    env.update(CHATCLI_HOME=str(home), HF_HUB_OFFLINE="1", TMPDIR=str(temp))
     env.pop("CHATCLI_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "chatcli", *args], capture_output=True,
                           text=True, env=env, timeout=600)
