@@ -61,6 +61,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -286,6 +287,8 @@ _PACKAGING: dict[str, Any] = {
     # folder is (about 280 MB, fixed when inductor is imported): none are made.
     "aot_inductor.precompile_headers": False,
     "cpp_cache_precompile_headers": False,
+    # autotuning's tables of timings go to stderr otherwise, on the user's terminal
+    "max_autotune_report_choices_stats": False,
 }
 """Inductor options of every build, beyond `options` (not part of the key)."""
 
@@ -312,9 +315,10 @@ def build(
     length = torch.export.Dim("positions", min=MIN_LENGTH, max=1 << 24)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.build-", dir=path.parent))
     try:
-        with torch.no_grad(), _private_inductor_cache(work / "inductor"):
+        with torch.no_grad(), _private_inductor_cache(work / "inductor"), _quiet():
             # importing inductor makes its cache folder: the private one
             inductor = importlib.import_module("torch._inductor")
+            _no_autotune_tables()
             exported = torch.export.export(
                 step, _example(model), strict=False,
                 dynamic_shapes=(None, None, {0: length}, {0: length}))
@@ -361,6 +365,22 @@ def _out_of_space(exc: BaseException, folder: Path) -> bool:
         return shutil.disk_usage(folder).free < _NEARLY_FULL
     except OSError:
         return False
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No library warnings (inductor's deprecation notices) while building; the tables
+    autotuning prints are switched off by `_no_autotune_tables` and `_PACKAGING`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _no_autotune_tables() -> None:
+    """Inductor writes each autotuned kernel's timings to stderr (its module-level
+    `PRINT_AUTOTUNE`, not a config option): off, for this process."""
+    select = importlib.import_module("torch._inductor.select_algorithm")
+    select.PRINT_AUTOTUNE = False
 
 
 @contextmanager
