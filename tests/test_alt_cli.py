@@ -147,3 +147,21 @@ def test_ask_alt_rank_past_what_a_constraint_allows_shows_the_answer(cli, home: 
         "are possible there (got 50); the answer is shown and saved as it is; hint: a "
         "constraint allows only these tokens at this step\n")
     assert [r[0] for r in replies(home)] == [answer, answer]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("9:1", "--alt 9:1: step 9 is past the answer's end: -n (--max-new-tokens) 4 allows 4 "
+     "tokens at most; hint: choose a STEP in 1..4, or raise -n"),
+    ("1:99999", "--alt 1:99999: RANK must be in 1..400, the model's vocabulary; hint: RANK 1 "
+     "is the model's most likely token at STEP, 2 the next"),
+])
+def test_compare_alt_refused_before_any_answer(cli, monkeypatch: pytest.MonkeyPatch, spec: str,
+                                               message: str) -> None:
+    from chatcli.backends.local import LocalBackend
+
+    def no_answer(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an answer was generated")
+
+    monkeypatch.setattr(LocalBackend, "stream", no_answer)
+    result = run_cli(["compare", "-S", "greedy", "-S", "sample", "-n", "4", "--alt", spec, "x"])
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"error: {message}\n")

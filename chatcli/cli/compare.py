@@ -153,7 +153,7 @@ def compare(
         raise UsageError("--free-too compares answers with and without a constraint, and "
                          "none is given", "add --schema, --json-object, --regex, --grammar or "
                          "--choice")
-    from chatcli.cli.ask import parse_alt
+    from chatcli.cli.ask import check_alt, parse_alt
 
     alt = parse_alt(alt_spec) if alt_spec is not None else None
 
@@ -161,6 +161,8 @@ def compare(
         if alt is not None and early.capabilities.hypotheses:
             raise UsageError(f"--alt explores one answer's steps; strategy '{early.strategy}' "
                              "returns several hypotheses", "compare greedy or sample with --alt")
+        if alt is not None:  # a STEP past -n is known before anything runs
+            check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
     prep = setup(ui, ctx.params, requests=requests, candidates=0, constraint=constraint,
                  check=check)
@@ -180,6 +182,8 @@ def compare(
     from chatcli.conversation import Conversation
 
     backend = prep.open()
+    if alt is not None:  # before any answer is generated
+        check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
     conversation = Conversation(system=system)
     conversation.add_user(text)
     all_settings = [prep.settings(r, backend.generation_config) for r in prep.requests]
