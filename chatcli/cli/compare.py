@@ -6,7 +6,8 @@ parameters' flags (applied to every strategy), gathers the prompt like `ask` (pi
 stdin first), packs it once (leaving room for the most new tokens any strategy may
 generate), runs each strategy on the same prompt ids and hands the results to the
 UI. Without -S it compares the built-in strategies the alias's backend can run.
-Knows nothing about how tokens are chosen.
+`--alt STEP:RANK` is checked as ask checks it: STEP against -n before anything loads,
+RANK against the vocabulary before any answer. Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
