@@ -245,10 +245,14 @@ def _tensor_slots(model: NativeCausalLM) -> list[tuple[Any, str]]:
     """(object, attribute) of every tensor the forward pass reads: the model's own, its
     layers' and their linears' (dense or quantized)."""
     holders: list[Any] = [model, model.head]
+    if not isinstance(model.embed, torch.Tensor):  # a lookup left quantized (a GGUF's)
+        holders.append(model.embed)
     for layer in model.layers:
         holders.append(layer)
         holders.extend(value for value in vars(layer).values()
                        if value is not None and not isinstance(value, torch.Tensor))
+    holders.extend(part for holder in list(holders)  # a `Stacked` linear's parts
+                   for part in getattr(holder, "parts", None) or ())
     return [(obj, attr) for obj in holders for attr, value in vars(obj).items()
             if isinstance(value, torch.Tensor)]
 

@@ -19,7 +19,10 @@ boolean mask when a multi-token chunk follows a non-empty cache) mirror transfor
 5.x, so greedy decoding picks the same tokens. It exists so that chatcli can answer
 without importing transformers' modeling code, which is slow to import; it never
 imports transformers. `quantize("int8"|"int4")` swaps in weight-only quantized linear
-layers (`chatcli.lm.quant`) and faster, no longer bit-identical ops.
+layers (`chatcli.lm.quant`) and faster, no longer bit-identical ops; `from_linears`
+builds a model whose linears are made elsewhere (a GGUF read at its stored precision,
+`chatcli.lm.gguf_weights`), with an embedding that may be a lookup callable (a table
+left quantized) instead of a tensor.
 
 The transformer block is written once (`NativeCausalLM.block`: norm, attention,
 residual, norm, MLP, residual); what varies is passed in or chosen per model: the
@@ -400,7 +403,9 @@ class NativeCausalLM:
         self.norm = weights["model.norm.weight"]
         self.inv_freq = inv_freq(args.rope, self.head_dim).to(self.device)
 
-        def linear(name: str, bias: bool) -> Dense:
+        def linear(name: str, bias: bool) -> Dense | None:  # None: built elsewhere
+            if f"{name}.weight" not in weights:  # (`from_linears`)
+                return None
             return Dense(weights[f"{name}.weight"], weights[f"{name}.bias"] if bias else None)
 
         def layer(p: str) -> _Layer:
@@ -480,12 +485,27 @@ class NativeCausalLM:
 
     def load_quantized(self, mode: str, tensors: dict[str, torch.Tensor]) -> None:
         """Adopt layers saved by `quantized_tensors` of a model quantized to `mode`."""
+        self._adopt(mode, lambda name: from_tensors(tensors, name))
+
+    @classmethod
+    def from_linears(cls, args: ModelArgs, weights: dict[str, Any],
+                     linears: dict[str, Linear], mode: str,
+                     config: dict | None = None) -> NativeCausalLM:
+        """A model whose linears are built already (e.g. read from a GGUF at its own
+        precision): `linears` under `quantized_tensors`' names ("head",
+        "layers.{i}.qkv|gate_up|o|down"), `weights` the rest (norms, and the embedding:
+        a tensor or a lookup callable with `shape`, `dtype` and `device`)."""
+        model = cls(args, weights, config)
+        model._adopt(mode, linears.__getitem__)
+        return model
+
+    def _adopt(self, mode: str, linear: Callable[[str], Linear]) -> None:
         if self.quantization != "none":
             raise ValueError("a model is quantized once")
-        self.head = from_tensors(tensors, "head")
+        self.head = linear("head")
         for i, layer in enumerate(self.layers):
             layer.qkv, layer.gate_up, layer.o, layer.down = (
-                from_tensors(tensors, f"layers.{i}.{name}") for name in self._QUANTIZED
+                linear(f"layers.{i}.{name}") for name in self._QUANTIZED
             )
             layer.q = layer.k = layer.v = layer.gate = layer.up = None  # free the dense copies
         self.quantization, self.exact = mode, False
@@ -622,7 +642,9 @@ class NativeCausalLM:
         for `input_ids` (rows, new) at the positions `cos`/`sin` (1, 1, new, head_dim)
         belong to. Writes each layer's keys/values with `cache.append` (its length is the
         caller's to move)."""
-        h = F.embedding(input_ids.to(self.device), self.embed)
+        ids = input_ids.to(self.device)
+        table = self.embed  # a tensor, or a lookup (a GGUF's table, left quantized)
+        h = F.embedding(ids, table) if isinstance(table, torch.Tensor) else table(ids)
         for i, layer in enumerate(self.layers):
             h = self.block(layer, h, cos, sin, partial(cache.append, i), attend)
         return h

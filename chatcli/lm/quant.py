@@ -6,11 +6,16 @@ stays bit-identical to transformers). `Int8Linear` stores ``W`` as int8 with one
 float scale per output row (symmetric, round-to-nearest) and multiplies with torch's
 own CPU kernel ``aten._weight_int8pack_mm``; `Int4Linear` stores groups of `group_size`
 input columns as 4-bit codes with a scale and a minimum per group (asymmetric, the
-same form as GGUF's Q4_1) and multiplies with ``aten._weight_int4pack_mm_for_cpu``.
-Both kernels read the activations in their own dtype (bfloat16 or float32); the
-activations are never quantized. `quantize(dense, mode)` makes one from a `Dense`;
-`fuse` concatenates several linears that read the same input into one (fewer,
-larger matrix-vector products), which `split` undoes on the output.
+same form as GGUF's Q4_1) and multiplies with ``aten._weight_int4pack_mm_for_cpu``;
+`SplitInt4Linear` runs 5-8-bit codes with per-block scales (GGUF's Q5_x, Q6_K, Q8_0)
+through the same kernel as two 4-bit halves over the input read twice (`pack_int4`
+packs codes made elsewhere, e.g. a GGUF's own). `Stacked` puts linears of different
+kinds that read the same input side by side. The kernels read the activations in
+their own dtype (bfloat16 or float32), and the scale table in that dtype too (torch's
+int4 kernel is vectorized for bfloat16 only on x86); the activations are never
+quantized. `quantize(dense, mode)` makes one from a `Dense`; `fuse` concatenates
+several linears that read the same input into one (fewer, larger matrix-vector
+products), which `split` undoes on the output.
 
 Deliberately knows nothing about models, layers or checkpoints: tensors in,
 tensors out. The quantized kernels are CPU kernels; `supported(mode, device)` says
@@ -108,7 +113,7 @@ class Int4Linear:
                  for rows in _row_chunks(out_features)]
         codes = torch.cat([c for c, _ in parts])
         table = torch.cat([t for _, t in parts])
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INT4_INNER_K_TILES)
+        packed = pack_int4(codes)
         table = table.transpose(0, 1).contiguous()  # (groups, out, 2): aten's layout
         return cls(packed, table, group_size, out_features, bias)
 
@@ -121,16 +126,79 @@ class Int4Linear:
         return out if self.bias is None else out + self.bias
 
     def dequantized(self) -> torch.Tensor:
-        """The (out, in) weights the kernel multiplies by, read back through it."""
+        """The (out, in) float32 weights the kernel multiplies by, read back through it:
+        in float32 with the table converted exactly (the kernel computes each weight in
+        float32 from the table, whatever its dtype; a bf16 output would round it)."""
         in_features = self.scales_and_zeros.shape[0] * self.group_size
-        eye = torch.eye(in_features, dtype=self.scales_and_zeros.dtype)
+        eye = torch.eye(in_features, dtype=torch.float32)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            eye, self.packed, self.group_size, self.scales_and_zeros
+            eye, self.packed, self.group_size, self.scales_and_zeros.float()
         )
-        return out.t().float()
+        return out.t()
 
 
-Linear = Dense | Int8Linear | Int4Linear
+@dataclass
+class SplitInt4Linear(Int4Linear):
+    """Codes of 5 to 8 bits, per block of `block` input columns, run by the int4 kernel
+    as two 4-bit halves (GGUF's Q5_x, Q6_K, Q8_0 at their own block scales).
+
+    The kernel reads the input twice, block by block: ``[x_b, high * x_b]`` for each
+    block ``x_b`` of `block` columns (`expand`); the first copy meets the low 4 bits of
+    each code, the second the high bits, each with its own scale and minimum (or, with
+    16-column blocks, one shared scale and ``high`` = 8). The weight is the sum of the two
+    halves, which `dequantized` returns. It reads 8 bits per weight, as int8 would, but
+    keeps a scale per block where int8's kernel has one per row."""
+
+    block: int = 32
+    high: float = 1.0
+
+    @property
+    def in_features(self) -> int:
+        return self.scales_and_zeros.shape[0] * self.group_size // 2
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` (..., in) as the kernel reads it: (..., 2 * in)."""
+        blocks = x.reshape(*x.shape[:-1], -1, self.block)
+        high = blocks if self.high == 1.0 else blocks * self.high
+        return torch.cat((blocks, high), dim=-1).reshape(*x.shape[:-1], 2 * x.shape[-1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return super().__call__(self.expand(x))
+
+    def dequantized(self) -> torch.Tensor:
+        """The (out, in) weights: low half plus `high` times the high half, as the
+        kernel reads them."""
+        halves = super().dequantized().view(self.out_features, -1, 2, self.block)
+        return (halves[:, :, 0] + self.high * halves[:, :, 1]).reshape(self.out_features, -1)
+
+
+@dataclass
+class Stacked:
+    """Linears that read the same input, outputs side by side: a fused projection whose
+    parts are stored in formats no one kernel runs together (e.g. a GGUF's Q4_K query
+    and Q6_K value projections)."""
+
+    parts: list[Dense | Int8Linear | Int4Linear]
+    bias: None = None  # each part carries its own
+
+    @property
+    def out_features(self) -> int:
+        return sum(part.out_features for part in self.parts)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+    def dequantized(self) -> torch.Tensor:
+        return torch.cat([part.dequantized().float() for part in self.parts])
+
+
+Linear = Dense | Int8Linear | Int4Linear | Stacked
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (out, in) int32, 0..15, in aten's int4 CPU layout. `out` must be a
+    multiple of 16; rows packed in pieces of a multiple of 64 concatenate to the whole."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INT4_INNER_K_TILES)
 
 
 _ALIGN = 64  # bytes: torch's CPU allocator aligns to this; the int8 kernel relies on it
@@ -178,6 +246,11 @@ def _int4_codes(
 
 def to_tensors(linear: Linear, prefix: str) -> dict[str, torch.Tensor]:
     """`linear`'s tensors under `prefix.` names, for saving (see `from_tensors`)."""
+    if isinstance(linear, Stacked):
+        out = {f"{prefix}.parts": torch.tensor([len(linear.parts)])}
+        for i, part in enumerate(linear.parts):
+            out.update(to_tensors(part, f"{prefix}.{i}"))
+        return out
     if isinstance(linear, Int8Linear):
         out = {"qweight": linear.qweight, "scales": linear.scales}
     elif isinstance(linear, Int4Linear):
@@ -187,6 +260,8 @@ def to_tensors(linear: Linear, prefix: str) -> dict[str, torch.Tensor]:
             # shapes ride along as tensors so that one safetensors file holds everything
             "shape": torch.tensor([linear.group_size, linear.out_features]),
         }
+        if isinstance(linear, SplitInt4Linear):
+            out["split"] = torch.tensor([float(linear.block), linear.high])
     else:
         out = {"weight": linear.weight}
     if linear.bias is not None:
@@ -196,11 +271,19 @@ def to_tensors(linear: Linear, prefix: str) -> dict[str, torch.Tensor]:
 
 def from_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> Linear:
     """The linear that `to_tensors(linear, prefix)` saved."""
+    if f"{prefix}.parts" in tensors:
+        count = int(tensors[f"{prefix}.parts"][0])
+        return Stacked([from_tensors(tensors, f"{prefix}.{i}") for i in range(count)])
     bias = tensors.get(f"{prefix}.bias")
     if f"{prefix}.qweight" in tensors:
         return Int8Linear(tensors[f"{prefix}.qweight"], tensors[f"{prefix}.scales"], bias)
     if f"{prefix}.packed" in tensors:
         group_size, out_features = (int(v) for v in tensors[f"{prefix}.shape"])
+        if f"{prefix}.split" in tensors:
+            block, high = tensors[f"{prefix}.split"].tolist()
+            return SplitInt4Linear(tensors[f"{prefix}.packed"],
+                                   tensors[f"{prefix}.scales_and_zeros"], group_size,
+                                   out_features, bias, int(block), float(high))
         return Int4Linear(tensors[f"{prefix}.packed"], tensors[f"{prefix}.scales_and_zeros"],
                           group_size, out_features, bias)
     return Dense(tensors[f"{prefix}.weight"], bias)

@@ -1,0 +1,227 @@
+"""GGUF tensors read at their stored precision (chatcli/lm/gguf_weights.py, gguf_file.py).
+
+Every supported format is checked against `gguf`'s own dequantization, bit for bit, on
+blocks of every code and realistic scales: the decoded codes and scales, and the weights
+torch's int4 kernel multiplies by when given them (read back through the kernel) with a
+float32 table. With a bf16 table (what bf16 activations need) the codes are still the
+file's and each block's scale and zero is rounded to bf16, exactly that. The linears
+compute ``x @ W.T`` with those weights, whatever chunks their rows were packed in.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from chatcli.lm import gguf_weights
+from chatcli.lm.gguf_file import TENSOR_TYPES, GGUFError, TensorType, read_header, runs_as
+from chatcli.lm.quant import Int4Linear, SplitInt4Linear, Stacked, pack_int4
+
+FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+BY_NAME = {t.name: t for t in TENSOR_TYPES.values()}
+
+
+def random_blocks(name: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """(rows, row bytes) raw blocks of format `name`: random codes (every bit pattern),
+    fp16 scales and minimums of the magnitudes llama.cpp's quantizer gives (a minimum
+    within a small factor of the scale times the code range)."""
+    rng = np.random.default_rng(seed)
+    t = BY_NAME[name]
+    blocks = cols // t.block_elements
+    raw = rng.integers(0, 256, (rows, blocks, t.block_bytes), dtype=np.uint8)
+
+    def half(scale: np.ndarray) -> np.ndarray:
+        return scale.astype(np.float16).view(np.uint8).reshape(*scale.shape, 2)
+
+    d = rng.uniform(0.5, 2, (rows, blocks)) * 10.0 ** rng.uniform(-4, -1, (rows, blocks))
+    if name == "Q6_K":
+        raw[..., 208:210] = half(d)
+    else:
+        raw[..., 0:2] = half(d)
+    if name in ("Q4_1", "Q5_1"):  # the block's minimum, about -half the code range
+        raw[..., 2:4] = half(-d * rng.uniform(4, 12, d.shape))
+    if name in ("Q4_K", "Q5_K"):  # dmin, multiplied by 6-bit minimums like d by scales
+        raw[..., 2:4] = half(d * rng.uniform(0.3, 3, d.shape))
+    return raw.reshape(rows, -1)
+
+
+def reference(raw: np.ndarray, name: str) -> torch.Tensor:
+    return torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[name]))
+
+
+def linear_of(blocks: gguf_weights.Blocks, dtype: torch.dtype, rows: int) -> Int4Linear:
+    codes, table = gguf_weights.int4_codes(blocks)
+    table = table.to(dtype).transpose(0, 1).contiguous()
+    if blocks.bits <= 4:
+        return Int4Linear(pack_int4(codes), table, 32, rows)
+    high = 8.0 if blocks.block == 16 else 1.0
+    return SplitInt4Linear(pack_int4(codes), table, 32, rows, None, blocks.block, high)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_decoded_blocks_equal_ggufs_dequantization(name: str) -> None:
+    raw = random_blocks(name, 48, 512)
+    blocks = gguf_weights.decode(torch.from_numpy(raw), BY_NAME[name], 512)
+    assert torch.equal(blocks.dequantized(), reference(raw, name))
+    assert int(blocks.codes.min()) == 0 and int(blocks.codes.max()) == 2 ** blocks.bits - 1
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_the_kernels_weights_are_the_files_in_float32(name: str) -> None:
+    raw = random_blocks(name, 64, 512, seed=1)
+    blocks = gguf_weights.decode(torch.from_numpy(raw), BY_NAME[name], 512)
+    lin = linear_of(blocks, torch.float32, 64)
+    assert torch.equal(lin.dequantized(), reference(raw, name))
+    x = torch.randn(3, 512, generator=torch.Generator().manual_seed(2))
+    want = x @ reference(raw, name).t()
+    assert torch.allclose(lin(x), want, atol=1e-5 * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_bf16_keeps_the_codes_and_rounds_each_blocks_scale_and_zero(name: str) -> None:
+    """bf16 activations need a bf16 table: the weights are then exactly the file's codes
+    against each block's scale and zero rounded to bf16 (computed here from the blocks),
+    which for a symmetric format is bf16(scale) * (code - center)."""
+    raw = random_blocks(name, 64, 512, seed=3)
+    blocks = gguf_weights.decode(torch.from_numpy(raw), BY_NAME[name], 512)
+    got = linear_of(blocks, torch.bfloat16, 64).dequantized()
+    s = blocks.scale.bfloat16().float().repeat_interleave(blocks.block, dim=1)
+    c = blocks.codes.float()
+    if blocks.center is not None:  # Q4_0, Q5_0, Q8_0, Q6_K
+        want = s * (c - blocks.center)
+    else:
+        zero = (blocks.offset + 8 * blocks.scale).bfloat16().float()
+        zero = zero.repeat_interleave(blocks.block, dim=1)
+        low = (c % 16 - 8) * s + zero
+        want = low if blocks.bits == 4 else low + 16 * s * (c // 16)
+    assert torch.equal(got, want)
+    # bf16 rounds to 8 significant bits: each scale and zero moves by at most 2^-8 of
+    # itself, so a weight by at most 2^-8 of |code - 8| |scale| + |zero| (of each half)
+    exact = reference(raw, name)
+    scale = blocks.scale.abs().repeat_interleave(blocks.block, dim=1)
+    if blocks.center is not None:
+        bound = 2 ** -8 * exact.abs()
+    else:
+        zero = (blocks.offset + 8 * blocks.scale).abs().repeat_interleave(blocks.block, dim=1)
+        bound = 2 ** -8 * ((c % 16 - 8).abs() * scale + zero + 16 * scale * (c // 16))
+    assert ((got - exact).abs() <= bound * (1 + 2 ** -16)).all()
+
+
+def test_rows_packed_in_chunks_equal_one_packing(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """q, k and v of different formats, and a fused pair spanning chunk boundaries."""
+    a, b = random_blocks("Q8_0", 80, 64, seed=4), random_blocks("Q5_0", 48, 64, seed=5)
+    path = tmp_path / "t.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for name, data, kind in (("a", a, "Q8_0"), ("b", b, "Q5_0"),
+                             ("c", random_blocks("Q4_0", 32, 64), "Q4_0")):
+        writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[kind])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    header = read_header(path)
+    parts = [gguf_weights.Part(header.tensors[n]) for n in ("a", "b", "c")]
+    reader = gguf_weights.Reader(header)
+    try:
+        whole = gguf_weights.build_linear(reader, parts, torch.float32)
+        monkeypatch.setattr(gguf_weights, "_CHUNK_ROWS", 64)
+        chunked = gguf_weights.build_linear(reader, parts, torch.float32)
+    finally:
+        reader.close()
+    assert isinstance(whole, Stacked) and isinstance(chunked, Stacked)
+    assert [type(p).__name__ for p in whole.parts] == ["SplitInt4Linear", "Int4Linear"]
+    assert torch.equal(whole.parts[0].packed, chunked.parts[0].packed)
+    want = torch.cat([reference(a, "Q8_0"), reference(b, "Q5_0")])
+    assert torch.equal(chunked.parts[0].dequantized(), want)
+    x = torch.randn(2, 64)
+    assert torch.allclose(chunked(x), whole(x), atol=0, rtol=0)
+
+
+def _write(path: Path, kinds: dict[str, str]) -> None:
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_token_list([f"t{i}" for i in range(1000)])  # an array the header skips
+    for name, kind in kinds.items():
+        qtype = gguf.GGMLQuantizationType[kind]
+        size = gguf.GGML_QUANT_SIZES[qtype][1]
+        data = (random_blocks(kind, 16, 256) if kind in BY_NAME
+                else np.zeros((16, size), dtype=np.uint8))  # 256 columns: one block a row
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    writer.add_tensor("norm", np.ones(256, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_the_header_reader_finds_what_ggufs_reader_finds(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    _write(path, {"a": "Q4_K", "b": "Q6_K", "c": "Q4_K", "d": "Q3_K"})
+    header = read_header(path)
+    assert header.architecture == "llama"
+    theirs = gguf.GGUFReader(str(path))
+    assert {t.name: (t.data_offset, int(t.n_bytes)) for t in theirs.tensors} == {
+        name: (info.offset, info.nbytes) for name, info in header.tensors.items()}
+    assert runs_as(header) == [
+        "Q4_K x2: int4 (a scale and minimum per 32)",
+        "F32 x1: dense",
+        "Q3_K x1: dequantized (no kernel fits)",
+        "Q6_K x1: int4x2 (two 4-bit halves, a scale per 16)",
+    ]
+
+
+def test_a_damaged_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    _write(path, {"a": "Q8_0"})
+    data = path.read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[:-100])
+    with pytest.raises(GGUFError, match=r"^cut.gguf is truncated: tensor norm ends past the "
+                                        r"end of the file \(\d+ bytes\)$"):
+        read_header(tmp_path / "cut.gguf")
+    (tmp_path / "short.gguf").write_bytes(data[:200])
+    with pytest.raises(GGUFError, match=r"^short\.gguf: the GGUF header is cut short$"):
+        read_header(tmp_path / "short.gguf")
+    (tmp_path / "no.gguf").write_bytes(b"PK\x03\x04" + data[4:])
+    with pytest.raises(GGUFError, match=r"^no.gguf is not a GGUF file \(it does not start "
+                                        r"with 'GGUF'\)$"):
+        read_header(tmp_path / "no.gguf")
+    (tmp_path / "v9.gguf").write_bytes(b"GGUF" + struct.pack("<I", 9) + data[8:])
+    with pytest.raises(GGUFError, match=r"^v9.gguf: GGUF version 9 is not supported"):
+        read_header(tmp_path / "v9.gguf")
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "F16"])
+def test_the_embedding_dequantizes_only_the_rows_looked_up(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "e.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    values = np.random.default_rng(6).normal(size=(64, 256)).astype(np.float32)
+    qtype = gguf.GGMLQuantizationType[name]
+    data = gguf.quants.quantize(values, qtype) if name != "Q4_K" else random_blocks(
+        "Q4_K", 64, 256)
+    writer.add_tensor("e", data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = read_header(path).tensors["e"]
+    table = torch.from_numpy(gguf.quants.dequantize(data, qtype))
+    embed = gguf_weights.QuantEmbedding(path, info, torch.float32)
+    ids = torch.tensor([[3, 0, 63], [7, 7, 1]])
+    assert torch.equal(embed(ids), table[ids])
+    assert embed(ids).shape == (2, 3, 256)
+
+
+def test_every_type_with_a_kernel_is_listed() -> None:
+    kinds = {t.name: t.kernel.kind for t in TENSOR_TYPES.values()}
+    assert kinds == {"F32": "dense", "F16": "dense", "BF16": "dense", "Q4_0": "int4",
+                     "Q4_1": "int4", "Q4_K": "int4", "Q5_0": "int4x2", "Q5_1": "int4x2",
+                     "Q5_K": "int4x2", "Q8_0": "int4x2", "Q6_K": "int4x2"}
+    for t in TENSOR_TYPES.values():  # the layouts are gguf's
+        assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t.name]] == (
+            t.block_elements, t.block_bytes)
+    assert isinstance(BY_NAME["Q6_K"], TensorType)
