@@ -1,11 +1,16 @@
 """Turn a `ModelSpec` into a loaded model and tokenizer, ready to generate.
 
 Contract: `load_model(spec, runtime, reporter)` fetches the weights (see
-`chatcli.sources`), converts a GGUF file once into a safetensors folder in
-chatcli's cache (so later loads take well under a second instead of ~15 s),
-loads tokenizer and model with the runtime's device/dtype/threads, and returns a
-`LoadedModel`. Two implementations of the forward pass, chosen by the model config
-alone: chatcli's native Llama-family one (`chatcli.lm.llama`: llama and qwen2
+`chatcli.sources`), loads tokenizer and model with the runtime's device/dtype/threads,
+and returns a `LoadedModel`. A GGUF file runs at its stored precision where chatcli's
+native forward pass runs on the CPU (quantize "gguf", a GGUF alias's default): its
+quantized weights are read from the file at every load (`chatcli.lm.gguf_weights`, no
+dequantized copy written anywhere), and only its config and tokenizer are extracted
+once into chatcli's cache (`ensure_metadata`: seconds, a few MB). Otherwise
+(`--quantize none`, int8/int4, transformers' implementation, another device) the GGUF
+is converted once into a safetensors folder in the same place (so later loads take
+well under a second instead of ~15 s). Two implementations of the forward pass, chosen
+by the model config alone: chatcli's native Llama-family one (`chatcli.lm.llama`: llama and qwen2
 architectures, bit-identical results, no transformers modeling import, ~2 s faster
 start) where it applies, else transformers' (any architecture). With the native forward
 pass the tokenizer is chosen by the tokenizer folder alone (`open_tokenizer`, also used
@@ -72,12 +77,14 @@ from typing import Any
 from chatcli import interrupts, paths, sources
 from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
+from chatcli.lm.gguf_file import GGUFError
 from chatcli.progress import Reporter
 from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime, apply_threads
 from chatcli.sources import LocalWeights
 
 _DONE = ".chatcli-complete"
+_METADATA = ".chatcli-metadata"  # a GGUF's config and tokenizer only (its stored precision)
 
 
 @dataclass
@@ -208,6 +215,60 @@ def _ensure_converted(
     return target, weights
 
 
+def has_metadata(spec: ModelSpec, weights: LocalWeights) -> bool:
+    """Whether the GGUF's config and tokenizer are in chatcli's cache (alone, or with
+    the converted weights)."""
+    folder = converted_dir(spec, weights)
+    return (folder / _DONE).is_file() or (folder / _METADATA).is_file()
+
+
+def ensure_metadata(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) -> Path:
+    """The folder with a GGUF's config.json, generation_config.json and tokenizer (what
+    loading it at its stored precision needs beside the GGUF): read from the file once,
+    in seconds, without its weights; a folder that also holds the converted weights
+    serves as well. Extracted again when a file no longer has its manifest's size."""
+    return _ensure_metadata(spec, weights, reporter)[0]
+
+
+def _ensure_metadata(
+    spec: ModelSpec, weights: LocalWeights, reporter: Reporter, *, force: bool = False
+) -> tuple[Path, LocalWeights]:
+    target = converted_dir(spec, weights)
+    if has_metadata(spec, weights) and not force:
+        problem = sources.manifest_problem(target)
+        if problem is None:
+            return target, weights
+        reporter.notify(f"The converted cache {target} is damaged ({problem}); "
+                        "reading the model's configuration again")
+    weights = _verified_source(spec, weights, reporter)
+    _check_gguf(spec, weights)
+    message = (f"Reading the configuration and tokenizer of {weights.gguf_file} (one time "
+               "only, a few seconds; its weights are read as stored, at every load)")
+    with reporter.busy(message):
+        _convert(spec, weights, target, metadata_only=True)
+    interrupts.checkpoint()
+    return target, weights
+
+
+def _check_gguf(spec: ModelSpec, weights: LocalWeights) -> None:
+    """A GGUF whose header does not read (truncated, not a GGUF) is named at once."""
+    from chatcli.lm.gguf_file import read_header
+
+    gguf = weights.gguf_path
+    assert gguf is not None
+    try:
+        read_header(gguf)
+    except GGUFError as exc:
+        raise _unreadable(spec, weights, str(exc)) from exc
+
+
+def _unreadable(spec: ModelSpec, weights: LocalWeights, why: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"model '{spec.alias}': cannot read {weights.gguf_file}: {why}",
+        f"check that {weights.gguf_path} is a complete GGUF file, or use --quantize none "
+        "(its dequantized weights)")
+
+
 def _verified_source(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) -> LocalWeights:
     """`weights`, after checking the GGUF against the alias's pinned sha256 (if any). A
     corrupt copy in chatcli's cache is deleted and fetched once more."""
@@ -240,18 +301,38 @@ def _export(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
         tokenizer.save_pretrained(folder)
 
 
-def _convert(spec: ModelSpec, weights: LocalWeights, target: Path) -> None:
-    """Convert into a temporary folder, record its manifest, then move it in place."""
+def _export_metadata(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
+    """Write the GGUF's config, generation config and tokenizer (no weights) as a
+    transformers folder: what `_export` writes beside the weights."""
+    quiet_transformers()
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    kw = {"gguf_file": weights.gguf_file, "trust_remote_code": spec.trust_remote_code}
+    with no_progress_bars():
+        config = AutoConfig.from_pretrained(weights.folder, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(weights.folder, **kw)
+        config.save_pretrained(folder)
+        GenerationConfig.from_model_config(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+def _convert(spec: ModelSpec, weights: LocalWeights, target: Path,
+             metadata_only: bool = False) -> None:
+    """Convert into a temporary folder, record its manifest, then move it in place
+    (`metadata_only`: the config and tokenizer without the weights)."""
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        _export(spec, weights, tmp)
+        (_export_metadata if metadata_only else _export)(spec, weights, tmp)
         gguf = weights.gguf_path
         assert gguf is not None
         sources.write_manifest(tmp, {"file": str(gguf), "size": gguf.stat().st_size,
                                      "sha256": spec.sha256 or None})
-        (tmp / _DONE).write_text(f"converted from {gguf}\n")
+        if metadata_only:
+            (tmp / _METADATA).write_text(f"configuration and tokenizer of {gguf}\n")
+        else:
+            (tmp / _DONE).write_text(f"converted from {gguf}\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     except BaseException as exc:
@@ -435,6 +516,11 @@ def _load(spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation:
             return _load_folder(spec, runtime, reporter, implementation, weights.folder, started)
         except _LoadFailed as failed:
             raise _folder_error(spec, weights.folder, failed) from failed.cause
+    if runtime.quantize == "gguf":
+        folder, weights = _ensure_metadata(spec, weights, reporter)
+        runtime = _stored_runtime(spec, runtime, implementation, folder)
+        if runtime.quantize == "gguf":
+            return _load_stored(spec, runtime, reporter, implementation, weights, started)
     folder, weights = _ensure_converted(spec, weights, reporter)
     try:
         return _load_folder(spec, runtime, reporter, implementation, folder, started)
@@ -454,17 +540,61 @@ def _load(spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation:
         ) from failed.cause
 
 
+def _stored_runtime(spec: ModelSpec, runtime: Runtime, implementation: str | None,
+                    folder: Path) -> Runtime:
+    """`runtime` where a GGUF runs at its stored precision (quantize "gguf": chatcli's
+    native forward pass on the CPU), else without it (an alias's default gives way to
+    the converted, dequantized path; --quantize gguf is refused, saying why)."""
+    import torch
+
+    from chatcli.lm.quant import supported
+
+    config = read_json(folder / "config.json")
+    impl, _ = choose_implementation(spec, runtime.device, config, implementation)
+    if impl != "native":
+        return _unquantized(spec, runtime, "it runs on transformers' implementation")
+    why = supported("gguf", torch.device(runtime.device), getattr(torch, runtime.dtype))
+    return runtime if why is None else _unquantized(spec, runtime, why)
+
+
+def _load_stored(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
+                 implementation: str | None, weights: LocalWeights,
+                 started: float) -> LoadedModel:
+    """A GGUF at its stored precision: its weights from the file, its config and
+    tokenizer from the cached folder (read again once if that folder is damaged)."""
+    folder = converted_dir(spec, weights)
+    try:
+        return _load_folder(spec, runtime, reporter, implementation, folder, started,
+                            gguf=weights.gguf_path)
+    except _LoadFailed as failed:
+        problem = sources.manifest_problem(folder, full=True)
+        if problem is None:
+            if failed.native and isinstance(failed.cause, GGUFError):
+                raise _unreadable(spec, weights, failed.reason) from failed.cause
+            raise _folder_error(spec, folder, failed) from failed.cause
+        reporter.notify(f"The converted cache {folder} is damaged ({problem}); "
+                        "reading the model's configuration again")
+    folder, weights = _ensure_metadata(spec, weights, reporter, force=True)
+    try:
+        return _load_folder(spec, runtime, reporter, implementation, folder, started,
+                            gguf=weights.gguf_path)
+    except _LoadFailed as failed:
+        raise _folder_error(spec, folder, failed) from failed.cause
+
+
 def _load_folder(
     spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
-    folder: Path, started: float,
+    folder: Path, started: float, gguf: Path | None = None,
 ) -> LoadedModel:
+    """Load from `folder` (config, tokenizer and, unless `gguf` is given, the weights;
+    with `gguf`, the weights come from that file at their stored precision)."""
     config = read_json(folder / "config.json")
     generation_config = read_json(folder / "generation_config.json")
     ctx = context_window(spec, config)
     impl, note = choose_implementation(spec, runtime.device, config, implementation)
     apply_threads(runtime)
     if impl == "native":
-        lm, tokenizer, runtime = _load_native(spec, runtime, folder, ctx, reporter)
+        lm, tokenizer, runtime = _load_native(spec, runtime, folder, ctx, reporter, gguf)
     else:
         runtime = _unquantized(spec, runtime, "it runs on transformers' implementation")
         lm, tokenizer = _load_transformers(spec, runtime, folder)
@@ -536,7 +666,8 @@ def _transformers_hint(spec: ModelSpec) -> str:
 
 
 def _load_native(
-    spec: ModelSpec, runtime: Runtime, folder: Path, context_window: int, reporter: Reporter
+    spec: ModelSpec, runtime: Runtime, folder: Path, context_window: int, reporter: Reporter,
+    gguf: Path | None = None,
 ) -> tuple[Any, Any, Runtime]:
     """The native model, its tokenizer, and the runtime it runs with (an alias's
     `quantize` dropped where quantized layers do not exist)."""
@@ -562,19 +693,24 @@ def _load_native(
         raise _LoadFailed(own, exc) from exc
     interrupts.checkpoint()
     try:
-        model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
+        if gguf is not None:
+            from chatcli.lm import gguf_weights
+
+            model = gguf_weights.load_model(gguf, read_json(folder / "config.json"), dtype)
+        else:
+            model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _LoadFailed(True, exc) from exc
     interrupts.checkpoint()
-    if runtime.quantize != "none":
+    if runtime.quantize != "none" and gguf is None:
         _quantize_cached(model, runtime, folder, reporter)
         interrupts.checkpoint()
     package = compiled_package(folder, runtime)
     # The exact path (--quantize none) never runs a compiled step: it is not bit-identical.
     if runtime.device == "cpu" and runtime.quantize != "none" and package.exists():
-        from chatcli.lm.compiled import CompiledLanguageModel, folder_fingerprint
+        from chatcli.lm.compiled import CompiledLanguageModel
 
-        stepped = CompiledLanguageModel.open(model, package, folder_fingerprint(folder))
+        stepped = CompiledLanguageModel.open(model, package, weights_id(folder, gguf))
         if stepped.compiled:
             return stepped, tokenizer, runtime
         reporter.notify(f"The compiled decode step of '{spec.alias}' is not used "
@@ -638,6 +774,20 @@ def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Repor
             Path(tmp).unlink(missing_ok=True)
 
 
+def weights_id(folder: Path, gguf: Path | None = None) -> str:
+    """What a compiled step's key records of the weights: the folder's fingerprint
+    (config and weight files), or for a GGUF at its stored precision, its config and the
+    GGUF file's size and time (the folder may gain converted weights meanwhile)."""
+    from chatcli.lm.compiled import folder_fingerprint
+
+    if gguf is None:
+        return folder_fingerprint(folder)
+    info = gguf.stat()
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    digest.update(f"{gguf.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
 def compiled_package(folder: Path, runtime: Runtime) -> Path:
     """Where the compiled decode step of the model in `folder`, in `runtime`'s dtype and
     quantization, lives in chatcli's cache (`chatcli compile` writes it; the key beside
@@ -659,8 +809,11 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     from chatcli.lm.llama import NativeCausalLM
 
     weights = sources.fetch(spec, reporter)
-    folder = weights.folder
-    if weights.gguf_file:
+    folder, gguf = weights.folder, None
+    if weights.gguf_file and runtime.quantize == "gguf":
+        folder, weights = _ensure_metadata(spec, weights, reporter)
+        gguf = weights.gguf_path
+    elif weights.gguf_file:
         folder, weights = _ensure_converted(spec, weights, reporter)
     why = native_blocker(spec, runtime.device, read_json(folder / "config.json"))
     if why is None and runtime.device != "cpu":
@@ -673,8 +826,15 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
         raise UsageError(f"'{spec.alias}' cannot be compiled: {why}",
                          "compile an alias that runs chatcli's native forward pass on the CPU")
     apply_threads(runtime)
-    model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype), runtime.device)
-    if runtime.quantize != "none":
+    if gguf is not None:
+        from chatcli.lm import gguf_weights
+
+        model = gguf_weights.load_model(gguf, read_json(folder / "config.json"),
+                                        getattr(torch, runtime.dtype))
+    else:
+        model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype),
+                                           runtime.device)
+    if runtime.quantize != "none" and gguf is None:
         _quantize_cached(model, runtime, folder, reporter, required=True)
     path = compiled_package(folder, runtime)
     if path.is_dir():  # chatcli's own cache: whatever stands in the package's place goes
@@ -688,7 +848,7 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}; "
                        "a real model takes minutes, once)"):
         try:
-            key = compiled.build(model, path, model_id=compiled.folder_fingerprint(folder),
+            key = compiled.build(model, path, model_id=weights_id(folder, gguf),
                                  options=options)
         except compiled.CompiledStepError as exc:
             if exc.disk_full:

@@ -75,7 +75,7 @@ class ModelSpec:
     chat_template: str | None = None
     trust_remote_code: bool = False
     implementation: str = "auto"  # "auto" | "native" | "transformers"
-    quantize: str = "none"  # "none" | "int8" | "int4"
+    quantize: str = "none"  # "none" | "int8" | "int4" | "gguf" (a GGUF file's default)
     license: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     origin: Path | None = None

@@ -23,7 +23,7 @@ from chatcli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE_NAMES = ("none", "int8", "int4")
+QUANTIZE_NAMES = ("none", "int8", "int4", "gguf")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class Runtime:
     device: str  # "cpu", "cuda", "mps"
     dtype: str  # "float32", "bfloat16", "float16"
     threads: int | None  # torch intra-op threads on CPU; None: chosen by `apply_threads`
-    quantize: str = "none"  # weight-only quantization of linear layers: none | int8 | int4
+    # weight-only quantization of linear layers: none | int8 | int4 | gguf (a GGUF's own)
+    quantize: str = "none"
     # Whether `quantize` came from the alias (models.toml) rather than --quantize: an
     # alias's choice applies where quantized layers exist (chatcli's native forward pass
     # on the CPU) and gives way elsewhere; the flag's is refused where it cannot apply.

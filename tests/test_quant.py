@@ -166,9 +166,14 @@ def test_quantize_errors(cli, home: Path) -> None:
     result = cli(["ask", "--quantize", "int3", "hi"])
     assert result.exit_code == 2
     assert result.stderr == (
-        "error: --quantize must be one of none, int8, int4 (got 'int3'); hint: use --quantize "
-        "int8 (smaller and faster, slightly less exact) or none\n"
+        "error: --quantize must be one of none, int8, int4, gguf (got 'int3'); hint: use "
+        "--quantize int8 (smaller and faster, slightly less exact) or none\n"
     )
+    result = cli(["ask", "--quantize", "gguf", "hi"])  # `tiny` is a safetensors folder
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        "error: --quantize gguf reads a GGUF file's own precision; model 'tiny' is not a GGUF "
+        "file; hint: use --quantize int4, int8 or none\n")
     models = home / "models.toml"
     models.write_text(models.read_text() + 'implementation = "transformers"\nquantize = "int8"\n')
     # the alias's quantize gives way where quantized layers do not exist...
@@ -189,7 +194,13 @@ def test_models_toml_quantize_is_validated(cli, home: Path) -> None:
     models.write_text(models.read_text() + 'quantize = "fp4"\n')
     result = cli(["ask", "hi"])
     assert result.exit_code != 0
-    assert "'quantize' must be one of none, int8, int4" in result.stderr
+    assert "'quantize' must be one of none, int8, int4, gguf" in result.stderr
+    assert result.stderr.count("\n") == 1
+    models.write_text(models.read_text().replace('quantize = "fp4"', 'quantize = "gguf"'))
+    result = cli(["ask", "hi"])
+    assert result.exit_code != 0
+    assert ("'quantize' gguf reads a GGUF file's own precision; this model is not a .gguf "
+            "file") in result.stderr
     assert result.stderr.count("\n") == 1
 
 

