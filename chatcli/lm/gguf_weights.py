@@ -41,7 +41,7 @@ from chatcli.lm.quant import (
     pack_int4,
 )
 
-_CHUNK_ROWS = 4096  # rows decoded and packed at once: a multiple of 64 (aten's int4 blocks)
+_CHUNK_ROWS = 1024  # rows decoded and packed at once: a multiple of 64 (aten's int4 blocks)
 
 
 @dataclass
@@ -289,17 +289,21 @@ def _build_group(reader: Reader, parts: list[Part], dtype: torch.dtype) -> Linea
     if kind == "dense":
         weight = torch.cat([reader.dense(p.info, dtype, p.order) for p in parts])
         return Dense(weight, bias)
-    packed, tables = [], []
-    for rows in _chunks(parts):
-        blocks = [decode(reader.part_rows(p, start, end), p.info.type, p.info.cols)
-                  for p, start, end in rows]
-        pieces = [int4_codes(b) for b in blocks]
-        codes = torch.cat([c for c, _ in pieces])
-        packed.append(pack_int4(codes))
-        tables.append(torch.cat([t for _, t in pieces]).to(dtype))
-    table = torch.cat(tables).transpose(0, 1).contiguous()  # (groups, out, 2): aten's
     out = sum(p.info.rows for p in parts)
-    weights = torch.cat(packed)
+    cols = parts[0].info.cols * (1 if kind == "int4" else 2)  # what the kernel reads
+    # The results are allocated first and filled chunk by chunk: the chunks' temporaries
+    # (freed each time, the same sizes) then reuse the same memory.
+    weights = torch.empty((out, cols // 2), dtype=torch.uint8)
+    table = torch.empty((cols // 32, out, 2), dtype=dtype)  # (groups, out, 2): aten's
+    at = 0
+    for rows in _chunks(parts):
+        pieces = [int4_codes(decode(reader.part_rows(p, start, end), p.info.type,
+                                    p.info.cols)) for p, start, end in rows]
+        codes = torch.cat([c for c, _ in pieces])
+        weights[at:at + len(codes)] = pack_int4(codes)
+        table[:, at:at + len(codes)] = torch.cat([t for _, t in pieces]).transpose(0, 1)
+        at += len(codes)
+        del pieces, codes
     if kind == "int4":
         return Int4Linear(weights, table, 32, out, bias)
     high = 8.0 if block == 16 else 1.0
