@@ -1,8 +1,9 @@
-"""Write a transformers llama folder (the tiny test model) as a GGUF file, as llama.cpp's
-converter lays it out: llama's tensor names, the query/key rows reordered per head
-(llama.cpp's `permute`), the tokenizer as GGUF metadata (gpt2 BPE: tokens, types,
-merges, special ids, chat template), each tensor in the GGML type asked for, quantized by
-`gguf.quants.quantize` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16, F32). Seconds, offline.
+"""Write a transformers llama or qwen2 folder (the tiny test models) as a GGUF file, as
+llama.cpp's converter lays it out: GGUF's tensor names (biases too), a llama's query/key
+rows reordered per head (llama.cpp's `permute`; qwen2's are kept in order), the tokenizer
+as GGUF metadata (gpt2 BPE: tokens, types, merges, special ids, chat template), each
+tensor in the GGML type asked for, quantized by `gguf.quants.quantize` (Q4_0, Q4_1,
+Q5_0, Q5_1, Q8_0, F16, BF16, F32). Seconds, offline.
 
 Used by the tests of GGUF files read at their stored precision (and by benchmarks for
 larger random shapes); it knows nothing about chatcli.
@@ -35,7 +36,8 @@ def _tensor_names(layers: int) -> dict[str, str]:
                  "mlp.down_proj": "ffn_down"}
     for i in range(layers):
         for hf, gg in per_layer.items():
-            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
+            for kind in ("weight", "bias"):
+                names[f"model.layers.{i}.{hf}.{kind}"] = f"blk.{i}.{gg}.{kind}"
     return names
 
 
@@ -49,7 +51,8 @@ def write_gguf(folder: Path, out: Path, type_of: TypeOf) -> Path:
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     tok_config = json.loads((folder / "tokenizer_config.json").read_text())
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    writer = gguf.GGUFWriter(str(out), "llama")
+    arch = config["model_type"]  # llama or qwen2 (whose rows llama.cpp keeps in order)
+    writer = gguf.GGUFWriter(str(out), arch)
     writer.add_name("tiny")
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
@@ -87,9 +90,9 @@ def write_gguf(folder: Path, out: Path, type_of: TypeOf) -> Path:
         if hf not in weights:
             continue
         w = weights[hf].astype(np.float32)
-        if ".self_attn.q_proj." in hf:
+        if arch == "llama" and ".self_attn.q_proj." in hf:
             w = _permute(w, heads)
-        elif ".self_attn.k_proj." in hf:
+        elif arch == "llama" and ".self_attn.k_proj." in hf:
             w = _permute(w, kv_heads)
         kind = "F32" if w.ndim == 1 else type_of(name)
         qtype = gguf.GGMLQuantizationType[kind]

@@ -218,6 +218,35 @@ def test_a_truncated_gguf_is_named(g: Path, home: Path, tiny_gguf: Path,
                                   "--quantize none (its dequantized weights)\n")
 
 
+def test_a_qwen2_gguf_with_biases_reads_as_transformers_reads_it(tmp_path: Path) -> None:
+    """qwen2: GGUF's names for its q/k/v biases, rows in their own order (no llama
+    reordering); every weight and bias as transformers' GGUF loader gives them."""
+    from test_transformers_path import build_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = build_model(tmp_path / "qwen2", "qwen2")
+    path = write_gguf(folder, tmp_path / "q.gguf",
+                      lambda name: "Q8_0" if "attn_v" in name else "Q4_1")
+    config = AutoConfig.from_pretrained(tmp_path, gguf_file="q.gguf")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf").state_dict()
+    stored = gguf_weights.load_model(path, config.to_dict(), torch.float32)
+    for i, layer in enumerate(stored.layers):
+        p = f"model.layers.{i}"
+        qkv = [theirs[f"{p}.self_attn.{n}_proj.weight"] for n in "qkv"]
+        bias = [theirs[f"{p}.self_attn.{n}_proj.bias"] for n in "qkv"]
+        assert isinstance(layer.qkv, Stacked)  # Q4_1 q/k, Q8_0 v
+        assert torch.equal(layer.qkv.dequantized(), torch.cat(qkv))
+        assert torch.equal(torch.cat([part.bias for part in layer.qkv.parts]), torch.cat(bias))
+        assert torch.equal(layer.down.dequantized(), theirs[f"{p}.mlp.down_proj.weight"])
+    assert torch.equal(stored.head.dequantized(), theirs["lm_head.weight"])
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    exact = NativeCausalLM(stored.args, {k: v.float() for k, v in theirs.items()},
+                           config.to_dict())
+    got, _ = stored.forward(ids, None, logits_to_keep=0)
+    want, _ = exact.forward(ids, None, logits_to_keep=0)
+    assert torch.allclose(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+
+
 class _Silent:
     def notify(self, message: str) -> None:
         pass
