@@ -247,6 +247,14 @@ def test_a_qwen2_gguf_with_biases_reads_as_transformers_reads_it(tmp_path: Path)
     assert torch.allclose(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
 
 
+def test_a_tied_dense_embedding_is_the_head_too(tiny_model: Tiny, tmp_path: Path) -> None:
+    path = write_gguf(tiny_model.folder, tmp_path / "f16.gguf",
+                      lambda name: "F16" if name.startswith("token_embd") else "Q8_0")
+    config = json.loads((tiny_model.folder / "config.json").read_text())
+    model = gguf_weights.load_model(path, config, torch.float32)
+    assert isinstance(model.head, Dense) and model.head.weight is model.embed  # one copy
+
+
 class _Silent:
     def notify(self, message: str) -> None:
         pass

@@ -397,8 +397,11 @@ def load_model(path: Path, config: dict, dtype: torch.dtype) -> Any:
             weights["model.embed_tokens.weight"] = reader.dense(embed, dtype)
         weights["model.norm.weight"] = reader.dense(info("model.norm.weight"), dtype)
         head = optional("lm_head.weight")
-        linears: dict[str, Linear] = {
-            "head": build_linear(reader, [Part(head or embed)], dtype)}
+        table = weights["model.embed_tokens.weight"]
+        linears: dict[str, Linear] = {  # a tied dense table serves as the head too
+            "head": Dense(table) if head is None and isinstance(table, torch.Tensor) and
+            _kind(Part(embed))[0] == "dense" else
+            build_linear(reader, [Part(head or embed)], dtype)}
         for i in range(args.num_layers):
             p = f"model.layers.{i}"
             for norm in ("input_layernorm", "post_attention_layernorm"):
