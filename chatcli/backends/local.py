@@ -9,7 +9,9 @@ An opened `LocalBackend` owns the prompt cache (`PromptCache`: each turn prefill
 only what changed), counts tokens with the model's own chat template (`count` is a
 `chatcli.prompt.PromptCounter`: each message is counted once), runs every
 strategy (plugins included) and gives every view: token ids, candidates with any
-K, pruned beams, attention per turn.
+K, pruned beams, attention per turn. It completes plain text too (`raw_count`:
+`chatcli.prompt.RawRender`), the only thing a model without a chat template can do
+(`has_chat_template`).
 
 Knows nothing about the terminal or the CLI. torch, transformers and the loader
 are imported only when a model is opened.
@@ -33,7 +35,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 CAPABILITIES = Capabilities(token_ids=True, internals=True, any_strategy=True, beam=True,
                             max_candidates=None, constrained=True, kv_reuse=True,
-                            exact_count=True)
+                            exact_count=True, raw=True)
 
 
 class LocalBackend:
@@ -281,6 +283,19 @@ class LocalBackend:
             self._counter = PromptCounter(self.loaded.tokenizer)
         return self._counter
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the model can chat (its tokenizer has a chat template, or models.toml
+        gives it one); without, it only completes text (`raw_count`)."""
+        return bool(getattr(self.loaded.tokenizer, "chat_template", None))
+
+    @property
+    def raw_count(self) -> Any:  # chatcli.prompt.RawRender
+        """The prompt token ids of messages taken as plain text (a raw completion)."""
+        from chatcli.prompt import RawRender
+
+        return RawRender(self.loaded.tokenizer)
+
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         """A local model runs every strategy and gives every view; a constraint is compiled
         for its vocabulary now, so that a bad one is refused (ConstraintError) at once."""
@@ -293,7 +308,8 @@ class LocalBackend:
         self.cache.invalidate()
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
-               strategies: Any = None, constraint: Any = None) -> Any:
+               strategies: Any = None, constraint: Any = None, raw: bool = False) -> Any:
+        """The answer to `packed` (its ids, a raw completion's as a chat answer's)."""
         from chatcli.generation.stream import stream
 
         loaded = dataclasses.replace(self.loaded, lm=self.cache)
@@ -338,10 +354,11 @@ class LocalBackend:
 
         return render_text(self.loaded.tokenizer, messages), None
 
-    def attention(self, packed: Any, answer_ids: list[int]) -> Any:
+    def attention(self, packed: Any, answer_ids: list[int], raw: bool = False) -> Any:
         from chatcli.explain import context_attention
 
-        return context_attention(self.loaded, packed.messages, packed.ids, answer_ids)
+        render = self.raw_count if raw else None
+        return context_attention(self.loaded, packed.messages, packed.ids, answer_ids, render)
 
 
 def _implementation(spec: Any) -> str:
