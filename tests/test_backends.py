@@ -109,8 +109,11 @@ def test_builtin_backends_declare_their_capabilities() -> None:
                     model="m")
     assert remote.capabilities_of(far) == Capabilities(
         token_ids=False, internals=False, any_strategy=False, beam=False, max_candidates=20,
-        constrained=False, kv_reuse=False, exact_count=False)
+        constrained=False, kv_reuse=False, exact_count=False, raw=True)
     vllm = ModelSpec(alias="v", source="remote", backend="openai", base_url="http://h/v1",
                      model="m", server="vllm", tokenizer="tiny")
     caps = remote.capabilities_of(vllm)
     assert (caps.beam, caps.exact_count) == (True, True)
+    served = ModelSpec(alias="t", source="remote", backend="openai", base_url="http://h/v1",
+                       model="m", server="transformers")
+    assert remote.capabilities_of(served).raw is False  # no completions endpoint

@@ -4,6 +4,8 @@ A base model is built here as the tiny chat model is in conftest.py, without a c
 template and with a tokenizer that puts a BOS before every text (as Llama's and Gemma's
 do). Every answer is checked against transformers' own `generate()` on the ids that
 transformers' tokenizer gives the text by default (`tokenizer(text)`, BOS included).
+On a server (the replay server of test_openai_replay.py), --raw is a request to the
+completions endpoint, and what chatcli does not send there is refused before any request.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_openai_replay
 import torch
+from test_openai_replay import Replay, Response, sse
 
-from conftest import CORPUS, Tiny, printed, run_cli, train_byte_level_bpe
+from conftest import CORPUS, Tiny, printed, reference_generate, run_cli, train_byte_level_bpe
+
+replay = test_openai_replay.replay  # the fixtures: a replay server, `local-server` on it
+remote = test_openai_replay.remote
 
 NOTE = "chatcli: base has no chat template: completing your text as it is (--raw)\n"
 NO_TEMPLATE = ("error: this model has no chat template; hint: set chat_template for "
@@ -319,6 +326,15 @@ def test_chat_with_a_model_without_a_chat_template_is_refused(base: Path) -> Non
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", NO_TEMPLATE)
 
 
+def test_chat_keeps_its_model_when_model_names_one_without_a_chat_template(
+        base: Path, tiny_model: Tiny) -> None:
+    tok, out, _ = reference_generate(tiny_model, [{"role": "user", "content": "Hello"}],
+                                     max_new_tokens=4)
+    result = run_cli(["chat", "-n", "4"], input="/model base\nHello\n")
+    assert (result.exit_code, result.stderr) == (0, NO_TEMPLATE)
+    assert result.stdout == printed(tok.decode(out[0].tolist(), skip_special_tokens=True))
+
+
 def test_a_chat_continued_with_a_model_without_a_chat_template_is_refused(base: Path) -> None:
     assert run_cli(["ask", "-n", "3", "Hi"]).exit_code == 0
     result = run_cli(["ask", "-c", "-m", "base", "-n", "3", "More"])
@@ -384,3 +400,61 @@ def test_a_raw_completion_is_no_chat_to_continue(base: Path) -> None:
         "error: conversation 1 is a raw completion: its text goes on as it is, with no system "
         "prompt (-s); hint: drop -s, or drop -c to start a new conversation\n"))
     assert len(stored(base)) == 2
+
+
+# -- on a server: the completions endpoint ---------------------------------------------------
+def _completion(*pieces: str, finish: str = "stop", prompt_tokens: int = 5) -> Response:
+    """A streamed text completion, as llama.cpp's and vLLM's servers send one."""
+    events = [json.dumps({"object": "text_completion", "choices": [
+        {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
+        for piece in pieces[:-1]]
+    events.append(json.dumps({"object": "text_completion", "choices": [
+        {"index": 0, "text": pieces[-1], "logprobs": None, "finish_reason": finish}]}))
+    events.append(json.dumps({"choices": [], "usage": {
+        "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces)}}))
+    return Response(200, "OK", {"Content-Type": "text/event-stream"}, sse(*events, "[DONE]"))
+
+
+def test_raw_on_a_server_sends_the_text_to_completions(remote: Replay, home: Path) -> None:
+    remote.responses = [_completion(" is", " Paris", ".")]
+    result = run_cli(["ask", "--raw", "-m", "local-server", "-n", "12", "--json", TEXT])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    out = json.loads(result.stdout)
+    assert (out["text"], out["raw"], out["prompt_tokens"], out["completion_tokens"],
+            out["finish_reason"]) == (" is Paris.", True, 5, 3, "stop")
+    assert [r["path"] for r in remote.requests] == ["/v1/completions"]
+    assert remote.bodies() == [{"model": "smollm2", "prompt": TEXT, "max_tokens": 12,
+                                "temperature": 0.0, "repeat_penalty": 1.0,
+                                "stream_options": {"include_usage": True}, "stream": True}]
+    assert [(r, c) for r, c, _ in stored(home)] == [("user", TEXT), ("assistant", " is Paris.")]
+    assert stored(home)[1][2]["raw"] is True  # type: ignore[index]
+    remote.responses = [_completion(" It is big.")]
+    more = run_cli(["ask", "-c", "-n", "12", " The city"])
+    assert (more.exit_code, more.stdout) == (0, " It is big.\n")
+    assert remote.bodies()[1]["prompt"] == TEXT + " is Paris. The city"
+    compared = run_cli(["compare", "--raw", "-m", "local-server", "-S", "greedy", "-n", "12",
+                        "--json", TEXT])
+    assert compared.exit_code == 0, compared.stderr
+    assert "logprobs" not in remote.bodies()[2]  # none are read from this endpoint
+
+
+@pytest.mark.parametrize(("server", "args", "line"), [
+    ("transformers", [], "error: --raw completes text at a server's completions endpoint, "
+     "which 'local-server' (server transformers: transformers serve) does not have; hint: "
+     "drop --raw, or use a local model (-m)"),
+    ("llama.cpp", ["--show-candidates", "2"], "error: --show-candidates cannot be shown with "
+     "--raw on a server: chatcli reads log-probabilities from chat completions only "
+     "('local-server' is remote); hint: drop --show-candidates, or use a local model (-m)"),
+    ("llama.cpp", ["--choice", "a,b"], "error: --choice cannot be sent with --raw: chatcli "
+     "sends a server answer shapes with chat completions only ('local-server' is remote); "
+     "hint: drop --raw, or use a local model (-m)"),
+])
+def test_raw_on_a_server_refusals_come_before_any_request(remote: Replay, home: Path,
+                                                          server: str, args: list[str],
+                                                          line: str) -> None:
+    toml = home / "models.toml"
+    toml.write_text(toml.read_text().replace('server = "llama.cpp"', f'server = "{server}"'))
+    result = run_cli(["ask", "--raw", "-m", "local-server", *args, TEXT])
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", line + "\n")
+    assert remote.requests == []

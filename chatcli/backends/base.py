@@ -31,8 +31,10 @@ Raw completions (`ask --raw`; the `raw` capability): a backend that has it also 
 `raw_count` (the prompt token ids of messages taken as plain text, no chat template:
 `chatcli.prompt.raw_text`), `has_chat_template` (False: the model can only complete
 text) and takes `raw=True` in `stream` (and `attention`). `check_raw` refuses `--raw`
-where the capability is missing, before anything loads. A backend without these
-attributes has a chat template and no raw completions.
+where the capability is missing, before anything loads; a backend class may have its own
+`check_raw(spec, views, constraint)` instead, naming what it cannot give in a raw
+completion. A
+backend without these attributes has a chat template and no raw completions.
 
 Knows nothing about the terminal, the CLI or a particular backend.
 """

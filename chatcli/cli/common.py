@@ -135,9 +135,13 @@ def setup(
     from chatcli.backends import backend_of
     from chatcli.backends.base import Views, check_raw
 
-    if raw:
-        check_raw(prepared.spec, backend_of(prepared.spec).capabilities_of(prepared.spec))
     views = Views(candidates=candidates, internals=internals)
+    if raw:  # the backend's own refusals where it has them, else the capability's
+        cls = backend_of(prepared.spec)
+        if hasattr(cls, "check_raw"):
+            cls.check_raw(prepared.spec, views, constraint)
+        else:
+            check_raw(prepared.spec, cls.capabilities_of(prepared.spec))
     for request in prepared.requests:
         early = prepared.settings(request)
         if check:
