@@ -166,6 +166,16 @@ def test_a_model_without_a_chat_template_completes_by_itself_with_a_note(
     assert (out["token_ids"], out["raw"]) == (new, True)
 
 
+def test_models_show_says_the_model_has_no_chat_template(base: Path) -> None:
+    shown = run_cli(["models", "show", "base"])
+    assert shown.exit_code == 0, shown.stderr
+    assert ("chat template      none: ask completes text as it is (--raw); chat needs "
+            "chat_template in models.toml") in shown.stdout.splitlines()
+    as_json = [json.loads(run_cli(["models", "show", alias, "--json"]).stdout)["chat_template"]
+               for alias in ("base", "tiny")]
+    assert as_json == ["none", "model"]
+
+
 def test_a_chat_answer_says_raw_false(cli) -> None:
     result = run_cli(["ask", "-n", "3", "--json", "Hi"])
     assert json.loads(result.stdout)["raw"] is False
@@ -458,3 +468,30 @@ def test_raw_on_a_server_refusals_come_before_any_request(remote: Replay, home: 
     result = run_cli(["ask", "--raw", "-m", "local-server", *args, TEXT])
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", line + "\n")
     assert remote.requests == []
+
+
+# -- the default model's GGUF: the prompt llama.cpp would complete (slow) ------------------------
+@pytest.mark.slow
+def test_raw_prompt_ids_are_llama_cpp_s_for_the_default_gguf(real: Path) -> None:
+    """The ids of a raw prompt are those llama.cpp gives the same text for a completion
+    (its BOS where the GGUF says to add one: SmolLM2's says not to)."""
+    from llamacpp_server import default_gguf, require_llama_cpp
+
+    require_llama_cpp()
+    import llama_cpp
+
+    from chatcli.conversation import Message
+    from chatcli.loader import load_model
+    from chatcli.progress import SilentReporter
+    from chatcli.prompt import RawRender
+    from chatcli.registry import load_registry
+    from chatcli.runtime import resolve_runtime
+
+    spec = load_registry().resolve("smollm2-135m")
+    loaded = load_model(spec, resolve_runtime("cpu", "float32", None, spec.dtype),
+                        SilentReporter())
+    vocab = llama_cpp.Llama(model_path=str(default_gguf(real)), vocab_only=True, verbose=False)
+    for text in ["The capital of France is", "def add(a, b):\n    return", " leading space",
+                 "Ünïcödé 🙂 中文", "<|im_start|>user\nHi<|im_end|>\n"]:
+        assert RawRender(loaded.tokenizer)([Message("user", text)]) == vocab.tokenize(
+            text.encode(), add_bos=True, special=True), text

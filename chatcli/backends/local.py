@@ -11,7 +11,7 @@ only what changed), counts tokens with the model's own chat template (`count` is
 strategy (plugins included) and gives every view: token ids, candidates with any
 K, pruned beams, attention per turn. It completes plain text too (`raw_count`:
 `chatcli.prompt.RawRender`), the only thing a model without a chat template can do
-(`has_chat_template`).
+(`has_chat_template`; `describe` says "none" for a cached folder that carries none).
 
 Knows nothing about the terminal or the CLI. torch, transformers and the loader
 are imported only when a model is opened.
@@ -147,7 +147,7 @@ class LocalBackend:
             "dtype": spec.dtype,
             "implementation": _implementation(spec),
             "quantize": spec.quantize,
-            "chat_template": "models.toml" if spec.chat_template else "model",
+            "chat_template": "models.toml" if spec.chat_template else _template_of(spec),
             "trust_remote_code": spec.trust_remote_code,
             "license": spec.license or None,
             "cached": cls.cached_path(spec),
@@ -164,8 +164,7 @@ class LocalBackend:
             ("dtype", info["dtype"]),
             ("implementation", info["implementation"]),
             ("quantize", info["quantize"]),
-            ("chat template", "from models.toml" if info["chat_template"] == "models.toml"
-             else "the model's own"),
+            ("chat template", _TEMPLATE_ROWS.get(info["chat_template"], "the model's own")),
             ("trust remote code", "yes" if info["trust_remote_code"] else "no"),
             ("license", info["license"] or "?"),
             ("cached", info["cached"] or "no"),
@@ -359,6 +358,31 @@ class LocalBackend:
 
         render = self.raw_count if raw else None
         return context_attention(self.loaded, packed.messages, packed.ids, answer_ids, render)
+
+
+_TEMPLATE_ROWS = {"models.toml": "from models.toml",
+                  "none": "none: ask completes text as it is (--raw); chat needs chat_template "
+                  "in models.toml"}
+
+
+def _template_of(spec: Any) -> str:
+    """"model" (the model's own chat template, or not known: not on disk yet), or "none"
+    when the cached tokenizer folder carries none (tokenizer_config.json's chat_template,
+    chat_template.jinja or .json, additional_chat_templates/)."""
+    import json
+
+    cached = LocalBackend.cached_path(spec)
+    folder = Path(cached) if cached else None
+    if folder is None or not folder.is_dir():
+        return "model"
+    if any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json",
+                                                 "additional_chat_templates")):
+        return "model"
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "model"  # unreadable: the load will say why
+    return "model" if isinstance(config, dict) and config.get("chat_template") else "none"
 
 
 def _implementation(spec: Any) -> str:
