@@ -9,7 +9,9 @@ An opened `LocalBackend` owns the prompt cache (`PromptCache`: each turn prefill
 only what changed), counts tokens with the model's own chat template (`count` is a
 `chatcli.prompt.PromptCounter`: each message is counted once), runs every
 strategy (plugins included) and gives every view: token ids, candidates with any
-K, pruned beams, attention per turn.
+K, pruned beams, attention per turn. It completes plain text too (`raw_count`:
+`chatcli.prompt.RawRender`), the only thing a model without a chat template can do
+(`has_chat_template`; `describe` says "none" for a cached folder that carries none).
 
 Knows nothing about the terminal or the CLI. torch, transformers and the loader
 are imported only when a model is opened.
@@ -33,7 +35,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 CAPABILITIES = Capabilities(token_ids=True, internals=True, any_strategy=True, beam=True,
                             max_candidates=None, constrained=True, kv_reuse=True,
-                            exact_count=True)
+                            exact_count=True, raw=True)
 
 
 class LocalBackend:
@@ -145,7 +147,7 @@ class LocalBackend:
             "dtype": spec.dtype,
             "implementation": _implementation(spec),
             "quantize": spec.quantize,
-            "chat_template": "models.toml" if spec.chat_template else "model",
+            "chat_template": "models.toml" if spec.chat_template else _template_of(spec),
             "trust_remote_code": spec.trust_remote_code,
             "license": spec.license or None,
             "cached": cls.cached_path(spec),
@@ -162,8 +164,7 @@ class LocalBackend:
             ("dtype", info["dtype"]),
             ("implementation", info["implementation"]),
             ("quantize", info["quantize"]),
-            ("chat template", "from models.toml" if info["chat_template"] == "models.toml"
-             else "the model's own"),
+            ("chat template", _TEMPLATE_ROWS.get(info["chat_template"], "the model's own")),
             ("trust remote code", "yes" if info["trust_remote_code"] else "no"),
             ("license", info["license"] or "?"),
             ("cached", info["cached"] or "no"),
@@ -281,6 +282,19 @@ class LocalBackend:
             self._counter = PromptCounter(self.loaded.tokenizer)
         return self._counter
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the model can chat (its tokenizer has a chat template, or models.toml
+        gives it one); without, it only completes text (`raw_count`)."""
+        return bool(getattr(self.loaded.tokenizer, "chat_template", None))
+
+    @property
+    def raw_count(self) -> Any:  # chatcli.prompt.RawRender
+        """The prompt token ids of messages taken as plain text (a raw completion)."""
+        from chatcli.prompt import RawRender
+
+        return RawRender(self.loaded.tokenizer)
+
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         """A local model runs every strategy and gives every view; a constraint is compiled
         for its vocabulary now, so that a bad one is refused (ConstraintError) at once."""
@@ -293,7 +307,8 @@ class LocalBackend:
         self.cache.invalidate()
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
-               strategies: Any = None, constraint: Any = None) -> Any:
+               strategies: Any = None, constraint: Any = None, raw: bool = False) -> Any:
+        """The answer to `packed` (its ids, a raw completion's as a chat answer's)."""
         from chatcli.generation.stream import stream
 
         loaded = dataclasses.replace(self.loaded, lm=self.cache)
@@ -338,10 +353,36 @@ class LocalBackend:
 
         return render_text(self.loaded.tokenizer, messages), None
 
-    def attention(self, packed: Any, answer_ids: list[int]) -> Any:
+    def attention(self, packed: Any, answer_ids: list[int], raw: bool = False) -> Any:
         from chatcli.explain import context_attention
 
-        return context_attention(self.loaded, packed.messages, packed.ids, answer_ids)
+        render = self.raw_count if raw else None
+        return context_attention(self.loaded, packed.messages, packed.ids, answer_ids, render)
+
+
+_TEMPLATE_ROWS = {"models.toml": "from models.toml",
+                  "none": "none: ask completes text as it is (--raw); chat needs chat_template "
+                  "in models.toml"}
+
+
+def _template_of(spec: Any) -> str:
+    """"model" (the model's own chat template, or not known: not on disk yet), or "none"
+    when the cached tokenizer folder carries none (tokenizer_config.json's chat_template,
+    chat_template.jinja or .json, additional_chat_templates/)."""
+    import json
+
+    cached = LocalBackend.cached_path(spec)
+    folder = Path(cached) if cached else None
+    if folder is None or not folder.is_dir():
+        return "model"
+    if any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json",
+                                                 "additional_chat_templates")):
+        return "model"
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "model"  # unreadable: the load will say why
+    return "model" if isinstance(config, dict) and config.get("chat_template") else "none"
 
 
 def _implementation(spec: Any) -> str:

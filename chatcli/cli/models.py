@@ -69,7 +69,8 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None,
     strategy first, as {"value", "origin"}; origin is default,
     generation_config.json or models.toml) and decoding_note (null, or why a layer
     does not apply). A local alias adds source, dtype, implementation, quantize,
-    chat_template (models.toml or model), trust_remote_code and cached (the path,
+    chat_template (models.toml, model, or none: the cached model carries none and
+    completes text only), trust_remote_code and cached (the path,
     or null); a remote one adds base_url, model, server, api_key_env ({"name",
     "set"}, or null), tokenizer and timeout (seconds). Null means unset.
     """
