@@ -531,3 +531,35 @@ def test_models_show_stats_and_json_say_native(case: tuple[str, Path], aliases: 
     result = run_cli(["ask", "-m", aliases, "--json", "-n", "2", "Hi"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["implementation"] == {"name": "native", "reason": None}
+
+
+@pytest.mark.slow
+def test_gemma3_compiles_through_the_same_path(tmp_path_factory: pytest.TempPathFactory,
+                                               tmp_path: Path) -> None:
+    """The compiled decode step (chatcli compile) of an int8 Gemma 3: its sliding layers
+    mask the positions before their window, each layer reads its RoPE table; 40 steps
+    past the window give the eager model's tokens."""
+    from chatcli.lm import compiled
+
+    folder = build(tmp_path_factory.mktemp("gemma3-compiled"), "gemma3")
+    model = NativeCausalLM.from_folder(folder, torch.float32)
+    model.quantize("int8")
+    path = tmp_path / "gemma3.pt2"
+    model_id = compiled.folder_fingerprint(folder)
+    compiled.build(model, path, model_id=model_id, options=compiled.TEST_OPTIONS)
+    lm = compiled.CompiledLanguageModel.open(model, path, model_id)
+    assert lm.compiled, lm.reason
+    ids = _ids(model, 20)[0].tolist()
+    runs = []
+    for each in (NativeLanguageModel(model), lm):
+        logits, cache = each.prefill(ids)
+        tokens, seen = [], [logits]
+        for _ in range(40):
+            tokens.append(int(logits.argmax(-1)))
+            logits, cache = each.step(torch.tensor([tokens[-1]]), cache)
+            seen.append(logits)
+        runs.append((tokens, seen))
+    assert lm.compiled and cache.static and len(cache) == 60
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
