@@ -5,9 +5,10 @@ Contract: `load_model(spec, runtime, reporter)` fetches the weights (see
 chatcli's cache (so later loads take well under a second instead of ~15 s),
 loads tokenizer and model with the runtime's device/dtype/threads, and returns a
 `LoadedModel`. Two implementations of the forward pass, chosen by the model config
-alone: chatcli's native Llama-family one (`chatcli.lm.llama`: llama and qwen2
-architectures, bit-identical results, no transformers modeling import, ~2 s faster
-start) where it applies, else transformers' (any architecture). With the native forward
+alone: chatcli's native one (`chatcli.lm.llama`, for the architectures registered in
+`chatcli.lm.models`: llama, qwen2, qwen3, mistral, phi3, gemma3_text, sliding windows
+included; bit-identical results, no transformers modeling import, ~2 s faster start)
+where it applies, else transformers' (any architecture). With the native forward
 pass the tokenizer is chosen by the tokenizer folder alone (`open_tokenizer`, also used
 by the remote backend): chatcli's own (`chatcli.lm.tokenizer`, no transformers import)
 when it reproduces transformers' exactly, else transformers' AutoTokenizer (e.g. the
@@ -331,11 +332,11 @@ def native_unsupported(device: str, config: dict[str, Any]) -> str | None:
     whatever the alias asks for."""
     if device not in ("cpu", "cuda"):
         return f"the native implementation runs on cpu and cuda, not {device}"
-    from chatcli.lm import llama
+    from chatcli.lm import models  # no torch: the architecture registry parses configs
 
     try:  # the config parsed as the forward pass reads it; the reason names what is not
-        llama.ModelArgs.from_config(config)
-    except llama.UnsupportedModelError as exc:
+        models.args_of(config)
+    except models.UnsupportedModelError as exc:
         return exc.message
     return None
 
@@ -419,8 +420,8 @@ def load_model(
     spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None = None
 ) -> LoadedModel:
     """Load an alias. `implementation` (default: the alias's, else "auto") picks the forward pass:
-    chatcli's native Llama-family one where it applies (CPU or CUDA, llama/qwen2
-    architectures whose config it computes exactly), else transformers'. The native
+    chatcli's native one where it applies (CPU or CUDA, an architecture of
+    `chatcli.lm.models` whose config it computes exactly), else transformers'. The native
     forward pass takes the tokenizer `open_tokenizer` picks for the folder."""
     weights = sources.fetch(spec, reporter)  # a download stops at Ctrl-C at once
     with interrupts.deferred(interrupts.LOADING):

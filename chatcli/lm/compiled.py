@@ -23,7 +23,8 @@ Contract:
 - The step's graph takes the token id (1, 1), its position (1,) and the cached keys and
   values, each one tensor (positions, layers, kv_heads, head_dim) whose first dimension
   is dynamic (one package serves every cache length from `MIN_LENGTH`; attention reads
-  exactly the cached positions, no mask), *read only*; it returns the logits (1, vocab)
+  exactly the cached positions, no mask, except that a sliding-window layer masks those
+  before its window), *read only*; it returns the logits (1, vocab)
   and the token's new key and value, (layers, kv_heads, head_dim) each, which the
   caller writes at the position, outside the graph (a graph that wrote into the cache
   gave wrong tokens or ran slowly, issue 13).
@@ -216,11 +217,12 @@ class _Step(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
         hd, kv = model.head_dim, model.kv_heads
-        cos, sin = model.rope(pos)
-        cos, sin = cos.view(1, 1, 1, hd), sin.view(1, 1, 1, hd)
+        rope = tuple((cos.view(1, 1, 1, hd), sin.view(1, 1, 1, hd))
+                     for cos, sin in model.rope(pos))
         cache = _ReadOnlyCache(keys, values)
 
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   window: int | None) -> torch.Tensor:
             new_k, new_v = cache.new_keys[-1], cache.new_values[-1]  # (1, kv, 1, hd)
             # Products and sums, not matmuls: inductor fuses them into one reduction each,
             # and its bf16 AMX batched-GEMM template, which max-autotune picked for
@@ -229,12 +231,15 @@ class _Step(torch.nn.Module):
             k = k.permute(1, 0, 2)[None, :, None]  # (1, kv, 1, positions, hd)
             v = v.permute(1, 0, 2)[None, :, None]
             old = (grouped * k).sum(-1) * model.scale  # (1, kv, n_rep, positions)
+            if window is not None:  # a sliding layer: the positions before its window
+                cached = torch.arange(old.shape[-1], device=old.device)
+                old = old.masked_fill(cached <= pos - window, float("-inf"))
             own = (grouped[..., 0, :] * new_k).sum(-1, keepdim=True) * model.scale
             probs = torch.softmax(torch.cat((old, own), dim=-1).float(), dim=-1).to(q.dtype)
             out = (probs[..., :-1, None] * v).sum(-2) + probs[..., -1:] * new_v
             return out.reshape(1, 1, -1)
 
-        h = model.hidden(ids, cache, cos, sin, attend)
+        h = model.hidden(ids, cache, rope, attend)
         logits = model.logits(h, 1).view(1, -1)
         # (layers, kv, hd) each: the row the caller writes at position `pos`
         return (logits, torch.stack(cache.new_keys).view(-1, kv, hd),
@@ -248,7 +253,8 @@ def _tensor_slots(model: NativeCausalLM) -> list[tuple[Any, str]]:
     for layer in model.layers:
         holders.append(layer)
         holders.extend(value for value in vars(layer).values()
-                       if value is not None and not isinstance(value, torch.Tensor))
+                       if value is not None and hasattr(value, "__dict__")
+                       and not isinstance(value, torch.Tensor))
     return [(obj, attr) for obj in holders for attr, value in vars(obj).items()
             if isinstance(value, torch.Tensor)]
 
