@@ -352,7 +352,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _build_locked(alias: str, folder: Path, runtime: Any, package: Path,
                   autotune: bool) -> int:
-    import shutil
     import tempfile
 
     log = log_path(package)
@@ -389,7 +388,7 @@ def _build_locked(alias: str, folder: Path, runtime: Any, package: Path,
         record_failure(package, exc, log)
         return 1
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        remove_leftovers(package)
     state_path(package).unlink(missing_ok=True)
     log.unlink(missing_ok=True)
     return 0

@@ -8,7 +8,8 @@ Contract:
   /proc/cpuinfo), `model_id` (the caller's identity of the weights; `folder_fingerprint`
   hashes a checkpoint folder's config.json and its weight files' names, sizes and
   mtimes), mode (dtype and quantization, `mode_of`), the model's shapes, the inductor
-  options and the package's size and sha256. Autotuning (max-autotune) happens once, at
+  options and the package's size and sha256 (the key's fields and their checks, which
+  need no torch, are `chatcli.lm.package_key`'s). Autotuning (max-autotune) happens once, at
   build time: its choices are compiled into the package and never revisited at load.
   Inductor's own cache lives in a folder beside the package for the build and is removed
   after it: a build leaves nothing in the temp folder. It then unpacks the package (below)
