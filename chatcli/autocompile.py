@@ -501,7 +501,8 @@ class Status:
     pid: int | None = None  # building: the builder's (None: not known yet)
     log: str | None = None  # building, failed: the background build's log
     reason: str | None = None  # failed: why; not built: why an existing package is not used
-    automatic: str | None = None  # not built: why chatcli does not build it itself (None: it does)
+    automatic: str | None = None  # why chatcli does not build it by itself (None: it does)
+    background: bool = True  # building: in the background (else by `chatcli compile`)
 
     def as_dict(self) -> dict[str, Any]:
         """What `--json` says: these fields, `automatic` (whether chatcli builds it
@@ -512,8 +513,9 @@ class Status:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Status:
+        building_here = data["state"] == "building" and data["log"] is None
         return cls(data["state"], data["mode"], Path(data["path"]), data["pid"], data["log"],
-                   data["reason"], data["automatic_off"])
+                   data["reason"], data["automatic_off"], background=not building_here)
 
     def cell(self) -> str:
         """`models list`'s column."""
@@ -523,6 +525,9 @@ class Status:
         """`models show`'s line."""
         if self.state == "built":
             return f"built ({self.mode}): {self.path}"
+        if self.state == "building" and not self.background:
+            pid = f" (pid {self.pid})" if self.pid else ""
+            return f"building ({self.mode}) by 'chatcli compile'{pid}"
         if self.state == "building":
             pid = f"pid {self.pid}; " if self.pid else ""
             return f"building ({self.mode}) in the background ({pid}log {self.log})"
@@ -557,10 +562,12 @@ def status(spec: Any) -> Status | None:
     if runtime.quantize == "none" or not (folder / "config.json").is_file():
         return None
     package, mode = compiled_package(folder, runtime), _mode(runtime)
+    off = switched_off(spec)
     log = str(log_path(package))
     held = holder(package)
-    if held is not None:
-        return Status("building", mode, package, pid=held[0] or None, log=log)
+    if held is not None:  # a foreground build has no log (its output is on its terminal)
+        return Status("building", mode, package, pid=held[0] or None,
+                      log=log if held[1] else None, automatic=off, background=held[1])
     stale: str | None = None
     if package.is_file():
         key = read_json(key_path(package))
@@ -569,20 +576,20 @@ def status(spec: Any) -> Status | None:
         except OSError:
             fields = ["model"]
         if key and not fields:
-            return Status("built", mode, package)
+            return Status("built", mode, package, automatic=off)
         stale = (f"the package there is stale: {', '.join(fields)} changed" if key
                  else "the package there has no key")
     state = read_state(package)
     if state and _same_versions(state):
         if state.get("state") == "failed":
             return Status("failed", mode, package, log=state.get("log"),
-                          reason=str(state.get("reason")))
+                          reason=str(state.get("reason")), automatic=off)
         attempts = int(state.get("attempts", 0))
         if state.get("state") == "building" and attempts >= MAX_ATTEMPTS:
             return Status("failed", mode, package, log=state.get("log"),
                           reason=f"the background build stopped {attempts} times before it "
-                          "finished (killed, or out of memory?)")
-    return Status("not built", mode, package, reason=stale, automatic=switched_off(spec))
+                          "finished (killed, or out of memory?)", automatic=off)
+    return Status("not built", mode, package, reason=stale, automatic=off)
 
 
 if __name__ == "__main__":

@@ -494,6 +494,13 @@ def test_chatcli_compile_waits_for_another_chatcli_compile(
     _alias(home, tiny_model)
     package = _package(home, tiny_model)
     holder = _holding(package, background=False)
+    shown = run_cli(["models", "show", "q4", "--json"])
+    assert json.loads(shown.stdout)["compiled"] == {
+        "state": "building", "mode": "float32/int4", "path": str(package), "pid": holder.pid,
+        "log": None, "reason": None, "automatic": False,
+        "automatic_off": "CHATCLI_AUTO_COMPILE=0"}
+    assert (f"compiled step      building (float32/int4) by 'chatcli compile' (pid "
+            f"{holder.pid})") in run_cli(["models", "show", "q4"]).stdout.splitlines()
     from chatcli import loader
 
     def built(*args: Any, **kwargs: Any) -> tuple[Path, dict[str, Any], float]:

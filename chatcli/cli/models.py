@@ -88,10 +88,11 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None,
     compiled is the decode step compiled for this CPU and torch, in the mode the alias
     runs by default (null: nothing to compile, e.g. the exact path): {"state": built,
     building, failed or "not built", "mode" (dtype/quantization), "path" (the
-    package), "pid" (building: the background build's), "log" (its log; kept when it
-    failed), "reason" (failed: why; not built: why a package there is not used),
-    "automatic" (whether chatcli builds it in the background after an answer),
-    "automatic_off" (why not: compile = "never" in models.toml, or
+    package), "pid" (building: the builder's), "log" (a background build's log, kept
+    when it failed; null while 'chatcli compile' builds it), "reason" (failed: why;
+    not built: why a package there is not used), "automatic" (whether chatcli builds
+    it in the background after an answer), "automatic_off" (why not: compile =
+    "never" in models.toml, or
     CHATCLI_AUTO_COMPILE)}. compile is the alias's setting, auto or never.
     """
     from chatcli.backends import backend_of
