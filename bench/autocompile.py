@@ -8,14 +8,17 @@ On the default model (CHATCLI_HOME as set, the model pulled; the compiled step o
 default mode is removed first, so that the runs start from a machine without one):
 1. spawn: in one process with the model loaded, `chatcli.autocompile.after_answer`
    timed `--spawns` times, each builder it starts stopped at once (SIGKILL to its
-   group, its files removed): what an answer pays after its last byte.
+   group, its files removed): what an answer pays after its last byte (the first call
+   also imports what it needs; reported apart).
 2. ask: fresh `chatcli ask -n N --stats` processes in interleaved rounds, `off`
    (CHATCLI_AUTO_COMPILE=0) and `spawn` (a build started after the answer, stopped
-   after the round): the last byte on stdout/stderr and the process's end.
+   after the round): the last byte on stdout/stderr, the process's end, and the time
+   between them (where the build is started: the rest of the process is the same).
 3. during: `off` answers while a real background build runs (autotuned, as users get
    it; started by one more `spawn` answer), as many rounds as it lasts (at most
    `--rounds`), against the `off` answers of 2.
-4. after: once the build is done (its wall time noted), answers with the package:
+4. after: once the build is done (its wall time, and its process's peak resident
+   memory as last seen between answers, noted), answers with the package:
    decode tokens/s (`--stats`) and the whole process, against the eager answers of 2.
 
 The header states the CPU and the load average at the start and the end; `--write
@@ -136,6 +139,17 @@ def stop_builder(package: Path, timeout: float = 10.0) -> bool:
     return True
 
 
+def peak_rss_kb(pid: int) -> int:
+    """The peak resident memory of process `pid` so far (VmHWM), 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def spread(values: list[float], digits: int = 2) -> str:
     if not values:
         return "-"
@@ -166,11 +180,42 @@ def measure_spawn(tries: int, package: Path) -> list[float]:
     return times
 
 
+def real_build(ask_args: list[str], on: dict[str, str], off: dict[str, str], package: Path,
+               rounds: int) -> tuple[list[Run], float, int, list[Run]]:
+    """3 and 4: a real build started by an answer, answers while it runs, its wall time
+    and its process's peak resident memory (kB), then answers with the package."""
+    from chatcli import autocompile
+
+    started = time.perf_counter()
+    timed_ask(ask_args, on)
+    deadline = time.monotonic() + 10
+    while autocompile.holder(package) is None and not package.exists():
+        if time.monotonic() > deadline:
+            sys.exit("the answer started no build")
+        time.sleep(0.02)
+    during: list[Run] = []
+    peak_kb = 0
+    while (held := autocompile.holder(package)) is not None:
+        peak_kb = max(peak_kb, peak_rss_kb(held[0]))
+        if len(during) < rounds:
+            during.append(timed_ask(ask_args, off))
+        else:
+            time.sleep(0.5)
+    build_s = time.perf_counter() - started
+    state = autocompile.read_state(package)
+    if not package.exists():
+        sys.exit(f"the background build failed: {state}")
+    after = [timed_ask(ask_args, off) for _ in range(rounds)]
+    return during, build_s, peak_kb, after
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--spawns", type=int, default=15)
     ap.add_argument("-n", type=int, default=64, help="answer tokens (default 64)")
+    ap.add_argument("--no-build", action="store_true",
+                    help="measure 1 and 2 only (no real build: minutes quicker)")
     add_write_options(ap, "autocompile")
     args = ap.parse_args()
     package, _, runtime = default_package()
@@ -193,40 +238,25 @@ def main() -> None:
 
     runs = interleave({"off": lambda: timed_ask(ask_args, off), "spawn": spawning},
                       args.rounds, alternate=True)
-    # a real build, started by an answer, and answers while it runs
-    from chatcli import autocompile
-
-    started = time.perf_counter()
-    timed_ask(ask_args, on)
-    deadline = time.monotonic() + 10
-    while autocompile.holder(package) is None and not package.exists():
-        if time.monotonic() > deadline:
-            sys.exit("the answer started no build")
-        time.sleep(0.02)
-    during: list[Run] = []
-    while autocompile.holder(package) is not None:
-        if len(during) < args.rounds:
-            during.append(timed_ask(ask_args, off))
-        else:
-            time.sleep(0.5)
-    build_s = time.perf_counter() - started
-    state = autocompile.read_state(package)
-    if not package.exists():
-        sys.exit(f"the background build failed: {state}")
-    after = [timed_ask(ask_args, off) for _ in range(args.rounds)]
+    build = None if args.no_build else real_build(ask_args, on, off, package, args.rounds)
     conditions.finish()
 
     paired = [s.exit - o.exit for s, o in zip(runs["spawn"], runs["off"], strict=True)]
+    after_last = [(s.exit - s.last_byte) - (o.exit - o.last_byte)
+                  for s, o in zip(runs["spawn"], runs["off"], strict=True)]
     lines = [
         f"`python bench/autocompile.py --rounds {args.rounds} --spawns {args.spawns} "
-        f"-n {args.n}`: the default model ({runtime.dtype}/{runtime.quantize}), fresh "
+        f"-n {args.n}{' --no-build' if args.no_build else ''}`: the default model "
+        f"({runtime.dtype}/{runtime.quantize}), fresh "
         f"`chatcli ask -n {args.n} --stats` processes; median (min to max); "
         f"{conditions.describe()}.",
         "",
         "| measure | value |",
         "|---|---|",
-        f"| `after_answer` (decide and start the build), ms, {args.spawns} tries | "
-        f"{spread(spawn_ms, 1)} |",
+        f"| `after_answer` (decide and start the build), ms: the process's first | "
+        f"{spawn_ms[0]:.1f} |",
+        f"| `after_answer`, ms: the {args.spawns - 1} tries after it | "
+        f"{spread(spawn_ms[1:], 1)} |",
         f"| ask, no build (`CHATCLI_AUTO_COMPILE=0`): last byte, s | "
         f"{spread([r.last_byte for r in runs['off']])} |",
         f"| ask, starting a build: last byte, s | "
@@ -235,19 +265,31 @@ def main() -> None:
         f"| ask, starting a build: process exit, s | "
         f"{spread([r.exit for r in runs['spawn']])} |",
         f"| starting a build - no build, process exit, same round, s | {spread(paired)} |",
-        f"| ask while a build runs ({len(during)} answers): process exit, s | "
-        f"{spread([r.exit for r in during])} |",
-        f"| ask while a build runs: decode tok/s | "
-        f"{spread([r.tokens_per_s for r in during], 1)} |",
-        f"| the background build (autotuned), wall s, from the answer that started it | "
-        f"{build_s:.0f} |",
+        f"| ask, no build: after the last byte (exit - last byte), s | "
+        f"{spread([r.exit - r.last_byte for r in runs['off']], 3)} |",
+        f"| ask, starting a build: after the last byte, s | "
+        f"{spread([r.exit - r.last_byte for r in runs['spawn']], 3)} |",
+        f"| after the last byte, starting a build - no build, same round, s | "
+        f"{spread(after_last, 3)} |",
         f"| first answer, eager ({runs['off'][0].implementation}): decode tok/s | "
         f"{spread([r.tokens_per_s for r in runs['off']], 1)} |",
-        f"| next answers, with the package ({after[0].implementation}): decode tok/s | "
-        f"{spread([r.tokens_per_s for r in after], 1)} |",
-        f"| next answers, with the package: process exit, s | "
-        f"{spread([r.exit for r in after])} |",
     ]
+    if build is not None:
+        during, build_s, peak_kb, after = build
+        lines += [
+            f"| ask while a build runs ({len(during)} answers): process exit, s | "
+            f"{spread([r.exit for r in during])} |",
+            f"| ask while a build runs: decode tok/s | "
+            f"{spread([r.tokens_per_s for r in during], 1)} |",
+            f"| the background build (autotuned), wall s, from the answer that started it | "
+            f"{build_s:.0f} |",
+            f"| the background build: its process's peak resident memory (last seen), MB | "
+            f"{peak_kb / 1024:.0f} |",
+            f"| next answers, with the package ({after[0].implementation}): decode tok/s | "
+            f"{spread([r.tokens_per_s for r in after], 1)} |",
+            f"| next answers, with the package: process exit, s | "
+            f"{spread([r.exit for r in after])} |",
+        ]
     body = "\n".join(lines)
     print(body)
     write_report(args, body)

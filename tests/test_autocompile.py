@@ -49,6 +49,8 @@ def fake_compile_folder(alias, folder, runtime, reporter, autotune=True):
              "pgid": os.getpgid(0), "tty": tty,
              "fds": [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)],
              "tmpdir": os.environ.get("TMPDIR"),
+             "autogroup": open("/proc/self/autogroup").read().split()[-1]
+             if os.path.exists("/proc/self/autogroup") else None,
              "compile_threads": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS")}
     print("COMPILER NOISE on stdout", flush=True)
     print("COMPILER NOISE on stderr", file=sys.stderr, flush=True)
@@ -177,6 +179,8 @@ def test_an_answer_starts_one_background_build_that_leaves_the_answer_as_it_was(
         "dtype": "float32", "quantize": "int4", "autotune": True}
     # the lowest priority, its own session without a terminal, its output in the log
     assert (facts["policy"], facts["nice"]) == (os.SCHED_IDLE, 19)
+    if Path("/proc/self/autogroup").exists():  # Linux groups sessions: its group at 19
+        assert facts["autogroup"] == "19"
     assert facts["sid"] == facts["pgid"] == facts["pid"] != os.getsid(0)
     assert facts["tty"] == 0
     log = autocompile.log_path(package)
