@@ -477,17 +477,12 @@ def _take_over(package: Path, lock: BuildLock, reporter: Any) -> None:
     if background and pid > 0:
         reporter.notify(f"A background build of this step is running (pid {pid}); stopping "
                         "it to build here")
-        try:
-            if os.getpgid(pid) == pid:  # the builder leads its own group (its compilers too)
-                os.killpg(pid, signal.SIGTERM)
-        except OSError:
-            pass  # it ended meanwhile
-        if lock.acquire(background=False, wait=30):
-            return
-        with suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
-        if lock.acquire(background=False, wait=10):
-            return
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            with suppress(OSError):  # OSError: it ended meanwhile
+                if os.getpgid(pid) == pid:  # the builder leads its group (its compilers too)
+                    os.killpg(pid, sig)
+            if lock.acquire(background=False, wait=wait):
+                return
     elif pid > 0:
         with reporter.busy(f"Another 'chatcli compile' is building this step (pid {pid}); "
                            "waiting for it to end"):

@@ -40,6 +40,8 @@ half-written stays. A conversion that cannot be written is an error naming the
 folder and, for a full disk, where the disk is mounted (`paths.cache_write_error`). The
 quantized model is kept in memory when its cache file cannot be written, so a load
 goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
+`compile_model` is `compile_target` (weights fetched and converted, the refusals) then
+`compile_folder` (the build), which `chatcli.autocompile` runs under the package's lock.
 
 No library draws a progress bar while a model converts or loads
 (`quiet_transformers`, `no_progress_bars`); the `Reporter` shows chatcli's own.
