@@ -41,6 +41,8 @@ half-written stays. A conversion that cannot be written is an error naming the
 folder and, for a full disk, where the disk is mounted (`paths.cache_write_error`). The
 quantized model is kept in memory when its cache file cannot be written, so a load
 goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
+`compile_model` is `compile_target` (weights fetched and converted, the refusals) then
+`compile_folder` (the build), which `chatcli.autocompile` runs under the package's lock.
 
 No library draws a progress bar while a model converts or loads
 (`quiet_transformers`, `no_progress_bars`); the `Reporter` shows chatcli's own.
@@ -652,13 +654,17 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
                   autotune: bool = True) -> tuple[Path, dict[str, Any], float]:
     """Build the compiled decode step of a local alias for `runtime` (CPU, native forward
     pass) into the cache; returns its path, its key and the seconds the build took.
-    Later loads in the same dtype and quantization use it (`_load_native`)."""
-    with interrupts.deferred(interrupts.LOADING):  # Ctrl-C must not cut the import halfway
-        import torch
+    Later loads in the same dtype and quantization use it (`_load_native`).
+    `compile_target` then `compile_folder` (`chatcli.autocompile` runs them under the
+    package's lock)."""
+    folder = compile_target(spec, runtime, reporter)
+    return compile_folder(spec.alias, folder, runtime, reporter, autotune)
 
-    from chatcli.lm import compiled
-    from chatcli.lm.llama import NativeCausalLM
 
+def compile_target(spec: ModelSpec, runtime: Runtime, reporter: Reporter) -> Path:
+    """The checkpoint folder whose decode step `compile_folder` builds for `runtime`
+    (fetched, and converted from a GGUF, first); a `UsageError` when it is never compiled:
+    the exact path, another device, or transformers' forward pass."""
     weights = sources.fetch(spec, reporter)
     folder = weights.folder
     if weights.gguf_file:
@@ -673,6 +679,19 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     if why is not None:
         raise UsageError(f"'{spec.alias}' cannot be compiled: {why}",
                          "compile an alias that runs chatcli's native forward pass on the CPU")
+    return folder
+
+
+def compile_folder(alias: str, folder: Path, runtime: Runtime, reporter: Reporter,
+                   autotune: bool = True) -> tuple[Path, dict[str, Any], float]:
+    """Build the compiled decode step of the native model in `folder` (see
+    `compile_model`); `alias` only names it in progress lines."""
+    with interrupts.deferred(interrupts.LOADING):  # Ctrl-C must not cut the import halfway
+        import torch
+
+    from chatcli.lm import compiled
+    from chatcli.lm.llama import NativeCausalLM
+
     apply_threads(runtime)
     model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype), runtime.device)
     if runtime.quantize != "none":
@@ -686,7 +705,7 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
         if note:
             reporter.notify(note)
     started = time.perf_counter()
-    with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}; "
+    with reporter.busy(f"Compiling the decode step of '{alias}' ({compiled.mode_of(model)}; "
                        "a real model takes minutes, once)"):
         try:
             key = compiled.build(model, path, model_id=compiled.folder_fingerprint(folder),

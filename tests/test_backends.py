@@ -55,8 +55,8 @@ def test_piped_chat_on_the_new_backend(echo: Path) -> None:
 def test_models_list_and_show(echo: Path) -> None:
     items = {i["alias"]: i for i in json.loads(run_cli(["models", "list", "--json"]).stdout)}
     assert items["parrot"] == {"alias": "parrot", "default": False, "params": None,
-                               "context_window": 1024, "cached": None, "backend": "echo",
-                               "source": "echo (prefix 'you said:')"}
+                               "context_window": 1024, "cached": None, "compiled": None,
+                               "backend": "echo", "source": "echo (prefix 'you said:')"}
     shown = json.loads(run_cli(["models", "show", "parrot", "--json"]).stdout)
     assert {k: shown[k] for k in ("alias", "backend", "prefix", "context_window")} == {
         "alias": "parrot", "backend": "echo", "prefix": "you said:", "context_window": 1024}

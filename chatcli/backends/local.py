@@ -43,7 +43,7 @@ class LocalBackend:
     keys: ClassVar[dict[str, type | tuple[type, ...]]] = {
         "source": str, "repo": str, "revision": str, "file": str, "path": str,
         "package": str, "sha256": str, "dtype": str, "chat_template": str,
-        "trust_remote_code": bool, "implementation": str, "quantize": str,
+        "trust_remote_code": bool, "implementation": str, "quantize": str, "compile": str,
     }
 
     # -- the alias, before anything is opened -------------------------------------------
@@ -78,6 +78,11 @@ class LocalBackend:
                 f"'quantize' must be one of {', '.join(QUANTIZE_NAMES)}",
                 'e.g. quantize = "int8"', "quantize",
             )
+        auto_compile = entry.get("compile")
+        if auto_compile is not None and auto_compile not in ("auto", "never"):
+            raise fail(f"'compile' must be \"auto\" or \"never\" (got {auto_compile!r})",
+                       'compile = "never" stops chatcli building its compiled decode step in '
+                       "the background", "compile")
         sha = entry.get("sha256")
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum",
@@ -91,7 +96,7 @@ class LocalBackend:
                     file=entry.get("file"), path=model_path, package=entry.get("package"),
                     sha256=sha, dtype=dtype, chat_template=entry.get("chat_template"),
                     trust_remote_code=entry.get("trust_remote_code", False),
-                    implementation=impl, quantize=quant)
+                    implementation=impl, quantize=quant, compile=auto_compile)
 
     @staticmethod
     def location(spec: Any) -> str:
@@ -151,6 +156,8 @@ class LocalBackend:
             "trust_remote_code": spec.trust_remote_code,
             "license": spec.license or None,
             "cached": cls.cached_path(spec),
+            "compiled": _compiled(spec),
+            "compile": spec.compile or "auto",
             "defined_in": str(spec.origin),
         }
 
@@ -168,6 +175,7 @@ class LocalBackend:
             ("trust remote code", "yes" if info["trust_remote_code"] else "no"),
             ("license", info["license"] or "?"),
             ("cached", info["cached"] or "no"),
+            ("compiled step", _compiled_line(info)),
             ("defined in", info["defined_in"]),
         ]
 
@@ -175,7 +183,8 @@ class LocalBackend:
     def listing(cls, spec: Any) -> dict[str, Any]:
         """`models list`'s cells: cached (True/False; None: nothing to cache) and where the
         context window comes from when models.toml does not say."""
-        return {"cached": cls.cached_path(spec) is not None, "window": "from config"}
+        return {"cached": cls.cached_path(spec) is not None, "window": "from config",
+                "compiled": _compiled(spec)}
 
     @staticmethod
     def generation_defaults(spec: Any) -> tuple[dict[str, Any], str | None]:
@@ -202,9 +211,9 @@ class LocalBackend:
     @staticmethod
     def compile(spec: Any, runtime: Any, reporter: Any, autotune: bool) -> str:
         """Build the alias's compiled decode step for `runtime`; a line saying what."""
-        from chatcli.loader import compile_model
+        from chatcli.autocompile import compile_now
 
-        path, key, seconds = compile_model(spec, runtime, reporter, autotune)
+        path, key, seconds = compile_now(spec, runtime, reporter, autotune)
         return (f"{spec.alias}: decode step compiled ({key['mode']}) in "
                 f"{seconds:.0f} s, {key['package_bytes'] / 1e6:.0f} MB at {path}")
 
@@ -383,6 +392,30 @@ def _template_of(spec: Any) -> str:
     except (OSError, ValueError):
         return "model"  # unreadable: the load will say why
     return "model" if isinstance(config, dict) and config.get("chat_template") else "none"
+
+
+def _compiled(spec: Any) -> dict[str, Any] | None:
+    """The alias's compiled decode step (`chatcli.autocompile.Status.as_dict`); None:
+    nothing to compile (the exact path, transformers, not on disk)."""
+    from chatcli.autocompile import status
+
+    found = status(spec)
+    return None if found is None else found.as_dict()
+
+
+def compiled_cell(compiled: dict[str, Any] | None) -> str:
+    """`models list`'s column for `_compiled`'s answer: yes, building, failed, no, -."""
+    from chatcli.autocompile import Status
+
+    return "-" if compiled is None else Status.from_dict(compiled).cell()
+
+
+def _compiled_line(info: dict[str, Any]) -> str:
+    from chatcli.autocompile import Status
+
+    if info["compiled"] is None:
+        return "-"
+    return Status.from_dict(info["compiled"]).describe(info["alias"])
 
 
 def _implementation(spec: Any) -> str:

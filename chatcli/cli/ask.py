@@ -9,8 +9,9 @@ the token limit cut short is followed, on a terminal, by a dim line saying so. F
 past --max-files/--max-bytes are refused unless --truncate-files.
 `--alt STEP:RANK` is checked before the model runs (STEP and RANK from 1, STEP within
 -n, RANK within the vocabulary); when the answer then has no such alternative (it ended
-before STEP), the answer found is shown, saved, and the error follows. Knows nothing
-about how tokens are chosen.
+before STEP), the answer found is shown, saved, and the error follows. Once everything
+is printed, a missing compiled decode step is built in the background
+(`chatcli.autocompile.after_answer`). Knows nothing about how tokens are chosen.
 
 `--raw` completes the prompt as plain text (no chat template, so no `-s`); a model
 without a chat template does so by itself, with a note on stderr. `-c` goes on with
@@ -373,6 +374,9 @@ def ask(
         implementation = backend.implementation
         ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
                                             implementation=implementation))
+    from chatcli.autocompile import after_answer
+
+    after_answer(backend)  # the compiled step, built in the background if it is missing
     if no_alt is not None:
         raise no_alt
     if constraint is not None and gen.constraint_satisfied is False:

@@ -8,7 +8,8 @@ Contract:
   /proc/cpuinfo), `model_id` (the caller's identity of the weights; `folder_fingerprint`
   hashes a checkpoint folder's config.json and its weight files' names, sizes and
   mtimes), mode (dtype and quantization, `mode_of`), the model's shapes, the inductor
-  options and the package's size and sha256. Autotuning (max-autotune) happens once, at
+  options and the package's size and sha256 (the key's fields and their checks, which
+  need no torch, are `chatcli.lm.package_key`'s). Autotuning (max-autotune) happens once, at
   build time: its choices are compiled into the package and never revisited at load.
   Inductor's own cache lives in a folder beside the package for the build and is removed
   after it: a build leaves nothing in the temp folder. It then unpacks the package (below)
@@ -75,9 +76,14 @@ import torch
 from chatcli.errors import ChatcliError
 from chatcli.lm.graphs import StaticKVCache
 from chatcli.lm.llama import KVCache, NativeCausalLM
+from chatcli.lm.package_key import (  # noqa: F401  (part of this module's interface)
+    FORMAT,
+    cpu_identity,
+    folder_fingerprint,
+    key_path,
+    stale_fields,
+)
 
-FORMAT = 3  # bump when the step's inputs, outputs or the key's meaning change
-# (3: the key records the package's sha256)
 TEST_OPTIONS: dict[str, Any] = {"freezing": True}
 """Inductor options without autotuning: quick to build (tests)."""
 AUTOTUNE_OPTIONS: dict[str, Any] = {
@@ -87,9 +93,6 @@ AUTOTUNE_OPTIONS: dict[str, Any] = {
 }
 """Inductor options of a release build: GEMM templates autotuned once, at build time."""
 
-_KEY_FIELDS = ("format", "torch", "cpu", "cpu_flags", "model", "mode")
-
-
 class CompiledStepError(ChatcliError):
     """A compiled decode step that cannot be built; `disk_full` when the folder it was
     built in ran out of space (the caller names the disk)."""
@@ -98,41 +101,9 @@ class CompiledStepError(ChatcliError):
 
 
 # -- the key ---------------------------------------------------------------------------------
-def key_path(path: Path) -> Path:
-    """Where the key of the package `path` lives: `<path>.json`."""
-    return path.with_name(path.name + ".json")
-
-
-def cpu_identity() -> tuple[str, str]:
-    """The CPU's model name and its sorted feature flags, from /proc/cpuinfo ("" unknown)."""
-    name = flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not name:
-                name = value.strip()
-            elif key == "flags" and not flags:
-                flags = " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    return name, flags
-
-
 def mode_of(model: NativeCausalLM) -> str:
     """The model's dtype and quantization, e.g. "bfloat16/int4" or "float32/none"."""
     return f"{str(model.dtype).removeprefix('torch.')}/{model.quantization}"
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """A hash of a checkpoint folder's config.json and its weight files' names, sizes and
-    mtimes: it changes when the weights are rewritten (no need to read them)."""
-    folder = Path(folder)
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for weights in sorted(folder.glob("*.safetensors")):
-        info = weights.stat()
-        digest.update(f"{weights.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:32]
 
 
 def _shape(model: NativeCausalLM) -> dict[str, int]:
@@ -145,11 +116,6 @@ def expected_key(model: NativeCausalLM, model_id: str) -> dict[str, Any]:
     name, flags = cpu_identity()
     return {"format": FORMAT, "torch": torch.__version__, "cpu": name, "cpu_flags": flags,
             "model": model_id, "mode": mode_of(model), "shape": _shape(model)}
-
-
-def stale_fields(key: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """The names of the fields of `key` that differ from `expected` (empty: valid)."""
-    return [name for name in (*_KEY_FIELDS, "shape") if key.get(name) != expected.get(name)]
 
 
 # -- the graph -------------------------------------------------------------------------------
