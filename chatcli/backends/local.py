@@ -181,10 +181,12 @@ class LocalBackend:
 
     @classmethod
     def listing(cls, spec: Any) -> dict[str, Any]:
-        """`models list`'s cells: cached (True/False; None: nothing to cache) and where the
-        context window comes from when models.toml does not say."""
+        """`models list`'s cells: cached (True/False; None: nothing to cache), where the
+        context window comes from when models.toml does not say, the compiled step
+        (`_compiled`'s answer) and its column text."""
+        compiled = _compiled(spec)
         return {"cached": cls.cached_path(spec) is not None, "window": "from config",
-                "compiled": _compiled(spec)}
+                "compiled": compiled, "compiled_cell": compiled_cell(compiled)}
 
     @staticmethod
     def generation_defaults(spec: Any) -> tuple[dict[str, Any], str | None]:

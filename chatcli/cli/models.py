@@ -57,14 +57,12 @@ def list_models(models_file: ModelsFileOpt = None, json_out: JsonListingOpt = Fa
     if json_out:
         ui.print_json(items)
         return
-    from chatcli.backends.local import compiled_cell
-
     rows = []
     for item, spec, cells in zip(items, registry.models.values(), listed, strict=True):
         name = item["alias"] + (" (default)" if item["default"] else "")
         ctx = str(spec.context_window) if spec.context_window else cells["window"]
         cached = "-" if item["cached"] is None else "yes" if item["cached"] else "no"
-        rows.append([name, spec.params or "?", ctx, cached, compiled_cell(item["compiled"]),
+        rows.append([name, spec.params or "?", ctx, cached, cells.get("compiled_cell", "-"),
                      spec.backend, spec.location])
     show_table(ui, ["alias", "params", "context", "cached", "compiled", "backend", "source"],
                rows)
