@@ -24,7 +24,8 @@ variants are interleaved in every round, so load from other work falls on all al
 Without `--tree` the checkout this script is in is measured alone. `--home NAME=PATH`
 runs the variant NAME with CHATCLI_HOME=PATH (e.g. the same checkout as two variants,
 one home with a compiled decode step, one without); the others run with the
-environment's. The header states
+environment's. No variant builds the compiled step in the background
+(CHATCLI_AUTO_COMPILE=0). The header states
 the CPU and the load average at the start and end; `--write PATH` replaces the
 `startup` section of PATH (e.g. docs/benchmarks.md) with the report.
 """
@@ -96,7 +97,9 @@ def timed_run(cmd: list[str], env: dict[str, str], cwd: Path) -> Run:
 
 
 def tree_env(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree)}
+    # no background build of the compiled step: it would turn a variant into another
+    # halfway through the rounds (bench/autocompile.py measures that)
+    return {**os.environ, "PYTHONPATH": str(tree), "CHATCLI_AUTO_COMPILE": "0"}
 
 
 def check_tree(tree: Path) -> None:

@@ -3,7 +3,8 @@
 Contract: `context_attention(loaded, messages, prompt_ids, answer_ids)` runs one
 extra forward pass of transformers' implementation of the model with eager
 attention over prompt + answer, and returns, for each message of the packed
-prompt (plus the template's generation prompt and the answer itself), its token
+prompt (plus the template's generation prompt and the answer itself; a raw
+completion's messages are plain text, without a template), its token
 span and the share of attention it received from the queries that produced the
 answer's tokens: the mean over layers, heads and those queries of the attention
 weights summed over the span's keys. The shares sum to 1. Only runs when asked
@@ -66,7 +67,11 @@ def attention_shares(model: Any, ids: list[int], prompt_len: int, spans: list[Sp
 
 
 def context_attention(loaded: Any, messages: list[Message], prompt_ids: list[int],
-                      answer_ids: list[int]) -> list[Span]:
+                      answer_ids: list[int],
+                      render: Callable[[list[Message]], list[int]] | None = None) -> list[Span]:
+    """The spans of `messages` (rendered by `render`, default: the chat template without
+    the generation prompt; a raw completion's is `chatcli.prompt.RawRender`) with their
+    shares of the answer's attention."""
     import torch
 
     from chatcli.loader import quiet_transformers
@@ -78,7 +83,7 @@ def context_attention(loaded: Any, messages: list[Message], prompt_ids: list[int
     model = AutoModelForCausalLM.from_pretrained(
         loaded.folder, dtype=getattr(torch, loaded.runtime.dtype), attn_implementation="eager"
     ).eval()
-    spans = turn_spans(messages, lambda m: render_ids(loaded.tokenizer, m, False),
+    spans = turn_spans(messages, render or (lambda m: render_ids(loaded.tokenizer, m, False)),
                        len(prompt_ids))
     if not answer_ids:
         return spans

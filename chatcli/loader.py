@@ -10,9 +10,11 @@ once into chatcli's cache (`ensure_metadata`: seconds, a few MB). Otherwise
 (`--quantize none`, int8/int4, transformers' implementation, another device) the GGUF
 is converted once into a safetensors folder in the same place (so later loads take
 well under a second instead of ~15 s). Two implementations of the forward pass, chosen
-by the model config alone: chatcli's native Llama-family one (`chatcli.lm.llama`: llama and qwen2
-architectures, bit-identical results, no transformers modeling import, ~2 s faster
-start) where it applies, else transformers' (any architecture). With the native forward
+by the model config alone: chatcli's native one (`chatcli.lm.llama`, for the
+architectures registered in `chatcli.lm.models`: llama, qwen2, qwen3, mistral, phi3,
+gemma3_text, sliding windows included; bit-identical results, no transformers modeling
+import, ~2 s faster start) where it applies, else transformers' (any architecture).
+With the native forward
 pass the tokenizer is chosen by the tokenizer folder alone (`open_tokenizer`, also used
 by the remote backend): chatcli's own (`chatcli.lm.tokenizer`, no transformers import)
 when it reproduces transformers' exactly, else transformers' AutoTokenizer (e.g. the
@@ -45,6 +47,8 @@ half-written stays. A conversion that cannot be written is an error naming the
 folder and, for a full disk, where the disk is mounted (`paths.cache_write_error`). The
 quantized model is kept in memory when its cache file cannot be written, so a load
 goes on (with a warning unless the cache is read-only); `compile_model` stops instead.
+`compile_model` is `compile_target` (weights fetched and converted, the refusals) then
+`compile_folder` (the build), which `chatcli.autocompile` runs under the package's lock.
 
 No library draws a progress bar while a model converts or loads
 (`quiet_transformers`, `no_progress_bars`); the `Reporter` shows chatcli's own.
@@ -412,11 +416,11 @@ def native_unsupported(device: str, config: dict[str, Any]) -> str | None:
     whatever the alias asks for."""
     if device not in ("cpu", "cuda"):
         return f"the native implementation runs on cpu and cuda, not {device}"
-    from chatcli.lm import llama
+    from chatcli.lm import models  # no torch: the architecture registry parses configs
 
     try:  # the config parsed as the forward pass reads it; the reason names what is not
-        llama.ModelArgs.from_config(config)
-    except llama.UnsupportedModelError as exc:
+        models.args_of(config)
+    except models.UnsupportedModelError as exc:
         return exc.message
     return None
 
@@ -500,8 +504,8 @@ def load_model(
     spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None = None
 ) -> LoadedModel:
     """Load an alias. `implementation` (default: the alias's, else "auto") picks the forward pass:
-    chatcli's native Llama-family one where it applies (CPU or CUDA, llama/qwen2
-    architectures whose config it computes exactly), else transformers'. The native
+    chatcli's native one where it applies (CPU or CUDA, an architecture of
+    `chatcli.lm.models` whose config it computes exactly), else transformers'. The native
     forward pass takes the tokenizer `open_tokenizer` picks for the folder."""
     weights = sources.fetch(spec, reporter)  # a download stops at Ctrl-C at once
     with interrupts.deferred(interrupts.LOADING):
@@ -774,11 +778,25 @@ def _quantize_cached(model: Any, runtime: Runtime, folder: Path, reporter: Repor
             Path(tmp).unlink(missing_ok=True)
 
 
+def gguf_of(folder: Path, runtime: Runtime) -> Path | None:
+    """The GGUF file whose weights the model in `folder` reads in `runtime`'s mode: in
+    quantize "gguf" the file the folder's config and tokenizer came from (its manifest);
+    None otherwise (the folder's own weights). Never imports torch."""
+    if runtime.quantize != "gguf":
+        return None
+    source = sources.manifest_source(folder).get("file")
+    if not source:
+        raise ModelUnavailableError(f"{folder} does not say which GGUF file it was read from",
+                                    "run 'chatcli pull' for the alias again")
+    return Path(source)
+
+
 def weights_id(folder: Path, gguf: Path | None = None) -> str:
     """What a compiled step's key records of the weights: the folder's fingerprint
     (config and weight files), or for a GGUF at its stored precision, its config and the
-    GGUF file's size and time (the folder may gain converted weights meanwhile)."""
-    from chatcli.lm.compiled import folder_fingerprint
+    GGUF file's size and time (the folder may gain converted weights meanwhile). Never
+    imports torch."""
+    from chatcli.lm.package_key import folder_fingerprint
 
     if gguf is None:
         return folder_fingerprint(folder)
@@ -801,18 +819,21 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
                   autotune: bool = True) -> tuple[Path, dict[str, Any], float]:
     """Build the compiled decode step of a local alias for `runtime` (CPU, native forward
     pass) into the cache; returns its path, its key and the seconds the build took.
-    Later loads in the same dtype and quantization use it (`_load_native`)."""
-    with interrupts.deferred(interrupts.LOADING):  # Ctrl-C must not cut the import halfway
-        import torch
+    Later loads in the same dtype and quantization use it (`_load_native`).
+    `compile_target` then `compile_folder` (`chatcli.autocompile` runs them under the
+    package's lock)."""
+    folder = compile_target(spec, runtime, reporter)
+    return compile_folder(spec.alias, folder, runtime, reporter, autotune)
 
-    from chatcli.lm import compiled
-    from chatcli.lm.llama import NativeCausalLM
 
+def compile_target(spec: ModelSpec, runtime: Runtime, reporter: Reporter) -> Path:
+    """The checkpoint folder whose decode step `compile_folder` builds for `runtime`
+    (fetched, and converted from a GGUF, first); a `UsageError` when it is never compiled:
+    the exact path, another device, or transformers' forward pass."""
     weights = sources.fetch(spec, reporter)
-    folder, gguf = weights.folder, None
+    folder = weights.folder
     if weights.gguf_file and runtime.quantize == "gguf":
         folder, weights = _ensure_metadata(spec, weights, reporter)
-        gguf = weights.gguf_path
     elif weights.gguf_file:
         folder, weights = _ensure_converted(spec, weights, reporter)
     why = native_blocker(spec, runtime.device, read_json(folder / "config.json"))
@@ -825,7 +846,21 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     if why is not None:
         raise UsageError(f"'{spec.alias}' cannot be compiled: {why}",
                          "compile an alias that runs chatcli's native forward pass on the CPU")
+    return folder
+
+
+def compile_folder(alias: str, folder: Path, runtime: Runtime, reporter: Reporter,
+                   autotune: bool = True) -> tuple[Path, dict[str, Any], float]:
+    """Build the compiled decode step of the native model in `folder` (see
+    `compile_model`); `alias` only names it in progress lines."""
+    with interrupts.deferred(interrupts.LOADING):  # Ctrl-C must not cut the import halfway
+        import torch
+
+    from chatcli.lm import compiled
+    from chatcli.lm.llama import NativeCausalLM
+
     apply_threads(runtime)
+    gguf = gguf_of(folder, runtime)
     if gguf is not None:
         from chatcli.lm import gguf_weights
 
@@ -845,7 +880,7 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
         if note:
             reporter.notify(note)
     started = time.perf_counter()
-    with reporter.busy(f"Compiling the decode step of '{spec.alias}' ({compiled.mode_of(model)}; "
+    with reporter.busy(f"Compiling the decode step of '{alias}' ({compiled.mode_of(model)}; "
                        "a real model takes minutes, once)"):
         try:
             key = compiled.build(model, path, model_id=weights_id(folder, gguf),

@@ -6,6 +6,14 @@ adding special tokens again, so the count is exact. A model without a chat
 template raises `ChatcliError` with the fix. `join_prompt` combines piped
 stdin with the prompt argument.
 
+A raw completion (`ask --raw`; a model without a chat template) has no template:
+`raw_text(messages)` is the messages' contents one after the other, nothing between
+them (a continued raw conversation continues the text), and `raw_ids(tokenizer, text)`
+its token ids after the special tokens the tokenizer puts before a text by default (a
+BOS, as transformers' `tokenizer(text)` gives and llama.cpp adds to a completion's
+prompt), without any it puts after it (an EOS would end the text). `RawRender` is that
+as a `chatcli.context.Render`.
+
 `PromptCounter(tokenizer)` is `render_ids` as a `chatcli.context.Measure`: called,
 it renders exactly; `sizes(messages)` gives how many tokens each message adds when
 appended to a prompt, counted once per message (remembered by role and content)
@@ -44,10 +52,7 @@ def render_text(
     tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True
 ) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise ChatcliError(
-            "this model has no chat template",
-            "set chat_template for the alias in models.toml",
-        )
+        raise no_chat_template()
     return tokenizer.apply_chat_template(
         [m.as_dict() for m in messages], tokenize=False,
         add_generation_prompt=add_generation_prompt,
@@ -59,6 +64,42 @@ def render_ids(
 ) -> list[int]:
     text = render_text(tokenizer, messages, add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def no_chat_template(alias: str | None = None) -> ChatcliError:
+    """The error of a chat with a model that has no chat template, with both fixes."""
+    where = f"[models.{alias}]" if alias else "the alias"
+    return ChatcliError("this model has no chat template",
+                        f"set chat_template for {where} in models.toml, or complete text with "
+                        "chatcli ask --raw")
+
+
+def raw_text(messages: Sequence[Message]) -> str:
+    """A raw conversation as the text the model continues: every message's content, one
+    after the other (a system message has no place in it and is left out)."""
+    return "".join(m.content for m in messages if m.role != "system")
+
+
+def raw_ids(tokenizer: Any, text: str) -> list[int]:
+    """`text` as a base model's prompt: the special tokens the tokenizer puts before a
+    text by default (a BOS), then the text's own tokens; none it would put after them."""
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start + len(plain)]
+    return full  # a post-processor that changes the text's own tokens: as it says
+
+
+class RawRender:
+    """`raw_ids` of the messages' `raw_text`: a `chatcli.context.Render` for raw
+    completions."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, messages: list[Message]) -> list[int]:
+        return raw_ids(self.tokenizer, raw_text(messages))
 
 
 def join_prompt(prompt: str | None, piped: str | None) -> str:

@@ -9,6 +9,12 @@ each value checked against its decoding parameter's type and range, plugins'
 parameters and strategies included, when the file is read);
 an unknown alias raises `UnknownModelError` listing the known ones.
 
+`compile = "auto" | "never"` (whether chatcli builds a local model's compiled decode
+step in the background after an answer: `chatcli.autocompile`) may be set at the top
+level of a file or per alias; an alias's own setting wins, else the top-level one of the
+last file that sets it, else "auto": after `load_registry` every local alias's
+`ModelSpec.compile` says which.
+
 Every alias has the common keys (description, params, context_window, license,
 defaults, backend); `backend` (default `local`) names the backend that runs it
 (`chatcli.backends`), which declares and checks its own keys (`local`: where the
@@ -22,6 +28,7 @@ describes where weights (or the server) are and how to use them.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import sys
@@ -86,6 +93,7 @@ class ModelSpec:
     tokenizer: str | None = None  # openai: a local alias or hub id to count tokens exactly
     server: str = "generic"  # openai: which extra request fields the server accepts
     timeout: float = DEFAULT_TIMEOUT  # openai: seconds to wait for the server
+    compile: str | None = None  # local: "auto" | "never" (None: not set, which is "auto")
 
     @property
     def location(self) -> str:
@@ -139,10 +147,15 @@ def load_registry(extra_file: Path | None = None) -> Registry:
         files.append(extra_file)
     models: dict[str, ModelSpec] = {}
     default: str | None = None
+    auto_compile = "auto"
     for f in files:
-        file_models, file_default = parse_models_file(f)
+        file_models, file_default, file_compile = _parse_file(f)
         models.update(file_models)
         default = file_default or default
+        auto_compile = file_compile or auto_compile
+    models = {alias: spec if spec.backend != "local" or spec.compile is not None
+              else dataclasses.replace(spec, compile=auto_compile)
+              for alias, spec in models.items()}
     if default is None:
         raise ConfigError(
             f"{files[0]}: no 'default' alias is set", "add default = \"ALIAS\" at the top"
@@ -157,6 +170,12 @@ def load_registry(extra_file: Path | None = None) -> Registry:
 
 def parse_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
     """Parse one models.toml; returns its aliases and its `default` (or None)."""
+    models, default, _ = _parse_file(path)
+    return models, default
+
+
+def _parse_file(path: Path) -> tuple[dict[str, ModelSpec], str | None, str | None]:
+    """One models.toml's aliases, its `default` and its top-level `compile` (or None)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -209,13 +228,24 @@ def _where(path: Path, text: str, alias: str | None = None, key: str | None = No
     return f"{path}:{line}" if line else str(path)
 
 
-def _parse(data: dict[str, Any], text: str, path: Path) -> tuple[dict[str, ModelSpec], str | None]:
+COMPILE_SETTINGS = ("auto", "never")
+
+
+def _parse(data: dict[str, Any], text: str, path: Path
+           ) -> tuple[dict[str, ModelSpec], str | None, str | None]:
     for top in data:
-        if top not in ("default", "models"):
+        if top not in ("default", "compile", "models"):
             raise ConfigError(
                 f"{_where(path, text, key=top)}: unknown top-level key '{top}'",
-                "top level allows only 'default' and [models.ALIAS] tables",
+                "top level allows only 'default', 'compile' and [models.ALIAS] tables",
             )
+    auto_compile = data.get("compile")
+    if auto_compile is not None and auto_compile not in COMPILE_SETTINGS:
+        raise ConfigError(
+            f"{_where(path, text, key='compile')}: 'compile' must be \"auto\" or \"never\" "
+            f"(got {auto_compile!r})",
+            'compile = "never" stops chatcli building compiled decode steps in the background',
+        )
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         raise ConfigError(
@@ -231,7 +261,7 @@ def _parse(data: dict[str, Any], text: str, path: Path) -> tuple[dict[str, Model
     models: dict[str, ModelSpec] = {}
     for alias, entry in table.items():
         models[alias] = _parse_entry(alias, entry, text, path)
-    return models, default
+    return models, default, auto_compile
 
 
 def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:

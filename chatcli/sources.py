@@ -295,6 +295,17 @@ def write_manifest(folder: Path, source: dict[str, object]) -> None:
     (folder / MANIFEST).write_text(text + "\n", encoding="utf-8")
 
 
+def manifest_source(folder: Path) -> dict[str, object]:
+    """Where a folder chatcli built came from, as `write_manifest` recorded it ({}: no
+    readable manifest)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    source = manifest.get("source") if isinstance(manifest, dict) else None
+    return source if isinstance(source, dict) else {}
+
+
 def manifest_problem(folder: Path, full: bool = False) -> str | None:
     """What is wrong with `folder` against its manifest (None: nothing). Sizes only
     unless `full`, which also compares every file's sha256."""

@@ -25,7 +25,9 @@ parent is the one before it, the last one is the leaf. A conversation's title is
 always its first user message, on one line and at most 60 characters
 (`make_title`); it follows undo and clear. A conversation's
 `updated` time moves with every change to it. Assistant replies may carry a
-`ReplyMeta` (its `params` are stored as JSON, so tuples come back as lists).
+`ReplyMeta` (its `params` are stored as JSON, so tuples come back as lists). A reply
+whose params say "raw": true is a text completion (`ask --raw`), not a chat answer:
+`is_raw` (and `raw(conv_id)`) says whether a conversation's path holds one.
 
 An unreadable, corrupt or locked database becomes a `StoreError` that names the
 file, says what is wrong (`kind`: the disk is full, the file or its file system is
@@ -54,7 +56,7 @@ import os
 import shlex
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +192,11 @@ class ConversationInfo:
     created: float
     updated: float
     messages: int
+
+
+def is_raw(metas: Iterable[ReplyMeta | None]) -> bool:
+    """Whether these replies' metadata mark a raw text completion (params "raw": true)."""
+    return any(meta is not None and meta.params.get("raw") is True for meta in metas)
 
 
 def history_path() -> Path:
@@ -770,6 +777,10 @@ class Store:
         with self._read() as conn:
             self._require(conn, conv_id)
             return _path(self._messages(conn, conv_id), self._leaf(conn, conv_id))
+
+    def raw(self, conv_id: int) -> bool:
+        """Whether the conversation is a raw text completion (see `is_raw`)."""
+        return is_raw(m.meta for m in self.messages(conv_id))
 
     def tree(self, conv_id: int) -> tuple[list[StoredMessage], int | None]:
         """Every message of the conversation (each with its parent id), in the order they

@@ -39,7 +39,9 @@ JSON file (0600) in the first of the given folders that takes it, for `/load`.
 `from_json` reads "messages" only: it ignores "meta", "id", "parent", "tree",
 "leaf" and any key it does not know (a loaded conversation is the path). In
 Markdown an interrupted reply is followed by "*(interrupted)*" and a reply's
-metadata by one italic line; given the tree, a message with other versions says
+metadata by one italic line; a raw text completion (`ask --raw`: its replies' params
+say "raw": true, `chatcli.store.is_raw`) heads its messages "Text" and "Completion"
+instead of "User" and "Assistant"; given the tree, a message with other versions says
 which it is in its heading ("## Assistant (version 2 of 3)") and the document
 ends with one italic line naming `chatcli history show --tree ID`. `outline`
 draws the whole tree, one line per message (`to_outline`: as plain text). Times
@@ -59,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatcli.conversation import Conversation, Message
 from chatcli.errors import ChatcliError, UsageError
-from chatcli.store import ConversationInfo, ReplyMeta, make_title
+from chatcli.store import ConversationInfo, ReplyMeta, is_raw, make_title
 
 if TYPE_CHECKING:
     from chatcli.branches import Node, Tree
@@ -68,6 +70,7 @@ FORMAT_VERSION = 1
 OUTLINE_TEXT_WIDTH = 60  # a message's text in an outline without a width (piped)
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 JSON_SUFFIX = ".json"
+_RAW_HEADINGS = {"user": "Text", "assistant": "Completion"}  # a raw completion's messages
 _HINT = "expected a JSON object like 'chatcli history export ID --format json' writes"
 
 
@@ -93,7 +96,7 @@ def describe_meta(meta: ReplyMeta) -> str:
     """One line: model, strategy (parameters that are set), seed, tokens, speed."""
     params = ", ".join(
         f"{k}={v}" for k, v in sorted(meta.params.items())
-        if k not in ("strategy", "seed") and v not in (None, [], ())
+        if k not in ("strategy", "seed", "raw") and v not in (None, [], ())
     )
     parts = [meta.model, meta.strategy + (f" ({params})" if params else "")]
     if meta.seed is not None:
@@ -130,6 +133,7 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
     metas = _metas(conversation, metas)
     files = list(attachments) if attachments is not None else [()] * len(conversation.turns)
     versions = _versions(conversation, tree)
+    names = _RAW_HEADINGS if is_raw(metas) else {}
     first_user = next((m.content for m in conversation.turns if m.role == "user"), "")
     title = (info.title if info is not None else "") or make_title(first_user) or "Conversation"
     blocks = [f"# {title}"]
@@ -144,7 +148,8 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
         blocks += ["## System", conversation.system.rstrip()]
     for message, meta, attached, (k, n) in zip(conversation.turns, metas, files, versions,
                                                strict=True):
-        heading = f"## {message.role.capitalize()}" + (f" (version {k} of {n})" if n > 1 else "")
+        heading = f"## {names.get(message.role, message.role.capitalize())}" + (
+            f" (version {k} of {n})" if n > 1 else "")
         blocks += [heading, message.content.rstrip() or "*(empty)*"]
         if attached:
             blocks.append(f"*{_attached(attached)}*")

@@ -21,6 +21,9 @@ import pytest
 
 # Tests see built-in strategies only, whatever plugins this environment has.
 os.environ["CHATCLI_NO_PLUGINS"] = "1"
+# No test starts a background build of a compiled decode step (one build of a real model
+# takes minutes of CPU), except those of tests/test_autocompile.py, which unset it.
+os.environ["CHATCLI_AUTO_COMPILE"] = "0"
 
 
 @pytest.fixture(scope="session", autouse=True)

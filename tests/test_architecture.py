@@ -92,6 +92,10 @@ RULES = [
          never=("torch", "transformers")),
     Rule("lm/llama.py never imports transformers",
          ("chatcli.lm.llama",), never=("transformers",)),
+    Rule("lm/models/ (the architecture registry) only parses configs: no torch, no "
+         "transformers, nothing of chatcli but lm/models/ and errors.py",
+         ("chatcli.lm.models",), only=("chatcli.lm.models", "chatcli.errors"),
+         never=("torch", "transformers")),
     # Decoding and generation.
     Rule("decoding/ knows nothing about tokenization, text, the terminal, the CLI, chat, "
          "remote servers or history: it imports only decoding/, errors.py and the "

@@ -55,8 +55,8 @@ def test_piped_chat_on_the_new_backend(echo: Path) -> None:
 def test_models_list_and_show(echo: Path) -> None:
     items = {i["alias"]: i for i in json.loads(run_cli(["models", "list", "--json"]).stdout)}
     assert items["parrot"] == {"alias": "parrot", "default": False, "params": None,
-                               "context_window": 1024, "cached": None, "backend": "echo",
-                               "source": "echo (prefix 'you said:')"}
+                               "context_window": 1024, "cached": None, "compiled": None,
+                               "backend": "echo", "source": "echo (prefix 'you said:')"}
     shown = json.loads(run_cli(["models", "show", "parrot", "--json"]).stdout)
     assert {k: shown[k] for k in ("alias", "backend", "prefix", "context_window")} == {
         "alias": "parrot", "backend": "echo", "prefix": "you said:", "context_window": 1024}
@@ -73,6 +73,8 @@ def test_refusals_name_the_missing_capability(echo: Path) -> None:
         (["-S", "beam"], "error: strategy 'beam' needs the capability 'beam', which "
          "'parrot' (backend echo) lacks; hint: choose another strategy (-S), or use a local "
          "model (-m)"),
+        (["--raw"], "error: --raw needs the capability 'raw', which 'parrot' (backend echo) "
+         "lacks; hint: drop --raw, or use a local model (-m)"),
     ]:
         result = run_cli(["ask", "-m", "parrot", *args, "hi"])
         assert (result.exit_code, result.stdout) == (2, "")
@@ -102,13 +104,16 @@ def test_builtin_backends_declare_their_capabilities() -> None:
     spec = ModelSpec(alias="x", source="path")
     assert local.capabilities_of(spec) == Capabilities(
         token_ids=True, internals=True, any_strategy=True, beam=True, max_candidates=None,
-        constrained=True, kv_reuse=True, exact_count=True)
+        constrained=True, kv_reuse=True, exact_count=True, raw=True)
     far = ModelSpec(alias="far", source="remote", backend="openai", base_url="http://h/v1",
                     model="m")
     assert remote.capabilities_of(far) == Capabilities(
         token_ids=False, internals=False, any_strategy=False, beam=False, max_candidates=20,
-        constrained=False, kv_reuse=False, exact_count=False)
+        constrained=False, kv_reuse=False, exact_count=False, raw=True)
     vllm = ModelSpec(alias="v", source="remote", backend="openai", base_url="http://h/v1",
                      model="m", server="vllm", tokenizer="tiny")
     caps = remote.capabilities_of(vllm)
     assert (caps.beam, caps.exact_count) == (True, True)
+    served = ModelSpec(alias="t", source="remote", backend="openai", base_url="http://h/v1",
+                       model="m", server="transformers")
+    assert remote.capabilities_of(served).raw is False  # no completions endpoint

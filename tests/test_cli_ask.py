@@ -63,8 +63,10 @@ def test_json_output(cli, tiny_model: Tiny) -> None:
         "token_ids",
         "decoding",
         "implementation",
+        "raw",
     ]
     assert data["implementation"] == {"name": "native", "reason": None}
+    assert data["raw"] is False
     assert data["token_ids"] == new
     assert data["decoding"]["strategy"] == "greedy"
     assert data["decoding"]["max_new_tokens"] == 9

@@ -43,6 +43,9 @@ def _add_remote(home: Path) -> None:
 # -- models list ------------------------------------------------------------------------------
 def test_models_list_json(cli, home: Path, tiny_model: Tiny) -> None:
     _add_remote(home)
+    with (home / "models.toml").open("a") as f:
+        f.write(f'\n[models.q4]\nsource = "path"\npath = "{tiny_model.folder}"\n'
+                'dtype = "float32"\nquantize = "int4"\n')
     result = run_cli(["models", "list", "--json"])
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout.count("\n") == 1
@@ -50,26 +53,45 @@ def test_models_list_json(cli, home: Path, tiny_model: Tiny) -> None:
     by_alias = {item["alias"]: item for item in items}
     assert by_alias["tiny"] == {
         "alias": "tiny", "default": True, "params": "0.03M", "context_window": None,
-        "cached": True, "backend": "local", "source": f"path:{tiny_model.folder}",
+        "cached": True, "compiled": None, "backend": "local",
+        "source": f"path:{tiny_model.folder}",
     }
+    package = _package(home, tiny_model)
+    assert by_alias["q4"]["compiled"] == {
+        "state": "not built", "mode": "float32/int4", "path": str(package), "pid": None,
+        "log": None, "reason": None, "automatic": False,
+        "automatic_off": "CHATCLI_AUTO_COMPILE=0"}
     assert by_alias["far"] == {
         "alias": "far", "default": False, "params": None, "context_window": 2048,
-        "cached": None, "backend": "openai", "source": "openai:http://127.0.0.1:9/v1 (served)",
+        "cached": None, "compiled": None, "backend": "openai",
+        "source": "openai:http://127.0.0.1:9/v1 (served)",
     }
     # The same aliases, in the same order, saying the same as the table, row by row.
     text = run_cli(["models", "list"]).stdout.splitlines()
     assert len(text) == len(items) + 1
-    columns = ["alias", "params", "context", "cached", "backend", "source"]
+    columns = ["alias", "params", "context", "cached", "compiled", "backend", "source"]
     starts = [text[0].index(c) for c in columns]
     for line, item in zip(text[1:], items, strict=True):
-        name, params, ctx, cached, backend, source = (
+        name, params, ctx, cached, compiled, backend, source = (
             line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True))
         assert name == item["alias"] + (" (default)" if item["default"] else "")
         assert params == (item["params"] or "?")
         assert ctx == (str(item["context_window"]) if item["context_window"] else
                        "from server" if item["backend"] != "local" else "from config")
         assert cached == {None: "-", True: "yes", False: "no"}[item["cached"]]
+        assert compiled == ("-" if item["compiled"] is None else
+                            {"not built": "no", "built": "yes"}.get(
+                                item["compiled"]["state"], item["compiled"]["state"]))
         assert (backend, source) == (item["backend"], item["source"])
+
+
+def _package(home: Path, tiny: Tiny) -> Path:
+    """Where the float32 int4 package of the tiny model lives in `home`."""
+    from chatcli.loader import compiled_package
+    from chatcli.runtime import Runtime
+
+    return home / "cache" / "compiled" / compiled_package(
+        tiny.folder, Runtime("cpu", "float32", None, "int4")).name
 
 
 def test_models_list_json_error_is_one_line(cli, home: Path) -> None:
@@ -114,7 +136,7 @@ def test_models_show_json_local_with_every_origin(cli, home: Path, tiny_model: T
         "implementation": "native", "quantize": "none", "stored_precision": None,
         "chat_template": "models.toml",
         "trust_remote_code": False, "license": "MIT", "cached": str(folder),
-        "defined_in": str(home / "models.toml"),
+        "compiled": None, "compile": "auto", "defined_in": str(home / "models.toml"),
         "decoding_defaults": _decoding(strategy=("sample", "models.toml"),
                                        temperature=(0.7, "models.toml"),
                                        top_k=(20, "generation_config.json"),

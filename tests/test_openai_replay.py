@@ -286,9 +286,10 @@ def test_sampling_parameters_map_to_fields(remote: Replay) -> None:
 def test_models_list_and_show(remote: Replay, monkeypatch: pytest.MonkeyPatch,
                               home: Path) -> None:
     listing = run_cli(["models", "list"]).stdout.splitlines()
-    assert listing[0].split() == ["alias", "params", "context", "cached", "backend", "source"]
+    assert listing[0].split() == ["alias", "params", "context", "cached", "compiled", "backend",
+                                  "source"]
     row = next(line for line in listing if line.startswith("local-server"))
-    assert row.split() == ["local-server", "?", "2048", "-", "openai",
+    assert row.split() == ["local-server", "?", "2048", "-", "-", "openai",
                            f"openai:{remote.url}", "(smollm2)"]
     assert next(line for line in listing if line.startswith("tiny")).split()[-2] == "local"
     with (home / "models.toml").open("a") as f:

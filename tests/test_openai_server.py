@@ -1,8 +1,9 @@
 """The `openai` backend against a real server: llama.cpp's, serving the default GGUF.
 
 Starts `python -m llama_cpp.server` (`pip install -e ".[server-tests]"`) on a free
-loopback port and drives `ask`, piped `chat`, `compare` and `--show-candidates`
-through a models.toml alias with backend = "openai". Greedy answers through chatcli
+loopback port and drives `ask` (and `ask --raw`: the completions endpoint), piped
+`chat`, `compare` and `--show-candidates` through a models.toml alias with backend =
+"openai". Greedy answers through chatcli
 must equal llama.cpp's own answer to the same request, made without chatcli. Killing
 the server mid-answer must give one clear error and keep the partial answer.
 
@@ -116,6 +117,20 @@ def test_show_candidates_from_the_servers_logprobs(server: Server, home: Path) -
                      "The capital of France is"])
     assert table.stdout.splitlines()[0] == data["text"]
     assert table.stdout.splitlines()[1].startswith("step  token")
+
+
+def test_raw_greedy_equals_llama_cpp_s_completion(server: Server, home: Path) -> None:
+    """--raw on a server: its completions endpoint, the text as it is (llama.cpp adds the
+    model's BOS itself, as chatcli does locally)."""
+    text = "The capital of France is"
+    result = run_cli(["ask", "--raw", "-m", ALIAS, "-n", "24", "--json", text])
+    assert result.exit_code == 0, result.stderr
+    status, data = server.request("POST", "/v1/completions", {
+        "prompt": text, "max_tokens": 24, "temperature": 0.0, "repeat_penalty": 1.0})
+    assert status == 200, data
+    expected = str(data["choices"][0]["text"])
+    out = json.loads(result.stdout)
+    assert expected.strip() and (out["text"], out["raw"]) == (expected, True)
 
 
 def test_killing_the_server_mid_answer(real_home: Path, server: Server, home: Path) -> None:

@@ -79,6 +79,7 @@ def stream(*chunks: Any) -> Response:
     (_chunk({"index": 0, "delta": {"content": 5}}), "choices[0].delta.content is a number, "
      "not a string"),
     (_chunk({"index": 0, "delta": "x"}), "choices[0].delta is a string, not an object"),
+    (_chunk({"index": 0, "text": 5}), "choices[0].text is a number, not a string"),  # --raw's
     ({"choices": {}}, "choices is an object, not a list"),
     ({"choices": [None]}, "choices[0] is null, not an object"),
     (_chunk({"index": 0, "delta": {}, "finish_reason": 7}), "choices[0].finish_reason is a "

@@ -2,10 +2,10 @@
 
 Tiny random-weight GPT-2 and Qwen2 models are built here in seconds (the locally trained
 byte-level BPE tokenizer and ChatML template of conftest). GPT-2 has no native
-implementation; Qwen2 has one (tests/test_qwen2_native.py), so the qwen2 alias here sets
-`implementation = "transformers"`; a sliding-window Qwen2 configuration is not native, so
-it runs on transformers by itself (and an alias that asks for native on it is refused, as
-`models show` says). Every
+implementation; Qwen2 has one (tests/test_qwen2_native.py, with sliding windows:
+tests/test_native_arch.py), so the qwen2 and sliding aliases here set
+`implementation = "transformers"`; an alias that asks for native on GPT-2 is refused, as
+`models show` says. Every
 answer is compared token for token with transformers' own `generate()` of the same
 packed prompt: multi-turn chat (the prompt cache crops the KV cache), /retry, /undo,
 beam search (expand/reorder), and a sliding-window cache that cannot be cropped back.
@@ -100,15 +100,15 @@ def sliding_model(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 @pytest.fixture
 def models(home: Path, tiny_model: Tiny, gpt2_model: Tiny, qwen2_model: Tiny,
            sliding_model: Tiny) -> dict[str, Tiny]:
-    """Aliases gpt2, qwen2, sliding and tiny-hf; qwen2 and tiny-hf (the tiny Llama) are
-    forced onto transformers."""
+    """Aliases gpt2, qwen2, sliding and tiny-hf; qwen2, sliding and tiny-hf (the tiny
+    Llama) are forced onto transformers."""
     entries = {"gpt2": gpt2_model, "qwen2": qwen2_model, "sliding": sliding_model,
                "tiny-hf": tiny_model}
     with (home / "models.toml").open("a") as f:
         for alias, model in entries.items():
             f.write(f'\n[models.{alias}]\nsource = "path"\npath = "{model.folder}"\n'
                     'dtype = "float32"\n')
-            if alias in ("qwen2", "tiny-hf"):
+            if alias in ("qwen2", "sliding", "tiny-hf"):
                 f.write('implementation = "transformers"\n')
     return entries
 
@@ -286,7 +286,6 @@ def test_context_window_larger_than_the_model_is_refused(models: dict[str, Tiny]
 
 WHY = {
     "gpt2": "transformers (gpt2 architecture has no native implementation)",
-    "sliding": "transformers (qwen2 with a sliding window is not native)",
     "tiny": "native",
 }
 
@@ -310,14 +309,14 @@ def test_models_show_stats_and_json_name_the_implementation(
 
 def test_native_asked_for_where_it_cannot_run_is_refused_as_models_show_says(
         models: dict[str, Tiny], home: Path) -> None:
-    """`implementation = "native"` on the sliding-window model: the load refuses before
-    loading anything, and `models show` says that refusal, not "native"."""
+    """`implementation = "native"` on the GPT-2 model: the load refuses before loading
+    anything, and `models show` says that refusal, not "native"."""
     toml = home / "models.toml"
     with toml.open("a") as f:
-        f.write(f'\n[models.forced]\nsource = "path"\npath = "{models["sliding"].folder}"\n'
+        f.write(f'\n[models.forced]\nsource = "path"\npath = "{models["gpt2"].folder}"\n'
                 'dtype = "float32"\nimplementation = "native"\n')
-    reason = (f'implementation = "native" in {toml}, but it cannot run this model: qwen2 '
-              "with a sliding window is not native")
+    reason = (f'implementation = "native" in {toml}, but it cannot run this model: gpt2 '
+              "architecture has no native implementation")
     shown = run_cli(["models", "show", "forced"])
     assert shown.exit_code == 0, shown.stderr
     assert f"implementation     refused: {reason}\n" in shown.stdout
@@ -329,4 +328,4 @@ def test_native_asked_for_where_it_cannot_run_is_refused_as_models_show_says(
         assert result.stderr == (f"error: model 'forced': {reason}; hint: set implementation "
                                  f'= "transformers" for [models.forced] in {toml}\n')
     # the same alias on auto runs transformers', as models show says
-    assert _load("forced", implementation="auto").implementation_label() == WHY["sliding"]
+    assert _load("forced", implementation="auto").implementation_label() == WHY["gpt2"]

@@ -27,6 +27,15 @@ turn: internals only), `reused` (prompt tokens the last answer did not recompute
 `approximate` (token counts are estimates) and `implementation` (which code runs;
 `implementation_name` and `implementation_note` split it for --json).
 
+Raw completions (`ask --raw`; the `raw` capability): a backend that has it also has
+`raw_count` (the prompt token ids of messages taken as plain text, no chat template:
+`chatcli.prompt.raw_text`), `has_chat_template` (False: the model can only complete
+text) and takes `raw=True` in `stream` (and `attention`). `check_raw` refuses `--raw`
+where the capability is missing, before anything loads; a backend class may have its own
+`check_raw(spec, views, constraint)` instead, naming what it cannot give in a raw
+completion. A
+backend without these attributes has a chat template and no raw completions.
+
 Knows nothing about the terminal, the CLI or a particular backend.
 """
 
@@ -51,6 +60,7 @@ class Capabilities:
     constrained: bool = False  # constrained decoding (a logits mask per step)
     kv_reuse: bool = False  # keeps the prompt's KV cache between turns
     exact_count: bool = True  # counts prompt tokens with the model's own tokenizer
+    raw: bool = False  # completes plain text without a chat template (ask --raw)
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,13 @@ def check_capabilities(spec: Any, caps: Capabilities, views: Views,
                 raise UsageError(f"strategy '{settings.strategy}' needs the capability "
                                  f"'{capability}', which {where} lacks",
                                  "choose another strategy (-S), or use a local model (-m)")
+
+
+def check_raw(spec: Any, caps: Capabilities) -> None:
+    """Refuse `--raw` where the backend cannot complete plain text."""
+    if not caps.raw:
+        raise UsageError(f"--raw needs the capability 'raw', which '{_name(spec)}' (backend "
+                         f"{spec.backend}) lacks", "drop --raw, or use a local model (-m)")
 
 
 def strategy_needs(settings: Any) -> list[str]:

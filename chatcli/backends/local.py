@@ -11,7 +11,9 @@ An opened `LocalBackend` owns the prompt cache (`PromptCache`: each turn prefill
 only what changed), counts tokens with the model's own chat template (`count` is a
 `chatcli.prompt.PromptCounter`: each message is counted once), runs every
 strategy (plugins included) and gives every view: token ids, candidates with any
-K, pruned beams, attention per turn.
+K, pruned beams, attention per turn. It completes plain text too (`raw_count`:
+`chatcli.prompt.RawRender`), the only thing a model without a chat template can do
+(`has_chat_template`; `describe` says "none" for a cached folder that carries none).
 
 Knows nothing about the terminal or the CLI. torch, transformers and the loader
 are imported only when a model is opened.
@@ -35,7 +37,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 CAPABILITIES = Capabilities(token_ids=True, internals=True, any_strategy=True, beam=True,
                             max_candidates=None, constrained=True, kv_reuse=True,
-                            exact_count=True)
+                            exact_count=True, raw=True)
 
 
 class LocalBackend:
@@ -43,7 +45,7 @@ class LocalBackend:
     keys: ClassVar[dict[str, type | tuple[type, ...]]] = {
         "source": str, "repo": str, "revision": str, "file": str, "path": str,
         "package": str, "sha256": str, "dtype": str, "chat_template": str,
-        "trust_remote_code": bool, "implementation": str, "quantize": str,
+        "trust_remote_code": bool, "implementation": str, "quantize": str, "compile": str,
     }
 
     # -- the alias, before anything is opened -------------------------------------------
@@ -83,6 +85,11 @@ class LocalBackend:
         if quant == "gguf" and not is_gguf:
             raise fail("'quantize' gguf reads a GGUF file's own precision; this model is "
                        "not a .gguf file", 'e.g. quantize = "int4"', "quantize")
+        auto_compile = entry.get("compile")
+        if auto_compile is not None and auto_compile not in ("auto", "never"):
+            raise fail(f"'compile' must be \"auto\" or \"never\" (got {auto_compile!r})",
+                       'compile = "never" stops chatcli building its compiled decode step in '
+                       "the background", "compile")
         sha = entry.get("sha256")
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum",
@@ -96,7 +103,7 @@ class LocalBackend:
                     file=entry.get("file"), path=model_path, package=entry.get("package"),
                     sha256=sha, dtype=dtype, chat_template=entry.get("chat_template"),
                     trust_remote_code=entry.get("trust_remote_code", False),
-                    implementation=impl, quantize=quant)
+                    implementation=impl, quantize=quant, compile=auto_compile)
 
     @staticmethod
     def location(spec: Any) -> str:
@@ -159,10 +166,12 @@ class LocalBackend:
             "implementation": _implementation(spec),
             "quantize": spec.quantize,
             "stored_precision": _stored_precision(spec),
-            "chat_template": "models.toml" if spec.chat_template else "model",
+            "chat_template": "models.toml" if spec.chat_template else _template_of(spec),
             "trust_remote_code": spec.trust_remote_code,
             "license": spec.license or None,
             "cached": cls.cached_path(spec),
+            "compiled": _compiled(spec),
+            "compile": spec.compile or "auto",
             "defined_in": str(spec.origin),
         }
 
@@ -178,19 +187,22 @@ class LocalBackend:
             ("quantize", info["quantize"]),
             *([("stored precision", "; ".join(info["stored_precision"]))]
               if info["stored_precision"] else []),
-            ("chat template", "from models.toml" if info["chat_template"] == "models.toml"
-             else "the model's own"),
+            ("chat template", _TEMPLATE_ROWS.get(info["chat_template"], "the model's own")),
             ("trust remote code", "yes" if info["trust_remote_code"] else "no"),
             ("license", info["license"] or "?"),
             ("cached", info["cached"] or "no"),
+            ("compiled step", _compiled_line(info)),
             ("defined in", info["defined_in"]),
         ]
 
     @classmethod
     def listing(cls, spec: Any) -> dict[str, Any]:
-        """`models list`'s cells: cached (True/False; None: nothing to cache) and where the
-        context window comes from when models.toml does not say."""
-        return {"cached": cls.cached_path(spec) is not None, "window": "from config"}
+        """`models list`'s cells: cached (True/False; None: nothing to cache), where the
+        context window comes from when models.toml does not say, the compiled step
+        (`_compiled`'s answer) and its column text."""
+        compiled = _compiled(spec)
+        return {"cached": cls.cached_path(spec) is not None, "window": "from config",
+                "compiled": compiled, "compiled_cell": compiled_cell(compiled)}
 
     @staticmethod
     def generation_defaults(spec: Any) -> tuple[dict[str, Any], str | None]:
@@ -220,9 +232,9 @@ class LocalBackend:
     @staticmethod
     def compile(spec: Any, runtime: Any, reporter: Any, autotune: bool) -> str:
         """Build the alias's compiled decode step for `runtime`; a line saying what."""
-        from chatcli.loader import compile_model
+        from chatcli.autocompile import compile_now
 
-        path, key, seconds = compile_model(spec, runtime, reporter, autotune)
+        path, key, seconds = compile_now(spec, runtime, reporter, autotune)
         return (f"{spec.alias}: decode step compiled ({key['mode']}) in "
                 f"{seconds:.0f} s, {key['package_bytes'] / 1e6:.0f} MB at {path}")
 
@@ -300,6 +312,19 @@ class LocalBackend:
             self._counter = PromptCounter(self.loaded.tokenizer)
         return self._counter
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the model can chat (its tokenizer has a chat template, or models.toml
+        gives it one); without, it only completes text (`raw_count`)."""
+        return bool(getattr(self.loaded.tokenizer, "chat_template", None))
+
+    @property
+    def raw_count(self) -> Any:  # chatcli.prompt.RawRender
+        """The prompt token ids of messages taken as plain text (a raw completion)."""
+        from chatcli.prompt import RawRender
+
+        return RawRender(self.loaded.tokenizer)
+
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         """A local model runs every strategy and gives every view; a constraint is compiled
         for its vocabulary now, so that a bad one is refused (ConstraintError) at once."""
@@ -312,7 +337,8 @@ class LocalBackend:
         self.cache.invalidate()
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
-               strategies: Any = None, constraint: Any = None) -> Any:
+               strategies: Any = None, constraint: Any = None, raw: bool = False) -> Any:
+        """The answer to `packed` (its ids, a raw completion's as a chat answer's)."""
         from chatcli.generation.stream import stream
 
         loaded = dataclasses.replace(self.loaded, lm=self.cache)
@@ -357,10 +383,60 @@ class LocalBackend:
 
         return render_text(self.loaded.tokenizer, messages), None
 
-    def attention(self, packed: Any, answer_ids: list[int]) -> Any:
+    def attention(self, packed: Any, answer_ids: list[int], raw: bool = False) -> Any:
         from chatcli.explain import context_attention
 
-        return context_attention(self.loaded, packed.messages, packed.ids, answer_ids)
+        render = self.raw_count if raw else None
+        return context_attention(self.loaded, packed.messages, packed.ids, answer_ids, render)
+
+
+_TEMPLATE_ROWS = {"models.toml": "from models.toml",
+                  "none": "none: ask completes text as it is (--raw); chat needs chat_template "
+                  "in models.toml"}
+
+
+def _template_of(spec: Any) -> str:
+    """"model" (the model's own chat template, or not known: not on disk yet), or "none"
+    when the cached tokenizer folder carries none (tokenizer_config.json's chat_template,
+    chat_template.jinja or .json, additional_chat_templates/)."""
+    import json
+
+    cached = LocalBackend.cached_path(spec)
+    folder = Path(cached) if cached else None
+    if folder is None or not folder.is_dir():
+        return "model"
+    if any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json",
+                                                 "additional_chat_templates")):
+        return "model"
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "model"  # unreadable: the load will say why
+    return "model" if isinstance(config, dict) and config.get("chat_template") else "none"
+
+
+def _compiled(spec: Any) -> dict[str, Any] | None:
+    """The alias's compiled decode step (`chatcli.autocompile.Status.as_dict`); None:
+    nothing to compile (the exact path, transformers, not on disk)."""
+    from chatcli.autocompile import status
+
+    found = status(spec)
+    return None if found is None else found.as_dict()
+
+
+def compiled_cell(compiled: dict[str, Any] | None) -> str:
+    """`models list`'s column for `_compiled`'s answer: yes, building, failed, no, -."""
+    from chatcli.autocompile import Status
+
+    return "-" if compiled is None else Status.from_dict(compiled).cell()
+
+
+def _compiled_line(info: dict[str, Any]) -> str:
+    from chatcli.autocompile import Status
+
+    if info["compiled"] is None:
+        return "-"
+    return Status.from_dict(info["compiled"]).describe(info["alias"])
 
 
 def _stored_precision(spec: Any) -> list[str] | None:

@@ -17,6 +17,9 @@ removed) stays off and `Generation.constraint_satisfied` is judged from the answ
 (`chatcli.remote.model.open_remote`), and the opened backend owns the HTTP client.
 Packed messages are sent as messages (the server applies its chat template); their
 tokens are counted with the alias's `tokenizer`, else estimated (`approximate`).
+`ask --raw` (the `raw` capability, where the server profile has a completions endpoint)
+sends their text to /completions instead (`chatcli.remote.params.check_raw` says what it
+refuses there); a server always has a chat template (`has_chat_template`).
 
 Knows nothing about the terminal or the CLI; HTTP happens in `chatcli.remote`.
 """
@@ -106,7 +109,7 @@ class OpenAIBackend:
                             max_candidates=profile.max_top_logprobs if profile.logprobs else 0,
                             constrained=False,  # the server masks, unseen: no removed mass
                             kv_reuse=False,
-                            exact_count=bool(spec.tokenizer))
+                            exact_count=bool(spec.tokenizer), raw=profile.completions)
 
     @staticmethod
     def check_views(spec: Any, views: Views) -> None:
@@ -115,6 +118,13 @@ class OpenAIBackend:
             raise UsageError(f"{views.internals} needs the model's internals, which a server "
                              f"does not return ('{_where(spec)}' is remote)",
                              "use a local model (-m)")
+
+    @staticmethod
+    def check_raw(spec: Any, views: Views, constraint: Any = None) -> None:
+        """Refuse, before any request, a raw completion the alias's server cannot give."""
+        from chatcli.remote.params import check_raw
+
+        check_raw(spec, views.candidates, constraint)
 
     @staticmethod
     def check_settings(spec: Any, settings: Any, views: Views, constraint: Any = None) -> None:
@@ -229,6 +239,16 @@ class OpenAIBackend:
         estimate), counting each message once: the remote model's `counter`."""
         return self.remote.counter
 
+    @property
+    def has_chat_template(self) -> bool:
+        return True  # the server applies its own
+
+    @property
+    def raw_count(self) -> Any:
+        """The prompt token ids of a raw completion (the messages' text): exact with a
+        tokenizer, else estimated."""
+        return self.remote.raw_count_ids
+
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         self.check_views(self.spec, views)
         self.check_settings(self.spec, settings, views, constraint)
@@ -237,9 +257,9 @@ class OpenAIBackend:
         """Nothing to forget: the server keeps its own cache."""
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
-               strategies: Any = None, constraint: Any = None) -> Any:
+               strategies: Any = None, constraint: Any = None, raw: bool = False) -> Any:
         return self.remote.stream(packed.messages, packed.ids, settings, max_new_tokens,
-                                  views.candidates, constraint)
+                                  views.candidates, constraint, raw=raw)
 
     def token_text(self, token_id: int) -> str:
         return str(self.remote.token_text(token_id))

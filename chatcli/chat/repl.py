@@ -14,7 +14,8 @@ so. Ctrl-C at the prompt clears the line. After /edit the input line holds the
 message being edited: the entry replaces it (a new version, answered; the old
 one stays a branch), while an empty entry, Ctrl-C or a slash command leaves it
 as it was. A warning line is printed whenever packing drops earlier exchanges.
-Knows nothing about how tokens are chosen.
+After an answer, a missing compiled decode step is built in the background
+(`chatcli.autocompile.after_answer`). Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
         message, hint = incomplete(gen.constraint, gen.stats.finish_reason,
                                    gen.stats.completion_tokens)
         ui.warn(f"{message}; {hint}")
+    if failure is None and not interrupted:
+        from chatcli.autocompile import after_answer
+
+        after_answer(session.backend)  # the compiled step, built in the background if missing
 
 
 def check_room(session: ChatSession) -> None:

@@ -25,6 +25,12 @@ an OpenAI-compatible server); the session asks it to count, check, stream and
 forget, and never asks which one it is. A `LoadedModel` given directly runs on the
 local backend.
 
+A raw session (`raw=True`: `ask --raw`, a model without a chat template) completes
+text: the messages are plain text one after the other (the backend's `raw_count`, no
+template, no system prompt), the backend is told (`stream(..., raw=True)`) and each
+reply is saved marked raw (its params say "raw": true). A session that is not raw
+refuses a model without a chat template ("this model has no chat template").
+
 Knows nothing about the terminal: the REPL and the slash commands print.
 """
 
@@ -73,7 +79,9 @@ class ChatSession:
         recorder: Recorder | None = None,
         warn: Callable[[str], None] | None = None,
         history_path: Path | None = None,
+        raw: bool = False,
     ) -> None:
+        self.raw = raw  # a text completion: no chat template (see the module)
         self.strategies = strategies
         self.request = request
         self.conversation = conversation or Conversation()
@@ -102,8 +110,14 @@ class ChatSession:
 
     # -- model and settings ----------------------------------------------------
     def use_model(self, model: Any) -> None:
-        """Answer with `model` (a Backend, or a LoadedModel) from now on."""
-        self.backend = as_backend(model)
+        """Answer with `model` (a Backend, or a LoadedModel) from now on; a chat refuses
+        a model without a chat template."""
+        backend = as_backend(model)
+        if not self.raw and not getattr(backend, "has_chat_template", True):
+            from chatcli.prompt import no_chat_template
+
+            raise no_chat_template(backend.spec.alias)
+        self.backend = backend
         self.settings = self._resolve(self.request)
 
     @property
@@ -296,8 +310,9 @@ class ChatSession:
     @property
     def render(self) -> Render:
         """The prompt token ids of messages: the backend's `count`, which may count each
-        message once (a `chatcli.context.Measure`; packing then takes linear time)."""
-        return self.backend.count
+        message once (a `chatcli.context.Measure`; packing then takes linear time); a raw
+        session's are the plain text's (`raw_count`)."""
+        return self.backend.raw_count if self.raw else self.backend.count
 
     def pack(self) -> Packed:
         if self.budget <= 0:
@@ -337,7 +352,9 @@ class ChatSession:
             )
         if not self.reuse_cache:
             self.backend.invalidate()
-        extra = {"constraint": self.constraint} if self.constraint is not None else {}
+        extra: dict[str, Any] = {"raw": True} if self.raw else {}
+        if self.constraint is not None:
+            extra["constraint"] = self.constraint
         gen = self.backend.stream(packed, self.settings, min(self.max_new_tokens, room),
                                   self.views, strategies=self.strategies, **extra)
         self.last_generation = gen
@@ -391,7 +408,9 @@ class ChatSession:
         s = gen.stats
         meta = ReplyMeta(
             model=self.backend.spec.alias, strategy=self.settings.strategy,
-            params={**self.settings.as_dict(), **_shape(gen)}, seed=self.settings.seed,
+            params={**self.settings.as_dict(), **_shape(gen), **({"raw": True} if self.raw
+                                                                 else {})},
+            seed=self.settings.seed,
             prompt_tokens=s.prompt_tokens, completion_tokens=len(gen.token_ids),
             time_to_first_token_s=s.time_to_first_token_s,
             tokens_per_second=s.decode_tokens_per_s,

@@ -9,8 +9,15 @@ the token limit cut short is followed, on a terminal, by a dim line saying so. F
 past --max-files/--max-bytes are refused unless --truncate-files.
 `--alt STEP:RANK` is checked before the model runs (STEP and RANK from 1, STEP within
 -n, RANK within the vocabulary); when the answer then has no such alternative (it ended
-before STEP), the answer found is shown, saved, and the error follows. Knows nothing
-about how tokens are chosen.
+before STEP), the answer found is shown, saved, and the error follows. Once everything
+is printed, a missing compiled decode step is built in the background
+(`chatcli.autocompile.after_answer`). Knows nothing about how tokens are chosen.
+
+`--raw` completes the prompt as plain text (no chat template, so no `-s`); a model
+without a chat template does so by itself, with a note on stderr. `-c` goes on with
+the latest conversation as it is: a raw one continues its text (the new prompt right
+after the last completion, with or without --raw), a chat one stays a chat (--raw is
+refused). The reply is saved marked raw, and --json says "raw".
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from chatcli.cli.options import (
     ModelsFileOpt,
     PinOpt,
     QuantizeOpt,
+    RawOpt,
     RegexOpt,
     SchemaOpt,
     ShowBeamsOpt,
@@ -57,6 +65,9 @@ PromptArg = Annotated[
     str | None,
     typer.Argument(help="The question. Piped stdin is put before it.", show_default=False),
 ]
+
+RAW_NO_SYSTEM = ("--raw completes your text as it is, without a chat template, so there is "
+                 "no system prompt (-s)")
 
 
 def refuse_views(strategies: Any, settings: Any, show_candidates: int | None,
@@ -131,6 +142,7 @@ def ask(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
+    raw: RawOpt = False,
     decoding: dict[str, Any] | None = None,
     cont: ContinueOpt = False,
     show_candidates: ShowCandidatesOpt = None,
@@ -171,6 +183,10 @@ def ask(
     # Flags are validated before stdin is read or anything loads.
     constraint = constraint_of(ctx.params)
     alt = parse_alt(alt_spec) if alt_spec is not None else None
+    if raw and system is not None:
+        raise UsageError(RAW_NO_SYSTEM, "put what the model should read first in the prompt "
+                         "itself, or drop --raw")
+
     def check(early: Any) -> None:
         refuse_views(strategy_registry(), early, show_candidates, show_beams)
         if alt is not None and early.capabilities.hypotheses:
@@ -183,7 +199,8 @@ def ask(
     prep = setup(ui, ctx.params, check=check,
                  candidates=show_candidates or None,
                  internals="--show-beams" if show_beams else
-                 "--explain-context" if explain_context else None, constraint=constraint)
+                 "--explain-context" if explain_context else None, constraint=constraint,
+                 raw=raw)
     if alt is not None:
         from chatcli.backends import backend_of
 
@@ -210,6 +227,16 @@ def ask(
     if store is not None and latest is not None:
         _, conv, message_ids = store.load(latest.id)
         conv_id = latest.id
+        continued_raw = store.raw(latest.id)
+        if raw and not continued_raw:
+            raise UsageError(f"--raw continues only a raw completion, and conversation "
+                             f"{conv_id} is a chat", "drop -c to complete new text, or drop "
+                             "--raw to go on with the chat")
+        if continued_raw and system is not None:
+            raise UsageError(f"conversation {conv_id} is a raw completion: its text goes on "
+                             "as it is, with no system prompt (-s)", "drop -s, or drop -c to "
+                             "start a new conversation")
+        raw = continued_raw
         if model is None:
             prep.use(latest.model)
     conversation = conv or Conversation()
@@ -226,12 +253,20 @@ def ask(
         else:
             recorder.added()
         backend = prep.open()
+        if not raw and conv is None and not getattr(backend, "has_chat_template", True):
+            alias = prep.spec.alias
+            if system is not None:
+                raise UsageError(f"{alias} has no chat template, so it completes your text as "
+                                 "it is, with no system prompt (-s)", "drop -s, or set "
+                                 f"chat_template for [models.{alias}] in models.toml")
+            raw = True
+            ui.notify(f"{alias} has no chat template: completing your text as it is (--raw)")
         if alt is not None:  # before the answer is generated
             check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
         session = ChatSession(backend, prep.strategies, prep.decoding(), conversation,
-                              recorder=recorder, truncate=False)
+                              recorder=recorder, truncate=False, raw=raw)
         session.candidates = show_candidates or None
         session.trace_beams = show_beams
         session.constraint = constraint
@@ -280,7 +315,7 @@ def ask(
         packed = session.last_packed
         assert packed is not None
         with ui.busy("Measuring attention per turn (one extra forward pass)"):
-            spans = backend.attention(packed, gen.token_ids)
+            spans = backend.attention(packed, gen.token_ids, **({"raw": True} if raw else {}))
     s = gen.stats
     spec = prep.spec
     token_text = session.token_text
@@ -300,6 +335,7 @@ def ask(
                 "name": backend.implementation_name,
                 "reason": backend.implementation_note or None,
             },
+            "raw": raw,  # a text completion, without the chat template
         }
         if attached:
             out["attachments"] = describe(attached)
@@ -338,6 +374,9 @@ def ask(
         implementation = backend.implementation
         ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
                                             implementation=implementation))
+    from chatcli.autocompile import after_answer
+
+    after_answer(backend)  # the compiled step, built in the background if it is missing
     if no_alt is not None:
         raise no_alt
     if constraint is not None and gen.constraint_satisfied is False:

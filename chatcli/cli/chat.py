@@ -1,7 +1,10 @@
 """`chatcli chat`: an interactive (or piped) multi-turn conversation.
 
 Wiring only: parses options, opens the history store and the model, builds a
-`ChatSession` and runs the REPL. Knows nothing about how tokens are chosen.
+`ChatSession` and runs the REPL. A chat needs a chat template: a model without one is
+refused once it is open (`ask --raw` completes text with it), and a raw completion
+saved by `ask --raw` is not continued as a chat (refused before the model loads).
+Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
@@ -107,6 +110,13 @@ def chat(
             return model
         info, conv, message_ids = store.load(info.id)
         conv_id = info.id
+        if store.raw(conv_id):
+            from chatcli.errors import UsageError
+
+            raise UsageError(f"conversation {conv_id} is a raw text completion (ask --raw), "
+                             "not a chat", "continue its text with chatcli ask -c TEXT" if cont
+                             and conversation is None else f"chatcli history show {conv_id} "
+                             "prints it")
         return model or info.model
 
     prep = setup(ui, ctx.params, alias=resume,

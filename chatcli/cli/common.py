@@ -6,7 +6,8 @@ that failed to load), the decoding request, the models.toml registry, the alias
 (`-m`, `--base-url`, chat's `--context-window`), every decoding request validated
 against the alias's defaults together with the command's own refusals, the views
 and settings the alias's backend cannot give refused (`chatcli.backends`: each
-backend declares what it can do), and the runtime (`--device`, `--dtype`,
+backend declares what it can do; `raw`: --raw where it completes no plain text),
+and the runtime (`--device`, `--dtype`,
 `--threads`, `--quantize`) validated (picking the device imports torch, with Ctrl-C
 held meanwhile: `chatcli.interrupts.deferred`). It reads no stdin and loads nothing: the
 command then does what is its own (reading the prompt, saving the question) and
@@ -105,6 +106,7 @@ def setup(
     candidates: int | None = None,
     alias: Callable[[], str | None] | None = None,
     constraint: Any = None,
+    raw: bool = False,
 ) -> Setup:
     """Everything a model command checks before it reads stdin or loads anything.
 
@@ -115,7 +117,8 @@ def setup(
     settings, `check(settings)` (the command's own refusals), and what the alias's
     backend cannot give refused: `internals` (the flag that reads the model's
     internals), `candidates` alternatives per token, the settings and `constraint`
-    (the answer's shape); last the runtime.
+    (the answer's shape); `raw` (--raw) refused where the backend lacks it; last the
+    runtime.
     """
     from chatcli.cli.options import decoding_request
     from chatcli.paths import check_home
@@ -129,9 +132,16 @@ def setup(
     prepared.spec = prepared.spec_for(alias() if alias else params.get("model"))
     if requests:
         prepared.requests = requests(prepared.spec)
-    from chatcli.backends.base import Views
+    from chatcli.backends import backend_of
+    from chatcli.backends.base import Views, check_raw
 
     views = Views(candidates=candidates, internals=internals)
+    if raw:  # the backend's own refusals where it has them, else the capability's
+        cls = backend_of(prepared.spec)
+        if hasattr(cls, "check_raw"):
+            cls.check_raw(prepared.spec, views, constraint)
+        else:
+            check_raw(prepared.spec, cls.capabilities_of(prepared.spec))
     for request in prepared.requests:
         early = prepared.settings(request)
         if check:

@@ -7,7 +7,9 @@ stdin first), packs it once (leaving room for the most new tokens any strategy m
 generate), runs each strategy on the same prompt ids and hands the results to the
 UI. Without -S it compares the built-in strategies the alias's backend can run.
 `--alt STEP:RANK` is checked as ask checks it: STEP against -n before anything loads,
-RANK against the vocabulary before any answer. Knows nothing about how tokens are chosen.
+RANK against the vocabulary before any answer. `--raw` completes the prompt as plain
+text, as `ask --raw` does (no chat template, no -s); a model without a chat template does
+so by itself, with a note. Knows nothing about how tokens are chosen.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from chatcli.cli.options import (
     ModelOpt,
     ModelsFileOpt,
     QuantizeOpt,
+    RawOpt,
     RegexOpt,
     SchemaOpt,
     SystemOpt,
@@ -111,6 +114,7 @@ def compare(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
+    raw: RawOpt = False,
     decoding: dict[str, Any] | None = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = None,
@@ -154,8 +158,11 @@ def compare(
         raise UsageError("--free-too compares answers with and without a constraint, and "
                          "none is given", "add --schema, --json-object, --regex, --grammar or "
                          "--choice")
-    from chatcli.cli.ask import check_alt, parse_alt
+    from chatcli.cli.ask import RAW_NO_SYSTEM, check_alt, parse_alt
 
+    if raw and system is not None:
+        raise UsageError(RAW_NO_SYSTEM, "put what the model should read first in the prompt "
+                         "itself, or drop --raw")
     alt = parse_alt(alt_spec) if alt_spec is not None else None
 
     def check(early: Any) -> None:
@@ -166,7 +173,7 @@ def compare(
             check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
     prep = setup(ui, ctx.params, requests=requests, candidates=0, constraint=constraint,
-                 check=check)
+                 check=check, raw=raw)
     if alt is not None:
         from chatcli.backends import backend_of
 
@@ -183,6 +190,15 @@ def compare(
     from chatcli.conversation import Conversation
 
     backend = prep.open()
+    if not raw and not getattr(backend, "has_chat_template", True):
+        alias = prep.spec.alias
+        if system is not None:
+            raise UsageError(f"{alias} has no chat template, so it completes your text as it "
+                             "is, with no system prompt (-s)", "drop -s, or set chat_template "
+                             f"for [models.{alias}] in models.toml")
+        raw = True
+        ui.notify(f"{alias} has no chat template: completing your text as it is (--raw)")
+    render = backend.raw_count if raw else backend.count
     if alt is not None:  # before any answer is generated
         check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
     conversation = Conversation(system=system)
@@ -193,14 +209,14 @@ def compare(
     most = max(s.common.max_new_tokens for s in all_settings)
     budget = backend.context_window - most
     if budget <= 0:
-        room = backend.context_window - len(backend.count(conversation.messages()))
+        room = backend.context_window - len(render(conversation.messages()))
         raise ContextOverflowError(
             f"the context window of {backend.context_window} tokens is too small for {most} "
             "new tokens",
             f"lower -n to at most {room}" if room > 0 else
             "shorten the prompt, or choose a model with a larger context window (-m)",
         )
-    packed = pack(conversation, backend.count, budget, truncate=False)
+    packed = pack(conversation, render, budget, truncate=False)
     results: list[dict[str, Any]] = []
     shapes = ([None] if free_too else []) + [constraint]
     runs = [(request, settings, shape) for request, settings in
@@ -239,7 +255,9 @@ def compare(
         # Candidates (K=0) give each step's entropy; a server's logprobs give the
         # sequence log-probability.
         backend.invalidate()  # each strategy starts from the same cold prompt
-        extra = {"constraint": shape} if shape is not None else {}
+        extra: dict[str, Any] = {"raw": True} if raw else {}
+        if shape is not None:
+            extra["constraint"] = shape
         gen = backend.stream(packed, settings, settings.common.max_new_tokens,
                              Views(candidates=0), strategies=prep.strategies, **extra)
         events = list(gen)
@@ -269,7 +287,7 @@ def compare(
         r["diverges_at"] = divergence(first, r.pop("ids"))
     if json_out:
         ui.print_json({"model": prep.spec.alias, "prompt_tokens": len(packed.ids),
-                       "results": results})
+                       "raw": raw, "results": results})
         return
     from chatcli.ui.compare import show_comparison
 

@@ -24,9 +24,15 @@ app = typer.Typer(help="List and inspect the models chatcli knows.", no_args_is_
 def list_models(models_file: ModelsFileOpt = None, json_out: JsonListingOpt = False) -> None:
     """Every alias: size, context window, whether it is on disk, backend and source.
 
+    The compiled column says whether the decode step of a local alias, in the mode
+    it runs by default, is compiled for this CPU and torch: yes, building (in the
+    background), failed, no, or - (nothing to compile: the exact path, a remote alias,
+    weights not on disk).
+
     With --json: a list of objects with the keys alias, default (true for the
     default alias), params (null: unknown), context_window (null: from the model
-    config or the server), cached (null for a remote alias), backend and source.
+    config or the server), cached (null for a remote alias), compiled (null: nothing
+    to compile; else as models show --json says it), backend and source.
     """
     from chatcli.backends import backend_of
     from chatcli.registry import load_registry
@@ -41,6 +47,7 @@ def list_models(models_file: ModelsFileOpt = None, json_out: JsonListingOpt = Fa
             "params": spec.params or None,
             "context_window": spec.context_window or None,
             "cached": cells["cached"],
+            "compiled": cells.get("compiled"),
             "backend": spec.backend,
             "source": spec.location,
         }
@@ -55,8 +62,10 @@ def list_models(models_file: ModelsFileOpt = None, json_out: JsonListingOpt = Fa
         name = item["alias"] + (" (default)" if item["default"] else "")
         ctx = str(spec.context_window) if spec.context_window else cells["window"]
         cached = "-" if item["cached"] is None else "yes" if item["cached"] else "no"
-        rows.append([name, spec.params or "?", ctx, cached, spec.backend, spec.location])
-    show_table(ui, ["alias", "params", "context", "cached", "backend", "source"], rows)
+        rows.append([name, spec.params or "?", ctx, cached, cells.get("compiled_cell", "-"),
+                     spec.backend, spec.location])
+    show_table(ui, ["alias", "params", "context", "cached", "compiled", "backend", "source"],
+               rows)
 
 
 @app.command("show")
@@ -70,9 +79,21 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None,
     generation_config.json or models.toml) and decoding_note (null, or why a layer
     does not apply). A local alias adds source, dtype, implementation, quantize,
     stored_precision (a GGUF on disk: what its tensor types run as, one string per
-    kernel; else null), chat_template (models.toml or model), trust_remote_code and
-    cached (the path, or null); a remote one adds base_url, model, server, api_key_env ({"name",
-    "set"}, or null), tokenizer and timeout (seconds). Null means unset.
+    kernel; else null), chat_template (models.toml, model, or none: the cached model
+    carries none and completes text only), trust_remote_code, cached (the path, or
+    null), compiled and compile; a remote one adds base_url, model, server,
+    api_key_env ({"name", "set"}, or null), tokenizer and timeout (seconds). Null means
+    unset.
+
+    compiled is the decode step compiled for this CPU and torch, in the mode the alias
+    runs by default (null: nothing to compile, e.g. the exact path): {"state": built,
+    building, failed or "not built", "mode" (dtype/quantization), "path" (the
+    package), "pid" (building: the builder's), "log" (a background build's log, kept
+    when it failed; null while 'chatcli compile' builds it), "reason" (failed: why;
+    not built: why a package there is not used), "automatic" (whether chatcli builds
+    it in the background after an answer), "automatic_off" (why not: compile =
+    "never" in models.toml, or
+    CHATCLI_AUTO_COMPILE)}. compile is the alias's setting, auto or never.
     """
     from chatcli.backends import backend_of
     from chatcli.decoding.registry import strategy_registry
@@ -143,7 +164,14 @@ def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
     model's) are compiled: later answers in the same dtype and quantization decode
     through it (`--stats` says e.g. native+gguf+compiled); a package built for another
     torch, CPU or weights, or a damaged one, is not used (a note says so). The exact
-    path, --quantize none, is never compiled."""
+    path, --quantize none, is never compiled.
+
+    chatcli also builds the step by itself: after an answer in a quantized mode without
+    one, in the background at the lowest priority (models list says "building"; a failed
+    build's log is named by models show and it is not tried again until torch or chatcli
+    changes, or this command runs). Switch that off with compile = "never" in
+    models.toml (at the top or per alias) or CHATCLI_AUTO_COMPILE=0. This command builds
+    it now, in the foreground: a background build of the same step is stopped first."""
     from chatcli.backends import backend_of
     from chatcli.errors import UsageError
     from chatcli.paths import check_home

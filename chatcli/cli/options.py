@@ -38,6 +38,11 @@ BaseUrlOpt = Annotated[
 SystemOpt = Annotated[
     str | None, typer.Option("--system", "-s", help="System prompt.", show_default=False)
 ]
+RawOpt = Annotated[
+    bool, typer.Option("--raw", help="Complete the prompt as plain text: no chat template, no "
+                       "system prompt (a base model; chosen by itself, with a note, for a model "
+                       "without a chat template).")
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")
 ]

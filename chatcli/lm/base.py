@@ -8,7 +8,8 @@ prompt-cache reuse. Logits come back in the model's dtype.
 
 `can_crop(cache, length)` declares whether `crop(cache, length)` rolls the cache back
 exactly by dropping positions, without recomputing anything: chatcli's own caches
-always can (`KVCache.croppable`); a transformers cache holding a sliding-window layer
+can, unless a sliding-window layer has already dropped positions the next step would
+attend to (`KVCache.can_crop`); a transformers cache holding a sliding-window layer
 past its window, or a recurrent layer, cannot. The prompt cache asks before reusing a
 cached prefix and prefills the whole prompt afresh where the answer is no. A model
 that does not declare `can_crop` is taken to crop exactly (`can_crop` below).

@@ -8,7 +8,8 @@ Contract:
   /proc/cpuinfo), `model_id` (the caller's identity of the weights; `folder_fingerprint`
   hashes a checkpoint folder's config.json and its weight files' names, sizes and
   mtimes), mode (dtype and quantization, `mode_of`), the model's shapes, the inductor
-  options and the package's size and sha256. Autotuning (max-autotune) happens once, at
+  options and the package's size and sha256 (the key's fields and their checks, which
+  need no torch, are `chatcli.lm.package_key`'s). Autotuning (max-autotune) happens once, at
   build time: its choices are compiled into the package and never revisited at load.
   Inductor's own cache lives in a folder beside the package for the build and is removed
   after it: a build leaves nothing in the temp folder. It then unpacks the package (below)
@@ -23,7 +24,8 @@ Contract:
 - The step's graph takes the token id (1, 1), its position (1,) and the cached keys and
   values, each one tensor (positions, layers, kv_heads, head_dim) whose first dimension
   is dynamic (one package serves every cache length from `MIN_LENGTH`; attention reads
-  exactly the cached positions, no mask), *read only*; it returns the logits (1, vocab)
+  exactly the cached positions, no mask, except that a sliding-window layer masks those
+  before its window), *read only*; it returns the logits (1, vocab)
   and the token's new key and value, (layers, kv_heads, head_dim) each, which the
   caller writes at the position, outside the graph (a graph that wrote into the cache
   gave wrong tokens or ran slowly, issue 13).
@@ -74,9 +76,14 @@ import torch
 from chatcli.errors import ChatcliError
 from chatcli.lm.graphs import StaticKVCache
 from chatcli.lm.llama import KVCache, NativeCausalLM
+from chatcli.lm.package_key import (  # noqa: F401  (part of this module's interface)
+    FORMAT,
+    cpu_identity,
+    folder_fingerprint,
+    key_path,
+    stale_fields,
+)
 
-FORMAT = 3  # bump when the step's inputs, outputs or the key's meaning change
-# (3: the key records the package's sha256)
 TEST_OPTIONS: dict[str, Any] = {"freezing": True}
 """Inductor options without autotuning: quick to build (tests)."""
 AUTOTUNE_OPTIONS: dict[str, Any] = {
@@ -86,9 +93,6 @@ AUTOTUNE_OPTIONS: dict[str, Any] = {
 }
 """Inductor options of a release build: GEMM templates autotuned once, at build time."""
 
-_KEY_FIELDS = ("format", "torch", "cpu", "cpu_flags", "model", "mode")
-
-
 class CompiledStepError(ChatcliError):
     """A compiled decode step that cannot be built; `disk_full` when the folder it was
     built in ran out of space (the caller names the disk)."""
@@ -97,41 +101,9 @@ class CompiledStepError(ChatcliError):
 
 
 # -- the key ---------------------------------------------------------------------------------
-def key_path(path: Path) -> Path:
-    """Where the key of the package `path` lives: `<path>.json`."""
-    return path.with_name(path.name + ".json")
-
-
-def cpu_identity() -> tuple[str, str]:
-    """The CPU's model name and its sorted feature flags, from /proc/cpuinfo ("" unknown)."""
-    name = flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not name:
-                name = value.strip()
-            elif key == "flags" and not flags:
-                flags = " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    return name, flags
-
-
 def mode_of(model: NativeCausalLM) -> str:
     """The model's dtype and quantization, e.g. "bfloat16/int4" or "float32/none"."""
     return f"{str(model.dtype).removeprefix('torch.')}/{model.quantization}"
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """A hash of a checkpoint folder's config.json and its weight files' names, sizes and
-    mtimes: it changes when the weights are rewritten (no need to read them)."""
-    folder = Path(folder)
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for weights in sorted(folder.glob("*.safetensors")):
-        info = weights.stat()
-        digest.update(f"{weights.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:32]
 
 
 def _shape(model: NativeCausalLM) -> dict[str, int]:
@@ -144,11 +116,6 @@ def expected_key(model: NativeCausalLM, model_id: str) -> dict[str, Any]:
     name, flags = cpu_identity()
     return {"format": FORMAT, "torch": torch.__version__, "cpu": name, "cpu_flags": flags,
             "model": model_id, "mode": mode_of(model), "shape": _shape(model)}
-
-
-def stale_fields(key: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """The names of the fields of `key` that differ from `expected` (empty: valid)."""
-    return [name for name in (*_KEY_FIELDS, "shape") if key.get(name) != expected.get(name)]
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -216,11 +183,12 @@ class _Step(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
         hd, kv = model.head_dim, model.kv_heads
-        cos, sin = model.rope(pos)
-        cos, sin = cos.view(1, 1, 1, hd), sin.view(1, 1, 1, hd)
+        rope = tuple((cos.view(1, 1, 1, hd), sin.view(1, 1, 1, hd))
+                     for cos, sin in model.rope(pos))
         cache = _ReadOnlyCache(keys, values)
 
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   window: int | None) -> torch.Tensor:
             new_k, new_v = cache.new_keys[-1], cache.new_values[-1]  # (1, kv, 1, hd)
             # Products and sums, not matmuls: inductor fuses them into one reduction each,
             # and its bf16 AMX batched-GEMM template, which max-autotune picked for
@@ -229,12 +197,15 @@ class _Step(torch.nn.Module):
             k = k.permute(1, 0, 2)[None, :, None]  # (1, kv, 1, positions, hd)
             v = v.permute(1, 0, 2)[None, :, None]
             old = (grouped * k).sum(-1) * model.scale  # (1, kv, n_rep, positions)
+            if window is not None:  # a sliding layer: the positions before its window
+                cached = torch.arange(old.shape[-1], device=old.device)
+                old = old.masked_fill(cached <= pos - window, float("-inf"))
             own = (grouped[..., 0, :] * new_k).sum(-1, keepdim=True) * model.scale
             probs = torch.softmax(torch.cat((old, own), dim=-1).float(), dim=-1).to(q.dtype)
             out = (probs[..., :-1, None] * v).sum(-2) + probs[..., -1:] * new_v
             return out.reshape(1, 1, -1)
 
-        h = model.hidden(ids, cache, cos, sin, attend)
+        h = model.hidden(ids, cache, rope, attend)
         logits = model.logits(h, 1).view(1, -1)
         # (layers, kv, hd) each: the row the caller writes at position `pos`
         return (logits, torch.stack(cache.new_keys).view(-1, kv, hd),
@@ -250,7 +221,8 @@ def _tensor_slots(model: NativeCausalLM) -> list[tuple[Any, str]]:
     for layer in model.layers:
         holders.append(layer)
         holders.extend(value for value in vars(layer).values()
-                       if value is not None and not isinstance(value, torch.Tensor))
+                       if value is not None and hasattr(value, "__dict__")
+                       and not isinstance(value, torch.Tensor))
     holders.extend(part for holder in list(holders)  # a `Stacked` linear's parts
                    for part in getattr(holder, "parts", None) or ())
     return [(obj, attr) for obj in holders for attr, value in vars(obj).items()

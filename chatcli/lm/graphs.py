@@ -10,8 +10,10 @@ which writes straight into the static buffers. `step` runs `decode_step`: one to
 per row through the model's own layers (`NativeCausalLM.hidden`, `logits`), with
 the position passed as a 1-element *tensor*; only the cache write (`index_copy_` at
 that position, `StaticKVCache.at`) and the attention kernel (the single query over
-the whole buffer, with a mask that hides the positions after it) are this module's,
-and RoPE's cos/sin are gathered from a table the model's own `rope` built. Logits
+the whole buffer, with a mask that hides the positions after it, and for a sliding
+layer those before its window) are this module's, and RoPE's cos/sin are gathered
+from the tables the model's own `rope` built. Its buffers hold every position, also
+for sliding layers (it is sized by the context window anyway). Logits
 equal the eager forward's up to rounding (the attention sums over more, masked,
 positions); greedy tokens are the same in the tests. Going past `max_len` raises
 `ContextOverflowError`.
@@ -173,17 +175,17 @@ def _overflow(length: int, max_len: int) -> ContextOverflowError:
 
 @dataclass
 class RopeTable:
-    """cos/sin (capacity, head_dim) for every position, from the model's own `rope`."""
+    """cos/sin (capacity, head_dim) for every position, per RoPE table of the model, from
+    the model's own `rope`."""
 
-    cos: torch.Tensor
-    sin: torch.Tensor
+    pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     positions: torch.Tensor  # arange(capacity), to build the attention mask on the device
 
     @classmethod
     def build(cls, model: NativeCausalLM, capacity: int) -> RopeTable:
         with torch.inference_mode():
             positions = torch.arange(capacity, device=model.device)
-            return cls(*model.rope(positions), positions)
+            return cls(model.rope(positions), positions)
 
 
 def decode_step(
@@ -200,19 +202,23 @@ def decode_step(
     """
     rows, hd = ids.shape[0], model.head_dim
     n_rep = model.heads // model.kv_heads
-    cos = rope.cos.index_select(0, pos).view(1, 1, 1, hd)
-    sin = rope.sin.index_select(0, pos).view(1, 1, 1, hd)
-    visible = (rope.positions <= pos).view(1, 1, 1, -1)
+    pairs = tuple((cos.index_select(0, pos).view(1, 1, 1, hd),
+                   sin.index_select(0, pos).view(1, 1, 1, hd)) for cos, sin in rope.pairs)
+    causal = rope.positions <= pos
+    visible = {window: (causal if window is None else causal & (rope.positions > pos - window)
+                        ).view(1, 1, 1, -1) for window in set(model.windows)}
 
-    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               window: int | None) -> torch.Tensor:
         # The query heads sharing a K/V head become that head's queries (transformers'
-        # `pack_gqa`): no repeated K/V, and one mask for all of them.
+        # `pack_gqa`): no repeated K/V, and one mask for all of them (a sliding layer's
+        # hides the positions before its window too).
         q = q.reshape(rows, model.kv_heads, n_rep, hd)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible,
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[window],
                                              scale=model.scale)
         return out.reshape(rows, 1, -1)
 
-    h = model.hidden(ids, cache.at(pos), cos, sin, attend)
+    h = model.hidden(ids, cache.at(pos), pairs, attend)
     return model.logits(h, 1).view(rows, -1)
 
 

@@ -1,47 +1,64 @@
-"""A lean, pure-torch forward pass for Llama-family causal LMs (llama, qwen2).
+"""The one native forward pass for Llama-like causal LMs (every architecture in
+`chatcli.lm.models`: llama, qwen2, qwen3, mistral, phi3, gemma3_text).
 
-Contract: `ModelArgs.from_config(config)` parses a config.json once into the numbers the
-forward pass reads, and raises `UnsupportedModelError` (a `ChatcliError` and a
+Contract: `ModelArgs.from_config(config)` parses a config.json once into the numbers and
+switches the forward pass reads, by the architecture module of its `model_type`
+(`chatcli.lm.models`), and raises `UnsupportedModelError` (a `ChatcliError` and a
 `ValueError`) naming what it cannot compute; `supports(config)` asks it.
 `NativeCausalLM.from_folder(folder, dtype)` reads a transformers-style checkpoint folder
-(config.json plus one or sharded *.safetensors files) and `forward(input_ids, cache)`
-returns logits for the last `logits_to_keep` positions together with the grown
-`KVCache`, positions continuing from `len(cache)`. A prompt longer than `prefill_chunk`
-tokens (512) is fed in chunks of that size, so no tensor grows with prompt x prompt
-(nor prompt x MLP width) at once: the logits of a chunked prefill equal an unchunked
-one up to float rounding (other matmul shapes, an explicit mask), and they equal
-transformers' own chunked prefill (`generate(prefill_chunk_size=...)`) bit for bit.
+(config.json plus one or sharded *.safetensors files; `build_layers` maps the tensors
+onto the layers) and `forward(input_ids, cache)` returns logits for the last
+`logits_to_keep` positions together with the grown `KVCache`, positions continuing from
+`len(cache)`. A prompt longer than `prefill_chunk` tokens (512) is fed in chunks of that
+size, so no tensor grows with prompt x prompt (nor prompt x MLP width) at once: the
+logits of a chunked prefill equal an unchunked one up to float rounding (other matmul
+shapes, an explicit mask), and they equal transformers' own chunked prefill
+(`generate(prefill_chunk_size=...)`) bit for bit.
 
-On CPU the logits are bit-identical to transformers' `LlamaForCausalLM` /
-`Qwen2ForCausalLM` (SDPA attention, no padding) in float32 and bfloat16: every op,
-its operand shapes, its dtype casts and the SDPA call (`is_causal`, `enable_gqa`,
-boolean mask when a multi-token chunk follows a non-empty cache) mirror transformers
-5.x, so greedy decoding picks the same tokens. It exists so that chatcli can answer
-without importing transformers' modeling code, which is slow to import; it never
-imports transformers. `quantize("int8"|"int4")` swaps in weight-only quantized linear
-layers (`chatcli.lm.quant`) and faster, no longer bit-identical ops; `from_linears`
-builds a model whose linears are made elsewhere (a GGUF read at its stored precision,
-`chatcli.lm.gguf_weights`), with an embedding that may be a lookup callable (a table
-left quantized) instead of a tensor.
+On CPU the logits are bit-identical to transformers' `<Arch>ForCausalLM` (SDPA
+attention, no padding) in float32 and bfloat16: every op, its operand shapes, its dtype
+casts and the SDPA call (`is_causal`, `enable_gqa`, the boolean mask transformers builds
+for a multi-token chunk after a non-empty cache or for a sliding window the keys reach)
+mirror transformers 5.x, so greedy decoding picks the same tokens. What varies by
+architecture is read from `ModelArgs`: Gemma's (1 + w) float32 RMSNorm and its norms
+after attention and MLP, QK-norm (Qwen3 before transposing the heads, Gemma 3 after),
+the embedding scale, GeGLU, the attention scale, final logit softcapping, Phi-3's fused
+q/k/v and gate/up projections (computed as stored), tied heads, and per-layer sliding
+windows with a RoPE table per layer kind (Gemma 3's local and global layers).
+
+A sliding layer attends, as transformers' sliding cache returns them, to the new
+positions and the `window - 1` before them (a mask where the window cuts in). Its
+`KVCache` storage keeps only a bounded stretch of positions (the window, as much again
+for rollbacks, and room to append), so memory does not grow with the context; `crop`
+to a length whose window reaches before the kept positions is not exact, and
+`KVCache.can_crop` says so (the prompt cache then prefills afresh).
+
+It exists so that chatcli can answer without importing transformers' modeling code,
+which is slow to import; it never imports transformers. `quantize("int8"|"int4")`
+swaps in weight-only quantized linear layers (`chatcli.lm.quant`) and faster, no
+longer bit-identical ops; `from_linears` builds a model whose linears are made
+elsewhere (a GGUF read at its stored precision, `chatcli.lm.gguf_weights`), with an
+embedding that may be a lookup callable (a table left quantized) instead of a tensor.
 
 The transformer block is written once (`NativeCausalLM.block`: norm, attention,
 residual, norm, MLP, residual); what varies is passed in or chosen per model: the
 cache write (`KVCache.append` here, a static in-place write in `chatcli.lm.graphs`),
-the attention kernel (`attend` here, a masked fixed-shape one in graphs.py), and the
-exact or fast ops (RMSNorm, RoPE table, fused projections, float32 attention) of a
-quantized model. RoPE is `apply_rope` over cos/sin from `rope_cos_sin`, for every path.
+the attention kernel (`attend` here, a masked fixed-shape one in graphs.py; it gets
+the layer's sliding window), and the exact or fast ops (RMSNorm, RoPE table, fused
+projections, float32 attention) of a quantized model. RoPE is `apply_rope` over cos/sin
+from `rope_cos_sin`, for every path; `rope(positions)` gives one (cos, sin) pair per
+RoPE table and each layer reads its own (`_Layer.rope`).
 
 It deliberately knows nothing about tokenization, decoding strategies or text:
 token ids go in, logits and a cache come out. It supports one unpadded sequence
-per row (all rows the same length), full attention only (no sliding windows)
-and the "default" and "llama3" RoPE types.
+per row (all rows the same length) and the "default", "linear" and "llama3" RoPE types.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,148 +67,24 @@ from typing import Any, ClassVar, Protocol
 import torch
 import torch.nn.functional as F
 
-from chatcli.errors import ChatcliError
+from chatcli.lm.models import supported_model_types
+from chatcli.lm.models import supports as supports
+from chatcli.lm.models.base import ModelArgs, RopeParams, UnsupportedModelError
 from chatcli.lm.quant import Dense, Linear, from_tensors, fuse, quantize, to_tensors
 
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2"})
-_ROPE_TYPES = frozenset({"default", "llama3"})
-_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
-                "original_max_position_embeddings")
+__all__ = ["SUPPORTED_MODEL_TYPES", "KVCache", "ModelArgs", "NativeCausalLM", "RopeParams",
+           "UnsupportedModelError", "apply_rope", "inv_freq", "rope_cos_sin", "supports"]
 
-
-class UnsupportedModelError(ChatcliError, ValueError):
-    """A config.json this forward pass cannot compute exactly, or a malformed one."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 'set implementation = "transformers" for this model')
-
-
-@dataclass(frozen=True)
-class RopeParams:
-    """Rotary position embedding settings ("default", or "llama3" frequency scaling)."""
-
-    type: str = "default"
-    theta: float = 10_000.0
-    factor: float | None = None
-    low_freq_factor: float | None = None
-    high_freq_factor: float | None = None
-    original_max_position_embeddings: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.type not in _ROPE_TYPES:
-            raise UnsupportedModelError(f"RoPE type {self.type!r} is not native")
-        if not self.theta > 0:
-            raise UnsupportedModelError(f"rope_theta must be positive (got {self.theta})")
-        missing = [key for key in _LLAMA3_KEYS if getattr(self, key) is None]
-        if self.type == "llama3" and missing:
-            raise UnsupportedModelError(f"llama3 RoPE scaling lacks {', '.join(missing)}")
-
-    @classmethod
-    def from_config(cls, config: dict) -> RopeParams:
-        """From a 5.x `rope_parameters` or a 4.x `rope_theta` + `rope_scaling` config."""
-        params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-        if any(isinstance(value, dict) for value in params.values()):
-            raise UnsupportedModelError("RoPE parameters nested per layer type are not native")
-        rotary = params.get("partial_rotary_factor", config.get("partial_rotary_factor"))
-        if rotary not in (None, 1.0):
-            raise UnsupportedModelError(f"partial_rotary_factor {rotary} is not native")
-        kind = params.get("rope_type", params.get("type", "default"))
-        original = params.get("original_max_position_embeddings")
-        if kind == "llama3":
-            original = config.get("original_max_position_embeddings",
-                                  original or config.get("max_position_embeddings"))
-        return cls(kind, params.get("rope_theta", config.get("rope_theta", 10_000.0)),
-                   params.get("factor"), params.get("low_freq_factor"),
-                   params.get("high_freq_factor"), original)
-
-
-@dataclass(frozen=True)
-class ModelArgs:
-    """What the forward pass reads from config.json, checked once."""
-
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    rms_norm_eps: float = 1e-6
-    rope: RopeParams = RopeParams()
-    tie_word_embeddings: bool = False
-    qkv_bias: bool = False  # Qwen2 always; Llama's `attention_bias`
-    o_bias: bool = False  # Llama's `attention_bias`
-    mlp_bias: bool = False  # Llama's `mlp_bias`
-
-    def __post_init__(self) -> None:
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(
-                f"{self.model_type} architecture has no native implementation")
-        sizes = ("vocab_size", "hidden_size", "num_layers", "heads", "kv_heads", "head_dim")
-        for name in sizes:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UnsupportedModelError(f"{name} must be a positive integer (got {value!r})")
-        if self.heads % self.kv_heads:
-            raise UnsupportedModelError(
-                f"{self.heads} attention heads do not split into {self.kv_heads} key/value "
-                "heads")
-        if self.head_dim % 2:
-            raise UnsupportedModelError(f"RoPE needs an even head_dim (got {self.head_dim})")
-        if not self.rms_norm_eps > 0:
-            raise UnsupportedModelError(f"rms_norm_eps must be positive ({self.rms_norm_eps})")
-
-    @classmethod
-    def from_config(cls, config: dict) -> ModelArgs:
-        """The arguments of `config` (a parsed config.json); raises `UnsupportedModelError`
-        for what this module does not compute (sliding windows, other activations, ...)."""
-        arch = config.get("model_type") or "unknown"
-        if arch not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(f"{arch} architecture has no native implementation")
-        unsupported = {
-            "a sliding window": config.get("use_sliding_window", False),
-            "layer types other than full attention":
-                set(config.get("layer_types") or ["full_attention"]) != {"full_attention"},
-            f"activation {config.get('hidden_act')!r}": config.get("hidden_act", "silu") != "silu",
-            "non-causal attention": not config.get("is_causal", True),
-            "pre-quantized weights": "quantization_config" in config,
-        }
-        for what, present in unsupported.items():
-            if present:
-                raise UnsupportedModelError(f"{arch} with {what} is not native")
-        missing = [key for key in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                   "num_attention_heads") if config.get(key) is None]
-        if missing:
-            raise UnsupportedModelError(f"config.json lacks {', '.join(missing)}")
-        heads = config["num_attention_heads"]
-        hidden = config["hidden_size"]
-        head_dim = config.get("head_dim") or (hidden // heads if isinstance(hidden, int)
-                                              and isinstance(heads, int) and heads else 0)
-        attention_bias = bool(config.get("attention_bias", False))
-        return cls(
-            model_type=arch, vocab_size=config["vocab_size"], hidden_size=hidden,
-            num_layers=config["num_hidden_layers"], heads=heads,
-            kv_heads=config.get("num_key_value_heads") or heads, head_dim=head_dim,
-            rms_norm_eps=config.get("rms_norm_eps", 1e-6), rope=RopeParams.from_config(config),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "qwen2" or attention_bias, o_bias=attention_bias,
-            mlp_bias=bool(config.get("mlp_bias", False)),
-        )
-
-
-def supports(config: dict) -> bool:
-    """Whether `config` (a parsed config.json) describes a model this module computes exactly."""
-    try:
-        ModelArgs.from_config(config)
-    except UnsupportedModelError:
-        return False
-    return True
+SUPPORTED_MODEL_TYPES = supported_model_types()
 
 
 # -- RoPE: one frequency table, one table builder, one rotation ------------------------------
 def inv_freq(rope: RopeParams, dim: int) -> torch.Tensor:
     """RoPE inverse frequencies, computed with transformers' exact float32 expressions."""
     freqs = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim))
+    if rope.type == "linear":
+        assert rope.factor
+        return freqs / rope.factor
     if rope.type != "llama3":
         return freqs
     assert rope.factor and rope.low_freq_factor and rope.high_freq_factor
@@ -232,24 +125,39 @@ class CacheWriter(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int | None], torch.Tensor]
+"""attend(q, k, v, window): a layer's attention, given its sliding window (None: full)."""
+RopePair = tuple[torch.Tensor, torch.Tensor]  # cos, sin
 
 
 class KVCache:
-    """Per-layer key/value tensors of shape (rows, kv_heads, seq, head_dim).
+    """Per-layer key/value tensors of shape (rows, kv_heads, positions, head_dim).
 
     Storage is preallocated with spare capacity and grown by doubling, so decoding
     writes each new position in place instead of concatenating every step. `reserve`
     announces a length (a chunked prefill's end) so that one allocation holds it.
-    `croppable`: `crop` rolls back exactly, to any length (it only moves `length`).
+    `append` returns views over the layer's kept positions up to the new ones: for a
+    full-attention layer every position from 0.
+
+    A sliding-window layer (`windows[layer]`, None for full attention) keeps a bounded
+    stretch instead: when its storage is full, the positions older than its window plus
+    `window` more (kept for rollbacks) are dropped and the rest moved to the front
+    (`starts[layer]` is the position at its index 0), so its memory stays about four
+    windows however long the context. `can_crop(length)` says whether `crop(length)`
+    rolls back exactly: always without sliding layers, else while each sliding layer
+    still holds the `window - 1` positions before `length`.
     """
 
     initial_capacity = 256  # positions allocated at least, on the first write
-    croppable: ClassVar[bool] = True
+    croppable: ClassVar[bool] = True  # False: a kind of cache that never crops exactly
 
-    def __init__(self, layers: int) -> None:
+    def __init__(self, layers: int, windows: Sequence[int | None] | None = None) -> None:
         self.keys: list[torch.Tensor | None] = [None] * layers
         self.values: list[torch.Tensor | None] = [None] * layers
+        self.windows: list[int | None] = list(windows) if windows else [None] * layers
+        if len(self.windows) != layers:
+            raise ValueError(f"{len(self.windows)} windows for {layers} layers")
+        self.starts = [0] * layers
         self.length = 0
         self._reserved = 0
 
@@ -263,23 +171,32 @@ class KVCache:
     def append(
         self, layer: int, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write `key`/`value` after the cached positions; views over everything so far."""
+        """Write `key`/`value` after the cached positions; views over the kept positions
+        up to the new ones (for a full-attention layer: every position so far)."""
         start, end = self.length, self.length + key.shape[2]
-        for store, new in ((self.keys, key), (self.values, value)):
-            buf = store[layer]
-            if buf is not None and buf.shape[0] != new.shape[0]:
-                raise ValueError(f"cache holds {buf.shape[0]} rows, input has {new.shape[0]}")
-            if buf is None or buf.shape[2] < end:
+        base, window = self.starts[layer], self.windows[layer]
+        buf = self.keys[layer]
+        if buf is not None and buf.shape[0] != key.shape[0]:
+            raise ValueError(f"cache holds {buf.shape[0]} rows, input has {key.shape[0]}")
+        if buf is None or buf.shape[2] < end - base:
+            if window is None:
                 doubled = 2 * buf.shape[2] if buf is not None else self.initial_capacity
-                capacity = max(end, self._reserved, doubled)
+                new_base, capacity = base, max(end, self._reserved, doubled)
+            else:  # keep the window and as much again before the new positions
+                new_base = max(base, start - 2 * window + 1)
+                capacity = end - new_base + 2 * window
+            for store, new in ((self.keys, key), (self.values, value)):
+                old = store[layer]
                 grown = new.new_empty((new.shape[0], new.shape[1], capacity, new.shape[3]))
-                if buf is not None and start:
-                    grown[:, :, :start] = buf[:, :, :start]
-                store[layer] = buf = grown
-            buf[:, :, start:end] = new
+                if old is not None and start > new_base:
+                    grown[:, :, :start - new_base] = old[:, :, new_base - base:start - base]
+                store[layer] = grown
+            self.starts[layer] = base = new_base
         keys, values = self.keys[layer], self.values[layer]
         assert keys is not None and values is not None
-        return keys[:, :, :end], values[:, :, :end]
+        keys[:, :, start - base:end - base] = key
+        values[:, :, start - base:end - base] = value
+        return keys[:, :, :end - base], values[:, :, :end - base]
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.keys = [None if t is None else fn(t) for t in self.keys]
@@ -289,10 +206,19 @@ class KVCache:
         """Keep rows `rows` (in that order), e.g. the surviving beams."""
         self._map(lambda t: t.index_select(0, rows.to(t.device)))
 
+    def can_crop(self, length: int) -> bool:
+        """Whether `crop(length)` leaves every position the next forward attends to."""
+        return self.croppable and 0 <= length <= self.length and all(
+            window is None or base <= max(0, length - window + 1)
+            for base, window in zip(self.starts, self.windows, strict=True))
+
     def crop(self, length: int) -> None:
         """Keep the first `length` positions."""
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot crop a cache of {self.length} positions to {length}")
+        if not self.can_crop(length):
+            raise ValueError(f"a sliding-window layer no longer holds the positions before "
+                             f"{length}")
         self.length = length
 
     def expand(self, rows: int) -> None:
@@ -308,17 +234,66 @@ _Weights = dict[str, torch.Tensor]
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
-    q: Any  # Linear; None once fused into `qkv`
+    q: Any  # Linear; None once fused into `qkv` (or stored fused: Phi-3)
     k: Any
     v: Any
     o: Linear
-    post_norm: torch.Tensor
-    gate: Any  # Linear; None once fused into `gate_up`
+    post_norm: torch.Tensor  # before the MLP (Gemma's `pre_feedforward_layernorm`)
+    gate: Any  # Linear; None once fused into `gate_up` (or stored fused: Phi-3)
     up: Any
     down: Linear
-    # After `quantize`: q/k/v and gate/up as one fused linear each (None: separate)
+    # q/k/v and gate/up as one linear each (None: separate): Phi-3's, or after `quantize`
     qkv: Linear | None = None
     gate_up: Linear | None = None
+    q_norm: torch.Tensor | None = None  # QK-norm (Qwen3, Gemma 3)
+    k_norm: torch.Tensor | None = None
+    attn_out_norm: torch.Tensor | None = None  # Gemma: on the attention output
+    mlp_out_norm: torch.Tensor | None = None  # Gemma: on the MLP output
+    window: int | None = None  # sliding window (None: full attention)
+    rope: int = 0  # which of the model's RoPE tables (`NativeCausalLM.rope`) it reads
+
+
+def build_layers(args: ModelArgs, weights: _Weights) -> list[_Layer]:
+    """The decoder layers from a checkpoint's tensors (transformers' names, in the model
+    dtype). A Gemma norm becomes its float32 multiplier (1 + weight), as transformers
+    computes it in every call."""
+
+    def linear(name: str, bias: bool) -> Any:  # None: built elsewhere (`from_linears`)
+        if f"{name}.weight" not in weights:
+            return None
+        return Dense(weights[f"{name}.weight"], weights[f"{name}.bias"] if bias else None)
+
+    def norm(name: str) -> torch.Tensor:
+        weight = weights[f"{name}.weight"]
+        return 1.0 + weight.float() if args.gemma_norms else weight
+
+    windows = args.windows or (None,) * args.num_layers
+    layers = []
+    for i, window in enumerate(windows):
+        p = f"model.layers.{i}"
+        attn, mlp = f"{p}.self_attn", f"{p}.mlp"
+        if args.fused:
+            q = k = v = gate = up = None
+            qkv: Any = linear(f"{attn}.qkv_proj", args.qkv_bias)
+            gate_up: Any = linear(f"{mlp}.gate_up_proj", args.mlp_bias)
+        else:
+            q, k, v = (linear(f"{attn}.{n}_proj", args.qkv_bias) for n in "qkv")
+            gate, up = (linear(f"{mlp}.{n}_proj", args.mlp_bias) for n in ("gate", "up"))
+            qkv = gate_up = None
+        layer = _Layer(norm(f"{p}.input_layernorm"), q, k, v,
+                       linear(f"{attn}.o_proj", args.o_bias),
+                       norm(f"{p}.pre_feedforward_layernorm" if args.gemma_norms
+                            else f"{p}.post_attention_layernorm"),
+                       gate, up, linear(f"{mlp}.down_proj", args.mlp_bias), qkv, gate_up,
+                       window=window,
+                       rope=1 if window is not None and args.local_rope is not None else 0)
+        if args.qk_norm:
+            layer.q_norm, layer.k_norm = norm(f"{attn}.q_norm"), norm(f"{attn}.k_norm")
+        if args.gemma_norms:
+            layer.attn_out_norm = norm(f"{p}.post_attention_layernorm")
+            layer.mlp_out_norm = norm(f"{p}.post_feedforward_layernorm")
+        layers.append(layer)
+    return layers
 
 
 _SAFETENSORS_DTYPES = {
@@ -389,7 +364,7 @@ class NativeCausalLM:
         self.args = args
         self.config = config if config is not None else {}
         self.heads, self.kv_heads, self.head_dim = args.heads, args.kv_heads, args.head_dim
-        self.scale = self.head_dim**-0.5
+        self.scale = args.attention_scale or self.head_dim**-0.5
         self.eps = args.rms_norm_eps
         self.embed = weights["model.embed_tokens.weight"]
         expected = (args.vocab_size, args.hidden_size)
@@ -397,32 +372,31 @@ class NativeCausalLM:
             raise ValueError(f"model.embed_tokens.weight has shape {tuple(self.embed.shape)}, "
                              f"config.json says {expected}")
         self.device, self.dtype = self.embed.device, self.embed.dtype
+        # Gemma's scale: a float32 scalar rounded to the model dtype, as transformers has it
+        self.embed_scale = None if args.embed_scale is None else torch.tensor(
+            args.embed_scale, dtype=torch.float32).to(self.device, self.dtype)
         tied = args.tie_word_embeddings or "lm_head.weight" not in weights
         self.lm_head = self.embed if tied else weights["lm_head.weight"]
         self.vocab_size = self.lm_head.shape[0]
         self.norm = weights["model.norm.weight"]
+        if args.gemma_norms:
+            self.norm = 1.0 + self.norm.float()
         self.inv_freq = inv_freq(args.rope, self.head_dim).to(self.device)
-
-        def linear(name: str, bias: bool) -> Dense | None:  # None: built elsewhere
-            if f"{name}.weight" not in weights:  # (`from_linears`)
-                return None
-            return Dense(weights[f"{name}.weight"], weights[f"{name}.bias"] if bias else None)
-
-        def layer(p: str) -> _Layer:
-            q, k, v = (linear(f"{p}.self_attn.{n}_proj", args.qkv_bias) for n in "qkv")
-            o = linear(f"{p}.self_attn.o_proj", args.o_bias)
-            gate, up, down = (linear(f"{p}.mlp.{n}_proj", args.mlp_bias)
-                              for n in ("gate", "up", "down"))
-            norms = (weights[f"{p}.{n}_layernorm.weight"] for n in ("input", "post_attention"))
-            input_norm, post_norm = norms
-            return _Layer(input_norm, q, k, v, o, post_norm, gate, up, down)
-
-        self.layers = [layer(f"model.layers.{i}") for i in range(args.num_layers)]
+        self.inv_freq_local = (None if args.local_rope is None else
+                               inv_freq(args.local_rope, self.head_dim).to(self.device))
+        self.layers = build_layers(args, weights)
+        self.windows = [layer.window for layer in self.layers]
         self.head: Linear = Dense(self.lm_head)
         self.quantization = "none"
         self.exact = True  # bit-identical to transformers; False once fused (quantized)
-        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None  # the fast ops'
+        self._rope_table: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
         self._norm_weights: dict[int, torch.Tensor] = {}  # `_fast_norm`'s [w, w]
+        self._act: Callable[[torch.Tensor], torch.Tensor] = (
+            F.silu if args.activation == "silu" else partial(F.gelu, approximate="tanh"))
+
+    def new_cache(self) -> KVCache:
+        """An empty cache for this model (its sliding layers' storage bounded)."""
+        return KVCache(len(self.layers), self.windows)
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype, device: str = "cpu") -> NativeCausalLM:
@@ -460,12 +434,16 @@ class NativeCausalLM:
     def _fuse(self, convert: Callable[[Dense], Linear]) -> None:
         """Fuse q/k/v and gate/up, pass every layer linear through `convert`, and switch
         to the fast (no longer bit-identical) ops."""
+        def fused(stored: Linear | None, parts: list[Any]) -> Dense:
+            if stored is not None:  # stored fused (Phi-3)
+                assert isinstance(stored, Dense)
+                return stored
+            assert all(isinstance(lin, Dense) for lin in parts)
+            return fuse(parts)
+
         for layer in self.layers:
-            dense = [layer.q, layer.k, layer.v, layer.gate, layer.up]
-            assert all(isinstance(lin, Dense) for lin in dense)
-            q, k, v, gate, up = (lin for lin in dense if isinstance(lin, Dense))
-            layer.qkv = convert(fuse([q, k, v]))
-            layer.gate_up = convert(fuse([gate, up]))
+            layer.qkv = convert(fused(layer.qkv, [layer.q, layer.k, layer.v]))
+            layer.gate_up = convert(fused(layer.gate_up, [layer.gate, layer.up]))
             assert isinstance(layer.o, Dense) and isinstance(layer.down, Dense)
             layer.o, layer.down = convert(layer.o), convert(layer.down)
             layer.q = layer.k = layer.v = layer.gate = layer.up = None  # free the dense copies
@@ -517,11 +495,14 @@ class NativeCausalLM:
         return self.dtype if self.exact else torch.float32
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm: transformers' `LlamaRMSNorm` op for op, or `_fast_norm` once fused."""
+        """RMSNorm: transformers' `LlamaRMSNorm` op for op (Gemma's `Gemma3RMSNorm`, whose
+        `weight` here is its float32 multiplier 1 + w), or `_fast_norm` once fused."""
         if not self.exact:
             return self._fast_norm(x, weight)
-        h = x.to(torch.float32)
+        h = x.to(torch.float32) if not self.args.gemma_norms else x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.args.gemma_norms:
+            return (h * weight).type_as(x)
         return weight * h.to(x.dtype)
 
     def _fast_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -531,66 +512,106 @@ class NativeCausalLM:
         d = x.shape[-1]
         doubled = self._norm_weights.get(id(weight))
         if doubled is None:
-            doubled = self._norm_weights[id(weight)] = torch.cat((weight, weight))
+            doubled = torch.cat((weight, weight)).to(x.dtype)
+            self._norm_weights[id(weight)] = doubled
         return F.layer_norm(torch.cat((x, -x), dim=-1), (2 * d,), doubled, None, self.eps)[..., :d]
 
-    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin (len(positions), head_dim) in the model dtype."""
-        return rope_cos_sin(self.inv_freq, positions, self.dtype)
+    def _inv_freqs(self) -> tuple[torch.Tensor, ...]:
+        local = self.inv_freq_local
+        return (self.inv_freq,) if local is None else (self.inv_freq, local)
 
-    def rope_at(self, past: int, new: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin (1, 1, new, head_dim) for positions past..past+new-1: computed for
-        exactly those positions, as transformers does, or (fast ops) sliced from a table
-        grown by doubling."""
+    def rope(self, positions: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """cos and sin (len(positions), head_dim) in the model dtype, one pair per RoPE
+        table (the model's, then its local layers' where they have their own)."""
+        return tuple(rope_cos_sin(freqs, positions, self.dtype) for freqs in self._inv_freqs())
+
+    def rope_at(self, past: int, new: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """cos and sin (1, 1, new, head_dim) for positions past..past+new-1, per RoPE table:
+        computed for exactly those positions, as transformers does, or (fast ops) sliced
+        from a table grown by doubling."""
         if self.exact:
-            cos, sin = self.rope(torch.arange(past, past + new, device=self.device))
+            pairs = self.rope(torch.arange(past, past + new, device=self.device))
         else:
             table = self._rope_table
-            if table is None or table[0].shape[0] < past + new:
-                size = max(past + new, 2 * table[0].shape[0] if table is not None else 256)
+            if table is None or table[0][0].shape[0] < past + new:
+                size = max(past + new, 2 * table[0][0].shape[0] if table is not None else 256)
                 table = self._rope_table = self.rope(torch.arange(size, device=self.device))
-            cos, sin = table[0][past:past + new], table[1][past:past + new]
-        return cos[None, None], sin[None, None]
+            pairs = tuple((cos[past:past + new], sin[past:past + new]) for cos, sin in table)
+        return tuple((cos[None, None], sin[None, None]) for cos, sin in pairs)
 
     def qkv(
         self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v (rows, heads, new, head_dim) of normalised `x`, RoPE applied to q and k.
+        """q, k, v (rows, heads, new, head_dim) of normalised `x`, QK-norm and RoPE applied
+        to q and k.
 
-        Separate projections follow transformers (each projection, then RoPE on q and on
-        k); a fused layer makes one matmul and one RoPE over q and k together, and hands
-        float32 on (cheaper attention matmuls at these sizes than bf16).
+        The exact ops follow transformers (each projection, or Phi-3's one projection
+        sliced into three; QK-norm before or after transposing the heads; RoPE on q and
+        on k); a fused layer's fast ops make one matmul and one RoPE over q and k
+        together, and hand float32 on (cheaper attention matmuls at these sizes than bf16).
         """
         rows, new, _ = x.shape
         hd = self.head_dim
-        if layer.qkv is None:
-            q, k, v = (lin(x).view(rows, new, -1, hd).transpose(1, 2)
-                       for lin in (layer.q, layer.k, layer.v))
+        if self.exact:
+            if layer.qkv is not None:  # Phi-3's `qkv_proj`, sliced as transformers does
+                qkv = layer.qkv(x)
+                q_end, k_end = self.heads * hd, (self.heads + self.kv_heads) * hd
+                parts = (qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:])
+            else:
+                parts = (layer.q(x), layer.k(x), layer.v(x))
+            q, k, v = (part.view(rows, new, -1, hd) for part in parts)
+            if self.args.qk_norm == "heads":
+                q, k = self.rms_norm(q, layer.q_norm), self.rms_norm(k, layer.k_norm)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if self.args.qk_norm == "transposed":
+                q, k = self.rms_norm(q, layer.q_norm), self.rms_norm(k, layer.k_norm)
             return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-        qkv = layer.qkv(x).view(rows, new, -1, hd).transpose(1, 2)
+        assert layer.qkv is not None
+        qkv = layer.qkv(x).view(rows, new, -1, hd)
         heads, rotated = self.heads, self.heads + self.kv_heads
-        qk = apply_rope(qkv[:, :rotated], cos, sin).float()
-        return qk[:, :heads], qk[:, heads:], qkv[:, rotated:].float()
+        if layer.q_norm is not None and layer.k_norm is not None:
+            qk = torch.cat((self.rms_norm(qkv[:, :, :heads], layer.q_norm),
+                            self.rms_norm(qkv[:, :, heads:rotated], layer.k_norm)), dim=2)
+        else:
+            qk = qkv[:, :, :rotated]
+        qk = apply_rope(qk.transpose(1, 2), cos, sin).float()
+        return qk[:, :heads], qk[:, heads:], qkv[:, :, rotated:].transpose(1, 2).float()
 
-    @staticmethod
-    def mlp(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        """The SwiGLU feed-forward block (gate and up fused once quantized)."""
+    def mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        """The gated feed-forward block, SwiGLU or GeGLU (gate and up fused once quantized,
+        or as stored: Phi-3's `gate_up_proj`, whose up half multiplies)."""
         if layer.gate_up is not None:
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            return layer.down(F.silu(gate) * up)
-        return layer.down(F.silu(layer.gate(x)) * layer.up(x))
+            return layer.down(up * self._act(gate))
+        return layer.down(self._act(layer.gate(x)) * layer.up(x))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
-        """transformers' `sdpa_attention_forward` with the mask `create_causal_mask` builds,
-        for q (rows, heads, new, hd) over `past` cached and `new` positions; the fast ops
-        attend a single new position with `_attend_one`. Returns (rows, new, heads * hd)."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int,
+               window: int | None = None) -> torch.Tensor:
+        """transformers' `sdpa_attention_forward` with the mask `create_causal_mask` (or,
+        for a sliding layer, `create_sliding_window_causal_mask`) builds, for q (rows,
+        heads, new, hd) after `past` cached positions, over keys/values `k`, `v` that end
+        with the new positions (a sliding layer reads the last `window - 1` cached ones,
+        as transformers' sliding cache returns them); the fast ops attend a single new
+        position with `_attend_one`. Returns (rows, new, heads * hd)."""
         rows, _, new, head_dim = q.shape
+        if window is not None:
+            visible = new + min(past, window - 1)
+            if k.shape[2] > visible:
+                k, v = k[:, :, k.shape[2] - visible:], v[:, :, v.shape[2] - visible:]
         if new == 1 and not self.exact:
             return self._attend_one(q, k, v)
-        mask = None  # transformers skips the mask (relying on `is_causal`) unless ...
-        if new > 1 and past > 0:  # ... a multi-token chunk follows cached positions
+        length = k.shape[2]
+        # transformers skips the mask (relying on `is_causal`) unless a multi-token chunk
+        # follows cached positions, or a sliding layer's keys reach the window's length
+        masked = (new > 1 and past > 0) or (window is not None and length >= window)
+        mask = None
+        if masked:
             q_pos = torch.arange(past, past + new, device=q.device)[:, None]
-            mask = (q_pos >= torch.arange(past + new, device=q.device)[None, :])[None, None]
+            kv_pos = torch.arange(past + new - length, past + new, device=q.device)[None, :]
+            mask = q_pos >= kv_pos
+            if window is not None:
+                mask = mask & (kv_pos > q_pos - window)
+            mask = mask[None, None].expand(rows, -1, -1, -1)
         n_rep, gqa = self.heads // self.kv_heads, False
         if n_rep > 1:
             if mask is None and head_dim <= 256:
@@ -627,35 +648,53 @@ class NativeCausalLM:
         attend: Attend,
     ) -> torch.Tensor:
         """One decoder layer over hidden states `h` (rows, new, hidden): norm, attention,
-        residual, norm, MLP, residual. `write(k, v)` stores the new keys/values and returns
-        every position's; `attend(q, k, v)` returns (rows, new, heads * head_dim)."""
+        (Gemma: norm,) residual, norm, MLP, (Gemma: norm,) residual. `write(k, v)` stores
+        the new keys/values and returns the layer's kept positions up to them;
+        `attend(q, k, v, window)` (the layer's sliding window or None) returns (rows, new,
+        heads * head_dim)."""
         q, k, v = self.qkv(layer, self.rms_norm(h, layer.input_norm), cos, sin)
         k, v = write(k, v)
-        h = h + layer.o(attend(q, k, v).to(h.dtype))
-        return h + self.mlp(layer, self.rms_norm(h, layer.post_norm))
+        out = layer.o(attend(q, k, v, layer.window).to(h.dtype))
+        if layer.attn_out_norm is not None:
+            out = self.rms_norm(out, layer.attn_out_norm)
+        h = h + out
+        out = self.mlp(layer, self.rms_norm(h, layer.post_norm))
+        if layer.mlp_out_norm is not None:
+            out = self.rms_norm(out, layer.mlp_out_norm)
+        return h + out
 
-    def hidden(
-        self, input_ids: torch.Tensor, cache: CacheWriter, cos: torch.Tensor, sin: torch.Tensor,
-        attend: Attend,
-    ) -> torch.Tensor:
-        """The hidden states (rows, new, hidden) after every layer, before the final norm,
-        for `input_ids` (rows, new) at the positions `cos`/`sin` (1, 1, new, head_dim)
-        belong to. Writes each layer's keys/values with `cache.append` (its length is the
-        caller's to move)."""
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings of `input_ids` (rows, new), times Gemma's scale."""
         ids = input_ids.to(self.device)
         table = self.embed  # a tensor, or a lookup (a GGUF's table, left quantized)
         h = F.embedding(ids, table) if isinstance(table, torch.Tensor) else table(ids)
+        return h if self.embed_scale is None else h * self.embed_scale
+
+    def hidden(
+        self, input_ids: torch.Tensor, cache: CacheWriter, rope: Sequence[RopePair],
+        attend: Attend,
+    ) -> torch.Tensor:
+        """The hidden states (rows, new, hidden) after every layer, before the final norm,
+        for `input_ids` (rows, new) at the positions whose cos/sin (1, 1, new, head_dim)
+        `rope` holds, one pair per RoPE table (`rope_at`). Writes each layer's
+        keys/values with `cache.append` (its length is the caller's to move)."""
+        h = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):
+            cos, sin = rope[layer.rope]
             h = self.block(layer, h, cos, sin, partial(cache.append, i), attend)
         return h
 
     def logits(self, h: torch.Tensor, keep: int) -> torch.Tensor:
-        """Logits (rows, keep, vocab) of the last `keep` positions of hidden states `h`."""
+        """Logits (rows, keep, vocab) of the last `keep` positions of hidden states `h`
+        (softcapped where the config says so)."""
         rows, length = h.shape[:2]
         h = self.rms_norm(h, self.norm)[:, length - keep:, :]
         # 2-D: torch's matmul folds the slice into one `mm` for transformers (whose weights
         # require grad) but would `bmm` over a copy of the weight for plain tensors.
         logits = self.head(h.reshape(-1, h.shape[-1]))
+        cap = self.args.final_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
         return logits.view(rows, -1, logits.shape[-1])
 
     def forward(
@@ -669,7 +708,7 @@ class NativeCausalLM:
         the output head.
         """
         with torch.inference_mode():
-            cache = KVCache(len(self.layers)) if cache is None else cache
+            cache = self.new_cache() if cache is None else cache
             new = input_ids.shape[1]
             keep = new if logits_to_keep <= 0 else min(logits_to_keep, new)
             size = self.prefill_chunk if 0 < self.prefill_chunk < new else max(new, 1)
@@ -679,9 +718,9 @@ class NativeCausalLM:
             for start in range(0, max(new, 1), size):
                 end = min(start + size, new)
                 past = len(cache)
-                cos, sin = self.rope_at(past, end - start)
-                h = self.hidden(input_ids[:, start:end], cache, cos, sin,
-                                lambda q, k, v, past=past: self.attend(q, k, v, past))
+                h = self.hidden(input_ids[:, start:end], cache, self.rope_at(past, end - start),
+                                lambda q, k, v, window, past=past: self.attend(q, k, v, past,
+                                                                               window))
                 cache.length = past + end - start
                 wanted = end - max(start, new - keep)
                 if wanted > 0 or end == new:

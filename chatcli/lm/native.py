@@ -1,10 +1,13 @@
-"""`LanguageModel` over chatcli's own Llama-family forward pass (`chatcli.lm.llama`).
+"""`LanguageModel` over chatcli's own forward pass (`chatcli.lm.llama`, every
+architecture of `chatcli.lm.models`).
 
 Contract: implements `chatcli.lm.base.LanguageModel` with `NativeCausalLM` and its
 `KVCache`; logits are bit-identical to transformers' on CPU (a prompt of more than
 `NativeCausalLM.prefill_chunk` tokens: to transformers' prefill in chunks of that
 size), and nothing from transformers is imported, so a model answers about two
-seconds sooner. Its caches can always be cropped (`can_crop`).
+seconds sooner. Its caches crop exactly to any length, except where a sliding-window
+layer has dropped positions the next step would attend to (`can_crop` says so, from
+`KVCache.can_crop`; the prompt cache then prefills afresh).
 Knows nothing about tokenization, decoding strategies or text.
 """
 
@@ -42,4 +45,4 @@ class NativeLanguageModel:
         cache.crop(length)
 
     def can_crop(self, cache: KVCache, length: int) -> bool:
-        return cache.croppable and 0 <= length <= len(cache)
+        return cache.can_crop(length)

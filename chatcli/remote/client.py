@@ -4,7 +4,8 @@ Contract: `Client(base_url, timeout, api_key_env)` sends requests under
 `base_url` (e.g. `http://127.0.0.1:8080/v1`). `get_json(path)` returns a decoded
 JSON body; `stream_chat(body)` POSTs to `/chat/completions` with `"stream": true`
 and yields each chunk of the server-sent events until `[DONE]`, checked by
-`chatcli.remote.shape` (a `shape.Chunk`). Every failure is a `RemoteError` with a
+`chatcli.remote.shape` (a `shape.Chunk`); `stream_completion(body)` does the same at
+`/completions` (a raw text completion). Every failure is a `RemoteError` with a
 one-line message and a hint: connection refused or unknown host, a timeout, an
 answer that is not HTTP, 401/403, 404, 400/422, 5xx, a malformed stream
 (`MalformedStreamError`: not UTF-8, not JSON, JSON of the wrong shape) and a
@@ -92,14 +93,21 @@ class Client:
 
         Failures before the answer starts (connection, status) raise here, not later.
         """
-        response, conn = self._request("POST", "/chat/completions", {**body, "stream": True})
+        return self._start("/chat/completions", body, "chat completions")
+
+    def stream_completion(self, body: dict[str, Any]) -> Iterator[Chunk]:
+        """`stream_chat` for a (text) completion: POST /completions."""
+        return self._start("/completions", body, "completions")
+
+    def _start(self, path: str, body: dict[str, Any], what: str) -> Iterator[Chunk]:
+        response, conn = self._request("POST", path, {**body, "stream": True})
         kind = response.getheader("Content-Type", "")
         if "text/event-stream" not in kind:
             conn.close()
             raise MalformedStreamError(
                 f"{self.base_url} answered a streaming request with "
                 f"{self._quote(kind) or 'no content type'}, not text/event-stream",
-                "check that the server supports streaming chat completions",
+                f"check that the server supports streaming {what}",
             )
         return self._stream(response, conn)
 

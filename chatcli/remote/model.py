@@ -29,6 +29,9 @@ the reply's header, times a factor learnt from the prompt sizes the server
 reports (never below 1, never above 16: a server's implausible count is capped);
 `approximate` is True then and the caller warns. `counter` is `count_ids` as a
 `chatcli.context.Measure`, so that packing counts each message once either way.
+A raw completion (`stream(..., raw=True)`: the completions endpoint, its prompt the
+messages' text) is counted by `raw_count_ids`: the tokenizer's `raw_ids` of that text,
+else ceil(characters / 4) times the learnt factor.
 What the server sends is checked by
 `chatcli.remote.shape`: JSON of the wrong shape raises `MalformedStreamError` after
 the events that did arrive, as a cut stream does.
@@ -130,6 +133,16 @@ class RemoteModel:
             return render_ids(self.tokenizer, messages)
         return [-1] * math.ceil(estimate_tokens(messages) * self.scale)
 
+    def raw_count_ids(self, messages: list[Message]) -> list[int]:
+        """`count_ids` of a raw completion: the text's ids (`chatcli.prompt.raw_ids`) with a
+        tokenizer, else placeholders as many as ceil(characters / 4) times the scale."""
+        from chatcli.prompt import raw_ids, raw_text
+
+        text = raw_text(messages)
+        if self.tokenizer is not None:
+            return raw_ids(self.tokenizer, text)
+        return [-1] * math.ceil(-(-len(text) // CHARS_PER_TOKEN) * self.scale)
+
     def intern(self, text: str) -> int:
         index = self._index.get(text)
         if index is None:
@@ -158,14 +171,17 @@ class RemoteModel:
         max_new_tokens: int,
         candidates: int | None = None,
         constraint: Any = None,
+        raw: bool = False,
     ) -> Generation:
+        """The answer, streamed: a chat completion, or with `raw` a text completion of the
+        messages' text."""
         body = params.request_body(self.spec, settings, messages, max_new_tokens, candidates,
-                                   constraint)
+                                   constraint, raw=raw)
         stats = Stats(prompt_tokens=len(prompt_ids))
         start = time.perf_counter()
-        chunks = self.client.stream_chat(body)
+        chunks = (self.client.stream_completion if raw else self.client.stream_chat)(body)
         gen = Generation(iter(()), stats, settings, constraint=constraint)
-        gen._events = self._events(chunks, messages, gen, start, bool(candidates))
+        gen._events = self._events(chunks, messages, gen, start, bool(candidates) and not raw)
         return gen
 
     def _events(

@@ -58,6 +58,14 @@ Answer shapes (`chatcli.constraints.spec.Constraint`, from --schema, --json-obje
 A refusal names the flag as typed (`--regex`, `--grammar rules.lark`), the alias and
 its server, and hints at a local model or the shapes the profile does take.
 
+A raw completion (`ask --raw`) goes to the completions endpoint instead, where the
+profile has one (`completions`; not `transformers serve`): the body carries `prompt`
+(the messages' text, `chatcli.prompt.raw_text`) in place of `messages`, and the same
+decoding fields. `check_raw` refuses, before any request, what chatcli does not send
+there: a profile without the endpoint, --show-candidates K > 0 (log-probabilities
+are read from chat completions only; compare's K = 0 asks for none) and an answer
+shape (a server may ignore it on that endpoint without a word).
+
 Knows nothing about HTTP or the terminal.
 """
 
@@ -101,6 +109,7 @@ class Profile:
     sampling: Mapping[str, Any] = field(default_factory=dict)
     # How it takes an answer's shape: a key of SHAPES (see the module), "" for not at all.
     shapes: str = "openai"
+    completions: bool = True  # has the (text) completions endpoint: ask --raw
 
     @property
     def beam(self) -> bool:
@@ -123,7 +132,7 @@ PROFILES: dict[str, Profile] = {
                             standard=frozenset({"temperature", "top_p", "seed", "max_tokens"}),
                             logprobs=False, max_top_logprobs=0, stream_options=False,
                             sampling={"generation_config": '{"do_sample": true, "top_k": 0}'},
-                            shapes=""),
+                            shapes="", completions=False),
 }
 # The answer shapes (Constraint kinds) each way of sending them takes.
 SHAPES: dict[str, tuple[str, ...]] = {
@@ -215,6 +224,25 @@ def check(spec: ModelSpec, settings: DecodingSettings, candidates: int | None = 
         )
     if constraint is not None:
         check_constraint(spec, constraint)
+
+
+def check_raw(spec: ModelSpec, candidates: int | None = None, constraint: Any = None) -> None:
+    """Refuse, before any request, a raw completion the alias's server cannot give (see the
+    module)."""
+    profile = PROFILES[spec.server]
+    if not profile.completions:
+        raise UsageError(f"--raw completes text at a server's completions endpoint, which "
+                         f"'{_where(spec)}' (server {spec.server}: {profile.label}) does not "
+                         "have", "drop --raw, or use a local model (-m)")
+    remote = f"'{_where(spec)}' is remote"
+    if candidates:
+        raise UsageError("--show-candidates cannot be shown with --raw on a server: chatcli "
+                         f"reads log-probabilities from chat completions only ({remote})",
+                         "drop --show-candidates, or use a local model (-m)")
+    if constraint is not None:
+        raise UsageError(f"{_spelled(constraint)} cannot be sent with --raw: chatcli sends a "
+                         f"server answer shapes with chat completions only ({remote})",
+                         "drop --raw, or use a local model (-m)")
 
 
 def _spelled(constraint: Any) -> str:
@@ -310,16 +338,24 @@ def request_body(
     max_tokens: int,
     candidates: int | None = None,
     constraint: Any = None,
+    raw: bool = False,
 ) -> dict[str, Any]:
+    """The request's body: a chat completion's, or with `raw` a completion's (its
+    `prompt` the messages' text)."""
     check(spec, settings, candidates, constraint)
+    if raw:
+        check_raw(spec, candidates, constraint)
+        candidates = None  # compare's K = 0: no log-probabilities from this endpoint
     profile = PROFILES[spec.server]
     remote: Remote | None = settings.capabilities.remote
     assert remote is not None  # check() refused a local-only strategy
-    body: dict[str, Any] = {
-        "model": spec.model,
-        "messages": [m.as_dict() for m in messages],
-        "max_tokens": max_tokens,
-    }
+    if raw:
+        from chatcli.prompt import raw_text
+
+        body: dict[str, Any] = {"model": spec.model, "prompt": raw_text(messages)}
+    else:
+        body = {"model": spec.model, "messages": [m.as_dict() for m in messages]}
+    body["max_tokens"] = max_tokens
     body.update(remote.fixed)
     if remote.seed:
         body["seed"] = settings.seed

@@ -1,7 +1,8 @@
 """The JSON a chat-completions server sends, checked field by field.
 
 Contract: `read_chunk(value)` takes one decoded JSON event of a streamed chat
-completion and returns a `Chunk`: choice 0's text, finish reason and per-token
+completion (or of a text completion: a choice's `text` in place of `delta.content`)
+and returns a `Chunk`: choice 0's text, finish reason and per-token
 log-probabilities, whether any choice finished, and the usage counts. `read_models(
 value, source)` takes the body of GET /models and returns the `Listed` models (id and
 context length). A value of the wrong shape raises `MalformedStreamError` with one
@@ -147,6 +148,8 @@ def _choice(value: Any, path: str) -> tuple[int, Chunk]:
         raise _Wrong(f"{path}.index", index, "a whole number")
     delta = _object(choice.get("delta"), f"{path}.delta")
     content = _string(delta.get("content"), f"{path}.delta.content") or ""
+    if "text" in choice:  # a text completion's chunk
+        content = _string(choice["text"], f"{path}.text") or ""
     finish = _string(choice.get("finish_reason"), f"{path}.finish_reason")
     logprobs = _object(choice.get("logprobs"), f"{path}.logprobs")
     entries = _list(logprobs.get("content"), f"{path}.logprobs.content")

@@ -7,8 +7,9 @@ made 0600 in a 0700 folder, whatever the umask; a line it cannot write is skippe
 Esc-Enter inserts a newline, and a block that starts with a line of `\"\"\"`
 runs until a line that ends with `\"\"\"` (both forms work piped too). `read(default)`
 opens the input line holding `default` to be edited (/edit). Ctrl-C at the prompt raises
-KeyboardInterrupt for the caller to treat as "clear the line". Knows nothing
-about models or conversations.
+KeyboardInterrupt for the caller to treat as "clear the line"; whatever ends a read
+other than a line or Ctrl-D (Ctrl-C, SIGTERM/SIGHUP) leaves the terminal's attributes
+as they were before it. Knows nothing about models or conversations.
 """
 
 from __future__ import annotations
@@ -83,10 +84,16 @@ class PromptReader:
         )
 
     def _line(self, continuation: bool = False, default: str = "") -> str | None:
+        saved = _terminal_state()
         try:
             return self.session.prompt("… " if continuation else self.prompt, default=default)
         except EOFError:
             return None
+        except BaseException:
+            # SIGTERM/SIGHUP (raised as KeyboardInterrupt) can land where prompt_toolkit
+            # has not restored the terminal yet: the shell must get it back as it was.
+            _restore_terminal(saved)
+            raise
 
     def read(self, default: str = "") -> str | None:
         """The next entry; `default` is put in the input line to be edited (several lines
@@ -97,6 +104,25 @@ class PromptReader:
         if line is None or not line.strip().startswith(FENCE):
             return line
         return _block(line, lambda: self._line(continuation=True))
+
+
+def _terminal_state() -> list | None:
+    """stdin's terminal attributes (None when it has none)."""
+    try:
+        import termios
+
+        return termios.tcgetattr(sys.stdin.fileno())
+    except Exception:  # no termios, no stdin, not a terminal (termios.error)
+        return None
+
+
+def _restore_terminal(saved: list | None) -> None:
+    if saved is None:
+        return
+    import termios
+
+    with contextlib.suppress(Exception):
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, saved)
 
 
 def _quiet(file_history: type) -> type:
