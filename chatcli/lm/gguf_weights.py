@@ -10,9 +10,10 @@ scales go into torch's int4 kernel (`chatcli.lm.quant.Int4Linear`, or
 `SplitInt4Linear` for 5-8-bit codes; see `chatcli.lm.gguf_file` for what runs for each
 type and how exact it is). `QuantEmbedding` looks token rows up in a quantized table
 left in the file (memory-mapped: only the rows looked up are read) and dequantizes just
-those. `load_model(path, config, dtype)` reads a llama-family GGUF into a
-`NativeCausalLM` this way, undoing llama.cpp's reordering of the query/key rows (as
-transformers' GGUF loader does) and mapping GGUF's tensor names to the model's.
+those. `load_model(path, config, dtype)` reads a GGUF of any architecture in
+`chatcli.lm.models` into a `NativeCausalLM` this way, mapping GGUF's tensor names to
+the model's and undoing what llama.cpp's converter changed, as transformers' GGUF loader
+does: the query/key rows' order (llama), Gemma's norms stored as 1 + w.
 
 Rows are decoded and packed a chunk at a time, so a load holds the packed model plus one
 chunk's temporaries, never a dequantized copy, and nothing is written to disk; the freed
@@ -374,19 +375,37 @@ def load_model(path: Path, config: dict, dtype: torch.dtype) -> Any:
 
     args = ModelArgs.from_config(config)
     header = read_header(path)
-    name = _hf_to_gguf(header, args.num_layers)
+    gguf_name = _hf_to_gguf(header, args.num_layers)
 
     def info(hf: str) -> TensorInfo:
-        found = name(hf)
+        found = gguf_name(hf)
         if found is None:
             raise GGUFError(f"{Path(path).name} has no tensor for {hf}")
         return header.tensors[found]
 
     def optional(hf: str) -> TensorInfo | None:
-        found = name(hf)
+        found = gguf_name(hf)
         return header.tensors[found] if found else None
 
     permute = header.architecture == "llama"  # llama.cpp's converter reorders q and k
+    shifted = header.architecture.startswith("gemma")  # norms stored as 1 + w
+
+    def norm(hf: str) -> torch.Tensor:
+        """A norm's weight as transformers' GGUF loader makes it (Gemma: stored - 1)."""
+        if not shifted:
+            return reader.dense(info(hf), dtype)
+        return (reader.dense(info(hf), torch.float32) - 1).to(dtype)
+
+    def part(hf: str, heads: int = 0) -> Part:
+        tensor = info(f"{hf}.weight")
+        order = _reverse_permutation(tensor.rows, heads) if permute and heads else None
+        return Part(tensor, order, optional(f"{hf}.bias"))
+
+    norms = ["input_layernorm", "post_attention_layernorm"]
+    if args.gemma_norms:
+        norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
+    if args.qk_norm:
+        norms += ["self_attn.q_norm", "self_attn.k_norm"]
     reader = Reader(header)
     try:
         weights: dict[str, Any] = {}
@@ -395,7 +414,7 @@ def load_model(path: Path, config: dict, dtype: torch.dtype) -> Any:
             weights["model.embed_tokens.weight"] = QuantEmbedding(header.path, embed, dtype)
         else:
             weights["model.embed_tokens.weight"] = reader.dense(embed, dtype)
-        weights["model.norm.weight"] = reader.dense(info("model.norm.weight"), dtype)
+        weights["model.norm.weight"] = norm("model.norm.weight")
         head = optional("lm_head.weight")
         table = weights["model.embed_tokens.weight"]
         linears: dict[str, Linear] = {  # a tied dense table serves as the head too
@@ -404,23 +423,20 @@ def load_model(path: Path, config: dict, dtype: torch.dtype) -> Any:
             build_linear(reader, [Part(head or embed)], dtype)}
         for i in range(args.num_layers):
             p = f"model.layers.{i}"
-            for norm in ("input_layernorm", "post_attention_layernorm"):
-                weights[f"{p}.{norm}.weight"] = reader.dense(info(f"{p}.{norm}.weight"), dtype)
-            qkv = []
-            for proj, heads in (("q", args.heads), ("k", args.kv_heads), ("v", 0)):
-                tensor = info(f"{p}.self_attn.{proj}_proj.weight")
-                order = _reverse_permutation(tensor.rows, heads) if permute and heads else None
-                qkv.append(Part(tensor, order, optional(f"{p}.self_attn.{proj}_proj.bias")))
+            for norm_name in norms:
+                weights[f"{p}.{norm_name}.weight"] = norm(f"{p}.{norm_name}.weight")
+            attn, mlp = f"{p}.self_attn", f"{p}.mlp"
+            if args.fused:  # Phi-3: q/k/v and gate/up stored as one tensor each
+                qkv, gate_up = [part(f"{attn}.qkv_proj")], [part(f"{mlp}.gate_up_proj")]
+            else:
+                qkv = [part(f"{attn}.{proj}_proj", heads) for proj, heads in
+                       (("q", args.heads), ("k", args.kv_heads), ("v", 0))]
+                gate_up = [part(f"{mlp}.{n}_proj") for n in ("gate", "up")]
             linears[f"layers.{i}.qkv"] = build_linear(reader, qkv, dtype)
-            o = Part(info(f"{p}.self_attn.o_proj.weight"), None,
-                     optional(f"{p}.self_attn.o_proj.bias"))
-            linears[f"layers.{i}.o"] = build_linear(reader, [o], dtype)
-            gate_up = [Part(info(f"{p}.mlp.{n}_proj.weight"), None,
-                            optional(f"{p}.mlp.{n}_proj.bias")) for n in ("gate", "up")]
+            linears[f"layers.{i}.o"] = build_linear(reader, [part(f"{attn}.o_proj")], dtype)
             linears[f"layers.{i}.gate_up"] = build_linear(reader, gate_up, dtype)
-            down = Part(info(f"{p}.mlp.down_proj.weight"), None,
-                        optional(f"{p}.mlp.down_proj.bias"))
-            linears[f"layers.{i}.down"] = build_linear(reader, [down], dtype)
+            linears[f"layers.{i}.down"] = build_linear(reader, [part(f"{mlp}.down_proj")],
+                                                       dtype)
     finally:
         reader.close()
     _release_freed_memory()
