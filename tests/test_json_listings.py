@@ -133,8 +133,8 @@ def test_models_show_json_local_with_every_origin(cli, home: Path, tiny_model: T
     assert result.stdout == dumped({
         "alias": "mine", "default": False, "description": None, "backend": "local",
         "source": f"path:{folder}", "params": None, "context_window": 128, "dtype": "auto",
-        "implementation": "native", "quantize": "none", "stored_precision": None,
-        "chat_template": "models.toml",
+        "architecture": "llama", "implementation": "native", "quantize": "none",
+        "stored_precision": None, "chat_template": "models.toml",
         "trust_remote_code": False, "license": "MIT", "cached": str(folder),
         "compiled": None, "compile": "auto", "defined_in": str(home / "models.toml"),
         "decoding_defaults": _decoding(strategy=("sample", "models.toml"),

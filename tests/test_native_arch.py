@@ -522,6 +522,8 @@ def test_models_show_stats_and_json_say_native(case: tuple[str, Path], aliases: 
     shown = run_cli(["models", "show", aliases])
     assert shown.exit_code == 0, shown.stderr
     assert "implementation     native\n" in shown.stdout
+    model_type = json.loads((case[1] / "config.json").read_text())["model_type"]
+    assert f"architecture       {model_type}\n" in shown.stdout
     stats = run_cli(["ask", "-m", aliases, "--stats", "-n", "2", "Hi"])
     assert stats.exit_code == 0, stats.stderr
     assert stats.stderr.endswith(" finish_reason=length implementation=native\n")

@@ -163,6 +163,7 @@ class LocalBackend:
             "params": spec.params or None,
             "context_window": spec.context_window or None,
             "dtype": spec.dtype,
+            "architecture": _architecture(spec),
             "implementation": _implementation(spec),
             "quantize": spec.quantize,
             "stored_precision": _stored_precision(spec),
@@ -183,6 +184,7 @@ class LocalBackend:
             ("params", info["params"] or "?"),
             ("context window", str(info["context_window"] or "from the model config")),
             ("dtype", info["dtype"]),
+            ("architecture", info["architecture"] or "not known until the model is on disk"),
             ("implementation", info["implementation"]),
             ("quantize", info["quantize"]),
             *([("stored precision", "; ".join(info["stored_precision"]))]
@@ -456,6 +458,20 @@ def _stored_precision(spec: Any) -> list[str] | None:
         return [f"unreadable: {exc}"]
 
 
+def _architecture(spec: Any) -> str | None:
+    """The cached model's `model_type` (config.json; a GGUF's as chatcli read it), or None
+    while it is not on disk."""
+    from chatcli import sources
+    from chatcli.loader import converted_dir, read_json
+
+    weights = sources.locate(spec)
+    if weights is None:
+        return None
+    folder = converted_dir(spec, weights) if weights.gguf_file else weights.folder
+    model_type = read_json(folder / "config.json").get("model_type")
+    return model_type if isinstance(model_type, str) else None
+
+
 def _implementation(spec: Any) -> str:
     """Which implementation a load would run on this machine's default device, and why."""
     from chatcli.loader import plan_implementation
@@ -466,5 +482,8 @@ def _implementation(spec: Any) -> str:
         return planned
     if spec.implementation != "auto":
         return f'{spec.implementation} (implementation = "{spec.implementation}" in {spec.origin})'
-    return ("auto: decided once the model is on disk (native for the llama and qwen2 "
-            "architectures where their tokenizer allows)")
+    from chatcli.lm.models import supported_model_types
+
+    return ("auto: decided once the model is on disk (native for the "
+            f"{', '.join(sorted(supported_model_types()))} architectures where their tokenizer "
+            "allows)")

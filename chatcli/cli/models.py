@@ -77,13 +77,13 @@ def show(alias: AliasArg, models_file: ModelsFileOpt = None,
     params, context_window, license, defined_in, decoding_defaults (each parameter,
     strategy first, as {"value", "origin"}; origin is default,
     generation_config.json or models.toml) and decoding_note (null, or why a layer
-    does not apply). A local alias adds source, dtype, implementation, quantize,
-    stored_precision (a GGUF on disk: what its tensor types run as, one string per
-    kernel; else null), chat_template (models.toml, model, or none: the cached model
-    carries none and completes text only), trust_remote_code, cached (the path, or
-    null), compiled and compile; a remote one adds base_url, model, server,
-    api_key_env ({"name", "set"}, or null), tokenizer and timeout (seconds). Null means
-    unset.
+    does not apply). A local alias adds source, dtype, architecture (the cached model's
+    model_type, or null), implementation, quantize, stored_precision (a GGUF on disk:
+    what its tensor types run as, one string per kernel; else null), chat_template
+    (models.toml, model, or none: the cached model carries none and completes text
+    only), trust_remote_code, cached (the path, or null), compiled and compile; a
+    remote one adds base_url, model, server, api_key_env ({"name", "set"}, or null),
+    tokenizer and timeout (seconds). Null means unset.
 
     compiled is the decode step compiled for this CPU and torch, in the mode the alias
     runs by default (null: nothing to compile, e.g. the exact path): {"state": built,
