@@ -403,8 +403,7 @@ def _template_of(spec: Any) -> str:
     chat_template.jinja or .json, additional_chat_templates/)."""
     import json
 
-    cached = LocalBackend.cached_path(spec)
-    folder = Path(cached) if cached else None
+    folder = _config_folder(spec)
     if folder is None or not folder.is_dir():
         return "model"
     if any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json",
@@ -458,16 +457,26 @@ def _stored_precision(spec: Any) -> list[str] | None:
         return [f"unreadable: {exc}"]
 
 
-def _architecture(spec: Any) -> str | None:
-    """The cached model's `model_type` (config.json; a GGUF's as chatcli read it), or None
-    while it is not on disk."""
+def _config_folder(spec: Any) -> Path | None:
+    """The folder with the cached model's config and tokenizer (a GGUF's: what chatcli
+    read from it into its cache), or None while the model is not on disk."""
     from chatcli import sources
-    from chatcli.loader import converted_dir, read_json
+    from chatcli.loader import converted_dir
 
     weights = sources.locate(spec)
     if weights is None:
         return None
-    folder = converted_dir(spec, weights) if weights.gguf_file else weights.folder
+    return converted_dir(spec, weights) if weights.gguf_file else weights.folder
+
+
+def _architecture(spec: Any) -> str | None:
+    """The cached model's `model_type` (config.json; a GGUF's as chatcli read it), or None
+    while it is not on disk."""
+    from chatcli.loader import read_json
+
+    folder = _config_folder(spec)
+    if folder is None:
+        return None
     model_type = read_json(folder / "config.json").get("model_type")
     return model_type if isinstance(model_type, str) else None
 
