@@ -793,16 +793,16 @@ def gguf_of(folder: Path, runtime: Runtime) -> Path | None:
 
 def weights_id(folder: Path, gguf: Path | None = None) -> str:
     """What a compiled step's key records of the weights: the folder's fingerprint
-    (config and weight files), or for a GGUF at its stored precision, its config and the
-    GGUF file's size and time (the folder may gain converted weights meanwhile). Never
-    imports torch."""
+    (config and weight files), or for a GGUF at its stored precision, the GGUF file's
+    path, size and time alone: the folder's config derives from the file, and a
+    conversion of the same file (`--quantize none`) rewrites it and adds weights beside
+    it without changing what the stored precision reads. Never imports torch."""
     from chatcli.lm.package_key import folder_fingerprint
 
     if gguf is None:
         return folder_fingerprint(folder)
     info = gguf.stat()
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    digest.update(f"{gguf.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
+    digest = hashlib.sha256(f"{gguf.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
 
 

@@ -13,6 +13,7 @@ path's answer; the first load writes the config and tokenizer only (no weights),
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def test_the_stored_weights_are_transformers_gguf_weights_bit_for_bit(
 
 
 def test_quantize_none_is_the_dequantized_exact_path(g: Path) -> None:
+    from chatcli.runtime import Runtime
+
     stored = run_cli(["ask", "-n", "16", "--stats", "the capital of France"])
+    gguf_mode = Runtime("cpu", "float32", None, "gguf")
+    compiled_for = loader.weights_id(g, loader.gguf_of(g, gguf_mode))
     exact = run_cli(["ask", "-n", "16", "--stats", "--quantize", "none",
                      "the capital of France"])
     assert exact.exit_code == 0, exact.stderr
@@ -154,6 +159,14 @@ def test_quantize_none_is_the_dequantized_exact_path(g: Path) -> None:
     again = run_cli(["ask", "-n", "16", "--stats", "the capital of France"])
     assert (again.stdout, again.stderr.splitlines()[-1].endswith("native+gguf")) == (
         stored.stdout, True)
+    # and a compiled step of the stored precision is still its own (the config rewritten
+    # by the conversion is not part of its identity), until the GGUF itself changes
+    gguf = loader.gguf_of(g, gguf_mode)
+    assert gguf == load_registry().resolve("g").path
+    assert loader.weights_id(g, gguf) == compiled_for
+    stat = gguf.stat()
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert loader.weights_id(g, gguf) != compiled_for
 
 
 def test_models_show_says_what_each_type_runs_as(g: Path, tiny_gguf: Path) -> None:
