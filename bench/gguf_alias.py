@@ -30,22 +30,22 @@ import argparse
 import importlib.metadata as md
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from engine_llamacpp import LlamaCppEngine, import_llama_cpp
-from gguf_stored import _memory
 from harness import (  # bench/ is on sys.path when run as a script
     Conditions,
     add_write_options,
-    first_difference,
+    agreement,
+    decode_rounds,
     format_ratio,
     greedy,
-    interleave,
-    median,
+    memory_added,
+    process_memory_kib,
+    run_probe,
     write_report,
 )
 
@@ -154,22 +154,18 @@ def probe(name: str, alias: str, threads: int, quality_tokens: int) -> None:
         torch.set_num_threads(threads)
     prompt = prompt_ids(alias, DECODE_PROMPT)
     texts = [text_ids(alias, p) for p in PROMPTS]
-    before = _memory()
+    before = process_memory_kib()
     engine = load(name, alias, threads)
     greedy(engine.lm, prompt, 16, feed=engine.feed)
-    after = _memory()
+    after = process_memory_kib()
     tokens = [greedy(engine.lm, ids, quality_tokens, feed=engine.feed).tokens for ids in texts]
     print(json.dumps({"before_kib": before, "memory_kib": after, "tokens": tokens}))
 
 
-def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--alias", args.alias, "--probe", name,
-                          "--threads", str(args.threads), "--quality-tokens",
-                          str(args.quality_tokens)],
-                         capture_output=True, text=True, check=False, timeout=1800)
-    if out.returncode != 0:
-        raise SystemExit(f"probe {name} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def probe_alone(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    return run_probe([sys.executable, __file__, "--alias", args.alias, "--probe", name,
+                      "--threads", str(args.threads), "--quality-tokens",
+                      str(args.quality_tokens)], name)
 
 
 def main() -> None:
@@ -201,25 +197,13 @@ def main() -> None:
              *(["transformers"] if args.transformers else []), LLAMA]
     conditions = Conditions.observe()
     prompt = prompt_ids(args.alias, DECODE_PROMPT)
-    engines = {}
-    for n in names:
-        log(f"loading {n}")
-        engines[n] = eng = load(n, args.alias, args.threads)
-        greedy(eng.lm, prompt, 8, feed=eng.feed)  # warm-up
-    variants = {n: (lambda e=engines[n]: greedy(e.lm, prompt, args.tokens,
-                                                feed=e.feed).decode_tokens_per_s)
-                for n in names}
-    samples = interleave(variants, args.rounds, alternate=True,
-                         after_round=lambda rnd, s: log(f"round {rnd + 1}/{args.rounds} done"))
-    decode = {n: median(samples[n]) for n in names}
-    engines.clear()
+    decode = decode_rounds(lambda n: load(n, args.alias, args.threads), names, prompt,
+                           args.tokens, args.rounds, log)
     conditions.finish()
-    for n in names:
-        log(f"{n}: decode {decode[n]:.1f} tok/s")
     probes = {}
     for n in names:
         log(f"probing {n} alone")
-        probes[n] = run_probe(n, args)
+        probes[n] = probe_alone(n, args)
     reference = probes[LLAMA]["tokens"]
 
     from chatcli.lm.gguf_file import read_header, runs_as
@@ -238,13 +222,8 @@ def main() -> None:
         "per prompt |",
         "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
-        before, after = probes[n]["before_kib"], probes[n]["memory_kib"]
-        model = (after["VmRSS"] - before["VmRSS"]) * 1024  # what loading and decoding added
-        peak = (after["VmHWM"] - before["VmRSS"]) * 1024
-        tokens = probes[n]["tokens"]
-        prefixes = [len(t) if (d := first_difference(t, r)) is None else d
-                    for t, r in zip(tokens, reference, strict=True)]
-        same = sum(p == len(t) for p, t in zip(prefixes, tokens, strict=True))
+        model, peak = memory_added(probes[n])  # what loading and decoding added
+        prefixes, same = agreement(probes[n]["tokens"], reference)
         lines.append(
             f"| {n} | {WHAT[n]} | {decode[n]:.1f} | {format_ratio(decode[n], decode[LLAMA])} "
             f"| {model / 2**20:.0f} | {model / size:.2f} | {peak / 2**20:.0f} | "

@@ -49,7 +49,6 @@ from typing import Any
 from bandwidth import read_bandwidth
 from engine_llamacpp import LlamaCppEngine, import_llama_cpp
 from gguf_shapes_files import SHAPES, ShapeFiles, disk_bytes, prepare
-from gguf_stored import _memory as memory_kib
 from harness import (  # bench/ is on sys.path when run as a script
     Conditions,
     add_write_options,
@@ -57,7 +56,10 @@ from harness import (  # bench/ is on sys.path when run as a script
     greedy,
     interleave,
     median,
+    memory_added,
+    process_memory_kib,
     ratio,
+    run_probe,
     write_report,
 )
 
@@ -169,22 +171,19 @@ def probe(name: str, shape: str, kind: str, args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     files = shape_files(shape, [kind], args, None, need_ggufs=False)
     prompt = prompt_ids(files, DECODE_PROMPT)
-    before = memory_kib()
+    before = process_memory_kib()
     engine = load(name, files, kind, args)
     greedy(engine.lm, prompt, PROBE_TOKENS, feed=engine.feed)
-    after = memory_kib()
+    after = process_memory_kib()
     print(json.dumps({"before_kib": before, "memory_kib": after,
                       "torch_imported": "torch" in sys.modules}))
 
 
-def run_probe(name: str, shape: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def probe_alone(name: str, shape: str, kind: str, args: argparse.Namespace
+                ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--probe", name, "--shapes", shape, "--types", kind,
            "--threads", str(args.threads), "--cache-dir", str(args.cache_dir)]
-    out = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True,
-                         text=True, check=False, timeout=1800)
-    if out.returncode != 0:
-        raise SystemExit(f"probe {name} {shape} {kind} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_probe(cmd + (["--quick"] if args.quick else []), f"{name} {shape} {kind}")
 
 
 def tensor_types(path: Path) -> str:
@@ -284,7 +283,7 @@ def main() -> None:
         for kind in types:
             for n in names:
                 log(f"probing {n} {shape} {kind} alone")
-                probes[shape, kind, n] = run_probe(n, shape, kind, args)
+                probes[shape, kind, n] = probe_alone(n, shape, kind, args)
 
     cmd = "python bench/gguf_shapes.py " + " ".join(sys.argv[1:])
     compiled_words = (" (the compiled steps built without autotuning: --quick)"
@@ -309,10 +308,7 @@ def main() -> None:
             size = files[shape].ggufs[kind].stat().st_size
             for n in names:
                 tps = decode[shape, kind, n]
-                before = probes[shape, kind, n]["before_kib"]
-                after = probes[shape, kind, n]["memory_kib"]
-                rss = (after["VmRSS"] - before["VmRSS"]) * 1024
-                peak = (after["VmHWM"] - before["VmRSS"]) * 1024
+                rss, peak = memory_added(probes[shape, kind, n])
                 share = ratio(read[shape, kind] * tps, bandwidth * 1e9)
                 if n != LLAMA and (shape not in best or tps > best[shape][0]):
                     best[shape] = (tps, f"{n} {kind}")

@@ -27,7 +27,6 @@ import argparse
 import importlib.metadata as md
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,11 +36,13 @@ from engine_llamacpp import LlamaCppEngine, import_llama_cpp
 from harness import (  # bench/ is on sys.path when run as a script
     Conditions,
     add_write_options,
-    first_difference,
+    agreement,
+    decode_rounds,
     format_ratio,
     greedy,
-    interleave,
-    median,
+    memory_added,
+    process_memory_kib,
+    run_probe,
     write_report,
 )
 
@@ -136,12 +137,6 @@ def chat_ids(prompt: str) -> list[int]:
     return render_ids(ChatTokenizer.from_folder(meta), [Message("user", prompt)])
 
 
-def _memory() -> dict[str, int]:
-    status = Path("/proc/self/status").read_text().splitlines()
-    return {line.split(":")[0]: int(line.split()[1]) for line in status
-            if line.startswith(("VmRSS", "VmHWM", "RssFile", "RssAnon"))}
-
-
 def probe(name: str, threads: int, quality_tokens: int) -> None:
     """In a process of its own: memory before loading (everything imported), after loading
     and decoding, and greedy tokens. llama.cpp's process never imports torch."""
@@ -154,21 +149,17 @@ def probe(name: str, threads: int, quality_tokens: int) -> None:
 
         torch.set_num_threads(threads)
     prompt, chats = prompt_ids(DECODE_PROMPT), [chat_ids(p) for p in PROMPTS]
-    before = _memory()
+    before = process_memory_kib()
     engine = load(name, threads)
     greedy(engine.lm, prompt, 16, feed=engine.feed)
-    after = _memory()
+    after = process_memory_kib()
     tokens = [greedy(engine.lm, ids, quality_tokens, feed=engine.feed).tokens for ids in chats]
     print(json.dumps({"before_kib": before, "memory_kib": after, "tokens": tokens}))
 
 
-def run_probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--probe", name, "--threads",
-                          str(args.threads), "--quality-tokens", str(args.quality_tokens)],
-                         capture_output=True, text=True, check=False, timeout=1800)
-    if out.returncode != 0:
-        raise SystemExit(f"probe {name} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def probe_alone(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    return run_probe([sys.executable, __file__, "--probe", name, "--threads",
+                      str(args.threads), "--quality-tokens", str(args.quality_tokens)], name)
 
 
 def main() -> None:
@@ -198,25 +189,13 @@ def main() -> None:
                              if args.compiled else [])
     conditions = Conditions.observe()
     prompt = prompt_ids(DECODE_PROMPT)
-    engines = {}
-    for n in names:
-        log(f"loading {n}")
-        engines[n] = eng = load(n, args.threads)
-        greedy(eng.lm, prompt, 8, feed=eng.feed)  # warm-up
-    variants = {n: (lambda e=engines[n]: greedy(e.lm, prompt, args.tokens,
-                                                feed=e.feed).decode_tokens_per_s)
-                for n in names}
-    samples = interleave(variants, args.rounds, alternate=True,
-                         after_round=lambda rnd, s: log(f"round {rnd + 1}/{args.rounds} done"))
-    decode = {n: median(samples[n]) for n in names}
-    engines.clear()
+    decode = decode_rounds(lambda n: load(n, args.threads), names, prompt,
+                           args.tokens, args.rounds, log)
     conditions.finish()
-    for n in names:
-        log(f"{n}: decode {decode[n]:.1f} tok/s")
     probes = {}
     for n in names:
         log(f"probing {n} alone")
-        probes[n] = run_probe(n, args)
+        probes[n] = probe_alone(n, args)
     reference = probes["llama.cpp Q4_1"]["tokens"]
 
     cmd = "python bench/gguf_stored.py " + " ".join(sys.argv[1:])
@@ -232,13 +211,8 @@ def main() -> None:
         "per prompt |",
         "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
-        before, after = probes[n]["before_kib"], probes[n]["memory_kib"]
-        model = (after["VmRSS"] - before["VmRSS"]) * 1024  # what loading and decoding added
-        peak = (after["VmHWM"] - before["VmRSS"]) * 1024
-        tokens = probes[n]["tokens"]
-        prefixes = [len(t) if (d := first_difference(t, r)) is None else d
-                    for t, r in zip(tokens, reference, strict=True)]
-        same = sum(p == len(t) for p, t in zip(prefixes, tokens, strict=True))
+        model, peak = memory_added(probes[n])  # what loading and decoding added
+        prefixes, same = agreement(probes[n]["tokens"], reference)
         lines.append(
             f"| {n} | {WHAT[n]} | {decode[n]:.1f} | "
             f"{format_ratio(decode[n], decode['llama.cpp Q4_1'])} | {model / 2**20:.0f} | "

@@ -299,3 +299,62 @@ def write_report(args: argparse.Namespace, body: str) -> None:
     """Write `body` into the section `args.section` of `args.write`, when given."""
     if args.write is not None:
         write_section(args.write, args.section, body)
+
+
+# -- probes: one engine alone in a fresh process --------------------------------------------
+def process_memory_kib() -> dict[str, int]:
+    """This process's VmRSS, VmHWM, RssFile and RssAnon (KiB), from /proc/self/status."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) for line in status
+            if line.startswith(("VmRSS", "VmHWM", "RssFile", "RssAnon"))}
+
+
+def run_probe(argv: list[str], what: str, timeout: int = 1800) -> dict[str, Any]:
+    """Run `argv` (a script in its own --probe mode) and read the JSON its last stdout line
+    holds; a failure ends the script, naming `what` with the probe's last stderr."""
+    import json
+
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    if out.returncode != 0:
+        raise SystemExit(f"probe {what} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_added(probe: Mapping[str, Any]) -> tuple[int, int]:
+    """(bytes resident after loading and decoding, the peak) less what the probe held
+    before loading, from its "before_kib" and "memory_kib" (`process_memory_kib`)."""
+    before, after = probe["before_kib"], probe["memory_kib"]
+    return (after["VmRSS"] - before["VmRSS"]) * 1024, (after["VmHWM"] - before["VmRSS"]) * 1024
+
+
+def agreement(answers: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]
+              ) -> tuple[list[int], int]:
+    """Per prompt, how many first tokens equal the reference's; and how many are equal
+    throughout."""
+    prefixes = [len(t) if (d := first_difference(t, r)) is None else d
+                for t, r in zip(answers, reference, strict=True)]
+    return prefixes, sum(p == len(t) for p, t in zip(prefixes, answers, strict=True))
+
+
+def decode_rounds(load: Callable[[str], Any], names: Sequence[str], prompt: list[int],
+                  tokens: int, rounds: int, log: Callable[[str], None]) -> dict[str, float]:
+    """Each engine `load(name)` gives (with `.lm` and `.feed`) loaded and warmed up, then
+    `rounds` interleaved rounds (the order reversed every other round) of greedy decode
+    of `tokens` after `prompt`; the median decode tokens/s of each. The engines are let
+    go at the end."""
+    engines = {}
+    for name in names:
+        log(f"loading {name}")
+        engines[name] = engine = load(name)
+        greedy(engine.lm, prompt, 8, feed=engine.feed)  # warm-up
+    variants = {name: (lambda e=engines[name]: greedy(e.lm, prompt, tokens,
+                                                      feed=e.feed).decode_tokens_per_s)
+                for name in names}
+    samples = interleave(variants, rounds, alternate=True,
+                         after_round=lambda rnd, s: log(f"round {rnd + 1}/{rounds} done"))
+    engines.clear()
+    decode = {name: median(samples[name]) for name in names}
+    for name in names:
+        log(f"{name}: decode {decode[name]:.1f} tok/s")
+    return decode
+

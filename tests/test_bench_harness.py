@@ -234,3 +234,49 @@ def test_decoded_rates() -> None:
     beam = harness.Decoded([1, 2], math.nan, [], 4.0)  # generate(stream=False)
     assert math.isnan(beam.first_token_s) and math.isnan(beam.decode_tokens_per_s)
     assert beam.tokens_per_s == 0.5
+
+
+def test_agreement_counts_common_prefixes_and_whole_answers() -> None:
+    answers = [[1, 2, 3], [1, 2, 9], [7, 2, 3], [4, 5]]
+    reference = [[1, 2, 3], [1, 2, 3], [1, 2, 3], [4, 5, 6]]
+    assert harness.agreement(answers, reference) == ([3, 2, 0, 2], 2)
+    with pytest.raises(ValueError):  # one answer per prompt
+        harness.agreement(answers[:2], reference)
+
+
+def test_memory_added_is_against_the_resident_size_before_loading() -> None:
+    probe = {"before_kib": {"VmRSS": 1000, "VmHWM": 5000},
+             "memory_kib": {"VmRSS": 3000, "VmHWM": 6000}}
+    assert harness.memory_added(probe) == (2000 * 1024, 5000 * 1024)
+
+
+def test_decode_rounds_warms_each_engine_and_takes_medians() -> None:
+    loaded: list[str] = []
+    speeds = {"a": iter([10.0, 30.0, 20.0]), "b": iter([5.0, 5.0, 7.0])}
+
+    class Engine:
+        feed = None
+
+        def __init__(self, name: str) -> None:
+            self.lm, self.name = object(), name
+
+    def fake_greedy(lm: Any, ids: list[int], n: int, feed: Any = None) -> Any:
+        name = next(e.name for e in engines if e.lm is lm)
+        return argparse.Namespace(decode_tokens_per_s=next(speeds[name]) if n == 64 else 0.0)
+
+    engines: list[Any] = []
+
+    def load(name: str) -> Any:
+        loaded.append(name)
+        engines.append(Engine(name))
+        return engines[-1]
+
+    logged: list[str] = []
+    original, harness.greedy = harness.greedy, fake_greedy
+    try:
+        decode = harness.decode_rounds(load, ["a", "b"], [1, 2], 64, 3, logged.append)
+    finally:
+        harness.greedy = original
+    assert loaded == ["a", "b"]
+    assert decode == {"a": 20.0, "b": 5.0}
+    assert logged[-2:] == ["a: decode 20.0 tok/s", "b: decode 5.0 tok/s"]
