@@ -303,6 +303,7 @@ def _export(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
             del model.config.quantization_config
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        _record_tokenizer(folder)
 
 
 def _export_metadata(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
@@ -318,6 +319,18 @@ def _export_metadata(spec: ModelSpec, weights: LocalWeights, folder: Path) -> No
         config.save_pretrained(folder)
         GenerationConfig.from_model_config(config).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        _record_tokenizer(folder)
+
+
+def _record_tokenizer(folder: Path) -> None:
+    """Where transformers saved a GGUF's tokenizer under a model-specific class whose
+    pipeline is exactly the saved file, chatcli's own tokenizer serves it from then on
+    (`chatcli.lm.tokenizer.record_reproduced`): no transformers import at load."""
+    from transformers import AutoTokenizer
+
+    from chatcli.lm.tokenizer import record_reproduced
+
+    record_reproduced(folder, AutoTokenizer.from_pretrained(folder))
 
 
 def _convert(spec: ModelSpec, weights: LocalWeights, target: Path,

@@ -517,3 +517,64 @@ def test_matches_transformers_on_the_real_tokenizer() -> None:
         assert_same_chat(ref, ours, conversation)
 
     check()
+
+
+# -- a model-specific class whose pipeline is its saved file (a GGUF's tokenizer) -----------
+def _gemma_folder(folder: Path) -> Path:
+    """A tiny tokenizer saved by transformers' GemmaTokenizer (a model-specific class that
+    rebuilds its pipeline from the vocabulary), as chatcli's GGUF export saves one."""
+    from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in "▁abcdefghijklmnopqrstuvwxyz,.!?":
+        vocab[ch] = len(vocab)
+    for i in range(256):
+        vocab[f"<0x{i:02X}>"] = len(vocab)
+    merges = [("▁", "h"), ("▁h", "e"), ("l", "l"), ("▁he", "ll"), ("▁hell", "o")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    GemmaTokenizer(vocab=vocab, merges=merges).save_pretrained(folder)
+    return folder
+
+
+GEMMA_TEXTS = ["hello world, héllo!", "  two  spaces\n\nnew lines\t", "你好 🙂", "<bos>hello<eos>"]
+
+
+def test_a_checked_model_specific_class_is_reproduced(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from chatcli.lm.tokenizer import VERIFIED_FILE, record_reproduced
+    from chatcli.loader import open_tokenizer
+
+    folder = _gemma_folder(tmp_path / "gemma")
+    theirs = AutoTokenizer.from_pretrained(folder)
+    assert type(theirs).__name__ == "GemmaTokenizer"
+    assert not supports(folder)
+    assert record_reproduced(folder, theirs)
+    assert json.loads((folder / VERIFIED_FILE).read_text())["class"] == "GemmaTokenizer"
+    assert supports(folder)
+    mine = open_tokenizer(folder)
+    assert isinstance(mine, ChatTokenizer)
+    for text in GEMMA_TEXTS:
+        for special in (False, True):
+            ids = theirs.encode(text, add_special_tokens=special)
+            assert mine.encode(text, add_special_tokens=special) == ids
+            assert mine.decode(ids) == theirs.decode(ids)
+    # the record holds only while the files are the ones checked
+    stat = (folder / "tokenizer.json").stat()
+    os.utime(folder / "tokenizer.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert not supports(folder)
+
+
+def test_a_class_that_rebuilds_another_pipeline_is_not_recorded(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from chatcli.lm.tokenizer import VERIFIED_FILE, record_reproduced
+
+    folder = _gemma_folder(tmp_path / "gemma")
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    saved["normalizer"] = None  # GemmaTokenizer puts its own back: not the file's pipeline
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+    assert not record_reproduced(folder, AutoTokenizer.from_pretrained(folder))
+    assert not (folder / VERIFIED_FILE).exists()
+    assert not supports(folder)

@@ -24,7 +24,12 @@ this module reproduces exactly: its tokenizer_config.json must name the generic 
 (`TokenizersBackend` or `PreTrainedTokenizerFast`), carry no remote code and belong to no
 model type for which transformers substitutes its own tokenizer class (those classes rebuild
 the pipeline from the vocabulary instead of using tokenizer.json). `from_folder` raises
-`ValueError` for other folders, so callers can fall back to transformers.
+`ValueError` for other folders, so callers can fall back to transformers. The one
+exception is a folder chatcli wrote itself (a GGUF's tokenizer, saved by transformers):
+`record_reproduced(folder, tokenizer)` checks there that the model-specific class
+transformers loads serializes to exactly the folder's tokenizer.json and encodes a
+probe text as this module does, and then records so (`VERIFIED_FILE`, with the files'
+sizes and times); such a folder is supported while its files are unchanged.
 
 Not reproduced: tokenize=True, batches, tools, documents, continue_final_message and
 sanitize_control_tokens in `apply_chat_template`; padding, truncation and tensors in `__call__`;
@@ -160,8 +165,69 @@ def _read_json(path: Path) -> Any:
         return json.load(handle)
 
 
-def _unsupported_reason(folder: Path) -> str | None:
-    """Why `folder` is not one this module reproduces exactly, or None when it is."""
+VERIFIED_FILE = ".chatcli-tokenizer.json"
+"""In a folder chatcli wrote: the model-specific tokenizer class this module was checked to
+reproduce there, and the sizes and times of the files checked."""
+
+_PROBE_TEXT = ("Hello, world!  Two  spaces,\ttabs\n\nand lines. héllo wörld 你好 🙂 "
+               "def f(x):\n    return x ** 2  # code\n1234567890 ... ?!")
+
+
+def _stamps(folder: Path) -> dict[str, list[int]]:
+    stamps = {}
+    for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
+        info = (folder / name).stat()
+        stamps[name] = [info.st_size, info.st_mtime_ns]
+    return stamps
+
+
+def _verified_class(folder: Path) -> str | None:
+    """The class `record_reproduced` checked in `folder`, while its files are unchanged."""
+    try:
+        record = json.loads((folder / VERIFIED_FILE).read_text(encoding="utf-8"))
+        if record.get("files") != _stamps(folder):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = record.get("class")
+    return found if isinstance(found, str) else None
+
+
+def record_reproduced(folder: Path, tokenizer: Any) -> bool:
+    """In `folder`, just written by transformers' `tokenizer.save_pretrained` (a folder
+    chatcli owns), record that this module reproduces it when `tokenizer`'s class is not
+    the generic one but its pipeline is exactly the saved tokenizer.json (so the generic
+    load of that file builds the same one) and it encodes and decodes a probe text (with
+    and without special tokens) as `ChatTokenizer` does. Returns whether it did."""
+    folder = Path(folder)
+    tokenizer_class = type(tokenizer).__name__
+    if tokenizer_class in GENERIC_TOKENIZER_CLASSES or \
+            _unsupported_reason(folder, tokenizer_class) is not None:
+        return False
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        saved = json.loads((folder / TOKENIZER_FILE).read_text(encoding="utf-8"))
+        if backend is None or json.loads(backend.to_str()) != saved:
+            return False
+        (folder / VERIFIED_FILE).write_text(json.dumps(
+            {"class": tokenizer_class, "files": _stamps(folder)}) + "\n", encoding="utf-8")
+        mine = ChatTokenizer.from_folder(folder)
+        same = all(mine.encode(_PROBE_TEXT, add_special_tokens=special)
+                   == tokenizer.encode(_PROBE_TEXT, add_special_tokens=special)
+                   for special in (False, True))
+        ids = tokenizer.encode(_PROBE_TEXT, add_special_tokens=True)
+        same = same and mine.decode(ids) == tokenizer.decode(ids) and \
+            mine.all_special_ids == tokenizer.all_special_ids
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        (folder / VERIFIED_FILE).unlink(missing_ok=True)
+    return same
+
+
+def _unsupported_reason(folder: Path, verified: str | None = None) -> str | None:
+    """Why `folder` is not one this module reproduces exactly, or None when it is
+    (`verified`: the model-specific class to accept, else the folder's record's)."""
     if not (folder / TOKENIZER_FILE).is_file():
         return f"no {TOKENIZER_FILE}"
     config_path = folder / TOKENIZER_CONFIG_FILE
@@ -171,6 +237,9 @@ def _unsupported_reason(folder: Path) -> str | None:
     if not isinstance(config, dict):
         return f"{TOKENIZER_CONFIG_FILE} is not a JSON object"
     tokenizer_class = config.get("tokenizer_class")
+    if tokenizer_class not in GENERIC_TOKENIZER_CLASSES and tokenizer_class is not None \
+            and tokenizer_class == (verified or _verified_class(folder)):
+        return None if "auto_map" not in config else "the tokenizer uses remote code (auto_map)"
     if tokenizer_class not in GENERIC_TOKENIZER_CLASSES:
         return f"tokenizer class {tokenizer_class!r} is not the generic one"
     if "auto_map" in config:
