@@ -10,6 +10,9 @@ round; medians), decode tokens/s after a 32-token prompt:
 - chatcli int4: the previous default -- the GGUF converted to safetensors, requantized
   to int4 (head int8);
 - llama.cpp Q4_1: llama.cpp on the same file;
+- with `--fastest`, llama.cpp Q4_0 too: the model converted to F32 by llama.cpp's
+  converter and quantized by its quantizer (bench/vs_llamacpp_files.py, once, under
+  `--cache-dir`), llama.cpp's fastest <= 8-bit variant of it (docs/benchmarks.md);
 - with `--compiled`, the compiled decode steps of both chatcli modes too (`chatcli
   compile` and `chatcli compile --quantize int4` first).
 Then, each engine alone in a fresh process, the resident memory loading and decoding 16
@@ -65,6 +68,7 @@ WHAT = {
     "chatcli gguf": "bf16 activations; the file's Q4_1 layers (int4) and Q8_0 head (int4x2)",
     "chatcli int4": "bf16; requantized to int4 from the converted weights, head int8",
     "llama.cpp Q4_1": "the same file",
+    "llama.cpp Q4_0": "the model requantized by llama.cpp's quantizer (from F32)",
     "chatcli gguf compiled": "chatcli gguf through its compiled decode step",
     "chatcli int4 compiled": "chatcli int4 through its compiled decode step",
 }
@@ -83,8 +87,18 @@ def files() -> tuple[Path, Path, Path]:
     return weights.gguf_path, converted, converted
 
 
-def load(name: str, threads: int) -> Any:
+def q4_0_file(cache_dir: str, threads: int) -> Path:
+    """llama.cpp's own Q4_0 of the default model (made once under `cache_dir`)."""
+    from vs_llamacpp_files import prepare
+
+    root = Path(cache_dir).expanduser()
+    return prepare("smollm2", ["Q4_0"], root, threads, lambda m: None).ggufs["Q4_0"]
+
+
+def load(name: str, threads: int, cache_dir: str) -> Any:
     gguf, meta, converted = files()
+    if name == "llama.cpp Q4_0":
+        return LlamaCppEngine(q4_0_file(cache_dir, threads), "Q4_0", threads, 512)
     if name.startswith("llama.cpp"):
         return LlamaCppEngine(gguf, "Q4_1", threads, 512)
     import torch
@@ -137,7 +151,7 @@ def chat_ids(prompt: str) -> list[int]:
     return render_ids(ChatTokenizer.from_folder(meta), [Message("user", prompt)])
 
 
-def probe(name: str, threads: int, quality_tokens: int) -> None:
+def probe(name: str, threads: int, quality_tokens: int, cache_dir: str) -> None:
     """In a process of its own: memory before loading (everything imported), after loading
     and decoding, and greedy tokens. llama.cpp's process never imports torch."""
     if name.startswith("chatcli"):
@@ -150,7 +164,7 @@ def probe(name: str, threads: int, quality_tokens: int) -> None:
         torch.set_num_threads(threads)
     prompt, chats = prompt_ids(DECODE_PROMPT), [chat_ids(p) for p in PROMPTS]
     before = process_memory_kib()
-    engine = load(name, threads)
+    engine = load(name, threads, cache_dir)
     greedy(engine.lm, prompt, 16, feed=engine.feed)
     after = process_memory_kib()
     tokens = [greedy(engine.lm, ids, quality_tokens, feed=engine.feed).tokens for ids in chats]
@@ -159,7 +173,8 @@ def probe(name: str, threads: int, quality_tokens: int) -> None:
 
 def probe_alone(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return run_probe([sys.executable, __file__, "--probe", name, "--threads",
-                      str(args.threads), "--quality-tokens", str(args.quality_tokens)], name)
+                      str(args.threads), "--quality-tokens", str(args.quality_tokens),
+                      "--cache-dir", args.cache_dir], name)
 
 
 def main() -> None:
@@ -169,12 +184,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quality-tokens", type=int, default=32)
     parser.add_argument("--compiled", action="store_true")
+    parser.add_argument("--fastest", action="store_true",
+                        help="llama.cpp's Q4_0 of the model too (made once under --cache-dir)")
+    parser.add_argument("--cache-dir", default="~/.cache/chatcli-bench")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     add_write_options(parser, "gguf_stored")
     args = parser.parse_args()
     import_llama_cpp()
     if args.probe:
-        probe(args.probe, args.threads, args.quality_tokens)
+        probe(args.probe, args.threads, args.quality_tokens, args.cache_dir)
         return
     started = time.perf_counter()
 
@@ -186,10 +204,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gguf, _, _ = files()
     names = list(ENGINES) + (["chatcli gguf compiled", "chatcli int4 compiled"]
-                             if args.compiled else [])
+                             if args.compiled else []) + (["llama.cpp Q4_0"] if args.fastest
+                                                          else [])
+    if args.fastest:
+        q4_0_file(args.cache_dir, args.threads)  # made before anything is measured
     conditions = Conditions.observe()
     prompt = prompt_ids(DECODE_PROMPT)
-    decode = decode_rounds(lambda n: load(n, args.threads), names, prompt,
+    decode = decode_rounds(lambda n: load(n, args.threads, args.cache_dir), names, prompt,
                            args.tokens, args.rounds, log)
     conditions.finish()
     probes = {}
@@ -224,6 +245,11 @@ def main() -> None:
               f"prompts in bench/gguf_stored.py, {args.quality_tokens} greedy tokens each.",
               "", f"- chatcli gguf / chatcli int4 decode: "
               f"{format_ratio(decode['chatcli gguf'], decode['chatcli int4'])}"]
+    if args.fastest:
+        fastest = max((n for n in names if n.startswith("llama.cpp")), key=decode.__getitem__)
+        default = "chatcli gguf compiled" if args.compiled else "chatcli gguf"
+        lines.append(f"- {default} (what `chatcli ask` runs) / llama.cpp's fastest "
+                     f"({fastest}): {format_ratio(decode[default], decode[fastest])}")
     body = "\n".join(lines)
     print(body)
     write_report(args, body)
