@@ -516,9 +516,8 @@ def test_beam_search_matches_generate(case: tuple[str, Path], aliases: str) -> N
     assert strip(answer_ids(session)) == strip(expected)
 
 
+@pytest.mark.parametrize("case", ["gemma3", "phi3"], indirect=True)  # said the same way
 def test_models_show_stats_and_json_say_native(case: tuple[str, Path], aliases: str) -> None:
-    if case[0] not in ("gemma3", "phi3"):
-        pytest.skip("said the same way for every architecture: two are enough")
     shown = run_cli(["models", "show", aliases])
     assert shown.exit_code == 0, shown.stderr
     assert "implementation     native\n" in shown.stdout
