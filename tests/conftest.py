@@ -101,15 +101,21 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
-    # Larger weights than the default init, so greedy decoding wanders over the
-    # whole vocabulary (including bytes that are only part of a UTF-8 character).
+    return save_widened(LlamaForCausalLM(config), fast, folder)
+
+
+def save_widened(model: Any, tokenizer: Any, folder: Path) -> Path:
+    """Save a tiny random model with larger weights than the default init (every 2-D
+    weight ~ N(0, 0.3)), so greedy decoding wanders over the whole vocabulary (including
+    bytes that are only part of a UTF-8 character), and its tokenizer; returns `folder`."""
+    import torch
+
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0, 0.3)
     model.save_pretrained(folder)
-    fast.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_native_llama import _hf_forward, _load
 from test_transformers_path import _tokenizer, chat_script_matches_generate
 
 from chatcli.chat.session import ChatSession, DecodingRequest
@@ -101,27 +102,8 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return request.param, build(tmp_path_factory.mktemp(request.param), request.param)
 
 
-_LOADED: dict[tuple[Path, torch.dtype], tuple[Any, NativeCausalLM]] = {}
-
-
-def _load(folder: Path, dtype: torch.dtype) -> tuple[Any, NativeCausalLM]:
-    """transformers' model and ours from the same folder (neither is changed by the tests)."""
-    from transformers import AutoModelForCausalLM
-
-    if (folder, dtype) not in _LOADED:
-        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-        assert ref.config._attn_implementation == "sdpa"
-        _LOADED[folder, dtype] = ref, NativeCausalLM.from_folder(folder, dtype)
-    return _LOADED[folder, dtype]
-
-
 def _ids(lm: NativeCausalLM, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, lm.vocab_size, (1, length), generator=torch.manual_seed(seed))
-
-
-def _hf_forward(ref: Any, ids: torch.Tensor, cache: Any, keep: int = 1) -> torch.Tensor:
-    with torch.inference_mode():
-        return ref(ids, cache=cache, use_cache=True, logits_to_keep=keep).logits
 
 
 def _hf_cache(ref: Any) -> Any:

@@ -21,7 +21,15 @@ import test_openai_replay
 import torch
 from test_openai_replay import Replay, Response, sse
 
-from conftest import CORPUS, Tiny, printed, reference_generate, run_cli, train_byte_level_bpe
+from conftest import (
+    CORPUS,
+    Tiny,
+    printed,
+    reference_generate,
+    run_cli,
+    save_widened,
+    train_byte_level_bpe,
+)
 
 replay = test_openai_replay.replay  # the fixtures: a replay server, `local-server` on it
 remote = test_openai_replay.remote
@@ -50,14 +58,7 @@ def build_base_model(folder: Path, seed: int = 1) -> Path:
         tie_word_embeddings=True, bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3)
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return save_widened(LlamaForCausalLM(config), fast, folder)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from conftest import (
     printed,
     reference_generate,
     run_cli,
+    save_widened,
     train_byte_level_bpe,
 )
 
@@ -71,13 +72,7 @@ def build_model(folder: Path, kind: str, **config: Any) -> Path:
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
             **ids, **config))
-    with torch.no_grad():  # larger weights: greedy answers wander over the vocabulary
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_widened(model, tok, folder)
 
 
 @pytest.fixture(scope="session")
