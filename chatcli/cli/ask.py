@@ -171,7 +171,7 @@ def ask(
     from chatcli.attachments import describe, render
     from chatcli.chat.recorder import Recorder, open_history
     from chatcli.chat.session import ChatSession
-    from chatcli.cli.common import gather_files, setup
+    from chatcli.cli.common import gather_files, raw_without_template, setup
     from chatcli.conversation import Conversation
     from chatcli.decoding.registry import strategy_registry
     from chatcli.prompt import join_prompt
@@ -253,14 +253,8 @@ def ask(
         else:
             recorder.added()
         backend = prep.open()
-        if not raw and conv is None and not getattr(backend, "has_chat_template", True):
-            alias = prep.spec.alias
-            if system is not None:
-                raise UsageError(f"{alias} has no chat template, so it completes your text as "
-                                 "it is, with no system prompt (-s)", "drop -s, or set "
-                                 f"chat_template for [models.{alias}] in models.toml")
-            raw = True
-            ui.notify(f"{alias} has no chat template: completing your text as it is (--raw)")
+        if not raw and conv is None:
+            raw = raw_without_template(backend, prep.spec.alias, system, ui)
         if alt is not None:  # before the answer is generated
             check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
         # A continued conversation drops old exchanges to fit; a single question never

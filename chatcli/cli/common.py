@@ -236,6 +236,21 @@ def check_settings(spec: Any, settings: Any, views: Any, constraint: Any = None)
         backend.check_settings(spec, settings, views, constraint)
 
 
+def raw_without_template(backend: Any, alias: str, system: str | None, ui: UI) -> bool:
+    """Whether a model must complete text as it is because it has no chat template (then
+    a note says so); a system prompt (-s) has nowhere to go there and is refused."""
+    from chatcli.errors import UsageError
+
+    if getattr(backend, "has_chat_template", True):
+        return False
+    if system is not None:
+        raise UsageError(f"{alias} has no chat template, so it completes your text as it is, "
+                         "with no system prompt (-s)", "drop -s, or set chat_template for "
+                         f"[models.{alias}] in models.toml")
+    ui.notify(f"{alias} has no chat template: completing your text as it is (--raw)")
+    return True
+
+
 def stdin_bytes() -> bytes:
     """Everything on stdin, as bytes (for `-f -`)."""
     import sys

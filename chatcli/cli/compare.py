@@ -186,18 +186,13 @@ def compare(
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
 
     from chatcli.backends.base import Views
+    from chatcli.cli.common import raw_without_template
     from chatcli.context import pack
     from chatcli.conversation import Conversation
 
     backend = prep.open()
-    if not raw and not getattr(backend, "has_chat_template", True):
-        alias = prep.spec.alias
-        if system is not None:
-            raise UsageError(f"{alias} has no chat template, so it completes your text as it "
-                             "is, with no system prompt (-s)", "drop -s, or set chat_template "
-                             f"for [models.{alias}] in models.toml")
-        raw = True
-        ui.notify(f"{alias} has no chat template: completing your text as it is (--raw)")
+    if not raw:
+        raw = raw_without_template(backend, prep.spec.alias, system, ui)
     render = backend.raw_count if raw else backend.count
     if alt is not None:  # before any answer is generated
         check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
