@@ -567,15 +567,13 @@ def status(spec: Any) -> Status | None:
     if spec.backend != "local" or spec.implementation == "transformers" \
             or spec.trust_remote_code:
         return None
-    from chatcli import sources
     from chatcli.lm.package_key import expected_fields, key_path, stale_fields
-    from chatcli.loader import compiled_package, converted_dir, read_json
+    from chatcli.loader import compiled_package, config_folder, read_json
     from chatcli.runtime import resolve_runtime
 
-    weights = sources.locate(spec)
-    if weights is None:
+    folder = config_folder(spec)
+    if folder is None:
         return None
-    folder = converted_dir(spec, weights) if weights.gguf_file else weights.folder
     runtime = resolve_runtime("cpu", "auto", None, spec.dtype, None, spec.quantize)
     if runtime.quantize == "none" or not (folder / "config.json").is_file():
         return None

@@ -377,13 +377,19 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def local_generation_config(spec: ModelSpec) -> dict[str, Any]:
-    """generation_config.json of an alias whose weights are on disk, without loading it."""
+def config_folder(spec: ModelSpec) -> Path | None:
+    """The folder with an alias's config and tokenizer (for a GGUF, the one chatcli reads
+    them into), or None while its weights are not on disk. Never imports torch."""
     weights = sources.locate(spec)
     if weights is None:
-        return {}
-    folder = converted_dir(spec, weights) if weights.gguf_file else weights.folder
-    return read_json(folder / "generation_config.json")
+        return None
+    return converted_dir(spec, weights) if weights.gguf_file else weights.folder
+
+
+def local_generation_config(spec: ModelSpec) -> dict[str, Any]:
+    """generation_config.json of an alias whose weights are on disk, without loading it."""
+    folder = config_folder(spec)
+    return {} if folder is None else read_json(folder / "generation_config.json")
 
 
 def model_window(config: dict[str, Any]) -> tuple[int, str] | None:
@@ -486,11 +492,8 @@ def open_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
 
 def plan_implementation(spec: ModelSpec, device: str) -> str | None:
     """What `load_model` will run for a cached alias, in words (None: not on disk yet)."""
-    weights = sources.locate(spec)
-    if weights is None:
-        return None
-    folder = converted_dir(spec, weights) if weights.gguf_file else weights.folder
-    config = read_json(folder / "config.json")
+    folder = config_folder(spec)
+    config = read_json(folder / "config.json") if folder is not None else {}
     if not config:
         return None
     try:

@@ -403,7 +403,9 @@ def _template_of(spec: Any) -> str:
     chat_template.jinja or .json, additional_chat_templates/)."""
     import json
 
-    folder = _config_folder(spec)
+    from chatcli.loader import config_folder
+
+    folder = config_folder(spec)
     if folder is None or not folder.is_dir():
         return "model"
     if any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json",
@@ -457,24 +459,12 @@ def _stored_precision(spec: Any) -> list[str] | None:
         return [f"unreadable: {exc}"]
 
 
-def _config_folder(spec: Any) -> Path | None:
-    """The folder with the cached model's config and tokenizer (a GGUF's: what chatcli
-    read from it into its cache), or None while the model is not on disk."""
-    from chatcli import sources
-    from chatcli.loader import converted_dir
-
-    weights = sources.locate(spec)
-    if weights is None:
-        return None
-    return converted_dir(spec, weights) if weights.gguf_file else weights.folder
-
-
 def _architecture(spec: Any) -> str | None:
     """The cached model's `model_type` (config.json; a GGUF's as chatcli read it), or None
     while it is not on disk."""
-    from chatcli.loader import read_json
+    from chatcli.loader import config_folder, read_json
 
-    folder = _config_folder(spec)
+    folder = config_folder(spec)
     if folder is None:
         return None
     model_type = read_json(folder / "config.json").get("model_type")
