@@ -49,7 +49,7 @@ def fake_package(tmp_path: Path, model: NativeCausalLM, model_id: str,
     path = tmp_path / "step.pt2"
     path.write_bytes(content)
     key = {**compiled.expected_key(model, model_id),
-           "inductor": compiled.TEST_OPTIONS, "package_bytes": len(content),
+           "inductor": compiled.TEST_OPTIONS, "constants": None, "package_bytes": len(content),
            "package_sha256": hashlib.sha256(content).hexdigest(), **(changes or {})}
     compiled.key_path(path).write_text(json.dumps(key))
     return path

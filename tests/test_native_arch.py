@@ -521,7 +521,8 @@ def test_gemma3_compiles_through_the_same_path(tmp_path_factory: pytest.TempPath
                                                tmp_path: Path) -> None:
     """The compiled decode step (chatcli compile) of an int8 Gemma 3: its sliding layers
     mask the positions before their window, each layer reads its RoPE table; 40 steps
-    past the window give the eager model's tokens."""
+    past the window give the eager model's tokens. The package holds no weights: it
+    computes with the model's own tensors (a scale zeroed in place zeroes its logits)."""
     from chatcli.lm import compiled
 
     folder = build(tmp_path_factory.mktemp("gemma3-compiled"), "gemma3")
@@ -529,7 +530,9 @@ def test_gemma3_compiles_through_the_same_path(tmp_path_factory: pytest.TempPath
     model.quantize("int8")
     path = tmp_path / "gemma3.pt2"
     model_id = compiled.folder_fingerprint(folder)
-    compiled.build(model, path, model_id=model_id, options=compiled.TEST_OPTIONS)
+    key = compiled.build(model, path, model_id=model_id, options=compiled.TEST_OPTIONS)
+    # the weights stay out: only the group sizes inductor makes itself are the package's
+    assert key["constants"] == {}
     lm = compiled.CompiledLanguageModel.open(model, path, model_id)
     assert lm.compiled, lm.reason
     ids = _ids(model, 20)[0].tolist()
@@ -546,3 +549,8 @@ def test_gemma3_compiles_through_the_same_path(tmp_path_factory: pytest.TempPath
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert runs[1][1][-1].abs().max() > 0
+    model.head.scales.zero_()
+    logits, cache = lm.step(torch.tensor([tokens[-1]]), cache)
+    assert lm.compiled and cache.static and len(cache) == 61
+    assert torch.equal(logits, torch.zeros_like(logits))

@@ -14,7 +14,17 @@ Contract:
   Inductor's own cache lives in a folder beside the package for the build and is removed
   after it: a build leaves nothing in the temp folder. It then unpacks the package (below)
   and returns the key. Building takes a minute for the test model, minutes for a real one.
-- Unpacking: the package's files (the weights are inside its shared object) are extracted
+- A quantized model's package holds no weights: it is built without them
+  (`package_constants_in_so` off) and, loaded, computes with the model's own tensors,
+  handed over as AOTInductor's user-managed constants (no copy: the compiled step adds
+  code, not the weights again, to the process). The few constants inductor makes itself
+  (the int4 kernel's group size, a 0-d tensor per matmul; a weight freezing renamed) are
+  recorded while building and kept in the key (`constants`), as is a digest of the
+  weights' names, dtypes, shapes and strides (`weights`): a model whose tensors no
+  longer match is stale. A dense model's package (inductor prepacks its weights into
+  constants of its own), or one needing a constant chatcli cannot give, holds its weights
+  (`constants` null).
+- Unpacking: the package's files (its code, a few MB) are extracted
   once into `<path>.unpacked` beside it (into a partial sibling folder, then renamed; a
   rebuild removes the old one), after checking the package's sha256 against the key's.
   Its stamp.json records the digest and the package's and every file's size and mtime;
@@ -115,7 +125,17 @@ def expected_key(model: NativeCausalLM, model_id: str) -> dict[str, Any]:
     """The key fields a package must have to serve `model` here and now."""
     name, flags = cpu_identity()
     return {"format": FORMAT, "torch": torch.__version__, "cpu": name, "cpu_flags": flags,
-            "model": model_id, "mode": mode_of(model), "shape": _shape(model)}
+            "model": model_id, "mode": mode_of(model), "shape": _shape(model),
+            "weights": weights_digest(_weights(model))}
+
+
+def _weights(model: NativeCausalLM) -> dict[str, torch.Tensor]:
+    """The tensors the step computes with, by the names the package knows them by. The
+    fast ops fill small tables lazily (`_fast_norm`'s doubled weights): a forward pass
+    fills them first, so that tracing finds real tensors and never stores traced ones."""
+    with torch.inference_mode():
+        model.forward(torch.zeros((1, 1), dtype=torch.long, device=model.device), None)
+    return dict(_Step(model).named_buffers())
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -258,7 +278,9 @@ def _example(model: NativeCausalLM) -> tuple[torch.Tensor, ...]:
 
 
 _PACKAGING: dict[str, Any] = {
-    "aot_inductor.package_constants_in_so": True,  # the weights: in the shared object
+    # no weights in the package (a quantized model's: `build`): a loaded step computes
+    # with the model's own tensors
+    "aot_inductor.package_constants_in_so": False,
     # Precompiled headers go to a folder in the temp folder whatever inductor's cache
     # folder is (about 280 MB, fixed when inductor is imported): none are made.
     "aot_inductor.precompile_headers": False,
@@ -283,10 +305,7 @@ def build(
         raise CompiledStepError(f"could not compile the decode step: {path} is a directory",
                                 "remove it, then compile again")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The fast ops fill small tables lazily (`_fast_norm`'s doubled weights): fill them
-    # eagerly first, so that tracing finds real tensors and never stores traced ones.
-    with torch.inference_mode():
-        model.forward(torch.zeros((1, 1), dtype=torch.long, device=model.device), None)
+    weights = _weights(model)
     step = _Step(model)
     length = torch.export.Dim("positions", min=MIN_LENGTH, max=1 << 24)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.build-", dir=path.parent))
@@ -299,9 +318,20 @@ def build(
                 step, _example(model), strict=False,
                 dynamic_shapes=(None, None, {0: length}, {0: length}))
             partial = work / path.name
-            inductor.aoti_compile_and_package(
-                exported, package_path=str(partial),
-                inductor_configs={**options, **_PACKAGING})
+            constants: dict[str, Any] | None = None
+            if model.quantization != "none":  # a dense model's weights get prepacked
+                with _recorded_constants(weights) as made:
+                    inductor.aoti_compile_and_package(
+                        exported, package_path=str(partial),
+                        inductor_configs={**options, **_PACKAGING})
+                with suppress(ValueError):  # one chatcli cannot give: weights inside
+                    constants = _own_constants(partial, work / "check", made)
+            if constants is None:
+                partial.unlink(missing_ok=True)
+                inductor.aoti_compile_and_package(
+                    exported, package_path=str(partial),
+                    inductor_configs={**options, **_PACKAGING,
+                                      "aot_inductor.package_constants_in_so": True})
         os.replace(partial, path)
     except Exception as exc:  # export and inductor raise many kinds; all mean "no package"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -313,12 +343,97 @@ def build(
         shutil.rmtree(work, ignore_errors=True)
     remove_unpacked(path)
     key = {**expected_key(model, model_id),
-           "inductor": {k: options[k] for k in sorted(options)},
+           "inductor": {k: options[k] for k in sorted(options)}, "constants": constants,
            "package_bytes": path.stat().st_size, "package_sha256": _sha256(path)}
     _write_atomically(key_path(path), json.dumps(key, indent=2) + "\n")
     with suppress(OSError):  # the first load is as quick as the later ones (or unpacks)
         _unpack(path, key)
     return key
+
+
+_SMALL = 4096
+"""The most elements a constant inductor makes itself may have (it is kept in the key)."""
+
+
+def _layout(t: torch.Tensor) -> tuple[Any, ...] | None:
+    """Where and how a tensor lies (None for one without plain storage: a prepacked one)."""
+    try:
+        return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+@contextmanager
+def _recorded_constants(weights: dict[str, torch.Tensor]
+                        ) -> Iterator[dict[str, list[torch.Tensor | str | None]]]:
+    """The constants inductor adds to its graphs while compiling, by name: the name of the
+    model's weight it is (freezing renames them), else a small one's value, else None;
+    the model's weights under their own names left out."""
+    graph = importlib.import_module("torch._inductor.graph").GraphLowering
+    allocate = graph.allocate_non_dup_const_name
+    made: dict[str, list[torch.Tensor | str | None]] = {}
+    known = {_layout(t): name for name, t in weights.items()}
+
+    def recording(self: Any, name: str | None, data: torch.Tensor) -> str:
+        new = allocate(self, name, data)
+        if new not in weights:
+            layout = _layout(data)
+            alias = known.get(layout) if layout is not None else None
+            small = layout is not None and data.numel() <= _SMALL
+            value = alias or (data.detach().clone() if small else None)
+            made.setdefault(new, []).append(value)
+        return new
+
+    graph.allocate_non_dup_const_name = recording
+    try:
+        yield made
+    finally:
+        graph.allocate_non_dup_const_name = allocate
+
+
+def _own_constants(package: Path, work: Path,
+                   made: dict[str, list[torch.Tensor | str | None]]) -> dict[str, Any]:
+    """The constants the package needs beyond the model's weights under their own names:
+    the weight's name for a renamed one, else the value (as the key keeps them); raises
+    ValueError if one was not recorded, is large, or was recorded differently."""
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(work)
+    root = next(p for p in work.iterdir() if p.is_dir())
+    names = torch._C._aoti.AOTIModelPackageLoader(
+        str(root), "model", False, 1, -1).get_constant_fqns()
+    own: dict[str, Any] = {}
+    for name in names:
+        if not name.startswith("w") or not name[1:].isdigit():
+            values = made.get(name, [None])
+            first = values[0]
+            if isinstance(first, str) and all(v == first for v in values):
+                own[name] = first
+                continue
+            if not isinstance(first, torch.Tensor) or any(
+                    not isinstance(v, torch.Tensor) or not torch.equal(v, first)
+                    for v in values):
+                raise ValueError(f"the package needs a constant chatcli cannot give it ({name})")
+            own[name] = {"dtype": str(first.dtype).removeprefix("torch."),
+                         "shape": list(first.shape), "values": first.flatten().tolist()}
+    return own
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """A digest of the step's weights' names, dtypes, shapes and strides (what a package
+    built without them assumes of the tensors it is handed)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name]
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}:{t.stride()}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _constants(key: dict[str, Any], weights: dict[str, torch.Tensor]
+               ) -> dict[str, torch.Tensor]:
+    """The key's own constants as tensors: a renamed weight is the weight itself."""
+    return {name: weights[c] if isinstance(c, str) else
+            torch.tensor(c["values"], dtype=getattr(torch, c["dtype"])).view(c["shape"])
+            for name, c in key["constants"].items()}
 
 
 # A build that fails with less than this free beside it ran out of space: the compiler's
@@ -481,6 +596,8 @@ class CompiledStep:
 
     run: Callable[..., Any]
     key: dict[str, Any] = field(default_factory=dict)
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The tensors the package computes with (not copied: kept alive here)."""
 
 
 def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep | str:
@@ -507,12 +624,20 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
     if path.stat().st_size != size:
         return (f"the compiled decode step {path} is corrupt ({path.stat().st_size} bytes, "
                 f"built as {size})")
+    weights = _weights(model)
     try:
         folder = _unpacked(path, key) or _unpack(path, key)
         if isinstance(folder, str):
             return folder
         # torch's loader over an unpacked package: it extracts nothing (no temp folder)
         loader = torch._C._aoti.AOTIModelPackageLoader(str(folder), "model", False, 1, -1)
+        constants: dict[str, torch.Tensor] = {}
+        if key["constants"] is not None:  # else the package holds its weights itself
+            constants = {**weights, **_constants(key, weights)}
+            # the model's own tensors, not copies (user-managed): they outlive the loader,
+            # which `CompiledStep` keeps with them
+            loader.load_constants({name: constants[name]
+                                   for name in loader.get_constant_fqns()}, False, True, True)
     except Exception as exc:  # unreadable, a missing symbol, ...: all mean "eager"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"the compiled decode step {path} does not load ({first})"
@@ -520,7 +645,7 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
     def run(*inputs: torch.Tensor) -> list[torch.Tensor]:
         return loader.run(list(inputs))
 
-    return CompiledStep(run, key)
+    return CompiledStep(run, key, constants)
 
 
 # -- the language model ----------------------------------------------------------------------

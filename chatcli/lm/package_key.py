@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FORMAT = 3  # bump when the step's inputs, outputs or the key's meaning change
-# (3: the key records the package's sha256)
+FORMAT = 4  # bump when the step's inputs, outputs or the key's meaning change
+# (3: the key records the package's sha256; 4: the package holds no weights)
 
 KEY_FIELDS = ("format", "torch", "cpu", "cpu_flags", "model", "mode")
 
@@ -61,9 +61,11 @@ def folder_fingerprint(folder: Path) -> str:
 
 def stale_fields(key: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """The names of the fields of `key` that differ from `expected` (empty: valid); the
-    model's shape is compared only when `expected` has it."""
-    names = (*KEY_FIELDS, "shape") if "shape" in expected else KEY_FIELDS
-    return [name for name in names if key.get(name) != expected.get(name)]
+    model's shape and its weights' layout are compared only when `expected` has them (the
+    layout named only when nothing else differs: another model or mode has other weights)."""
+    names = (*KEY_FIELDS, *(name for name in ("shape", "weights") if name in expected))
+    stale = [name for name in names if key.get(name) != expected.get(name)]
+    return stale if stale == ["weights"] else [name for name in stale if name != "weights"]
 
 
 def torch_version() -> str:
