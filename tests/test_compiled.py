@@ -441,3 +441,47 @@ def test_later_loads_use_the_unpacked_copy_while_it_is_whole(
     assert loads() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "tiny.pt2", "tiny.pt2.json", "tiny.pt2.unpacked"]
+
+
+# -- a quantized model's package: no weights of its own --------------------------------------
+@pytest.mark.slow
+def test_large_constants_a_kernel_makes_travel_in_the_package(
+    tiny_model: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A constant inductor makes that is too large for the key (an autotuned kernel's
+    prepacked weights, 28 MB for the default model's int8 head; here every one, the int4
+    kernel's group sizes, by lowering the limit) goes into the package's CONSTANTS file;
+    the model's own tensors do not, and the step gives the eager model's tokens."""
+    monkeypatch.setattr(compiled, "_SMALL", 0)
+    model = tiny_lm(tiny_model)
+    model.quantize("int4")
+    path = tmp_path / "int4.pt2"
+    key = compiled.build(model, path, model_id="id", options=compiled.TEST_OPTIONS)
+    assert key["constants"] and all(
+        c == {"dtype": "int64", "shape": [], "values": compiled.STORED}
+        for c in key["constants"].values())
+    folder = compiled._unpacked(path, key)
+    assert folder is not None and (folder / compiled.CONSTANTS).is_file()
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert lm.compiled, lm.reason
+    eager = NativeLanguageModel(model)
+    for ids in PROMPTS:
+        want, want_logits, _ = greedy(eager, ids, 20)
+        got, got_logits, _ = greedy(lm, ids, 20)
+        assert got == want
+        for a, b in zip(got_logits, want_logits, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the weights are the model's: a scale zeroed in place zeroes the logits
+    _, _, cache = greedy(lm, PROMPTS[0], 2)
+    model.head.scales.zero_()
+    logits, cache = lm.step(torch.tensor([3]), cache)
+    assert lm.compiled and cache.static
+    assert torch.equal(logits, torch.zeros_like(logits))
+    # a key that says otherwise of a stored constant: the package is not used
+    name = next(iter(key["constants"]))
+    key["constants"][name]["shape"] = [2]
+    compiled.key_path(path).write_text(json.dumps(key))
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert not lm.compiled
+    assert lm.reason == (f"the compiled decode step {path} does not load "
+                         f"({compiled.CONSTANTS} holds another {name})")

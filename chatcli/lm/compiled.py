@@ -19,11 +19,12 @@ Contract:
   handed over as AOTInductor's user-managed constants (no copy: the compiled step adds
   code, not the weights again, to the process). The few constants inductor makes itself
   (the int4 kernel's group size, a 0-d tensor per matmul; a weight freezing renamed) are
-  recorded while building and kept in the key (`constants`), as is a digest of the
-  weights' names, dtypes, shapes and strides (`weights`): a model whose tensors no
-  longer match is stale. A dense model's package (inductor prepacks its weights into
-  constants of its own), or one needing a constant chatcli cannot give, holds its weights
-  (`constants` null).
+  recorded while building and kept in the key (`constants`); the large ones its kernels
+  make (a weight an autotuned kernel prepacks) go into the package, in a file of their
+  own (`CONSTANTS`). The key also keeps a digest of the weights' names, dtypes, shapes
+  and strides (`weights`): a model whose tensors no longer match is stale. A dense
+  model's package (inductor prepacks its weights into opaque constants of its own), or
+  one needing a constant chatcli cannot give, holds all its weights (`constants` null).
 - Unpacking: the package's files (its code, a few MB) are extracted
   once into `<path>.unpacked` beside it (into a partial sibling folder, then renamed; a
   rebuild removes the old one), after checking the package's sha256 against the key's.
@@ -325,7 +326,10 @@ def build(
                         exported, package_path=str(partial),
                         inductor_configs={**options, **_PACKAGING})
                 with suppress(ValueError):  # one chatcli cannot give: weights inside
-                    constants = _own_constants(partial, work / "check", made)
+                    constants, stored = _own_constants(partial, work / "check", made)
+                    if stored:
+                        _add_constants(partial, stored, work / "stored")
+                del made
             if constants is None:
                 partial.unlink(missing_ok=True)
                 inductor.aoti_compile_and_package(
@@ -367,8 +371,9 @@ def _layout(t: torch.Tensor) -> tuple[Any, ...] | None:
 def _recorded_constants(weights: dict[str, torch.Tensor]
                         ) -> Iterator[dict[str, list[torch.Tensor | str | None]]]:
     """The constants inductor adds to its graphs while compiling, by name: the name of the
-    model's weight it is (freezing renames them), else a small one's value, else None;
-    the model's weights under their own names left out."""
+    model's weight it is (freezing renames them), else its value (a small one copied),
+    None for one without plain storage; the model's weights under their own names left
+    out."""
     graph = importlib.import_module("torch._inductor.graph").GraphLowering
     allocate = graph.allocate_non_dup_const_name
     made: dict[str, list[torch.Tensor | str | None]] = {}
@@ -379,8 +384,8 @@ def _recorded_constants(weights: dict[str, torch.Tensor]
         if new not in weights:
             layout = _layout(data)
             alias = known.get(layout) if layout is not None else None
-            small = layout is not None and data.numel() <= _SMALL
-            value = alias or (data.detach().clone() if small else None)
+            value = alias or (None if layout is None else  # large ones: kept, not copied
+                              data.detach().clone() if data.numel() <= _SMALL else data)
             made.setdefault(new, []).append(value)
         return new
 
@@ -391,17 +396,20 @@ def _recorded_constants(weights: dict[str, torch.Tensor]
         graph.allocate_non_dup_const_name = allocate
 
 
-def _own_constants(package: Path, work: Path,
-                   made: dict[str, list[torch.Tensor | str | None]]) -> dict[str, Any]:
-    """The constants the package needs beyond the model's weights under their own names:
-    the weight's name for a renamed one, else the value (as the key keeps them); raises
-    ValueError if one was not recorded, is large, or was recorded differently."""
+def _own_constants(package: Path, work: Path, made: dict[str, list[torch.Tensor | str | None]]
+                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The constants the package needs beyond the model's weights under their own names,
+    as the key keeps them: the weight's name for a renamed one, a small one's value, or
+    `STORED` for a large one its kernels made (a weight prepacked), which the package
+    carries itself (returned too: the package's `CONSTANTS` file). Raises ValueError if
+    one was not recorded, has no plain storage, or was recorded differently."""
     with zipfile.ZipFile(package) as archive:
         archive.extractall(work)
     root = next(p for p in work.iterdir() if p.is_dir())
     names = torch._C._aoti.AOTIModelPackageLoader(
         str(root), "model", False, 1, -1).get_constant_fqns()
     own: dict[str, Any] = {}
+    stored: dict[str, torch.Tensor] = {}
     for name in names:
         if not name.startswith("w") or not name[1:].isdigit():
             values = made.get(name, [None])
@@ -409,13 +417,35 @@ def _own_constants(package: Path, work: Path,
             if isinstance(first, str) and all(v == first for v in values):
                 own[name] = first
                 continue
-            if not isinstance(first, torch.Tensor) or any(
+            if not isinstance(first, torch.Tensor) or not first.is_contiguous() or any(
                     not isinstance(v, torch.Tensor) or not torch.equal(v, first)
                     for v in values):
                 raise ValueError(f"the package needs a constant chatcli cannot give it ({name})")
-            own[name] = {"dtype": str(first.dtype).removeprefix("torch."),
-                         "shape": list(first.shape), "values": first.flatten().tolist()}
-    return own
+            described = {"dtype": str(first.dtype).removeprefix("torch."),
+                         "shape": list(first.shape)}
+            if first.numel() <= _SMALL:
+                own[name] = {**described, "values": first.flatten().tolist()}
+            else:
+                own[name] = {**described, "values": STORED}
+                stored[name] = first
+    return own, stored
+
+
+STORED = "stored"
+"""A constant's `values` in the key when the package carries it in its `CONSTANTS` file."""
+CONSTANTS = "chatcli-constants.safetensors"
+"""The file, at the package's root, of the large constants its kernels made."""
+
+
+def _add_constants(package: Path, stored: dict[str, torch.Tensor], work: Path) -> None:
+    """Put `stored` into the package, as its `CONSTANTS` file at the archive's root."""
+    from safetensors.torch import save_file
+
+    work.mkdir(parents=True, exist_ok=True)
+    save_file({name: t.contiguous() for name, t in stored.items()}, str(work / CONSTANTS))
+    with zipfile.ZipFile(package, "a") as archive:
+        root = PurePosixPath(archive.namelist()[0]).parts[0]
+        archive.write(work / CONSTANTS, f"{root}/{CONSTANTS}")
 
 
 def weights_digest(weights: dict[str, torch.Tensor]) -> str:
@@ -428,12 +458,28 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _constants(key: dict[str, Any], weights: dict[str, torch.Tensor]
+def _constants(key: dict[str, Any], weights: dict[str, torch.Tensor], folder: Path
                ) -> dict[str, torch.Tensor]:
-    """The key's own constants as tensors: a renamed weight is the weight itself."""
-    return {name: weights[c] if isinstance(c, str) else
-            torch.tensor(c["values"], dtype=getattr(torch, c["dtype"])).view(c["shape"])
-            for name, c in key["constants"].items()}
+    """The key's own constants as tensors: a renamed weight is the weight itself, a stored
+    one read from the package's `CONSTANTS` file (checked against the key)."""
+    file: dict[str, torch.Tensor] = {}
+    if any(isinstance(c, dict) and c["values"] == STORED for c in key["constants"].values()):
+        from safetensors.torch import load_file
+
+        file = load_file(str(folder / CONSTANTS))
+    out = {}
+    for name, c in key["constants"].items():
+        if isinstance(c, str):
+            out[name] = weights[c]
+            continue
+        dtype = getattr(torch, c["dtype"])
+        if c["values"] == STORED:
+            out[name] = file[name]
+            if out[name].dtype != dtype or list(out[name].shape) != c["shape"]:
+                raise ValueError(f"{CONSTANTS} holds another {name}")
+        else:
+            out[name] = torch.tensor(c["values"], dtype=dtype).view(c["shape"])
+    return out
 
 
 # A build that fails with less than this free beside it ran out of space: the compiler's
@@ -633,7 +679,7 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
         loader = torch._C._aoti.AOTIModelPackageLoader(str(folder), "model", False, 1, -1)
         constants: dict[str, torch.Tensor] = {}
         if key["constants"] is not None:  # else the package holds its weights itself
-            constants = {**weights, **_constants(key, weights)}
+            constants = {**weights, **_constants(key, weights, folder)}
             # the model's own tensors, not copies (user-managed): they outlive the loader,
             # which `CompiledStep` keeps with them
             loader.load_constants({name: constants[name]
