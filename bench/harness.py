@@ -303,7 +303,16 @@ def write_report(args: argparse.Namespace, body: str) -> None:
 
 # -- probes: one engine alone in a fresh process --------------------------------------------
 def process_memory_kib() -> dict[str, int]:
-    """This process's VmRSS, VmHWM, RssFile and RssAnon (KiB), from /proc/self/status."""
+    """This process's VmRSS, VmHWM, RssFile and RssAnon (KiB), from /proc/self/status,
+    after handing memory already freed back to the system (glibc's `malloc_trim`, as the
+    GGUF loader does after loading: without it a reading before loading counts garbage
+    the load then returns, and the difference undercounts, even below zero)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     status = Path("/proc/self/status").read_text().splitlines()
     return {line.split(":")[0]: int(line.split()[1]) for line in status
             if line.startswith(("VmRSS", "VmHWM", "RssFile", "RssAnon"))}
