@@ -74,7 +74,8 @@ def test_missing_package_decodes_eagerly(tiny_model: Tiny, tmp_path: Path) -> No
     assert_eager(lm, model, f"no compiled decode step at {path}")
 
 
-@pytest.mark.parametrize("field", ["format", "torch", "cpu", "cpu_flags", "model", "mode"])
+@pytest.mark.parametrize("field", ["format", "torch", "cpu", "cpu_flags", "model", "mode",
+                                   "weights"])
 def test_stale_key_decodes_eagerly(tiny_model: Tiny, tmp_path: Path, field: str) -> None:
     model = tiny_lm(tiny_model)
     path = fake_package(tmp_path, model, "id", changes={field: "something else"})
