@@ -137,12 +137,14 @@ def add_script_alias(home: Path, server: ScriptServer, alias: str = "script") ->
 
 # -- the terminal ------------------------------------------------------------------
 def default_signals() -> None:
-    """In the child before chatcli starts: SIGHUP and SIGTERM at their default action.
+    """In the child before chatcli starts: SIGINT, SIGHUP and SIGTERM at their default
+    action.
 
-    chatcli keeps a signal its parent ignores ignored (`nohup` sets SIGHUP so, and the
-    child inherits it); the tests that send SIGHUP must not depend on how pytest itself
-    was started."""
-    for sig in (signal.SIGHUP, signal.SIGTERM):
+    chatcli keeps a signal its parent ignores ignored (`nohup` sets SIGHUP so, a
+    non-interactive shell sets SIGINT so for a command it starts with `&`, and the child
+    inherits them); the tests that send those signals must not depend on how pytest
+    itself was started."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from screen import ROOT, Terminal
+from screen import ROOT, Terminal, default_signals
 
 SLOW_LOAD = """
 import sys, time
@@ -115,7 +115,7 @@ def start_piped(home: Path, gate: Path, args: list[str], stdin: str,
     source.write_text(stdin)
     with source.open() as piped:
         return subprocess.Popen([sys.executable, "-c", SLOW_LOAD, str(gate), where, *args],
-                                env=env,
+                                env=env, preexec_fn=default_signals,
                                 text=True, stdin=piped, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=ROOT)
 
@@ -190,7 +190,13 @@ def test_held_ctrl_c_in_process_and_the_next_run(home: Path,
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loader, "_load", interrupted_once)
-    first = run_cli(["ask", "-n", "2", "hi"])
+    # Python's own Ctrl-C handler, whatever pytest inherited (a command started with `&`
+    # by a non-interactive shell has SIGINT ignored, and chatcli keeps it so)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        first = run_cli(["ask", "-n", "2", "hi"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (first.exit_code, first.stdout, first.stderr) == (130, "", MESSAGE + "\n")
     second = run_cli(["ask", "-n", "2", "hi"])
     assert (second.exit_code, second.stderr) == (0, "")
