@@ -9,7 +9,7 @@ Q6_K-like one (4 low bits, 2 high bits, a scale per 16), each multiplied by a bf
 through `torch.compile` (inductor's C++ code: one fused reduction reading the stored
 bytes), and the two-halves int4 kernel at 10 bits per weight; median milliseconds per
 call and the bytes each reads per second. Random values: only speed is measured. The
-inductor cache goes to a temporary folder, removed at the end.
+inductor cache goes to a temporary folder, removed at the end; nothing else is written.
 """
 
 from __future__ import annotations
@@ -50,9 +50,12 @@ def main() -> None:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     try:
         import torch
+        import torch._inductor.config as inductor
 
         from chatcli.lm import quant
 
+        # precompiled headers go to the temp folder whatever the cache folder is: none
+        inductor.cpp_cache_precompile_headers = False
         torch.set_num_threads(args.threads)
         for n, k in SHAPES:
             x = torch.randn(1, k, dtype=torch.bfloat16)
