@@ -122,12 +122,14 @@ def _shape(model: NativeCausalLM) -> dict[str, int]:
             "head_dim": model.head_dim, "vocab": model.vocab_size}
 
 
-def expected_key(model: NativeCausalLM, model_id: str) -> dict[str, Any]:
-    """The key fields a package must have to serve `model` here and now."""
+def expected_key(model: NativeCausalLM, model_id: str,
+                 weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The key fields a package must have to serve `model` here and now (`weights`: the
+    model's `_weights`, when the caller has them already)."""
     name, flags = cpu_identity()
     return {"format": FORMAT, "torch": torch.__version__, "cpu": name, "cpu_flags": flags,
             "model": model_id, "mode": mode_of(model), "shape": _shape(model),
-            "weights": weights_digest(_weights(model))}
+            "weights": weights_digest(_weights(model) if weights is None else weights)}
 
 
 def _weights(model: NativeCausalLM) -> dict[str, torch.Tensor]:
@@ -346,7 +348,7 @@ def build(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     remove_unpacked(path)
-    key = {**expected_key(model, model_id),
+    key = {**expected_key(model, model_id, weights),
            "inductor": {k: options[k] for k in sorted(options)}, "constants": constants,
            "package_bytes": path.stat().st_size, "package_sha256": _sha256(path)}
     _write_atomically(key_path(path), json.dumps(key, indent=2) + "\n")
@@ -662,7 +664,8 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
         size = int(key["package_bytes"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"the compiled decode step's key {key_path(path)} is unreadable ({exc})"
-    stale = stale_fields(key, expected_key(model, model_id))
+    weights = _weights(model)
+    stale = stale_fields(key, expected_key(model, model_id, weights))
     if stale:
         return f"the compiled decode step is stale ({', '.join(stale)} changed)"
     if not isinstance(key.get("package_sha256"), str):
@@ -670,7 +673,6 @@ def load_step(model: NativeCausalLM, path: Path, model_id: str) -> CompiledStep 
     if path.stat().st_size != size:
         return (f"the compiled decode step {path} is corrupt ({path.stat().st_size} bytes, "
                 f"built as {size})")
-    weights = _weights(model)
     try:
         folder = _unpacked(path, key) or _unpack(path, key)
         if isinstance(folder, str):
