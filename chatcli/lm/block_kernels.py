@@ -1,0 +1,225 @@
+"""GGUF's 5- to 8-bit block formats multiplied as stored: chatcli's own CPU kernel.
+
+Contract: `FORMATS` are the GGUF types the kernel runs (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K).
+`library()` builds `block_mm.c` (once per source, compiler and CPU, into
+``<cache>/kernels/`` or ``$CHATCLI_KERNELS_DIR``, under a second; the builds of other
+versions there are removed) and loads it, once per process. It returns None when it
+cannot, and `unavailable()` then says why in one short sentence: switched off
+(``CHATCLI_BLOCK_KERNELS=0``), no C compiler, a CPU without AVX-512, or a build that
+failed (its output is kept in ``build.log`` in that folder, never printed).
+`unavailable(build=False)` answers without building, from what is known already (for
+`models show`).
+
+`register()` (once; it imports torch, so that `models show` can ask `unavailable`
+without it) defines the op ``torch.ops.chatcli.block_mm(x, blocks, fmt, out_features)``:
+``x @ W.T`` where `blocks` (out_features, row bytes) uint8 holds W's rows as the GGUF
+file stores them, in format ``FORMATS[fmt]``. It is a torch custom op with a shape
+function, so export and AOTInductor's compiled step call it like any other op. The
+activations are read in float32 (bfloat16 converts exactly) and the result is returned
+in `x`'s dtype; the weights multiplied are gguf's float32 dequantization bit for bit.
+
+The build writes nothing outside the kernels folder (the compiler's temporary files
+included) and shows nothing on the terminal. Knows nothing about models or GGUF headers.
+"""
+
+# No `from __future__ import annotations`: the op's annotations are read when
+# `register` defines it.
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from chatcli.lm.gguf_file import BLOCK_FORMATS
+from chatcli.paths import cache_dir
+
+FORMATS: tuple[str, ...] = BLOCK_FORMATS
+_SOURCE = Path(__file__).with_name("block_mm.c")
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-pipe", "-Wl,-z,defs")
+_ENV = "CHATCLI_BLOCK_KERNELS"
+
+_why_not: str | None = None  # the reason of a build that failed in this process
+
+
+def _switched_off() -> bool:
+    return os.environ.get(_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _compiler() -> str | None:
+    named = os.environ.get("CC")
+    if named:
+        return shutil.which(named)
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+@cache
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _has_avx512() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64") and "avx512f" in _cpu_flags()
+
+
+def _folder() -> Path:
+    named = os.environ.get("CHATCLI_KERNELS_DIR")
+    return Path(named) if named else cache_dir() / "kernels"
+
+
+@cache
+def _digest(compiler: str) -> str:
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(),
+                 _cpu_flags().encode(), platform.machine().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _target(compiler: str) -> Path:
+    return _folder() / f"block_mm-{_digest(compiler)}.so"
+
+
+def unavailable(build: bool = True) -> str | None:
+    """None if the kernel runs here (built now if need be and `build`), else why not."""
+    if _switched_off():
+        return f"chatcli's block kernels are switched off ({_ENV}=0)"
+    if not _has_avx512():
+        return "chatcli's block kernels need a CPU with AVX-512"
+    compiler = _compiler()
+    if compiler is None:
+        return "chatcli's block kernels need a C compiler (cc)"
+    if _why_not is not None:
+        return _why_not
+    if not build:
+        return None
+    return None if library() is not None else _why_not
+
+
+def runs(format_name: str) -> bool:
+    """Whether tensors of GGUF type `format_name` run as stored here (building if need be)."""
+    return format_name in FORMATS and unavailable() is None
+
+
+@cache
+def _load(path: str) -> ctypes.CDLL:
+    return ctypes.CDLL(path)
+
+
+_library: list[ctypes.CDLL] = []  # loaded once per process
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, built first if it is not in the cache; None if it
+    cannot be (see `unavailable`)."""
+    global _why_not
+    if _switched_off() or not _has_avx512() or _why_not is not None:
+        return None
+    if _library:
+        return _library[0]
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    target = _target(compiler)
+    if not target.exists():
+        reason = _build(compiler, target)
+        if reason is not None:
+            _why_not = reason
+            return None
+    try:
+        _library.append(_load(str(target)))
+    except OSError as e:
+        _why_not = f"chatcli's block kernels did not load ({e})"
+        return None
+    return _library[0]
+
+
+def _build(compiler: str, target: Path) -> str | None:
+    """Compile into `target` (written under another name, then renamed: a reader never
+    sees half a file); None on success, else why not."""
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"chatcli's block kernels cannot be built ({folder}: {e.strerror})"
+    partial = folder / f".{target.name}.{os.getpid()}.partial"
+    scratch = folder / f".tmp-{os.getpid()}"  # the compiler's temporary files
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    try:
+        scratch.mkdir(exist_ok=True)
+        done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(partial)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              env=env, timeout=300)
+        if done.returncode != 0:
+            (folder / "build.log").write_text(done.stdout + done.stderr)
+            return ("chatcli's block kernels did not build "
+                    f"(see {folder / 'build.log'})")
+        os.replace(partial, target)
+        for old in folder.glob("block_mm-*.so"):  # other versions' builds
+            if old != target:
+                old.unlink(missing_ok=True)
+        return None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"chatcli's block kernels did not build ({e})"
+    finally:
+        partial.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@cache
+def _functions(path: str) -> tuple[Any, ...]:
+    """The library's product function per format (index: `FORMATS`), typed once."""
+    lib = _load(path)
+    found = []
+    for name in FORMATS:
+        fn = getattr(lib, f"chatcli_{name.lower()}_mm")
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                       ctypes.c_int64, ctypes.c_void_p]
+        fn.restype = None
+        found.append(fn)
+    return tuple(found)
+
+
+_loaded: list[tuple[Any, ...]] = []  # the functions, once loaded (the op's fast path)
+
+
+@cache
+def register() -> None:
+    """Define ``torch.ops.chatcli.block_mm`` (once per process)."""
+    import torch
+
+    @torch.library.custom_op("chatcli::block_mm", mutates_args=())
+    def block_mm(x: torch.Tensor, blocks: torch.Tensor, fmt: int,
+                 out_features: int) -> torch.Tensor:
+        if not _loaded:
+            lib = library()
+            if lib is None:
+                raise RuntimeError(unavailable() or "chatcli's block kernels are not loaded")
+            _loaded.append(_functions(lib._name))
+        k = x.shape[-1]
+        flat = x.reshape(-1, k)
+        if flat.dtype != torch.float32 or not flat.is_contiguous():
+            flat = flat.to(torch.float32).contiguous()
+        weights = blocks.contiguous()
+        out = torch.empty((flat.shape[0], out_features), dtype=torch.float32)
+        if flat.shape[0]:
+            _loaded[0][fmt](flat.data_ptr(), flat.shape[0], k, weights.data_ptr(),
+                            out_features, out.data_ptr())
+        out = out.view(*x.shape[:-1], out_features)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+    @block_mm.register_fake
+    def _(x: torch.Tensor, blocks: torch.Tensor, fmt: int,
+          out_features: int) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], out_features))

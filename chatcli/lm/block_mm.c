@@ -1,0 +1,216 @@
+/* chatcli's matrix products over GGUF's 5- to 8-bit block formats, read as stored.
+
+   y[m, n] = sum_k x[m, k] * W[n, k] where each row of W is a GGUF tensor row: blocks of
+   Q8_0, Q5_0, Q5_1 (32 weights) or Q5_K, Q6_K (256 weights), exactly as in the file.
+   Each block is dequantized in registers to float32 -- the same float32 values gguf's
+   own dequantization gives (every product below is exact in float32: an fp16 scale has
+   11 significant bits, a code at most 8, a 6-bit sub-scale 6) -- and multiplied with
+   float32 activations by fused multiply-adds. Rows are shared out among OpenMP threads
+   (the process's one OpenMP runtime, torch's).
+
+   Built by chatcli.lm.block_kernels with -march=native; AVX-512F is required (the
+   module falls back to torch's int4 kernel without it). Knows nothing about torch. */
+#include <stdint.h>
+#include <immintrin.h>
+
+#ifndef __AVX512F__
+#error "chatcli's block kernels need AVX-512F"
+#endif
+
+#define ALWAYS static inline __attribute__((always_inline))
+
+ALWAYS __m512 half_scale(const uint8_t* p) { return _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)p)); }
+ALWAYS __m512i u8x16(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+ALWAYS __m512i i8x16(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+ALWAYS uint32_t u32(const uint8_t* p) { uint32_t v; __builtin_memcpy(&v, p, 4); return v; }
+
+/* Each dequantizer hands its 16-weight vectors to EMIT: stored to `out` (xv == NULL), or
+   multiplied straight into `*acc` with the activations `xv` (no store and reload; the
+   branch is resolved at compile time, every caller passing a constant). */
+ALWAYS void sink(float* out, const float* xv, __m512* acc, int off, __m512 w) {
+    if (xv) *acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(xv + off), *acc);
+    else _mm512_storeu_ps(out + off, w);
+}
+#define EMIT(off, w) sink(out, xv, acc, (off), (w))
+#define DEQ_ARGS const uint8_t* b, float* out, const float* xv, __m512* acc
+
+/* Q8_0: fp16 d, 32 int8 q; w = d * q */
+ALWAYS void deq_q8_0(DEQ_ARGS) {
+    __m512 d = half_scale(b);
+    EMIT(0, _mm512_mul_ps(d, _mm512_cvtepi32_ps(i8x16(b + 2))));
+    EMIT(16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(i8x16(b + 18))));
+}
+
+/* Q5_0: fp16 d, 32 high bits, 16 bytes of nibbles; w = d * (q - 16). Q5_1: fp16 d,
+   fp16 m, then the same; w = d * q + m. Element j < 16 is the low nibble of byte j,
+   element j + 16 its high nibble; bit j of the 32 bits is element j's fifth bit. */
+ALWAYS void deq_q5(DEQ_ARGS, int has_min) {
+    __m512 d = half_scale(b);
+    const uint8_t* p = b + (has_min ? 4 : 2);
+    uint32_t qh = u32(p);
+    __m512i q = u8x16(p + 4);
+    __m512i lo = _mm512_and_si512(q, _mm512_set1_epi32(15));
+    __m512i hi = _mm512_srli_epi32(q, 4);
+    __m512i sixteen = _mm512_set1_epi32(16);
+    lo = _mm512_mask_add_epi32(lo, (__mmask16)(qh & 0xFFFF), lo, sixteen);
+    hi = _mm512_mask_add_epi32(hi, (__mmask16)(qh >> 16), hi, sixteen);
+    if (has_min) {
+        __m512 m = half_scale(b + 2);
+        EMIT(0, _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lo), m));
+        EMIT(16, _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(hi), m));
+    } else {
+        EMIT(0, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen))));
+        EMIT(16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, sixteen))));
+    }
+}
+ALWAYS void deq_q5_0(DEQ_ARGS) { deq_q5(b, out, xv, acc, 0); }
+ALWAYS void deq_q5_1(DEQ_ARGS) { deq_q5(b, out, xv, acc, 1); }
+
+/* Codes are made 64 at a time in byte lanes, then widened 16 at a time to float32. */
+ALWAYS __m512i bytes_of(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+ALWAYS __m512i nibble_lo(__m512i v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
+ALWAYS __m512i nibble_hi(__m512i v) {
+    return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));
+}
+/* Widening reads the codes back from a small buffer: a load-and-extend per 16 is
+   cheaper than extracting each quarter of a register. */
+#define WIDEN_I8(v, k) _mm512_cvtepi32_ps(i8x16((const uint8_t*)(v) + 16 * (k)))
+#define WIDEN_U8(v, k) _mm512_cvtepi32_ps(u8x16((const uint8_t*)(v) + 16 * (k)))
+
+/* Q6_K (210 bytes): ql[128] low nibbles, qh[64] two high bits each, int8 scales[16] (one
+   per 16 weights), fp16 d; w = (d * scale) * (q - 32). Layout as ggml's
+   dequantize_row_q6_K: two halves of 128; in each, for l < 32, ql[l] and ql[l + 32]
+   hold elements l, l + 32 (low nibbles) and l + 64, l + 96 (high nibbles), and qh[l]
+   their fifth and sixth bits, two bits each in that order; element 16 j + i of a half
+   has scale j of its eight. */
+ALWAYS void deq_q6_k(DEQ_ARGS) {
+    const uint8_t* ql = b;
+    const uint8_t* qh = b + 128;
+    const int8_t* sc = (const int8_t*)(b + 192);
+    float d = _cvtsh_ss(*(const uint16_t*)(b + 208));
+    __m512i three = _mm512_set1_epi8(3), c32 = _mm512_set1_epi8(32);
+    for (int n = 0; n < 2; n++) {
+        __m512i a = _mm512_loadu_si512(ql);
+        __m256i h = _mm256_loadu_si256((const __m256i*)qh);
+        __m512i h12 = bytes_of(h, _mm256_srli_epi16(h, 2));        /* bits of q1, q2 */
+        __m512i h34 = _mm512_srli_epi16(h12, 4);                     /* bits of q3, q4 */
+        uint8_t q12[64] __attribute__((aligned(64))), q34[64] __attribute__((aligned(64)));
+        _mm512_store_si512(q12, _mm512_sub_epi8(_mm512_or_si512(nibble_lo(a),
+                          _mm512_slli_epi16(_mm512_and_si512(h12, three), 4)), c32));
+        _mm512_store_si512(q34, _mm512_sub_epi8(_mm512_or_si512(nibble_hi(a),
+                          _mm512_slli_epi16(_mm512_and_si512(h34, three), 4)), c32));
+        EMIT(0, _mm512_mul_ps(_mm512_set1_ps(d * sc[0]), WIDEN_I8(q12, 0)));
+        EMIT(16, _mm512_mul_ps(_mm512_set1_ps(d * sc[1]), WIDEN_I8(q12, 1)));
+        EMIT(32, _mm512_mul_ps(_mm512_set1_ps(d * sc[2]), WIDEN_I8(q12, 2)));
+        EMIT(48, _mm512_mul_ps(_mm512_set1_ps(d * sc[3]), WIDEN_I8(q12, 3)));
+        EMIT(64, _mm512_mul_ps(_mm512_set1_ps(d * sc[4]), WIDEN_I8(q34, 0)));
+        EMIT(80, _mm512_mul_ps(_mm512_set1_ps(d * sc[5]), WIDEN_I8(q34, 1)));
+        EMIT(96, _mm512_mul_ps(_mm512_set1_ps(d * sc[6]), WIDEN_I8(q34, 2)));
+        EMIT(112, _mm512_mul_ps(_mm512_set1_ps(d * sc[7]), WIDEN_I8(q34, 3)));
+        ql += 64; qh += 32; sc += 8;
+        if (xv) xv += 128; else out += 128;
+    }
+}
+
+/* Q5_K (176 bytes): fp16 d, fp16 dmin, 12 bytes of 6-bit scales and minimums (8 each),
+   qh[32], qs[128]; w = (d * sc_j) * q - (dmin * m_j) for sub-block j of 32. Sub-blocks
+   2i and 2i + 1 take the low and high nibbles of qs[32 i .. 32 i + 31], and bit j of
+   qh[l] is the fifth bit of element l of sub-block j. */
+ALWAYS void deq_q5_k(DEQ_ARGS) {
+    float d = _cvtsh_ss(*(const uint16_t*)b), dmin = _cvtsh_ss(*(const uint16_t*)(b + 2));
+    const uint8_t* s = b + 4;
+    __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 16));
+    const uint8_t* qs = b + 48;
+    uint8_t sc[8], mn[8];
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63; mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+    __m512i one = _mm512_set1_epi8(1);
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < 4; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
+        __m512i lo_hi = nibble_lo(bytes_of(q, _mm256_srli_epi16(q, 4)));
+        __m512i fifth = _mm512_and_si512(bytes_of(_mm256_srli_epi16(qh, 2 * i),
+                                                  _mm256_srli_epi16(qh, 2 * i + 1)), one);
+        uint8_t codes[64] __attribute__((aligned(64)));
+        _mm512_store_si512(codes, _mm512_or_si512(lo_hi, _mm512_slli_epi16(fifth, 4)));
+        __m512 s0 = _mm512_set1_ps(d * sc[2 * i]), m0 = _mm512_set1_ps(-(dmin * mn[2 * i]));
+        __m512 s1 = _mm512_set1_ps(d * sc[2 * i + 1]), m1 = _mm512_set1_ps(-(dmin * mn[2 * i + 1]));
+        EMIT(64 * i, _mm512_fmadd_ps(s0, WIDEN_U8(codes, 0), m0));
+        EMIT(64 * i + 16, _mm512_fmadd_ps(s0, WIDEN_U8(codes, 1), m0));
+        EMIT(64 * i + 32, _mm512_fmadd_ps(s1, WIDEN_U8(codes, 2), m1));
+        EMIT(64 * i + 48, _mm512_fmadd_ps(s1, WIDEN_U8(codes, 3), m1));
+    }
+}
+
+#define TILE 4 /* activation rows multiplied per pass over a weight row */
+#define ROWS 4 /* weight rows multiplied per pass over an activation row */
+
+/* One product kernel per format. Weight rows go to OpenMP threads ROWS at a time. Full
+   tiles of TILE activation rows take one weight row at a time (each block dequantized
+   once per tile); the activation rows left over (all of them in a decode step, M = 1)
+   take ROWS weight rows at once, so that ROWS independent sums are in flight and each
+   activation vector is loaded once for them. Accumulators stay in registers. */
+#define BLOCK_MM(NAME, DEQ, ELEMS, BYTES)                                                  \
+void NAME(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, float* y) { \
+    int64_t nb = K / ELEMS, rb = nb * BYTES, groups = (N + ROWS - 1) / ROWS;               \
+    int64_t tiled = M - M % TILE;                                                          \
+    _Pragma("omp parallel for schedule(static)")                                           \
+    for (int64_t g = 0; g < groups; g++) {                                                 \
+        float buf[ROWS][ELEMS] __attribute__((aligned(64)));                               \
+        int64_t n0 = g * ROWS, count = N - n0 < ROWS ? N - n0 : ROWS;                      \
+        for (int64_t n = n0; n < n0 + count; n++) {                                        \
+            const uint8_t* row = w + n * rb;                                               \
+            for (int64_t m0 = 0; m0 < tiled; m0 += TILE) {                                 \
+                __m512 acc[TILE];                                                          \
+                _Pragma("GCC unroll 4")                                                    \
+                for (int i = 0; i < TILE; i++) acc[i] = _mm512_setzero_ps();               \
+                for (int64_t b = 0; b < nb; b++) {                                         \
+                    DEQ(row + b * BYTES, buf[0], NULL, NULL);                                          \
+                    const float* xb = x + m0 * K + b * ELEMS;                              \
+                    for (int j = 0; j < ELEMS; j += 16) {                                  \
+                        __m512 wv = _mm512_load_ps(buf[0] + j);                            \
+                        _Pragma("GCC unroll 4")                                            \
+                        for (int i = 0; i < TILE; i++)                                     \
+                            acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + i * K + j), acc[i]); \
+                    }                                                                      \
+                }                                                                          \
+                _Pragma("GCC unroll 4")                                                    \
+                for (int i = 0; i < TILE; i++) y[(m0 + i) * N + n] = _mm512_reduce_add_ps(acc[i]); \
+            }                                                                              \
+        }                                                                                  \
+        for (int64_t m = tiled; m < M; m++) {                                              \
+            const float* xm = x + m * K;                                                   \
+            if (count == ROWS) {                                                           \
+                __m512 acc[ROWS];                                                          \
+                _Pragma("GCC unroll 4")                                                    \
+                for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();               \
+                for (int64_t b = 0; b < nb; b++) {                                         \
+                    _Pragma("GCC unroll 4")                                                \
+                    for (int r = 0; r < ROWS; r++)                                         \
+                        DEQ(w + (n0 + r) * rb + b * BYTES, NULL, xm + b * ELEMS, &acc[r]); \
+                }                                                                          \
+                _Pragma("GCC unroll 4")                                                    \
+                for (int r = 0; r < ROWS; r++) y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r]); \
+            } else {                                                                       \
+                for (int64_t n = n0; n < n0 + count; n++) {                                \
+                    __m512 acc = _mm512_setzero_ps();                                      \
+                    for (int64_t b = 0; b < nb; b++) {                                     \
+                        DEQ(w + n * rb + b * BYTES, NULL, xm + b * ELEMS, &acc);           \
+                    }                                                                      \
+                    y[m * N + n] = _mm512_reduce_add_ps(acc);                              \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
+}
+
+BLOCK_MM(chatcli_q8_0_mm, deq_q8_0, 32, 34)
+BLOCK_MM(chatcli_q5_0_mm, deq_q5_0, 32, 22)
+BLOCK_MM(chatcli_q5_1_mm, deq_q5_1, 32, 24)
+BLOCK_MM(chatcli_q5_k_mm, deq_q5_k, 256, 176)
+BLOCK_MM(chatcli_q6_k_mm, deq_q6_k, 256, 210)
