@@ -39,6 +39,19 @@ def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     else:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
 
+
+@pytest.fixture(scope="session", autouse=True)
+def kernels_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """chatcli's block kernel is built once for the whole run (the test process and the
+    chatcli processes it starts), not once per test home."""
+    saved = os.environ.get("CHATCLI_KERNELS_DIR")
+    os.environ["CHATCLI_KERNELS_DIR"] = str(tmp_path_factory.mktemp("kernels"))
+    yield
+    if saved is None:
+        os.environ.pop("CHATCLI_KERNELS_DIR", None)
+    else:
+        os.environ["CHATCLI_KERNELS_DIR"] = saved
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import torch
 
-from chatcli.lm import compiled
+from chatcli.lm import block_kernels, compiled
 from chatcli.lm.compiled import CompiledLanguageModel, CompiledStep
 from chatcli.lm.llama import NativeCausalLM
 from chatcli.lm.native import NativeLanguageModel
+from chatcli.lm.quant import BlockLinear
 from conftest import Tiny
 
 PROMPTS = [[1, 5, 9, 22], [7], [300, 12, 45, 99, 101, 250, 3, 17, 88, 64, 2]]
@@ -486,3 +487,34 @@ def test_large_constants_a_kernel_makes_travel_in_the_package(
     assert not lm.compiled
     assert lm.reason == (f"the compiled decode step {path} does not load "
                          f"({compiled.CONSTANTS} holds another {name})")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(block_kernels.unavailable() is not None,
+                    reason=f"{block_kernels.unavailable()}")
+def test_a_block_kernel_head_runs_inside_the_package(tiny_model: Tiny, tmp_path: Path) -> None:
+    """A GGUF's Q8_0 head as stored (chatcli's block kernel, a custom op): the package
+    calls the op with the model's own blocks, and gives the eager model's tokens."""
+    import gguf
+
+    model = tiny_lm(tiny_model)
+    model.quantize("int4")
+    weight = model.head.dequantized().float().numpy()
+    blocks = gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0)
+    model.head = BlockLinear(torch.from_numpy(blocks), "Q8_0", weight.shape[1])
+    path = tmp_path / "blocks.pt2"
+    compiled.build(model, path, model_id="id", options=compiled.TEST_OPTIONS)
+    lm = CompiledLanguageModel.open(model, path, "id")
+    assert lm.compiled, lm.reason
+    eager = NativeLanguageModel(model)
+    for ids in PROMPTS:
+        want, want_logits, _ = greedy(eager, ids, 20)
+        got, got_logits, _ = greedy(lm, ids, 20)
+        assert got == want
+        for a, b in zip(got_logits, want_logits, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    _, _, cache = greedy(lm, PROMPTS[0], 2)
+    model.head.blocks.zero_()  # the model's own blocks: zero scales, zero logits
+    logits, cache = lm.step(torch.tensor([3]), cache)
+    assert lm.compiled and cache.static
+    assert torch.equal(logits, torch.zeros_like(logits))

@@ -8,8 +8,10 @@ are written as llama.cpp's converter writes them (tests/gguf_export.py: Mistral 
 "llama" with its query/key rows reordered, Gemma's norms stored as 1 + w), each tensor in
 its own format: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, F16 and BF16 (hidden size 256:
 the K-quants' rows). `gguf_weights.load_model`, given the config transformers makes from
-the file, reads them into chatcli's linears (int4 kernels, no dense fallback where a
-kernel fits); transformers' `from_pretrained(gguf_file=...)` dequantizes the same file:
+the file, reads them into chatcli's linears (int4 kernels and chatcli's block kernel as
+stored, no dense fallback where a kernel fits; and again with the block kernel switched
+off, its formats as int4x2); transformers' `from_pretrained(gguf_file=...)` dequantizes
+the same file:
 
 - every linear's weights (read back through the kernels), the embedding, the head and
   every norm equal transformers' bit for bit (a Gemma norm is its multiplier 1 + w);
@@ -40,7 +42,7 @@ import torch
 from gguf_export import write_gguf
 from test_transformers_path import _tokenizer
 
-from chatcli.lm import gguf_weights
+from chatcli.lm import block_kernels, gguf_weights
 from chatcli.lm.llama import NativeCausalLM
 from chatcli.lm.quant import Stacked
 from conftest import one_thread
@@ -55,10 +57,11 @@ class Arch:
     config: str  # transformers' config class
     extra: dict[str, Any]  # beside SIZE
     types: dict[str, str]  # each GGUF tensor's type
-    kinds: dict[str, str]  # what chatcli runs each linear as
+    kinds: dict[str, str]  # what chatcli runs each linear as without the block kernel
     gguf_arch: str  # general.architecture, as llama.cpp writes it
     model_type: str  # the config transformers reads from the file
     name: str = "tiny"  # general.name
+    blocks: dict[str, str] | None = None  # ... and with it
 
 
 MISTRAL_TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_K", "attn_v": "Q8_0", "attn_output": "Q6_K",
@@ -66,6 +69,8 @@ MISTRAL_TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_K", "attn_v": "Q8_0", "attn_out
                  "token_embd": "Q6_K", "output": "Q8_0"}
 MISTRAL_KINDS = {"qkv": "Stacked(Int4Linear, SplitInt4Linear)", "o": "SplitInt4Linear",
                  "gate_up": "Int4Linear", "down": "SplitInt4Linear", "head": "SplitInt4Linear"}
+MISTRAL_BLOCKS = {"qkv": "Stacked(Int4Linear, BlockLinear)", "o": "BlockLinear",
+                  "gate_up": "Int4Linear", "down": "BlockLinear", "head": "BlockLinear"}
 CASES = {
     # transformers' qwen3 GGUF config ignores attention.key_length: head_dim is its
     # default, 128 (every Qwen3's)
@@ -75,17 +80,22 @@ CASES = {
          "ffn_gate": "Q8_0", "ffn_up": "Q5_0", "ffn_down": "F16", "token_embd": "Q8_0"},
         {"qkv": "Stacked(Int4Linear, SplitInt4Linear)", "o": "SplitInt4Linear",
          "gate_up": "SplitInt4Linear", "down": "Dense", "head": "SplitInt4Linear"},
-        "qwen3", "qwen3"),
+        "qwen3", "qwen3",
+        blocks={"qkv": "Stacked(Int4Linear, BlockLinear)", "o": "BlockLinear",
+                "gate_up": "Stacked(BlockLinear, BlockLinear)", "down": "Dense",
+                "head": "BlockLinear"}),
     # llama.cpp converts a Mistral as a llama, and transformers reads it back as one
     "mistral": Arch("MistralConfig", {}, MISTRAL_TYPES, MISTRAL_KINDS, "llama", "llama",
-                    "Tiny Mistral"),
+                    "Tiny Mistral", MISTRAL_BLOCKS),
     "phi3": Arch(
         "Phi3Config", {},
         {"attn_qkv": "Q4_K", "attn_output": "Q8_0", "ffn_up": "Q6_K", "ffn_down": "Q5_0",
          "token_embd": "BF16", "output": "Q4_1"},
         {"qkv": "Int4Linear", "o": "SplitInt4Linear", "gate_up": "SplitInt4Linear",
          "down": "SplitInt4Linear", "head": "Int4Linear"},
-        "phi3", "phi3"),
+        "phi3", "phi3",
+        blocks={"qkv": "Int4Linear", "o": "BlockLinear", "gate_up": "BlockLinear",
+                "down": "BlockLinear", "head": "Int4Linear"}),
     # llama.cpp writes no query_pre_attn_scalar and no layer pattern: transformers reads
     # its defaults (256; five sliding layers, then a global one), which these are
     "gemma3_text": Arch(
@@ -98,7 +108,10 @@ CASES = {
         {"qkv": "Stacked(Int4Linear, SplitInt4Linear, SplitInt4Linear)",
          "o": "SplitInt4Linear", "gate_up": "Stacked(Int4Linear, SplitInt4Linear)",
          "down": "Int4Linear", "head": "SplitInt4Linear"},
-        "gemma3", "gemma3_text"),
+        "gemma3", "gemma3_text",
+        blocks={"qkv": "Stacked(Int4Linear, BlockLinear, BlockLinear)", "o": "BlockLinear",
+                "gate_up": "Stacked(Int4Linear, BlockLinear)", "down": "Int4Linear",
+                "head": "BlockLinear"}),
 }
 
 
@@ -135,6 +148,7 @@ class Case:
     path: Path
     theirs: Any  # transformers' model
     mine: NativeCausalLM
+    int4x2: NativeCausalLM  # read with the block kernel switched off
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,8 +168,11 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     config = AutoConfig.from_pretrained(folder, gguf_file=path.name)
     theirs = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name,
                                                   dtype=torch.float32).eval()
-    return Case(arch, path, theirs,
-                gguf_weights.load_model(path, config.to_dict(), torch.float32))
+    mine = gguf_weights.load_model(path, config.to_dict(), torch.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHATCLI_BLOCK_KERNELS", "0")
+        int4x2 = gguf_weights.load_model(path, config.to_dict(), torch.float32)
+    return Case(arch, path, theirs, mine, int4x2)
 
 
 def _kind(linear: Any) -> str:
@@ -179,9 +196,12 @@ def test_each_architecture_reads_as_its_own(case: Case) -> None:
                                  else [None, None])
 
 
-def test_every_weight_is_transformers_gguf_weight_bit_for_bit(case: Case) -> None:
+@pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "int4x2"])
+def test_every_weight_is_transformers_gguf_weight_bit_for_bit(case: Case, blocks: bool) -> None:
     theirs = case.theirs.state_dict()
-    mine, model_type = case.mine, case.arch.model_type
+    mine, model_type = case.mine if blocks else case.int4x2, case.arch.model_type
+    expected = (case.arch.blocks if blocks and block_kernels.unavailable() is None
+                else case.arch.kinds)
     gemma = model_type == "gemma3_text"
 
     def norm(name: str) -> torch.Tensor:  # chatcli holds a Gemma norm as 1 + w (float32)
@@ -204,7 +224,7 @@ def test_every_weight_is_transformers_gguf_weight_bit_for_bit(case: Case) -> Non
             assert torch.equal(linear.dequantized(), want), (i, name)
             assert linear.bias is None and f"{hf[0]}.bias" not in theirs
             kinds[name] = _kind(linear)
-        assert kinds == case.arch.kinds, i  # as stored: no dense where a kernel fits
+        assert kinds == expected, i  # as stored: no dense where a kernel fits
         norms = {"input_norm": "input_layernorm", "post_norm": "post_attention_layernorm"}
         if gemma:
             norms |= {"post_norm": "pre_feedforward_layernorm",

@@ -22,9 +22,9 @@ import torch
 from gguf_export import write_gguf
 
 from chatcli import loader, sources
-from chatcli.lm import gguf_weights
+from chatcli.lm import block_kernels, gguf_weights
 from chatcli.lm.llama import NativeCausalLM
-from chatcli.lm.quant import Dense, Int4Linear, SplitInt4Linear, Stacked
+from chatcli.lm.quant import BlockLinear, Dense, Int4Linear, SplitInt4Linear, Stacked
 from chatcli.registry import load_registry
 from conftest import Tiny, printed, run_cli
 
@@ -103,10 +103,16 @@ def test_a_gguf_alias_runs_its_stored_precision_by_default(g: Path) -> None:
         ids, skip_special_tokens=True))
 
 
+@pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "int4x2"])
 def test_the_stored_weights_are_transformers_gguf_weights_bit_for_bit(
-        g: Path, tiny_gguf: Path) -> None:
+        g: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch, blocks: bool) -> None:
     """transformers' GGUF loader (the exact path's conversion) dequantizes the same file;
-    read as stored, chatcli's kernels multiply by exactly those weights."""
+    read as stored, chatcli's kernels multiply by exactly those weights (the block
+    kernel's formats as int4x2 where it is switched off)."""
+    if not blocks:
+        monkeypatch.setenv("CHATCLI_BLOCK_KERNELS", "0")
+    elif block_kernels.unavailable() is not None:
+        pytest.skip(block_kernels.unavailable())
     assert run_cli(["pull", "g"]).exit_code == 0  # config and tokenizer only
     config = json.loads((g / "config.json").read_text())
     stored = gguf_weights.load_model(tiny_gguf, config, torch.float32)
@@ -117,8 +123,14 @@ def test_the_stored_weights_are_transformers_gguf_weights_bit_for_bit(
     exact = NativeCausalLM.from_folder(folder, torch.float32)
     for mine, theirs in zip(stored.layers, exact.layers, strict=True):
         assert isinstance(mine.qkv, Stacked)  # Q4_0 q/k, Q8_0 v
-        assert [type(p) for p in mine.qkv.parts] == [Int4Linear, SplitInt4Linear]
-        assert type(mine.gate_up) is SplitInt4Linear  # Q5_0 + Q5_1, one kernel
+        if blocks:  # as stored: one block linear per format
+            assert [type(p) for p in mine.qkv.parts] == [Int4Linear, BlockLinear]
+            assert isinstance(mine.gate_up, Stacked)  # Q5_0, Q5_1
+            assert [(type(p), p.format) for p in mine.gate_up.parts] == [
+                (BlockLinear, "Q5_0"), (BlockLinear, "Q5_1")]
+        else:
+            assert [type(p) for p in mine.qkv.parts] == [Int4Linear, SplitInt4Linear]
+            assert type(mine.gate_up) is SplitInt4Linear  # Q5_0 + Q5_1, one kernel
         assert type(mine.o) is Int4Linear and type(mine.down) is Dense
         pairs = {"qkv": (theirs.q, theirs.k, theirs.v), "gate_up": (theirs.gate, theirs.up),
                  "o": (theirs.o,), "down": (theirs.down,)}
@@ -169,7 +181,15 @@ def test_quantize_none_is_the_dequantized_exact_path(g: Path) -> None:
     assert loader.weights_id(g, gguf) != compiled_for
 
 
-def test_models_show_says_what_each_type_runs_as(g: Path, tiny_gguf: Path) -> None:
+def test_models_show_says_what_each_type_runs_as(g: Path, tiny_gguf: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if block_kernels.unavailable() is None:
+        shown = json.loads(run_cli(["models", "show", "g", "--json"]).stdout)
+        assert shown["stored_precision"] == [
+            "F32 x5, F16 x2: dense",
+            "Q8_0 x3, Q5_0 x2, Q5_1 x2: as stored (chatcli's block kernel)",
+            "Q4_0 x4, Q4_1 x2: int4 (a scale and minimum per 32)"]
+    monkeypatch.setenv("CHATCLI_BLOCK_KERNELS", "0")
     result = run_cli(["models", "show", "g"])
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()

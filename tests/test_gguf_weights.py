@@ -6,6 +6,12 @@ torch's int4 kernel multiplies by when given them (read back through the kernel)
 float32 table. With a bf16 table (what bf16 activations need) the codes are still the
 file's and each block's scale and zero is rounded to bf16, exactly that. The linears
 compute ``x @ W.T`` with those weights, whatever chunks their rows were packed in.
+
+Where chatcli's block kernel runs (a CPU with AVX-512 and a C compiler: the machines
+chatcli is tested on), Q8_0, Q5_0, Q5_1, Q5_K and Q6_K run as stored through it: its
+weights, read back, are gguf's dequantization bit for bit too, in float32 and bfloat16
+activations alike; with ``CHATCLI_BLOCK_KERNELS=0`` (or where it cannot run) they run
+as int4x2, as above.
 """
 
 from __future__ import annotations
@@ -18,9 +24,27 @@ import numpy as np
 import pytest
 import torch
 
-from chatcli.lm import gguf_weights
-from chatcli.lm.gguf_file import TENSOR_TYPES, GGUFError, TensorType, read_header, runs_as
-from chatcli.lm.quant import Int4Linear, SplitInt4Linear, Stacked, pack_int4
+from chatcli.lm import block_kernels, gguf_weights
+from chatcli.lm.gguf_file import (
+    BLOCK_FORMATS,
+    TENSOR_TYPES,
+    GGUFError,
+    TensorType,
+    read_header,
+    runs_as,
+)
+from chatcli.lm.quant import (
+    BlockLinear,
+    Int4Linear,
+    SplitInt4Linear,
+    Stacked,
+    from_tensors,
+    pack_int4,
+    to_tensors,
+)
+
+needs_blocks = pytest.mark.skipif(block_kernels.unavailable() is not None,
+                                  reason=f"{block_kernels.unavailable()}")
 
 FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 BY_NAME = {t.name: t for t in TENSOR_TYPES.values()}
@@ -112,9 +136,13 @@ def test_bf16_keeps_the_codes_and_rounds_each_blocks_scale_and_zero(name: str) -
     assert ((got - exact).abs() <= bound * (1 + 2 ** -16)).all()
 
 
+@pytest.mark.parametrize("blocks", [pytest.param(True, marks=needs_blocks), False],
+                         ids=["blocks", "int4x2"])
 def test_rows_packed_in_chunks_equal_one_packing(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, blocks: bool) -> None:
     """q, k and v of different formats, and a fused pair spanning chunk boundaries."""
+    if not blocks:
+        monkeypatch.setenv("CHATCLI_BLOCK_KERNELS", "0")
     a, b = random_blocks("Q8_0", 80, 64, seed=4), random_blocks("Q5_0", 48, 64, seed=5)
     path = tmp_path / "t.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -135,10 +163,18 @@ def test_rows_packed_in_chunks_equal_one_packing(monkeypatch: pytest.MonkeyPatch
     finally:
         reader.close()
     assert isinstance(whole, Stacked) and isinstance(chunked, Stacked)
-    assert [type(p).__name__ for p in whole.parts] == ["SplitInt4Linear", "Int4Linear"]
-    assert torch.equal(whole.parts[0].packed, chunked.parts[0].packed)
-    want = torch.cat([reference(a, "Q8_0"), reference(b, "Q5_0")])
-    assert torch.equal(chunked.parts[0].dequantized(), want)
+    if blocks:  # one linear per stored format
+        assert [type(p).__name__ for p in whole.parts] == ["BlockLinear", "BlockLinear",
+                                                           "Int4Linear"]
+        assert [p.format for p in whole.parts[:2]] == ["Q8_0", "Q5_0"]
+        assert torch.equal(chunked.parts[0].blocks, torch.from_numpy(a))
+        assert torch.equal(chunked.parts[1].blocks, torch.from_numpy(b))
+        got = torch.cat([p.dequantized() for p in chunked.parts[:2]])
+    else:
+        assert [type(p).__name__ for p in whole.parts] == ["SplitInt4Linear", "Int4Linear"]
+        assert torch.equal(whole.parts[0].packed, chunked.parts[0].packed)
+        got = chunked.parts[0].dequantized()
+    assert torch.equal(got, torch.cat([reference(a, "Q8_0"), reference(b, "Q5_0")]))
     x = torch.randn(2, 64)
     assert torch.allclose(chunked(x), whole(x), atol=0, rtol=0)
 
@@ -173,6 +209,7 @@ def test_the_header_reader_finds_what_ggufs_reader_finds(tmp_path: Path) -> None
         "Q3_K x1: dequantized (no kernel fits)",
         "Q6_K x1: int4x2 (two 4-bit halves, a scale per 16)",
     ]
+    assert runs_as(header, blocks=True)[-1] == "Q6_K x1: as stored (chatcli's block kernel)"
 
 
 def test_a_damaged_file_is_named(tmp_path: Path) -> None:
@@ -217,6 +254,7 @@ def test_the_embedding_dequantizes_only_the_rows_looked_up(tmp_path: Path, name:
 
 
 def test_every_type_with_a_kernel_is_listed() -> None:
+    assert BLOCK_FORMATS == block_kernels.FORMATS == ("Q8_0", "Q5_0", "Q5_1", "Q5_K", "Q6_K")
     kinds = {t.name: t.kernel.kind for t in TENSOR_TYPES.values()}
     assert kinds == {"F32": "dense", "F16": "dense", "BF16": "dense", "Q4_0": "int4",
                      "Q4_1": "int4", "Q4_K": "int4", "Q5_0": "int4x2", "Q5_1": "int4x2",
@@ -225,3 +263,88 @@ def test_every_type_with_a_kernel_is_listed() -> None:
         assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t.name]] == (
             t.block_elements, t.block_bytes)
     assert isinstance(BY_NAME["Q6_K"], TensorType)
+
+
+# -- chatcli's block kernel ----------------------------------------------------------------
+@needs_blocks
+@pytest.mark.parametrize("name", BLOCK_FORMATS)
+def test_the_block_kernels_weights_are_the_files(name: str) -> None:
+    """Read back through the kernel, in float32 and from bfloat16 activations alike (the
+    kernel reads them in float32), the weights are gguf's, bit for bit; the products are
+    ``x @ W.T`` up to float32 summation order, for any number of rows (the kernel's full
+    tiles of 4 and the rows left over)."""
+    raw = random_blocks(name, 52, 512, seed=7)  # 52 rows: 13 groups of 4
+    want = reference(raw, name)
+    lin = BlockLinear(torch.from_numpy(raw), name, 512)
+    assert torch.equal(lin.dequantized(), want)
+    eye = torch.eye(512, dtype=torch.bfloat16)
+    assert torch.equal(lin(eye).float().t(), want.bfloat16().float())
+    for rows in (1, 3, 4, 9):
+        x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows))
+        exact = (x.double() @ want.double().t())
+        bound = 1e-5 * (x.double().abs() @ want.double().abs().t()).max().item()
+        assert (lin(x).double() - exact).abs().max().item() <= bound
+        assert torch.equal(lin(x.bfloat16()), lin(x.bfloat16().float()).bfloat16())
+    out = lin(torch.randn(2, 3, 512))  # any leading shape
+    assert out.shape == (2, 3, 52) and out.dtype == torch.float32
+
+
+@needs_blocks
+def test_a_block_linear_saves_and_loads_with_its_bias() -> None:
+    raw = random_blocks("Q6_K", 16, 256, seed=8)
+    lin = BlockLinear(torch.from_numpy(raw), "Q6_K", 256, torch.arange(16.0))
+    back = from_tensors(to_tensors(lin, "p"), "p")
+    assert isinstance(back, BlockLinear) and back.format == "Q6_K"
+    assert back.in_features == 256 and torch.equal(back.blocks, lin.blocks)
+    x = torch.randn(2, 256)
+    assert torch.equal(back(x), lin(x))
+    assert torch.equal(lin(x), BlockLinear(lin.blocks, "Q6_K", 256)(x) + torch.arange(16.0))
+
+
+def test_a_format_without_a_block_kernel_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^format 'Q4_0' has no block kernel; choose one "
+                                         r"of \('Q8_0', 'Q5_0', 'Q5_1', 'Q5_K', 'Q6_K'\)$"):
+        BlockLinear(torch.zeros((1, 18), dtype=torch.uint8), "Q4_0", 32)
+
+
+def test_switched_off_the_block_kernel_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCLI_BLOCK_KERNELS", "0")
+    assert block_kernels.unavailable() == (
+        "chatcli's block kernels are switched off (CHATCLI_BLOCK_KERNELS=0)")
+    assert block_kernels.library() is None
+
+
+def test_a_failed_build_is_logged_not_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """A compiler that fails: the reason names the log, the log has its output, nothing
+    reaches the terminal, nothing is left in the folder but the log (nor in the temp
+    folder: the compiler's temporary files go to a scratch folder inside it)."""
+    if not block_kernels._has_avx512():
+        pytest.skip("no AVX-512: the kernel is never built here")
+    bad = tmp_path / "bin" / "cc"
+    bad.parent.mkdir()
+    bad.write_text("#!/bin/sh\necho 'block_mm.c:1: error: no'\nexit 1\n")
+    bad.chmod(0o755)
+    monkeypatch.setenv("CC", str(bad))
+    monkeypatch.setenv("CHATCLI_KERNELS_DIR", str(tmp_path / "k"))
+    monkeypatch.setattr(block_kernels, "_library", [])
+    monkeypatch.setattr(block_kernels, "_why_not", None)
+    assert block_kernels.library() is None
+    log = tmp_path / "k" / "build.log"
+    assert block_kernels.unavailable() == f"chatcli's block kernels did not build (see {log})"
+    assert log.read_text() == "block_mm.c:1: error: no\n"
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["build.log"]
+    assert capfd.readouterr() == ("", "")
+
+
+@needs_blocks
+def test_a_build_replaces_other_versions_and_leaves_only_itself(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = tmp_path / "k"
+    folder.mkdir()
+    (folder / "block_mm-0123456789abcdef.so").write_bytes(b"an older version")
+    monkeypatch.setenv("CHATCLI_KERNELS_DIR", str(folder))
+    monkeypatch.setattr(block_kernels, "_library", [])
+    assert block_kernels.library() is not None
+    assert [p.name for p in folder.iterdir()] == [
+        f"block_mm-{block_kernels._digest(block_kernels._compiler())}.so"]

@@ -451,10 +451,12 @@ def _stored_precision(spec: Any) -> list[str] | None:
     weights = sources.locate(spec) if spec.is_gguf else None
     if weights is None or weights.gguf_path is None:
         return None
+    from chatcli.lm import block_kernels
     from chatcli.lm.gguf_file import GGUFError, read_header, runs_as
 
     try:
-        return runs_as(read_header(weights.gguf_path))
+        return runs_as(read_header(weights.gguf_path),
+                       blocks=block_kernels.unavailable(build=False) is None)
     except (OSError, GGUFError) as exc:
         return [f"unreadable: {exc}"]
 

@@ -60,6 +60,10 @@ class TensorType:
     kernel: Kernel
 
 
+BLOCK_FORMATS: tuple[str, ...] = ("Q8_0", "Q5_0", "Q5_1", "Q5_K", "Q6_K")
+"""Types chatcli's own block kernel (chatcli.lm.block_kernels) multiplies as stored,
+where it runs; their `Kernel` below is what runs where it does not."""
+
 _DENSE = Kernel("dense", 1, 32)
 TENSOR_TYPES: dict[int, TensorType] = {  # GGML type code: layout and kernel
     0: TensorType("F32", 1, 4, _DENSE),
@@ -264,15 +268,21 @@ def _kernel_words(kernel: Kernel) -> str:
     return "dequantized (no kernel fits)"
 
 
-def runs_as(header: GGUFHeader) -> list[str]:
+BLOCK_WORDS = "as stored (chatcli's block kernel)"
+
+
+def runs_as(header: GGUFHeader, blocks: bool = False) -> list[str]:
     """What the file's tensor types run as, one entry per kernel (the most tensors
     first), each type with its count, e.g. ["Q4_1 x210: int4 (a scale and minimum per
-    32)", "F32 x61: dense", "Q8_0 x1: int4x2 (two 4-bit halves, a scale per 32)"]."""
+    32)", "F32 x61: dense", "Q8_0 x1: as stored (chatcli's block kernel)"]; `blocks`:
+    whether the block kernel runs here (else `BLOCK_FORMATS` run as their `Kernel`)."""
     counts: dict[str, int] = {}
     kernels: dict[str, str] = {}
     for info in header.tensors.values():
-        counts[info.type.name] = counts.get(info.type.name, 0) + 1
-        kernels[info.type.name] = _kernel_words(info.type.kernel)
+        name = info.type.name
+        counts[name] = counts.get(name, 0) + 1
+        kernels[name] = (BLOCK_WORDS if blocks and name in BLOCK_FORMATS
+                         else _kernel_words(info.type.kernel))
     groups: dict[str, list[str]] = {}
     for name in sorted(counts, key=lambda name: (-counts[name], name)):
         groups.setdefault(kernels[name], []).append(name)

@@ -32,8 +32,16 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from chatcli.lm.gguf_file import GGUFError, GGUFHeader, TensorInfo, TensorType, read_header
+from chatcli.lm.gguf_file import (
+    BLOCK_FORMATS,
+    GGUFError,
+    GGUFHeader,
+    TensorInfo,
+    TensorType,
+    read_header,
+)
 from chatcli.lm.quant import (
+    BlockLinear,
     Dense,
     Int4Linear,
     Linear,
@@ -242,7 +250,19 @@ class Reader:
         return values.reshape(-1) if len(info.shape) == 1 else values
 
 
-def _kind(part: Part) -> tuple[str, int]:
+def _blocks_run() -> bool:
+    """Whether chatcli's block kernel runs here (built on first use; see block_kernels)."""
+    from chatcli.lm import block_kernels
+
+    return block_kernels.unavailable() is None
+
+
+def _kind(part: Part) -> tuple[str, int | str]:
+    """How `part` runs: ("blocks", its GGUF type) as stored where the block kernel runs,
+    else ("int4" or "int4x2", block) or ("dense", 0). Parts of one kind share a kernel."""
+    name = part.info.type.name
+    if name in BLOCK_FORMATS and _blocks_run():
+        return "blocks", name
     kernel = part.info.type.kernel
     if kernel.kind in ("int4", "int4x2") and _packable(part.info):
         return kernel.kind, kernel.block
@@ -290,6 +310,15 @@ def _build_group(reader: Reader, parts: list[Part], dtype: torch.dtype) -> Linea
     if kind == "dense":
         weight = torch.cat([reader.dense(p.info, dtype, p.order) for p in parts])
         return Dense(weight, bias)
+    if kind == "blocks":  # the rows as stored, read straight into place
+        out = sum(p.info.rows for p in parts)
+        stored = torch.empty((out, parts[0].info.row_bytes), dtype=torch.uint8)
+        at = 0
+        for rows in _chunks(parts):
+            for p, start, end in rows:
+                stored[at:at + end - start] = reader.part_rows(p, start, end)
+                at += end - start
+        return BlockLinear(stored, str(block), parts[0].info.cols, bias)
     out = sum(p.info.rows for p in parts)
     cols = parts[0].info.cols * (1 if kind == "int4" else 2)  # what the kernel reads
     # The results are allocated first and filled chunk by chunk: the chunks' temporaries

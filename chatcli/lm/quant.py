@@ -9,7 +9,9 @@ input columns as 4-bit codes with a scale and a minimum per group (asymmetric, t
 same form as GGUF's Q4_1) and multiplies with ``aten._weight_int4pack_mm_for_cpu``;
 `SplitInt4Linear` runs 5-8-bit codes with per-block scales (GGUF's Q5_x, Q6_K, Q8_0)
 through the same kernel as two 4-bit halves over the input read twice (`pack_int4`
-packs codes made elsewhere, e.g. a GGUF's own). `Stacked` puts linears of different
+packs codes made elsewhere, e.g. a GGUF's own); `BlockLinear` keeps a GGUF tensor's
+rows exactly as stored (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K) and multiplies with chatcli's
+own kernel (`chatcli.lm.block_kernels`), where that kernel runs. `Stacked` puts linears of different
 kinds that read the same input side by side. The kernels read the activations in
 their own dtype (bfloat16 or float32), and the scale table in that dtype too (torch's
 int4 kernel is vectorized for bfloat16 only on x86); the activations are never
@@ -173,12 +175,48 @@ class SplitInt4Linear(Int4Linear):
 
 
 @dataclass
+class BlockLinear:
+    """A GGUF tensor's rows as stored, `blocks` (out, row bytes) uint8 in the GGUF type
+    named `format` (one of `chatcli.lm.block_kernels.FORMATS`), multiplied by chatcli's
+    block kernel: the weights are gguf's float32 dequantization bit for bit, at the
+    file's own size."""
+
+    blocks: torch.Tensor  # (out, row bytes) uint8
+    format: str
+    in_features: int
+    bias: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        from chatcli.lm import block_kernels
+
+        block_kernels.register()
+        if self.format not in block_kernels.FORMATS:
+            raise ValueError(f"format {self.format!r} has no block kernel; choose one of "
+                             f"{block_kernels.FORMATS}")
+        self.code = block_kernels.FORMATS.index(self.format)
+        self.blocks = _aligned(self.blocks.contiguous())
+
+    @property
+    def out_features(self) -> int:
+        return self.blocks.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.chatcli.block_mm(x, self.blocks, self.code, self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        """The (out, in) float32 weights the kernel multiplies by, read back through it."""
+        eye = torch.eye(self.in_features, dtype=torch.float32)
+        return torch.ops.chatcli.block_mm(eye, self.blocks, self.code, self.out_features).t()
+
+
+@dataclass
 class Stacked:
     """Linears that read the same input, outputs side by side: a fused projection whose
     parts are stored in formats no one kernel runs together (e.g. a GGUF's Q4_K query
     and Q6_K value projections)."""
 
-    parts: list[Dense | Int8Linear | Int4Linear]
+    parts: list[Dense | Int8Linear | Int4Linear | BlockLinear]
     bias: None = None  # each part carries its own
 
     @property
@@ -192,7 +230,7 @@ class Stacked:
         return torch.cat([part.dequantized().float() for part in self.parts])
 
 
-Linear = Dense | Int8Linear | Int4Linear | Stacked
+Linear = Dense | Int8Linear | Int4Linear | BlockLinear | Stacked
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -253,6 +291,12 @@ def to_tensors(linear: Linear, prefix: str) -> dict[str, torch.Tensor]:
         return out
     if isinstance(linear, Int8Linear):
         out = {"qweight": linear.qweight, "scales": linear.scales}
+    elif isinstance(linear, BlockLinear):
+        from chatcli.lm import block_kernels
+
+        out = {"blocks": linear.blocks,
+               "block_format": torch.tensor([block_kernels.FORMATS.index(linear.format),
+                                             linear.in_features])}
     elif isinstance(linear, Int4Linear):
         out = {
             "packed": linear.packed,
@@ -275,6 +319,12 @@ def from_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> Linear:
         count = int(tensors[f"{prefix}.parts"][0])
         return Stacked([from_tensors(tensors, f"{prefix}.{i}") for i in range(count)])
     bias = tensors.get(f"{prefix}.bias")
+    if f"{prefix}.blocks" in tensors:
+        from chatcli.lm import block_kernels
+
+        code, in_features = (int(v) for v in tensors[f"{prefix}.block_format"])
+        return BlockLinear(tensors[f"{prefix}.blocks"], block_kernels.FORMATS[code],
+                           in_features, bias)
     if f"{prefix}.qweight" in tensors:
         return Int8Linear(tensors[f"{prefix}.qweight"], tensors[f"{prefix}.scales"], bias)
     if f"{prefix}.packed" in tensors:
