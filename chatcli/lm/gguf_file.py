@@ -12,15 +12,18 @@ What runs, by type (chatcli.lm.gguf_weights does it):
 - Q4_0, Q4_1, Q4_K: torch's int4 kernel with a scale and a minimum per 32 input
   columns: Q4_K's super-block scale times its 6-bit sub-block scale (and the same for
   the minimum) is a per-32 scale and minimum, so the codes are the file's own.
-- Q5_0, Q5_1, Q5_K, Q8_0 (and Q6_K's 16-column blocks): codes of 5 to 8 bits split
-  into a low and a high 4-bit half, both run by the int4 kernel over the input read
-  twice ("int4x2"): the weight is the sum of the halves, so again the file's own codes
-  and scales; it reads 8 bits per weight.
+- Q5_0, Q5_1, Q5_K, Q6_K, Q8_0 (`BLOCK_FORMATS`): as stored, the file's own bytes,
+  through chatcli's block kernel (chatcli.lm.block_kernels: a CPU with AVX-512 and a C
+  compiler; `runs_as(header, blocks=True)`). Where it cannot run: codes of 5 to 8 bits
+  split into a low and a high 4-bit half, both run by the int4 kernel over the input
+  read twice ("int4x2", Q6_K's 16-column blocks too): the weight is the sum of the
+  halves, so again the file's own codes and scales; it reads 8 bits per weight.
 - F32, F16, BF16: plain (dense) weights in the model's dtype.
 - Any other type (Q2_K, Q3_K, the IQ types, ...): no kernel fits; the tensor is
   dequantized by `gguf` and runs dense in the model's dtype.
 Exactness: with float32 activations the weights the kernel multiplies by equal `gguf`'s
-float32 dequantization bit for bit; in bfloat16 (what chatcli picks on a CPU with bf16)
+float32 dequantization bit for bit (the block kernel's in bfloat16 too: it reads the
+activations in float32); in bfloat16 (what chatcli picks on a CPU with bf16)
 torch's kernel reads each block's scale and minimum rounded to bfloat16, 8 significant
 bits instead of fp16's 11: a weight then differs by at most |code - 8| x the scale's
 rounding plus the minimum's (relative 2^-9 each), about as much as rounding each

@@ -6,9 +6,11 @@ is ``scale * code + offset`` -- computed in float32 that is bit for bit what
 `gguf.quants.dequantize` gives (`Blocks.dequantized`). `build_linear(reader, parts,
 dtype)` makes one linear of one or more tensors read by the same input (q/k/v,
 gate/up), without a dequantize -> requantize round trip: the file's own codes and
-scales go into torch's int4 kernel (`chatcli.lm.quant.Int4Linear`, or
-`SplitInt4Linear` for 5-8-bit codes; see `chatcli.lm.gguf_file` for what runs for each
-type and how exact it is). `QuantEmbedding` looks token rows up in a quantized table
+scales go into torch's int4 kernel (`chatcli.lm.quant.Int4Linear`), and the 5-8-bit
+formats' rows, as stored, into chatcli's block kernel (`BlockLinear`; where it cannot
+run, torch's int4 kernel as `SplitInt4Linear`); see `chatcli.lm.gguf_file` for what
+runs for each type and how exact it is. Parts of one kernel share one linear; a block
+linear holds one format. `QuantEmbedding` looks token rows up in a quantized table
 left in the file (memory-mapped: only the rows looked up are read) and dequantizes just
 those. `load_model(path, config, dtype)` reads a GGUF of any architecture in
 `chatcli.lm.models` into a `NativeCausalLM` this way, mapping GGUF's tensor names to
