@@ -149,10 +149,10 @@ ALWAYS void deq_q5_k(DEQ_ARGS) {
 
 #define TILE 4 /* activation rows multiplied per pass over a weight row */
 #define ROWS 4 /* weight rows multiplied per pass over an activation row */
-#ifndef AHEAD
-#define AHEAD 4096 /* bytes prefetched ahead in each weight row read (measured: 512 to 8192 on the
-                      default model's Q8_0 head streamed from memory, 4096 about best) */
-#endif
+/* In a decode step each weight row is read once, from memory: the rows of the next group
+   (ROWS * rb bytes on) are prefetched as the current one is read (measured against a
+   fixed 4 KiB ahead and none on Q8_0, Q5_0, Q5_K and Q6_K shapes streamed from memory:
+   as good or better; none is up to 1.9x slower). */
 #define PREFETCH(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
 
 /* One product kernel per format. Weight rows go to OpenMP threads ROWS at a time. Full
@@ -164,6 +164,7 @@ ALWAYS void deq_q5_k(DEQ_ARGS) {
 void NAME(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, float* y) { \
     int64_t nb = K / ELEMS, rb = nb * BYTES, groups = (N + ROWS - 1) / ROWS;               \
     int64_t tiled = M - M % TILE;                                                          \
+    int64_t ahead = ROWS * rb;                                                             \
     _Pragma("omp parallel for schedule(static)")                                           \
     for (int64_t g = 0; g < groups; g++) {                                                 \
         float buf[ROWS][ELEMS] __attribute__((aligned(64)));                               \
@@ -198,7 +199,7 @@ void NAME(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, flo
                     _Pragma("GCC unroll 4")                                                \
                     for (int r = 0; r < ROWS; r++) {                                       \
                         const uint8_t* at = w + (n0 + r) * rb + b * BYTES;                 \
-                        PREFETCH(at + AHEAD);                                              \
+                        PREFETCH(at + ahead);                                              \
                         DEQ(at, NULL, xm + b * ELEMS, &acc[r]);                            \
                     }                                                                      \
                 }                                                                          \
