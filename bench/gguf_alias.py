@@ -206,13 +206,15 @@ def main() -> None:
         probes[n] = probe_alone(n, args)
     reference = probes[LLAMA]["tokens"]
 
+    from chatcli.lm import block_kernels
     from chatcli.lm.gguf_file import read_header, runs_as
 
+    stored = runs_as(read_header(gguf), blocks=block_kernels.unavailable() is None)
     cmd = "python bench/gguf_alias.py " + " ".join(sys.argv[1:])
     size = gguf.stat().st_size
     lines = [
         f"`{cmd.strip()}` — {gguf.name} ({size / 2**20:.1f} MiB; "
-        f"{'; '.join(runs_as(read_header(gguf)))}), {args.threads} threads on both sides, "
+        f"{'; '.join(stored)}), {args.threads} threads on both sides, "
         f"torch {torch.__version__}, llama-cpp-python {md.version('llama_cpp_python')}, "
         f"{args.rounds} interleaved rounds (medians), decode {args.tokens} tokens after a "
         f"{DECODE_PROMPT}-token prompt; {conditions.describe()}.",

@@ -84,8 +84,10 @@ def exactness(path: Path, config: dict) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from chatcli.lm import gguf_weights
+    from chatcli.lm import block_kernels, gguf_weights
     from chatcli.lm.gguf_file import read_header, runs_as
+
+    blocks = block_kernels.unavailable() is None
 
     header = read_header(path)
     reader = gguf.GGUFReader(str(path))
@@ -108,7 +110,7 @@ def exactness(path: Path, config: dict) -> dict[str, Any]:
                 else:
                     rel = float((got - want).abs().max() / want.abs().max())
                     worst_bf16 = max(worst_bf16, rel)
-    return {"runs_as": runs_as(header), "equal": equal / total, "bf16": worst_bf16}
+    return {"runs_as": runs_as(header, blocks=blocks), "equal": equal / total, "bf16": worst_bf16}
 
 
 def main() -> None:

@@ -187,9 +187,12 @@ def probe_alone(name: str, shape: str, kind: str, args: argparse.Namespace
 
 
 def tensor_types(path: Path) -> str:
+    from chatcli.lm import block_kernels
     from chatcli.lm.gguf_file import read_header, runs_as
 
-    return "; ".join(runs_as(read_header(path)))
+    blocks = block_kernels.unavailable() is None
+
+    return "; ".join(runs_as(read_header(path), blocks=blocks))
 
 
 def build_table(files: dict[str, ShapeFiles]) -> list[str]:

@@ -65,7 +65,8 @@ PROMPTS = [
 ]
 ENGINES = ("chatcli gguf", "chatcli int4", "llama.cpp Q4_1")
 WHAT = {
-    "chatcli gguf": "bf16 activations; the file's Q4_1 layers (int4) and Q8_0 head as stored (chatcli's block kernel)",
+    "chatcli gguf": ("bf16 activations; the file's Q4_1 layers (int4) and Q8_0 head as "
+                     "stored (chatcli's block kernel)"),
     "chatcli int4": "bf16; requantized to int4 from the converted weights, head int8",
     "llama.cpp Q4_1": "the same file",
     "llama.cpp Q4_0": "the model requantized by llama.cpp's quantizer (from F32)",

@@ -340,11 +340,47 @@ def test_a_failed_build_is_logged_not_shown(monkeypatch: pytest.MonkeyPatch, tmp
 @needs_blocks
 def test_a_build_replaces_other_versions_and_leaves_only_itself(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    folder = tmp_path / "k"
+    """... and nothing in the temp folder (the compiler's files go to a scratch folder
+    inside the kernels folder, removed after)."""
+    folder, temp = tmp_path / "k", tmp_path / "temp"
     folder.mkdir()
+    temp.mkdir()
     (folder / "block_mm-0123456789abcdef.so").write_bytes(b"an older version")
     monkeypatch.setenv("CHATCLI_KERNELS_DIR", str(folder))
+    monkeypatch.setenv("TMPDIR", str(temp))
     monkeypatch.setattr(block_kernels, "_library", [])
     assert block_kernels.library() is not None
     assert [p.name for p in folder.iterdir()] == [
         f"block_mm-{block_kernels._digest(block_kernels._compiler())}.so"]
+    assert list(temp.iterdir()) == []
+
+
+@needs_blocks
+def test_q6_k_decode_steps_read_bfloat16_activations_as_they_are() -> None:
+    """A decode step's Q6_K (fewer than 4 bfloat16 rows, on a CPU with AVX512-BF16)
+    runs the bfloat16 dot-product path: its weights, read back one identity row at a
+    time in float32, are the file's bit for bit, and its products agree with the float32
+    path's to float32 summation order."""
+    lib = block_kernels.library()
+    assert lib is not None
+    bf16_path = block_kernels._functions(lib._name)[-1]
+    if bf16_path is None:
+        pytest.skip("no AVX512-BF16 on this CPU")
+    raw = random_blocks("Q6_K", 20, 512, seed=9)
+    blocks, want = torch.from_numpy(raw), reference(raw, "Q6_K")
+    eye = torch.eye(512, dtype=torch.bfloat16)
+    got = torch.empty(512, 20)
+    for i in range(0, 512, 3):  # 3 rows a call: the path's own row count
+        rows = eye[i:i + 3]
+        bf16_path(rows.data_ptr(), rows.shape[0], 512, blocks.data_ptr(), 20,
+                  got[i:].data_ptr())
+    assert torch.equal(got.t(), want)
+    lin = BlockLinear(blocks, "Q6_K", 512)
+    for rows in (1, 3):
+        x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)).bfloat16()
+        exact = x.double() @ want.double().t()
+        bound = 1e-5 * (x.double().abs() @ want.double().abs().t()).max().item()
+        spy = torch.empty(rows, 20)
+        bf16_path(x.data_ptr(), rows, 512, blocks.data_ptr(), 20, spy.data_ptr())
+        assert (spy.double() - exact).abs().max().item() <= bound
+        assert torch.equal(lin(x), spy.bfloat16())  # the op takes this path

@@ -15,8 +15,11 @@ without it) defines the op ``torch.ops.chatcli.block_mm(x, blocks, fmt, out_feat
 ``x @ W.T`` where `blocks` (out_features, row bytes) uint8 holds W's rows as the GGUF
 file stores them, in format ``FORMATS[fmt]``. It is a torch custom op with a shape
 function, so export and AOTInductor's compiled step call it like any other op. The
-activations are read in float32 (bfloat16 converts exactly) and the result is returned
-in `x`'s dtype; the weights multiplied are gguf's float32 dequantization bit for bit.
+activations are read in float32 (bfloat16 converts exactly) -- except Q6_K's in a decode
+step (fewer than 4 rows) on a CPU with AVX512-BF16, read in bfloat16 by dot-product
+instructions -- and the result is returned in `x`'s dtype; either way the weights
+multiplied are gguf's float32 dequantization bit for bit (the two paths differ only in
+how the float32 sums are ordered).
 
 The build writes nothing outside the kernels folder (the compiler's temporary files
 included) and shows nothing on the terminal. Knows nothing about models or GGUF headers.
@@ -178,16 +181,24 @@ def _build(compiler: str, target: Path) -> str | None:
 
 @cache
 def _functions(path: str) -> tuple[Any, ...]:
-    """The library's product function per format (index: `FORMATS`), typed once."""
+    """The library's product function per format (index: `FORMATS`), typed once, then
+    the bfloat16 Q6_K decode function (None where the CPU has no AVX512-BF16)."""
     lib = _load(path)
     found = []
-    for name in FORMATS:
-        fn = getattr(lib, f"chatcli_{name.lower()}_mm")
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                       ctypes.c_int64, ctypes.c_void_p]
-        fn.restype = None
+    for name in [f"chatcli_{f.lower()}_mm" for f in FORMATS] + ["chatcli_q6_k_mm_bf16"]:
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_void_p]
+            fn.restype = None
         found.append(fn)
+    if not lib.chatcli_has_bf16():
+        found[-1] = None
     return tuple(found)
+
+
+_Q6_K = FORMATS.index("Q6_K")
+_BF16_ROWS = 4  # activation rows below which Q6_K takes the bfloat16 path (decode)
 
 
 _loaded: list[tuple[Any, ...]] = []  # the functions, once loaded (the op's fast path)
@@ -212,13 +223,18 @@ def register() -> None:
             _loaded.append(_functions(lib._name))
         k = x.shape[-1]
         flat = x.reshape(-1, k)
-        if flat.dtype != torch.float32 or not flat.is_contiguous():
+        fn = _loaded[0][fmt]
+        if (fmt == _Q6_K and flat.dtype == torch.bfloat16 and flat.shape[0] < _BF16_ROWS
+                and _loaded[0][-1] is not None):
+            fn = _loaded[0][-1]  # reads the bfloat16 activations as they are
+            flat = flat.contiguous()
+        elif flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.to(torch.float32).contiguous()
         weights = blocks.contiguous()
         out = torch.empty((flat.shape[0], out_features), dtype=torch.float32)
         if flat.shape[0]:
-            _loaded[0][fmt](flat.data_ptr(), flat.shape[0], k, weights.data_ptr(),
-                            out_features, out.data_ptr())
+            fn(flat.data_ptr(), flat.shape[0], k, weights.data_ptr(), out_features,
+               out.data_ptr())
         out = out.view(*x.shape[:-1], out_features)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
