@@ -104,9 +104,12 @@ def load(name: str, alias: str, threads: int) -> Any:
         runtime = Runtime("cpu", "bfloat16", threads, "none")
         engine.lm = loader.load_model(spec, runtime, SilentReporter(), "transformers").lm
         return engine
-    from chatcli.lm import gguf_weights
+    from chatcli import paths
+    from chatcli.lm import block_kernels, gguf_weights
     from chatcli.lm.native import NativeLanguageModel
     from chatcli.loader import compiled_package, weights_id
+
+    block_kernels.use_folder(paths.cache_dir() / "kernels")  # as the loader does
 
     config = json.loads((meta / "config.json").read_text())
     model = gguf_weights.load_model(gguf, config, torch.bfloat16)
@@ -209,7 +212,7 @@ def main() -> None:
     from chatcli.lm import block_kernels
     from chatcli.lm.gguf_file import read_header, runs_as
 
-    stored = runs_as(read_header(gguf), blocks=block_kernels.unavailable() is None)
+    stored = runs_as(read_header(gguf), blocks=block_kernels.unavailable(build=False) is None)
     cmd = "python bench/gguf_alias.py " + " ".join(sys.argv[1:])
     size = gguf.stat().st_size
     lines = [

@@ -84,10 +84,13 @@ def exactness(path: Path, config: dict) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from chatcli import paths
     from chatcli.lm import block_kernels, gguf_weights
     from chatcli.lm.gguf_file import read_header, runs_as
 
-    blocks = block_kernels.unavailable() is None
+    block_kernels.use_folder(paths.cache_dir() / "kernels")  # as the loader does
+
+    blocks = block_kernels.unavailable(build=False) is None
 
     header = read_header(path)
     reader = gguf.GGUFReader(str(path))
@@ -134,8 +137,11 @@ def main() -> None:
 
     import torch
 
-    from chatcli.lm import gguf_weights
+    from chatcli import paths
+    from chatcli.lm import block_kernels, gguf_weights
     from chatcli.lm.native import NativeLanguageModel
+
+    block_kernels.use_folder(paths.cache_dir() / "kernels")  # as the loader does
 
     torch.set_num_threads(args.threads)
     root = Path(args.cache_dir).expanduser() / f"h{args.hidden}-l{args.layers}-f{args.ffn}"

@@ -110,8 +110,11 @@ def load(name: str, files: ShapeFiles, kind: str, args: argparse.Namespace,
         return LlamaCppEngine(gguf, kind, args.threads, 512)
     import torch
 
-    from chatcli.lm import gguf_weights
+    from chatcli import paths
+    from chatcli.lm import block_kernels, gguf_weights
     from chatcli.lm.native import NativeLanguageModel
+
+    block_kernels.use_folder(paths.cache_dir() / "kernels")  # as the loader does
 
     model = gguf_weights.load_model(gguf, files.config, torch.bfloat16)
     if name == EAGER:
@@ -190,7 +193,7 @@ def tensor_types(path: Path) -> str:
     from chatcli.lm import block_kernels
     from chatcli.lm.gguf_file import read_header, runs_as
 
-    blocks = block_kernels.unavailable() is None
+    blocks = block_kernels.unavailable(build=False) is None
 
     return "; ".join(runs_as(read_header(path), blocks=blocks))
 

@@ -104,11 +104,14 @@ def load(name: str, threads: int, cache_dir: str) -> Any:
         return LlamaCppEngine(gguf, "Q4_1", threads, 512)
     import torch
 
-    from chatcli.lm import gguf_weights
+    from chatcli import paths
+    from chatcli.lm import block_kernels, gguf_weights
     from chatcli.lm.llama import NativeCausalLM
     from chatcli.lm.native import NativeLanguageModel
     from chatcli.loader import compiled_package, weights_id
     from chatcli.runtime import Runtime
+
+    block_kernels.use_folder(paths.cache_dir() / "kernels")  # as the loader does
 
     class Engine:
         feed = None

@@ -516,6 +516,15 @@ def eos_ids_of(generation_config: dict[str, Any], tokenizer: Any) -> frozenset[i
     return frozenset(ids)
 
 
+def _load_gguf(gguf: Path, folder: Path, dtype: Any) -> Any:
+    """The GGUF's model at its stored precision (chatcli's block kernel built, the first
+    time, into the cache's kernels/ folder)."""
+    from chatcli.lm import block_kernels, gguf_weights
+
+    block_kernels.use_folder(paths.cache_dir() / "kernels")
+    return gguf_weights.load_model(gguf, read_json(folder / "config.json"), dtype)
+
+
 def load_model(
     spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None = None
 ) -> LoadedModel:
@@ -714,9 +723,7 @@ def _load_native(
     interrupts.checkpoint()
     try:
         if gguf is not None:
-            from chatcli.lm import gguf_weights
-
-            model = gguf_weights.load_model(gguf, read_json(folder / "config.json"), dtype)
+            model = _load_gguf(gguf, folder, dtype)
         else:
             model = NativeCausalLM.from_folder(folder, dtype, runtime.device)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -878,10 +885,7 @@ def compile_folder(alias: str, folder: Path, runtime: Runtime, reporter: Reporte
     apply_threads(runtime)
     gguf = gguf_of(folder, runtime)
     if gguf is not None:
-        from chatcli.lm import gguf_weights
-
-        model = gguf_weights.load_model(gguf, read_json(folder / "config.json"),
-                                        getattr(torch, runtime.dtype))
+        model = _load_gguf(gguf, folder, getattr(torch, runtime.dtype))
     else:
         model = NativeCausalLM.from_folder(folder, getattr(torch, runtime.dtype),
                                            runtime.device)

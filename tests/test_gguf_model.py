@@ -196,12 +196,14 @@ def test_models_show_says_what_each_type_runs_as(g: Path, tiny_gguf: Path,
     assert "quantize           gguf" in lines
     assert ("stored precision   F32 x5, F16 x2: dense; Q8_0 x3, Q5_0 x2, Q5_1 x2: int4x2 "
             "(two 4-bit halves, a scale per 32); Q4_0 x4, Q4_1 x2: int4 (a scale and "
-            "minimum per 32)") in lines
+            "minimum per 32); not as stored: chatcli's block kernels are switched off "
+            "(CHATCLI_BLOCK_KERNELS=0)") in lines
     shown = json.loads(run_cli(["models", "show", "g", "--json"]).stdout)
     assert shown["stored_precision"] == [
         "F32 x5, F16 x2: dense",
         "Q8_0 x3, Q5_0 x2, Q5_1 x2: int4x2 (two 4-bit halves, a scale per 32)",
-        "Q4_0 x4, Q4_1 x2: int4 (a scale and minimum per 32)"]
+        "Q4_0 x4, Q4_1 x2: int4 (a scale and minimum per 32)",
+        "not as stored: chatcli's block kernels are switched off (CHATCLI_BLOCK_KERNELS=0)"]
     assert json.loads(run_cli(["models", "show", "tiny", "--json"]).stdout)[
         "stored_precision"] is None
 

@@ -43,8 +43,14 @@ from chatcli.lm.quant import (
     to_tensors,
 )
 
-needs_blocks = pytest.mark.skipif(block_kernels.unavailable() is not None,
-                                  reason=f"{block_kernels.unavailable()}")
+
+@pytest.fixture
+def needs_blocks() -> None:
+    """Tests of the block kernel run where it runs (asked at run time: the kernels'
+    folder is conftest's session fixture)."""
+    why_not = block_kernels.unavailable()
+    if why_not is not None:
+        pytest.skip(why_not)
 
 FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 BY_NAME = {t.name: t for t in TENSOR_TYPES.values()}
@@ -136,11 +142,12 @@ def test_bf16_keeps_the_codes_and_rounds_each_blocks_scale_and_zero(name: str) -
     assert ((got - exact).abs() <= bound * (1 + 2 ** -16)).all()
 
 
-@pytest.mark.parametrize("blocks", [pytest.param(True, marks=needs_blocks), False],
-                         ids=["blocks", "int4x2"])
+@pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "int4x2"])
 def test_rows_packed_in_chunks_equal_one_packing(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path, blocks: bool) -> None:
     """q, k and v of different formats, and a fused pair spanning chunk boundaries."""
+    if blocks and block_kernels.unavailable() is not None:
+        pytest.skip(block_kernels.unavailable())
     if not blocks:
         monkeypatch.setenv("CHATCLI_BLOCK_KERNELS", "0")
     a, b = random_blocks("Q8_0", 80, 64, seed=4), random_blocks("Q5_0", 48, 64, seed=5)
@@ -266,7 +273,7 @@ def test_every_type_with_a_kernel_is_listed() -> None:
 
 
 # -- chatcli's block kernel ----------------------------------------------------------------
-@needs_blocks
+@pytest.mark.usefixtures("needs_blocks")
 @pytest.mark.parametrize("name", BLOCK_FORMATS)
 def test_the_block_kernels_weights_are_the_files(name: str) -> None:
     """Read back through the kernel, in float32 and from bfloat16 activations alike (the
@@ -289,7 +296,7 @@ def test_the_block_kernels_weights_are_the_files(name: str) -> None:
     assert out.shape == (2, 3, 52) and out.dtype == torch.float32
 
 
-@needs_blocks
+@pytest.mark.usefixtures("needs_blocks")
 def test_a_block_linear_saves_and_loads_with_its_bias() -> None:
     raw = random_blocks("Q6_K", 16, 256, seed=8)
     lin = BlockLinear(torch.from_numpy(raw), "Q6_K", 256, torch.arange(16.0))
@@ -337,7 +344,7 @@ def test_a_failed_build_is_logged_not_shown(monkeypatch: pytest.MonkeyPatch, tmp
     assert capfd.readouterr() == ("", "")
 
 
-@needs_blocks
+@pytest.mark.usefixtures("needs_blocks")
 def test_a_build_replaces_other_versions_and_leaves_only_itself(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """... and nothing in the temp folder (the compiler's files go to a scratch folder
@@ -355,7 +362,7 @@ def test_a_build_replaces_other_versions_and_leaves_only_itself(
     assert list(temp.iterdir()) == []
 
 
-@needs_blocks
+@pytest.mark.usefixtures("needs_blocks")
 def test_q6_k_decode_steps_read_bfloat16_activations_as_they_are() -> None:
     """A decode step's Q6_K (fewer than 4 bfloat16 rows, on a CPU with AVX512-BF16)
     runs the bfloat16 dot-product path: its weights, read back one identity row at a

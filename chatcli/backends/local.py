@@ -445,20 +445,26 @@ def _compiled_line(info: dict[str, Any]) -> str:
 def _stored_precision(spec: Any) -> list[str] | None:
     """What each tensor type of a cached GGUF runs as at its stored precision (None: not
     a GGUF, or not on disk yet), from the file's header; a header that does not read
-    says why."""
+    says why, and where the file has types chatcli's block kernel would run as stored but
+    it cannot run here, a last entry says why not."""
     from chatcli import sources
 
     weights = sources.locate(spec) if spec.is_gguf else None
     if weights is None or weights.gguf_path is None:
         return None
     from chatcli.lm import block_kernels
-    from chatcli.lm.gguf_file import GGUFError, read_header, runs_as
+    from chatcli.lm.gguf_file import BLOCK_FORMATS, GGUFError, read_header, runs_as
 
+    why_not = block_kernels.unavailable(build=False)
     try:
-        return runs_as(read_header(weights.gguf_path),
-                       blocks=block_kernels.unavailable(build=False) is None)
+        header = read_header(weights.gguf_path)
     except (OSError, GGUFError) as exc:
         return [f"unreadable: {exc}"]
+    lines = runs_as(header, blocks=why_not is None)
+    if why_not is not None and any(info.type.name in BLOCK_FORMATS
+                                   for info in header.tensors.values()):
+        lines.append(f"not as stored: {why_not}")
+    return lines
 
 
 def _architecture(spec: Any) -> str | None:

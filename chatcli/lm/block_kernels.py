@@ -1,9 +1,10 @@
 """GGUF's 5- to 8-bit block formats multiplied as stored: chatcli's own CPU kernel.
 
 Contract: `FORMATS` are the GGUF types the kernel runs (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K).
-`library()` builds `block_mm.c` (once per source, compiler and CPU, into
-``<cache>/kernels/`` or ``$CHATCLI_KERNELS_DIR``, under a second; the builds of other
-versions there are removed) and loads it, once per process. It returns None when it
+`library()` builds `block_mm.c` (once per source, compiler and CPU, into the folder the
+caller names with `use_folder` -- chatcli's cache ``kernels/`` -- or
+``$CHATCLI_KERNELS_DIR``, under a second; the builds of other versions there are
+removed) and loads it, once per process. It returns None when it
 cannot, and `unavailable()` then says why in one short sentence: switched off
 (``CHATCLI_BLOCK_KERNELS=0``), no C compiler, a CPU without AVX-512, or a build that
 failed (its output is kept in ``build.log`` in that folder, never printed).
@@ -22,7 +23,8 @@ multiplied are gguf's float32 dequantization bit for bit (the two paths differ o
 how the float32 sums are ordered).
 
 The build writes nothing outside the kernels folder (the compiler's temporary files
-included) and shows nothing on the terminal. Knows nothing about models or GGUF headers.
+included) and shows nothing on the terminal. Knows nothing about models, GGUF headers
+or where chatcli's cache is.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.lm.gguf_file import BLOCK_FORMATS
-from chatcli.paths import cache_dir
 
 FORMATS: tuple[str, ...] = BLOCK_FORMATS
 _SOURCE = Path(__file__).with_name("block_mm.c")
@@ -74,9 +75,22 @@ def _has_avx512() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and "avx512f" in _cpu_flags()
 
 
-def _folder() -> Path:
+_named_folder: list[Path] = []
+
+
+def use_folder(folder: Path) -> None:
+    """Build into (and load from) `folder`; ``$CHATCLI_KERNELS_DIR`` overrides it."""
+    _named_folder[:] = [folder]
+
+
+def _folder() -> Path | None:
     named = os.environ.get("CHATCLI_KERNELS_DIR")
-    return Path(named) if named else cache_dir() / "kernels"
+    if named:
+        return Path(named)
+    return _named_folder[0] if _named_folder else None
+
+
+_NO_FOLDER = "chatcli's block kernels have no folder to be built in"
 
 
 @cache
@@ -89,8 +103,8 @@ def _digest(compiler: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _target(compiler: str) -> Path:
-    return _folder() / f"block_mm-{_digest(compiler)}.so"
+def _target(compiler: str, folder: Path) -> Path:
+    return folder / f"block_mm-{_digest(compiler)}.so"
 
 
 def unavailable(build: bool = True) -> str | None:
@@ -104,14 +118,11 @@ def unavailable(build: bool = True) -> str | None:
         return "chatcli's block kernels need a C compiler (cc)"
     if _why_not is not None:
         return _why_not
-    if not build:
+    if not build or _library:
         return None
+    if _folder() is None:
+        return _NO_FOLDER
     return None if library() is not None else _why_not
-
-
-def runs(format_name: str) -> bool:
-    """Whether tensors of GGUF type `format_name` run as stored here (building if need be)."""
-    return format_name in FORMATS and unavailable() is None
 
 
 @cache
@@ -130,10 +141,10 @@ def library() -> ctypes.CDLL | None:
         return None
     if _library:
         return _library[0]
-    compiler = _compiler()
-    if compiler is None:
+    compiler, folder = _compiler(), _folder()
+    if compiler is None or folder is None:
         return None
-    target = _target(compiler)
+    target = _target(compiler, folder)
     if not target.exists():
         reason = _build(compiler, target)
         if reason is not None:
