@@ -26,31 +26,36 @@ os.environ["CHATCLI_NO_PLUGINS"] = "1"
 os.environ["CHATCLI_AUTO_COMPILE"] = "0"
 
 
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`name` set to `value` for the block, then as it was."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 @pytest.fixture(scope="session", autouse=True)
 def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Importing torch's inductor in the test process (tests that build or open compiled
     packages in-process) makes its cache folder in the temp folder: it goes under pytest's
     own temporary folder instead, as chatcli's processes leave the temp folder alone."""
-    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
-    yield
-    if saved is None:
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    else:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+    with _environment("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor"))):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
 def kernels_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """chatcli's block kernel is built once for the whole run (the test process and the
     chatcli processes it starts), not once per test home."""
-    saved = os.environ.get("CHATCLI_KERNELS_DIR")
-    os.environ["CHATCLI_KERNELS_DIR"] = str(tmp_path_factory.mktemp("kernels"))
-    yield
-    if saved is None:
-        os.environ.pop("CHATCLI_KERNELS_DIR", None)
-    else:
-        os.environ["CHATCLI_KERNELS_DIR"] = saved
+    with _environment("CHATCLI_KERNELS_DIR", str(tmp_path_factory.mktemp("kernels"))):
+        yield
+
 
 CHATML = (
     "{% for message in messages %}"

@@ -446,6 +446,18 @@ def test_later_loads_use_the_unpacked_copy_while_it_is_whole(
 
 
 # -- a quantized model's package: no weights of its own --------------------------------------
+def assert_eager_tokens(lm: CompiledLanguageModel, model: NativeCausalLM) -> None:
+    """20 greedy tokens after each prompt: the package's are the eager model's, with
+    logits within 1e-4."""
+    eager = NativeLanguageModel(model)
+    for ids in PROMPTS:
+        want, want_logits, _ = greedy(eager, ids, 20)
+        got, got_logits, _ = greedy(lm, ids, 20)
+        assert got == want
+        for a, b in zip(got_logits, want_logits, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_large_constants_a_kernel_makes_travel_in_the_package(
     tiny_model: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -466,13 +478,7 @@ def test_large_constants_a_kernel_makes_travel_in_the_package(
     assert folder is not None and (folder / compiled.CONSTANTS).is_file()
     lm = CompiledLanguageModel.open(model, path, "id")
     assert lm.compiled, lm.reason
-    eager = NativeLanguageModel(model)
-    for ids in PROMPTS:
-        want, want_logits, _ = greedy(eager, ids, 20)
-        got, got_logits, _ = greedy(lm, ids, 20)
-        assert got == want
-        for a, b in zip(got_logits, want_logits, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_eager_tokens(lm, model)
     # the weights are the model's: a scale zeroed in place zeroes the logits
     _, _, cache = greedy(lm, PROMPTS[0], 2)
     model.head.scales.zero_()
@@ -507,13 +513,7 @@ def test_a_block_kernel_head_runs_inside_the_package(tiny_model: Tiny, tmp_path:
     compiled.build(model, path, model_id="id", options=compiled.TEST_OPTIONS)
     lm = CompiledLanguageModel.open(model, path, "id")
     assert lm.compiled, lm.reason
-    eager = NativeLanguageModel(model)
-    for ids in PROMPTS:
-        want, want_logits, _ = greedy(eager, ids, 20)
-        got, got_logits, _ = greedy(lm, ids, 20)
-        assert got == want
-        for a, b in zip(got_logits, want_logits, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_eager_tokens(lm, model)
     _, _, cache = greedy(lm, PROMPTS[0], 2)
     model.head.blocks.zero_()  # the model's own blocks: zero scales, zero logits
     logits, cache = lm.step(torch.tensor([3]), cache)

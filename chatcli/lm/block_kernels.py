@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.lm.gguf_file import BLOCK_FORMATS
+from chatcli.lm.package_key import cpu_identity
 
 FORMATS: tuple[str, ...] = BLOCK_FORMATS
 _SOURCE = Path(__file__).with_name("block_mm.c")
@@ -62,17 +63,11 @@ def _compiler() -> str | None:
 
 @cache
 def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpu_identity()[1]
 
 
 def _has_avx512() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64") and "avx512f" in _cpu_flags()
+    return platform.machine().lower() in ("x86_64", "amd64") and "avx512f" in _cpu_flags().split()
 
 
 _named_folder: list[Path] = []

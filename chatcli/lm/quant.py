@@ -11,11 +11,11 @@ same form as GGUF's Q4_1) and multiplies with ``aten._weight_int4pack_mm_for_cpu
 through the same kernel as two 4-bit halves over the input read twice (`pack_int4`
 packs codes made elsewhere, e.g. a GGUF's own); `BlockLinear` keeps a GGUF tensor's
 rows exactly as stored (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K) and multiplies with chatcli's
-own kernel (`chatcli.lm.block_kernels`), where that kernel runs. `Stacked` puts linears of different
-kinds that read the same input side by side. The kernels read the activations in
-their own dtype (bfloat16 or float32), and the scale table in that dtype too (torch's
-int4 kernel is vectorized for bfloat16 only on x86); the activations are never
-quantized. `quantize(dense, mode)` makes one from a `Dense`; `fuse` concatenates
+own kernel (`chatcli.lm.block_kernels`), where that kernel runs. `Stacked` puts
+linears of different kinds that read the same input side by side. torch's kernels read
+the activations in their own dtype (bfloat16 or float32), and the scale table in that
+dtype too (its int4 kernel is vectorized for bfloat16 only on x86); the activations are
+never quantized. `quantize(dense, mode)` makes one from a `Dense`; `fuse` concatenates
 several linears that read the same input into one (fewer, larger matrix-vector
 products), which `split` undoes on the output.
 
