@@ -363,18 +363,19 @@ def test_a_build_replaces_other_versions_and_leaves_only_itself(
 
 
 @pytest.mark.usefixtures("needs_blocks")
-def test_q6_k_decode_steps_read_bfloat16_activations_as_they_are() -> None:
-    """A decode step's Q6_K (fewer than 4 bfloat16 rows, on a CPU with AVX512-BF16)
-    runs the bfloat16 dot-product path: its weights, read back one identity row at a
-    time in float32, are the file's bit for bit, and its products agree with the float32
-    path's to float32 summation order."""
+@pytest.mark.parametrize("name", ["Q5_K", "Q6_K"])
+def test_k_quant_decode_steps_read_bfloat16_activations_as_they_are(name: str) -> None:
+    """A decode step's Q5_K and Q6_K (fewer than 4 bfloat16 rows, on a CPU with
+    AVX512-BF16) run the bfloat16 dot-product path: its weights, read back one identity
+    row at a time in float32, are the file's bit for bit, and its products agree with the
+    exact ones to float32 summation order."""
     lib = block_kernels.library()
     assert lib is not None
-    bf16_path = block_kernels._functions(lib._name)[-1]
+    bf16_path = block_kernels._functions(lib._name)[1][BLOCK_FORMATS.index(name)]
     if bf16_path is None:
         pytest.skip("no AVX512-BF16 on this CPU")
-    raw = random_blocks("Q6_K", 20, 512, seed=9)
-    blocks, want = torch.from_numpy(raw), reference(raw, "Q6_K")
+    raw = random_blocks(name, 20, 512, seed=9)
+    blocks, want = torch.from_numpy(raw), reference(raw, name)
     eye = torch.eye(512, dtype=torch.bfloat16)
     got = torch.empty(512, 20)
     for i in range(0, 512, 3):  # 3 rows a call: the path's own row count
@@ -382,7 +383,7 @@ def test_q6_k_decode_steps_read_bfloat16_activations_as_they_are() -> None:
         bf16_path(rows.data_ptr(), rows.shape[0], 512, blocks.data_ptr(), 20,
                   got[i:].data_ptr())
     assert torch.equal(got.t(), want)
-    lin = BlockLinear(blocks, "Q6_K", 512)
+    lin = BlockLinear(blocks, name, 512)
     for rows in (1, 3):
         x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)).bfloat16()
         exact = x.double() @ want.double().t()

@@ -16,9 +16,9 @@ without it) defines the op ``torch.ops.chatcli.block_mm(x, blocks, fmt, out_feat
 ``x @ W.T`` where `blocks` (out_features, row bytes) uint8 holds W's rows as the GGUF
 file stores them, in format ``FORMATS[fmt]``. It is a torch custom op with a shape
 function, so export and AOTInductor's compiled step call it like any other op. The
-activations are read in float32 (bfloat16 converts exactly) -- except Q6_K's in a decode
-step (fewer than 4 rows) on a CPU with AVX512-BF16, read in bfloat16 by dot-product
-instructions -- and the result is returned in `x`'s dtype; either way the weights
+activations are read in float32 (bfloat16 converts exactly) -- except Q5_K's and Q6_K's
+in a decode step (fewer than 4 rows) on a CPU with AVX512-BF16, read in bfloat16 by
+dot-product instructions -- and the result is returned in `x`'s dtype; either way the weights
 multiplied are gguf's float32 dequantization bit for bit (the two paths differ only in
 how the float32 sums are ordered).
 
@@ -185,26 +185,28 @@ def _build(compiler: str, target: Path) -> str | None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+_BF16_FORMATS = ("Q5_K", "Q6_K")  # with a bfloat16 decode path (AVX512-BF16)
+_BF16_ROWS = 4  # activation rows below which they take it (a decode step)
+
+
 @cache
-def _functions(path: str) -> tuple[Any, ...]:
-    """The library's product function per format (index: `FORMATS`), typed once, then
-    the bfloat16 Q6_K decode function (None where the CPU has no AVX512-BF16)."""
+def _functions(path: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The library's product function per format (index: `FORMATS`), and its bfloat16
+    decode function where it has one and the CPU has AVX512-BF16 (else None), typed
+    once."""
     lib = _load(path)
-    found = []
-    for name in [f"chatcli_{f.lower()}_mm" for f in FORMATS] + ["chatcli_q6_k_mm_bf16"]:
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                           ctypes.c_int64, ctypes.c_void_p]
-            fn.restype = None
-        found.append(fn)
-    if not lib.chatcli_has_bf16():
-        found[-1] = None
-    return tuple(found)
 
+    def typed(name: str) -> Any:
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                       ctypes.c_int64, ctypes.c_void_p]
+        fn.restype = None
+        return fn
 
-_Q6_K = FORMATS.index("Q6_K")
-_BF16_ROWS = 4  # activation rows below which Q6_K takes the bfloat16 path (decode)
+    bf16 = bool(lib.chatcli_has_bf16())
+    return (tuple(typed(f"chatcli_{f.lower()}_mm") for f in FORMATS),
+            tuple(typed(f"chatcli_{f.lower()}_mm_bf16") if bf16 and f in _BF16_FORMATS
+                  else None for f in FORMATS))
 
 
 _loaded: list[tuple[Any, ...]] = []  # the functions, once loaded (the op's fast path)
@@ -229,10 +231,9 @@ def register() -> None:
             _loaded.append(_functions(lib._name))
         k = x.shape[-1]
         flat = x.reshape(-1, k)
-        fn = _loaded[0][fmt]
-        if (fmt == _Q6_K and flat.dtype == torch.bfloat16 and flat.shape[0] < _BF16_ROWS
-                and _loaded[0][-1] is not None):
-            fn = _loaded[0][-1]  # reads the bfloat16 activations as they are
+        fn, bf16 = _loaded[0][0][fmt], _loaded[0][1][fmt]
+        if bf16 is not None and flat.dtype == torch.bfloat16 and flat.shape[0] < _BF16_ROWS:
+            fn = bf16  # reads the bfloat16 activations as they are
             flat = flat.contiguous()
         elif flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.to(torch.float32).contiguous()

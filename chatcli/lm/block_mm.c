@@ -5,12 +5,14 @@
    Each block is dequantized in registers to float32 -- the same float32 values gguf's
    own dequantization gives (every product below is exact in float32: an fp16 scale has
    11 significant bits, a code at most 8, a 6-bit sub-scale 6) -- and multiplied with
-   float32 activations by fused multiply-adds. Rows are shared out among OpenMP threads
-   (the process's one OpenMP runtime, torch's).
+   float32 activations by fused multiply-adds (a decode step's Q5_K and Q6_K: bfloat16
+   activations in AVX512-BF16 dot products, below). Rows are shared out among OpenMP
+   threads (the process's one OpenMP runtime, torch's).
 
    Built by chatcli.lm.block_kernels with -march=native; AVX-512F is required (the
    module falls back to torch's int4 kernel without it). Knows nothing about torch. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <immintrin.h>
 
 #ifndef __AVX512F__
@@ -311,5 +313,94 @@ void chatcli_q6_k_mm_bf16(const uint16_t* x, int64_t M, int64_t K, const uint8_t
             }
         }
     }
+}
+
+/* Q5_K the same way: a 32-weight sub-block j has one scale d * sc_j and one minimum
+   dmin * m_j, so w . x = (d * sc_j) (q . x) - (dmin * m_j) X_j, with q . x one dot
+   product of the codes (0..31, made bfloat16 by a table) and X_j the activations' sum
+   over the sub-block (once per activation row, shared by every weight row). Read back
+   through an identity row, each term is exact and the difference rounds once, as
+   gguf's float32 d * sc * q - dmin * m does. */
+static const uint16_t Q5_BF16[32] __attribute__((aligned(64))) = {
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170, 0x4180, 0x4188, 0x4190, 0x4198, 0x41a0, 0x41a8, 0x41b0, 0x41b8, 0x41c0, 0x41c8, 0x41d0, 0x41d8, 0x41e0, 0x41e8, 0x41f0, 0x41f8};
+
+/* one Q5_K block of one row: adds the scaled dot products to acc[0..1], the minimums'
+   share to *corr (eight sub-blocks in its low lanes) */
+ALWAYS void dot_q5_k_bf16(const uint8_t* b, const uint16_t* xb, const float* sums,
+                          __m512* acc, __m256* corr) {
+    float d = _cvtsh_ss(*(const uint16_t*)b), dmin = _cvtsh_ss(*(const uint16_t*)(b + 2));
+    const uint8_t* s = b + 4;
+    __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 16));
+    const uint8_t* qs = b + 48;
+    uint8_t sc[8], mn[8] __attribute__((aligned(8)));
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63; mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+    __m256 mins = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)mn))));
+    *corr = _mm256_fmadd_ps(mins, _mm256_loadu_ps(sums), *corr);
+    __m512i table = _mm512_load_si512(Q5_BF16), one = _mm512_set1_epi8(1);
+    uint8_t codes[64] __attribute__((aligned(64)));
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < 4; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
+        __m512i lo_hi = nibble_lo(bytes_of(q, _mm256_srli_epi16(q, 4)));
+        __m512i fifth = _mm512_and_si512(bytes_of(_mm256_srli_epi16(qh, 2 * i),
+                                                  _mm256_srli_epi16(qh, 2 * i + 1)), one);
+        _mm512_store_si512(codes, _mm512_or_si512(lo_hi, _mm512_slli_epi16(fifth, 4)));
+        _Pragma("GCC unroll 2")
+        for (int h = 0; h < 2; h++) {
+            int j = 2 * i + h;
+            __m512i w = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(
+                _mm256_load_si256((const __m256i*)(codes + 32 * h))), table);
+            __m512 t = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)w,
+                                        (__m512bh)_mm512_loadu_si512(xb + 32 * j));
+            acc[h] = _mm512_fmadd_ps(t, _mm512_set1_ps(d * sc[j]), acc[h]);
+        }
+    }
+}
+
+void chatcli_q5_k_mm_bf16(const uint16_t* x, int64_t M, int64_t K, const uint8_t* w,
+                          int64_t N, float* y) {
+    int64_t nb = K / 256, rb = nb * 176, groups = (N + ROWS - 1) / ROWS, subs = K / 32;
+    float* sums = (float*)malloc(sizeof(float) * (size_t)(M * subs + 8));
+    if (!sums) return;
+    for (int64_t m = 0; m < M; m++)  /* each sub-block's activation sum, in float32 */
+        for (int64_t j = 0; j < subs; j++) {
+            float total = 0;
+            for (int i = 0; i < 32; i++) {
+                uint32_t bits = (uint32_t)x[m * K + 32 * j + i] << 16;
+                float v;
+                __builtin_memcpy(&v, &bits, 4);
+                total += v;
+            }
+            sums[m * subs + j] = total;
+        }
+    _Pragma("omp parallel for schedule(static)")
+    for (int64_t g = 0; g < groups; g++) {
+        int64_t n0 = g * ROWS, count = N - n0 < ROWS ? N - n0 : ROWS;
+        for (int64_t m = 0; m < M; m++) {
+            const uint16_t* xm = x + m * K;
+            for (int64_t n = n0; n < n0 + count; n++) {
+                __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+                __m256 corr = _mm256_setzero_ps();
+                const uint8_t* row = w + n * rb;
+                for (int64_t b = 0; b < nb; b++) {
+                    PREFETCH_BLOCK(row + b * 176 + ROWS * rb, 176);
+                    dot_q5_k_bf16(row + b * 176, xm + 256 * b, sums + m * subs + 8 * b,
+                                  acc, &corr);
+                }
+                __m256 c2 = _mm256_add_ps(corr, _mm256_permute2f128_ps(corr, corr, 1));
+                __m128 c = _mm256_castps256_ps128(c2);
+                c = _mm_add_ps(c, _mm_movehl_ps(c, c));
+                c = _mm_add_ss(c, _mm_movehdup_ps(c));
+                y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+                               - _mm_cvtss_f32(c);
+            }
+        }
+    }
+    free(sums);
 }
 #endif
