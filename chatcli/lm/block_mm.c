@@ -116,6 +116,25 @@ ALWAYS void deq_q6_k(DEQ_ARGS) {
     }
 }
 
+/* Q5_K's 12 bytes of 6-bit scales and minimums, 8 of each */
+ALWAYS void q5_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* mn) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63; mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
+/* Q5_K's codes (0..31) of sub-blocks 2i and 2i + 1, 64 bytes into `codes` */
+ALWAYS void q5_k_codes(const uint8_t* qs, __m256i qh, int i, uint8_t* codes) {
+    __m256i q = _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
+    __m512i lo_hi = nibble_lo(bytes_of(q, _mm256_srli_epi16(q, 4)));
+    __m512i fifth = _mm512_and_si512(bytes_of(_mm256_srli_epi16(qh, 2 * i),
+                                              _mm256_srli_epi16(qh, 2 * i + 1)),
+                                     _mm512_set1_epi8(1));
+    _mm512_store_si512(codes, _mm512_or_si512(lo_hi, _mm512_slli_epi16(fifth, 4)));
+}
+
 /* Q5_K (176 bytes): fp16 d, fp16 dmin, 12 bytes of 6-bit scales and minimums (8 each),
    qh[32], qs[128]; w = (d * sc_j) * q - (dmin * m_j) for sub-block j of 32. Sub-blocks
    2i and 2i + 1 take the low and high nibbles of qs[32 i .. 32 i + 31], and bit j of
@@ -126,20 +145,11 @@ ALWAYS void deq_q5_k(DEQ_ARGS) {
     __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 16));
     const uint8_t* qs = b + 48;
     uint8_t sc[8], mn[8];
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63; mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
-    __m512i one = _mm512_set1_epi8(1);
+    q5_k_scales(s, sc, mn);
     _Pragma("GCC unroll 4")
     for (int i = 0; i < 4; i++) {
-        __m256i q = _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
-        __m512i lo_hi = nibble_lo(bytes_of(q, _mm256_srli_epi16(q, 4)));
-        __m512i fifth = _mm512_and_si512(bytes_of(_mm256_srli_epi16(qh, 2 * i),
-                                                  _mm256_srli_epi16(qh, 2 * i + 1)), one);
         uint8_t codes[64] __attribute__((aligned(64)));
-        _mm512_store_si512(codes, _mm512_or_si512(lo_hi, _mm512_slli_epi16(fifth, 4)));
+        q5_k_codes(qs, qh, i, codes);
         __m512 s0 = _mm512_set1_ps(d * sc[2 * i]), m0 = _mm512_set1_ps(-(dmin * mn[2 * i]));
         __m512 s1 = _mm512_set1_ps(d * sc[2 * i + 1]), m1 = _mm512_set1_ps(-(dmin * mn[2 * i + 1]));
         EMIT(64 * i, _mm512_fmadd_ps(s0, WIDEN_U8(codes, 0), m0));
@@ -333,23 +343,15 @@ ALWAYS void dot_q5_k_bf16(const uint8_t* b, const uint16_t* xb, const float* sum
     __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 16));
     const uint8_t* qs = b + 48;
     uint8_t sc[8], mn[8] __attribute__((aligned(8)));
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63; mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
+    q5_k_scales(s, sc, mn);
     __m256 mins = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(
         _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)mn))));
     *corr = _mm256_fmadd_ps(mins, _mm256_loadu_ps(sums), *corr);
-    __m512i table = _mm512_load_si512(Q5_BF16), one = _mm512_set1_epi8(1);
+    __m512i table = _mm512_load_si512(Q5_BF16);
     uint8_t codes[64] __attribute__((aligned(64)));
     _Pragma("GCC unroll 4")
     for (int i = 0; i < 4; i++) {
-        __m256i q = _mm256_loadu_si256((const __m256i*)(qs + 32 * i));
-        __m512i lo_hi = nibble_lo(bytes_of(q, _mm256_srli_epi16(q, 4)));
-        __m512i fifth = _mm512_and_si512(bytes_of(_mm256_srli_epi16(qh, 2 * i),
-                                                  _mm256_srli_epi16(qh, 2 * i + 1)), one);
-        _mm512_store_si512(codes, _mm512_or_si512(lo_hi, _mm512_slli_epi16(fifth, 4)));
+        q5_k_codes(qs, qh, i, codes);
         _Pragma("GCC unroll 2")
         for (int h = 0; h < 2; h++) {
             int j = 2 * i + h;
