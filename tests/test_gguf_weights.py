@@ -371,7 +371,7 @@ def test_k_quant_decode_steps_read_bfloat16_activations_as_they_are(name: str) -
     exact ones to float32 summation order."""
     lib = block_kernels.library()
     assert lib is not None
-    bf16_path = block_kernels._functions(lib._name)[1][BLOCK_FORMATS.index(name)]
+    bf16_path = block_kernels._functions(lib)[1][BLOCK_FORMATS.index(name)]
     if bf16_path is None:
         pytest.skip("no AVX512-BF16 on this CPU")
     raw = random_blocks(name, 20, 512, seed=9)

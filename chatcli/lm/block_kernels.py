@@ -106,6 +106,8 @@ def unavailable(build: bool = True) -> str | None:
     """None if the kernel runs here (built now if need be and `build`), else why not."""
     if _switched_off():
         return f"chatcli's block kernels are switched off ({_ENV}=0)"
+    if _library:  # built and loaded already: nothing to look up again
+        return None
     if not _has_avx512():
         return "chatcli's block kernels need a CPU with AVX-512"
     compiler = _compiler()
@@ -113,16 +115,11 @@ def unavailable(build: bool = True) -> str | None:
         return "chatcli's block kernels need a C compiler (cc)"
     if _why_not is not None:
         return _why_not
-    if not build or _library:
+    if not build:
         return None
     if _folder() is None:
         return _NO_FOLDER
     return None if library() is not None else _why_not
-
-
-@cache
-def _load(path: str) -> ctypes.CDLL:
-    return ctypes.CDLL(path)
 
 
 _library: list[ctypes.CDLL] = []  # loaded once per process
@@ -146,7 +143,7 @@ def library() -> ctypes.CDLL | None:
             _why_not = reason
             return None
     try:
-        _library.append(_load(str(target)))
+        _library.append(ctypes.CDLL(str(target)))
     except OSError as e:
         _why_not = f"chatcli's block kernels did not load ({e})"
         return None
@@ -190,11 +187,10 @@ _BF16_ROWS = 4  # activation rows below which they take it (a decode step)
 
 
 @cache
-def _functions(path: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+def _functions(lib: ctypes.CDLL) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """The library's product function per format (index: `FORMATS`), and its bfloat16
     decode function where it has one and the CPU has AVX512-BF16 (else None), typed
     once."""
-    lib = _load(path)
 
     def typed(name: str) -> Any:
         fn = getattr(lib, name)
@@ -228,7 +224,7 @@ def register() -> None:
             lib = library()
             if lib is None:
                 raise RuntimeError(unavailable() or "chatcli's block kernels are not loaded")
-            _loaded.append(_functions(lib._name))
+            _loaded.append(_functions(lib))
         k = x.shape[-1]
         flat = x.reshape(-1, k)
         fn, bf16 = _loaded[0][0][fmt], _loaded[0][1][fmt]

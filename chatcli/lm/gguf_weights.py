@@ -312,8 +312,8 @@ def _build_group(reader: Reader, parts: list[Part], dtype: torch.dtype) -> Linea
     if kind == "dense":
         weight = torch.cat([reader.dense(p.info, dtype, p.order) for p in parts])
         return Dense(weight, bias)
+    out = sum(p.info.rows for p in parts)
     if kind == "blocks":  # the rows as stored, read straight into place
-        out = sum(p.info.rows for p in parts)
         stored = torch.empty((out, parts[0].info.row_bytes), dtype=torch.uint8)
         at = 0
         for rows in _chunks(parts):
@@ -321,7 +321,6 @@ def _build_group(reader: Reader, parts: list[Part], dtype: torch.dtype) -> Linea
                 stored[at:at + end - start] = reader.part_rows(p, start, end)
                 at += end - start
         return BlockLinear(stored, str(block), parts[0].info.cols, bias)
-    out = sum(p.info.rows for p in parts)
     cols = parts[0].info.cols * (1 if kind == "int4" else 2)  # what the kernel reads
     # The results are allocated first and filled chunk by chunk: the chunks' temporaries
     # (freed each time, the same sizes) then reuse the same memory.
