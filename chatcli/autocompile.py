@@ -248,6 +248,19 @@ def _after_answer(backend: Any) -> None:
     start(loaded.spec.alias, loaded.folder, runtime, package)
 
 
+def compiled_ready(loaded: Any) -> bool:
+    """Whether `loaded` (a LoadedModel) runs without its compiled step while a package
+    current for it is now in the cache (a resident model would load again, with it)."""
+    if loaded.folder is None or getattr(loaded.lm, "compiled", False):
+        return False
+    runtime = loaded.runtime
+    if runtime.device != "cpu" or runtime.quantize == "none" or loaded.implementation != "native":
+        return False
+    from chatcli.loader import compiled_package
+
+    return _has_current_key(compiled_package(loaded.folder, runtime), loaded)
+
+
 def _has_current_key(package: Path, loaded: Any) -> bool:
     """Whether the package is there with a key current for the loaded model (then it
     was loaded, or the load said why not: it is not rebuilt on its own)."""

@@ -104,6 +104,24 @@ def resolve_runtime(
     quantize: str | None = None, spec_quantize: str = "none",
 ) -> Runtime:
     """`quantize` None means the alias's `spec_quantize` (models.toml), itself "none" by default."""
+    check_choices(device, dtype, threads, quantize)
+    dev = _pick_device() if device == "auto" else device
+    if dev != "cpu":
+        _check_device(dev)
+    chosen = dtype if dtype != "auto" else spec_dtype
+    if chosen == "auto":
+        if dev == "cpu":
+            chosen = "bfloat16" if cpu_has_native_bf16() else "float32"
+        else:
+            chosen = "bfloat16" if dev == "cuda" else "float16"
+    return Runtime(device=dev, dtype=chosen, threads=threads,
+                   quantize=quantize if quantize is not None else spec_quantize,
+                   quantize_from_alias=quantize is None and spec_quantize != "none")
+
+
+def check_choices(device: str = "auto", dtype: str = "auto", threads: int | None = None,
+                  quantize: str | None = None) -> None:
+    """The choices' spelling, checked without torch (what this machine has is not)."""
     if quantize is not None and quantize not in QUANTIZE_NAMES:
         raise UsageError(
             f"--quantize must be one of {', '.join(QUANTIZE_NAMES)} (got '{quantize}')",
@@ -117,18 +135,6 @@ def resolve_runtime(
                          "use --dtype auto")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1 (got {threads})", "e.g. --threads 1")
-    dev = _pick_device() if device == "auto" else device
-    if dev != "cpu":
-        _check_device(dev)
-    chosen = dtype if dtype != "auto" else spec_dtype
-    if chosen == "auto":
-        if dev == "cpu":
-            chosen = "bfloat16" if cpu_has_native_bf16() else "float32"
-        else:
-            chosen = "bfloat16" if dev == "cuda" else "float16"
-    return Runtime(device=dev, dtype=chosen, threads=threads,
-                   quantize=quantize if quantize is not None else spec_quantize,
-                   quantize_from_alias=quantize is None and spec_quantize != "none")
 
 
 def _pick_device() -> str:

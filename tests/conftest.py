@@ -24,6 +24,10 @@ os.environ["CHATCLI_NO_PLUGINS"] = "1"
 # No test starts a background build of a compiled decode step (one build of a real model
 # takes minutes of CPU), except those of tests/test_autocompile.py, which unset it.
 os.environ["CHATCLI_AUTO_COMPILE"] = "0"
+# A resident server is found by the test's own CHATCLI_HOME, never in the user's runtime
+# folder, and used only where a test starts one.
+os.environ.pop("XDG_RUNTIME_DIR", None)
+os.environ.pop("CHATCLI_SERVER", None)
 
 
 @contextmanager

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from chatcli.answer import Generation, Stats, StepEvent
 from chatcli.backends.base import Capabilities, Views, check_capabilities
 from chatcli.errors import ChatcliError
-from chatcli.generation.stream import Generation, Stats, StepEvent
 
 CAPABILITIES = Capabilities(max_candidates=0, exact_count=False)
 

@@ -56,7 +56,7 @@ def test_docs_have_one_section_per_command_in_help_order() -> None:
     assert titles == [
         "chatcli", "chatcli ask", "chatcli chat", "chatcli compare", "chatcli pull",
         "chatcli compile",
-        "chatcli strategies", "chatcli models", "chatcli models list", "chatcli models show",
+        "chatcli strategies", "chatcli serve", "chatcli models", "chatcli models list", "chatcli models show",
         "chatcli history", "chatcli history list", "chatcli history show",
         "chatcli history export", "chatcli history rm",
     ]
@@ -103,6 +103,6 @@ def test_generating_writes_a_file_that_checks_clean(tmp_path: Path) -> None:
     target = tmp_path / "docs" / "cli.md"
     written = run_tool("--output", str(target))
     assert (written.returncode, written.stdout, written.stderr) == (
-        0, f"wrote {target}: 15 commands\n", "")
+        0, f"wrote {target}: 16 commands\n", "")
     assert target.read_text() == DOCS.read_text()
     assert run_tool("--check", "--output", str(target)).returncode == 0

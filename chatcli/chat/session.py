@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatcli.answer import Generation
 from chatcli.attachments import split_message
 from chatcli.backends import as_backend
 from chatcli.backends.base import Backend, Views
@@ -51,7 +52,6 @@ from chatcli.conversation import Conversation, Message
 from chatcli.decoding.registry import StrategyRegistry
 from chatcli.decoding.settings import DecodingSettings, resolve_settings
 from chatcli.errors import ChatcliError, UsageError
-from chatcli.generation.stream import Generation
 
 
 @dataclass

@@ -32,7 +32,7 @@ import sys
 
 import typer
 
-from chatcli.cli import ask, chat, compare, history, models, strategies
+from chatcli.cli import ask, chat, compare, history, models, serve, strategies
 
 app = typer.Typer(
     name="chatcli",
@@ -49,6 +49,7 @@ app.command("compare")(compare.compare)
 app.command("pull")(models.pull)
 app.command("compile")(models.compile_step)
 app.command("strategies")(strategies.strategies)
+app.command("serve")(serve.serve)
 app.add_typer(models.app, name="models")
 app.add_typer(history.app, name="history")
 
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
             print(file=sys.stderr)  # the line the terminal echoed ^C on
         ui.warn(f"interrupted while {interrupts.interrupted_during()}")
         code, normal = 130, False
+    if "chatcli.serve.client" in sys.modules:  # the resident server's model is free again
+        from chatcli.serve.client import close_all
+
+        close_all()
     code = code if isinstance(code, int) else 0
     if normal and argv is None:
         _exit_now(code)

@@ -44,6 +44,7 @@ from chatcli.cli.options import (
     MaxFilesOpt,
     ModelOpt,
     ModelsFileOpt,
+    NoServerOpt,
     PinOpt,
     QuantizeOpt,
     RawOpt,
@@ -166,6 +167,7 @@ def ask(
     dtype: DtypeOpt = "auto",
     quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
+    no_server: NoServerOpt = False,
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
     from chatcli.attachments import describe, render

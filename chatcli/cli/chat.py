@@ -29,6 +29,7 @@ from chatcli.cli.options import (
     MaxFilesOpt,
     ModelOpt,
     ModelsFileOpt,
+    NoServerOpt,
     NoTruncateOpt,
     PinOpt,
     QuantizeOpt,
@@ -70,6 +71,7 @@ def chat(
     dtype: DtypeOpt = "auto",
     quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
+    no_server: NoServerOpt = False,
 ) -> None:
     """Chat with a model; piped stdin is read one message per line."""
     from chatcli import paths

@@ -7,9 +7,11 @@ that failed to load), the decoding request, the models.toml registry, the alias
 against the alias's defaults together with the command's own refusals, the views
 and settings the alias's backend cannot give refused (`chatcli.backends`: each
 backend declares what it can do; `raw`: --raw where it completes no plain text),
-and the runtime (`--device`, `--dtype`,
-`--threads`, `--quantize`) validated (picking the device imports torch, with Ctrl-C
-held meanwhile: `chatcli.interrupts.deferred`). It reads no stdin and loads nothing: the
+the resident server found for a local alias (`chatcli.serve.client.find_server`: then
+`open()` asks it for the model, and nothing here imports torch) and the runtime
+(`--device`, `--dtype`, `--threads`, `--quantize`) validated (in-process, picking the
+device imports torch, with Ctrl-C held meanwhile: `chatcli.interrupts.deferred`; served,
+the spelling here and the rest by the server). It reads no stdin and loads nothing: the
 command then does what is its own (reading the prompt, saving the question) and
 calls `Setup.open()`.
 `open_model` is looked up when a model is opened (a test holds it at a gate).
@@ -47,6 +49,9 @@ class Setup:
     requests: list[Request]
     spec: Any = None
     runtime: Any = None
+    # The resident server that answers local aliases (chatcli.serve.client.Connection),
+    # or None: they load in this process.
+    served: Any = None
 
     def spec_for(self, alias: str | None) -> Any:
         """The spec of `alias` (None: the default), with this run's --base-url and
@@ -59,6 +64,11 @@ class Setup:
 
     def runtime_for(self, spec: Any) -> Any:
         p = self.params
+        if self.served is not None and spec.backend == "local":  # the server resolves it
+            from chatcli.runtime import check_choices
+
+            check_choices(p["device"], p["dtype"], p["threads"], p["quantize"])
+            return None
         return runtime_for(spec, p["device"], p["dtype"], p["threads"], p["quantize"])
 
     def use(self, alias: str | None) -> None:
@@ -86,14 +96,23 @@ class Setup:
 
     def open(self) -> Any:
         """The model of the alias, loaded or connected to; its spec becomes `spec`."""
-        loaded = open_model(self.spec, self.registry, self.ui, self.runtime)
+        loaded = self._open(self.spec, self.runtime)
         self.spec = loaded.spec
         return loaded
 
     def open_alias(self, alias: str) -> Any:
         """Another alias's model (chat's /model), leaving this setup as it is."""
         spec = self.spec_for(alias)
-        return open_model(spec, self.registry, self.ui, self.runtime_for(spec))
+        return self._open(spec, self.runtime_for(spec))
+
+    def _open(self, spec: Any, runtime: Any) -> Any:
+        if self.served is not None and spec.backend == "local":
+            from chatcli.serve.client import ServedBackend
+
+            p = self.params
+            return ServedBackend.open(self.served, spec, self.ui, p["device"], p["dtype"],
+                                      p["threads"], p["quantize"])
+        return open_model(spec, self.registry, self.ui, runtime)
 
 
 def setup(
@@ -148,6 +167,10 @@ def setup(
             check(early)
         check_views(prepared.spec, views)
         check_settings(prepared.spec, early, views, constraint)
+    if prepared.spec.backend == "local":
+        from chatcli.serve.client import find_server
+
+        prepared.served = find_server(ui, bool(params.get("no_server")))
     from chatcli import interrupts
 
     with interrupts.deferred(interrupts.LOADING):  # picking the device imports torch

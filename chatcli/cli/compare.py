@@ -30,6 +30,7 @@ from chatcli.cli.options import (
     JsonOpt,
     ModelOpt,
     ModelsFileOpt,
+    NoServerOpt,
     QuantizeOpt,
     RawOpt,
     RegexOpt,
@@ -129,6 +130,7 @@ def compare(
     dtype: DtypeOpt = "auto",
     quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
+    no_server: NoServerOpt = False,
 ) -> None:
     """Answer one prompt with several strategies and show the answers side by side.
 

@@ -72,6 +72,10 @@ ThreadsOpt = Annotated[
                  help="CPU threads (default: the cores other processes leave free).",
                  show_default=False),
 ]
+NoServerOpt = Annotated[
+    bool, typer.Option("--no-server", help="Load the model in this process even when a "
+                       "chatcli server runs (chatcli serve; CHATCLI_SERVER=off does so always).")
+]
 QuantizeOpt = Annotated[
     str | None,
     typer.Option("--quantize", help="Weight-only quantization of the linear layers: int8, int4, "

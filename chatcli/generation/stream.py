@@ -1,7 +1,8 @@
 """The text stream: a strategy's tokens → `StepEvent`s with text deltas, plus `Stats`.
 
 Contract: `stream(loaded, prompt_ids, settings, max_new_tokens)` returns a
-`Generation`; iterating it runs the chosen decoding strategy and yields one
+`Generation` (the answer types live in `chatcli.answer`, re-exported here);
+iterating it runs the chosen decoding strategy and yields one
 `StepEvent` per generated token, with the printable text delta (never broken
 UTF-8, never an EOS token, never a stop string or what follows it). The last
 event carries the finish reason: "stop" (an EOS id), "length" (the token limit)
@@ -21,87 +22,20 @@ Knows nothing about the terminal or the CLI.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from chatcli.decoding.base import Candidates, Hypotheses
+from chatcli.answer import AnswerHypothesis, Generation, PrunedText, Stats, StepEvent
+from chatcli.decoding.base import Hypotheses
 from chatcli.decoding.registry import StrategyRegistry, strategy_registry
 from chatcli.decoding.settings import DecodingSettings
 from chatcli.generation.detokenize import IncrementalDetokenizer
 from chatcli.generation.stops import StopMatcher
 from chatcli.loader import LoadedModel
 
-
-@dataclass(frozen=True)
-class StepEvent:
-    """One generated token."""
-
-    token_id: int
-    text: str  # printable delta; "" while held back (partial UTF-8, possible stop string)
-    logprob: float
-    finish_reason: str | None = None  # "stop" | "length" | "stop_string" on the last event
-    candidates: Candidates | None = None  # with --show-candidates
-
-
-@dataclass
-class Stats:
-    prompt_tokens: int
-    completion_tokens: int = 0
-    time_to_first_token_s: float = 0.0
-    decode_tokens_per_s: float = 0.0
-    total_s: float = 0.0
-    finish_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class AnswerHypothesis:
-    """One of the hypotheses a strategy returned, with its text."""
-
-    text: str  # without the EOS token
-    token_ids: list[int]  # with the final EOS id, when it ended with one
-    score: float
-    logprob: float
-    finished: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class PrunedText:
-    """A beam that left the search, with its text."""
-
-    step: int
-    score: float
-    text: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class Generation:
-    """An answer being generated: iterate for events, then read the results."""
-
-    _events: Iterator[StepEvent]
-    stats: Stats
-    settings: DecodingSettings
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    hypotheses: list[AnswerHypothesis] = field(default_factory=list)
-    pruned: list[PrunedText] = field(default_factory=list)  # beams that left the search
-    search: Hypotheses | None = None  # the strategy's own result, token ids only
-    constraint: Any = None  # chatcli.constraints.spec.Constraint the answer was held to
-    constraint_satisfied: bool | None = None  # set with the last event (None: no constraint)
-
-    def __iter__(self) -> Iterator[StepEvent]:
-        for event in self._events:
-            self.token_ids.append(event.token_id)
-            self.text += event.text
-            yield event
+__all__ = ["AnswerHypothesis", "Generation", "PrunedText", "Stats", "StepEvent", "complete",
+           "constrained_lm", "stream"]
 
 
 def stream(

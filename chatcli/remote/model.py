@@ -50,11 +50,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatcli.answer import Generation, Stats, StepEvent
 from chatcli.conversation import Message
 from chatcli.decoding.base import Candidates
 from chatcli.decoding.settings import DecodingSettings
 from chatcli.errors import ModelUnavailableError, RemoteError, UsageError
-from chatcli.generation.stream import Generation, Stats, StepEvent
 from chatcli.registry import ModelSpec, Registry
 from chatcli.remote import params
 from chatcli.remote.client import Client

@@ -1,0 +1,487 @@
+"""The resident server: models stay loaded between commands, one answer per model at a time.
+
+Contract: `Server(keep_alive, log).run()` listens on `wire.socket_path()` (0600, in a
+0700 folder; refused when a live server already answers there, a stale socket file is
+replaced) until `stop()`, a "stop" frame, SIGTERM, SIGHUP or Ctrl-C (a clean stop, in
+the main thread's own time), and removes its socket on the way out. Each connection
+is served by its own thread:
+
+* "hello" first: both ends say their `wire.VERSION` (the client decides what a
+  mismatch means); a peer of another user id is closed at once.
+* "open" (spec, device, dtype, threads, quantize): the alias is loaded with the local
+  backend exactly as a command loads it in-process (`LocalBackend.runtime_for`, then
+  `open`), once per spec and runtime, and kept; what the load reports (notes, warnings,
+  busy steps) goes to the client as frames. The answer is a handle and what the client
+  needs to know of the model.
+* "call" (handle, method, ...): counting, checks, token text, prompt text, attention,
+  distributions — the local backend's own methods.
+* "stream" / "alternative": "started" once the request is accepted (a bad constraint is
+  refused before), then the answer's `StepEvent`s, one frame each with the stats so far
+  and the prompt tokens the cache reused, and on the last one what the generation
+  found (hypotheses, pruned beams, whether the constraint was met); "end" only where no
+  event carried a finish reason. A client that goes away mid-answer stops the
+  generation at the next token, and the prompt cache is forgotten (as an interrupted
+  answer's is in-process).
+
+One request per model at a time: a request that must wait gets a "waiting" frame first
+(the client says so on stderr). The server keeps no conversation: every request carries
+its packed prompt, and the local backend's prompt cache reuses the longest token prefix
+it still holds. A model no connection holds is unloaded after `keep_alive` seconds
+without a request (0: at once; None: never). After each answer the local backend's
+background build of a missing compiled step starts as after an in-process answer
+(`chatcli.autocompile.after_answer`); a resident model whose compiled step became
+ready is loaded again, with it, before its next request.
+
+Knows nothing about the terminal; it writes one log line per event to `log`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from chatcli.errors import ChatcliError, UsageError
+from chatcli.serve import wire
+
+
+@dataclass
+class Resident:
+    """One loaded model (a `LocalBackend`) and who uses it."""
+
+    key: str
+    alias: str
+    backend: Any
+    runtime: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0  # connections that opened it and are still open
+    last_used: float = field(default_factory=time.monotonic)
+    busy: str = ""  # what it is doing now, for "waiting" and status
+
+
+class Reporter:
+    """The loader's reporter (`notify`, `warn`, `busy`), forwarded to the client."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def notify(self, message: str) -> None:
+        wire.send(self.sock, "note", message)
+
+    def warn(self, message: str) -> None:
+        wire.send(self.sock, "warn", message)
+
+    @contextmanager
+    def busy(self, message: str) -> Iterator[None]:
+        wire.send(self.sock, "busy", message)
+        try:
+            yield
+        finally:
+            wire.send(self.sock, "idle")
+
+
+def parse_keep_alive(value: str, name: str = "--keep-alive") -> float | None:
+    """"5m", "30s", "1h", "90" (seconds), "0" (unload at once), "-1" (never: None)."""
+    text = value.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise UsageError(f"{name} {value}: expected a duration such as 5m, 30s, 1h, 0 "
+                         "(unload at once) or -1 (never)", "e.g. --keep-alive 5m") from None
+    if seconds < 0:
+        if seconds == -unit:
+            return None
+        raise UsageError(f"{name} {value}: a negative keep-alive is only -1 (never unload)",
+                         "e.g. --keep-alive -1")
+    return seconds
+
+
+class Server:
+    def __init__(self, keep_alive: float | None = 300.0, log: TextIO | None = None) -> None:
+        self.keep_alive = keep_alive
+        self.log_file = log
+        self.models: dict[str, Resident] = {}
+        self.loading = threading.Lock()  # one load at a time; guards `models`
+        self.stopping = threading.Event()
+        self.path = wire.socket_path()
+        self.started = time.time()
+        self.handles = 0
+        self.requests = 0
+        self.reloaded: set[str] = set()  # keys loaded again for their compiled step
+
+    # -- life -------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.log_file is not None:
+            stamp = time.strftime("%H:%M:%S")
+            with suppress(OSError, ValueError):
+                print(f"{stamp} {message}", file=self.log_file, flush=True)
+
+    def bind(self) -> socket.socket:
+        from chatcli import paths
+
+        try:
+            paths.make_private_dir(self.path.parent)
+        except OSError as exc:
+            raise ChatcliError(f"cannot make the server's folder {self.path.parent}: "
+                               f"{exc.strerror or exc}", paths.HOME_HINT) from None
+        problem = wire.owner_problem(self.path)
+        if problem is None:
+            from chatcli.serve.client import Connection
+
+            try:
+                with Connection(self.path, timeout=2.0) as other:
+                    pid = other.pid
+            except (OSError, ChatcliError):
+                self.path.unlink(missing_ok=True)  # stale: nobody answers there
+            else:
+                raise UsageError(f"a chatcli server already runs (pid {pid}) at {self.path}",
+                                 "use it as it is, or stop it first: chatcli serve --stop")
+        elif problem != "missing":
+            raise ChatcliError(f"cannot listen at {self.path}: {problem}",
+                               "remove that file if it is not yours to keep")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            with wire.reachable(self.path) as name:
+                sock.bind(name)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(16)
+        return sock
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        listener = self.bind()
+        listener.settimeout(0.25)
+        self.log(f"chatcli server {wire.VERSION} (pid {os.getpid()}) listening at {self.path}; "
+                 f"keep-alive {_duration(self.keep_alive)}")
+        if on_ready is not None:
+            on_ready()
+        reaper = threading.Thread(target=self._reap, name="chatcli-reaper", daemon=True)
+        reaper.start()
+        restore = self._stop_on_signals()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if self.stopping.is_set():
+                        break
+                    raise
+                conn.settimeout(None)
+                threading.Thread(target=self._serve, args=(conn,), name="chatcli-client",
+                                 daemon=True).start()
+        finally:
+            restore()
+            listener.close()
+            self._remove_socket()
+            self.log("stopped")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _stop_on_signals(self) -> Callable[[], None]:
+        """Ctrl-C, SIGTERM and SIGHUP stop the accept loop (a clean stop: exit code 0)
+        instead of raising wherever the main thread happens to be; returns the undo."""
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+        saved = {getattr(signal, n): signal.getsignal(getattr(signal, n)) for n in names}
+
+        def handler(signum: int, frame: Any) -> None:
+            self.log(f"stopping ({signal.Signals(signum).name})")
+            self.stop()
+
+        for sig in saved:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in saved.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _remove_socket(self) -> None:
+        try:  # only our own socket: another server may have replaced a stale one
+            if wire.owner_problem(self.path) is None:
+                self.path.unlink()
+        except OSError:
+            pass
+
+    def _reap(self) -> None:
+        while not self.stopping.wait(0.2):
+            self.unload_idle()
+
+    def unload_idle(self) -> None:
+        if self.keep_alive is None:
+            return
+        now = time.monotonic()
+        unloaded = False
+        with self.loading:
+            for key, resident in list(self.models.items()):
+                idle = now - resident.last_used
+                if resident.users == 0 and not resident.busy and idle >= self.keep_alive:
+                    del self.models[key]
+                    self.log(f"unloaded {resident.alias} (idle {idle:.0f} s)")
+                    resident.backend = None
+                    unloaded = True
+        if unloaded:
+            gc.collect()
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {"pid": os.getpid(), "version": wire.VERSION, "socket": str(self.path),
+                "keep_alive_s": self.keep_alive, "uptime_s": round(time.time() - self.started, 1),
+                "requests": self.requests,
+                "models": [{"alias": r.alias, "runtime": dataclasses.asdict(r.runtime),
+                            "implementation": r.backend.implementation, "users": r.users,
+                            "idle_s": round(now - r.last_used, 1), "busy": r.busy or None}
+                           for r in list(self.models.values())]}
+
+    # -- one connection ----------------------------------------------------------------
+    def _serve(self, sock: socket.socket) -> None:
+        opened: dict[int, Resident] = {}
+        try:
+            uid = wire.peer_uid(sock)
+            if uid is not None and uid != os.getuid():
+                self.log(f"refused a connection of user id {uid}")
+                return
+            hello = wire.recv(sock)
+            wire.send(sock, "hello", wire.VERSION, os.getpid())
+            if hello[0] != "hello" or len(hello) < 2 or hello[1] != wire.VERSION:
+                return  # the client says what a mismatch means
+            while True:
+                try:
+                    frame = wire.recv(sock)
+                except wire.ServerGone:
+                    return
+                if not self._handle(sock, frame, opened):
+                    return
+        except (OSError, wire.ServerGone):
+            return
+        finally:
+            sock.close()
+            with self.loading:
+                for resident in opened.values():
+                    resident.users -= 1
+                    resident.last_used = time.monotonic()
+            if self.keep_alive == 0:
+                self.unload_idle()
+
+    def _handle(self, sock: socket.socket, frame: tuple[Any, ...],
+                opened: dict[int, Resident]) -> bool:
+        """Answer one frame; False: close the connection."""
+        op = frame[0]
+        if op == "stop":
+            wire.send(sock, "ok", None)
+            self.log("stopping (chatcli serve --stop)")
+            self.stop()
+            return False
+        if op == "status":
+            wire.send(sock, "ok", self.status())
+            return True
+        try:
+            if op == "open":
+                handle, resident = self._open(sock, *frame[1:])
+                opened[handle] = resident
+                wire.send(sock, "opened", handle, _describe(resident.backend))
+            elif op in ("call", "stream", "alternative"):
+                resident = opened.get(frame[1])
+                if resident is None:
+                    raise ChatcliError("the chatcli server has no such model open",
+                                       "run the command again")
+                if op == "call":
+                    with self._turn(sock, resident, frame[2]):
+                        result = _call(resident.backend, frame[2], *frame[3:])
+                    wire.send(sock, "ok", result)
+                else:
+                    self._stream(sock, resident, op, frame[2:])
+            else:
+                raise ChatcliError(f"the chatcli server does not know the request '{op}'",
+                                   "use the same chatcli version for both")
+        except ChatcliError as exc:
+            wire.send(sock, *wire.error_frame(exc))
+        except (OSError, wire.ServerGone):
+            raise
+        except Exception as exc:  # a fault of the server: the client gets one line
+            self.log("".join(traceback.format_exception(exc)).rstrip())
+            wire.send(sock, "error", ChatcliError, f"the chatcli server failed: "
+                      f"{type(exc).__name__}: {exc}", f"its log says more: {_log_hint()}", 1)
+        return True
+
+    def _open(self, sock: socket.socket, spec: Any, device: str, dtype: str,
+              threads: int | None, quantize: str | None) -> tuple[int, Resident]:
+        from chatcli.backends.local import LocalBackend
+
+        runtime = LocalBackend.runtime_for(spec, device, dtype, threads, quantize)
+        key = repr((spec, runtime))
+        with self.loading:
+            resident = self.models.get(key)
+            if (resident is not None and resident.users == 0 and not resident.busy
+                    and key not in self.reloaded and _compiled_now_ready(resident.backend)):
+                self.reloaded.add(key)  # once: a package that does not load stays unused
+                del self.models[key]
+                resident = None
+                gc.collect()
+                self.log(f"loading {spec.alias} again, with its compiled step")
+            if resident is None:
+                start = time.perf_counter()
+                backend = LocalBackend.open(spec, None, Reporter(sock), runtime)
+                resident = Resident(key, spec.alias, backend, runtime)
+                self.models[key] = resident
+                self.log(f"loaded {spec.alias} ({backend.implementation}) in "
+                         f"{time.perf_counter() - start:.1f} s")
+            resident.users += 1
+            resident.last_used = time.monotonic()
+            self.handles += 1
+            return self.handles, resident
+
+    @contextmanager
+    def _turn(self, sock: socket.socket, resident: Resident, what: str) -> Iterator[None]:
+        """`resident` for this request alone: a request that must wait is told so."""
+        if not resident.lock.acquire(blocking=False):
+            wire.send(sock, "waiting", f"{resident.alias} is {resident.busy or 'busy'}")
+            resident.lock.acquire()
+        resident.busy = what
+        try:
+            yield
+        finally:
+            resident.busy = ""
+            resident.last_used = time.monotonic()
+            resident.lock.release()
+
+    def _stream(self, sock: socket.socket, resident: Resident, op: str,
+                args: tuple[Any, ...]) -> None:
+        self.requests += 1
+        backend = resident.backend
+        sent = 0
+        with self._turn(sock, resident, "answering another request"):
+            start = time.perf_counter()
+            if op == "stream":
+                packed, settings, max_new, views, constraint, raw = args
+                gen = backend.stream(packed, _settings(settings), max_new, views,
+                                     constraint=constraint, raw=raw)
+                wire.send(sock, "started", None)
+            else:
+                packed, settings, max_new, views, answer_ids, step, rank, constraint = args
+                alt, gen = backend.alternative(packed, _settings(settings), max_new, views,
+                                               answer_ids, step, rank, constraint=constraint)
+                wire.send(sock, "started", alt)
+            search, finished = None, False
+            try:
+                for event in gen:
+                    # What the generation found rides on the event that brings it (the
+                    # last one, normally): a client may stop reading there.
+                    found = None
+                    if event.finish_reason is not None or gen.search is not search:
+                        search = gen.search
+                        found = (gen.hypotheses, gen.pruned, gen.search,
+                                 gen.constraint_satisfied)
+                    wire.send(sock, "event", event, dataclasses.astuple(gen.stats), found,
+                              backend.reused)
+                    sent += 1
+                    finished = event.finish_reason is not None
+            except (OSError, wire.ServerGone):
+                backend.invalidate()
+                self.log(f"{resident.alias}: the client went away after {sent} tokens; "
+                         "stopped answering it")
+                raise
+            if not finished:
+                wire.send(sock, "end", dataclasses.astuple(gen.stats))
+            self.log(f"{resident.alias}: answered {sent} tokens in "
+                     f"{time.perf_counter() - start:.2f} s")
+        from chatcli.autocompile import after_answer
+
+        after_answer(backend)
+
+
+_CALLS: dict[str, Callable[..., Any]] = {
+    "count": lambda b, messages: b.count(messages),
+    "count_sizes": lambda b, messages: _measure(b.count, "sizes", messages),
+    "count_length": lambda b, first, total: b.count.length(first, total),
+    "raw_count": lambda b, messages: b.raw_count(messages),
+    "raw_count_sizes": lambda b, messages: _measure(b.raw_count, "sizes", messages),
+    "raw_count_length": lambda b, first, total: b.raw_count.length(first, total),
+    "check": lambda b, settings, views, constraint: b.check(_settings(settings), views,
+                                                            constraint),
+    "invalidate": lambda b: b.invalidate(),
+    "reused": lambda b: b.reused,
+    "token_text": lambda b, token_id: b.token_text(token_id),
+    "prompt_text": lambda b, messages: b.prompt_text(messages),
+    "attention": lambda b, packed, answer_ids, raw: b.attention(packed, answer_ids, raw=raw),
+    "distributions": lambda b, packed, answer_ids, k, constraint: b.distributions(
+        packed, answer_ids, k, constraint),
+}
+
+
+def _call(backend: Any, method: str, *args: Any) -> Any:
+    if method not in _CALLS:
+        raise ChatcliError(f"the chatcli server does not know the call '{method}'",
+                           "use the same chatcli version for both")
+    return _CALLS[method](backend, *args)
+
+
+def _measure(render: Any, name: str, messages: Any) -> Any:
+    method = getattr(render, name, None)
+    return None if method is None else method(messages)
+
+
+def _settings(settings: Any) -> Any:
+    """Decoding settings as sent (their capabilities left out: a strategy's may hold a
+    function), with the strategy's capabilities again."""
+    from chatcli.decoding.base import capabilities_of
+    from chatcli.decoding.registry import strategy_registry
+
+    return dataclasses.replace(settings,
+                               capabilities=capabilities_of(strategy_registry().get(
+                                   settings.strategy)))
+
+
+def _describe(backend: Any) -> dict[str, Any]:
+    """What the client keeps of an opened model."""
+    return {"spec": backend.spec, "context_window": backend.context_window,
+            "generation_config": backend.generation_config,
+            "implementation": backend.implementation,
+            "implementation_name": backend.implementation_name,
+            "implementation_note": backend.implementation_note,
+            "vocab_size": backend.vocab_size, "has_chat_template": backend.has_chat_template}
+
+
+def _compiled_now_ready(backend: Any) -> bool:
+    """Whether a model loaded without its compiled step would now load with it."""
+    from chatcli.autocompile import compiled_ready
+
+    loaded = getattr(backend, "loaded", None)
+    try:
+        return loaded is not None and compiled_ready(loaded)
+    except OSError:
+        return False
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "never unload"
+    return "unload at once" if seconds == 0 else f"{seconds:g} s"
+
+
+def _log_hint() -> str:
+    return "chatcli serve's terminal, or " + str(log_path())
+
+
+def log_path() -> Any:
+    """Where an automatically started server writes its log."""
+    return wire.socket_path().with_suffix(".log")
