@@ -296,11 +296,9 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         if key in _COMMON_KEYS or key in kind.keys:
             continue
         owner = next(name for name, cls in kinds.items() if key in cls.keys)
-        if owner == "local":
-            raise fail(f"'{key}' applies to local models, not backend = \"{backend}\"",
-                       f"remove '{key}' (the server decides where its weights come from)", key)
-        raise fail(f"'{key}' needs backend = \"{owner}\"",
-                   f"add backend = \"{owner}\" or remove '{key}'", key)
+        from chatcli.backends.base import misplaced_key
+
+        raise fail(*misplaced_key(kinds[owner], owner, key, backend), key)
     fields = kind.parse(entry, fail, path)
     ctx = entry.get("context_window")
     if ctx is not None and ctx <= 0:

@@ -1,7 +1,8 @@
 """The backend registry: `backend = NAME` in models.toml → the class that runs it.
 
 Contract: `BACKENDS` maps each backend name to "module:Class" (imported only when
-used, so reading models.toml stays light); `backend_class(name)` returns the class
+used, so reading models.toml stays light); `BASE_URL_BACKEND` answers `--base-url`
+(`base_url_backend()`); `backend_class(name)` returns the class
 (`chatcli.backends.base` says what it declares and does). A new backend is one
 module plus one line here.
 
@@ -17,12 +18,20 @@ BACKENDS: dict[str, str] = {
     "local": "chatcli.backends.local:LocalBackend",
     "openai": "chatcli.backends.openai:OpenAIBackend",
 }
+BASE_URL_BACKEND = "openai"  # the backend of a one-off server (`--base-url`)
 
 
 def backend_class(name: str) -> Any:
     """The class of backend `name` (one of `BACKENDS`)."""
     module, _, cls = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def base_url_backend() -> Any:
+    """The class that answers `--base-url URL`: it has `check_base_url(url)` (why `url`
+    is not a server address, or None) and `one_off(base_url, model)` (the spec of that
+    server's model, `model` None: the one it lists)."""
+    return backend_class(BASE_URL_BACKEND)
 
 
 def backend_of(spec: Any) -> Any:

@@ -5,7 +5,7 @@ models.toml). Its class declares, before anything is opened:
 
 * `name` and `keys`: its own models.toml keys and their types (`parse` validates an
   alias's table and returns the `ModelSpec` fields; a key of another backend is an
-  error naming that backend);
+  error naming that backend, in that backend's words where its class has `misplaced`);
 * `capabilities_of(spec)`: what it can give (`Capabilities`), so that every refusal
   happens before stdin is read or anything loads, naming the missing capability;
 * `runtime_for(spec, options)`: the validated runtime (local: device, dtype, threads,
@@ -25,7 +25,11 @@ request), `invalidate` (forget its prompt cache), `token_text`, `prompt_text`
 (what the model is given, for /prompt), `attention` (the answer's attention per
 turn: internals only), `reused` (prompt tokens the last answer did not recompute),
 `approximate` (token counts are estimates) and `implementation` (which code runs;
-`implementation_name` and `implementation_note` split it for --json).
+`implementation_name` and `implementation_note` split it for --json). With the
+capability `alternatives` it also does `distributions` (what the model weighed at each
+step of an answer) and `alternative` (the answer taken another way at one step); with
+`compile`, its class does `compile(spec, runtime, reporter, autotune)`. Callers ask the
+capability, never the backend's name or its attributes.
 
 Raw completions (`ask --raw`; the `raw` capability): a backend that has it also has
 `raw_count` (the prompt token ids of messages taken as plain text, no chat template:
@@ -61,6 +65,10 @@ class Capabilities:
     kv_reuse: bool = False  # keeps the prompt's KV cache between turns
     exact_count: bool = True  # counts prompt tokens with the model's own tokenizer
     raw: bool = False  # completes plain text without a chat template (ask --raw)
+    # The model's distribution at every step of an answer, and an answer taken another way
+    # at one step (`distributions`, `alternative`: --alt, /alt).
+    alternatives: bool = False
+    compile: bool = False  # a decode step `chatcli compile` builds (the class's `compile`)
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,26 @@ def check_capabilities(spec: Any, caps: Capabilities, views: Views,
                 raise UsageError(f"strategy '{settings.strategy}' needs the capability "
                                  f"'{capability}', which {where} lacks",
                                  "choose another strategy (-S), or use a local model (-m)")
+
+
+def misplaced_key(owner: Any, owner_name: str, key: str, backend: str) -> tuple[str, str]:
+    """The error and hint for models.toml key `key` of backend `owner` in an alias of
+    `backend`: the owner's own wording (its class's `misplaced`, with {key} and {backend})
+    where it has one."""
+    wording = getattr(owner, "misplaced", None)
+    if wording is not None:
+        message, hint = wording
+        return message.format(key=key, backend=backend), hint.format(key=key, backend=backend)
+    return (f"'{key}' needs backend = \"{owner_name}\"",
+            f"add backend = \"{owner_name}\" or remove '{key}'")
+
+
+def check_alternatives(spec: Any, caps: Capabilities, what: str) -> None:
+    """Refuse `what` (--alt, /alt) where the backend has no per-step distributions."""
+    if not caps.alternatives:
+        raise UsageError(f"{what} needs the model's distribution at every step, which "
+                         f"'{_name(spec)}' (backend {spec.backend}) does not give",
+                         "use a local model (-m)")
 
 
 def check_raw(spec: Any, caps: Capabilities) -> None:

@@ -37,7 +37,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 CAPABILITIES = Capabilities(token_ids=True, internals=True, any_strategy=True, beam=True,
                             max_candidates=None, constrained=True, kv_reuse=True,
-                            exact_count=True, raw=True)
+                            exact_count=True, raw=True, alternatives=True, compile=True)
 
 
 class LocalBackend:
@@ -47,6 +47,11 @@ class LocalBackend:
         "package": str, "sha256": str, "dtype": str, "chat_template": str,
         "trust_remote_code": bool, "implementation": str, "quantize": str, "compile": str,
     }
+
+    # A key of this backend in an alias of another one (`misplaced_key`).
+    misplaced: ClassVar[tuple[str, str]] = (
+        "'{key}' applies to local models, not backend = \"{backend}\"",
+        "remove '{key}' (the server decides where its weights come from)")
 
     # -- the alias, before anything is opened -------------------------------------------
     @staticmethod

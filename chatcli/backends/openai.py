@@ -99,6 +99,16 @@ class OpenAIBackend:
     def location(spec: Any) -> str:
         return f"{spec.backend}:{spec.base_url} ({spec.model})"
 
+    check_base_url = staticmethod(check_base_url)
+
+    @classmethod
+    def one_off(cls, base_url: str, model: str | None) -> Any:
+        """The spec of `--base-url`'s server (its model `model`, None: the one it lists)."""
+        from chatcli.registry import ModelSpec
+
+        return ModelSpec(alias=model or "", source="remote", backend=cls.name,
+                         base_url=base_url, model=model)
+
     @staticmethod
     def capabilities_of(spec: Any) -> Capabilities:
         from chatcli.remote.params import PROFILES

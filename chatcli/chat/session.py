@@ -44,7 +44,7 @@ from typing import Any
 from chatcli.answer import Generation
 from chatcli.attachments import split_message
 from chatcli.backends import as_backend
-from chatcli.backends.base import Backend, Views
+from chatcli.backends.base import Backend, Views, check_alternatives
 from chatcli.branches import Tree
 from chatcli.chat.recorder import Recorder
 from chatcli.context import Packed, Render, pack
@@ -367,14 +367,8 @@ class ChatSession:
                 or not gen.token_ids:
             raise ChatcliError(f"{what} explores the last answer, and there is none yet",
                                "ask something first")
-        method = getattr(self.backend, "alternative", None)
-        if method is None:
-            spec = self.backend.spec
-            where = spec.alias or getattr(spec, "base_url", None)
-            raise UsageError(f"{what} needs the model's distribution at every step, which "
-                             f"'{where}' (backend {spec.backend}) does not give",
-                             "use a local model (-m)")
-        return method, gen, packed
+        check_alternatives(self.backend.spec, self.backend.capabilities, what)
+        return self.backend.alternative, gen, packed
 
     def least_sure(self, k: int = 5, n: int = 5) -> list[Any]:
         """The last answer's steps where the model was least sure (StepView, step order)."""

@@ -205,11 +205,9 @@ def ask(
                  raw=raw)
     if alt is not None:
         from chatcli.backends import backend_of
+        from chatcli.backends.base import check_alternatives
 
-        if not hasattr(backend_of(prep.spec), "alternative"):
-            raise UsageError(f"--alt needs the model's distribution at every step, which "
-                             f"'{prep.spec.alias or prep.spec.base_url}' (backend "
-                             f"{prep.spec.backend}) does not give", "use a local model (-m)")
+        check_alternatives(prep.spec, backend_of(prep.spec).capabilities_of(prep.spec), "--alt")
     paths = list(file or [])
     gathered = gather_files(ui, paths, max_files, max_bytes, truncate_files) if paths else None
     # `-f -` takes stdin as a file; otherwise piped stdin joins the prompt
@@ -258,7 +256,7 @@ def ask(
         if not raw and conv is None:
             raw = raw_without_template(backend, prep.spec.alias, system, ui)
         if alt is not None:  # before the answer is generated
-            check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
+            check_alt(str(alt_spec), alt, vocab=backend.vocab_size)
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
         session = ChatSession(backend, prep.strategies, prep.decoding(), conversation,
@@ -349,7 +347,8 @@ def ask(
         if gen.hypotheses:
             out["hypotheses"] = [h.as_dict() for h in gen.hypotheses]
         if session.candidates is not None:
-            out["tokens"] = token_records(events, token_text)
+            out["tokens"] = token_records(events, token_text,
+                                          ids=backend.capabilities.token_ids)
         if show_beams:
             out["pruned_beams"] = [b.as_dict() for b in gen.pruned]
         if spans is not None:

@@ -197,13 +197,13 @@ def resolve_spec(registry: Any, model: str | None, base_url: str | None) -> Any:
     """
     import dataclasses
 
-    from chatcli.backends.openai import check_base_url
+    from chatcli.backends import base_url_backend
     from chatcli.errors import UsageError
-    from chatcli.registry import ModelSpec
 
     if base_url is None:
         return registry.resolve(model)
-    problem = check_base_url(base_url)
+    server = base_url_backend()
+    problem = server.check_base_url(base_url)
     if problem:
         raise UsageError(f"--base-url {base_url}: {problem}",
                          "e.g. --base-url http://127.0.0.1:8080/v1")
@@ -215,12 +215,11 @@ def resolve_spec(registry: Any, model: str | None, base_url: str | None) -> Any:
         if "base_url" not in backend_of(spec).keys:
             raise UsageError(
                 f"--base-url needs a remote model, and '{model}' is a local alias",
-                "use -m with an alias that has backend = \"openai\", or -m with the name "
-                "the server gives its model",
+                f"use -m with an alias that has backend = \"{server.name}\", or -m with the "
+                "name the server gives its model",
             )
         return dataclasses.replace(spec, base_url=base_url)
-    return ModelSpec(alias=model or "", source="remote", backend="openai", base_url=base_url,
-                     model=model)
+    return server.one_off(base_url, model)
 
 
 def runtime_for(

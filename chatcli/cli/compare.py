@@ -178,11 +178,9 @@ def compare(
                  check=check, raw=raw)
     if alt is not None:
         from chatcli.backends import backend_of
+        from chatcli.backends.base import check_alternatives
 
-        if not hasattr(backend_of(prep.spec), "alternative"):
-            raise UsageError("--alt needs the model's distribution at every step, which "
-                             f"'{prep.spec.alias or prep.spec.base_url}' (backend "
-                             f"{prep.spec.backend}) does not give", "use a local model (-m)")
+        check_alternatives(prep.spec, backend_of(prep.spec).capabilities_of(prep.spec), "--alt")
     text = join_prompt(prompt, read_piped_stdin(ui))
     if not text.strip():
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
@@ -197,7 +195,7 @@ def compare(
         raw = raw_without_template(backend, prep.spec.alias, system, ui)
     render = backend.raw_count if raw else backend.count
     if alt is not None:  # before any answer is generated
-        check_alt(str(alt_spec), alt, vocab=getattr(backend, "vocab_size", None))
+        check_alt(str(alt_spec), alt, vocab=backend.vocab_size)
     conversation = Conversation(system=system)
     conversation.add_user(text)
     all_settings = [prep.settings(r, backend.generation_config) for r in prep.requests]
@@ -268,7 +266,7 @@ def compare(
         if alt is None:
             continue
         start = time.perf_counter()
-        taken, other = backend.alternative(  # type: ignore[attr-defined]
+        taken, other = backend.alternative(
             packed, settings, settings.common.max_new_tokens, Views(candidates=0),
             gen.token_ids, *alt, strategies=prep.strategies, constraint=shape)
         other_events = list(other)

@@ -180,10 +180,9 @@ def compile_step(alias: CompileAliasArg = None, quick: QuickOpt = False,
     ui = UI()
     spec = load_registry(models_file).resolve(alias)
     backend = backend_of(spec)
-    build = getattr(backend, "compile", None)
-    if build is None:
+    if not backend.capabilities_of(spec).compile:
         raise UsageError(f"'{spec.alias}' runs on backend {spec.backend}: there is no decode "
                          "step to compile here", "compile a local alias")
     runtime = backend.runtime_for(spec, "cpu", dtype, threads, quantize)
     check_home()
-    ui.print(build(spec, runtime, ui, not quick))
+    ui.print(backend.compile(spec, runtime, ui, not quick))

@@ -86,7 +86,14 @@ def show_table(ui: UI, events: Sequence[Any], token_text: TokenText) -> None:
           rows)
 
 
-def token_records(events: Sequence[Any], token_text: TokenText) -> list[dict[str, Any]]:
+def token_records(events: Sequence[Any], token_text: TokenText,
+                  ids: bool = True) -> list[dict[str, Any]]:
+    """`ids`: the backend gives vocabulary ids (its `token_ids` capability); without, a
+    token is known by its text alone and its "id" is null."""
+
+    def _id(token_id: int) -> int | None:
+        return token_id if ids else None
+
     out = []
     for e in events:
         c = e.candidates
@@ -107,7 +114,3 @@ def token_records(events: Sequence[Any], token_text: TokenText) -> list[dict[str
         out.append(record)
     return out
 
-
-def _id(token_id: int) -> int | None:
-    """A vocabulary id, or None for a token known only by its text (a remote model's)."""
-    return token_id if token_id >= 0 else None
