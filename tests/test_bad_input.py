@@ -195,8 +195,8 @@ def test_compare_spec_types_every_parameter(strategy: str | None, name: str) -> 
          "error: -S sample:seed=x: seed must be an integer; "
          "hint: write -S sample:seed=N, e.g. -S sample:seed=42", 2),
         (["compare", "-n", "100000000"],
-         "error: the context window of 256 tokens is too small for 100000000 new tokens; "
-         "hint: lower -n to at most 242", 1),
+         "error: max_new_tokens (100000000) leaves no room in the context window of 256 "
+         "tokens; hint: lower -n to at most 242 (in chat: /set max_new_tokens N)", 1),
     ],
 )
 def test_command_line_values_are_one_line(cli, args: list[str], line: str, code: int) -> None:

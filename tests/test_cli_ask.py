@@ -141,7 +141,7 @@ def test_max_new_tokens_must_leave_room(cli, home: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr == (
         "error: max_new_tokens (64) leaves no room in the context window of 64 tokens; "
-        "hint: lower --max-new-tokens (in chat: /set max_new_tokens N)\n"
+        "hint: lower -n to at most 51 (in chat: /set max_new_tokens N)\n"
     )
 
 

@@ -56,7 +56,8 @@ def test_docs_have_one_section_per_command_in_help_order() -> None:
     assert titles == [
         "chatcli", "chatcli ask", "chatcli chat", "chatcli compare", "chatcli pull",
         "chatcli compile",
-        "chatcli strategies", "chatcli serve", "chatcli models", "chatcli models list", "chatcli models show",
+        "chatcli strategies", "chatcli serve", "chatcli models", "chatcli models list",
+        "chatcli models show",
         "chatcli history", "chatcli history list", "chatcli history show",
         "chatcli history export", "chatcli history rm",
     ]

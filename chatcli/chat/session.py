@@ -51,7 +51,7 @@ from chatcli.context import Packed, Render, pack
 from chatcli.conversation import Conversation, Message
 from chatcli.decoding.registry import StrategyRegistry
 from chatcli.decoding.settings import DecodingSettings, resolve_settings
-from chatcli.errors import ChatcliError, UsageError
+from chatcli.errors import ChatcliError, ContextOverflowError, UsageError
 
 
 @dataclass
@@ -309,19 +309,12 @@ class ChatSession:
     # -- answering ----------------------------------------------------------------
     @property
     def render(self) -> Render:
-        """The prompt token ids of messages: the backend's `count`, which may count each
-        message once (a `chatcli.context.Measure`; packing then takes linear time); a raw
-        session's are the plain text's (`raw_count`)."""
-        return self.backend.raw_count if self.raw else self.backend.count
+        """The prompt token ids of messages (`render_of`)."""
+        return render_of(self.backend, self.raw)
 
     def pack(self) -> Packed:
-        if self.budget <= 0:
-            raise ChatcliError(
-                f"max_new_tokens ({self.max_new_tokens}) leaves no room in the context window "
-                f"of {self.backend.context_window} tokens",
-                "lower --max-new-tokens (in chat: /set max_new_tokens N)",
-            )
-        return pack(self.conversation, self.render, self.budget, truncate=self.truncate)
+        return pack_for(self.conversation, self.backend, self.max_new_tokens, raw=self.raw,
+                        truncate=self.truncate)
 
     def room(self) -> int:
         """The tokens the context window leaves an answer after the last packed prompt."""
@@ -410,6 +403,30 @@ class ChatSession:
             tokens_per_second=s.decode_tokens_per_s,
         )
         self._save(self.conversation.add_assistant(gen.text, interrupted), meta)
+
+
+def render_of(backend: Backend, raw: bool = False) -> Render:
+    """The prompt token ids of messages: the backend's `count`, which may count each
+    message once (a `chatcli.context.Measure`; packing then takes linear time); a raw
+    completion's are the plain text's (`raw_count`)."""
+    return backend.raw_count if raw else backend.count  # type: ignore[attr-defined]
+
+
+def pack_for(conversation: Conversation, backend: Backend, max_new_tokens: int, *,
+             raw: bool = False, truncate: bool = True) -> Packed:
+    """`conversation` packed into the backend's context window, leaving room for
+    `max_new_tokens` (chatcli.context.pack); refused when that leaves no room at all."""
+    render = render_of(backend, raw)
+    window = backend.context_window
+    budget = window - max_new_tokens
+    if budget <= 0:
+        room = window - len(render(conversation.messages()))
+        raise ContextOverflowError(
+            f"max_new_tokens ({max_new_tokens}) leaves no room in the context window of "
+            f"{window} tokens",
+            f"lower -n to at most {room} (in chat: /set max_new_tokens N)" if room > 0 else
+            "shorten the prompt, or choose a model with a larger context window (-m)")
+    return pack(conversation, render, budget, truncate=truncate)
 
 
 def _shape(gen: Generation) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from chatcli.cli.options import (
     decoding_options,
 )
 from chatcli.decoding.base import Spelling
-from chatcli.errors import ContextOverflowError, UsageError
+from chatcli.errors import UsageError
 from chatcli.ui.console import UI, read_piped_stdin
 
 PromptArg = Annotated[str | None, typer.Argument(help="The prompt. Piped stdin is put before it.",
@@ -186,14 +186,13 @@ def compare(
         raise UsageError("the prompt is empty", 'e.g. chatcli compare "Name three rivers."')
 
     from chatcli.backends.base import Views
+    from chatcli.chat.session import pack_for
     from chatcli.cli.common import raw_without_template
-    from chatcli.context import pack
     from chatcli.conversation import Conversation
 
     backend = prep.open()
     if not raw:
         raw = raw_without_template(backend, prep.spec.alias, system, ui)
-    render = backend.raw_count if raw else backend.count
     if alt is not None:  # before any answer is generated
         check_alt(str(alt_spec), alt, vocab=backend.vocab_size)
     conversation = Conversation(system=system)
@@ -202,16 +201,7 @@ def compare(
     # One packed prompt serves every strategy: its budget leaves room for the most
     # new tokens any of them may generate.
     most = max(s.common.max_new_tokens for s in all_settings)
-    budget = backend.context_window - most
-    if budget <= 0:
-        room = backend.context_window - len(render(conversation.messages()))
-        raise ContextOverflowError(
-            f"the context window of {backend.context_window} tokens is too small for {most} "
-            "new tokens",
-            f"lower -n to at most {room}" if room > 0 else
-            "shorten the prompt, or choose a model with a larger context window (-m)",
-        )
-    packed = pack(conversation, render, budget, truncate=False)
+    packed = pack_for(conversation, backend, most, raw=raw, truncate=False)
     results: list[dict[str, Any]] = []
     shapes = ([None] if free_too else []) + [constraint]
     runs = [(request, settings, shape) for request, settings in
