@@ -205,14 +205,20 @@ def test_served_answers_equal_in_process_ones(home: Path, server: Served,
 
 
 def test_a_chat_through_the_server_is_the_same_chat(home: Path, server: Served) -> None:
-    turns = "Hello!\nThe capital of France?\nAnd the fox?\n"
+    # /alt names the tokens (tokenizer calls) before the new answer streams; /candidates
+    # makes every answer carry its distributions; /choice constrains; /prompt and
+    # /context read the packed prompt; /retry and /undo move in the branch tree.
+    turns = ("Hello!\nThe capital of France?\n/alt 2 2\n/alt\n/candidates 3\nAnd the fox?\n"
+             "/candidates 0\n/choice yes,no\nIs it?\n/unconstrain\n/retry\n/undo\n"
+             "/prompt\n/context\n")
     served = run_cli(["chat", "-n", "10"], input=turns)
     alone = run_cli(["chat", "-n", "10", "--no-server"], input=turns)
     assert served.exit_code == alone.exit_code == 0, served.stderr + alone.stderr
-    assert served.stdout == alone.stdout
+    assert (served.stdout, served.stderr) == (alone.stdout, alone.stderr)
+    assert "instead of" in served.stderr + served.stdout  # /alt took another token
     listing = json.loads(run_cli(["history", "list", "--json"]).stdout)
-    assert [c["messages"] for c in listing] == [6, 6]  # each message saved once
-    assert server.text().count("answered") == 3
+    assert [c["messages"] for c in listing][0] == listing[1]["messages"]  # saved once each
+    assert server.text().count("answered") == 6, server.text()
 
 
 def test_the_client_imports_neither_torch_nor_transformers(home: Path, server: Served) -> None:

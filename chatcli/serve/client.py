@@ -17,7 +17,9 @@ end (Ctrl-C, an error) closes the connection, which stops the server's generatio
 next request connects again and opens the model again (still loaded there). A server
 that goes away mid-answer ends the stream with `ServerGone` (the answer so far is the
 caller's to keep, as with a remote server); requests after that say the server is gone.
-A request that waits for another one's answer says so on stderr.
+A request that waits for another one's answer says so on stderr. Tokenizer calls made
+while an answer is still to be read (/alt's note names the tokens before the new answer
+streams) go over a second connection, leaving the stream as it is.
 
 Imports neither torch nor transformers (the point of it: `python -X importtime`).
 Knows nothing about the terminal beyond the `UI` it is handed.
@@ -40,6 +42,7 @@ from chatcli.answer import Generation, Stats
 from chatcli.backends.base import Views
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.serve import wire
+from chatcli.serve.server import FREE_CALLS
 
 MODES = ("use", "start", "off")
 HELLO_TIMEOUT = 5.0
@@ -281,6 +284,7 @@ class ServedBackend:
         self.info: dict[str, Any] = {}
         self._streaming = False  # a stream not read to its end: the connection is dropped
         self._reused = 0
+        self._side: tuple[Connection, int] | None = None  # see `_side_call`
         _open.add(self)
         self.count = _Measure(self, "count")
         self.raw_count = _Measure(self, "raw_count")
@@ -314,13 +318,35 @@ class ServedBackend:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        if self._side is not None:
+            self._side[0].close()
+            self._side = None
 
     def _call(self, method: str, *args: Any) -> Any:
+        if self._streaming and method in FREE_CALLS:  # beside the answer not read yet
+            return self._side_call(method, *args)
         conn = self._connection()
         try:
             return conn.request(self.ui, "call", self.handle, method, *args)[1]
         except (OSError, wire.ServerGone) as exc:
             self._drop()
+            raise wire.ServerGone("the chatcli server went away", GONE_HINT) from exc
+
+    def _side_call(self, method: str, *args: Any) -> Any:
+        """A tokenizer call while this backend's answer is still streaming: on a second
+        connection, so that the answer's stream stays as it is."""
+        try:
+            if self._side is None:
+                side = Connection(self.path)
+                frame = side.request(self.ui, "open", self.requested_spec,
+                                     *self.runtime_flags)
+                self._side = (side, int(frame[1]))
+            side, handle = self._side
+            return side.request(self.ui, "call", handle, method, *args)[1]
+        except (OSError, wire.ServerGone) as exc:
+            if self._side is not None:
+                self._side[0].close()
+                self._side = None
             raise wire.ServerGone("the chatcli server went away", GONE_HINT) from exc
 
     def close(self) -> None:

@@ -14,7 +14,8 @@ is served by its own thread:
   busy steps) goes to the client as frames. The answer is a handle and what the client
   needs to know of the model.
 * "call" (handle, method, ...): counting, checks, token text, prompt text, attention,
-  distributions — the local backend's own methods.
+  distributions — the local backend's own methods. Those that read the tokenizer only
+  (`FREE_CALLS`) are answered at once; the others wait for the model like an answer.
 * "stream" / "alternative": "started" once the request is accepted (a bad constraint is
   refused before), then the answer's `StepEvent`s, one frame each with the stats so far
   and the prompt tokens the cache reused, and on the last one what the generation
@@ -304,7 +305,9 @@ class Server:
                 if resident is None:
                     raise ChatcliError("the chatcli server has no such model open",
                                        "run the command again")
-                if op == "call":
+                if op == "call" and frame[2] in FREE_CALLS:
+                    wire.send(sock, "ok", _call(resident.backend, frame[2], *frame[3:]))
+                elif op == "call":
                     with self._turn(sock, resident, frame[2]):
                         result = _call(resident.backend, frame[2], *frame[3:])
                     wire.send(sock, "ok", result)
@@ -426,6 +429,12 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "distributions": lambda b, packed, answer_ids, k, constraint: b.distributions(
         packed, answer_ids, k, constraint),
 }
+
+
+# Calls that read the tokenizer only: answered at once, even while the model answers
+# (the client asks them beside a stream it has not read yet, e.g. /alt's note).
+FREE_CALLS = frozenset({"count", "count_sizes", "count_length", "raw_count", "raw_count_sizes",
+                        "raw_count_length", "token_text", "prompt_text", "check"})
 
 
 def _call(backend: Any, method: str, *args: Any) -> Any:
