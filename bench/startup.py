@@ -1,7 +1,7 @@
 """Start-up of a one-shot answer: first answer byte, last byte, process exit; `--help`.
 
 Usage: python bench/startup.py [--runs 5] [-n 16] [--tree NAME=PATH ...]
-                               [--home NAME=PATH ...] [--question TEXT]
+                               [--home NAME=PATH ...] [--served NAME ...] [--question TEXT]
                                [--write docs/benchmarks.md] [-- extra ask args]
 
 Runs `chatcli --help` and `chatcli ask -n N --stats QUESTION` on the default model
@@ -13,7 +13,10 @@ medians (min to max) of:
 - last byte: to the last byte on stdout or stderr (the `--stats` line);
 - exit: to the process's end (`wait()` returns);
 - teardown: exit minus last byte, per run — what the process does after its last
-  byte is written (the history is committed before the stats line).
+  byte is written (the history is committed before the stats line);
+- decode as the client sees it: (completion tokens - 1) / (last stdout byte - first
+  stdout byte), the tokens from the `--stats` line: the same clock for an answer made
+  in the process and one streamed from a resident server.
 With several checkouts, a last column per later one gives its difference from the first,
 run by run in the same round (median, min to max): load that drifts between rounds
 cancels.
@@ -25,7 +28,11 @@ Without `--tree` the checkout this script is in is measured alone. `--home NAME=
 runs the variant NAME with CHATCLI_HOME=PATH (e.g. the same checkout as two variants,
 one home with a compiled decode step, one without); the others run with the
 environment's. No variant builds the compiled step in the background
-(CHATCLI_AUTO_COMPILE=0). The header states
+(CHATCLI_AUTO_COMPILE=0). `--served NAME` (repeatable) gives the variant NAME a
+resident server (`chatcli serve --keep-alive -1` from its tree, with its environment),
+started before the rounds, warmed by one answer (the model loaded, its compiled step
+with it) and stopped after them; the other variants run with CHATCLI_SERVER=off, so
+that they load in-process as without a server. The header states
 the CPU and the load average at the start and end; `--write PATH` replaces the
 `startup` section of PATH (e.g. docs/benchmarks.md) with the report.
 """
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -61,6 +69,14 @@ class Run:
     last_byte: float
     exit: float
     code: int
+    last_out: float = float("nan")  # the last stdout byte
+    tokens: int = 0  # completion tokens, from the --stats line
+
+    @property
+    def decode_rate(self) -> float:
+        """Tokens per second between the first and the last stdout byte."""
+        span = self.last_out - self.first_byte
+        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else float("nan")
 
     @property
     def teardown(self) -> float:
@@ -77,7 +93,8 @@ def timed_run(cmd: list[str], env: dict[str, str], cwd: Path) -> Run:
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
     sel.register(proc.stderr, selectors.EVENT_READ, "err")
-    first = last = float("nan")
+    first = last = last_out = float("nan")
+    err = b""
     open_streams = 2
     while open_streams:
         for key, _ in sel.select():
@@ -89,11 +106,36 @@ def timed_run(cmd: list[str], env: dict[str, str], cwd: Path) -> Run:
                 continue
             if key.data == "out" and first != first:  # still NaN
                 first = now
+            if key.data == "out":
+                last_out = now
+            else:
+                err += chunk
             last = now
     code = proc.wait()
     end = time.perf_counter() - start
     sel.close()
-    return Run(first, last, end, code)
+    found = re.search(rb"completion_tokens=(\d+)", err)
+    return Run(first, last, end, code, last_out, int(found.group(1)) if found else 0)
+
+
+def start_server(exe: list[str], env: dict[str, str], tree: Path,
+                 ask_args: list[str]) -> subprocess.Popen[bytes]:
+    """`chatcli serve` for a variant, its model loaded by one answer."""
+    server = subprocess.Popen([*exe, "serve", "--keep-alive", "-1"], env=env, cwd=tree,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        status = subprocess.run([*exe, "serve", "--status", "--json"], env=env, cwd=tree,
+                                capture_output=True, text=True)
+        if status.stdout.strip() not in ("", "null"):
+            break
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            sys.exit(f"{tree}: chatcli serve did not start")
+        time.sleep(0.2)
+    subprocess.run([*exe, *ask_args], env=env, cwd=tree, check=True, capture_output=True)
+    return server
 
 
 def tree_env(tree: Path) -> dict[str, str]:
@@ -130,6 +172,8 @@ def main() -> None:
                     metavar="NAME=PATH", help="a chatcli checkout to measure (repeatable)")
     ap.add_argument("--home", type=parse_tree, action="append", default=[],
                     metavar="NAME=PATH", help="CHATCLI_HOME of the variant NAME (repeatable)")
+    ap.add_argument("--served", action="append", default=[], metavar="NAME",
+                    help="the variant NAME answers through a resident chatcli serve")
     ap.add_argument("--question", default=QUESTION, help=f"the question (default {QUESTION!r})")
     add_write_options(ap, "startup")
     ap.add_argument("rest", nargs="*", help="extra `chatcli ask` arguments")
@@ -138,9 +182,9 @@ def main() -> None:
     for _, tree in trees:
         check_tree(tree)
     homes = dict(args.home)
-    unknown = set(homes) - {name for name, _ in trees}
+    unknown = (set(homes) | set(args.served)) - {name for name, _ in trees}
     if unknown:
-        sys.exit(f"--home names no --tree: {', '.join(sorted(unknown))}")
+        sys.exit(f"--home or --served names no --tree: {', '.join(sorted(unknown))}")
     env_note = os.environ.get("CHATCLI_HOME", "default cache")
     if homes:
         env_note = f"its own CHATCLI_HOME for {', '.join(homes)} (--home), else {env_note}"
@@ -148,11 +192,15 @@ def main() -> None:
     conditions = Conditions.observe()
 
     variants = {}
+    servers: list[subprocess.Popen[bytes]] = []
     for name, tree in trees:
         exe = [sys.executable, "-m", "chatcli"]
         env = tree_env(tree)
         if name in homes:
             env["CHATCLI_HOME"] = str(homes[name])
+        env["CHATCLI_SERVER"] = "use" if name in args.served else "off"
+        if name in args.served:
+            servers.append(start_server(exe, env, tree, ask_args))
 
         def help_s(exe: list[str] = exe, tree: Path = tree, env: dict[str, str] = env
                    ) -> float:
@@ -169,7 +217,12 @@ def main() -> None:
 
         variants[(name, "help")] = help_s
         variants[(name, "ask")] = ask
-    res = interleave(variants, args.runs, alternate=True)
+    try:
+        res = interleave(variants, args.runs, alternate=True)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=60)
     conditions.finish()
 
     names = [name for name, _ in trees]
@@ -187,7 +240,9 @@ def main() -> None:
     for label, get in (("first answer byte", lambda r: r.first_byte),
                        ("last byte (`--stats` line)", lambda r: r.last_byte),
                        ("process exit (whole command)", lambda r: r.exit),
-                       ("teardown: exit - last byte", lambda r: r.teardown)):
+                       ("teardown: exit - last byte", lambda r: r.teardown),
+                       *([("decode tok/s as the client sees it", lambda r: r.decode_rate)]
+                         if args.n > 1 else [])):
         rows.append((f"`ask -n {args.n}`: {label}",
                      cells({n: [get(r) for r in asks[n]] for n in names})))
     columns = [*names, *[f"{n} - {base}, same round" for n in others]]
@@ -195,6 +250,7 @@ def main() -> None:
         f"`python bench/startup.py --runs {args.runs} -n {args.n}"
         + "".join(f" --tree {n}=…" for n in (args.tree and names) or [])
         + "".join(f" --home {n}=…" for n in homes)
+        + "".join(f" --served {n!r}" for n in args.served)
         + (f" --question {args.question!r}" if args.question != QUESTION else "")
         + f"`: fresh processes, `chatcli ask -n {args.n} --stats \"{args.question}\"`, cache: "
         f"{env_note}; {args.runs} interleaved rounds; median (min to max) seconds from the "

@@ -84,6 +84,11 @@ class OutputClosed(Exception):
     """
 
 
+class BackendGone(ChatcliError):
+    """What answered is gone (a resident server stopped); opening the model again, in
+    this process, may work."""
+
+
 class RemoteError(ChatcliError):
     """A server of a remote backend could not be reached or refused the request."""
 

@@ -442,3 +442,47 @@ def test_auto_start_starts_a_server_that_the_next_command_uses(
     finally:
         assert run_cli(["serve", "--stop"]).exit_code == 0
     assert not sock_path().exists()
+
+
+def start_chat(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "chatcli", "chat", *args], env=env(home),
+                            text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def test_a_chat_whose_server_is_gone_goes_on_in_process(home: Path) -> None:
+    served = start_server(home)
+    chat = start_chat(home, "-n", "8")
+    assert chat.stdin is not None and chat.stdout is not None
+    chat.stdin.write("Hello!\n")
+    chat.stdin.flush()
+    first = chat.stdout.readline()  # the first answer, through the server
+    served.proc.kill()
+    served.proc.wait(timeout=30)
+    out, err = chat.communicate("The capital of France?\n", timeout=120)
+    assert chat.returncode == 0, err
+    assert err == ("warning: the chatcli server went away: loading tiny in this process\n")
+    alone = run_cli(["chat", "-n", "8", "--no-server"], input="Hello!\nThe capital of France?\n")
+    assert first + out == alone.stdout
+    saved = history_messages(home)
+    assert [m["role"] for m in saved] == ["user", "assistant"] * 2
+
+
+def test_a_chat_whose_server_dies_mid_answer_keeps_it_and_goes_on(home: Path) -> None:
+    served = start_server(home, delay=0.05)
+    chat = start_chat(home, "-n", "200", "--regex", "[a-z ]{150}")
+    assert chat.stdin is not None and chat.stdout is not None
+    chat.stdin.write("The capital of France\n")
+    chat.stdin.flush()
+    first_output(chat)
+    served.proc.kill()
+    served.proc.wait(timeout=30)
+    _, err = chat.communicate("Hello!\n", timeout=120)
+    assert chat.returncode == 1  # a piped chat with a failed turn
+    assert err == ("error: the chatcli server stopped mid-answer; hint: what was answered so "
+                   "far is kept; ask again: chatcli answers in-process, or start the server "
+                   "again with chatcli serve\n"
+                   "warning: loading tiny in this process\n")
+    saved = history_messages(home)
+    assert [m["role"] for m in saved] == ["user", "assistant"] * 2
+    assert saved[1]["interrupted"] is True and saved[3].get("interrupted") is not True

@@ -42,6 +42,8 @@ class ChatContext:
     # the Generation it returns (with the exchanges newly dropped), e.g. an alternative
     answer: Callable[..., None]
     load_model: Callable[[str], Any]  # alias -> its backend, opened
+    # alias -> its backend, opened in this process (what answered is gone: BackendGone)
+    load_here: Callable[[str], Any] | None = None
     failed: int = 0  # turns that ended in an error (piped chat exits 1 when any did)
     # files attached to the next message (-f, /read, /glob): chatcli.attachments.Attachment
     pending: list[Any] = dataclasses.field(default_factory=list)

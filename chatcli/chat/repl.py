@@ -26,12 +26,32 @@ from typing import Any
 from chatcli.chat.commands import ChatContext, dispatch
 from chatcli.chat.session import ChatSession
 from chatcli.conversation import Message
-from chatcli.errors import ChatcliError, ContextOverflowError
+from chatcli.errors import BackendGone, ChatcliError, ContextOverflowError
 from chatcli.interrupts import ended_by_signal
 from chatcli.ui.answers import stopped_note, stream_answer
 from chatcli.ui.input import LineReader
 
 ESCAPE = "//"  # an entry starting with it is a message starting with "/"
+
+
+def load_here(ctx: ChatContext, gone: BackendGone | None) -> bool:
+    """The session's model loaded in this process, what answered being gone (`gone`: the
+    error, said first); whether it worked."""
+    alias = ctx.session.backend.spec.alias
+    if ctx.load_here is None:
+        if gone is not None:
+            ctx.failed += 1
+            ctx.ui.error(gone.message, gone.hint)
+        return False
+    ctx.ui.warn(f"{gone.message + ': ' if gone is not None else ''}loading {alias} in this "
+                "process")
+    try:
+        ctx.session.use_model(ctx.load_here(alias))
+    except ChatcliError as exc:
+        ctx.failed += 1
+        ctx.ui.error(exc.message, exc.hint)
+        return False
+    return True
 
 
 def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None) -> None:
@@ -40,6 +60,10 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
     session, ui = ctx.session, ctx.ui
     try:
         gen, newly_dropped = (start or session.start_reply)()
+    except BackendGone as exc:  # gone since the last answer: this once, in-process
+        if start is None and load_here(ctx, exc):
+            answer(ctx)
+        return
     except ChatcliError as exc:
         ctx.failed += 1
         ui.error(exc.message, exc.hint)
@@ -88,6 +112,8 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
     if failure is not None:
         ctx.failed += 1
         ui.error(failure.message, failure.hint)
+        if isinstance(failure, BackendGone):
+            load_here(ctx, None)
     elif interrupted:
         ui.warn("answer interrupted; the partial reply is kept in the history")
     elif gen.constraint is not None and gen.constraint_satisfied is False:

@@ -136,7 +136,7 @@ def chat(
     if constraint is not None:
         session.set_constraint(constraint)
     chat_ctx = ChatContext(session, ui, answer=lambda start=None: answer(chat_ctx, start),
-                           load_model=prep.open_alias,
+                           load_model=prep.open_alias, load_here=prep.open_here,
                            caps=(max_files, max_bytes, truncate_files))  # /read, /glob too
     if file:  # attached to the first message sent
         chat_ctx.pending.extend(files)

@@ -105,6 +105,14 @@ class Setup:
         spec = self.spec_for(alias)
         return self._open(spec, self.runtime_for(spec))
 
+    def open_here(self, alias: str) -> Any:
+        """`alias`'s model loaded in this process from now on (chat, when the resident
+        server that answered is gone)."""
+        if self.served is not None:
+            self.served.close()
+            self.served = None
+        return self.open_alias(alias)
+
     def _open(self, spec: Any, runtime: Any) -> Any:
         if self.served is not None and spec.backend == "local":
             from chatcli.serve.client import ServedBackend

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli import __version__
-from chatcli.errors import ChatcliError
+from chatcli.errors import BackendGone, ChatcliError
 
 PROTOCOL = 1
 VERSION = f"{__version__}/{PROTOCOL}"
@@ -40,7 +40,7 @@ _HEADER = struct.Struct(">I")
 _MAX_FRAME = 1 << 30
 
 
-class ServerGone(ChatcliError):
+class ServerGone(BackendGone):
     """The server closed the connection (it stopped, or it was killed)."""
 
 
