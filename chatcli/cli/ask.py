@@ -42,6 +42,7 @@ from chatcli.cli.options import (
     JsonOpt,
     MaxBytesOpt,
     MaxFilesOpt,
+    ModelChoice,
     ModelOpt,
     ModelsFileOpt,
     NoServerOpt,
@@ -49,6 +50,7 @@ from chatcli.cli.options import (
     QuantizeOpt,
     RawOpt,
     RegexOpt,
+    RuntimeChoice,
     SchemaOpt,
     ShowBeamsOpt,
     ShowCandidatesOpt,
@@ -138,7 +140,6 @@ def waited(ui: UI, events: Iterable[Any], message: str) -> Iterator[Any]:
 
 @decoding_options()
 def ask(
-    ctx: typer.Context,
     prompt: PromptArg = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
@@ -183,7 +184,8 @@ def ask(
 
     ui = UI()
     # Flags are validated before stdin is read or anything loads.
-    constraint = constraint_of(ctx.params)
+    constraint = constraint_of(schema=schema, json_object=json_object, regex=regex,
+                               grammar=grammar, choice=choice)
     alt = parse_alt(alt_spec) if alt_spec is not None else None
     if raw and system is not None:
         raise UsageError(RAW_NO_SYSTEM, "put what the model should read first in the prompt "
@@ -198,7 +200,9 @@ def ask(
         if alt is not None:
             check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
-    prep = setup(ui, ctx.params, check=check,
+    prep = setup(ui, ModelChoice(model, base_url, models_file),
+                 RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
+                 check=check,
                  candidates=show_candidates or None,
                  internals="--show-beams" if show_beams else
                  "--explain-context" if explain_context else None, constraint=constraint,

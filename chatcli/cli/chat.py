@@ -27,6 +27,7 @@ from chatcli.cli.options import (
     JsonObjectOpt,
     MaxBytesOpt,
     MaxFilesOpt,
+    ModelChoice,
     ModelOpt,
     ModelsFileOpt,
     NoServerOpt,
@@ -34,6 +35,7 @@ from chatcli.cli.options import (
     PinOpt,
     QuantizeOpt,
     RegexOpt,
+    RuntimeChoice,
     SchemaOpt,
     SystemOpt,
     ThreadsOpt,
@@ -46,7 +48,6 @@ from chatcli.ui.console import UI
 
 @decoding_options()
 def chat(
-    ctx: typer.Context,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     system: SystemOpt = None,
@@ -90,7 +91,8 @@ def chat(
 
         raise UsageError("chat reads your messages from stdin, so -f - cannot take it",
                          "attach files by path, or pipe the file to chatcli ask -f -")
-    constraint = constraint_of(ctx.params)
+    constraint = constraint_of(schema=schema, json_object=json_object, regex=regex,
+                               grammar=grammar, choice=choice)
     files: list[Any] = []  # gathered before anything loads: a refusal comes at once
     if file:
         from chatcli.cli.common import gather_files
@@ -121,7 +123,9 @@ def chat(
                              "prints it")
         return model or info.model
 
-    prep = setup(ui, ctx.params, alias=resume,
+    prep = setup(ui, ModelChoice(model, base_url, models_file, context_window),
+                 RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
+                 alias=resume,
                  internals="--explain-context" if explain_context else None,
                  constraint=constraint)
     backend = prep.open()

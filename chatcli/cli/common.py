@@ -1,6 +1,8 @@
 """Start-up steps that several commands share (kept out of the Typer wiring).
 
-Contract: `setup(ui, params, ...)` is what ask, chat and compare start from:
+Contract: `setup(ui, choice, runtime, decoding, ...)` is what ask, chat and compare start
+from (`choice`: `cli.options.ModelChoice`, `runtime`: `RuntimeChoice`, `decoding`: the
+dict `decoding_options` gives):
 CHATCLI_HOME checked (`paths.check_home`), the strategies (a warning per plugin
 that failed to load), the decoding request, the models.toml registry, the alias
 (`-m`, `--base-url`, chat's `--context-window`), every decoding request validated
@@ -43,7 +45,8 @@ class Setup:
     """The validated start of a model command; `open()` loads (or connects to) the model."""
 
     ui: UI
-    params: Mapping[str, Any]  # the command's parsed parameters
+    choice: Any  # chatcli.cli.options.ModelChoice
+    run: Any  # chatcli.cli.options.RuntimeChoice
     strategies: Any
     registry: Any
     requests: list[Request]
@@ -58,18 +61,18 @@ class Setup:
         --context-window."""
         import dataclasses
 
-        spec = resolve_spec(self.registry, alias, self.params.get("base_url"))
-        window = self.params.get("context_window")
+        spec = resolve_spec(self.registry, alias, self.choice.base_url)
+        window = self.choice.context_window
         return dataclasses.replace(spec, context_window=window) if window else spec
 
     def runtime_for(self, spec: Any) -> Any:
-        p = self.params
+        r = self.run
         if self.served is not None and spec.backend == "local":  # the server resolves it
             from chatcli.runtime import check_choices
 
-            check_choices(p["device"], p["dtype"], p["threads"], p["quantize"])
+            check_choices(r.device, r.dtype, r.threads, r.quantize)
             return None
-        return runtime_for(spec, p["device"], p["dtype"], p["threads"], p["quantize"])
+        return runtime_for(spec, r.device, r.dtype, r.threads, r.quantize)
 
     def use(self, alias: str | None) -> None:
         """Run with `alias` instead (ask --continue: the conversation's model)."""
@@ -117,15 +120,17 @@ class Setup:
         if self.served is not None and spec.backend == "local":
             from chatcli.serve.client import ServedBackend
 
-            p = self.params
-            return ServedBackend.open(self.served, spec, self.ui, p["device"], p["dtype"],
-                                      p["threads"], p["quantize"])
+            r = self.run
+            return ServedBackend.open(self.served, spec, self.ui, r.device, r.dtype, r.threads,
+                                      r.quantize)
         return open_model(spec, self.registry, self.ui, runtime)
 
 
 def setup(
     ui: UI,
-    params: Mapping[str, Any],
+    choice: Any,
+    run: Any,
+    decoding: Mapping[str, Any] | None = None,
     *,
     requests: Callable[[Any], list[Request]] | None = None,
     check: Callable[[Any], None] | None = None,
@@ -153,10 +158,10 @@ def setup(
 
     check_home()
     strategies = load_strategies(ui)
-    own = None if requests else [Request(*decoding_request(dict(params)))]
-    registry = load_registry(params.get("models_file"))
-    prepared = Setup(ui, params, strategies, registry, own or [])
-    prepared.spec = prepared.spec_for(alias() if alias else params.get("model"))
+    own = None if requests else [Request(*decoding_request(decoding or {}))]
+    registry = load_registry(choice.models_file)
+    prepared = Setup(ui, choice, run, strategies, registry, own or [])
+    prepared.spec = prepared.spec_for(alias() if alias else choice.model)
     if requests:
         prepared.requests = requests(prepared.spec)
     from chatcli.backends import backend_of
@@ -178,7 +183,7 @@ def setup(
     if prepared.spec.backend == "local":
         from chatcli.serve.client import find_server
 
-        prepared.served = find_server(ui, bool(params.get("no_server")))
+        prepared.served = find_server(ui, run.no_server)
     from chatcli import interrupts
 
     with interrupts.deferred(interrupts.LOADING):  # picking the device imports torch

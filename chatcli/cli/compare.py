@@ -28,12 +28,14 @@ from chatcli.cli.options import (
     GrammarOpt,
     JsonObjectOpt,
     JsonOpt,
+    ModelChoice,
     ModelOpt,
     ModelsFileOpt,
     NoServerOpt,
     QuantizeOpt,
     RawOpt,
     RegexOpt,
+    RuntimeChoice,
     SchemaOpt,
     SystemOpt,
     ThreadsOpt,
@@ -109,7 +111,6 @@ def runnable(spec: Any, name: str) -> bool:
 
 @decoding_options(strategies=False, strategy=False, option=False)
 def compare(
-    ctx: typer.Context,
     prompt: PromptArg = None,
     strategy: SpecsOpt = None,
     model: ModelOpt = None,
@@ -155,7 +156,8 @@ def compare(
 
     ui = UI()
     # Every strategy is validated before stdin is read or anything loads.
-    constraint = constraint_of(ctx.params)
+    constraint = constraint_of(schema=schema, json_object=json_object, regex=regex,
+                               grammar=grammar, choice=choice)
     if free_too and constraint is None:
         raise UsageError("--free-too compares answers with and without a constraint, and "
                          "none is given", "add --schema, --json-object, --regex, --grammar or "
@@ -174,8 +176,9 @@ def compare(
         if alt is not None:  # a STEP past -n is known before anything runs
             check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
-    prep = setup(ui, ctx.params, requests=requests, candidates=0, constraint=constraint,
-                 check=check, raw=raw)
+    prep = setup(ui, ModelChoice(model, base_url, models_file),
+                 RuntimeChoice(device, dtype, threads, quantize, no_server), requests=requests,
+                 candidates=0, constraint=constraint, check=check, raw=raw)
     if alt is not None:
         from chatcli.backends import backend_of
         from chatcli.backends.base import check_alternatives

@@ -7,8 +7,11 @@ gives a command one option per parameter that declares a flag (the common ones, 
 the built-in strategies', from `chatcli.decoding.settings.command_line_parameters`),
 with the flag names, help, valid range and default of the declaration, in the
 "Decoding" help panel, in place of the command's `decoding` parameter (which then
-receives their values as a dict). `decoding_request` turns a command's parsed
-parameters into (strategy, flag values, -o options). Knows nothing about models or
+receives their values as a dict). `decoding_request` turns that dict into (strategy,
+flag values, -o options). The other option groups travel typed: `ModelChoice` (which
+model), `RuntimeChoice` (how it runs), `constraint_of` (the answer's shape), each built
+by the command from its own parameters, so a flag can be followed from its declaration
+to its use. Knows nothing about models or
 torch (the decoding declarations import no torch).
 """
 
@@ -18,6 +21,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -189,9 +193,10 @@ def decoding_options(*, strategies: bool = True, strategy: bool = True,
     return wrap
 
 
-def decoding_request(params: dict[str, object]) -> tuple[str | None, dict[str, object],
-                                                        dict[str, str]]:
-    """(strategy, flag values, -o options) from a command's parsed parameters."""
+def decoding_request(params: Mapping[str, object]) -> tuple[str | None, dict[str, object],
+                                                           dict[str, str]]:
+    """(strategy, flag values, -o options) from the `decoding` dict `decoding_options`
+    gives a command."""
     from chatcli.errors import UsageError
 
     flags: dict[str, object] = {}
@@ -268,13 +273,36 @@ ChoiceOpt = Annotated[
 ]
 
 
-def constraint_of(params: Mapping[str, Any]) -> Any:
+def constraint_of(*, schema: Path | None = None, json_object: bool = False,
+                  regex: str | None = None, grammar: Path | None = None,
+                  choice: str | None = None) -> Any:
     """The `Constraint` the answer-shape flags ask for (None: unconstrained)."""
     from chatcli.constraints.spec import from_options
 
-    return from_options(schema=params.get("schema"), json_object=bool(params.get("json_object")),
-                        regex=params.get("regex"), grammar=params.get("grammar"),
-                        choice=params.get("choice"))
+    return from_options(schema=schema, json_object=json_object, regex=regex, grammar=grammar,
+                        choice=choice)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model answers: `-m`, `--base-url`, `--models-file`, chat's `--context-window`."""
+
+    model: str | None = None
+    base_url: str | None = None
+    models_file: Path | None = None
+    context_window: int | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """How a local model runs: `--device`, `--dtype`, `--threads`, `--quantize`, and
+    `--no-server` (in this process even when a resident server runs)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    quantize: str | None = None
+    no_server: bool = False
 
 _FILES = "Files"
 FileOpt = Annotated[
