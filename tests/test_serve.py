@@ -486,3 +486,18 @@ def test_a_chat_whose_server_dies_mid_answer_keeps_it_and_goes_on(home: Path) ->
     saved = history_messages(home)
     assert [m["role"] for m in saved] == ["user", "assistant"] * 2
     assert saved[1]["interrupted"] is True and saved[3].get("interrupted") is not True
+
+
+def test_compare_through_the_server_gives_the_same_answers(home: Path, server: Served) -> None:
+    args = ["compare", "--json", "-n", "8", "-S", "greedy", "-S", "sample:seed=3",
+            "-S", "beam:num_beams=2", "The capital of France"]
+    served, alone = run_cli(args), run_cli([*args, "--no-server"])
+    assert served.exit_code == alone.exit_code == 0, served.stderr + alone.stderr
+
+    def answers(out: str) -> list[tuple]:
+        found = json.loads(out)
+        runs = found["results"] if isinstance(found, dict) else found
+        return [(r["label"], r["text"], r["token_ids"], r["logprob"]) for r in runs]
+
+    assert answers(served.stdout) == answers(alone.stdout)
+    assert server.text().count("answered") == 3
