@@ -28,12 +28,14 @@ from conftest import run_cli
 from screen import ROOT
 
 SLOW = """
-import sys, time
+import os, sys, time
 from chatcli.serve import wire
 send = wire.send
 def slow(sock, *frame):
     if frame and frame[0] == "event":
         time.sleep(float(sys.argv[1]))
+    if frame and frame[0] == "started":
+        time.sleep(float(os.environ.get("FIRST_DELAY", "0")))
     send(sock, *frame)
 wire.send = slow
 from chatcli.cli.app import main
@@ -71,12 +73,14 @@ class Served:
             time.sleep(0.02)
 
 
-def start_server(home: Path, *args: str, delay: float | None = None) -> Served:
+def start_server(home: Path, *args: str, delay: float | None = None,
+                 first_delay: float = 0.0) -> Served:
     log = home / f"serve-{time.monotonic_ns()}.log"
     cmd = ([sys.executable, "-c", SLOW, str(delay)] if delay is not None
            else [sys.executable, "-m", "chatcli", "serve"])
     with log.open("w") as out:
-        proc = subprocess.Popen([*cmd, *args], env=env(home), stdout=out, stderr=out,
+        proc = subprocess.Popen([*cmd, *args], env=env(home, FIRST_DELAY=str(first_delay)),
+                                stdout=out, stderr=out,
                                 stdin=subprocess.DEVNULL)
     served = Served(proc, log)
     served.wait_for("listening at")
@@ -217,7 +221,7 @@ def test_a_chat_through_the_server_is_the_same_chat(home: Path, server: Served) 
     assert (served.stdout, served.stderr) == (alone.stdout, alone.stderr)
     assert "instead of" in served.stderr + served.stdout  # /alt took another token
     listing = json.loads(run_cli(["history", "list", "--json"]).stdout)
-    assert [c["messages"] for c in listing][0] == listing[1]["messages"]  # saved once each
+    assert listing[0]["messages"] == listing[1]["messages"]  # each message saved once
     assert server.text().count("answered") == 6, server.text()
 
 
@@ -501,3 +505,35 @@ def test_compare_through_the_server_gives_the_same_answers(home: Path, server: S
 
     assert answers(served.stdout) == answers(alone.stdout)
     assert server.text().count("answered") == 3
+
+
+def test_ctrl_c_in_a_served_chat_stops_the_answer_not_the_chat(home: Path) -> None:
+    """SIGINT (Ctrl-C) mid-answer in a chat: what arrived is kept, the server stops
+    answering that client, and the next message is answered through the server again."""
+    from screen import default_signals
+
+    served = start_server(home, delay=0.1)
+    try:
+        chat = subprocess.Popen([sys.executable, "-m", "chatcli", "chat", "-n", "200",
+                                 "--regex", "[a-z ]{150}"], env=env(home), text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, preexec_fn=default_signals)
+        assert chat.stdin is not None
+        chat.stdin.write("The capital of France\n")
+        chat.stdin.flush()
+        first = first_output(chat)
+        chat.send_signal(signal.SIGINT)
+        served.wait_for("the client went away after")
+        out, err = chat.communicate("/unconstrain\n/set max_new_tokens 4\nHello!\n",
+                                    timeout=120)
+        assert chat.returncode == 0, err
+        assert err == ("warning: answer interrupted; the partial reply is kept in the "
+                       "history\nchatcli: answers are free again\nchatcli: max_new_tokens = 4\n")
+        replies = history_messages(home)
+        assert [m["role"] for m in replies] == ["user", "assistant"] * 2
+        assert replies[1]["interrupted"] is True and 0 < len(replies[1]["content"]) < 150
+        assert replies[3].get("interrupted") is not True
+        assert (first + out).startswith(replies[1]["content"])  # shown is what was kept
+        served.wait_for("answered 4 tokens")
+    finally:
+        stop(served)
