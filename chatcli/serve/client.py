@@ -42,7 +42,6 @@ from chatcli.answer import Generation, Stats
 from chatcli.backends.base import Views
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.serve import wire
-from chatcli.serve.server import FREE_CALLS
 
 MODES = ("use", "start", "off")
 HELLO_TIMEOUT = 5.0
@@ -158,9 +157,7 @@ def find_server(ui: Any, no_server: bool = False) -> Connection | None:
 
 def start_server(ui: Any, path: Path) -> Connection | None:
     """Start `chatcli serve` in the background (CHATCLI_SERVER=start) and connect."""
-    from chatcli.serve.server import log_path
-
-    log = log_path()
+    log = wire.log_path()
     try:
         from chatcli import paths
 
@@ -323,7 +320,7 @@ class ServedBackend:
             self._side = None
 
     def _call(self, method: str, *args: Any) -> Any:
-        if self._streaming and method in FREE_CALLS:  # beside the answer not read yet
+        if self._streaming and method in wire.FREE_CALLS:  # beside the answer not read yet
             return self._side_call(method, *args)
         conn = self._connection()
         try:

@@ -15,7 +15,7 @@ is served by its own thread:
   needs to know of the model.
 * "call" (handle, method, ...): counting, checks, token text, prompt text, attention,
   distributions — the local backend's own methods. Those that read the tokenizer only
-  (`FREE_CALLS`) are answered at once; the others wait for the model like an answer.
+  (`wire.FREE_CALLS`) are answered at once; the others wait for the model like an answer.
 * "stream" / "alternative": "started" once the request is accepted (a bad constraint is
   refused before), then the answer's `StepEvent`s, one frame each with the stats so far
   and the prompt tokens the cache reused, and on the last one what the generation
@@ -24,8 +24,10 @@ is served by its own thread:
   generation at the next token, and the prompt cache is forgotten (as an interrupted
   answer's is in-process).
 
-One request per model at a time: a request that must wait gets a "waiting" frame first
-(the client says so on stderr). The server keeps no conversation: every request carries
+One answer at a time: every load, answer and forward pass runs on one model thread
+(`Worker`: torch's OpenMP team stays the same one whichever client asks), in the order
+asked; a request that must wait gets a "waiting" frame first (the client says so on
+stderr). The server keeps no conversation: every request carries
 its packed prompt, and the local backend's prompt cache reuses the longest token prefix
 it still holds. A model no connection holds is unloaded after `keep_alive` seconds
 without a request (0: at once; None: never). After each answer the local backend's
@@ -41,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import queue
 import socket
 import threading
 import time
@@ -62,10 +65,54 @@ class Resident:
     alias: str
     backend: Any
     runtime: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0  # connections that opened it and are still open
     last_used: float = field(default_factory=time.monotonic)
     busy: str = ""  # what it is doing now, for "waiting" and status
+
+
+class Worker:
+    """The one thread that runs the server's torch work (loads, answers, forward passes),
+    one job at a time in the order asked.
+
+    OpenMP keeps a team of threads per calling thread: torch called from each
+    connection's own thread would start a new team per client, and the teams left behind
+    spin on the cores the answering one needs (measured: decode 5-10 % slower)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.pending = 0  # jobs queued or running
+        self.current = ""  # what the running job does, for "waiting" ("tiny is answering")
+        self._count = threading.Lock()
+        threading.Thread(target=self._loop, name="chatcli-model", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self.jobs.get()()
+
+    def run(self, fn: Callable[[], Any], what: str) -> Any:
+        """`fn()` on the worker, from a connection's thread: its value, or its exception."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def job() -> None:
+            self.current = what
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # raised again in the asking thread
+                box["error"] = exc
+            finally:
+                self.current = ""
+                with self._count:
+                    self.pending -= 1
+                done.set()
+
+        with self._count:
+            self.pending += 1
+        self.jobs.put(job)
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
 
 
 class Reporter:
@@ -119,6 +166,7 @@ class Server:
         self.handles = 0
         self.requests = 0
         self.reloaded: set[str] = set()  # keys loaded again for their compiled step
+        self.worker = Worker()
 
     # -- life -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -305,11 +353,12 @@ class Server:
                 if resident is None:
                     raise ChatcliError("the chatcli server has no such model open",
                                        "run the command again")
-                if op == "call" and frame[2] in FREE_CALLS:
+                if op == "call" and frame[2] in wire.FREE_CALLS:
                     wire.send(sock, "ok", _call(resident.backend, frame[2], *frame[3:]))
                 elif op == "call":
-                    with self._turn(sock, resident, frame[2]):
-                        result = _call(resident.backend, frame[2], *frame[3:])
+                    backend = resident.backend
+                    result = self._turn(sock, resident, frame[2],
+                                        lambda: _call(backend, frame[2], *frame[3:]))
                     wire.send(sock, "ok", result)
                 else:
                     self._stream(sock, resident, op, frame[2:])
@@ -343,70 +392,82 @@ class Server:
                 self.log(f"loading {spec.alias} again, with its compiled step")
             if resident is None:
                 start = time.perf_counter()
-                backend = LocalBackend.open(spec, None, Reporter(sock), runtime)
+                backend = self.worker.run(
+                    lambda: LocalBackend.open(spec, None, Reporter(sock), runtime),
+                    f"loading {spec.alias}")
                 resident = Resident(key, spec.alias, backend, runtime)
                 self.models[key] = resident
+                import torch
+
                 self.log(f"loaded {spec.alias} ({backend.implementation}) in "
-                         f"{time.perf_counter() - start:.1f} s")
+                         f"{time.perf_counter() - start:.1f} s; {torch.get_num_threads()} "
+                         "threads")
             resident.users += 1
             resident.last_used = time.monotonic()
             self.handles += 1
             return self.handles, resident
 
-    @contextmanager
-    def _turn(self, sock: socket.socket, resident: Resident, what: str) -> Iterator[None]:
-        """`resident` for this request alone: a request that must wait is told so."""
-        if not resident.lock.acquire(blocking=False):
-            wire.send(sock, "waiting", f"{resident.alias} is {resident.busy or 'busy'}")
-            resident.lock.acquire()
-        resident.busy = what
-        try:
-            yield
-        finally:
-            resident.busy = ""
-            resident.last_used = time.monotonic()
-            resident.lock.release()
+    def _turn(self, sock: socket.socket, resident: Resident, what: str,
+              fn: Callable[[], Any]) -> Any:
+        """`fn()` for this request alone, on the model thread (`Worker`): a request that
+        must wait is told so, naming what the model thread does."""
+        if self.worker.pending:
+            wire.send(sock, "waiting", self.worker.current or "the model is busy")
+
+        def job() -> Any:
+            resident.busy = what
+            try:
+                return fn()
+            finally:
+                resident.busy = ""
+                resident.last_used = time.monotonic()
+
+        return self.worker.run(job, f"{resident.alias} is answering another request")
 
     def _stream(self, sock: socket.socket, resident: Resident, op: str,
                 args: tuple[Any, ...]) -> None:
         self.requests += 1
+        self._turn(sock, resident, "answering", lambda: self._answer(sock, resident, op, args))
+
+    def _answer(self, sock: socket.socket, resident: Resident, op: str,
+                args: tuple[Any, ...]) -> None:
+        """One answer, streamed to `sock` (on the model thread)."""
         backend = resident.backend
         sent = 0
-        with self._turn(sock, resident, "answering another request"):
-            start = time.perf_counter()
-            if op == "stream":
-                packed, settings, max_new, views, constraint, raw = args
-                gen = backend.stream(packed, _settings(settings), max_new, views,
-                                     constraint=constraint, raw=raw)
-                wire.send(sock, "started", None)
-            else:
-                packed, settings, max_new, views, answer_ids, step, rank, constraint = args
-                alt, gen = backend.alternative(packed, _settings(settings), max_new, views,
-                                               answer_ids, step, rank, constraint=constraint)
-                wire.send(sock, "started", alt)
-            search, finished = None, False
-            try:
-                for event in gen:
-                    # What the generation found rides on the event that brings it (the
-                    # last one, normally): a client may stop reading there.
-                    found = None
-                    if event.finish_reason is not None or gen.search is not search:
-                        search = gen.search
-                        found = (gen.hypotheses, gen.pruned, gen.search,
-                                 gen.constraint_satisfied)
-                    wire.send(sock, "event", event, dataclasses.astuple(gen.stats), found,
-                              backend.reused)
-                    sent += 1
-                    finished = event.finish_reason is not None
-            except (OSError, wire.ServerGone):
-                backend.invalidate()
-                self.log(f"{resident.alias}: the client went away after {sent} tokens; "
-                         "stopped answering it")
-                raise
-            if not finished:
-                wire.send(sock, "end", dataclasses.astuple(gen.stats))
-            self.log(f"{resident.alias}: answered {sent} tokens in "
-                     f"{time.perf_counter() - start:.2f} s")
+        start = time.perf_counter()
+        if op == "stream":
+            packed, settings, max_new, views, constraint, raw = args
+            gen = backend.stream(packed, _settings(settings), max_new, views,
+                                 constraint=constraint, raw=raw)
+            wire.send(sock, "started", None)
+        else:
+            packed, settings, max_new, views, answer_ids, step, rank, constraint = args
+            alt, gen = backend.alternative(packed, _settings(settings), max_new, views,
+                                           answer_ids, step, rank, constraint=constraint)
+            wire.send(sock, "started", alt)
+        search, finished = None, False
+        try:
+            for event in gen:
+                # What the generation found rides on the event that brings it (the
+                # last one, normally): a client may stop reading there.
+                found = None
+                if event.finish_reason is not None or gen.search is not search:
+                    search = gen.search
+                    found = (gen.hypotheses, gen.pruned, gen.search,
+                             gen.constraint_satisfied)
+                wire.send(sock, "event", event, dataclasses.astuple(gen.stats), found,
+                          backend.reused)
+                sent += 1
+                finished = event.finish_reason is not None
+        except (OSError, wire.ServerGone):
+            backend.invalidate()
+            self.log(f"{resident.alias}: the client went away after {sent} tokens; "
+                     "stopped answering it")
+            raise
+        if not finished:
+            wire.send(sock, "end", dataclasses.astuple(gen.stats))
+        self.log(f"{resident.alias}: answered {sent} tokens in "
+                 f"{time.perf_counter() - start:.2f} s")
         from chatcli.autocompile import after_answer
 
         after_answer(backend)
@@ -429,12 +490,6 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "distributions": lambda b, packed, answer_ids, k, constraint: b.distributions(
         packed, answer_ids, k, constraint),
 }
-
-
-# Calls that read the tokenizer only: answered at once, even while the model answers
-# (the client asks them beside a stream it has not read yet, e.g. /alt's note).
-FREE_CALLS = frozenset({"count", "count_sizes", "count_length", "raw_count", "raw_count_sizes",
-                        "raw_count_length", "token_text", "prompt_text", "check"})
 
 
 def _call(backend: Any, method: str, *args: Any) -> Any:
@@ -488,9 +543,4 @@ def _duration(seconds: float | None) -> str:
 
 
 def _log_hint() -> str:
-    return "chatcli serve's terminal, or " + str(log_path())
-
-
-def log_path() -> Any:
-    """Where an automatically started server writes its log."""
-    return wire.socket_path().with_suffix(".log")
+    return "chatcli serve's terminal, or " + str(wire.log_path())

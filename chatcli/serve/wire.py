@@ -36,6 +36,10 @@ from chatcli.errors import BackendGone, ChatcliError
 
 PROTOCOL = 1
 VERSION = f"{__version__}/{PROTOCOL}"
+# Calls that read the tokenizer only: answered at once, even while the model answers
+# (the client asks them beside a stream it has not read yet, e.g. /alt's note).
+FREE_CALLS = frozenset({"count", "count_sizes", "count_length", "raw_count", "raw_count_sizes",
+                        "raw_count_length", "token_text", "prompt_text", "check"})
 _HEADER = struct.Struct(">I")
 _MAX_FRAME = 1 << 30
 
@@ -53,6 +57,11 @@ def socket_path() -> Path:
         home = hashlib.sha256(str(paths.cache_dir()).encode()).hexdigest()[:12]
         return Path(runtime) / "chatcli" / f"serve-{home}.sock"
     return paths.cache_dir() / "run" / "serve.sock"
+
+
+def log_path() -> Path:
+    """Where an automatically started server writes its log: beside its socket."""
+    return socket_path().with_suffix(".log")
 
 
 @contextmanager
