@@ -24,8 +24,9 @@ is served by its own thread:
   generation at the next token, and the prompt cache is forgotten (as an interrupted
   answer's is in-process).
 
-One answer at a time: every load, answer and forward pass runs on one model thread
-(`Worker`: torch's OpenMP team stays the same one whichever client asks), in the order
+One answer at a time: every load, answer and forward pass runs on the model thread,
+the process's main thread (`Worker`: torch's OpenMP team stays the same one whichever
+client asks; connections are accepted and read by threads of their own), in the order
 asked; a request that must wait gets a "waiting" frame first (the client says so on
 stderr). The server keeps no conversation: every request carries
 its packed prompt, and the local backend's prompt cache reuses the longest token prefix
@@ -71,8 +72,8 @@ class Resident:
 
 
 class Worker:
-    """The one thread that runs the server's torch work (loads, answers, forward passes),
-    one job at a time in the order asked.
+    """Runs the server's torch work (loads, answers, forward passes) in the thread that
+    calls `serve` (the main thread), one job at a time in the order asked.
 
     OpenMP keeps a team of threads per calling thread: torch called from each
     connection's own thread would start a new team per client, and the teams left behind
@@ -83,11 +84,15 @@ class Worker:
         self.pending = 0  # jobs queued or running
         self.current = ""  # what the running job does, for "waiting" ("tiny is answering")
         self._count = threading.Lock()
-        threading.Thread(target=self._loop, name="chatcli-model", daemon=True).start()
 
-    def _loop(self) -> None:
-        while True:
-            self.jobs.get()()
+    def serve(self, stopping: threading.Event) -> None:
+        """Run jobs in this thread (the process's main thread) until `stopping` is set."""
+        while not stopping.is_set():
+            try:
+                job = self.jobs.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            job()
 
     def run(self, fn: Callable[[], Any], what: str) -> Any:
         """`fn()` on the worker, from a connection's thread: its value, or its exception."""
@@ -218,25 +223,31 @@ class Server:
             on_ready()
         reaper = threading.Thread(target=self._reap, name="chatcli-reaper", daemon=True)
         reaper.start()
+        threading.Thread(target=self._accept, args=(listener,), name="chatcli-accept",
+                         daemon=True).start()
         restore = self._stop_on_signals()
         try:
-            while not self.stopping.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    if self.stopping.is_set():
-                        break
-                    raise
-                conn.settimeout(None)
-                threading.Thread(target=self._serve, args=(conn,), name="chatcli-client",
-                                 daemon=True).start()
+            self.worker.serve(self.stopping)  # the model thread is the main thread
         finally:
             restore()
             listener.close()
             self._remove_socket()
             self.log("stopped")
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if not self.stopping.is_set():
+                    self.log(f"stopping: the socket failed ({exc})")
+                    self.stop()
+                return
+            conn.settimeout(None)
+            threading.Thread(target=self._serve, args=(conn,), name="chatcli-client",
+                             daemon=True).start()
 
     def stop(self) -> None:
         self.stopping.set()
