@@ -76,8 +76,9 @@ class Worker:
     calls `serve` (the main thread), one job at a time in the order asked.
 
     OpenMP keeps a team of threads per calling thread: torch called from each
-    connection's own thread would start a new team per client, and the teams left behind
-    spin on the cores the answering one needs (measured: decode 5-10 % slower)."""
+    connection's own thread would start a new team per client, and teams left behind
+    can spin on the cores the answering one needs. (On the 2-core Xeon, decode measured
+    the same within noise either way; docs/benchmarks.md has the served figures.)"""
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
