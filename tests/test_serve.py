@@ -168,13 +168,23 @@ def test_a_signal_stops_the_server_cleanly(home: Path, server: Served,
     assert "Traceback" not in server.text()
 
 
-@pytest.mark.parametrize("value", ["5x", "-2", "soon"])
+@pytest.mark.parametrize("value", ["5x", "-2", "soon", "nan", "inf", "-1.5m"])
 def test_a_bad_keep_alive_is_one_line(home: Path, value: str) -> None:
     result = run_cli(["serve", "--keep-alive", value])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: --keep-alive {value}: ")
     assert result.stderr.count("\n") == 1 and "; hint: e.g. --keep-alive" in result.stderr
     assert not sock_path().exists()
+
+
+def test_a_bad_keep_alive_in_the_environment_names_the_variable(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCLI_KEEP_ALIVE", "soon")
+    result = run_cli(["serve"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: CHATCLI_KEEP_ALIVE=soon: expected a duration such as 5m, "
+                             "30s, 1h, 0 (unload at once) or -1 (never); hint: e.g. "
+                             "CHATCLI_KEEP_ALIVE=5m\n")
 
 
 def test_a_bad_server_mode_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 import queue
 import socket
@@ -143,20 +144,26 @@ class Reporter:
 
 
 def parse_keep_alive(value: str, name: str = "--keep-alive") -> float | None:
-    """"5m", "30s", "1h", "90" (seconds), "0" (unload at once), "-1" (never: None)."""
+    """"5m", "30s", "1h", "90" (seconds), "0" (unload at once), "-1" (never: None).
+    `name`: where it was written ("--keep-alive", or an environment variable's name)."""
+    spelled = f"{name} {value}" if name.startswith("-") else f"{name}={value}"
+    example = "--keep-alive" if name.startswith("-") else f"{name}="
     text = value.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600}
     number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
     try:
         seconds = float(number) * unit
+        if not math.isfinite(seconds):
+            raise ValueError(value)
     except ValueError:
-        raise UsageError(f"{name} {value}: expected a duration such as 5m, 30s, 1h, 0 "
-                         "(unload at once) or -1 (never)", "e.g. --keep-alive 5m") from None
+        raise UsageError(f"{spelled}: expected a duration such as 5m, 30s, 1h, 0 (unload at "
+                         "once) or -1 (never)",
+                         f"e.g. {example}{' ' if example.startswith('-') else ''}5m") from None
     if seconds < 0:
         if seconds == -unit:
             return None
-        raise UsageError(f"{name} {value}: a negative keep-alive is only -1 (never unload)",
-                         "e.g. --keep-alive -1")
+        raise UsageError(f"{spelled}: a negative keep-alive is only -1 (never unload)",
+                         f"e.g. {example}{' ' if example.startswith('-') else ''}-1")
     return seconds
 
 
