@@ -22,7 +22,6 @@ refused). The reply is saved marked raw, and --json says "raw".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import Annotated, Any
@@ -180,7 +179,7 @@ def ask(
     from chatcli.prompt import join_prompt
     from chatcli.store import history_path
     from chatcli.ui.answers import show_spans, stats_line, stopped_note, stream_answer
-    from chatcli.ui.candidates import show_table, token_records
+    from chatcli.ui.candidates import show_table
 
     ui = UI()
     # Flags are validated before stdin is read or anything loads.
@@ -319,48 +318,15 @@ def ask(
     token_text = session.token_text
 
     if json_out:
-        out: dict[str, Any] = {
-            "text": gen.text,
-            "model": spec.alias,
-            "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens,
-            "time_to_first_token_s": round(s.time_to_first_token_s, 4),
-            "tokens_per_second": round(s.decode_tokens_per_s, 2),
-            "finish_reason": s.finish_reason,
-            "token_ids": gen.token_ids if backend.capabilities.token_ids else None,
-            "decoding": settings.as_dict(),
-            "implementation": {  # native | transformers (and why) | remote
-                "name": backend.implementation_name,
-                "reason": backend.implementation_note or None,
-            },
-            "raw": raw,  # a text completion, without the chat template
-        }
-        if attached:
-            out["attachments"] = describe(attached)
-        if original is not None:
-            out["alternative"] = {
-                "step": taken.step, "rank": taken.rank, "token_id": taken.token_id,
-                "probability": taken.prob, "original_token_id": taken.original_id,
-                "original_rank": taken.original_rank, "original_text": original.text,
-                "original_token_ids": original.token_ids}
-        if constraint is not None:
-            out["constraint"] = constraint.as_dict()
-            out["constraint_satisfied"] = gen.constraint_satisfied
-            if constraint.is_json and gen.constraint_satisfied:
-                out["parsed"] = json.loads(gen.text)
-        if gen.hypotheses:
-            out["hypotheses"] = [h.as_dict() for h in gen.hypotheses]
-        if session.candidates is not None:
-            out["tokens"] = token_records(events, token_text,
-                                          ids=backend.capabilities.token_ids)
-        if show_beams:
-            out["pruned_beams"] = [b.as_dict() for b in gen.pruned]
-        if spans is not None:
-            out["context_attention"] = [
-                {"span": s.label, "message": s.index, "tokens": s.end - s.start,
-                 "attention": s.attention} for s in spans
-            ]
-        ui.print_json(out)
+        from chatcli.cli.records import answer_record
+
+        ui.print_json(answer_record(
+            gen, alias=spec.alias, backend=backend, settings=settings, raw=raw,
+            attachments=describe(attached) if attached else None,
+            alternative=(taken, original) if original is not None else None,
+            constraint=constraint,
+            events=events if session.candidates is not None else None,
+            token_text=token_text, pruned=show_beams, spans=spans))
     elif session.candidates is not None:
         show_table(ui, events, token_text)
     elif show_beams and gen.search is not None:
