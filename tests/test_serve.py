@@ -19,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -381,65 +382,61 @@ def test_a_socket_of_another_user_is_not_used(home: Path) -> None:
         path.unlink()
 
 
-def test_a_server_of_another_version_is_named_and_not_used(home: Path) -> None:
-    from chatcli.serve import wire
-
+@contextmanager
+def fake_server(answer: Callable[[socket.socket], None]) -> Iterator[Path]:
+    """A socket where the server should be, private and ours, whose one connection
+    `answer` serves (a server of another version, one that sends nonsense)."""
     path = sock_path()
     path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    from chatcli.serve import wire
+
     with wire.reachable(path) as name:
         listener.bind(name)
     os.chmod(path, 0o600)
     listener.listen(1)
 
-    def old_server() -> None:
+    def serve() -> None:
         conn, _ = listener.accept()
         with conn:
-            wire.recv(conn)
-            wire.send(conn, "hello", "0.0.1/0", 4242)
+            answer(conn)
 
-    thread = threading.Thread(target=old_server, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
+        yield path
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+        path.unlink(missing_ok=True)
+
+
+def test_a_server_of_another_version_is_named_and_not_used(home: Path) -> None:
+    from chatcli.serve import wire
+
+    def old_server(conn: socket.socket) -> None:
+        wire.recv(conn)
+        wire.send(conn, "hello", "0.0.1/0", 4242)
+
+    with fake_server(old_server):
         result = run_cli(["ask", "-n", "3", "hi"])
         assert result.exit_code == 0
         assert result.stderr == (f"warning: the chatcli server (pid 4242) runs version 0.0.1/0, "
                                  f"and this chatcli is {wire.VERSION}; answering in-process "
                                  "(restart it: chatcli serve --stop, then chatcli serve)\n")
         assert result.stdout == run_cli(["ask", "-n", "3", "--no-server", "hi"]).stdout
-    finally:
-        thread.join(timeout=10)
-        listener.close()
-        path.unlink()
 
 
 def test_a_server_that_sends_nonsense_is_one_line(home: Path) -> None:
-    from chatcli.serve import wire
+    def garbage(conn: socket.socket) -> None:
+        conn.recv(1000)
+        conn.sendall(b"\x00\x00\x00\x05hello")
 
-    path = sock_path()
-    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with wire.reachable(path) as name:
-        listener.bind(name)
-    os.chmod(path, 0o600)
-    listener.listen(1)
-
-    def garbage() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(1000)
-            conn.sendall(b"\x00\x00\x00\x05hello")
-
-    thread = threading.Thread(target=garbage, daemon=True)
-    thread.start()
-    try:
+    with fake_server(garbage) as path:
         result = run_cli(["ask", "-n", "3", "hi"])
         assert result.exit_code == 0
         assert result.stderr == (f"warning: no chatcli server answers at {path} (a stale "
                                  "socket, removed); answering in-process\n")
-    finally:
-        thread.join(timeout=10)
-        listener.close()
 
 
 def test_auto_start_starts_a_server_that_the_next_command_uses(
