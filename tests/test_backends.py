@@ -104,12 +104,14 @@ def test_builtin_backends_declare_their_capabilities() -> None:
     spec = ModelSpec(alias="x", source="path")
     assert local.capabilities_of(spec) == Capabilities(
         token_ids=True, internals=True, any_strategy=True, beam=True, max_candidates=None,
-        constrained=True, kv_reuse=True, exact_count=True, raw=True)
+        constrained=True, kv_reuse=True, exact_count=True, raw=True, alternatives=True,
+        compile=True)
     far = ModelSpec(alias="far", source="remote", backend="openai", base_url="http://h/v1",
                     model="m")
     assert remote.capabilities_of(far) == Capabilities(
         token_ids=False, internals=False, any_strategy=False, beam=False, max_candidates=20,
-        constrained=False, kv_reuse=False, exact_count=False, raw=True)
+        constrained=False, kv_reuse=False, exact_count=False, raw=True, alternatives=False,
+        compile=False)
     vllm = ModelSpec(alias="v", source="remote", backend="openai", base_url="http://h/v1",
                      model="m", server="vllm", tokenizer="tiny")
     caps = remote.capabilities_of(vllm)
