@@ -544,3 +544,29 @@ def test_ctrl_c_in_a_served_chat_stops_the_answer_not_the_chat(home: Path) -> No
         served.wait_for("answered 4 tokens")
     finally:
         stop(served)
+
+
+def test_the_server_refuses_a_client_of_another_user(home: Path, server: Served) -> None:
+    """Even with the socket opened to everyone, a peer of another user id is closed at once
+    (the server checks each client's uid)."""
+    if os.getuid() != 0:
+        pytest.skip("connecting as another user needs root")
+    path = sock_path()
+    os.chmod(path, 0o666)
+    os.chmod(path.parent, 0o755)
+    # The folder is handed over open (its parents stay private to root).
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    code = ("import os, socket, sys\nos.setgid(54321)\nos.setuid(54321)\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "s.connect(f'/proc/self/fd/{sys.argv[1]}/{sys.argv[2]}')\n"
+            "s.sendall(b'\\x00\\x00\\x00\\x01x')\ntry:\n    got = s.recv(100)\n"
+            "except ConnectionResetError:\n    got = b''\nprint(repr(got))\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(folder), path.name],
+                              capture_output=True, text=True, timeout=60, pass_fds=(folder,))
+    finally:
+        os.close(folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "b''\n"  # closed without a word
+    server.wait_for("refused a connection of user id 54321")
+    os.chmod(path.parent, 0o700)

@@ -47,6 +47,7 @@ import math
 import os
 import queue
 import socket
+import stat
 import threading
 import time
 import traceback
@@ -180,6 +181,7 @@ class Server:
         self.requests = 0
         self.reloaded: set[str] = set()  # keys loaded again for their compiled step
         self.worker = Worker()
+        self.inode = -1  # the socket file this server made (removed on the way out)
 
     # -- life -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -219,6 +221,7 @@ class Server:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        self.inode = os.lstat(self.path).st_ino
         sock.listen(16)
         return sock
 
@@ -284,11 +287,11 @@ class Server:
         return restore
 
     def _remove_socket(self) -> None:
-        try:  # only our own socket: another server may have replaced a stale one
-            if wire.owner_problem(self.path) is None:
+        """Remove the socket if it is still ours (another server may have replaced it)."""
+        with suppress(OSError):
+            info = os.lstat(self.path)
+            if stat.S_ISSOCK(info.st_mode) and info.st_ino == self.inode:
                 self.path.unlink()
-        except OSError:
-            pass
 
     def _reap(self) -> None:
         while not self.stopping.wait(0.2):
