@@ -79,8 +79,29 @@ def other_busy_cores() -> float | None:
     return max(0.0, others / wall)
 
 
-def default_threads() -> int:
+class BusyMeter:
+    """Cores other processes kept busy over the last window of at least `window` seconds
+    (`others`, None until one has passed): what a long-running process (the resident
+    server) measures instead of its start-up window. `tick()` as often as convenient."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self.others: float | None = None
+        self._last = _cpu_sample()
+
+    def tick(self) -> None:
+        now = _cpu_sample()
+        if now is None or self._last is None or now[0] - self._last[0] < self.window:
+            return
+        wall = now[0] - self._last[0]
+        self.others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
+        self._last = now
+
+
+def default_threads(busy: float | None = None) -> int:
     """Intra-op threads: the cores that other processes leave free, at least one.
+    `busy`: the cores others keep busy, where the caller measured it (a `BusyMeter`);
+    else measured over this process's start-up, else the load average.
 
     Measured on 2 cores (docs/benchmarks.md): 2 threads decode 1.4x faster than 1
     when the machine is idle, but 2.4x slower than 1 when another process keeps
@@ -90,7 +111,8 @@ def default_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS
         cores = os.cpu_count() or 1
-    busy = other_busy_cores()
+    if busy is None:
+        busy = other_busy_cores()
     if busy is None:
         try:
             busy = os.getloadavg()[0]

@@ -57,3 +57,26 @@ def test_default_threads_leave_busy_cores_alone(
 def test_other_busy_cores_is_measured() -> None:
     value = runtime.other_busy_cores()
     assert value is None or value >= 0.0
+
+
+def test_busy_meter_sees_another_process_keep_a_core_busy() -> None:
+    """A resident server decides torch's threads from what others kept busy over the last
+    second (`BusyMeter`), not only at its start."""
+    import subprocess
+    import sys
+    import time
+
+    from chatcli.runtime import BusyMeter, default_threads
+
+    meter = BusyMeter(window=1.0)
+    meter.tick()
+    assert meter.others is None  # no window has passed yet
+    burn = "import time\nend = time.time() + 1.6\nwhile time.time() < end: pass"
+    burner = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        time.sleep(1.2)
+        meter.tick()
+    finally:
+        burner.wait(timeout=30)
+    assert meter.others is not None and meter.others > 0.5
+    assert default_threads(meter.others) <= max(1, default_threads(0.0) - 1)

@@ -34,7 +34,10 @@ it still holds. A model no connection holds is unloaded after `keep_alive` secon
 without a request (0: at once; None: never). After each answer the local backend's
 background build of a missing compiled step starts as after an in-process answer
 (`chatcli.autocompile.after_answer`); a resident model whose compiled step became
-ready is loaded again, with it, before its next request.
+ready is loaded again, with it, before its next request. Before each answer of a runtime
+without --threads, torch's threads are set to the cores other processes left free over
+the last second (`chatcli.runtime.BusyMeter`), as a command in-process decides them at
+its start.
 
 Knows nothing about the terminal; it writes one log line per event to `log`.
 """
@@ -181,6 +184,9 @@ class Server:
         self.requests = 0
         self.reloaded: set[str] = set()  # keys loaded again for their compiled step
         self.worker = Worker()
+        from chatcli.runtime import BusyMeter
+
+        self.meter = BusyMeter()  # what other processes keep busy, for torch's threads
         self.inode = -1  # the socket file this server made (removed on the way out)
 
     # -- life -------------------------------------------------------------------------
@@ -295,7 +301,24 @@ class Server:
 
     def _reap(self) -> None:
         while not self.stopping.wait(0.2):
+            self.meter.tick()
             self.unload_idle()
+
+    def _fit_threads(self, resident: Resident) -> None:
+        """Before an answer: torch's threads for what the machine has free now (a runtime
+        without --threads), not only what it had when the model loaded."""
+        runtime = resident.runtime
+        if runtime.threads is not None or runtime.device != "cpu" or self.meter.others is None:
+            return
+        import torch
+
+        from chatcli.runtime import default_threads
+
+        threads = default_threads(self.meter.others)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+            self.log(f"{threads} threads (other processes keep {self.meter.others:.1f} "
+                     "cores busy)")
 
     def unload_idle(self) -> None:
         if self.keep_alive is None:
@@ -456,6 +479,7 @@ class Server:
         """One answer, streamed to `sock` (on the model thread)."""
         backend = resident.backend
         sent = 0
+        self._fit_threads(resident)
         start = time.perf_counter()
         if op == "stream":
             packed, settings, max_new, views, constraint, raw = args
