@@ -13,14 +13,15 @@ an unknown alias raises `UnknownModelError` listing the known ones.
 step in the background after an answer: `chatcli.autocompile`) may be set at the top
 level of a file or per alias; an alias's own setting wins, else the top-level one of the
 last file that sets it, else "auto": after `load_registry` every local alias's
-`ModelSpec.compile` says which.
+`compile` field says which.
 
 Every alias has the common keys (description, params, context_window, license,
 defaults, backend); `backend` (default `local`) names the backend that runs it
 (`chatcli.backends`), which declares and checks its own keys (`local`: where the
 weights come from; `openai`: the server). A key that belongs to another backend
-is an error naming that backend. `ModelSpec` holds the fields of every backend;
-those of other backends keep their defaults.
+is an error naming that backend. `ModelSpec` holds the common fields; a backend's own
+live on its subclass, declared in the backend's module (`spec_class`), so that a new
+backend is one module.
 
 This module knows nothing about torch, downloads, caches or HTTP: it only
 describes where weights (or the server) are and how to use them.
@@ -59,41 +60,33 @@ _TYPE_NAMES: dict[type | tuple[type, ...], str] = {
     str: "a string", int: "an integer", bool: "true or false", dict: "a table",
     (int, float): "a number",
 }
-DEFAULT_TIMEOUT = 60.0
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One alias: where its weights come from and how to run it."""
+    """One alias: the fields every backend has. Each backend's own fields are on its
+    subclass, declared in its module (`spec_class` of its class: `LocalSpec`,
+    `OpenAISpec`); `ModelSpec(..., backend=NAME)` makes an instance of that subclass."""
 
     alias: str
     source: SourceKind
     description: str = ""
-    repo: str | None = None
-    revision: str | None = None
-    file: str | None = None
-    path: Path | None = None
-    package: str | None = None
-    sha256: str | None = None
     params: str | None = None
     context_window: int | None = None
-    dtype: str = "auto"
-    chat_template: str | None = None
-    trust_remote_code: bool = False
-    implementation: str = "auto"  # "auto" | "native" | "transformers"
-    quantize: str = "none"  # "none" | "int8" | "int4" | "gguf" (a GGUF file's default)
     license: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     origin: Path | None = None
-    backend: str = "local"  # "local" | "openai"
-    base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8080/v1
-    model: str | None = None  # openai: the model name the server knows
-    api_key_env: str | None = None  # openai: NAME of the env variable holding the key
-    tokenizer: str | None = None  # openai: a local alias or hub id to count tokens exactly
-    server: str = "generic"  # openai: which extra request fields the server accepts
-    timeout: float = DEFAULT_TIMEOUT  # openai: seconds to wait for the server
-    compile: str | None = None  # local: "auto" | "never" (None: not set, which is "auto")
+    backend: str = "local"  # a name in chatcli.backends.BACKENDS
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ModelSpec:
+        if cls is ModelSpec:  # the backend's own spec class
+            from chatcli.backends import backend_class
+
+            own = getattr(backend_class(kwargs.get("backend", "local")), "spec_class", None)
+            if own is not None:
+                cls = own
+        return super().__new__(cls)
 
     @property
     def location(self) -> str:
@@ -101,11 +94,6 @@ class ModelSpec:
         from chatcli.backends import backend_of
 
         return str(backend_of(self).location(self))
-
-    @property
-    def is_gguf(self) -> bool:
-        name = self.file or (self.path.name if self.path else "")
-        return name.lower().endswith(".gguf")
 
 
 @dataclass(frozen=True)
@@ -305,7 +293,7 @@ def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:
         raise fail(
             "'context_window' must be positive", "e.g. context_window = 8192", "context_window"
         )
-    return ModelSpec(
+    return ModelSpec(  # the backend's own spec class
         alias=alias,
         description=entry.get("description", ""),
         params=entry.get("params"),

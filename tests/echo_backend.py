@@ -1,7 +1,8 @@
 """A third backend, as a user would add one: `backend = "echo"` answers with the
 last user message, word by word (tests/test_backends.py registers it with one line).
 
-It declares its own models.toml key (`prefix`), and what it can do: no token ids,
+It declares its own models.toml key (`prefix`) and the spec field that keeps it
+(`EchoSpec`), and what it can do: no token ids,
 no internals, no candidates, no beam, only the greedy strategy.
 Knows nothing about the terminal or the CLI.
 """
@@ -10,18 +11,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from chatcli.answer import Generation, Stats, StepEvent
 from chatcli.backends.base import Capabilities, Views, check_capabilities
 from chatcli.errors import ChatcliError
+from chatcli.registry import ModelSpec
 
 CAPABILITIES = Capabilities(max_candidates=0, exact_count=False)
 
 
+@dataclass(frozen=True)
+class EchoSpec(ModelSpec):
+    prefix: str = ""
+
+
 class EchoBackend:
     name: ClassVar[str] = "echo"
+    spec_class: ClassVar[type] = EchoSpec
     keys: ClassVar[dict[str, type | tuple[type, ...]]] = {"prefix": str}
 
     # -- the alias -------------------------------------------------------------------
@@ -30,11 +39,11 @@ class EchoBackend:
         prefix = entry.get("prefix", "")
         if "\n" in prefix:
             raise fail("'prefix' must be one line", 'e.g. prefix = "echo:"', "prefix")
-        return {"source": "remote", "model": prefix}  # the spec keeps it as its `model`
+        return {"source": "remote", "prefix": prefix}
 
     @staticmethod
     def location(spec: Any) -> str:
-        return f"echo (prefix {spec.model!r})"
+        return f"echo (prefix {spec.prefix!r})"
 
     @staticmethod
     def capabilities_of(spec: Any) -> Capabilities:
@@ -55,7 +64,7 @@ class EchoBackend:
 
     @staticmethod
     def describe(spec: Any) -> dict[str, Any]:
-        return {"backend": spec.backend, "prefix": spec.model,
+        return {"backend": spec.backend, "prefix": spec.prefix,
                 "context_window": spec.context_window or None,
                 "defined_in": str(spec.origin)}
 
@@ -103,7 +112,7 @@ class EchoBackend:
 
     def stream(self, packed: Any, settings: Any, max_new_tokens: int, views: Views,
                strategies: Any = None) -> Generation:
-        words = (self.spec.model.split() + packed.messages[-1].content.split())
+        words = (self.spec.prefix.split() + packed.messages[-1].content.split())
         words = words[:max_new_tokens]
         stats = Stats(prompt_tokens=len(packed.ids))
         gen = Generation(iter(()), stats, settings)

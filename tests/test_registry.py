@@ -28,7 +28,7 @@ def test_builtin_registry_has_offline_default(home: Path) -> None:
     assert spec.is_gguf
     hub = [s for s in models.values() if s.source == "hf"]
     assert len(hub) >= 4
-    assert all(not s.trust_remote_code for s in models.values())
+    assert all(not s.trust_remote_code for s in models.values() if s.backend == "local")
 
 
 def test_user_file_overrides_and_adds(home: Path, tmp_path: Path) -> None:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from chatcli.backends.base import Capabilities, Views
+from chatcli.registry import ModelSpec
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPLEMENTATIONS = ("auto", "native", "transformers")
@@ -40,8 +42,32 @@ CAPABILITIES = Capabilities(token_ids=True, internals=True, any_strategy=True, b
                             exact_count=True, raw=True, alternatives=True, compile=True)
 
 
+@dataclass(frozen=True)
+class LocalSpec(ModelSpec):
+    """A local alias: where its weights come from and how to run them."""
+
+    repo: str | None = None
+    revision: str | None = None
+    file: str | None = None
+    path: Path | None = None
+    package: str | None = None
+    sha256: str | None = None
+    dtype: str = "auto"
+    chat_template: str | None = None
+    trust_remote_code: bool = False
+    implementation: str = "auto"  # "auto" | "native" | "transformers"
+    quantize: str = "none"  # "none" | "int8" | "int4" | "gguf" (a GGUF file's default)
+    compile: str | None = None  # "auto" | "never" (None: not set, which is "auto")
+
+    @property
+    def is_gguf(self) -> bool:
+        name = self.file or (self.path.name if self.path else "")
+        return name.lower().endswith(".gguf")
+
+
 class LocalBackend:
     name: ClassVar[str] = "local"
+    spec_class: ClassVar[type] = LocalSpec
     keys: ClassVar[dict[str, type | tuple[type, ...]]] = {
         "source": str, "repo": str, "revision": str, "file": str, "path": str,
         "package": str, "sha256": str, "dtype": str, "chat_template": str,

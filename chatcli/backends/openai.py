@@ -27,11 +27,13 @@ Knows nothing about the terminal or the CLI; HTTP happens in `chatcli.remote`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from chatcli.backends.base import Capabilities, Views
 from chatcli.errors import UsageError
+from chatcli.registry import ModelSpec
 
 DEFAULT_TIMEOUT = 60.0
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -57,8 +59,22 @@ def _where(spec: Any) -> str:
     return spec.alias or spec.base_url or ""
 
 
+@dataclass(frozen=True)
+class OpenAISpec(ModelSpec):
+    """A remote alias: an OpenAI-compatible server and its model."""
+
+    backend: str = "openai"
+    base_url: str | None = None  # the server, e.g. http://127.0.0.1:8080/v1
+    model: str | None = None  # the model name the server knows
+    api_key_env: str | None = None  # NAME of the env variable holding the key
+    tokenizer: str | None = None  # a local alias or hub id to count tokens exactly
+    server: str = "generic"  # which extra request fields the server accepts
+    timeout: float = DEFAULT_TIMEOUT  # seconds to wait for the server
+
+
 class OpenAIBackend:
     name: ClassVar[str] = "openai"
+    spec_class: ClassVar[type] = OpenAISpec
     keys: ClassVar[dict[str, type | tuple[type, ...]]] = {
         "base_url": str, "model": str, "api_key_env": str, "tokenizer": str, "server": str,
         "timeout": (int, float),
@@ -104,10 +120,7 @@ class OpenAIBackend:
     @classmethod
     def one_off(cls, base_url: str, model: str | None) -> Any:
         """The spec of `--base-url`'s server (its model `model`, None: the one it lists)."""
-        from chatcli.registry import ModelSpec
-
-        return ModelSpec(alias=model or "", source="remote", backend=cls.name,
-                         base_url=base_url, model=model)
+        return OpenAISpec(alias=model or "", source="remote", base_url=base_url, model=model)
 
     @staticmethod
     def capabilities_of(spec: Any) -> Capabilities:
