@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.answer import Generation
-from chatcli.attachments import split_message
 from chatcli.backends import as_backend
 from chatcli.backends.base import Backend, Views, check_alternatives
 from chatcli.branches import Tree
@@ -255,6 +254,8 @@ class ChatSession:
             if turns[index].role != "user":
                 raise UsageError(f"message {number} is the model's answer; /edit changes "
                                  "your messages", "/retry answers again, /alt changes a token")
+        from chatcli.attachments import split_message
+
         words, _ = split_message(turns[index].content, self.tree.path[index].attachments)
         return index, words
 
@@ -262,6 +263,8 @@ class ChatSession:
         """A new version of user message `index` with `words` (its attached files kept,
         `files` added after them); the old one stays, a branch. Answer it next."""
         old = self.tree.path[index]
+        from chatcli.attachments import split_message
+
         _, head = split_message(old.message.content, old.attachments)
         attachments = [dict(a) for a in old.attachments]
         if files:

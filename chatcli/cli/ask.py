@@ -170,7 +170,6 @@ def ask(
     no_server: NoServerOpt = False,
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
-    from chatcli.attachments import describe, render
     from chatcli.chat.recorder import Recorder, open_history
     from chatcli.chat.session import ChatSession
     from chatcli.cli.common import gather_files, raw_without_template, setup
@@ -217,6 +216,8 @@ def ask(
     text = join_prompt(prompt, None if "-" in paths else read_piped_stdin(ui))
     attached = gathered.attachments if gathered is not None else []
     if attached:
+        from chatcli.attachments import render
+
         text = render(attached, text)
     if not text.strip():
         raise UsageError(
@@ -252,7 +253,7 @@ def ask(
             recorder.system_changed()
         conversation.add_user(text, pinned=pin)
         if attached:
-            recorder.added(attachments=describe(attached))
+            recorder.added(attachments=recorded_files(attached))
         else:
             recorder.added()
         backend = prep.open()
@@ -322,7 +323,7 @@ def ask(
 
         ui.print_json(answer_record(
             gen, alias=spec.alias, backend=backend, settings=settings, raw=raw,
-            attachments=describe(attached) if attached else None,
+            attachments=recorded_files(attached),
             alternative=(taken, original) if original is not None else None,
             constraint=constraint,
             events=events if session.candidates is not None else None,
@@ -348,6 +349,15 @@ def ask(
         from chatcli.constraints.spec import incomplete
 
         raise ChatcliError(*incomplete(constraint, s.finish_reason, s.completion_tokens))
+
+
+def recorded_files(attached: list[Any]) -> list[dict[str, Any]] | None:
+    """How --json and the history describe the attached files (None: none)."""
+    if not attached:
+        return None
+    from chatcli.attachments import describe
+
+    return describe(attached)
 
 
 def _no_alternative(value: str | None, alt: tuple[int, int], answer: Any,

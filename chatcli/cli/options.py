@@ -277,6 +277,9 @@ def constraint_of(*, schema: Path | None = None, json_object: bool = False,
                   regex: str | None = None, grammar: Path | None = None,
                   choice: str | None = None) -> Any:
     """The `Constraint` the answer-shape flags ask for (None: unconstrained)."""
+    if schema is None and not json_object and regex is None and grammar is None \
+            and choice is None:
+        return None  # (without importing the constraint specs)
     from chatcli.constraints.spec import from_options
 
     return from_options(schema=schema, json_object=json_object, regex=regex, grammar=grammar,
