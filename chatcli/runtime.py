@@ -74,9 +74,14 @@ def other_busy_cores() -> float | None:
     now = _cpu_sample()
     if _FIRST_SAMPLE is None or now is None or now[0] - _FIRST_SAMPLE[0] < 0.2:
         return None
-    wall = now[0] - _FIRST_SAMPLE[0]
-    others = (now[1] - _FIRST_SAMPLE[1]) - (now[2] - _FIRST_SAMPLE[2])
-    return max(0.0, others / wall)
+    return _others_between(_FIRST_SAMPLE, now)
+
+
+def _others_between(first: tuple[float, float, float], now: tuple[float, float, float]) -> float:
+    """Cores other processes kept busy between two `_cpu_sample`s: the machine's busy time
+    less this process's own, over the wall time between them."""
+    wall = now[0] - first[0]
+    return max(0.0, ((now[1] - first[1]) - (now[2] - first[2])) / wall)
 
 
 class BusyMeter:
@@ -93,9 +98,7 @@ class BusyMeter:
         now = _cpu_sample()
         if now is None or self._last is None or now[0] - self._last[0] < self.window:
             return
-        wall = now[0] - self._last[0]
-        self.others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
-        self._last = now
+        self.others, self._last = _others_between(self._last, now), now
 
 
 def default_threads(busy: float | None = None) -> int:

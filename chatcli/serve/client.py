@@ -278,7 +278,6 @@ class ServedBackend:
         self.runtime_flags = runtime
         self.capabilities = CAPABILITIES
         self.handle = 0
-        self.info: dict[str, Any] = {}
         self._streaming = False  # a stream not read to its end: the connection is dropped
         self._reused = 0
         self._side: tuple[Connection, int] | None = None  # see `_side_call`
@@ -300,16 +299,30 @@ class ServedBackend:
             self._open()
         return self.conn
 
-    def _open(self) -> None:
-        conn = self.conn
-        assert conn is not None
+    def _ask(self, conn: Connection, *frame: Any,
+             gone: str = "the chatcli server went away") -> tuple[Any, ...]:
+        """`conn.request(...)`; a connection that fails drops every connection of this
+        backend and raises `ServerGone` saying `gone`."""
         try:
-            frame = conn.request(self.ui, "open", self.requested_spec, *self.runtime_flags)
+            return conn.request(self.ui, *frame)
         except (OSError, wire.ServerGone) as exc:
             self._drop()
-            raise wire.ServerGone("the chatcli server went away while opening "
-                                  f"{self.requested_spec.alias}", GONE_HINT) from exc
-        self.handle, self.info = int(frame[1]), dict(frame[2])
+            raise wire.ServerGone(gone, GONE_HINT) from exc
+
+    def _open(self) -> None:
+        assert self.conn is not None
+        frame = self._ask(self.conn, "open", self.requested_spec, *self.runtime_flags,
+                          gone="the chatcli server went away while opening "
+                          f"{self.requested_spec.alias}")
+        self.handle, info = int(frame[1]), frame[2]
+        self.spec = info["spec"]
+        self.context_window = int(info["context_window"])
+        self.generation_config = dict(info["generation_config"])
+        self.vocab_size = int(info["vocab_size"])
+        self.has_chat_template = bool(info["has_chat_template"])
+        self.implementation = f"{info['implementation']} (chatcli serve)"
+        self.implementation_name = str(info["implementation_name"])
+        self.implementation_note = str(info["implementation_note"])
 
     def _drop(self) -> None:
         if self.conn is not None:
@@ -322,66 +335,27 @@ class ServedBackend:
     def _call(self, method: str, *args: Any) -> Any:
         if self._streaming and method in wire.FREE_CALLS:  # beside the answer not read yet
             return self._side_call(method, *args)
-        conn = self._connection()
-        try:
-            return conn.request(self.ui, "call", self.handle, method, *args)[1]
-        except (OSError, wire.ServerGone) as exc:
-            self._drop()
-            raise wire.ServerGone("the chatcli server went away", GONE_HINT) from exc
+        return self._ask(self._connection(), "call", self.handle, method, *args)[1]
 
     def _side_call(self, method: str, *args: Any) -> Any:
         """A tokenizer call while this backend's answer is still streaming: on a second
         connection, so that the answer's stream stays as it is."""
-        try:
-            if self._side is None:
+        if self._side is None:
+            try:
                 side = Connection(self.path)
-                frame = side.request(self.ui, "open", self.requested_spec,
-                                     *self.runtime_flags)
-                self._side = (side, int(frame[1]))
-            side, handle = self._side
-            return side.request(self.ui, "call", handle, method, *args)[1]
-        except (OSError, wire.ServerGone) as exc:
-            if self._side is not None:
-                self._side[0].close()
-                self._side = None
-            raise wire.ServerGone("the chatcli server went away", GONE_HINT) from exc
+            except (OSError, wire.ServerGone) as exc:
+                raise wire.ServerGone("the chatcli server went away", GONE_HINT) from exc
+            self._side = (side, -1)  # held already: a failed open closes it (`_drop`)
+            frame = self._ask(side, "open", self.requested_spec, *self.runtime_flags)
+            self._side = (side, int(frame[1]))
+        side, handle = self._side
+        return self._ask(side, "call", handle, method, *args)[1]
 
     def close(self) -> None:
         self._drop()
 
-    # -- what is known of the model --------------------------------------------------------
-    @property
-    def spec(self) -> Any:
-        return self.info["spec"]
-
-    @property
-    def context_window(self) -> int:
-        return int(self.info["context_window"])
-
-    @property
-    def generation_config(self) -> dict[str, Any]:
-        return dict(self.info["generation_config"])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.info["vocab_size"])
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(self.info["has_chat_template"])
-
-    @property
-    def implementation(self) -> str:
-        return f"{self.info['implementation']} (chatcli serve)"
-
-    @property
-    def implementation_name(self) -> str:
-        return str(self.info["implementation_name"])
-
-    @property
-    def implementation_note(self) -> str:
-        return str(self.info["implementation_note"])
-
+    # -- what is known of the model: `_open` sets spec, context_window,
+    # generation_config, vocab_size, has_chat_template and implementation*
     @property
     def reused(self) -> int:
         """Prompt tokens the last answer did not recompute (as its events said: no request,
@@ -432,11 +406,7 @@ class ServedBackend:
         """Send the request and wait until the server started it (its refusals are raised
         here, as the local backend raises them when a stream is made)."""
         conn = self._connection()
-        try:
-            frame = conn.request(self.ui, op, self.handle, *args)
-        except (OSError, wire.ServerGone) as exc:
-            self._drop()
-            raise wire.ServerGone("the chatcli server went away", GONE_HINT) from exc
+        frame = self._ask(conn, op, self.handle, *args)
         gen = Generation(iter(()), Stats(prompt_tokens=len(args[0].ids)), settings,
                          constraint=constraint)
         gen._events = self._events(conn, gen)

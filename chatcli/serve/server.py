@@ -150,8 +150,9 @@ class Reporter:
 def parse_keep_alive(value: str, name: str = "--keep-alive") -> float | None:
     """"5m", "30s", "1h", "90" (seconds), "0" (unload at once), "-1" (never: None).
     `name`: where it was written ("--keep-alive", or an environment variable's name)."""
-    spelled = f"{name} {value}" if name.startswith("-") else f"{name}={value}"
-    example = "--keep-alive" if name.startswith("-") else f"{name}="
+    flag = name.startswith("-")
+    spelled = f"{name} {value}" if flag else f"{name}={value}"
+    example = f"{name} " if flag else f"{name}="  # then the value
     text = value.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600}
     number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
@@ -162,12 +163,12 @@ def parse_keep_alive(value: str, name: str = "--keep-alive") -> float | None:
     except ValueError:
         raise UsageError(f"{spelled}: expected a duration such as 5m, 30s, 1h, 0 (unload at "
                          "once) or -1 (never)",
-                         f"e.g. {example}{' ' if example.startswith('-') else ''}5m") from None
+                         f"e.g. {example}5m") from None
     if seconds < 0:
         if seconds == -unit:
             return None
         raise UsageError(f"{spelled}: a negative keep-alive is only -1 (never unload)",
-                         f"e.g. {example}{' ' if example.startswith('-') else ''}-1")
+                         f"e.g. {example}-1")
     return seconds
 
 
@@ -231,13 +232,11 @@ class Server:
         sock.listen(16)
         return sock
 
-    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+    def run(self) -> None:
         listener = self.bind()
         listener.settimeout(0.25)
         self.log(f"chatcli server {wire.VERSION} (pid {os.getpid()}) listening at {self.path}; "
                  f"keep-alive {_duration(self.keep_alive)}")
-        if on_ready is not None:
-            on_ready()
         reaper = threading.Thread(target=self._reap, name="chatcli-reaper", daemon=True)
         reaper.start()
         threading.Thread(target=self._accept, args=(listener,), name="chatcli-accept",
@@ -358,14 +357,9 @@ class Server:
             wire.send(sock, "hello", wire.VERSION, os.getpid())
             if hello[0] != "hello" or len(hello) < 2 or hello[1] != wire.VERSION:
                 return  # the client says what a mismatch means
-            while True:
-                try:
-                    frame = wire.recv(sock)
-                except wire.ServerGone:
-                    return
-                if not self._handle(sock, frame, opened):
-                    return
-        except (OSError, wire.ServerGone):
+            while self._handle(sock, wire.recv(sock), opened):
+                pass
+        except (OSError, wire.ServerGone):  # the client went away
             return
         finally:
             sock.close()
