@@ -219,6 +219,21 @@ def test_served_answers_equal_in_process_ones(home: Path, server: Served,
     assert served["token_ids"], served
 
 
+def test_the_server_tells_the_generation_config_before_loading(
+        home: Path, server: Served, tiny_model: object, tmp_path: Path) -> None:
+    from test_settings_once import ALT_REFUSED, beamy
+
+    beamy(home, tiny_model.folder, tmp_path)  # type: ignore[attr-defined]
+    result = run_cli(["ask", "--alt", "1:2", "hi"])
+    assert (result.exit_code, result.stderr) == (2, ALT_REFUSED)
+    assert "loaded" not in server.text()
+    args = ["-n", "4", "--show-beams", "hi"]  # beams: the generation_config's strategy
+    served, alone = ask_json(*args), ask_json("--no-server", *args)
+    assert "answered" in server.text()
+    assert without_timing(served, False) == without_timing(alone, False)
+    assert served["decoding"]["strategy"] == "beam"
+
+
 def test_a_chat_through_the_server_is_the_same_chat(home: Path, server: Served) -> None:
     # /alt names the tokens (tokenizer calls) before the new answer streams; /candidates
     # makes every answer carry its distributions; /choice constrains; /prompt and

@@ -46,7 +46,8 @@ def load_here(ctx: ChatContext, gone: BackendGone | None) -> bool:
     ctx.ui.warn(f"{gone.message + ': ' if gone is not None else ''}loading {alias} in this "
                 "process")
     try:
-        ctx.session.use_model(ctx.load_here(alias))
+        # the same model, loaded here: the settings stay as resolved
+        ctx.session.use_model(ctx.load_here(alias), ctx.session.settings)
     except ChatcliError as exc:
         ctx.failed += 1
         ctx.ui.error(exc.message, exc.hint)

@@ -79,6 +79,7 @@ class ChatSession:
         warn: Callable[[str], None] | None = None,
         history_path: Path | None = None,
         raw: bool = False,
+        settings: DecodingSettings | None = None,
     ) -> None:
         self.raw = raw  # a text completion: no chat template (see the module)
         self.strategies = strategies
@@ -105,19 +106,21 @@ class ChatSession:
         # Set by start_reply, once per session, when an estimated count decided the packing.
         self.packing_note: str | None = None
         self._noted = False
-        self.use_model(model)
+        self.use_model(model, settings)
 
     # -- model and settings ----------------------------------------------------
-    def use_model(self, model: Any) -> None:
-        """Answer with `model` (a Backend, or a LoadedModel) from now on; a chat refuses
-        a model without a chat template."""
+    def use_model(self, model: Any, settings: DecodingSettings | None = None) -> None:
+        """Answer with `model` (a Backend, or a LoadedModel) from now on, with `settings`
+        (the request's, already resolved for this model: `cli.common.Setup.resolve`)
+        or the request resolved for it here; a chat refuses a model without a chat
+        template."""
         backend = as_backend(model)
         if not self.raw and not getattr(backend, "has_chat_template", True):
             from chatcli.prompt import no_chat_template
 
             raise no_chat_template(backend.spec.alias)
         self.backend = backend
-        self.settings = self._resolve(self.request)
+        self.settings = settings if settings is not None else self._resolve(self.request)
 
     @property
     def cache(self) -> Backend:

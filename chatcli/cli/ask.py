@@ -264,7 +264,8 @@ def ask(
         # A continued conversation drops old exchanges to fit; a single question never
         # shortens what the user wrote.
         session = ChatSession(backend, prep.strategies, prep.decoding(), conversation,
-                              recorder=recorder, truncate=False, raw=raw)
+                              recorder=recorder, truncate=False, raw=raw,
+                              settings=prep.settings)
         session.candidates = show_candidates or None
         session.trace_beams = show_beams
         session.constraint = constraint

@@ -132,7 +132,7 @@ def chat(
     session = ChatSession(
         backend, prep.strategies, prep.decoding(), conv, store=store,
         conversation_id=conv_id, message_ids=message_ids, truncate=not no_truncate,
-        warn=ui.warn, history_path=history_path(),
+        warn=ui.warn, history_path=history_path(), settings=prep.settings,
     )
     if system is not None:
         session.set_system(system)

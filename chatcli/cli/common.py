@@ -5,12 +5,13 @@ from (`choice`: `cli.options.ModelChoice`, `runtime`: `RuntimeChoice`, `decoding
 dict `decoding_options` gives):
 CHATCLI_HOME checked (`paths.check_home`), the strategies (a warning per plugin
 that failed to load), the decoding request, the models.toml registry, the alias
-(`-m`, `--base-url`, chat's `--context-window`), every decoding request validated
-against the alias's defaults together with the command's own refusals, the views
-and settings the alias's backend cannot give refused (`chatcli.backends`: each
-backend declares what it can do; `raw`: --raw where it completes no plain text),
-the resident server found for a local alias (`chatcli.serve.client.find_server`: then
-`open()` asks it for the model, and nothing here imports torch) and the runtime
+(`-m`, `--base-url`, chat's `--context-window`), the views the alias's backend cannot
+give refused (`chatcli.backends`: each backend declares what it can do; `raw`: --raw
+where it completes no plain text), the resident server found for a local alias
+(`chatcli.serve.client.find_server`: then `open()` asks it for the model, and nothing
+here imports torch), every decoding request's settings resolved once (the flags over
+the alias's defaults over the model's generation_config as read before loading) and
+refused where the command or the backend cannot honour them, and the runtime
 (`--device`, `--dtype`, `--threads`, `--quantize`) validated (in-process, picking the
 device imports torch, with Ctrl-C held meanwhile: `chatcli.interrupts.deferred`; served,
 the spelling here and the rest by the server). It reads no stdin and loads nothing: the
@@ -22,7 +23,7 @@ calls `Setup.open()`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chatcli.ui.console import UI
@@ -40,9 +41,33 @@ class Request:
     spelling: Callable[[str, str], str] | None = None
 
 
+@dataclass(frozen=True)
+class Refusals:
+    """What a command refuses before anything loads: its own check of the settings
+    (`check`), the views (`views`) and the answer's shape (`constraint`) the alias's
+    backend cannot give."""
+
+    views: Any  # chatcli.backends.base.Views
+    check: Callable[[Any], None] | None = None
+    constraint: Any = None
+
+    def apply(self, spec: Any, settings: Any) -> None:
+        if self.check:
+            self.check(settings)
+        check_settings(spec, settings, self.views, self.constraint)
+
+
 @dataclass
 class Setup:
-    """The validated start of a model command; `open()` loads (or connects to) the model."""
+    """The validated start of a model command; `open()` loads (or connects to) the model.
+
+    Each request's settings are resolved once (`resolved`, in `requests`' order) from
+    the flags, the alias's defaults and the model's generation_config as read before
+    loading (`generation_config`: a cached model's generation_config.json, asked of the
+    resident server when one answers). Only a model whose generation_config could not
+    be read before it loaded (a first download) has them resolved again, once, when it
+    opens; `use()` resolves them for the alias it switches to.
+    """
 
     ui: UI
     choice: Any  # chatcli.cli.options.ModelChoice
@@ -55,6 +80,9 @@ class Setup:
     # The resident server that answers local aliases (chatcli.serve.client.Connection),
     # or None: they load in this process.
     served: Any = None
+    refusals: Refusals | None = None
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    resolved: list[Any] = field(default_factory=list)
 
     def spec_for(self, alias: str | None) -> Any:
         """The spec of `alias` (None: the default), with this run's --base-url and
@@ -77,18 +105,39 @@ class Setup:
     def use(self, alias: str | None) -> None:
         """Run with `alias` instead (ask --continue: the conversation's model)."""
         self.spec = self.spec_for(alias)
+        self.resolve(self._generation_config(self.spec))
         self.runtime = self.runtime_for(self.spec)
 
-    def settings(self, request: Request, generation_config: Any = None) -> Any:
-        """The decoding settings of `request` with the alias's defaults (and the model's
-        generation_config once it is open)."""
+    def _generation_config(self, spec: Any) -> dict[str, Any]:
+        """The model's generation_config as known before it loads ({} where unknown)."""
+        if self.served is not None and spec.backend == "local":
+            return self.served.generation_defaults(spec)
+        from chatcli.backends import backend_of
+
+        return backend_of(spec).generation_defaults(spec)[0]
+
+    def resolve(self, generation_config: dict[str, Any]) -> None:
+        """Resolve every request's settings with `generation_config` and refuse what the
+        command or the alias's backend cannot do with them."""
         from chatcli.decoding.settings import resolve_settings
 
-        spelled: dict[str, Any] = (
-            {"spelling": request.spelling, "common_options": True} if request.spelling else {})
-        return resolve_settings(self.strategies, strategy=request.strategy, flags=request.flags,
-                                options=request.options, alias_defaults=self.spec.defaults,
-                                generation_config=generation_config, **spelled)
+        self.generation_config = generation_config
+        self.resolved = []
+        for request in self.requests:
+            spelled: dict[str, Any] = ({"spelling": request.spelling, "common_options": True}
+                                       if request.spelling else {})
+            settings = resolve_settings(
+                self.strategies, strategy=request.strategy, flags=request.flags,
+                options=request.options, alias_defaults=self.spec.defaults,
+                generation_config=generation_config, **spelled)
+            if self.refusals is not None:
+                self.refusals.apply(self.spec, settings)
+            self.resolved.append(settings)
+
+    @property
+    def settings(self) -> Any:
+        """The command's own decoding settings (its first request's)."""
+        return self.resolved[0]
 
     def decoding(self) -> Any:
         """The command's own decoding request, as a chat session takes it."""
@@ -98,9 +147,13 @@ class Setup:
         return DecodingRequest(request.strategy, request.flags, request.options)
 
     def open(self) -> Any:
-        """The model of the alias, loaded or connected to; its spec becomes `spec`."""
+        """The model of the alias, loaded or connected to; its spec becomes `spec`. A
+        generation_config unknown until now (a first download) resolves the settings
+        again."""
         loaded = self._open(self.spec, self.runtime)
         self.spec = loaded.spec
+        if loaded.generation_config != self.generation_config:
+            self.resolve(dict(loaded.generation_config))
         return loaded
 
     def open_alias(self, alias: str) -> Any:
@@ -145,12 +198,12 @@ def setup(
     In this order: CHATCLI_HOME (`paths.check_home`); the strategies; the decoding
     request of the command's flags (unless `requests(spec)` gives them, once the alias is
     known: compare's `-S`); models.toml;
-    the alias (`alias()` once models.toml is read, else `-m`); then for each request its
-    settings, `check(settings)` (the command's own refusals), and what the alias's
-    backend cannot give refused: `internals` (the flag that reads the model's
-    internals), `candidates` alternatives per token, the settings and `constraint`
-    (the answer's shape); `raw` (--raw) refused where the backend lacks it; last the
-    runtime.
+    the alias (`alias()` once models.toml is read, else `-m`); `raw` (--raw) and the
+    views the alias's backend cannot give refused (`internals`: the flag that reads the
+    model's internals; `candidates` alternatives per token); the resident server found
+    (a local alias); then each request's settings resolved (`Setup.resolve`) and
+    refused where the command (`check(settings)`) or the backend (the settings with
+    `constraint`, the answer's shape) cannot honour them; last the runtime.
     """
     from chatcli.cli.options import decoding_request
     from chatcli.paths import check_home
@@ -174,16 +227,13 @@ def setup(
             cls.check_raw(prepared.spec, views, constraint)
         else:
             check_raw(prepared.spec, cls.capabilities_of(prepared.spec))
-    for request in prepared.requests:
-        early = prepared.settings(request)
-        if check:
-            check(early)
-        check_views(prepared.spec, views)
-        check_settings(prepared.spec, early, views, constraint)
+    check_views(prepared.spec, views)
+    prepared.refusals = Refusals(views, check, constraint)
     if prepared.spec.backend == "local":
         from chatcli.serve.client import find_server
 
         prepared.served = find_server(ui, run.no_server)
+    prepared.resolve(prepared._generation_config(prepared.spec))
     from chatcli import interrupts
 
     with interrupts.deferred(interrupts.LOADING):  # picking the device imports torch

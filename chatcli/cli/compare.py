@@ -148,11 +148,12 @@ def compare(
         registry = strategy_registry()
         from chatcli.decoding.base import capabilities_of
 
-        default = [n for n in registry.names()
-                   if registry.origins[n] == "built-in" and runnable(spec, n)
-                   and not (alt is not None and capabilities_of(registry.get(n)).hypotheses)]
+        names = strategy or [
+            n for n in registry.names()
+            if registry.origins[n] == "built-in" and runnable(spec, n)
+            and not (alt is not None and capabilities_of(registry.get(n)).hypotheses)]
         return [Request(name, flags, options, spelling(name))
-                for name, options in map(parse_spec, strategy or default)]
+                for name, options in map(parse_spec, names)]
 
     ui = UI()
     # Every strategy is validated before stdin is read or anything loads.
@@ -200,7 +201,7 @@ def compare(
         check_alt(str(alt_spec), alt, vocab=backend.vocab_size)
     conversation = Conversation(system=system)
     conversation.add_user(text)
-    all_settings = [prep.settings(r, backend.generation_config) for r in prep.requests]
+    all_settings = prep.resolved
     # One packed prompt serves every strategy: its budget leaves room for the most
     # new tokens any of them may generate.
     most = max(s.common.max_new_tokens for s in all_settings)

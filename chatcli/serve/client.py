@@ -87,6 +87,13 @@ class Connection:
     def close(self) -> None:
         self.sock.close()
 
+    def generation_defaults(self, spec: Any) -> dict[str, Any]:
+        """The alias's generation_config as the server reads it before loading."""
+        try:
+            return dict(self.request(None, "defaults", spec)[1])
+        except (OSError, wire.ServerGone) as exc:
+            raise wire.ServerGone("the chatcli server is gone", GONE_HINT) from exc
+
     def request(self, ui: Any, *frame: Any) -> tuple[Any, ...]:
         """Send `frame`; the answer's first frame that is not a note (an "error" raised)."""
         wire.send(self.sock, *frame)

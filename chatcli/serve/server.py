@@ -8,6 +8,8 @@ is served by its own thread:
 
 * "hello" first: both ends say their `wire.VERSION` (the client decides what a
   mismatch means); a peer of another user id is closed at once.
+* "defaults" (spec): the alias's generation_config.json as read before loading (the
+  client resolves its settings with it), answered at once.
 * "open" (spec, device, dtype, threads, quantize): the alias is loaded with the local
   backend exactly as a command loads it in-process (`LocalBackend.runtime_for`, then
   `open`), once per spec and runtime, and kept; what the load reports (notes, warnings,
@@ -383,7 +385,11 @@ class Server:
             wire.send(sock, "ok", self.status())
             return True
         try:
-            if op == "open":
+            if op == "defaults":
+                from chatcli.backends.local import LocalBackend
+
+                wire.send(sock, "ok", LocalBackend.generation_defaults(frame[1])[0])
+            elif op == "open":
                 handle, resident = self._open(sock, *frame[1:])
                 opened[handle] = resident
                 wire.send(sock, "opened", handle, _describe(resident.backend))
