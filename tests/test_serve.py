@@ -312,6 +312,71 @@ def test_keep_alive_minus_one_never_unloads(home: Path) -> None:
         stop(served)
 
 
+def test_models_toml_sets_the_default_keep_alive_below_the_flag_and_the_environment(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = home / "models.toml"
+    toml.write_text('keep_alive = "1s"\n' + toml.read_text())
+    served = start_server(home)
+    try:
+        assert status()["keep_alive_s"] == 1.0
+        assert run_cli(["ask", "-n", "3", "hi"]).exit_code == 0
+        served.wait_for("unloaded tiny (idle ", timeout=20)
+    finally:
+        stop(served)
+    served = start_server(home, "--keep-alive", "-1")
+    try:
+        assert status()["keep_alive_s"] is None
+    finally:
+        stop(served)
+    monkeypatch.setenv("CHATCLI_KEEP_ALIVE", "2m")  # the servers started here inherit it
+    served = start_server(home)
+    try:
+        assert status()["keep_alive_s"] == 120.0
+    finally:
+        stop(served)
+
+
+def test_an_alias_keeps_its_own_keep_alive(home: Path) -> None:
+    toml = home / "models.toml"
+    toml.write_text(toml.read_text() + 'keep_alive = 0\n')
+    served = start_server(home, "--keep-alive", "-1")
+    try:
+        assert run_cli(["ask", "-n", "3", "hi"]).exit_code == 0
+        served.wait_for("unloaded tiny")  # its own 0, whatever the server's -1
+        toml.write_text(toml.read_text().replace("keep_alive = 0", 'keep_alive = "-1"'))
+        assert run_cli(["ask", "-n", "3", "hi"]).exit_code == 0
+        [model] = status()["models"]
+        assert model["keep_alive_s"] is None
+        listing = run_cli(["serve", "--status"]).stdout
+        assert "keep-alive: never unload;" in listing and ", keep-alive" not in listing
+    finally:
+        stop(served)
+
+
+@pytest.mark.parametrize(("line", "where", "error"), [
+    ('keep_alive = "soon"', "top", "'keep_alive' 'soon': expected a duration such as 5m, 30s, "
+     "1h, 0 (unload at once) or -1 (never)"),
+    ("keep_alive = -2", "alias", "[models.tiny] 'keep_alive' -2: a negative keep-alive is only "
+     "-1 (never unload)"),
+    ("keep_alive = true", "top", "'keep_alive' True: expected a string such as \"5m\" or a "
+     "number of seconds"),
+])
+def test_a_bad_keep_alive_in_models_toml_names_its_line(home: Path, line: str, where: str,
+                                                         error: str) -> None:
+    toml = home / "models.toml"
+    text = toml.read_text()
+    text = f"{line}\n{text}" if where == "top" else f"{text}{line}\n"
+    toml.write_text(text)
+    number = text.splitlines().index(line) + 1
+    for args in (["serve"], ["ask", "hi"]):
+        result = run_cli(args)
+        assert result.exit_code != 0
+        assert result.stderr.startswith(f"error: {toml}:{number}: {error}; hint: e.g. "
+                                        'keep_alive = "30m"'), result.stderr
+        assert result.stderr.count("\n") == 1
+    assert not sock_path().exists()
+
+
 # -- faults ---------------------------------------------------------------------------------
 def history_messages(home: Path) -> list[dict]:
     result = run_cli(["history", "export", "1", "--format", "json"])

@@ -58,6 +58,8 @@ class LocalSpec(ModelSpec):
     implementation: str = "auto"  # "auto" | "native" | "transformers"
     quantize: str = "none"  # "none" | "int8" | "int4" | "gguf" (a GGUF file's default)
     compile: str | None = None  # "auto" | "never" (None: not set, which is "auto")
+    # How long `chatcli serve` keeps it loaded unused ("5m", "-1"...; None: the server's).
+    keep_alive: str | None = None
 
     @property
     def is_gguf(self) -> bool:
@@ -72,6 +74,7 @@ class LocalBackend:
         "source": str, "repo": str, "revision": str, "file": str, "path": str,
         "package": str, "sha256": str, "dtype": str, "chat_template": str,
         "trust_remote_code": bool, "implementation": str, "quantize": str, "compile": str,
+        "keep_alive": (str, int),
     }
 
     # A key of this backend in an alias of another one (`misplaced_key`).
@@ -121,6 +124,17 @@ class LocalBackend:
             raise fail(f"'compile' must be \"auto\" or \"never\" (got {auto_compile!r})",
                        'compile = "never" stops chatcli building its compiled decode step in '
                        "the background", "compile")
+        keep_alive = entry.get("keep_alive")
+        if keep_alive is not None:
+            from chatcli.serve.keep_alive import duration
+
+            try:
+                duration(keep_alive)
+            except ValueError as exc:
+                raise fail(f"'keep_alive' {keep_alive!r}: {exc}",
+                           'e.g. keep_alive = "30m" (chatcli serve unloads it after 30 idle '
+                           "minutes)", "keep_alive") from None
+            keep_alive = str(keep_alive)
         sha = entry.get("sha256")
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise fail("'sha256' must be 64 lowercase hex digits", "copy it from sha256sum",
@@ -134,7 +148,8 @@ class LocalBackend:
                     file=entry.get("file"), path=model_path, package=entry.get("package"),
                     sha256=sha, dtype=dtype, chat_template=entry.get("chat_template"),
                     trust_remote_code=entry.get("trust_remote_code", False),
-                    implementation=impl, quantize=quant, compile=auto_compile)
+                    implementation=impl, quantize=quant, compile=auto_compile,
+                    keep_alive=keep_alive)
 
     @staticmethod
     def location(spec: Any) -> str:

@@ -1,15 +1,15 @@
 """`chatcli serve`: the resident server (`chatcli.serve`), its status, and stopping it.
 
 `chatcli serve` runs the server in the foreground, one log line per event on stderr,
-until Ctrl-C, SIGTERM or `chatcli serve --stop`. `--keep-alive` (or CHATCLI_KEEP_ALIVE;
-default 5m) is how long a model no command uses stays loaded: 0 unloads it at once, -1
-never. `--status` says whether one runs, with its models (`--json`: one object, null
-when none runs); `--stop` ends it. Wiring only.
+until Ctrl-C, SIGTERM or `chatcli serve --stop`. `--keep-alive` (else CHATCLI_KEEP_ALIVE,
+else models.toml's top-level `keep_alive`, else 5m; an alias's own `keep_alive` wins for
+its model: `chatcli.serve.keep_alive`) is how long a model no command uses stays
+loaded: 0 unloads it at once, -1 never. `--status` says whether one runs, with its
+models (`--json`: one object, null when none runs); `--stop` ends it. Wiring only.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -22,15 +22,16 @@ KeepAliveOpt = Annotated[
     str | None,
     typer.Option("--keep-alive", metavar="DURATION",
                  help="How long a model no command uses stays loaded: 5m, 30s, 1h, 0 (unload "
-                 "at once), -1 (never). Default: CHATCLI_KEEP_ALIVE, else 5m.",
+                 "at once), -1 (never). Default: CHATCLI_KEEP_ALIVE, else keep_alive in "
+                 "models.toml, else 5m; an alias's own keep_alive wins for its model.",
                  show_default=False),
 ]
 StopOpt = Annotated[bool, typer.Option("--stop", help="Stop the running server.")]
 StatusOpt = Annotated[
     bool, typer.Option("--status", help="Say whether a server runs, and what it holds. With "
                        "--json: pid, version, socket, keep_alive_s, uptime_s, requests, models "
-                       "(alias, runtime, implementation, users, idle_s, busy); null when none "
-                       "runs.")]
+                       "(alias, runtime, implementation, users, keep_alive_s, idle_s, busy); "
+                       "null when none runs.")]
 
 
 def serve(keep_alive: KeepAliveOpt = None, stop: StopOpt = False, status: StatusOpt = False,
@@ -39,7 +40,8 @@ def serve(keep_alive: KeepAliveOpt = None, stop: StopOpt = False, status: Status
     from chatcli.errors import UsageError
     from chatcli.paths import check_home
     from chatcli.serve import client, wire
-    from chatcli.serve.server import Server, parse_keep_alive
+    from chatcli.serve.keep_alive import server_default
+    from chatcli.serve.server import Server
 
     ui = UI()
     check_home()
@@ -73,13 +75,14 @@ def serve(keep_alive: KeepAliveOpt = None, stop: StopOpt = False, status: Status
             ui.print("no model loaded")
         for m in found["models"]:
             runtime = m["runtime"]
+            own = m["keep_alive_s"]
             ui.print(f"  {m['alias']}: {m['implementation']}, {runtime['dtype']}, "
                      f"{m['users']} connection(s), idle {m['idle_s']:.0f} s"
-                     + (f", {m['busy']}" if m["busy"] else ""))
+                     + (f", {m['busy']}" if m["busy"] else "")
+                     + (f", keep-alive {'never' if own is None else f'{own:g} s'}"
+                        if own != keep else ""))
         return
-    if keep_alive is None:
-        seconds = parse_keep_alive(os.environ.get("CHATCLI_KEEP_ALIVE", "5m"),
-                                   "CHATCLI_KEEP_ALIVE")
-    else:
-        seconds = parse_keep_alive(keep_alive)
+    from chatcli.registry import load_registry
+
+    seconds = server_default(keep_alive, load_registry().keep_alive)
     Server(seconds, log=sys.stderr).run()  # Ctrl-C, SIGTERM: the socket is removed

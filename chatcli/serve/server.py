@@ -32,8 +32,9 @@ client asks; connections are accepted and read by threads of their own), in the 
 asked; a request that must wait gets a "waiting" frame first (the client says so on
 stderr). The server keeps no conversation: every request carries
 its packed prompt, and the local backend's prompt cache reuses the longest token prefix
-it still holds. A model no connection holds is unloaded after `keep_alive` seconds
-without a request (0: at once; None: never). After each answer the local backend's
+it still holds. A model no connection holds is unloaded after its keep-alive without a
+request (the alias's own `keep_alive` in models.toml, else the server's `keep_alive`
+seconds; 0: at once; None: never). After each answer the local backend's
 background build of a missing compiled step starts as after an in-process answer
 (`chatcli.autocompile.after_answer`); a resident model whose compiled step became
 ready is loaded again, with it, before its next request. Before each answer of a runtime
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import os
 import queue
 import socket
@@ -73,6 +73,7 @@ class Resident:
     alias: str
     backend: Any
     runtime: Any
+    keep_alive: float | None  # seconds idle before it is unloaded (None: never)
     users: int = 0  # connections that opened it and are still open
     last_used: float = field(default_factory=time.monotonic)
     busy: str = ""  # what it is doing now, for "waiting" and status
@@ -147,31 +148,6 @@ class Reporter:
             yield
         finally:
             wire.send(self.sock, "idle")
-
-
-def parse_keep_alive(value: str, name: str = "--keep-alive") -> float | None:
-    """"5m", "30s", "1h", "90" (seconds), "0" (unload at once), "-1" (never: None).
-    `name`: where it was written ("--keep-alive", or an environment variable's name)."""
-    flag = name.startswith("-")
-    spelled = f"{name} {value}" if flag else f"{name}={value}"
-    example = f"{name} " if flag else f"{name}="  # then the value
-    text = value.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
-    try:
-        seconds = float(number) * unit
-        if not math.isfinite(seconds):
-            raise ValueError(value)
-    except ValueError:
-        raise UsageError(f"{spelled}: expected a duration such as 5m, 30s, 1h, 0 (unload at "
-                         "once) or -1 (never)",
-                         f"e.g. {example}5m") from None
-    if seconds < 0:
-        if seconds == -unit:
-            return None
-        raise UsageError(f"{spelled}: a negative keep-alive is only -1 (never unload)",
-                         f"e.g. {example}-1")
-    return seconds
 
 
 class Server:
@@ -322,20 +298,28 @@ class Server:
                      "cores busy)")
 
     def unload_idle(self) -> None:
-        if self.keep_alive is None:
-            return
         now = time.monotonic()
         unloaded = False
         with self.loading:
             for key, resident in list(self.models.items()):
                 idle = now - resident.last_used
-                if resident.users == 0 and not resident.busy and idle >= self.keep_alive:
+                if (resident.users == 0 and not resident.busy and resident.keep_alive is not None
+                        and idle >= resident.keep_alive):
                     del self.models[key]
                     self.log(f"unloaded {resident.alias} (idle {idle:.0f} s)")
                     resident.backend = None
                     unloaded = True
         if unloaded:
             gc.collect()
+
+    def keep_alive_of(self, spec: Any) -> float | None:
+        """The alias's own keep_alive (models.toml), else the server's."""
+        own = spec.keep_alive
+        if own is None:
+            return self.keep_alive
+        from chatcli.serve.keep_alive import duration
+
+        return duration(own)  # checked when models.toml was read
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -344,6 +328,7 @@ class Server:
                 "requests": self.requests,
                 "models": [{"alias": r.alias, "runtime": dataclasses.asdict(r.runtime),
                             "implementation": r.backend.implementation, "users": r.users,
+                            "keep_alive_s": r.keep_alive,
                             "idle_s": round(now - r.last_used, 1), "busy": r.busy or None}
                            for r in list(self.models.values())]}
 
@@ -369,8 +354,7 @@ class Server:
                 for resident in opened.values():
                     resident.users -= 1
                     resident.last_used = time.monotonic()
-            if self.keep_alive == 0:
-                self.unload_idle()
+            self.unload_idle()  # a keep-alive of 0: at once
 
     def _handle(self, sock: socket.socket, frame: tuple[Any, ...],
                 opened: dict[int, Resident]) -> bool:
@@ -440,7 +424,8 @@ class Server:
                 backend = self.worker.run(
                     lambda: LocalBackend.open(spec, None, Reporter(sock), runtime),
                     f"loading {spec.alias}")
-                resident = Resident(key, spec.alias, backend, runtime)
+                resident = Resident(key, spec.alias, backend, runtime,
+                                    self.keep_alive_of(spec))
                 self.models[key] = resident
                 import torch
 
