@@ -86,19 +86,61 @@ def _others_between(first: tuple[float, float, float], now: tuple[float, float, 
 
 class BusyMeter:
     """Cores other processes kept busy over the last window of at least `window` seconds
-    (`others`, None until one has passed): what a long-running process (the resident
-    server) measures instead of its start-up window. `tick()` as often as convenient."""
+    (`others`, None until one has passed; `span`: that window's start and end on
+    `time.monotonic()`'s clock), and over the time between the last two ticks
+    (`recent`): what a long-running process (the resident server) measures instead of
+    its start-up window. `tick()` as often as convenient (every 0.2 s, say)."""
 
     def __init__(self, window: float = 1.0) -> None:
+        import threading
+
         self.window = window
         self.others: float | None = None
-        self._last = _cpu_sample()
+        self.span: tuple[float, float] | None = None
+        self.recent: tuple[float, tuple[float, float]] | None = None
+        self._last = self._tick = _cpu_sample()
+        self._lock = threading.Lock()  # ticks from two threads (a reaper, an answer)
 
     def tick(self) -> None:
         now = _cpu_sample()
-        if now is None or self._last is None or now[0] - self._last[0] < self.window:
+        if now is None:
             return
-        self.others, self._last = _others_between(self._last, now), now
+        with self._lock:
+            if self._tick is not None and now[0] - self._tick[0] >= 0.05:
+                self.recent = _others_between(self._tick, now), (self._tick[0], now[0])
+                self._tick = now
+            if self._last is not None and now[0] - self._last[0] >= self.window:
+                self.others = _others_between(self._last, now)
+                self.span, self._last = (self._last[0], now[0]), now
+
+    def others_besides(self, pid: int | None) -> float | None:
+        """What other processes keep busy now, `pid`'s part left out (the command that
+        has just asked for an answer: its own start-up is not a neighbour's load): the
+        smaller of the last window's figure and the last tick's, so that a neighbour
+        that has just ended does not count; each less `pid`'s CPU time spread evenly
+        over its life."""
+        self.tick()  # the last tick's figure ends now, where the time since allows
+        if self.others is None or self.span is None:
+            return self.others
+        used = process_cpu(pid) if pid is not None else None
+        rate, born = (used[0] / max(used[1], 1e-3), time.monotonic() - used[1]) if used \
+            else (0.0, 0.0)
+        figures = [(self.others, self.span)] + ([self.recent] if self.recent else [])
+        return min(max(0.0, others - rate * max(0.0, end - max(start, born)) / (end - start))
+                   for others, (start, end) in figures)
+
+
+def process_cpu(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds, age in seconds) of process `pid` (None where unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        hz = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / hz, uptime - int(fields[19]) / hz
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def default_threads(busy: float | None = None) -> int:

@@ -80,3 +80,32 @@ def test_busy_meter_sees_another_process_keep_a_core_busy() -> None:
         burner.wait(timeout=30)
     assert meter.others is not None and meter.others > 0.5
     assert default_threads(meter.others) <= max(1, default_threads(0.0) - 1)
+
+
+def test_busy_meter_leaves_out_a_client_that_started_inside_its_window() -> None:
+    """The command that asks the resident server for an answer has just started: its own
+    start-up is not a neighbour's load; and a neighbour that has just ended does not count
+    (`others_besides`)."""
+    import subprocess
+    import sys
+    import time
+
+    from chatcli.runtime import BusyMeter
+
+    meter = BusyMeter(window=0.5)
+    burn = "import time\nend = time.time() + 0.7\nwhile time.time() < end: pass\ntime.sleep(30)"
+    client = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        time.sleep(1.0)
+        meter.tick()
+        assert meter.others is not None and meter.others > 0.4, meter.others
+        besides = meter.others_besides(client.pid)
+        assert besides is not None and besides < meter.others - 0.4, (meter.others, besides)
+        client.kill()
+        client.wait(timeout=30)
+        time.sleep(0.25)
+        meter.tick()  # the last tick: nobody busy any more
+        assert meter.others_besides(None) is not None and meter.others_besides(None) < 0.4
+    finally:
+        client.kill()
+        client.wait(timeout=30)

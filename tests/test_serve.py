@@ -377,6 +377,27 @@ def test_a_bad_keep_alive_in_models_toml_names_its_line(home: Path, line: str, w
     assert not sock_path().exists()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: always one thread")
+def test_a_neighbour_that_comes_mid_answer_takes_threads_from_it(home: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    served = start_server(home, delay=0.05)  # 200 tokens: 10 s
+    client = start_ask(home, *LONG)
+    burn = "import time\nend = time.time() + 2.5\nwhile time.time() < end: pass"
+    burners: list[subprocess.Popen[bytes]] = []
+    try:
+        first_output(client)
+        mark = len(served.text())
+        burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(cores)]
+        served.wait_for("1 threads (other processes keep ", timeout=8)
+        assert "answered" not in served.text()[mark:]  # during the answer
+    finally:
+        for burner in burners:
+            burner.wait(timeout=30)
+        client.kill()
+        client.communicate(timeout=30)
+        stop(served)
+
+
 # -- faults ---------------------------------------------------------------------------------
 def history_messages(home: Path) -> list[dict]:
     result = run_cli(["history", "export", "1", "--format", "json"])

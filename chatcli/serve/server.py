@@ -37,10 +37,12 @@ request (the alias's own `keep_alive` in models.toml, else the server's `keep_al
 seconds; 0: at once; None: never). After each answer the local backend's
 background build of a missing compiled step starts as after an in-process answer
 (`chatcli.autocompile.after_answer`); a resident model whose compiled step became
-ready is loaded again, with it, before its next request. Before each answer of a runtime
-without --threads, torch's threads are set to the cores other processes left free over
-the last second (`chatcli.runtime.BusyMeter`), as a command in-process decides them at
-its start.
+ready is loaded again, with it, before its next request. For a runtime without
+--threads, torch's threads are the cores other processes leave free
+(`chatcli.runtime.BusyMeter`, windows of 0.6 s), as a command in-process decides them
+at its start: before each answer, from the last window less the client's own start-up
+(its pid from the socket), and again during the answer each time a window lies inside
+it (a neighbour that came or went).
 
 Knows nothing about the terminal; it writes one log line per event to `log`.
 """
@@ -165,7 +167,9 @@ class Server:
         self.worker = Worker()
         from chatcli.runtime import BusyMeter
 
-        self.meter = BusyMeter()  # what other processes keep busy, for torch's threads
+        # what other processes keep busy, for torch's threads (windows of 0.6 s: the
+        # reaper ticks every 0.2 s)
+        self.meter = BusyMeter(window=0.5)
         self.inode = -1  # the socket file this server made (removed on the way out)
 
     # -- life -------------------------------------------------------------------------
@@ -281,21 +285,21 @@ class Server:
             self.meter.tick()
             self.unload_idle()
 
-    def _fit_threads(self, resident: Resident) -> None:
-        """Before an answer: torch's threads for what the machine has free now (a runtime
-        without --threads), not only what it had when the model loaded."""
+    def _fit_threads(self, resident: Resident, others: float | None) -> None:
+        """Torch's threads for the cores that other processes (`others`: the cores they
+        keep busy) leave free now, for a runtime without --threads: before an answer,
+        and again during one each time a window of the meter lies inside it."""
         runtime = resident.runtime
-        if runtime.threads is not None or runtime.device != "cpu" or self.meter.others is None:
+        if runtime.threads is not None or runtime.device != "cpu" or others is None:
             return
         import torch
 
         from chatcli.runtime import default_threads
 
-        threads = default_threads(self.meter.others)
+        threads = default_threads(others)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-            self.log(f"{threads} threads (other processes keep {self.meter.others:.1f} "
-                     "cores busy)")
+            self.log(f"{threads} threads (other processes keep {others:.1f} cores busy)")
 
     def unload_idle(self) -> None:
         now = time.monotonic()
@@ -336,7 +340,7 @@ class Server:
     def _serve(self, sock: socket.socket) -> None:
         opened: dict[int, Resident] = {}
         try:
-            uid = wire.peer_uid(sock)
+            pid, uid = wire.peer(sock) or (None, None)
             if uid is not None and uid != os.getuid():
                 self.log(f"refused a connection of user id {uid}")
                 return
@@ -344,7 +348,7 @@ class Server:
             wire.send(sock, "hello", wire.VERSION, os.getpid())
             if hello[0] != "hello" or len(hello) < 2 or hello[1] != wire.VERSION:
                 return  # the client says what a mismatch means
-            while self._handle(sock, wire.recv(sock), opened):
+            while self._handle(sock, wire.recv(sock), opened, pid):
                 pass
         except (OSError, wire.ServerGone):  # the client went away
             return
@@ -357,8 +361,8 @@ class Server:
             self.unload_idle()  # a keep-alive of 0: at once
 
     def _handle(self, sock: socket.socket, frame: tuple[Any, ...],
-                opened: dict[int, Resident]) -> bool:
-        """Answer one frame; False: close the connection."""
+                opened: dict[int, Resident], pid: int | None = None) -> bool:
+        """Answer one frame (`pid`: the client's process); False: close the connection."""
         op = frame[0]
         if op == "stop":
             wire.send(sock, "ok", None)
@@ -390,7 +394,7 @@ class Server:
                                         lambda: _call(backend, frame[2], *frame[3:]))
                     wire.send(sock, "ok", result)
                 else:
-                    self._stream(sock, resident, op, frame[2:])
+                    self._stream(sock, resident, op, frame[2:], pid)
             else:
                 raise ChatcliError(f"the chatcli server does not know the request '{op}'",
                                    "use the same chatcli version for both")
@@ -455,16 +459,19 @@ class Server:
         return self.worker.run(job, f"{resident.alias} is answering another request")
 
     def _stream(self, sock: socket.socket, resident: Resident, op: str,
-                args: tuple[Any, ...]) -> None:
+                args: tuple[Any, ...], pid: int | None) -> None:
         self.requests += 1
-        self._turn(sock, resident, "answering", lambda: self._answer(sock, resident, op, args))
+        self._turn(sock, resident, "answering",
+                   lambda: self._answer(sock, resident, op, args, pid))
 
     def _answer(self, sock: socket.socket, resident: Resident, op: str,
-                args: tuple[Any, ...]) -> None:
-        """One answer, streamed to `sock` (on the model thread)."""
+                args: tuple[Any, ...], pid: int | None) -> None:
+        """One answer, streamed to `sock` (on the model thread); `pid`: the client's
+        process (its own start-up is not a neighbour's load)."""
         backend = resident.backend
         sent = 0
-        self._fit_threads(resident)
+        self._fit_threads(resident, self.meter.others_besides(pid))
+        began, fitted = time.monotonic(), self.meter.span
         start = time.perf_counter()
         if op == "stream":
             packed, settings, max_new, views, constraint, raw = args
@@ -490,6 +497,10 @@ class Server:
                           backend.reused)
                 sent += 1
                 finished = event.finish_reason is not None
+                span = self.meter.span
+                if span is not fitted and span is not None and span[0] >= began:
+                    fitted = span  # a window inside this answer: a neighbour came or went
+                    self._fit_threads(resident, self.meter.others)
         except (OSError, wire.ServerGone):
             backend.invalidate()
             self.log(f"{resident.alias}: the client went away after {sent} tokens; "

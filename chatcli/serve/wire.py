@@ -10,7 +10,7 @@ says why a file there must not be trusted (another user's, not a socket).
 Frames: a 4-byte big-endian length, then one pickled tuple whose first item names it
 (`send`, `recv`). Pickle is safe here only because both ends are the same user: the
 folder is private, the socket 0600, the client checks the socket's owner before
-connecting and the server checks its peer's uid (`peer_uid`). `recv` raises
+connecting and the server checks its peer's uid (`peer`). `recv` raises
 `ServerGone` when the other end closed or the bytes do not read as a frame.
 `VERSION` is what both ends compare in their greeting: chatcli's version and this
 protocol's.
@@ -92,12 +92,14 @@ def owner_problem(path: Path) -> str | None:
     return None
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The user id of the process at the other end of `sock` (None where unknown)."""
+def peer(sock: socket.socket) -> tuple[int, int] | None:
+    """(process id, user id) of the process at the other end of `sock` (None where
+    unknown)."""
     if not hasattr(socket, "SO_PEERCRED"):
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+    pid, uid, _ = struct.unpack("3i", creds)
+    return int(pid), int(uid)
 
 
 def send(sock: socket.socket, *message: Any) -> None:
