@@ -70,7 +70,8 @@ def serve(keep_alive: KeepAliveOpt = None, stop: StopOpt = False, status: Status
         keep = found["keep_alive_s"]
         ui.print(f"chatcli server {found['version']}, pid {found['pid']}, at {found['socket']}")
         ui.print(f"keep-alive: {'never unload' if keep is None else f'{keep:g} s'}; "
-                 f"up {found['uptime_s']:.0f} s; {found['requests']} answers")
+                 f"up {found['uptime_s']:.0f} s; {found['requests']} "
+                 f"answer{'' if found['requests'] == 1 else 's'}")
         if not found["models"]:
             ui.print("no model loaded")
         for m in found["models"]:
