@@ -12,10 +12,12 @@ padding of the model's head, never), `advance(token)` consumes one (it must be a
 
 The engine is llguidance (MIT; used by llama.cpp, vLLM, SGLang): its tokenizer is built
 from the model's tokenizer.json once per file and vocabulary size (about 0.4 s for
-49,152 tokens), a JSON schema compiles in milliseconds, a mask takes microseconds
-(bench/constraint_engines.py). It is imported only here, only when a constraint is used.
-Regular expressions are the Rust `regex` crate's syntax (`\\d` matches any Unicode digit;
-`[0-9]` only ASCII); grammars are Lark, or GBNF converted to Lark.
+49,152 tokens; added tokens that are not special, such as Qwen3's `<think>`, taken as
+the text they are: `_as_text_tokens`), a JSON schema compiles in milliseconds, a mask
+takes microseconds (bench/constraint_engines.py). It is imported only here, only when a
+constraint is used. Regular expressions are the Rust `regex` crate's syntax (`\\d`
+matches any Unicode digit; `[0-9]` only ASCII); grammars are Lark, or GBNF converted to
+Lark.
 
 Knows nothing about models, logits, strategies, servers or the CLI.
 """
@@ -52,7 +54,34 @@ class ConstraintError(UsageError):
 def _tokenizer(tokenizer_json: str, vocab_size: int, eos: tuple[int, ...]) -> Any:
     import llguidance
 
-    return llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(eos))
+    return llguidance.LLTokenizer(_as_text_tokens(tokenizer_json), n_vocab=vocab_size,
+                                  eos_token=list(eos))
+
+
+_PLAIN = re.compile(r"[!-~]+")  # printable ASCII, no space: the same text in every vocab form
+
+
+def _as_text_tokens(path: str) -> str:
+    """The tokenizer.json llguidance reads: `path`, or, where the file has added tokens
+    that are not special (Qwen3's `<think>`, `<tool_call>`: the model writes them as
+    text, and decoding shows them), its text with those tokens moved into the model's
+    vocabulary, so that llguidance takes them as the text they are. Left as they are,
+    it takes every added token for a special one: a constraint whose text spells one
+    allows it and then rejects it when it comes."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        added, vocab = data.get("added_tokens") or [], data["model"]["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return path  # llguidance says what is wrong with it
+    moved = [a for a in added if not a.get("special") and isinstance(vocab, dict)
+             and _PLAIN.fullmatch(str(a.get("content", ""))) and a["content"] not in vocab]
+    if not moved:
+        return path
+    data["added_tokens"] = [a for a in added if a not in moved]
+    for a in moved:
+        vocab[a["content"]] = a["id"]
+    return json.dumps(data)
 
 
 def _grammar(constraint: Constraint) -> str:
