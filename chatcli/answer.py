@@ -34,6 +34,8 @@ class StepEvent:
     logprob: float
     finish_reason: str | None = None  # "stop" | "length" | "stop_string" on the last event
     candidates: Candidates | None = None  # with --show-candidates
+    thinking: str = ""  # the part of the delta thought (`text`: the part said)
+    forced: bool = False  # chatcli chose this token (the close of thinking at its budget)
 
 
 @dataclass
@@ -86,9 +88,38 @@ class Generation:
     search: Hypotheses | None = None  # the strategy's own result, token ids only
     constraint: Any = None  # chatcli.constraints.spec.Constraint the answer was held to
     constraint_satisfied: bool | None = None  # set with the last event (None: no constraint)
+    # A reasoning model's thinking (chatcli.thinking): with a `splitter`, each event's
+    # delta is split into `thinking` and `text` as it streams; `thinking` is the whole
+    # thought, `thinking_tokens` the tokens spent in it (the tags included), and
+    # `budget_hit` says chatcli closed the block at --thinking-budget.
+    splitter: Any = None
+    thinking: str = ""
+    thinking_tokens: int = 0
+    budget_hit: bool = False
 
     def __iter__(self) -> Iterator[StepEvent]:
         for event in self._events:
             self.token_ids.append(event.token_id)
+            self.budget_hit = self.budget_hit or event.forced
+            if self.splitter is not None:
+                event = self._split(event)
             self.text += event.text
             yield event
+
+    def _split(self, event: StepEvent) -> StepEvent:
+        was = self.splitter.inside
+        thought, said = self.splitter.feed(event.text)
+        if event.finish_reason is not None:
+            rest = self.splitter.flush()
+            thought, said = thought + rest[0], said + rest[1]
+        if was or self.splitter.inside:
+            self.thinking_tokens += 1
+        self.thinking += thought
+        return dataclasses.replace(event, text=said, thinking=thought)
+
+    def flush_thinking(self) -> None:
+        """An answer stopped early: what the splitter holds back joins the results."""
+        if self.splitter is not None:
+            thought, said = self.splitter.flush()
+            self.thinking += thought
+            self.text += said

@@ -631,6 +631,8 @@ def _load_folder(
         lm, tokenizer = _load_transformers(spec, runtime, folder)
     if spec.chat_template:
         tokenizer.chat_template = spec.chat_template
+    if spec.think is not None:
+        tokenizer.chat_template = _switched(spec, tokenizer.chat_template)
     return LoadedModel(
         spec=spec,
         lm=lm,
@@ -644,6 +646,19 @@ def _load_folder(
         folder=folder,
         implementation_note=note,
     )
+
+
+def _switched(spec: LocalSpec, template: Any) -> str:
+    """The chat template with its thinking switch set by --think / --no-think."""
+    from chatcli.thinking import template_switch
+
+    flag = "--think" if spec.think else "--no-think"
+    switched = template_switch(template, bool(spec.think)) if isinstance(template, str) else None
+    if switched is None:
+        raise UsageError(f"{flag}: the chat template of '{spec.alias}' has no thinking switch "
+                         "(enable_thinking)", f"drop {flag}: this model thinks as its template "
+                         "says")
+    return switched
 
 
 def _folder_error(spec: LocalSpec, folder: Path, failed: _LoadFailed) -> ChatcliError:

@@ -97,6 +97,7 @@ class EchoBackend:
         self.capabilities = CAPABILITIES
         self.implementation = self.implementation_name = "echo"
         self.implementation_note = ""
+        self.thinking = None
         self.words: list[str] = []
         self.reused = 0
         self.approximate = False

@@ -108,7 +108,8 @@ def test_models_list_json_error_is_one_line(cli, home: Path) -> None:
 def _decoding(**changed: tuple[Any, str]) -> dict[str, dict[str, Any]]:
     values: dict[str, Any] = {"strategy": "greedy", "max_new_tokens": 512, "seed": None,
                               "stop": [], "repetition_penalty": 1.0, "frequency_penalty": 0.0,
-                              "presence_penalty": 0.0, "no_repeat_ngram_size": 0}
+                              "presence_penalty": 0.0, "no_repeat_ngram_size": 0,
+                              "thinking_budget": None}
     out = {k: {"value": v, "origin": "default"} for k, v in values.items()}
     if changed.get("strategy", ("greedy",))[0] == "sample":
         sample = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
@@ -282,6 +283,9 @@ STRATEGIES = {
                    "subtract this from every generated token"),
             _param("no_repeat_ngram_size", "--no-repeat-ngram-size", "int", 0,
                    "never repeat an n-gram of this size (0: off)"),
+            _param("thinking_budget", "--thinking-budget", "int", None,
+                   "a reasoning model thinks at most this many tokens, then chatcli closes "
+                   "its thinking"),
         ],
         "precedence": ["default", "generation_config.json", "models.toml", "flag"],
     },

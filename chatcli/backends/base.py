@@ -158,6 +158,9 @@ class Backend(Protocol):
     implementation_name: str  # "native", "transformers", "remote"
     implementation_note: str  # why not native ("" when it is, or on a server)
 
+    # The model's thinking block (chatcli.thinking.ThinkingFormat), None: it has none.
+    thinking: Any
+
     # The prompt token ids of messages: a method, or a `chatcli.context.Measure`.
     count: Callable[[list[Any]], list[int]]
 

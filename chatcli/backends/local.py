@@ -60,6 +60,8 @@ class LocalSpec(ModelSpec):
     compile: str | None = None  # "auto" | "never" (None: not set, which is "auto")
     # How long `chatcli serve` keeps it loaded unused ("5m", "-1"...; None: the server's).
     keep_alive: str | None = None
+    # --think / --no-think: the chat template's enable_thinking switch (None: its default).
+    think: bool | None = None
 
     @property
     def is_gguf(self) -> bool:
@@ -173,7 +175,20 @@ class LocalBackend:
 
     @staticmethod
     def check_settings(spec: Any, settings: Any, views: Views, constraint: Any = None) -> None:
-        """A local model runs every strategy with every parameter, under any constraint."""
+        """A local model runs every strategy with every parameter, under any constraint;
+        --thinking-budget only where one answer is decoded token by token, free."""
+        if settings.common.thinking_budget is None:
+            return
+        from chatcli.errors import UsageError
+
+        if settings.capabilities.hypotheses:
+            raise UsageError(f"--thinking-budget ends one answer's thinking, and strategy "
+                             f"'{settings.strategy}' searches several at once",
+                             "use --strategy greedy or sample with it")
+        if constraint is not None:
+            raise UsageError("--thinking-budget and a constraint do not go together yet: the "
+                             "constraint shapes the whole answer, thinking included",
+                             "drop one of them")
 
     @staticmethod
     def runtime_for(spec: Any, device: str, dtype: str, threads: int | None,
@@ -367,6 +382,19 @@ class LocalBackend:
         return bool(getattr(self.loaded.tokenizer, "chat_template", None))
 
     @property
+    def thinking(self) -> Any:  # chatcli.thinking.ThinkingFormat | None
+        """The model's thinking block (its chat template's `<think>`), or None."""
+        from chatcli.thinking import format_of
+
+        template = getattr(self.loaded.tokenizer, "chat_template", None)
+        if not isinstance(template, str) or "</think>" not in template:
+            return None
+        from chatcli.conversation import Message
+        from chatcli.prompt import render_text
+
+        return format_of(template, render_text(self.loaded.tokenizer, [Message("user", "x")]))
+
+    @property
     def raw_count(self) -> Any:  # chatcli.prompt.RawRender
         """The prompt token ids of messages taken as plain text (a raw completion)."""
         from chatcli.prompt import RawRender
@@ -376,6 +404,7 @@ class LocalBackend:
     def check(self, settings: Any, views: Views, constraint: Any = None) -> None:
         """A local model runs every strategy and gives every view; a constraint is compiled
         for its vocabulary now, so that a bad one is refused (ConstraintError) at once."""
+        self.check_settings(self.spec, settings, views, constraint)
         if constraint is not None:
             from chatcli.generation.stream import constrained_lm
 

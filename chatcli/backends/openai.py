@@ -266,6 +266,9 @@ class OpenAIBackend:
     def has_chat_template(self) -> bool:
         return True  # the server applies its own
 
+    # A server's reasoning output is not split from the answer (its template is its own).
+    thinking = None
+
     @property
     def raw_count(self) -> Any:
         """The prompt token ids of a raw completion (the messages' text): exact with a

@@ -56,6 +56,7 @@ class ChatContext:
     draft: str = ""
     branch_at: int | None = None  # the message whose versions /branches listed last
     interactive: bool = False  # entries come from a person at a terminal (set by the REPL)
+    show_thinking: bool = True  # a reasoning model's thinking is shown before its answer
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,8 @@ def _stats(ctx: ChatContext, _: str) -> None:
         ctx.ui.print("no answer yet")
         return
     ctx.ui.print(stats_line(ctx.session.backend.spec.alias, gen.settings, gen.stats,
-                            len(gen.token_ids), reused=ctx.session.backend.reused))
+                            len(gen.token_ids), reused=ctx.session.backend.reused,
+                            thinking_tokens=gen.thinking_tokens))
 
 
 def _save(ctx: ChatContext, arg: str) -> None:

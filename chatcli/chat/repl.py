@@ -92,7 +92,8 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
     ended: KeyboardInterrupt | None = None  # SIGTERM/SIGHUP: save, then leave
     events: list[Any] = []
     try:
-        stream_answer(ui, gen, events)  # closes its writer whatever happens
+        # closes its writer whatever happens
+        stream_answer(ui, gen, events, thinking=ctx.show_thinking)
     except KeyboardInterrupt as exc:
         interrupted = True
         ended = exc if ended_by_signal(exc) else None
@@ -101,6 +102,11 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
     session.finish_reply(gen, interrupted)
     if ended is not None:
         raise ended
+    if gen.budget_hit:
+        ui.notify(f"thinking reached its budget of {gen.settings.common.thinking_budget} "
+                  "tokens: chatcli closed it, and the model answered")
+    elif not ctx.show_thinking and gen.thinking_tokens and ui.out_tty:
+        ui.aside(f"(thought for {gen.thinking_tokens} tokens: --hide-thinking)")
     note = stopped_note(gen.stats, gen.settings.common.max_new_tokens, session.room(),
                         "-n, or /set max_new_tokens N")
     if note and not interrupted and not (gen.constraint is not None

@@ -356,8 +356,17 @@ class ChatSession:
             extra["constraint"] = self.constraint
         gen = self.backend.stream(packed, self.settings, min(self.max_new_tokens, room),
                                   self.views, strategies=self.strategies, **extra)
+        self._think(gen)
         self.last_generation = gen
         return gen, newly
+
+    def _think(self, gen: Generation) -> None:
+        """Split a reasoning model's thinking from its answer (`chatcli.thinking`)."""
+        fmt = None if self.raw else self.backend.thinking
+        if fmt is not None:
+            from chatcli.thinking import ThinkingSplitter
+
+            gen.splitter = ThinkingSplitter(fmt)
 
     def _explorable(self, what: str) -> tuple[Any, Generation, Packed]:
         gen, packed = self.last_generation, self.last_packed
@@ -388,10 +397,12 @@ class ChatSession:
                           self.views, old.token_ids, step, rank, strategies=self.strategies,
                           constraint=old.constraint)
         self.retry()  # the old reply stays, a branch
+        self._think(gen)
         self.last_generation = gen
         return alt, gen
 
     def finish_reply(self, gen: Generation, interrupted: bool = False) -> None:
+        gen.flush_thinking()
         if interrupted:
             self.cache.invalidate()
             if gen.stats.finish_reason is None:
@@ -436,8 +447,14 @@ def pack_for(conversation: Conversation, backend: Backend, max_new_tokens: int, 
 
 
 def _shape(gen: Generation) -> dict[str, Any]:
-    """What the history records of a constrained answer (nothing for a free one)."""
-    if gen.constraint is None:
-        return {}
-    return {"constraint": gen.constraint.as_dict(),
-            "constraint_satisfied": gen.constraint_satisfied}
+    """What the history records of an answer besides its text: its constraint (nothing
+    for a free one) and its thinking (nothing where there was none)."""
+    out: dict[str, Any] = {}
+    if gen.constraint is not None:
+        out.update(constraint=gen.constraint.as_dict(),
+                   constraint_satisfied=gen.constraint_satisfied)
+    if gen.thinking_tokens:
+        out.update(thinking=gen.thinking, thinking_tokens=gen.thinking_tokens)
+        if gen.budget_hit:
+            out["thinking_budget_hit"] = True
+    return out

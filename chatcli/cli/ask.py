@@ -37,6 +37,7 @@ from chatcli.cli.options import (
     ExplainContextOpt,
     FileOpt,
     GrammarOpt,
+    HideThinkingOpt,
     JsonObjectOpt,
     JsonOpt,
     MaxBytesOpt,
@@ -53,8 +54,10 @@ from chatcli.cli.options import (
     SchemaOpt,
     ShowBeamsOpt,
     ShowCandidatesOpt,
+    ShowThinkingOpt,
     StatsOpt,
     SystemOpt,
+    ThinkOpt,
     ThreadsOpt,
     TruncateFilesOpt,
     constraint_of,
@@ -168,6 +171,9 @@ def ask(
     quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
     no_server: NoServerOpt = False,
+    think: ThinkOpt = None,
+    hide_thinking: HideThinkingOpt = False,
+    show_thinking: ShowThinkingOpt = False,
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
     from chatcli.chat.recorder import Recorder, open_history
@@ -188,6 +194,9 @@ def ask(
     if raw and system is not None:
         raise UsageError(RAW_NO_SYSTEM, "put what the model should read first in the prompt "
                          "itself, or drop --raw")
+    if hide_thinking and show_thinking:
+        raise UsageError("--hide-thinking and --show-thinking contradict each other",
+                         "use one of them")
 
     def check(early: Any) -> None:
         refuse_views(strategy_registry(), early, show_candidates, show_beams)
@@ -198,7 +207,7 @@ def ask(
         if alt is not None:
             check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
-    prep = setup(ui, ModelChoice(model, base_url, models_file),
+    prep = setup(ui, ModelChoice(model, base_url, models_file, think=think),
                  RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
                  check=check,
                  candidates=show_candidates or None,
@@ -296,13 +305,19 @@ def ask(
                            "ends")
         try:
             stream_answer(ui, shown, events, coloured=session.candidates is not None,
-                          quiet=json_out)
+                          quiet=json_out,
+                          thinking=not hide_thinking and (ui.out_tty or show_thinking))
         except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
             if no_alt is None:
                 session.finish_reply(gen, interrupted=True)
             raise
         if no_alt is None:
             session.finish_reply(gen)
+        if gen.budget_hit:
+            ui.notify(f"thinking reached its budget of {settings.common.thinking_budget} "
+                      "tokens: chatcli closed it, and the model answered")
+        elif hide_thinking and gen.thinking_tokens and not json_out:
+            ui.aside(f"(thought for {gen.thinking_tokens} tokens: --hide-thinking)")
         note = stopped_note(gen.stats, settings.common.max_new_tokens, session.room(), "-n")
         if note and not json_out and not (constraint is not None
                                           and gen.constraint_satisfied is False):
@@ -340,7 +355,8 @@ def ask(
     if stats:
         implementation = backend.implementation
         ui.print_err("stats: " + stats_line(spec.alias, settings, s, s.completion_tokens,
-                                            implementation=implementation))
+                                            implementation=implementation,
+                                            thinking_tokens=gen.thinking_tokens))
     from chatcli.autocompile import after_answer
 
     after_answer(backend)  # the compiled step, built in the background if it is missing

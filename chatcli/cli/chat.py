@@ -24,6 +24,7 @@ from chatcli.cli.options import (
     ExplainContextOpt,
     FileOpt,
     GrammarOpt,
+    HideThinkingOpt,
     JsonObjectOpt,
     MaxBytesOpt,
     MaxFilesOpt,
@@ -37,7 +38,9 @@ from chatcli.cli.options import (
     RegexOpt,
     RuntimeChoice,
     SchemaOpt,
+    ShowThinkingOpt,
     SystemOpt,
+    ThinkOpt,
     ThreadsOpt,
     TruncateFilesOpt,
     constraint_of,
@@ -73,6 +76,9 @@ def chat(
     quantize: QuantizeOpt = None,
     threads: ThreadsOpt = None,
     no_server: NoServerOpt = False,
+    think: ThinkOpt = None,
+    hide_thinking: HideThinkingOpt = False,
+    show_thinking: ShowThinkingOpt = False,
 ) -> None:
     """Chat with a model; piped stdin is read one message per line."""
     from chatcli import paths
@@ -123,7 +129,12 @@ def chat(
                              "prints it")
         return model or info.model
 
-    prep = setup(ui, ModelChoice(model, base_url, models_file, context_window),
+    if hide_thinking and show_thinking:
+        from chatcli.errors import UsageError
+
+        raise UsageError("--hide-thinking and --show-thinking contradict each other",
+                         "use one of them")
+    prep = setup(ui, ModelChoice(model, base_url, models_file, context_window, think),
                  RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
                  alias=resume,
                  internals="--explain-context" if explain_context else None,
@@ -141,7 +152,8 @@ def chat(
         session.set_constraint(constraint)
     chat_ctx = ChatContext(session, ui, answer=lambda start=None: answer(chat_ctx, start),
                            load_model=prep.open_alias, load_here=prep.open_here,
-                           caps=(max_files, max_bytes, truncate_files))  # /read, /glob too
+                           caps=(max_files, max_bytes, truncate_files),  # /read, /glob too
+                           show_thinking=not hide_thinking and (ui.out_tty or show_thinking))
     if file:  # attached to the first message sent
         chat_ctx.pending.extend(files)
         chat_ctx.pin_pending = pin

@@ -85,13 +85,24 @@ class Setup:
     resolved: list[Any] = field(default_factory=list)
 
     def spec_for(self, alias: str | None) -> Any:
-        """The spec of `alias` (None: the default), with this run's --base-url and
-        --context-window."""
+        """The spec of `alias` (None: the default), with this run's --base-url,
+        --context-window and --think / --no-think."""
         import dataclasses
 
         spec = resolve_spec(self.registry, alias, self.choice.base_url)
         window = self.choice.context_window
-        return dataclasses.replace(spec, context_window=window) if window else spec
+        if window:
+            spec = dataclasses.replace(spec, context_window=window)
+        if self.choice.think is not None:
+            if not hasattr(spec, "think"):
+                from chatcli.errors import UsageError
+
+                flag = "--think" if self.choice.think else "--no-think"
+                raise UsageError(f"{flag} sets a local model's chat template switch, and "
+                                 f"'{spec.alias}' is served by {spec.backend}",
+                                 f"drop {flag}")
+            spec = dataclasses.replace(spec, think=self.choice.think)
+        return spec
 
     def runtime_for(self, spec: Any) -> Any:
         r = self.run

@@ -80,6 +80,23 @@ NoServerOpt = Annotated[
     bool, typer.Option("--no-server", help="Load the model in this process even when a "
                        "chatcli server runs (chatcli serve; CHATCLI_SERVER=off does so always).")
 ]
+_THINKING = "Thinking"
+ThinkOpt = Annotated[
+    bool | None,
+    typer.Option("--think/--no-think", rich_help_panel=_THINKING, show_default=False,
+                 help="A reasoning model thinks before answering, or not: its chat template's "
+                 "switch (enable_thinking; default: the template's own)."),
+]
+HideThinkingOpt = Annotated[
+    bool, typer.Option("--hide-thinking", rich_help_panel=_THINKING,
+                       help="Leave a reasoning model's thinking off the terminal (it is still "
+                       "saved, and in --json)."),
+]
+ShowThinkingOpt = Annotated[
+    bool, typer.Option("--show-thinking", rich_help_panel=_THINKING,
+                       help="Print the thinking to stdout when it is piped too, between "
+                       "<think> and </think> lines (a terminal shows it unless --hide-thinking)."),
+]
 QuantizeOpt = Annotated[
     str | None,
     typer.Option("--quantize", help="Weight-only quantization of the linear layers: int8, int4, "
@@ -294,6 +311,7 @@ class ModelChoice:
     base_url: str | None = None
     models_file: Path | None = None
     context_window: int | None = None
+    think: bool | None = None  # --think / --no-think (None: the template's default)
 
 
 @dataclass(frozen=True)

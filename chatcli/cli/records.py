@@ -40,6 +40,10 @@ def answer_record(gen: Any, *, alias: str, backend: Any, settings: Any, raw: boo
         },
         "raw": raw,  # a text completion, without the chat template
     }
+    if gen.thinking_tokens:  # a reasoning model's thinking, apart from `text`
+        out["thinking"] = gen.thinking
+        out["thinking_tokens"] = gen.thinking_tokens
+        out["thinking_budget_hit"] = gen.budget_hit
     if attachments:
         out["attachments"] = attachments
     if alternative is not None:

@@ -83,6 +83,9 @@ class CommonParams(StrategyParams):
                                     request="presence_penalty")
     no_repeat_ngram_size: int = param(0, "never repeat an n-gram of this size (0: off)",
                                       "--no-repeat-ngram-size", valid=at_least(0))
+    thinking_budget: int | None = param(None, "a reasoning model thinks at most this many "
+                                        "tokens, then chatcli closes its thinking",
+                                        "--thinking-budget", valid=at_least(0))
 
 
 COMMON_NAMES = frozenset(f.name for f in dataclasses.fields(CommonParams))

@@ -56,9 +56,32 @@ def stream(
     lm = loaded.lm
     if constraint is not None:
         lm = constrained_lm(loaded, constraint)
+    if settings.common.thinking_budget is not None:
+        lm = budgeted_lm(loaded, lm, prompt_ids, settings.common.thinking_budget)
     gen._events = _events(loaded, lm, prompt_ids, settings, max_new_tokens, registry, gen,
                           candidates, trace_beams)
     return gen
+
+
+def budgeted_lm(loaded: LoadedModel, lm: Any, prompt_ids: list[int], budget: int) -> Any:
+    """`lm` ending the model's thinking after `budget` tokens (--thinking-budget); a model
+    whose chat template has no thinking block is refused."""
+    from chatcli.errors import UsageError
+    from chatcli.generation.thinking_budget import BudgetedLM, Tags
+    from chatcli.thinking import CLOSE, OPEN, format_of
+
+    tokenizer = loaded.tokenizer
+    prompt = tokenizer.decode(prompt_ids[-16:], skip_special_tokens=False)
+    fmt = format_of(getattr(tokenizer, "chat_template", None), prompt)
+    if fmt is None:
+        raise UsageError(f"--thinking-budget: '{loaded.spec.alias}' does not think (its chat "
+                         f"template has no {OPEN} block)", "drop --thinking-budget")
+
+    def ids(text: str) -> tuple[int, ...]:
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return BudgetedLM(lm, budget, Tags(ids(OPEN), ids(CLOSE), ids(f"\n{CLOSE}\n\n")),
+                      fmt.inside)
 
 
 def constrained_lm(loaded: LoadedModel, constraint: Any) -> Any:
@@ -126,7 +149,10 @@ def _events(
                 answer = gen.search.ranked[0].token_ids if gen.search and gen.search.ranked \
                     else chosen
                 gen.constraint_satisfied = finish != "stop_string" and lm.satisfied(answer)
-        yield StepEvent(step.token_id, text, step.logprob, finish, step.candidates)
+        hit = getattr(lm, "hit_at", None)  # a BudgetedLM's first forced token
+        forced = hit is not None and hit <= n < hit + len(lm.tags.forced)
+        yield StepEvent(step.token_id, text, step.logprob, finish, step.candidates,
+                        forced=forced)
         if finish is not None:
             return
 

@@ -327,6 +327,7 @@ class ServedBackend:
         self.generation_config = dict(info["generation_config"])
         self.vocab_size = int(info["vocab_size"])
         self.has_chat_template = bool(info["has_chat_template"])
+        self.thinking = info["thinking"]
         self.implementation = f"{info['implementation']} (chatcli serve)"
         self.implementation_name = str(info["implementation_name"])
         self.implementation_note = str(info["implementation_note"])

@@ -564,7 +564,8 @@ def _describe(backend: Any) -> dict[str, Any]:
             "implementation": backend.implementation,
             "implementation_name": backend.implementation_name,
             "implementation_note": backend.implementation_note,
-            "vocab_size": backend.vocab_size, "has_chat_template": backend.has_chat_template}
+            "vocab_size": backend.vocab_size, "has_chat_template": backend.has_chat_template,
+            "thinking": backend.thinking}
 
 
 def _compiled_now_ready(backend: Any) -> bool:

@@ -75,8 +75,9 @@ class MarkdownWriter:
     interrupt never leaves a half-drawn frame behind.
     """
 
-    def __init__(self, console: Any, fps: float = 15.0) -> None:
+    def __init__(self, console: Any, fps: float = 15.0, style: str = "none") -> None:
         self.console = console
+        self.style = style  # e.g. "dim": a reasoning model's thinking
         self.text = ""
         self._done = 0  # text[:_done] is on the screen for good
         self._prefix = ""  # the fence line of a code block that a commit cut
@@ -87,11 +88,10 @@ class MarkdownWriter:
         self._width = console.size.width
         self._echo = EchoOff()
 
-    @staticmethod
-    def _markdown(text: str) -> Any:
+    def _markdown(self, text: str) -> Any:
         from rich.markdown import Markdown
 
-        return Markdown(text)
+        return Markdown(text, style=self.style)
 
     def _rows(self, text: str) -> int:
         """The terminal rows `text` takes, rendered as Markdown at today's width."""

@@ -27,7 +27,45 @@ class Event(Protocol):
     """One streamed piece of an answer (a token, or a server's chunk)."""
 
     text: str
+    thinking: str  # what a reasoning model thought in this piece ("" for the answer)
     candidates: Any  # None, or what was weighed: `chosen_prob` is the token's probability
+
+
+class ThinkingShown:
+    """A reasoning model's thinking, before its answer: dim Markdown under a dim
+    "Thinking" line on a terminal, closed by a dim rule; in a pipe (asked for with
+    --show-thinking) between `<think>` and `</think>` lines, as the model wrote it."""
+
+    def __init__(self, ui: UI) -> None:
+        self.ui = ui
+        self.writer: Any = None
+        self.closed = False
+
+    def write(self, delta: str) -> None:
+        if self.closed or not delta:
+            return
+        if self.writer is None:
+            if self.ui.out_tty:
+                self.ui.out_console.print("Thinking", style="dim italic")
+                self.writer = self.ui.answer_writer(style="dim")
+            else:
+                from chatcli.ui.answer import PlainWriter
+
+                self.writer = PlainWriter(self.ui.out)
+                self.writer.write("<think>\n")
+        self.writer.write(delta)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.writer is None:
+            return
+        self.writer.close()
+        if self.ui.out_tty:
+            self.ui.out_console.rule(style="dim")
+        else:
+            self.writer.write("</think>\n\n")
 
 
 class Figures(Protocol):
@@ -64,11 +102,13 @@ class Shown(Protocol):
 
 
 def stream_answer(ui: UI, events: Iterable[Event], shown: list[Any], *,
-                  coloured: bool = False, quiet: bool = False) -> None:
-    """Show the answer while `events` streams; every event is appended to `shown`."""
+                  coloured: bool = False, quiet: bool = False, thinking: bool = True) -> None:
+    """Show the answer while `events` streams; every event is appended to `shown`.
+    `thinking`: show what a reasoning model thinks before it answers (`ThinkingShown`)."""
     if quiet:
         shown.extend(events)
         return
+    thought = ThinkingShown(ui) if thinking else None
     if coloured and ui.out_tty:
         from chatcli.ui.candidates import ColouredWriter
 
@@ -88,8 +128,15 @@ def stream_answer(ui: UI, events: Iterable[Event], shown: list[Any], *,
     try:
         for event in events:
             shown.append(event)
-            write(event)
+            if thought is not None and event.thinking:
+                thought.write(event.thinking)
+            if event.text and thought is not None:
+                thought.close()
+            if event.text or not event.thinking:
+                write(event)
     finally:
+        if thought is not None:
+            thought.close()
         close()
 
 
@@ -105,13 +152,19 @@ def stopped_note(figures: Figures, max_new_tokens: int, room: int, how: str) -> 
 
 
 def stats_line(model: str, decoding: Decoding, figures: Figures, completion_tokens: int, *,
-               reused: int | None = None, implementation: str | None = None) -> str:
-    """The figures of one answer, as `key=value` pairs on one line."""
+               reused: int | None = None, implementation: str | None = None,
+               thinking_tokens: int = 0) -> str:
+    """The figures of one answer, as `key=value` pairs on one line (a reasoning model's
+    thinking and answer tokens apart, where it thought)."""
     parts = [f"model={model}", f"strategy={decoding.strategy}", f"seed={decoding.seed}",
              f"prompt_tokens={figures.prompt_tokens}"]
     if reused is not None:
         parts.append(f"reused_prompt_tokens={reused}")
-    parts += [f"completion_tokens={completion_tokens}",
+    parts.append(f"completion_tokens={completion_tokens}")
+    if thinking_tokens:
+        parts += [f"thinking_tokens={thinking_tokens}",
+                  f"answer_tokens={completion_tokens - thinking_tokens}"]
+    parts += [
               f"time_to_first_token={figures.time_to_first_token_s:.3f}s",
               f"tokens_per_second={figures.decode_tokens_per_s:.1f}",
               f"finish_reason={figures.finish_reason}"]

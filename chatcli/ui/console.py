@@ -81,11 +81,11 @@ class UI:
             yield
 
     # -- stdout --------------------------------------------------------------
-    def answer_writer(self, markdown: bool | None = None) -> AnswerWriter:
+    def answer_writer(self, markdown: bool | None = None, style: str = "none") -> AnswerWriter:
         use_md = self.out_tty if markdown is None else markdown
         if use_md and self.out_console.is_dumb_terminal:
             use_md = False  # TERM=dumb: no cursor movement, so stream plain text
-        return MarkdownWriter(self.out_console) if use_md else PlainWriter(self.out)
+        return MarkdownWriter(self.out_console, style=style) if use_md else PlainWriter(self.out)
 
     def print_json(self, obj: Any) -> None:
         """One line of valid JSON: a NaN or infinite number (a log-probability a server
