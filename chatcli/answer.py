@@ -103,6 +103,9 @@ class Generation:
             self.budget_hit = self.budget_hit or event.forced
             if self.splitter is not None:
                 event = self._split(event)
+            elif event.thinking:  # thought apart already (a server parsed it out)
+                self.thinking += event.thinking
+                self.thinking_tokens += 1
             self.text += event.text
             yield event
 
@@ -112,7 +115,8 @@ class Generation:
         if event.finish_reason is not None:
             rest = self.splitter.flush()
             thought, said = thought + rest[0], said + rest[1]
-        if was or self.splitter.inside:
+        thought = event.thinking + thought
+        if was or self.splitter.inside or event.thinking:
             self.thinking_tokens += 1
         self.thinking += thought
         return dataclasses.replace(event, text=said, thinking=thought)

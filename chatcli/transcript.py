@@ -129,7 +129,8 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
     """The conversation as a Markdown document (ends with one newline); a user message
     with `attachments` (one list per turn) is followed by an italic line naming them.
     With its `tree` (whose path is `conversation`'s turns) a message that has other
-    versions says which it is, and a conversation with other branches ends saying so."""
+    versions says which it is, and a conversation with other branches ends saying so. A
+    reasoning model's reply has its thinking quoted before it."""
     metas = _metas(conversation, metas)
     files = list(attachments) if attachments is not None else [()] * len(conversation.turns)
     versions = _versions(conversation, tree)
@@ -150,7 +151,13 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
                                                strict=True):
         heading = f"## {names.get(message.role, message.role.capitalize())}" + (
             f" (version {k} of {n})" if n > 1 else "")
-        blocks += [heading, message.content.rstrip() or "*(empty)*"]
+        blocks.append(heading)
+        thinking = meta.params.get("thinking") if meta is not None else None
+        if thinking:  # a reasoning model's thinking, quoted before its answer
+            quoted = "\n".join(f"> {line}".rstrip() for line in thinking.rstrip().split("\n"))
+            blocks.append(f"> *Thinking ({meta.params.get('thinking_tokens')} tokens)*\n>\n"
+                          + quoted)
+        blocks.append(message.content.rstrip() or "*(empty)*")
         if attached:
             blocks.append(f"*{_attached(attached)}*")
         if message.interrupted:

@@ -47,10 +47,15 @@ def words(text: str) -> list[str]:
 class ScriptServer:
     """Streams `answer` as chat-completion chunks, one word (with its spacing) per event,
     sleeping `pace` seconds between events, and ends with `finish` as the finish reason
-    ("length": as if the token limit cut it). `requests` counts the answers started."""
+    ("length": as if the token limit cut it). `requests` counts the answers started.
+    `reasoning` is streamed first, word by word, as `reasoning_content` deltas (a server
+    that parses a reasoning model's thinking out of its answer, as llama.cpp's and vLLM's
+    reasoning parsers do)."""
 
-    def __init__(self, answer: str = "", pace: float = 0.002, finish: str = "stop") -> None:
+    def __init__(self, answer: str = "", pace: float = 0.002, finish: str = "stop",
+                 reasoning: str = "") -> None:
         self.answer = answer
+        self.reasoning = reasoning
         self.pace = pace
         self.finish = finish
         self.requests = 0
@@ -108,6 +113,9 @@ def _handler(script: ScriptServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
 
             event({"role": "assistant"})
+            for piece in re.findall(r"\S+\s*|\s+", script.reasoning):
+                time.sleep(script.pace)
+                event({"reasoning_content": piece})
             for piece in script.chunks():
                 time.sleep(script.pace)
                 event({"content": piece})
@@ -120,8 +128,8 @@ def _handler(script: ScriptServer) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def script_server(answer: str = "", pace: float = 0.002,
-                  finish: str = "stop") -> Iterator[ScriptServer]:
-    server = ScriptServer(answer, pace, finish)
+                  finish: str = "stop", reasoning: str = "") -> Iterator[ScriptServer]:
+    server = ScriptServer(answer, pace, finish, reasoning)
     try:
         yield server
     finally:

@@ -261,3 +261,26 @@ def test_a_served_answer_thinks_as_one_made_here(thinking_home: Path) -> None:
         assert served.text().count("answered") == 2
     finally:
         stop(served)
+
+
+def test_history_show_quotes_the_thinking_before_the_answer(thinking_home: Path) -> None:
+    out = ask_json("-m", "qwen3", *THINK_THEN_SAY, "hi")
+    shown = run_cli(["history", "show", "1"]).stdout
+    assert (f"## Assistant\n\n> *Thinking ({out['thinking_tokens']} tokens)*\n>\n"
+            f"> {out['thinking'].rstrip()}\n\n{out['text']}\n") in shown
+
+
+# -- a server that parses the thinking out ---------------------------------------------------
+def test_a_servers_reasoning_content_is_thinking_too(home: Path) -> None:
+    from screen import add_script_alias, script_server
+
+    with script_server("The answer is 4.", reasoning="Two and two\nmake four.") as server:
+        add_script_alias(home, server)
+        out = json.loads(run_cli(["ask", "--json", "-m", "script", "2+2?"]).stdout)
+        assert (out["text"], out["thinking"]) == ("The answer is 4.", "Two and two\nmake four.")
+        assert out["thinking_tokens"] == 5  # one per streamed piece (word)
+        piped = run_cli(["ask", "-m", "script", "--show-thinking", "2+2?"])
+        assert piped.stdout == "<think>\nTwo and two\nmake four.\n</think>\n\nThe answer is 4.\n"
+        chat = run_cli(["chat", "-m", "script"], input="2+2?\n/stats\n")
+        assert chat.stdout.startswith("The answer is 4.\n")
+        assert "thinking_tokens=5 " in chat.stdout

@@ -232,6 +232,9 @@ class RemoteModel:
             yield dataclasses.replace(held, finish_reason=stats.finish_reason)
 
     def _chunk_events(self, chunk: Chunk, with_candidates: bool) -> list[StepEvent]:
+        if chunk.reasoning and not chunk.content:  # thinking the server parsed out
+            return [StepEvent(self.intern(chunk.reasoning), "", math.nan,
+                              thinking=chunk.reasoning)]
         content, entries = chunk.content, list(chunk.tokens)
         if entries and "".join(e.token for e in entries) == content:
             return [self._event(e.token, [e], with_candidates) for e in entries]

@@ -2,8 +2,9 @@
 
 Contract: `read_chunk(value)` takes one decoded JSON event of a streamed chat
 completion (or of a text completion: a choice's `text` in place of `delta.content`)
-and returns a `Chunk`: choice 0's text, finish reason and per-token
-log-probabilities, whether any choice finished, and the usage counts. `read_models(
+and returns a `Chunk`: choice 0's text, its thinking (`reasoning_content`, or
+`reasoning`: a reasoning model's thinking that the server parsed out), finish reason and
+per-token log-probabilities, whether any choice finished, and the usage counts. `read_models(
 value, source)` takes the body of GET /models and returns the `Listed` models (id and
 context length). A value of the wrong shape raises `MalformedStreamError` with one
 short line naming the first wrong field and what it should be, e.g. "the server
@@ -20,6 +21,7 @@ before asking for a chunk) or the model built on top.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +52,7 @@ class Usage:
 class Chunk:
     has_choice: bool = False  # choice 0 is in this chunk
     content: str = ""
+    reasoning: str = ""  # a reasoning model's thinking, where the server parses it out
     finish_reason: str | None = None  # choice 0's
     tokens: tuple[TokenLogprob, ...] = ()
     finished: bool = False  # some choice has a finish reason
@@ -148,13 +151,16 @@ def _choice(value: Any, path: str) -> tuple[int, Chunk]:
         raise _Wrong(f"{path}.index", index, "a whole number")
     delta = _object(choice.get("delta"), f"{path}.delta")
     content = _string(delta.get("content"), f"{path}.delta.content") or ""
+    # llama.cpp and vLLM say "reasoning_content"; newer vLLM and others "reasoning"
+    reasoning = (_string(delta.get("reasoning_content"), f"{path}.delta.reasoning_content")
+                 or _string(delta.get("reasoning"), f"{path}.delta.reasoning") or "")
     if "text" in choice:  # a text completion's chunk
         content = _string(choice["text"], f"{path}.text") or ""
     finish = _string(choice.get("finish_reason"), f"{path}.finish_reason")
     logprobs = _object(choice.get("logprobs"), f"{path}.logprobs")
     entries = _list(logprobs.get("content"), f"{path}.logprobs.content")
     tokens = tuple(_token(e, f"{path}.logprobs.content[{i}]") for i, e in enumerate(entries))
-    return index, Chunk(True, content, finish or None, tokens, bool(finish))
+    return index, Chunk(True, content, reasoning, finish or None, tokens, bool(finish))
 
 
 def read_chunk(value: Any) -> Chunk:
@@ -177,8 +183,7 @@ def read_chunk(value: Any) -> Chunk:
         raise MalformedStreamError(
             f"the server sent a stream chunk of the wrong shape: {exc}", CHUNK_HINT
         ) from None
-    return Chunk(first.has_choice, first.content, first.finish_reason, first.tokens,
-                 finished, usage)
+    return dataclasses.replace(first, finished=finished, usage=usage)
 
 
 def read_models(value: Any, source: str) -> list[Listed]:
