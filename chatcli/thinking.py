@@ -12,6 +12,8 @@ the blank lines after `</think>` are dropped); `flush()` returns what is held ba
 end. A block may only open before any answer text: a `<think>` later in the answer is
 text. `inside` says whether the splitter is in the block now.
 
+`split_thinking(gen, fmt)` has an answer being generated split itself that way.
+
 `template_switch(template, think)` is the chat template with its `enable_thinking`
 switch set (Qwen3's and SmolLM3's spelling: `--think` / `--no-think`), exactly as
 passing `enable_thinking=` to `apply_chat_template` renders it; None where the template
@@ -23,6 +25,7 @@ Knows nothing about models, tokens, decoding or the terminal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 OPEN, CLOSE = "<think>", "</think>"
 SWITCH = "enable_thinking"
@@ -48,6 +51,13 @@ def template_switch(template: str, think: bool) -> str | None:
     if SWITCH not in template:
         return None
     return f"{{%- set {SWITCH} = {'true' if think else 'false'} -%}}" + template
+
+
+def split_thinking(gen: Any, fmt: ThinkingFormat | None) -> None:
+    """Have a `chatcli.answer.Generation` split `fmt`'s thinking from its answer as it
+    streams (nothing where the model has no thinking block)."""
+    if fmt is not None:
+        gen.splitter = ThinkingSplitter(fmt)
 
 
 def _held(text: str, tag: str) -> int:

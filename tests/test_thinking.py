@@ -284,3 +284,12 @@ def test_a_servers_reasoning_content_is_thinking_too(home: Path) -> None:
         chat = run_cli(["chat", "-m", "script"], input="2+2?\n/stats\n")
         assert chat.stdout.startswith("The answer is 4.\n")
         assert "thinking_tokens=5 " in chat.stdout
+
+
+def test_compare_compares_the_answers_with_their_thinking_apart(thinking_home: Path) -> None:
+    out = ask_json("-m", "qwen3", *THINK_THEN_SAY, "hi")
+    result = run_cli(["compare", "--json", "--no-server", "-m", "qwen3", "-S", "greedy",
+                      *THINK_THEN_SAY, "hi"])
+    assert result.exit_code == 0, result.stderr
+    [greedy] = json.loads(result.stdout)["results"]
+    assert (greedy["text"], greedy["thinking"]) == (out["text"], out["thinking"])

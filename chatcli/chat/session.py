@@ -362,11 +362,9 @@ class ChatSession:
 
     def _think(self, gen: Generation) -> None:
         """Split a reasoning model's thinking from its answer (`chatcli.thinking`)."""
-        fmt = None if self.raw else self.backend.thinking
-        if fmt is not None:
-            from chatcli.thinking import ThinkingSplitter
+        from chatcli.thinking import split_thinking
 
-            gen.splitter = ThinkingSplitter(fmt)
+        split_thinking(gen, None if self.raw else self.backend.thinking)
 
     def _explorable(self, what: str) -> tuple[Any, Generation, Packed]:
         gen, packed = self.last_generation, self.last_packed

@@ -226,6 +226,7 @@ def compare(
             "strategy": name,
             "decoding": settings.as_dict(),
             "text": gen.text,
+            "thinking": gen.thinking if gen.thinking_tokens else None,
             "token_ids": gen.token_ids if backend.capabilities.token_ids else None,
             "completion_tokens": len(gen.token_ids),
             "logprob": logprob,
@@ -239,6 +240,9 @@ def compare(
             "ids": gen.token_ids,  # remote: ids that name token texts, enough for divergence
         }
 
+    from chatcli.thinking import split_thinking
+
+    thinking = None if raw else backend.thinking  # compared: the answers, thinking apart
     for request, settings, shape in runs:
         start = time.perf_counter()
         # Candidates (K=0) give each step's entropy; a server's logprobs give the
@@ -249,6 +253,7 @@ def compare(
             extra["constraint"] = shape
         gen = backend.stream(packed, settings, settings.common.max_new_tokens,
                              Views(candidates=0), strategies=prep.strategies, **extra)
+        split_thinking(gen, thinking)
         events = list(gen)
         seconds = time.perf_counter() - start
         name, options = request.strategy, request.options
@@ -263,6 +268,7 @@ def compare(
         taken, other = backend.alternative(
             packed, settings, settings.common.max_new_tokens, Views(candidates=0),
             gen.token_ids, *alt, strategies=prep.strategies, constraint=shape)
+        split_thinking(other, thinking)
         other_events = list(other)
         alternative = result(f"{label} [alt {alt[0]}:{alt[1]}]", name, settings, shape, other,
                              other_events, time.perf_counter() - start)
