@@ -293,3 +293,14 @@ def test_compare_compares_the_answers_with_their_thinking_apart(thinking_home: P
     assert result.exit_code == 0, result.stderr
     [greedy] = json.loads(result.stdout)["results"]
     assert (greedy["text"], greedy["thinking"]) == (out["text"], out["thinking"])
+
+
+def test_the_road_not_taken_at_a_thinking_step_thinks_again(thinking_home: Path) -> None:
+    args = ["-m", "r1", "--thinking-budget", "3", "-n", "12"]
+    first = ask_json(*args, "hi")
+    other = ask_json(*args, "--alt", "2:2", "hi")
+    assert other["alternative"]["original_token_id"] == first["token_ids"][1]
+    assert other["token_ids"][0] == first["token_ids"][0]
+    assert other["token_ids"][1] != first["token_ids"][1]
+    assert other["thinking_budget_hit"] is True and other["thinking_tokens"] >= 3
+    assert other["thinking"] != first["thinking"]
