@@ -29,6 +29,8 @@ from typing import Annotated, Any
 import typer
 
 from chatcli.cli.options import (
+    AllowToolOpt,
+    AllowToolsOpt,
     BaseUrlOpt,
     ChoiceOpt,
     ContinueOpt,
@@ -42,6 +44,7 @@ from chatcli.cli.options import (
     JsonOpt,
     MaxBytesOpt,
     MaxFilesOpt,
+    MaxToolCallsOpt,
     ModelChoice,
     ModelOpt,
     ModelsFileOpt,
@@ -59,6 +62,10 @@ from chatcli.cli.options import (
     SystemOpt,
     ThinkOpt,
     ThreadsOpt,
+    ToolChoiceOpt,
+    ToolModuleOpt,
+    ToolOpt,
+    ToolTimeoutOpt,
     TruncateFilesOpt,
     constraint_of,
     decoding_options,
@@ -174,6 +181,13 @@ def ask(
     think: ThinkOpt = None,
     hide_thinking: HideThinkingOpt = False,
     show_thinking: ShowThinkingOpt = False,
+    tool: ToolOpt = None,
+    tool_module: ToolModuleOpt = None,
+    allow_tools: AllowToolsOpt = False,
+    allow_tool: AllowToolOpt = None,
+    tool_choice: ToolChoiceOpt = None,
+    max_tool_calls: MaxToolCallsOpt = 8,
+    tool_timeout: ToolTimeoutOpt = 30.0,
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
     from chatcli.chat.recorder import Recorder, open_history
@@ -197,6 +211,16 @@ def ask(
     if hide_thinking and show_thinking:
         raise UsageError("--hide-thinking and --show-thinking contradict each other",
                          "use one of them")
+    from chatcli.cli import tool_loop
+
+    tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
+                              constraint, raw, alt_spec, allow_tools or bool(allow_tool))
+    if tools:  # the model learns them from the system prompt; every call it writes is right
+        from chatcli.tools.calls import constraint as tool_constraint
+        from chatcli.tools.calls import instructions
+
+        constraint = tool_constraint(tools, tool_choice or "auto")
+        system = (system + "\n\n" if system else "") + instructions(tools)
 
     def check(early: Any) -> None:
         refuse_views(strategy_registry(), early, show_candidates, show_beams)
@@ -287,6 +311,10 @@ def ask(
         original = None
         no_alt: ChatcliError | None = None  # the alternative does not exist: why
         shown: Iterable[Any] = gen
+        if tools:  # a call's text is not the answer: what it does is said instead
+            from chatcli.ui.tools import hide_calls
+
+            shown = hide_calls(gen)
         if alt is not None:  # the answer first, unseen; then the road not taken
             original = gen
             made: list[Any] = []
@@ -313,6 +341,25 @@ def ask(
             raise
         if no_alt is None:
             session.finish_reply(gen)
+        calls: list[Any] = []
+        if tools:
+            from chatcli.tools.runner import Consent
+            from chatcli.ui.tools import asker, hide_calls
+
+            def answer(g: Any) -> None:
+                events.clear()
+                try:
+                    stream_answer(ui, hide_calls(g), events,
+                                  coloured=session.candidates is not None, quiet=json_out,
+                                  thinking=not hide_thinking and (ui.out_tty or show_thinking))
+                except BaseException:
+                    session.finish_reply(g, interrupted=True)
+                    raise
+                session.finish_reply(g)
+
+            consent = Consent(allow_tools, set(allow_tool or ()), asker(ui))
+            gen, calls = tool_loop.loop(ui, session, gen, tools, consent, max_tool_calls,
+                                        tool_timeout, answer)
         if gen.budget_hit:
             ui.notify(f"thinking reached its budget of {settings.common.thinking_budget} "
                       "tokens: chatcli closed it, and the model answered")
@@ -341,9 +388,10 @@ def ask(
             gen, alias=spec.alias, backend=backend, settings=settings, raw=raw,
             attachments=recorded_files(attached),
             alternative=(taken, original) if original is not None else None,
-            constraint=constraint,
+            constraint=None if tools else constraint,
             events=events if session.candidates is not None else None,
-            token_text=token_text, pruned=show_beams, spans=spans))
+            token_text=token_text, pruned=show_beams, spans=spans,
+            tool_calls=[c.as_dict() for c in calls] if tools else None))
     elif session.candidates is not None:
         show_table(ui, events, token_text)
     elif show_beams and gen.search is not None:
@@ -362,7 +410,7 @@ def ask(
     after_answer(backend)  # the compiled step, built in the background if it is missing
     if no_alt is not None:
         raise no_alt
-    if constraint is not None and gen.constraint_satisfied is False:
+    if constraint is not None and not tools and gen.constraint_satisfied is False:
         from chatcli.constraints.spec import incomplete
 
         raise ChatcliError(*incomplete(constraint, s.finish_reason, s.completion_tokens))

@@ -80,6 +80,43 @@ NoServerOpt = Annotated[
     bool, typer.Option("--no-server", help="Load the model in this process even when a "
                        "chatcli server runs (chatcli serve; CHATCLI_SERVER=off does so always).")
 ]
+_TOOLS = "Tools"
+ToolOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tool", metavar="FILE.py[:NAME]", rich_help_panel=_TOOLS, show_default=False,
+                 help="Let the model call a Python file's public functions, or the one NAME "
+                 "(repeatable). Their signatures and docstrings tell it what they do; every "
+                 "call it makes names one of them with arguments that validate."),
+]
+ToolModuleOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tool-module", metavar="MODULE:FUNCTION", rich_help_panel=_TOOLS,
+                 show_default=False, help="An importable function as a tool (repeatable)."),
+]
+AllowToolsOpt = Annotated[
+    bool, typer.Option("--allow-tools", rich_help_panel=_TOOLS,
+                       help="Run every call without asking (needed when stdin is not a "
+                       "terminal; on one, chatcli asks before each call)."),
+]
+AllowToolOpt = Annotated[
+    list[str] | None,
+    typer.Option("--allow-tool", metavar="NAME", rich_help_panel=_TOOLS, show_default=False,
+                 help="Run calls of this tool without asking (repeatable)."),
+]
+ToolChoiceOpt = Annotated[
+    str | None,
+    typer.Option("--tool-choice", metavar="auto|required|none", rich_help_panel=_TOOLS,
+                 show_default=False, help="auto (default): the model calls a tool or answers; "
+                 "required: its first answer is a call; none: it only answers."),
+]
+MaxToolCallsOpt = Annotated[
+    int, typer.Option("--max-tool-calls", metavar="N", rich_help_panel=_TOOLS,
+                      help="Calls at most in one answer; then the model answers in words."),
+]
+ToolTimeoutOpt = Annotated[
+    float, typer.Option("--tool-timeout", metavar="SECONDS", rich_help_panel=_TOOLS,
+                        help="A call that takes longer gives the model a time-out instead."),
+]
 _THINKING = "Thinking"
 ThinkOpt = Annotated[
     bool | None,

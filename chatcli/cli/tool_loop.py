@@ -1,0 +1,97 @@
+"""ask's tools: the flags checked, the system prompt and constraint set, the call loop.
+
+Contract: `prepare(tool, tool_module, choice, max_calls, timeout, constraint, raw, alt,
+allow)`
+checks the tool flags before anything loads (one line each: a constraint, --raw or
+--alt with --tool; --tool-choice, --max-tool-calls, --tool-timeout out of range; tool
+flags without a tool) and loads the tools (`chatcli.tools.functions.toolbox`), or None
+without --tool. `loop(...)` follows an answer that is a call: asks consent, runs it,
+shows what came back, saves the result as the next message (`<tool_response>`; a result
+cut to what the context window has room for), and has the model answer again, until it
+answers in words, has made `max_calls` calls, or repeats a call it made (then it may
+only answer in words; a repeated call is not run again: its result is known). Each
+answer is shown and saved by the caller's `answer`.
+
+Knows nothing about the terminal beyond `chatcli.ui.tools`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from chatcli.errors import UsageError
+
+OUTPUT_CAP = 16_000  # characters of one call's result the model reads, at most
+
+
+def prepare(tool: list[str] | None, tool_module: list[str] | None, choice: str | None,
+            max_calls: int, timeout: float, constraint: Any, raw: bool,
+            alt: str | None, allow: bool) -> dict[str, Any] | None:
+    if not (tool or tool_module):
+        if allow or choice is not None:
+            flag = "--tool-choice" if choice is not None else "--allow-tools"
+            raise UsageError(f"{flag} goes with --tool or --tool-module", f"add --tool FILE.py, "
+                             f"or drop {flag}")
+        return None
+    from chatcli.tools.calls import CHOICES
+    from chatcli.tools.functions import toolbox
+
+    if constraint is not None:
+        raise UsageError("--tool shapes the answer itself (a call, or words), so it does not "
+                         "go with --schema, --json-object, --regex, --grammar or --choice",
+                         "drop one of them")
+    if raw:
+        raise UsageError("--tool needs the chat template: a raw completion has no system "
+                         "prompt to say what the tools are", "drop --raw")
+    if alt is not None:
+        raise UsageError("--alt and --tool do not go together yet", "drop one of them")
+    if choice is not None and choice not in CHOICES:
+        raise UsageError(f"--tool-choice must be one of {', '.join(CHOICES)} (got {choice!r})",
+                         "e.g. --tool-choice required")
+    if max_calls < 1:
+        raise UsageError(f"--max-tool-calls must be at least 1 (got {max_calls})",
+                         "e.g. --max-tool-calls 8")
+    if not timeout > 0:
+        raise UsageError(f"--tool-timeout must be a number of seconds > 0 (got {timeout})",
+                         "e.g. --tool-timeout 30")
+    return toolbox(list(tool or []), list(tool_module or []))
+
+
+def loop(ui: Any, session: Any, gen: Any, tools: dict[str, Any], consent: Any,
+         max_calls: int, timeout: float, answer: Callable[[Any], None]) -> tuple[Any, list[Any]]:
+    """The answers after `gen` (see the module): the last one, and the call records."""
+    from chatcli.tools.calls import constraint, read_call, response
+    from chatcli.tools.runner import CallRecord, run
+    from chatcli.ui.tools import call_text, show_record
+
+    records: list[CallRecord] = []
+    while (call := read_call(gen.text)) is not None and call[0] in tools:
+        name, arguments = call
+        again = next((r for r in records if (r.name, r.arguments) == call), None)
+        if again is not None:  # a loop: the result is known; the model answers in words now
+            record = CallRecord(name, arguments, again.allowed, again.result, again.error)
+            known = "its result is known" if again.allowed else "it was not allowed"
+            ui.notify(f"{call_text(name, arguments)} again: {known}; the model answers now")
+        elif consent(name, arguments):
+            record = run(tools[name], arguments, timeout, _cap(session, gen))
+            show_record(ui, record)
+        else:
+            record = CallRecord(name, arguments, False, error="the user did not allow this call")
+            show_record(ui, record)
+        records.append(record)
+        session.add_user(response(name, record.result, record.error))
+        last = again is not None or len(records) >= max_calls
+        session.constraint = constraint(tools, "none" if last else "auto")
+        gen, _ = session.start_reply()
+        answer(gen)
+    return gen, records
+
+
+def _cap(session: Any, gen: Any) -> int:
+    """The characters of a result that leave room for the next answer: at most
+    `OUTPUT_CAP`, and half the tokens the window has left (a character is at least a
+    token's worth in the worst case; JSON escapes may double it)."""
+    used = len(session.last_packed.ids) if session.last_packed is not None else 0
+    room = session.budget - used - len(gen.token_ids) - 64
+    return max(100, min(OUTPUT_CAP, room // 2))

@@ -1,0 +1,82 @@
+"""The call a model writes, what teaches it to, and the constraint that keeps it right.
+
+Contract: a call is `<tool_call>`, a newline, one JSON object `{"name": NAME,
+"arguments": {...}}`, a newline and `</tool_call>` (the format of Qwen2.5/3's and
+SmolLM3's templates, the one most small models have seen); a model answers with either
+a call or text. `instructions(tools)` is chatcli's documented system-prompt text that
+teaches it to a model whose template has no tools of its own. `constraint(tools,
+choice)` is a Lark grammar (`chatcli.constraints`) that every strategy obeys: with
+`choice` "auto" the answer is a call or text that does not start with `<`; "required"
+only a call; "none" only text. Every call it lets through names one of `tools`, with
+arguments that validate against that tool's schema (llguidance's `%json`).
+`read_call(text)` gives (name, arguments) of an answer that is a call, else None.
+`response(name, result, error)` is the message that brings the result back.
+
+Knows nothing about running tools, models or the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from chatcli.constraints.spec import Constraint
+
+OPEN, CLOSE = "<tool_call>\n", "\n</tool_call>"
+CHOICES = ("auto", "required", "none")
+
+
+def _call_schema(tools: Mapping[str, Any]) -> dict[str, Any]:
+    # One spelling of the JSON (", " and ": " as json.dumps and the templates write it, no
+    # other white space): a small model cannot wander off into spaces between the keys.
+    return {"x-guidance": {"whitespace_flexible": False, "item_separator": ", ",
+                           "key_separator": ": "}, "oneOf": [
+        {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+         "required": ["name", "arguments"], "additionalProperties": False}
+        for t in tools.values()]}
+
+
+def instructions(tools: Mapping[str, Any]) -> str:
+    """How to call `tools`, for the system prompt."""
+    listed = "\n".join(json.dumps({"name": t.name, "description": t.description,
+                                   "parameters": t.parameters}, ensure_ascii=False)
+                       for t in tools.values())
+    return ("You can call functions. To call one, reply with only this:\n"
+            f"{OPEN}{{\"name\": \"FUNCTION\", \"arguments\": {{...}}}}{CLOSE}\n"
+            "Its result comes back in a <tool_response> message; then answer the user. "
+            "When no function helps, answer the user directly.\n"
+            f"Functions:\n{listed}")
+
+
+def constraint(tools: Mapping[str, Any], choice: str = "auto") -> Constraint:
+    """The answer's shape with `tools` (see the module)."""
+    call = (f'call: "{json.dumps(OPEN)[1:-1]}" body "{json.dumps(CLOSE)[1:-1]}"\n'
+            f"body: %json {json.dumps(_call_schema(tools))}\n")
+    text = "text: TEXT\nTEXT: /[^<][\\s\\S]*/\n"
+    start = {"auto": "start: call | text\n", "required": "start: call\n",
+             "none": "start: text\n"}[choice]
+    grammar = start + (call if choice != "none" else "") + (text if choice != "required"
+                                                            else "")
+    return Constraint("grammar", grammar, "lark", f"--tool ({choice})")
+
+
+def read_call(text: str) -> tuple[str, dict[str, Any]] | None:
+    """(name, arguments) of an answer that is a call, else None."""
+    body = text.strip()
+    if not body.startswith(OPEN.strip()) or not body.endswith(CLOSE.strip()):
+        return None
+    try:
+        call = json.loads(body[len(OPEN.strip()):-len(CLOSE.strip())])
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) \
+            or not isinstance(call.get("arguments"), dict):
+        return None
+    return call["name"], call["arguments"]
+
+
+def response(name: str, result: str | None, error: str | None) -> str:
+    """The message that brings a call's result (or why there is none) back."""
+    body = {"name": name, **({"error": error} if error is not None else {"result": result})}
+    return f"<tool_response>\n{json.dumps(body, ensure_ascii=False)}\n</tool_response>"

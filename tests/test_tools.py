@@ -1,0 +1,286 @@
+"""Tools: Python functions a model calls while it answers (`ask --tool`).
+
+Schemas from signatures; every flag and loading fault in one line; on the tiny
+random-weight model, a constrained call (every call names a real tool with arguments
+that validate, whatever the weights say), consent (nothing runs unasked when stdin is
+not a terminal; a question on a terminal), a tool's exception, time-out and huge
+output given back to the model, the history of each step; the real default model
+calling a calculator (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from chatcli.tools.calls import constraint, read_call, response
+from chatcli.tools.functions import ToolError, describe
+from chatcli.tools.runner import Consent, run
+from conftest import run_cli
+
+TOOLS = '''
+import time
+from typing import Literal
+
+def weather(city: Literal["Paris", "Rome"]) -> str:
+    """The weather in a city today.
+
+    More text that is not the description."""
+    open(__file__ + ".ran", "a").write(city + "\\n")
+    return {"Paris": "rain", "Rome": "sun"}[city]
+
+def boom(loud: bool) -> str:
+    """Fails."""
+    raise ValueError("boom")
+
+def slow(fast: bool) -> str:
+    """Takes its time."""
+    time.sleep(3)
+    return "late"
+
+def huge(big: bool) -> str:
+    """Says a lot."""
+    print("printed, not answered")
+    return "x" * 20000
+
+def _private():
+    pass
+'''
+
+
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a window that holds the tools' instructions (2,048 tokens)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from conftest import CHATML, CORPUS, save_widened, train_byte_level_bpe
+
+    tok = train_byte_level_bpe(CORPUS, 400, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>",
+                                   model_input_names=["input_ids", "attention_mask"])
+    fast.chat_template = CHATML
+    torch.manual_seed(2)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    return save_widened(LlamaForCausalLM(config), fast, tmp_path_factory.mktemp("wide"))
+
+
+@pytest.fixture
+def home(home: Path, wide_model: Path) -> Path:
+    """The test home, its default alias the wide model."""
+    toml = home / "models.toml"
+    toml.write_text(toml.read_text().replace('default = "tiny"', 'default = "wide"')
+                    + f'\n[models.wide]\nsource = "path"\npath = "{wide_model}"\n'
+                    'dtype = "float32"\n')
+    return home
+
+
+@pytest.fixture
+def tools_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tools.py"
+    path.write_text(TOOLS)
+    return path
+
+
+def ask_json(*args: str, input: str | None = None) -> dict[str, Any]:
+    result = run_cli(["ask", "--json", "--no-server", *args], input=input)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# -- schemas ---------------------------------------------------------------------------------
+def test_a_signature_becomes_a_schema() -> None:
+    def f(a: int, b: float, c: str, d: bool, e: list[int], g: dict, h: Literal["x", "y"],
+          i: int | None = None, j=3) -> None:
+        """Does f.
+
+        Details."""
+
+    tool = describe(f, "t.py")
+    assert (tool.name, tool.description) == ("f", "Does f.")
+    assert tool.parameters == {
+        "type": "object", "additionalProperties": False,
+        "properties": {"a": {"type": "integer"}, "b": {"type": "number"},
+                       "c": {"type": "string"}, "d": {"type": "boolean"},
+                       "e": {"type": "array", "items": {"type": "integer"}},
+                       "g": {"type": "object"}, "h": {"enum": ["x", "y"]},
+                       "i": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "j": {}},
+        "required": ["a", "b", "c", "d", "e", "g", "h"]}
+    with pytest.raises(ToolError) as err:
+        describe(lambda z: z, "t.py")  # no annotation: fine
+        def bad(x: set[int]) -> None: ...
+        describe(bad, "t.py")
+    assert err.value.message == "t.py: bad(x): the annotation set[int] has no JSON form"
+
+
+def test_a_call_is_read_back_and_its_result_given_back() -> None:
+    assert read_call('<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>') == (
+        "f", {"a": 1})
+    assert read_call("Just words.") is None
+    assert read_call('<tool_call>\n{"name": "f"}\n</tool_call>') is None
+    assert response("f", "5", None) == '<tool_response>\n{"name": "f", "result": "5"}\n' \
+                                       "</tool_response>"
+
+
+def test_the_runner_turns_every_failure_into_a_result(tools_file: Path) -> None:
+    from chatcli.tools.functions import load_file
+
+    tools = {t.name: t for t in load_file(str(tools_file))}
+    assert sorted(tools) == ["boom", "huge", "slow", "weather"]
+    assert run(tools["weather"], {"city": "Rome"}, 5, 100).result == "sun"
+    assert run(tools["boom"], {"loud": True}, 5, 100).error == "ValueError: boom"
+    assert run(tools["slow"], {"fast": False}, 0.2, 100).error == "timed out after 0.2 s"
+    cut = run(tools["huge"], {"big": True}, 5, 100).result
+    assert cut == "x" * 100 + " [cut: 20000 characters, the first 100 kept]"
+    assert run(tools["weather"], {"town": "Rome"}, 5, 100).error.startswith("TypeError: ")
+    asked: list[str] = []
+    consent = Consent(ask=lambda name, args: asked.append(name) or "a")
+    assert consent("weather", {}) and consent("weather", {}) and asked == ["weather"]
+    assert not Consent()("weather", {}) and Consent(allow_all=True)("weather", {})
+
+
+# -- loading and flags: one line each ----------------------------------------------------------
+@pytest.mark.parametrize(("args", "error"), [
+    (["--tool", "missing.py"], "error: --tool missing.py: no such file: missing.py; hint: give "
+     "a Python file, e.g. --tool tools.py or --tool tools.py:add\n"),
+    (["--tool", "TOOLS:nope"], "error: --tool TOOLS:nope: tools.py has no function 'nope'; "
+     "hint: its public functions: weather, boom, slow, huge\n"),
+    (["--tool-module", "no_such_module:f"], "error: --tool-module no_such_module:f: cannot "
+     "import no_such_module: ModuleNotFoundError: No module named 'no_such_module'; hint: "
+     "install the package, or run chatcli where it can be imported\n"),
+    (["--tool", "TOOLS", "--regex", "a+"], "error: --tool shapes the answer itself (a call, or "
+     "words), so it does not go with --schema, --json-object, --regex, --grammar or --choice; "
+     "hint: drop one of them\n"),
+    (["--tool", "TOOLS", "--raw"], "error: --tool needs the chat template: a raw completion has "
+     "no system prompt to say what the tools are; hint: drop --raw\n"),
+    (["--tool", "TOOLS", "--tool-choice", "always"], "error: --tool-choice must be one of auto, "
+     "required, none (got 'always'); hint: e.g. --tool-choice required\n"),
+    (["--tool", "TOOLS", "--max-tool-calls", "0"], "error: --max-tool-calls must be at least 1 "
+     "(got 0); hint: e.g. --max-tool-calls 8\n"),
+    (["--allow-tools"], "error: --allow-tools goes with --tool or --tool-module; hint: add "
+     "--tool FILE.py, or drop --allow-tools\n"),
+])
+def test_a_bad_tool_flag_is_one_line(home: Path, tools_file: Path, args: list[str],
+                                     error: str) -> None:
+    args = [str(tools_file) if a == "TOOLS" else a.replace("TOOLS", str(tools_file))
+            for a in args]
+    result = run_cli(["ask", "--no-server", *args, "hi"])
+    assert (result.exit_code, result.stderr) == (2, error.replace("TOOLS", str(tools_file)))
+    assert json.loads(run_cli(["history", "list", "--json"]).stdout) == []
+
+
+def test_a_tool_file_that_does_not_run_is_one_line(home: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n")
+    result = run_cli(["ask", "--no-server", "--tool", str(broken), "hi"])
+    assert (result.exit_code, result.stderr) == (2, (
+        f"error: --tool {broken}: {broken}:1: invalid syntax; hint: fix the file; chatcli runs "
+        "it to read its functions\n"))
+
+
+# -- the tiny model calls ------------------------------------------------------------------
+def test_every_call_names_a_tool_with_arguments_that_validate(home: Path,
+                                                              tools_file: Path) -> None:
+    out = ask_json("--tool", f"{tools_file}:weather", "--tool-choice", "required",
+                   "--allow-tools", "-n", "150", "Weather in Rome?")
+    first = out["tool_calls"][0]
+    assert first["name"] == "weather" and first["arguments"]["city"] in ("Paris", "Rome")
+    assert first["allowed"] is True
+    assert first["result"] == {"Paris": "rain", "Rome": "sun"}[first["arguments"]["city"]]
+    assert Path(f"{tools_file}.ran").read_text().splitlines()[0] == first["arguments"]["city"]
+    assert not out["text"].startswith("<tool_call>")  # the last answer is words
+    saved = json.loads(run_cli(["history", "export", "1", "--format", "json"]).stdout)
+    roles = [m["role"] for m in saved["messages"]]
+    assert roles[:3] == ["user", "assistant", "user"]
+    assert read_call(saved["messages"][1]["content"]) == (first["name"], first["arguments"])
+    assert saved["messages"][2]["content"] == response("weather", first["result"], None)
+    assert "# Tools" not in saved["system"] and "weather" in saved["system"]
+
+
+def test_nothing_runs_unasked_when_stdin_is_not_a_terminal(home: Path, tools_file: Path
+                                                           ) -> None:
+    result = run_cli(["ask", "--no-server", "--json", "--tool", f"{tools_file}:weather",
+                      "--tool-choice", "required", "-n", "150", "Weather?"])
+    assert result.exit_code == 0, result.stderr
+    first = json.loads(result.stdout)["tool_calls"][0]
+    assert (first["allowed"], first["error"]) == (False, "the user did not allow this call")
+    assert not Path(f"{tools_file}.ran").exists()
+    assert "chatcli: not running weather(city=" in result.stderr
+    assert "tools run when you allow them (--allow-tools, or y at the question on a " \
+           "terminal)\n" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "flags", "error"), [
+    ("boom", [], "ValueError: boom"),
+    ("slow", ["--tool-timeout", "0.2"], "timed out after 0.2 s"),
+])
+def test_a_failing_tool_is_a_result_the_model_reads(home: Path, tools_file: Path, name: str,
+                                                    flags: list[str], error: str) -> None:
+    result = run_cli(["ask", "--no-server", "--json", "--tool", f"{tools_file}:{name}",
+                      "--tool-choice", "required", "--allow-tools", "-n", "150", *flags, "Go"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["tool_calls"][0]["error"] == error
+    assert "Traceback" not in result.stderr
+    assert " failed (" in result.stderr and f"): {error}\n" in result.stderr
+
+
+def test_what_a_tool_prints_stays_off_the_answer(home: Path, tools_file: Path) -> None:
+    result = run_cli(["ask", "--no-server", "--tool", f"{tools_file}:huge", "--tool-choice",
+                      "required", "--allow-tools", "-n", "150", "Go"])
+    assert result.exit_code == 0, result.stderr
+    assert "printed, not answered" not in result.stdout + result.stderr
+    assert "<tool_call>" not in result.stdout
+
+
+def test_a_terminal_asks_before_each_call(home: Path, tools_file: Path) -> None:
+    from screen import Terminal
+
+    term = Terminal(home, ["ask", "--no-server", "--tool", f"{tools_file}:weather",
+                           "--tool-choice", "required", "--max-tool-calls", "1", "-n", "150",
+                           "Weather?"], columns=100)
+    term.wait_for("? [y]es, [n]o, [a]lways weather:")
+    assert not Path(f"{tools_file}.ran").exists()  # asked first
+    term.send_line("y")
+    assert term.finish() == 0
+    screen = term.text()
+    assert "Run weather(city=" in screen
+    assert "chatcli: weather(city=" in screen and " → " in screen
+    assert Path(f"{tools_file}.ran").exists()
+
+
+def test_a_constraint_for_tools_compiles_for_any_choice() -> None:
+    from chatcli.tools.functions import describe as d
+
+    def f(x: int) -> int:
+        """F."""
+        return x
+
+    tools = {"f": d(f, "t.py")}
+    for choice in ("auto", "required", "none"):
+        grammar = constraint(tools, choice)
+        assert grammar.kind == "grammar" and grammar.syntax == "lark"
+        assert ("%json" in grammar.text) == (choice != "none")
+        assert ("TEXT" in grammar.text) == (choice != "required")
+
+
+@pytest.mark.slow
+def test_the_default_model_calls_a_calculator(real: Path, tmp_path: Path) -> None:
+    calc = tmp_path / "calc.py"
+    calc.write_text('def add(a: int, b: int) -> int:\n    """Add two whole numbers."""\n'
+                    "    return a + b\n")
+    out = ask_json("--tool", str(calc), "--tool-choice", "required", "--allow-tools",
+                   "--max-tool-calls", "1", "-n", "150", "What is 2 + 3?")
+    first = out["tool_calls"][0]
+    assert first["name"] == "add" and set(first["arguments"]) == {"a", "b"}
+    assert first["result"] == str(first["arguments"]["a"] + first["arguments"]["b"])
+    assert os.path.exists(calc)
