@@ -284,3 +284,30 @@ def test_the_default_model_calls_a_calculator(real: Path, tmp_path: Path) -> Non
     assert first["name"] == "add" and set(first["arguments"]) == {"a", "b"}
     assert first["result"] == str(first["arguments"]["a"] + first["arguments"]["b"])
     assert os.path.exists(calc)
+
+
+def test_a_served_answer_calls_tools_as_one_made_here(home: Path, tools_file: Path) -> None:
+    from test_serve import start_server, stop, without_timing
+
+    args = ["--tool", f"{tools_file}:weather", "--tool-choice", "required", "--allow-tools",
+            "-n", "150", "Weather?"]
+    served = start_server(home)
+    try:
+        result = run_cli(["ask", "--json", *args])
+        assert result.exit_code == 0, result.stderr
+        here = ask_json(*args)
+        remote = json.loads(result.stdout)
+        for out in (remote, here):
+            for call in out["tool_calls"]:
+                call.pop("seconds")
+        assert without_timing(remote, False) == without_timing(here, False)
+        assert here["tool_calls"] and "answered" in served.text()
+    finally:
+        stop(served)
+
+
+def test_an_allowed_tool_runs_without_asking(home: Path, tools_file: Path) -> None:
+    out = ask_json("--tool", f"{tools_file}:weather", "--allow-tool", "weather",
+                   "--tool-choice", "required", "--max-tool-calls", "1", "-n", "150", "Weather?")
+    assert out["tool_calls"][0]["allowed"] is True
+    assert Path(f"{tools_file}.ran").exists()
