@@ -311,3 +311,35 @@ def test_an_allowed_tool_runs_without_asking(home: Path, tools_file: Path) -> No
                    "--tool-choice", "required", "--max-tool-calls", "1", "-n", "150", "Weather?")
     assert out["tool_calls"][0]["allowed"] is True
     assert Path(f"{tools_file}.ran").exists()
+
+
+# -- chat ------------------------------------------------------------------------------------
+def test_a_piped_chat_runs_tools_only_when_allowed(home: Path, tools_file: Path) -> None:
+    args = ["chat", "--no-server", "--tool", f"{tools_file}:weather", "--tool-choice",
+            "required", "--max-tool-calls", "1", "-n", "150"]
+    refused = run_cli(args, input="Weather?\n")
+    assert refused.exit_code == 0, refused.stderr
+    assert "chatcli: not running weather(city=" in refused.stderr
+    assert not Path(f"{tools_file}.ran").exists()
+    allowed = run_cli([*args, "--allow-tools"], input="Weather?\nAgain?\n")
+    assert allowed.exit_code == 0, allowed.stderr
+    assert len(Path(f"{tools_file}.ran").read_text().splitlines()) == 2  # a call per turn
+    assert "<tool_call>" not in allowed.stdout
+
+
+def test_ctrl_c_at_the_question_is_no_and_the_chat_goes_on(home: Path, tools_file: Path
+                                                           ) -> None:
+    from screen import Terminal
+
+    term = Terminal(home, ["chat", "--no-server", "--tool", f"{tools_file}:weather",
+                           "--tool-choice", "required", "--max-tool-calls", "1", "-n", "150"],
+                    columns=100)
+    term.wait_for("›")
+    term.send_line("Weather?")
+    term.wait_for("? [y]es, [n]o, [a]lways weather:")
+    term.child.sendintr()
+    term.wait_for("chatcli: not running weather(city=")
+    term.wait_for(lambda t: t.rstrip().endswith("›"))
+    term.child.sendeof()
+    assert term.finish() == 0
+    assert not Path(f"{tools_file}.ran").exists()

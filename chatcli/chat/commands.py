@@ -57,6 +57,12 @@ class ChatContext:
     branch_at: int | None = None  # the message whose versions /branches listed last
     interactive: bool = False  # entries come from a person at a terminal (set by the REPL)
     show_thinking: bool = True  # a reasoning model's thinking is shown before its answer
+    # --tool: the tools by name (None: none), who allows a call (chatcli.tools.runner.Consent),
+    # (--max-tool-calls, --tool-timeout), and the answers' shape a user turn starts with
+    tools: dict[str, Any] | None = None
+    consent: Any = None
+    tool_limits: tuple[int, float] = (8, 30.0)
+    tool_constraint: Any = None
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ def load_here(ctx: ChatContext, gone: BackendGone | None) -> bool:
     return True
 
 
-def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None) -> None:
+def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None,
+           follow_tools: bool = True) -> None:
     """Answer the last user message (`start`: how the answer's Generation begins, with the
     exchanges newly dropped; default: `session.start_reply`)."""
     session, ui = ctx.session, ctx.ui
@@ -92,8 +93,13 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
     ended: KeyboardInterrupt | None = None  # SIGTERM/SIGHUP: save, then leave
     events: list[Any] = []
     try:
+        shown: Any = gen
+        if ctx.tools:  # a call's text is not the answer: what it does is said instead
+            from chatcli.ui.tools import hide_calls
+
+            shown = hide_calls(gen)
         # closes its writer whatever happens
-        stream_answer(ui, gen, events, thinking=ctx.show_thinking)
+        stream_answer(ui, shown, events, thinking=ctx.show_thinking)
     except KeyboardInterrupt as exc:
         interrupted = True
         ended = exc if ended_by_signal(exc) else None
@@ -133,6 +139,24 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None)
         from chatcli.autocompile import after_answer
 
         after_answer(session.backend)  # the compiled step, built in the background if missing
+        if ctx.tools and follow_tools:
+            follow(ctx, gen)
+
+
+def follow(ctx: ChatContext, gen: Any) -> None:
+    """An answer that calls a tool: the call loop (`chatcli.cli.tool_loop.loop`), each
+    answer shown as any other; then user turns start from the tools' shape again."""
+    from chatcli.cli.tool_loop import loop
+
+    assert ctx.tools is not None
+    try:
+        loop(ctx.ui, ctx.session, gen, ctx.tools, ctx.consent, *ctx.tool_limits,
+             lambda g: answer(ctx, start=lambda: (g, 0), follow_tools=False))
+    except ChatcliError as exc:
+        ctx.failed += 1
+        ctx.ui.error(exc.message, exc.hint)
+    finally:
+        ctx.session.constraint = ctx.tool_constraint
 
 
 def check_room(session: ChatSession) -> None:

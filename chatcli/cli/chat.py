@@ -14,6 +14,8 @@ from typing import Any
 import typer
 
 from chatcli.cli.options import (
+    AllowToolOpt,
+    AllowToolsOpt,
     BaseUrlOpt,
     ChoiceOpt,
     ContextWindowOpt,
@@ -28,6 +30,7 @@ from chatcli.cli.options import (
     JsonObjectOpt,
     MaxBytesOpt,
     MaxFilesOpt,
+    MaxToolCallsOpt,
     ModelChoice,
     ModelOpt,
     ModelsFileOpt,
@@ -42,6 +45,10 @@ from chatcli.cli.options import (
     SystemOpt,
     ThinkOpt,
     ThreadsOpt,
+    ToolChoiceOpt,
+    ToolModuleOpt,
+    ToolOpt,
+    ToolTimeoutOpt,
     TruncateFilesOpt,
     constraint_of,
     decoding_options,
@@ -79,6 +86,13 @@ def chat(
     think: ThinkOpt = None,
     hide_thinking: HideThinkingOpt = False,
     show_thinking: ShowThinkingOpt = False,
+    tool: ToolOpt = None,
+    tool_module: ToolModuleOpt = None,
+    allow_tools: AllowToolsOpt = False,
+    allow_tool: AllowToolOpt = None,
+    tool_choice: ToolChoiceOpt = None,
+    max_tool_calls: MaxToolCallsOpt = 8,
+    tool_timeout: ToolTimeoutOpt = 30.0,
 ) -> None:
     """Chat with a model; piped stdin is read one message per line."""
     from chatcli import paths
@@ -99,6 +113,16 @@ def chat(
                          "attach files by path, or pipe the file to chatcli ask -f -")
     constraint = constraint_of(schema=schema, json_object=json_object, regex=regex,
                                grammar=grammar, choice=choice)
+    from chatcli.cli import tool_loop
+
+    tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
+                              constraint, False, None, allow_tools or bool(allow_tool))
+    if tools:  # the model learns them from the system prompt; every call it writes is right
+        from chatcli.tools.calls import constraint as tool_constraint
+        from chatcli.tools.calls import instructions
+
+        constraint = tool_constraint(tools, tool_choice or "auto")
+        system = (system + "\n\n" if system else "") + instructions(tools)
     files: list[Any] = []  # gathered before anything loads: a refusal comes at once
     if file:
         from chatcli.cli.common import gather_files
@@ -154,6 +178,13 @@ def chat(
                            load_model=prep.open_alias, load_here=prep.open_here,
                            caps=(max_files, max_bytes, truncate_files),  # /read, /glob too
                            show_thinking=not hide_thinking and (ui.out_tty or show_thinking))
+    if tools:
+        from chatcli.tools.runner import Consent
+        from chatcli.ui.tools import asker
+
+        chat_ctx.tools, chat_ctx.tool_constraint = tools, constraint
+        chat_ctx.consent = Consent(allow_tools, set(allow_tool or ()), asker(ui))
+        chat_ctx.tool_limits = (max_tool_calls, tool_timeout)
     if file:  # attached to the first message sent
         chat_ctx.pending.extend(files)
         chat_ctx.pin_pending = pin
