@@ -343,3 +343,67 @@ def test_ctrl_c_at_the_question_is_no_and_the_chat_goes_on(home: Path, tools_fil
     term.child.sendeof()
     assert term.finish() == 0
     assert not Path(f"{tools_file}.ran").exists()
+
+
+# -- MCP servers -----------------------------------------------------------------------------
+MCP = Path(__file__).parent / "mcp_server.py"
+
+
+def mcp_command(mode: str = "ok") -> str:
+    import sys
+
+    return f"{sys.executable} {MCP} {mode}"
+
+
+def test_an_mcp_servers_tools_are_listed_called_and_closed() -> None:
+    from chatcli.tools.mcp import MCPServer, close_all
+
+    server = MCPServer(mcp_command())
+    tools = {t.name: t for t in server.tools()}  # two pages
+    assert sorted(tools) == ["fail_now", "shout"]
+    assert tools["shout"].parameters["properties"]["text"]["enum"] == ["hi", "bye"]
+    assert run(tools["shout"], {"text": "hi"}, 5, 100).result == "HI"
+    assert run(tools["fail_now"], {"why": True}, 5, 100).error == "RuntimeError: it failed"
+    close_all()
+    assert server.proc.poll() is not None
+
+
+@pytest.mark.parametrize(("mode", "error"), [
+    ("die", "exited (code 3) before it answered initialize (it said: cannot open the "
+            "database)"),
+    ("garbage", "wrote something that is not JSON-RPC: 'Welcome to my server!'"),
+])
+def test_an_mcp_server_that_fails_is_one_line(home: Path, mode: str, error: str) -> None:
+    result = run_cli(["ask", "--no-server", "--mcp", mcp_command(mode), "hi"])
+    assert (result.exit_code, result.stderr) == (2, (
+        f"error: MCP server {mcp_command(mode)!r} {error}; hint: run the command by hand to "
+        "see what it does\n"))
+
+
+def test_an_mcp_server_that_does_not_answer_times_out(home: Path) -> None:
+    result = run_cli(["ask", "--no-server", "--tool-timeout", "0.5", "--mcp",
+                      mcp_command("silent"), "hi"])
+    assert result.exit_code == 2
+    assert result.stderr.endswith("did not answer initialize within 0.5 s; hint: run the "
+                                  "command by hand to see what it does\n")
+
+
+def test_the_model_calls_an_mcp_tool(home: Path) -> None:
+    out = ask_json("--mcp", mcp_command(), "--tool-choice", "required", "--allow-tools",
+                   "--max-tool-calls", "1", "-n", "150", "Shout hi")
+    first = out["tool_calls"][0]
+    assert first["name"] in ("shout", "fail_now")
+    if first["name"] == "shout":
+        assert first["result"] == first["arguments"]["text"].upper()
+    else:
+        assert first["error"] == "RuntimeError: it failed"
+
+
+def test_an_mcp_server_that_dies_mid_call_is_a_result(home: Path) -> None:
+    result = run_cli(["ask", "--no-server", "--json", "--mcp", mcp_command("die-on-call"),
+                      "--tool-choice", "required", "--allow-tools", "--max-tool-calls", "1",
+                      "-n", "150", "Shout"])
+    assert result.exit_code == 0, result.stderr
+    first = json.loads(result.stdout)["tool_calls"][0]
+    assert first["error"].startswith(f"MCPError: MCP server {mcp_command('die-on-call')!r} "
+                                     "exited")

@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         from chatcli.serve.client import close_all
 
         close_all()
+    if "chatcli.tools.mcp" in sys.modules:  # --mcp servers end with the command
+        from chatcli.tools import mcp
+
+        mcp.close_all()
     code = code if isinstance(code, int) else 0
     if normal and argv is None:
         _exit_now(code)

@@ -45,6 +45,7 @@ from chatcli.cli.options import (
     MaxBytesOpt,
     MaxFilesOpt,
     MaxToolCallsOpt,
+    MCPOpt,
     ModelChoice,
     ModelOpt,
     ModelsFileOpt,
@@ -183,6 +184,7 @@ def ask(
     show_thinking: ShowThinkingOpt = False,
     tool: ToolOpt = None,
     tool_module: ToolModuleOpt = None,
+    mcp: MCPOpt = None,
     allow_tools: AllowToolsOpt = False,
     allow_tool: AllowToolOpt = None,
     tool_choice: ToolChoiceOpt = None,
@@ -214,7 +216,8 @@ def ask(
     from chatcli.cli import tool_loop
 
     tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
-                              constraint, raw, alt_spec, allow_tools or bool(allow_tool))
+                              constraint, raw, alt_spec, allow_tools or bool(allow_tool),
+                              mcp)
     if tools:  # the model learns them from the system prompt; every call it writes is right
         from chatcli.tools.calls import constraint as tool_constraint
         from chatcli.tools.calls import instructions

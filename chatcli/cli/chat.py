@@ -31,6 +31,7 @@ from chatcli.cli.options import (
     MaxBytesOpt,
     MaxFilesOpt,
     MaxToolCallsOpt,
+    MCPOpt,
     ModelChoice,
     ModelOpt,
     ModelsFileOpt,
@@ -88,6 +89,7 @@ def chat(
     show_thinking: ShowThinkingOpt = False,
     tool: ToolOpt = None,
     tool_module: ToolModuleOpt = None,
+    mcp: MCPOpt = None,
     allow_tools: AllowToolsOpt = False,
     allow_tool: AllowToolOpt = None,
     tool_choice: ToolChoiceOpt = None,
@@ -116,7 +118,8 @@ def chat(
     from chatcli.cli import tool_loop
 
     tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
-                              constraint, False, None, allow_tools or bool(allow_tool))
+                              constraint, False, None, allow_tools or bool(allow_tool),
+                              mcp)
     if tools:  # the model learns them from the system prompt; every call it writes is right
         from chatcli.tools.calls import constraint as tool_constraint
         from chatcli.tools.calls import instructions

@@ -93,6 +93,11 @@ ToolModuleOpt = Annotated[
     typer.Option("--tool-module", metavar="MODULE:FUNCTION", rich_help_panel=_TOOLS,
                  show_default=False, help="An importable function as a tool (repeatable)."),
 ]
+MCPOpt = Annotated[
+    list[str] | None,
+    typer.Option("--mcp", metavar="'CMD ARGS'", rich_help_panel=_TOOLS, show_default=False,
+                 help="Start an MCP server over stdio and offer its tools (repeatable)."),
+]
 AllowToolsOpt = Annotated[
     bool, typer.Option("--allow-tools", rich_help_panel=_TOOLS,
                        help="Run every call without asking (needed when stdin is not a "

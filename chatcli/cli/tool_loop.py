@@ -1,16 +1,16 @@
-"""ask's tools: the flags checked, the system prompt and constraint set, the call loop.
+"""The tools of ask and chat: the flags checked, the tools loaded, the call loop.
 
 Contract: `prepare(tool, tool_module, choice, max_calls, timeout, constraint, raw, alt,
-allow)`
-checks the tool flags before anything loads (one line each: a constraint, --raw or
---alt with --tool; --tool-choice, --max-tool-calls, --tool-timeout out of range; tool
-flags without a tool) and loads the tools (`chatcli.tools.functions.toolbox`), or None
-without --tool. `loop(...)` follows an answer that is a call: asks consent, runs it,
-shows what came back, saves the result as the next message (`<tool_response>`; a result
-cut to what the context window has room for), and has the model answer again, until it
-answers in words, has made `max_calls` calls, or repeats a call it made (then it may
-only answer in words; a repeated call is not run again: its result is known). Each
-answer is shown and saved by the caller's `answer`.
+allow, mcp)` checks the tool flags before anything loads (one line each: a constraint,
+--raw or --alt with --tool; --tool-choice, --max-tool-calls, --tool-timeout out of
+range; tool flags without a tool) and loads the tools (`chatcli.tools.functions.toolbox`:
+--tool, --tool-module, and the MCP servers of --mcp, started), or None without any.
+`loop(...)` follows an answer that is a call: asks consent, runs it, shows what came
+back, saves the result as the next message (`<tool_response>`; a result cut to what the
+context window has room for), and has the model answer again, until it answers in
+words, has made `max_calls` calls, or repeats a call it made (then it may only answer
+in words; a repeated call is not run again: its result is known). Each answer is shown
+and saved by the caller's `answer`.
 
 Knows nothing about the terminal beyond `chatcli.ui.tools`.
 """
@@ -27,12 +27,13 @@ OUTPUT_CAP = 16_000  # characters of one call's result the model reads, at most
 
 def prepare(tool: list[str] | None, tool_module: list[str] | None, choice: str | None,
             max_calls: int, timeout: float, constraint: Any, raw: bool,
-            alt: str | None, allow: bool) -> dict[str, Any] | None:
-    if not (tool or tool_module):
+            alt: str | None, allow: bool, mcp: list[str] | None = None
+            ) -> dict[str, Any] | None:
+    if not (tool or tool_module or mcp):
         if allow or choice is not None:
             flag = "--tool-choice" if choice is not None else "--allow-tools"
-            raise UsageError(f"{flag} goes with --tool or --tool-module", f"add --tool FILE.py, "
-                             f"or drop {flag}")
+            raise UsageError(f"{flag} goes with --tool, --tool-module or --mcp",
+                             f"add --tool FILE.py, or drop {flag}")
         return None
     from chatcli.tools.calls import CHOICES
     from chatcli.tools.functions import toolbox
@@ -55,7 +56,7 @@ def prepare(tool: list[str] | None, tool_module: list[str] | None, choice: str |
     if not timeout > 0:
         raise UsageError(f"--tool-timeout must be a number of seconds > 0 (got {timeout})",
                          "e.g. --tool-timeout 30")
-    return toolbox(list(tool or []), list(tool_module or []))
+    return toolbox(list(tool or []), list(tool_module or []), list(mcp or []), timeout)
 
 
 def loop(ui: Any, session: Any, gen: Any, tools: dict[str, Any], consent: Any,

@@ -160,11 +160,19 @@ def _chosen(module: types.ModuleType, name: str, spec: str, source: str,
     return [describe(f, source) for f in functions]
 
 
-def toolbox(files: list[str], modules: list[str]) -> dict[str, Tool]:
-    """Every tool of `--tool` and `--tool-module`, by name (two of one name refused)."""
+def toolbox(files: list[str], modules: list[str], mcp: list[str] | None = None,
+            timeout: float = 30.0) -> dict[str, Tool]:
+    """Every tool of `--tool`, `--tool-module` and `--mcp` (each server started:
+    `chatcli.tools.mcp`), by name (two of one name refused)."""
     found: dict[str, Tool] = {}
+    served: list[Tool] = []
+    if mcp:
+        from chatcli.tools.mcp import MCPServer
+
+        for command in mcp:
+            served.extend(MCPServer(command, timeout).tools())
     for tool in [t for f in files for t in load_file(f)] + \
-            [t for m in modules for t in load_module(m)]:
+            [t for m in modules for t in load_module(m)] + served:
         if tool.name in found:
             raise ToolError(f"two tools are named '{tool.name}' ({found[tool.name].source} and "
                             f"{tool.source})", "rename one, or name the one you want: FILE:NAME")
