@@ -407,3 +407,10 @@ def test_an_mcp_server_that_dies_mid_call_is_a_result(home: Path) -> None:
     first = json.loads(result.stdout)["tool_calls"][0]
     assert first["error"].startswith(f"MCPError: MCP server {mcp_command('die-on-call')!r} "
                                      "exited")
+
+
+def test_tools_with_a_server_alias_are_refused_before_anything_starts(home: Path) -> None:
+    result = run_cli(["ask", "--no-server", "-m", "local-server", "--mcp", mcp_command(), "hi"])
+    assert (result.exit_code, result.stderr) == (2, (
+        "error: tools run with local models for now, and 'local-server' (backend openai) is a "
+        "server; hint: use a local model (-m), or drop the tool flags\n"))

@@ -215,6 +215,8 @@ def ask(
                          "use one of them")
     from chatcli.cli import tool_loop
 
+    if tool or tool_module or mcp:
+        tool_loop.local_only(model, base_url, models_file)
     tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
                               constraint, raw, alt_spec, allow_tools or bool(allow_tool),
                               mcp)

@@ -117,6 +117,8 @@ def chat(
                                grammar=grammar, choice=choice)
     from chatcli.cli import tool_loop
 
+    if tool or tool_module or mcp:
+        tool_loop.local_only(model, base_url, models_file)
     tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
                               constraint, False, None, allow_tools or bool(allow_tool),
                               mcp)

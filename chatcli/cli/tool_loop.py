@@ -10,7 +10,8 @@ back, saves the result as the next message (`<tool_response>`; a result cut to w
 context window has room for), and has the model answer again, until it answers in
 words, has made `max_calls` calls, or repeats a call it made (then it may only answer
 in words; a repeated call is not run again: its result is known). Each answer is shown
-and saved by the caller's `answer`.
+and saved by the caller's `answer`. `local_only(model, base_url, models_file)` refuses
+a server's alias: a server's own tools field is not used yet.
 
 Knows nothing about the terminal beyond `chatcli.ui.tools`.
 """
@@ -57,6 +58,18 @@ def prepare(tool: list[str] | None, tool_module: list[str] | None, choice: str |
         raise UsageError(f"--tool-timeout must be a number of seconds > 0 (got {timeout})",
                          "e.g. --tool-timeout 30")
     return toolbox(list(tool or []), list(tool_module or []), list(mcp or []), timeout)
+
+
+def local_only(model: str | None, base_url: str | None, models_file: Any) -> None:
+    """Tools run with local models for now: a server's alias (or --base-url) is refused
+    in one line, before anything loads."""
+    from chatcli.registry import load_registry
+
+    spec = None if base_url is not None else load_registry(models_file).resolve(model)
+    if spec is None or spec.backend != "local":
+        where = "--base-url" if spec is None else f"'{spec.alias}' (backend {spec.backend})"
+        raise UsageError(f"tools run with local models for now, and {where} is a server",
+                         "use a local model (-m), or drop the tool flags")
 
 
 def loop(ui: Any, session: Any, gen: Any, tools: dict[str, Any], consent: Any,
