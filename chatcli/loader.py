@@ -633,6 +633,10 @@ def _load_folder(
         tokenizer.chat_template = spec.chat_template
     if spec.think is not None:
         tokenizer.chat_template = _switched(spec, tokenizer.chat_template)
+    if spec.tools is not None and isinstance(tokenizer.chat_template, str):
+        from chatcli.tools.calls import with_tools
+
+        tokenizer.chat_template = with_tools(tokenizer.chat_template, json.loads(spec.tools))
     return LoadedModel(
         spec=spec,
         lm=lm,

@@ -167,7 +167,7 @@ def test_the_runner_turns_every_failure_into_a_result(tools_file: Path) -> None:
      "required, none (got 'always'); hint: e.g. --tool-choice required\n"),
     (["--tool", "TOOLS", "--max-tool-calls", "0"], "error: --max-tool-calls must be at least 1 "
      "(got 0); hint: e.g. --max-tool-calls 8\n"),
-    (["--allow-tools"], "error: --allow-tools goes with --tool or --tool-module; hint: add "
+    (["--allow-tools"], "error: --allow-tools goes with --tool, --tool-module or --mcp; hint: add "
      "--tool FILE.py, or drop --allow-tools\n"),
 ])
 def test_a_bad_tool_flag_is_one_line(home: Path, tools_file: Path, args: list[str],
@@ -204,7 +204,7 @@ def test_every_call_names_a_tool_with_arguments_that_validate(home: Path,
     assert roles[:3] == ["user", "assistant", "user"]
     assert read_call(saved["messages"][1]["content"]) == (first["name"], first["arguments"])
     assert saved["messages"][2]["content"] == response("weather", first["result"], None)
-    assert "# Tools" not in saved["system"] and "weather" in saved["system"]
+    assert saved["system"] is None  # the template shows the tools; the history is yours
 
 
 def test_nothing_runs_unasked_when_stdin_is_not_a_terminal(home: Path, tools_file: Path
@@ -414,3 +414,57 @@ def test_tools_with_a_server_alias_are_refused_before_anything_starts(home: Path
     assert (result.exit_code, result.stderr) == (2, (
         "error: tools run with local models for now, and 'local-server' (backend openai) is a "
         "server; hint: use a local model (-m), or drop the tool flags\n"))
+
+
+# -- the model's own format ------------------------------------------------------------------
+from test_thinking import CONVERSATION, QWEN3, thinker  # noqa: E402,F401  (Qwen3's template)
+
+TOOL_LIST = [{"type": "function", "function": {
+    "name": "add", "description": 'Add "two"\nnumbers, ü.',
+    "parameters": {"type": "object", "properties": {
+        "a": {"type": "integer"}, "b": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+        "required": ["a"], "additionalProperties": False}}}]
+
+
+@pytest.mark.parametrize("system", [True, False])
+def test_a_template_with_tools_renders_them_as_transformers_does(thinker: Path,
+                                                                 system: bool) -> None:
+    from transformers import AutoTokenizer
+
+    from chatcli.lm.tokenizer import ChatTokenizer
+    from chatcli.prompt import render_text
+    from chatcli.tools.calls import own_format, with_tools
+
+    messages = CONVERSATION if system else CONVERSATION[1:]
+    want = AutoTokenizer.from_pretrained(thinker).apply_chat_template(
+        [m.as_dict() for m in messages], tools=TOOL_LIST, tokenize=False,
+        add_generation_prompt=True)
+    ours = ChatTokenizer.from_folder(thinker)
+    assert own_format(QWEN3)
+    ours.chat_template = with_tools(QWEN3, TOOL_LIST)
+    assert render_text(ours, messages) == want
+    assert '"name": "add"' in want and "<tools>" in want
+
+
+def test_a_template_without_tools_gets_chatcli_instructions_in_its_system_message(
+        tiny_model: Any) -> None:
+    from transformers import AutoTokenizer
+
+    from chatcli.conversation import Message
+    from chatcli.lm.tokenizer import ChatTokenizer
+    from chatcli.prompt import render_text
+    from chatcli.tools.calls import instructions_of, own_format, with_tools
+
+    hf = AutoTokenizer.from_pretrained(tiny_model.folder)
+    ours = ChatTokenizer.from_folder(tiny_model.folder)
+    assert not own_format(ours.chat_template)
+    plain = ours.chat_template
+    ours.chat_template = with_tools(plain, TOOL_LIST)
+    taught = instructions_of([TOOL_LIST[0]["function"]])
+    for system in ("Be brief.", None):
+        messages = ([Message("system", system)] if system else []) + [Message("user", "Hi")]
+        joined = (system + "\n\n" if system else "") + taught
+        want = hf.apply_chat_template([{"role": "system", "content": joined},
+                                       {"role": "user", "content": "Hi"}], tokenize=False,
+                                      add_generation_prompt=True)
+        assert render_text(ours, messages) == want

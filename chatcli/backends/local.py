@@ -62,6 +62,8 @@ class LocalSpec(ModelSpec):
     keep_alive: str | None = None
     # --think / --no-think: the chat template's enable_thinking switch (None: its default).
     think: bool | None = None
+    # --tool: the tools the template renders (their OpenAI form, as JSON text; None: none).
+    tools: str | None = None
 
     @property
     def is_gguf(self) -> bool:

@@ -220,12 +220,14 @@ def ask(
     tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
                               constraint, raw, alt_spec, allow_tools or bool(allow_tool),
                               mcp)
-    if tools:  # the model learns them from the system prompt; every call it writes is right
+    tool_list = None
+    if tools:  # the template shows them to the model; every call it writes is right
+        import json
+
         from chatcli.tools.calls import constraint as tool_constraint
-        from chatcli.tools.calls import instructions
 
         constraint = tool_constraint(tools, tool_choice or "auto")
-        system = (system + "\n\n" if system else "") + instructions(tools)
+        tool_list = json.dumps([t.as_dict() for t in tools.values()])
 
     def check(early: Any) -> None:
         refuse_views(strategy_registry(), early, show_candidates, show_beams)
@@ -236,7 +238,7 @@ def ask(
         if alt is not None:
             check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
-    prep = setup(ui, ModelChoice(model, base_url, models_file, think=think),
+    prep = setup(ui, ModelChoice(model, base_url, models_file, think=think, tools=tool_list),
                  RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
                  check=check,
                  candidates=show_candidates or None,

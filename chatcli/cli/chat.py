@@ -122,12 +122,14 @@ def chat(
     tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
                               constraint, False, None, allow_tools or bool(allow_tool),
                               mcp)
-    if tools:  # the model learns them from the system prompt; every call it writes is right
+    tool_list = None
+    if tools:  # the template shows them to the model; every call it writes is right
+        import json
+
         from chatcli.tools.calls import constraint as tool_constraint
-        from chatcli.tools.calls import instructions
 
         constraint = tool_constraint(tools, tool_choice or "auto")
-        system = (system + "\n\n" if system else "") + instructions(tools)
+        tool_list = json.dumps([t.as_dict() for t in tools.values()])
     files: list[Any] = []  # gathered before anything loads: a refusal comes at once
     if file:
         from chatcli.cli.common import gather_files
@@ -163,7 +165,8 @@ def chat(
 
         raise UsageError("--hide-thinking and --show-thinking contradict each other",
                          "use one of them")
-    prep = setup(ui, ModelChoice(model, base_url, models_file, context_window, think),
+    prep = setup(ui, ModelChoice(model, base_url, models_file, context_window, think,
+                                 tool_list),
                  RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
                  alias=resume,
                  internals="--explain-context" if explain_context else None,

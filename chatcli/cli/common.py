@@ -86,7 +86,7 @@ class Setup:
 
     def spec_for(self, alias: str | None) -> Any:
         """The spec of `alias` (None: the default), with this run's --base-url,
-        --context-window and --think / --no-think."""
+        --context-window, --think / --no-think and tools."""
         import dataclasses
 
         spec = resolve_spec(self.registry, alias, self.choice.base_url)
@@ -102,6 +102,8 @@ class Setup:
                                  f"'{spec.alias}' is served by {spec.backend}",
                                  f"drop {flag}")
             spec = dataclasses.replace(spec, think=self.choice.think)
+        if self.choice.tools is not None:  # (tools refuse a server's alias before this)
+            spec = dataclasses.replace(spec, tools=self.choice.tools)
         return spec
 
     def runtime_for(self, spec: Any) -> Any:

@@ -354,6 +354,7 @@ class ModelChoice:
     models_file: Path | None = None
     context_window: int | None = None
     think: bool | None = None  # --think / --no-think (None: the template's default)
+    tools: str | None = None  # --tool: the tools the template renders (JSON; None: none)
 
 
 @dataclass(frozen=True)

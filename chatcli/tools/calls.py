@@ -3,13 +3,19 @@
 Contract: a call is `<tool_call>`, a newline, one JSON object `{"name": NAME,
 "arguments": {...}}`, a newline and `</tool_call>` (the format of Qwen2.5/3's and
 SmolLM3's templates, the one most small models have seen); a model answers with either
-a call or text. `instructions(tools)` is chatcli's documented system-prompt text that
-teaches it to a model whose template has no tools of its own. `constraint(tools,
+a call or text. `instructions(tools)` (`instructions_of` their {name, description,
+parameters}) is chatcli's documented system-prompt text that teaches it to a model
+whose template has no tools of its own. `constraint(tools,
 choice)` is a Lark grammar (`chatcli.constraints`) that every strategy obeys: with
 `choice` "auto" the answer is a call or text that does not start with `<`; "required"
 only a call; "none" only text. Every call it lets through names one of `tools`, with
 arguments that validate against that tool's schema (llguidance's `%json`).
 `read_call(text)` gives (name, arguments) of an answer that is a call, else None.
+`with_tools(template, tools)` is a chat template that shows `tools` to the model: the
+template's own rendering where it has one in this format (`own_format`: exactly as
+passing `tools=` to `apply_chat_template`), else `instructions` joined to the system
+message (one made where there is none) as the prompt is rendered; `jinja(value)` writes
+JSON data as a Jinja literal.
 `response(name, result, error)` is the message that brings the result back.
 
 Knows nothing about running tools, models or the terminal.
@@ -39,14 +45,55 @@ def _call_schema(tools: Mapping[str, Any]) -> dict[str, Any]:
 
 def instructions(tools: Mapping[str, Any]) -> str:
     """How to call `tools`, for the system prompt."""
-    listed = "\n".join(json.dumps({"name": t.name, "description": t.description,
-                                   "parameters": t.parameters}, ensure_ascii=False)
-                       for t in tools.values())
+    return instructions_of([{"name": t.name, "description": t.description,
+                             "parameters": t.parameters} for t in tools.values()])
+
+
+def instructions_of(functions: list[dict[str, Any]]) -> str:
+    """`instructions` of the functions' {name, description, parameters}."""
+    listed = "\n".join(json.dumps(f, ensure_ascii=False) for f in functions)
     return ("You can call functions. To call one, reply with only this:\n"
             f"{OPEN}{{\"name\": \"FUNCTION\", \"arguments\": {{...}}}}{CLOSE}\n"
             "Its result comes back in a <tool_response> message; then answer the user. "
             "When no function helps, answer the user directly.\n"
             f"Functions:\n{listed}")
+
+
+def jinja(value: Any) -> str:
+    """`value` (JSON data) as a Jinja literal that evaluates to the same value."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{jinja(k)}: {jinja(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(jinja(v) for v in value) + "]"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def own_format(template: str) -> bool:
+    """Whether a chat template renders tools itself, in the call format chatcli reads
+    (`tools` given to it, `<tool_call>` its call tag: Qwen2.5/3's, Hermes')."""
+    return "tools" in template and OPEN.strip() in template
+
+
+def with_tools(template: str, tools: list[dict[str, Any]]) -> str:
+    """`template` rendering as if `tools=` (their OpenAI form) were passed to it, where it
+    renders tools itself (`own_format`); else with chatcli's instructions joined to the
+    system message (one is made first where there is none)."""
+    if own_format(template):
+        return f"{{%- set tools = {jinja(tools)} -%}}" + template
+    text = instructions_of([t["function"] for t in tools])
+    return (f"{{%- set chatcli_tools = {jinja(text)} -%}}"
+            "{%- if messages and messages[0]['role'] == 'system' -%}"
+            "{%- set messages = [{'role': 'system', 'content': messages[0]['content'] + "
+            "'\n\n' + chatcli_tools}] + messages[1:] -%}"
+            "{%- else -%}"
+            "{%- set messages = [{'role': 'system', 'content': chatcli_tools}] + messages -%}"
+            "{%- endif -%}" + template)
 
 
 def constraint(tools: Mapping[str, Any], choice: str = "auto") -> Constraint:
