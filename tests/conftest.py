@@ -342,3 +342,31 @@ def tiny_loaded(tiny: Tiny) -> Any:
     )
     loaded.model = model  # type: ignore[attr-defined]
     return loaded
+
+
+# Qwen3's real chat template (tests/data/templates/README.md says where it comes from).
+QWEN3 = (Path(__file__).parent / "data" / "templates" / "qwen3.jinja").read_text()
+
+
+@pytest.fixture(scope="session")
+def thinker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight model with Qwen3's chat template, whose tokenizer has Qwen3's
+    `<think>` / `</think>` added (not special) tokens."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = train_byte_level_bpe(CORPUS, 400, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok.add_tokens(["<think>", "</think>"])  # added, not special: decoded as text (Qwen3)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>",
+                                   model_input_names=["input_ids", "attention_mask"])
+    fast.chat_template = QWEN3
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    return save_widened(LlamaForCausalLM(config), fast,
+                        tmp_path_factory.mktemp("thinker"))

@@ -18,10 +18,8 @@ import pytest
 
 from chatcli.conversation import Message
 from chatcli.thinking import ThinkingFormat, ThinkingSplitter, format_of, template_switch
-from conftest import CORPUS, run_cli, save_widened, train_byte_level_bpe
+from conftest import QWEN3, run_cli
 
-TEMPLATES = Path(__file__).parent / "data" / "templates"
-QWEN3 = (TEMPLATES / "qwen3.jinja").read_text()
 # DeepSeek-R1's distills open the block in the generation prompt and drop earlier turns'
 # thinking themselves.
 R1 = ("{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.content }}"
@@ -29,28 +27,6 @@ R1 = ("{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.co
       "{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
       "<|im_start|>assistant\n{{ c }}<|im_end|>\n{% endif %}{% endfor %}"
       "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
-
-
-@pytest.fixture(scope="session")
-def thinker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = train_byte_level_bpe(CORPUS, 400, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tok.add_tokens(["<think>", "</think>"])  # added, not special: decoded as text (Qwen3)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>",
-                                   model_input_names=["input_ids", "attention_mask"])
-    fast.chat_template = QWEN3
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id)
-    return save_widened(LlamaForCausalLM(config), fast,
-                        tmp_path_factory.mktemp("thinker"))
 
 
 @pytest.fixture

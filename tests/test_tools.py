@@ -417,7 +417,9 @@ def test_tools_with_a_server_alias_are_refused_before_anything_starts(home: Path
 
 
 # -- the model's own format ------------------------------------------------------------------
-from test_thinking import CONVERSATION, QWEN3, thinker  # noqa: E402,F401  (Qwen3's template)
+from test_thinking import CONVERSATION  # noqa: E402
+
+from conftest import QWEN3  # noqa: E402
 
 TOOL_LIST = [{"type": "function", "function": {
     "name": "add", "description": 'Add "two"\nnumbers, ü.',
