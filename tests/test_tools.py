@@ -55,24 +55,9 @@ def _private():
 @pytest.fixture(scope="session")
 def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with a window that holds the tools' instructions (2,048 tokens)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from conftest import build_tiny_model
 
-    from conftest import CHATML, CORPUS, save_widened, train_byte_level_bpe
-
-    tok = train_byte_level_bpe(CORPUS, 400, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>",
-                                   model_input_names=["input_ids", "attention_mask"])
-    fast.chat_template = CHATML
-    torch.manual_seed(2)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id)
-    return save_widened(LlamaForCausalLM(config), fast, tmp_path_factory.mktemp("wide"))
+    return build_tiny_model(tmp_path_factory.mktemp("wide"), seed=2, positions=2048)
 
 
 @pytest.fixture

@@ -215,19 +215,13 @@ def ask(
                          "use one of them")
     from chatcli.cli import tool_loop
 
-    if tool or tool_module or mcp:
-        tool_loop.local_only(model, base_url, models_file)
-    tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
-                              constraint, raw, alt_spec, allow_tools or bool(allow_tool),
-                              mcp)
-    tool_list = None
-    if tools:  # the template shows them to the model; every call it writes is right
-        import json
-
-        from chatcli.tools.calls import constraint as tool_constraint
-
-        constraint = tool_constraint(tools, tool_choice or "auto")
-        tool_list = json.dumps([t.as_dict() for t in tools.values()])
+    toolset = tool_loop.setup(
+        tool_loop.ToolFlags(tool, tool_module, mcp, allow_tools, allow_tool, tool_choice,
+                            max_tool_calls, tool_timeout),
+        model, base_url, models_file, constraint, raw, alt_spec)
+    tools = toolset.tools if toolset else None
+    if toolset:  # the template shows them to the model; every call it writes is right
+        constraint = toolset.constraint
 
     def check(early: Any) -> None:
         refuse_views(strategy_registry(), early, show_candidates, show_beams)
@@ -238,7 +232,8 @@ def ask(
         if alt is not None:
             check_alt(str(alt_spec), alt, max_new_tokens=early.common.max_new_tokens)
 
-    prep = setup(ui, ModelChoice(model, base_url, models_file, think=think, tools=tool_list),
+    prep = setup(ui, ModelChoice(model, base_url, models_file, think=think,
+                                 tools=toolset.listing if toolset else None),
                  RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
                  check=check,
                  candidates=show_candidates or None,
@@ -349,9 +344,8 @@ def ask(
         if no_alt is None:
             session.finish_reply(gen)
         calls: list[Any] = []
-        if tools:
-            from chatcli.tools.runner import Consent
-            from chatcli.ui.tools import asker, hide_calls
+        if toolset:
+            from chatcli.ui.tools import hide_calls
 
             def answer(g: Any) -> None:
                 events.clear()
@@ -364,9 +358,8 @@ def ask(
                     raise
                 session.finish_reply(g)
 
-            consent = Consent(allow_tools, set(allow_tool or ()), asker(ui))
-            gen, calls = tool_loop.loop(ui, session, gen, tools, consent, max_tool_calls,
-                                        tool_timeout, answer)
+            gen, calls = tool_loop.loop(ui, session, gen, toolset.tools, toolset.consent(ui),
+                                        max_tool_calls, tool_timeout, answer)
         if gen.budget_hit:
             ui.notify(f"thinking reached its budget of {settings.common.thinking_budget} "
                       "tokens: chatcli closed it, and the model answered")

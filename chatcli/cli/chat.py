@@ -117,19 +117,12 @@ def chat(
                                grammar=grammar, choice=choice)
     from chatcli.cli import tool_loop
 
-    if tool or tool_module or mcp:
-        tool_loop.local_only(model, base_url, models_file)
-    tools = tool_loop.prepare(tool, tool_module, tool_choice, max_tool_calls, tool_timeout,
-                              constraint, False, None, allow_tools or bool(allow_tool),
-                              mcp)
-    tool_list = None
-    if tools:  # the template shows them to the model; every call it writes is right
-        import json
-
-        from chatcli.tools.calls import constraint as tool_constraint
-
-        constraint = tool_constraint(tools, tool_choice or "auto")
-        tool_list = json.dumps([t.as_dict() for t in tools.values()])
+    toolset = tool_loop.setup(
+        tool_loop.ToolFlags(tool, tool_module, mcp, allow_tools, allow_tool, tool_choice,
+                            max_tool_calls, tool_timeout),
+        model, base_url, models_file, constraint)
+    if toolset:  # the template shows them to the model; every call it writes is right
+        constraint = toolset.constraint
     files: list[Any] = []  # gathered before anything loads: a refusal comes at once
     if file:
         from chatcli.cli.common import gather_files
@@ -166,7 +159,7 @@ def chat(
         raise UsageError("--hide-thinking and --show-thinking contradict each other",
                          "use one of them")
     prep = setup(ui, ModelChoice(model, base_url, models_file, context_window, think,
-                                 tool_list),
+                                 toolset.listing if toolset else None),
                  RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,
                  alias=resume,
                  internals="--explain-context" if explain_context else None,
@@ -186,12 +179,9 @@ def chat(
                            load_model=prep.open_alias, load_here=prep.open_here,
                            caps=(max_files, max_bytes, truncate_files),  # /read, /glob too
                            show_thinking=not hide_thinking and (ui.out_tty or show_thinking))
-    if tools:
-        from chatcli.tools.runner import Consent
-        from chatcli.ui.tools import asker
-
-        chat_ctx.tools, chat_ctx.tool_constraint = tools, constraint
-        chat_ctx.consent = Consent(allow_tools, set(allow_tool or ()), asker(ui))
+    if toolset:
+        chat_ctx.tools, chat_ctx.tool_constraint = toolset.tools, constraint
+        chat_ctx.consent = toolset.consent(ui)
         chat_ctx.tool_limits = (max_tool_calls, tool_timeout)
     if file:  # attached to the first message sent
         chat_ctx.pending.extend(files)

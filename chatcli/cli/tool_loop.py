@@ -1,10 +1,13 @@
 """The tools of ask and chat: the flags checked, the tools loaded, the call loop.
 
-Contract: `prepare(tool, tool_module, choice, max_calls, timeout, constraint, raw, alt,
-allow, mcp)` checks the tool flags before anything loads (one line each: a constraint,
---raw or --alt with --tool; --tool-choice, --max-tool-calls, --tool-timeout out of
-range; tool flags without a tool) and loads the tools (`chatcli.tools.functions.toolbox`:
---tool, --tool-module, and the MCP servers of --mcp, started), or None without any.
+Contract: `setup(ToolFlags(...), model, base_url, models_file, constraint, raw, alt)` is
+what a command starts from: the `Toolset` (tools, the constraint, what the template
+shows, consent), or None without tool flags. `prepare(tool, tool_module, choice,
+max_calls, timeout, constraint, raw, alt, allow, mcp)` checks the tool flags before
+anything loads (one line each: a constraint, --raw or --alt with --tool; --tool-choice,
+--max-tool-calls, --tool-timeout out of range; tool flags without a tool) and loads the
+tools (`chatcli.tools.functions.toolbox`: --tool, --tool-module, and the MCP servers of
+--mcp, started), or None without any.
 `loop(...)` follows an answer that is a call: asks consent, runs it, shows what came
 back, saves the result as the next message (`<tool_response>`; a result cut to what the
 context window has room for), and has the model answer again, until it answers in
@@ -19,11 +22,62 @@ Knows nothing about the terminal beyond `chatcli.ui.tools`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from chatcli.errors import UsageError
 
 OUTPUT_CAP = 16_000  # characters of one call's result the model reads, at most
+
+
+@dataclass(frozen=True)
+class ToolFlags:
+    """The tool flags of ask and chat, as given."""
+
+    tool: list[str] | None = None
+    tool_module: list[str] | None = None
+    mcp: list[str] | None = None
+    allow_tools: bool = False
+    allow_tool: list[str] | None = None
+    choice: str | None = None
+    max_calls: int = 8
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Toolset:
+    """The tools of a command: by name, the answers' shape a user turn starts with, their
+    OpenAI form as JSON (what the template shows: `ModelChoice.tools`), and the flags."""
+
+    tools: dict[str, Any]
+    constraint: Any
+    listing: str
+    flags: ToolFlags
+
+    def consent(self, ui: Any) -> Any:
+        from chatcli.tools.runner import Consent
+        from chatcli.ui.tools import asker
+
+        f = self.flags
+        return Consent(f.allow_tools, set(f.allow_tool or ()), asker(ui))
+
+
+def setup(flags: ToolFlags, model: str | None, base_url: str | None, models_file: Any,
+          constraint: Any, raw: bool = False, alt: str | None = None) -> Toolset | None:
+    """The flags checked and the tools loaded (`local_only`, `prepare`), or None."""
+    f = flags
+    if f.tool or f.tool_module or f.mcp:
+        local_only(model, base_url, models_file)
+    tools = prepare(f.tool, f.tool_module, f.choice, f.max_calls, f.timeout, constraint, raw,
+                    alt, f.allow_tools or bool(f.allow_tool), f.mcp)
+    if not tools:
+        return None
+    import json
+
+    from chatcli.tools.calls import constraint as shape
+
+    return Toolset(tools, shape(tools, f.choice or "auto"),
+                   json.dumps([t.as_dict() for t in tools.values()]), flags)
 
 
 def prepare(tool: list[str] | None, tool_module: list[str] | None, choice: str | None,
