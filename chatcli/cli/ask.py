@@ -29,8 +29,6 @@ from typing import Annotated, Any
 import typer
 
 from chatcli.cli.options import (
-    AllowToolOpt,
-    AllowToolsOpt,
     BaseUrlOpt,
     ChoiceOpt,
     ContinueOpt,
@@ -44,8 +42,6 @@ from chatcli.cli.options import (
     JsonOpt,
     MaxBytesOpt,
     MaxFilesOpt,
-    MaxToolCallsOpt,
-    MCPOpt,
     ModelChoice,
     ModelOpt,
     ModelsFileOpt,
@@ -63,13 +59,11 @@ from chatcli.cli.options import (
     SystemOpt,
     ThinkOpt,
     ThreadsOpt,
-    ToolChoiceOpt,
-    ToolModuleOpt,
-    ToolOpt,
-    ToolTimeoutOpt,
+    ToolFlags,
     TruncateFilesOpt,
     constraint_of,
     decoding_options,
+    tool_options,
 )
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.ui.console import UI, read_piped_stdin
@@ -149,6 +143,7 @@ def waited(ui: UI, events: Iterable[Any], message: str) -> Iterator[Any]:
 
 
 @decoding_options()
+@tool_options
 def ask(
     prompt: PromptArg = None,
     model: ModelOpt = None,
@@ -182,14 +177,7 @@ def ask(
     think: ThinkOpt = None,
     hide_thinking: HideThinkingOpt = False,
     show_thinking: ShowThinkingOpt = False,
-    tool: ToolOpt = None,
-    tool_module: ToolModuleOpt = None,
-    mcp: MCPOpt = None,
-    allow_tools: AllowToolsOpt = False,
-    allow_tool: AllowToolOpt = None,
-    tool_choice: ToolChoiceOpt = None,
-    max_tool_calls: MaxToolCallsOpt = 8,
-    tool_timeout: ToolTimeoutOpt = 30.0,
+    tools: ToolFlags | None = None,
 ) -> None:
     """Answer one question with a model, streaming the reply (saved in history)."""
     from chatcli.chat.recorder import Recorder, open_history
@@ -215,11 +203,9 @@ def ask(
                          "use one of them")
     from chatcli.cli import tool_loop
 
+    flags = tools or ToolFlags()
     toolset = tool_loop.setup(
-        tool_loop.ToolFlags(tool, tool_module, mcp, allow_tools, allow_tool, tool_choice,
-                            max_tool_calls, tool_timeout),
-        model, base_url, models_file, constraint, raw, alt_spec)
-    tools = toolset.tools if toolset else None
+        flags, model, base_url, models_file, constraint, raw, alt_spec)
     if toolset:  # the template shows them to the model; every call it writes is right
         constraint = toolset.constraint
 
@@ -313,7 +299,7 @@ def ask(
         original = None
         no_alt: ChatcliError | None = None  # the alternative does not exist: why
         shown: Iterable[Any] = gen
-        if tools:  # a call's text is not the answer: what it does is said instead
+        if toolset:  # a call's text is not the answer: what it does is said instead
             from chatcli.ui.tools import hide_calls
 
             shown = hide_calls(gen)
@@ -359,7 +345,7 @@ def ask(
                 session.finish_reply(g)
 
             gen, calls = tool_loop.loop(ui, session, gen, toolset.tools, toolset.consent(ui),
-                                        max_tool_calls, tool_timeout, answer)
+                                        flags.max_calls, flags.timeout, answer)
         if gen.budget_hit:
             ui.notify(f"thinking reached its budget of {settings.common.thinking_budget} "
                       "tokens: chatcli closed it, and the model answered")
@@ -388,10 +374,10 @@ def ask(
             gen, alias=spec.alias, backend=backend, settings=settings, raw=raw,
             attachments=recorded_files(attached),
             alternative=(taken, original) if original is not None else None,
-            constraint=None if tools else constraint,
+            constraint=None if toolset else constraint,
             events=events if session.candidates is not None else None,
             token_text=token_text, pruned=show_beams, spans=spans,
-            tool_calls=[c.as_dict() for c in calls] if tools else None))
+            tool_calls=[c.as_dict() for c in calls] if toolset else None))
     elif session.candidates is not None:
         show_table(ui, events, token_text)
     elif show_beams and gen.search is not None:
@@ -410,7 +396,7 @@ def ask(
     after_answer(backend)  # the compiled step, built in the background if it is missing
     if no_alt is not None:
         raise no_alt
-    if constraint is not None and not tools and gen.constraint_satisfied is False:
+    if constraint is not None and toolset is None and gen.constraint_satisfied is False:
         from chatcli.constraints.spec import incomplete
 
         raise ChatcliError(*incomplete(constraint, s.finish_reason, s.completion_tokens))

@@ -14,8 +14,6 @@ from typing import Any
 import typer
 
 from chatcli.cli.options import (
-    AllowToolOpt,
-    AllowToolsOpt,
     BaseUrlOpt,
     ChoiceOpt,
     ContextWindowOpt,
@@ -30,8 +28,6 @@ from chatcli.cli.options import (
     JsonObjectOpt,
     MaxBytesOpt,
     MaxFilesOpt,
-    MaxToolCallsOpt,
-    MCPOpt,
     ModelChoice,
     ModelOpt,
     ModelsFileOpt,
@@ -46,18 +42,17 @@ from chatcli.cli.options import (
     SystemOpt,
     ThinkOpt,
     ThreadsOpt,
-    ToolChoiceOpt,
-    ToolModuleOpt,
-    ToolOpt,
-    ToolTimeoutOpt,
+    ToolFlags,
     TruncateFilesOpt,
     constraint_of,
     decoding_options,
+    tool_options,
 )
 from chatcli.ui.console import UI
 
 
 @decoding_options()
+@tool_options
 def chat(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
@@ -87,14 +82,7 @@ def chat(
     think: ThinkOpt = None,
     hide_thinking: HideThinkingOpt = False,
     show_thinking: ShowThinkingOpt = False,
-    tool: ToolOpt = None,
-    tool_module: ToolModuleOpt = None,
-    mcp: MCPOpt = None,
-    allow_tools: AllowToolsOpt = False,
-    allow_tool: AllowToolOpt = None,
-    tool_choice: ToolChoiceOpt = None,
-    max_tool_calls: MaxToolCallsOpt = 8,
-    tool_timeout: ToolTimeoutOpt = 30.0,
+    tools: ToolFlags | None = None,
 ) -> None:
     """Chat with a model; piped stdin is read one message per line."""
     from chatcli import paths
@@ -117,10 +105,9 @@ def chat(
                                grammar=grammar, choice=choice)
     from chatcli.cli import tool_loop
 
+    flags = tools or ToolFlags()
     toolset = tool_loop.setup(
-        tool_loop.ToolFlags(tool, tool_module, mcp, allow_tools, allow_tool, tool_choice,
-                            max_tool_calls, tool_timeout),
-        model, base_url, models_file, constraint)
+        flags, model, base_url, models_file, constraint)
     if toolset:  # the template shows them to the model; every call it writes is right
         constraint = toolset.constraint
     files: list[Any] = []  # gathered before anything loads: a refusal comes at once
@@ -182,7 +169,7 @@ def chat(
     if toolset:
         chat_ctx.tools, chat_ctx.tool_constraint = toolset.tools, constraint
         chat_ctx.consent = toolset.consent(ui)
-        chat_ctx.tool_limits = (max_tool_calls, tool_timeout)
+        chat_ctx.tool_limits = (flags.max_calls, flags.timeout)
     if file:  # attached to the first message sent
         chat_ctx.pending.extend(files)
         chat_ctx.pin_pending = pin

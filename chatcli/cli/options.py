@@ -252,6 +252,48 @@ def decoding_options(*, strategies: bool = True, strategy: bool = True,
     return wrap
 
 
+@dataclass(frozen=True)
+class ToolFlags:
+    """The tool flags of ask and chat, as given (`tool_options`)."""
+
+    tool: list[str] | None = None
+    tool_module: list[str] | None = None
+    mcp: list[str] | None = None
+    allow_tools: bool = False
+    allow_tool: list[str] | None = None
+    choice: str | None = None
+    max_calls: int = 8
+    timeout: float = 30.0
+
+
+_TOOL_FLAGS = [("tool", ToolOpt, None), ("tool_module", ToolModuleOpt, None), ("mcp", MCPOpt, None),
+               ("allow_tools", AllowToolsOpt, False), ("allow_tool", AllowToolOpt, None),
+               ("tool_choice", ToolChoiceOpt, None), ("max_tool_calls", MaxToolCallsOpt, 8),
+               ("tool_timeout", ToolTimeoutOpt, 30.0)]
+
+
+def tool_options(fn: Command) -> Command:
+    """Give a command the tool flags (--tool, --tool-module, --mcp, --allow-tools,
+    --allow-tool, --tool-choice, --max-tool-calls, --tool-timeout) in place of its `tools`
+    parameter, which receives them as one `ToolFlags`."""
+    added = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d,
+                               annotation=a) for n, a, d in _TOOL_FLAGS]
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params: list[inspect.Parameter] = []
+    for p in inspect.signature(fn).parameters.values():
+        params += added if p.name == "tools" else [
+            p.replace(annotation=hints.get(p.name, p.annotation))]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        values = [kwargs.pop(n, d) for n, _, d in _TOOL_FLAGS]
+        return fn(*args, tools=ToolFlags(*values), **kwargs)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return typing.cast(Command, command)
+
+
 def decoding_request(params: Mapping[str, object]) -> tuple[str | None, dict[str, object],
                                                            dict[str, str]]:
     """(strategy, flag values, -o options) from the `decoding` dict `decoding_options`

@@ -25,23 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from chatcli.cli.options import ToolFlags
 from chatcli.errors import UsageError
 
 OUTPUT_CAP = 16_000  # characters of one call's result the model reads, at most
-
-
-@dataclass(frozen=True)
-class ToolFlags:
-    """The tool flags of ask and chat, as given."""
-
-    tool: list[str] | None = None
-    tool_module: list[str] | None = None
-    mcp: list[str] | None = None
-    allow_tools: bool = False
-    allow_tool: list[str] | None = None
-    choice: str | None = None
-    max_calls: int = 8
-    timeout: float = 30.0
 
 
 @dataclass(frozen=True)

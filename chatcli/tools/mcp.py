@@ -70,7 +70,8 @@ class MCPServer:
         _open.append(self)
         threading.Thread(target=self._read, args=(self.proc.stdout, self._lines),
                          daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
         try:
             self._request("initialize", {"protocolVersion": PROTOCOL, "capabilities": {},
                                          "clientInfo": {"name": "chatcli",
@@ -94,6 +95,8 @@ class MCPServer:
                 self._stderr.append(line.strip())
 
     def _fail(self, what: str) -> MCPError:
+        if self.proc.poll() is not None:  # what it wrote before it exited, read to the end
+            self._err_reader.join(timeout=2)
         said = f" (it said: {self._stderr[-1][:200]})" if self._stderr else ""
         return MCPError(f"MCP server {self.command!r} {what}{said}",
                         "run the command by hand to see what it does")
