@@ -93,10 +93,16 @@ def _metas(conversation: Conversation, metas: Sequence[ReplyMeta | None] | None,
 
 
 def describe_meta(meta: ReplyMeta) -> str:
-    """One line: model, strategy (parameters that are set), seed, tokens, speed."""
+    """One line: model, strategy (parameters that are set; a constraint by its kind; the
+    thinking is shown apart), seed, tokens, speed."""
+    def short(key: str, value: Any) -> Any:  # a constraint by its kind, not its text
+        if key == "constraint" and isinstance(value, dict):
+            return value.get("kind") or next(iter(value), "?")
+        return value
+
     params = ", ".join(
-        f"{k}={v}" for k, v in sorted(meta.params.items())
-        if k not in ("strategy", "seed", "raw") and v not in (None, [], ())
+        f"{k}={short(k, v)}" for k, v in sorted(meta.params.items())
+        if k not in ("strategy", "seed", "raw", "thinking") and v not in (None, [], ())
     )
     parts = [meta.model, meta.strategy + (f" ({params})" if params else "")]
     if meta.seed is not None:
@@ -130,7 +136,8 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
     with `attachments` (one list per turn) is followed by an italic line naming them.
     With its `tree` (whose path is `conversation`'s turns) a message that has other
     versions says which it is, and a conversation with other branches ends saying so. A
-    reasoning model's reply has its thinking quoted before it."""
+    reasoning model's reply has its thinking quoted before it; a tool call and a tool's
+    result (--tool) are shown as what they are, not as their markup."""
     metas = _metas(conversation, metas)
     files = list(attachments) if attachments is not None else [()] * len(conversation.turns)
     versions = _versions(conversation, tree)
@@ -149,9 +156,15 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
         blocks += ["## System", conversation.system.rstrip()]
     for message, meta, attached, (k, n) in zip(conversation.turns, metas, files, versions,
                                                strict=True):
-        heading = f"## {names.get(message.role, message.role.capitalize())}" + (
-            f" (version {k} of {n})" if n > 1 else "")
+        step = _tool_step(message)
+        heading = f"## {step[0] if step else names.get(message.role, message.role.capitalize())}"\
+            + (f" (version {k} of {n})" if n > 1 else "")
         blocks.append(heading)
+        if step:  # a tool call or its result: as what it means, not as its markup
+            blocks.append(step[1])
+            if meta is not None:
+                blocks.append(f"*{describe_meta(meta)}*")
+            continue
         thinking = meta.params.get("thinking") if meta is not None else None
         if thinking:  # a reasoning model's thinking, quoted before its answer
             quoted = "\n".join(f"> {line}".rstrip() for line in thinking.rstrip().split("\n"))
@@ -171,6 +184,19 @@ def to_markdown(info: ConversationInfo | None, conversation: Conversation,
                  if info is not None and info.id else "")
         blocks.append(f"*This is one branch of the conversation{where}.*")
     return "\n\n".join(blocks) + "\n"
+
+
+def _tool_step(message: Message) -> tuple[str, str] | None:
+    """(heading, body) of a message that is a tool call or a tool's result (--tool)."""
+    from chatcli.tools.calls import read_call, read_response
+
+    if message.role == "assistant" and (call := read_call(message.content)) is not None:
+        args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in call[1].items())
+        return "Tool call", f"`{call[0]}({args})`"
+    if message.role == "user" and (result := read_response(message.content)) is not None:
+        return f"Tool result ({result.get('name')})", "```json\n" + json.dumps(
+            result, ensure_ascii=False, indent=2) + "\n```"
+    return None
 
 
 def has_branches(tree: Tree) -> bool:

@@ -455,3 +455,28 @@ def test_a_template_without_tools_gets_chatcli_instructions_in_its_system_messag
                                        {"role": "user", "content": "Hi"}], tokenize=False,
                                       add_generation_prompt=True)
         assert render_text(ours, messages) == want
+
+
+def test_slash_tools_lists_what_the_model_may_call(home: Path, tools_file: Path) -> None:
+    result = run_cli(["chat", "--no-server", "--tool", f"{tools_file}:weather", "--mcp",
+                      mcp_command(), "-n", "2"], input="/tools\n")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == (
+        "weather(city): The weather in a city today. [tools.py]\n"
+        f"shout(text): The text in capital letters. [mcp {mcp_command()!r}]\n"
+        f"fail_now(why): Always fails. [mcp {mcp_command()!r}]\n")
+    bare = run_cli(["chat", "--no-server", "-n", "2"], input="/tools\n")
+    assert bare.stdout == ("no tools: start the chat with --tool FILE.py, --tool-module "
+                           "MOD:FUNC or --mcp 'CMD'\n")
+
+
+def test_history_show_tells_the_steps_as_what_they_are(home: Path, tools_file: Path) -> None:
+    out = ask_json("--tool", f"{tools_file}:weather", "--tool-choice", "required",
+                   "--allow-tools", "--max-tool-calls", "1", "-n", "150", "Weather?")
+    city = out["tool_calls"][0]["arguments"]["city"]
+    shown = run_cli(["history", "show", "1"]).stdout
+    assert f"## Tool call\n\n`weather(city=\"{city}\")`\n\n*" in shown
+    result = json.dumps({"name": "weather", "result": out["tool_calls"][0]["result"]},
+                        indent=2)
+    assert f"## Tool result (weather)\n\n```json\n{result}\n```\n" in shown
+    assert "<tool_call>" not in shown and "<tool_response>" not in shown

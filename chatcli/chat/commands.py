@@ -345,6 +345,17 @@ def _stats(ctx: ChatContext, _: str) -> None:
                             thinking_tokens=gen.thinking_tokens))
 
 
+def _tools(ctx: ChatContext, _: str) -> None:
+    if not ctx.tools:
+        ctx.ui.print("no tools: start the chat with --tool FILE.py, --tool-module MOD:FUNC "
+                     "or --mcp 'CMD'")
+        return
+    for tool in ctx.tools.values():
+        params = ", ".join(tool.parameters.get("properties", {}))
+        ctx.ui.print(f"{tool.name}({params}): {tool.description or '(no description)'} "
+                     f"[{tool.source}]")
+
+
 def _save(ctx: ChatContext, arg: str) -> None:
     from chatcli import transcript
 
@@ -568,6 +579,7 @@ COMMANDS: list[Command] = [
     Command("context", "", "every turn: tokens, kept or dropped, budget used", _context),
     Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
     Command("stats", "", "figures of the last answer", _stats),
+    Command("tools", "", "the tools the model may call (--tool, --tool-module, --mcp)", _tools),
     Command("candidates", "K", "show each token's top-K alternatives (0: off)", _candidates),
     Command("schema", "SCHEMA", "hold answers to a JSON Schema: a file, JSON, or fields like "
             "name str, age int", _schema),

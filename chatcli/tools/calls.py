@@ -16,7 +16,8 @@ template's own rendering where it has one in this format (`own_format`: exactly 
 passing `tools=` to `apply_chat_template`), else `instructions` joined to the system
 message (one made where there is none) as the prompt is rendered; `jinja(value)` writes
 JSON data as a Jinja literal.
-`response(name, result, error)` is the message that brings the result back.
+`response(name, result, error)` is the message that brings the result back,
+`read_response(text)` reads one.
 
 Knows nothing about running tools, models or the terminal.
 """
@@ -121,6 +122,20 @@ def read_call(text: str) -> tuple[str, dict[str, Any]] | None:
             or not isinstance(call.get("arguments"), dict):
         return None
     return call["name"], call["arguments"]
+
+
+def read_response(text: str) -> dict[str, Any] | None:
+    """The {name, result | error} of a message that brings a call's result back, else
+    None."""
+    body = text.strip()
+    start, end = "<tool_response>", "</tool_response>"
+    if not body.startswith(start) or not body.endswith(end):
+        return None
+    try:
+        value = json.loads(body[len(start):-len(end)])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def response(name: str, result: str | None, error: str | None) -> str:
