@@ -480,3 +480,24 @@ def test_history_show_tells_the_steps_as_what_they_are(home: Path, tools_file: P
                         indent=2)
     assert f"## Tool result (weather)\n\n```json\n{result}\n```\n" in shown
     assert "<tool_call>" not in shown and "<tool_response>" not in shown
+
+
+def test_the_readme_example_server_lists_files_inside_its_folder_only(tmp_path: Path,
+                                                                      monkeypatch: Any) -> None:
+    import sys
+
+    from chatcli.tools.mcp import MCPServer
+
+    example = Path(__file__).parent.parent / "docs" / "examples" / "mcp_list_files.py"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("a")
+    monkeypatch.chdir(tmp_path)
+    server = MCPServer(f"{sys.executable} {example}")
+    try:
+        [tool] = server.tools()
+        assert tool.name == "list_files"
+        assert run(tool, {"folder": "docs"}, 5, 100).result == "a.md"
+        assert run(tool, {"folder": ".."}, 5, 100).error == \
+            "RuntimeError: only folders inside the project"
+    finally:
+        server.close()

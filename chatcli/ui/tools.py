@@ -64,7 +64,8 @@ def show_record(ui: UI, record: Any) -> None:
     elif record.error is not None:
         ui.notify(f"{call} failed ({record.seconds:.2f} s): {record.error}")
     else:
-        shown = record.result if len(record.result) <= 200 else record.result[:200] + "…"
+        flat = " ".join(record.result.split())  # one line: the answer follows it
+        shown = flat if len(flat) <= 200 else flat[:200] + "…"
         ui.notify(f"{call} → {shown} ({record.seconds:.2f} s)")
 
 
