@@ -501,3 +501,23 @@ def test_the_readme_example_server_lists_files_inside_its_folder_only(tmp_path: 
             "RuntimeError: only folders inside the project"
     finally:
         server.close()
+
+
+def test_the_candidates_show_the_decision_to_call_and_which_tool(home: Path,
+                                                                tools_file: Path) -> None:
+    out = ask_json("--tool", f"{tools_file}:weather", "--tool", f"{tools_file}:boom",
+                   "--tool-choice", "required", "--allow-tools", "--max-tool-calls", "1",
+                   "--show-candidates", "5", "-n", "150", "Weather?")
+    found = out["tool_decision"]
+    assert (found["call"], found["words"], found["call_below"]) == (pytest.approx(1.0),
+                                                                   pytest.approx(0.0), None)
+    assert set(found["tools"]) == {"weather", "boom"}
+    assert sum(found["tools"].values()) == pytest.approx(1.0, abs=1e-3)
+    chosen = out["tool_calls"][0]["name"]
+    assert found["tools"][chosen] > 0
+    shown = run_cli(["ask", "--no-server", "--tool", f"{tools_file}:weather", "--tool",
+                     f"{tools_file}:boom", "--tool-choice", "required", "--allow-tools",
+                     "--max-tool-calls", "1", "--show-candidates", "5", "-n", "150",
+                     "Weather?"]).stdout
+    assert "decision at step 1: call a tool 100% (" in shown
+    assert ", answer in words 0%\n" in shown

@@ -201,6 +201,7 @@ def ask(
     if hide_thinking and show_thinking:
         raise UsageError("--hide-thinking and --show-thinking contradict each other",
                          "use one of them")
+    show_thought = not hide_thinking and (ui.out_tty or show_thinking)
     from chatcli.cli import tool_loop
 
     flags = tools or ToolFlags()
@@ -321,8 +322,7 @@ def ask(
                            "ends")
         try:
             stream_answer(ui, shown, events, coloured=session.candidates is not None,
-                          quiet=json_out,
-                          thinking=not hide_thinking and (ui.out_tty or show_thinking))
+                          quiet=json_out, thinking=show_thought)
         except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
             if no_alt is None:
                 session.finish_reply(gen, interrupted=True)
@@ -330,6 +330,11 @@ def ask(
         if no_alt is None:
             session.finish_reply(gen)
         calls: list[Any] = []
+        decided = None  # with --show-candidates: how likely a call was, and which tool
+        if toolset and session.candidates is not None:
+            from chatcli.tools.calls import decision
+
+            decided = decision(events, session.token_text, list(toolset.tools))
         if toolset:
             from chatcli.ui.tools import hide_calls
 
@@ -338,7 +343,7 @@ def ask(
                 try:
                     stream_answer(ui, hide_calls(g), events,
                                   coloured=session.candidates is not None, quiet=json_out,
-                                  thinking=not hide_thinking and (ui.out_tty or show_thinking))
+                                  thinking=show_thought)
                 except BaseException:
                     session.finish_reply(g, interrupted=True)
                     raise
@@ -377,8 +382,13 @@ def ask(
             constraint=None if toolset else constraint,
             events=events if session.candidates is not None else None,
             token_text=token_text, pruned=show_beams, spans=spans,
-            tool_calls=[c.as_dict() for c in calls] if toolset else None))
+            tool_calls=[c.as_dict() for c in calls] if toolset else None,
+            tool_decision=decided))
     elif session.candidates is not None:
+        if decided is not None:
+            from chatcli.ui.tools import decision_line
+
+            ui.print(decision_line(decided))
         show_table(ui, events, token_text)
     elif show_beams and gen.search is not None:
         from chatcli.ui.beams import show_beams as show_beam_tree

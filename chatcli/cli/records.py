@@ -18,7 +18,8 @@ def answer_record(gen: Any, *, alias: str, backend: Any, settings: Any, raw: boo
                   alternative: tuple[Any, Any] | None = None, constraint: Any = None,
                   events: list[Any] | None = None, token_text: Any = None,
                   pruned: bool = False, spans: list[Any] | None = None,
-                  tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                  tool_calls: list[dict[str, Any]] | None = None,
+                  tool_decision: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of `gen` (a finished `chatcli.answer.Generation`). `alternative`: (the
     step taken another way, the original answer); `events` with `token_text`: the
     per-token candidates (--show-candidates); `pruned`: the beams the search left
@@ -47,6 +48,8 @@ def answer_record(gen: Any, *, alias: str, backend: Any, settings: Any, raw: boo
         out["thinking_budget_hit"] = gen.budget_hit
     if tool_calls is not None:  # the calls the answer made first, in order (--tool)
         out["tool_calls"] = tool_calls
+    if tool_decision is not None:  # --show-candidates: a call or words, which tool
+        out["tool_decision"] = tool_decision
     if attachments:
         out["attachments"] = attachments
     if alternative is not None:

@@ -17,7 +17,8 @@ passing `tools=` to `apply_chat_template`), else `instructions` joined to the sy
 message (one made where there is none) as the prompt is rendered; `jinja(value)` writes
 JSON data as a Jinja literal.
 `response(name, result, error)` is the message that brings the result back,
-`read_response(text)` reads one.
+`read_response(text)` reads one. `decision(steps, token_text, names)` is what the
+candidates say of the choice: a call or words, and which tool.
 
 Knows nothing about running tools, models or the terminal.
 """
@@ -142,3 +143,31 @@ def response(name: str, result: str | None, error: str | None) -> str:
     """The message that brings a call's result (or why there is none) back."""
     body = {"name": name, **({"error": error} if error is not None else {"result": result})}
     return f"<tool_response>\n{json.dumps(body, ensure_ascii=False)}\n</tool_response>"
+
+
+def decision(steps: list[Any], token_text: Any, names: list[str]) -> dict[str, Any] | None:
+    """How likely the model was to call a tool rather than answer in words, at its first
+    step, and each tool at the step that names it (where the answer is a call): from
+    `steps` (the answer's events, with the candidates they weighed; the distribution
+    the strategy drew from) and `token_text(id)`. None without candidates."""
+    first = steps[0].candidates if steps else None
+    if first is None:
+        return None
+    calls = [p for t, p in first.drawn_from if token_text(t).startswith("<")]
+    # Only the top-K are known: where no call token is among them, a call was less likely
+    # than the least of them ("call_below").
+    below = None if calls or not first.drawn_from else min(p for _, p in first.drawn_from)
+    call = sum(calls)
+    out: dict[str, Any] = {"call": call, "call_below": below, "words": 1.0 - call,
+                           "tools": None}
+    prefix, text = OPEN + '{"name": "', ""
+    for step in steps:
+        if text == prefix and step.candidates is not None:
+            out["tools"] = {n: sum(p for t, p in step.candidates.drawn_from
+                                   if (s := token_text(t)) and (n + '"').startswith(s))
+                            for n in names}
+            break
+        text += token_text(step.token_id)
+        if not prefix.startswith(text):
+            break
+    return out

@@ -6,8 +6,9 @@ stderr are terminals (None elsewhere: nothing runs unasked): "Run add(a=2, b=3)?
 [y/n/a]" on stderr, a line read from stdin ("a": always this tool; end of input or
 Ctrl-C: no).
 `show_record(ui, record)` says on stderr what a call gave, or why it did not run.
-`hide_calls(events)` passes an answer's events on with a call's text left out (the
-answer is shown once it is clearly text, whole from its first character).
+`decision_line(found)` is the candidates' view of the choice (a call or words, which
+tool) in one line. `hide_calls(events)` passes an answer's events on with a call's text
+left out (the answer is shown once it is clearly text, whole from its first character).
 
 Knows nothing about models or running tools.
 """
@@ -88,3 +89,15 @@ def hide_calls(events: Iterable[Any]) -> Iterator[Any]:
             held = []
             continue
         yield replace(event, text="") if state == "call" else event
+
+
+def decision_line(found: dict[str, Any]) -> str:
+    """`chatcli.tools.calls.decision` as one line."""
+    tools = found["tools"]
+    named = (" (" + ", ".join(f"{n} {p:.0%}" for n, p in sorted(
+        tools.items(), key=lambda item: -item[1])) + ")") if tools else ""
+    if found["call_below"] is not None:
+        return (f"decision at step 1: call a tool under {found['call_below']:.0%} (not among "
+                "the candidates), answer in words the rest")
+    return (f"decision at step 1: call a tool {found['call']:.0%}{named}, answer in words "
+            f"{found['words']:.0%}")
