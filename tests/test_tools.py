@@ -521,3 +521,23 @@ def test_the_candidates_show_the_decision_to_call_and_which_tool(home: Path,
                      "Weather?"]).stdout
     assert "decision at step 1: call a tool 100% (" in shown
     assert ", answer in words 0%\n" in shown
+
+
+def test_slash_tool_add_offers_more_functions(home: Path, tools_file: Path) -> None:
+    result = run_cli(["chat", "--no-server", "--tool", f"{tools_file}:weather", "-n", "2"],
+                     input=f"/tool add {tools_file}:boom\n/tools\n/tool add {tools_file}:boom\n"
+                           "/tool remove x\n")
+    assert result.exit_code == 0, result.stderr
+    assert "chatcli: offering boom; loading the model again with the new list\n" in result.stderr
+    assert result.stdout.splitlines() == ["weather(city): The weather in a city today. [tools.py]",
+                                          "boom(loud): Fails. [tools.py]"]
+    assert (f"error: /tool add {tools_file}:boom: a tool named boom is offered already; hint: "
+            "name another function: FILE.py:NAME\n") in result.stderr
+    assert "error: /tool takes add FILE.py[:NAME]; hint: e.g. /tool add tools.py:weather\n" \
+        in result.stderr
+    shown = run_cli(["chat", "--no-server", "--tool", f"{tools_file}:weather", "-n", "2"],
+                    input=f"/tool add {tools_file}:boom\nHi\n/prompt\n")
+    assert '"name": "boom"' in shown.stdout and '"name": "weather"' in shown.stdout
+    bare = run_cli(["chat", "--no-server", "-n", "2"], input=f"/tool add {tools_file}\n")
+    assert "error: /tool add needs a chat started with tools; hint: start it with --tool " \
+           "FILE.py (or --mcp 'CMD')\n" in bare.stderr

@@ -63,6 +63,8 @@ class ChatContext:
     consent: Any = None
     tool_limits: tuple[int, float] = (8, 30.0)
     tool_constraint: Any = None
+    # /tool add: the model opened again with this tool listing (JSON), or None (no tools)
+    retool: Callable[[str], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,32 @@ def _tools(ctx: ChatContext, _: str) -> None:
                      f"[{tool.source}]")
 
 
+def _tool(ctx: ChatContext, arg: str) -> None:
+    import json
+
+    from chatcli.tools.calls import constraint
+    from chatcli.tools.functions import load_file
+
+    verb, _, spec = arg.strip().partition(" ")
+    if verb != "add" or not spec.strip():
+        raise UsageError("/tool takes add FILE.py[:NAME]", "e.g. /tool add tools.py:weather")
+    if ctx.retool is None:
+        raise UsageError("/tool add needs a chat started with tools",
+                         "start it with --tool FILE.py (or --mcp 'CMD')")
+    added = {t.name: t for t in load_file(spec.strip())}
+    clash = sorted(set(added) & set(ctx.tools or {}))
+    if clash:
+        raise UsageError(f"/tool add {spec.strip()}: a tool named {clash[0]} is offered already",
+                         "name another function: FILE.py:NAME")
+    tools = {**(ctx.tools or {}), **added}
+    ctx.ui.notify(f"offering {', '.join(added)}; loading the model again with the new list")
+    ctx.session.use_model(ctx.retool(json.dumps([t.as_dict() for t in tools.values()])))
+    ctx.tools = tools
+    choice = "auto"
+    ctx.tool_constraint = constraint(tools, choice)
+    ctx.session.constraint = ctx.tool_constraint
+
+
 def _save(ctx: ChatContext, arg: str) -> None:
     from chatcli import transcript
 
@@ -580,6 +608,8 @@ COMMANDS: list[Command] = [
     Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
     Command("stats", "", "figures of the last answer", _stats),
     Command("tools", "", "the tools the model may call (--tool, --tool-module, --mcp)", _tools),
+    Command("tool", "add FILE.py[:NAME]", "offer a Python file's functions (or NAME) too",
+            _tool),
     Command("candidates", "K", "show each token's top-K alternatives (0: off)", _candidates),
     Command("schema", "SCHEMA", "hold answers to a JSON Schema: a file, JSON, or fields like "
             "name str, age int", _schema),

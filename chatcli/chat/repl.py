@@ -144,9 +144,9 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None,
 
 
 def follow(ctx: ChatContext, gen: Any) -> None:
-    """An answer that calls a tool: the call loop (`chatcli.cli.tool_loop.loop`), each
+    """An answer that calls a tool: the call loop (`chatcli.tools.loop.loop`), each
     answer shown as any other; then user turns start from the tools' shape again."""
-    from chatcli.cli.tool_loop import loop
+    from chatcli.tools.loop import loop
 
     assert ctx.tools is not None
     try:

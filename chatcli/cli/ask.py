@@ -349,8 +349,10 @@ def ask(
                     raise
                 session.finish_reply(g)
 
-            gen, calls = tool_loop.loop(ui, session, gen, toolset.tools, toolset.consent(ui),
-                                        flags.max_calls, flags.timeout, answer)
+            from chatcli.tools.loop import loop
+
+            gen, calls = loop(ui, session, gen, toolset.tools, toolset.consent(ui),
+                              flags.max_calls, flags.timeout, answer)
         if gen.budget_hit:
             ui.notify(f"thinking reached its budget of {settings.common.thinking_budget} "
                       "tokens: chatcli closed it, and the model answered")

@@ -167,6 +167,13 @@ def chat(
                            caps=(max_files, max_bytes, truncate_files),  # /read, /glob too
                            show_thinking=not hide_thinking and (ui.out_tty or show_thinking))
     if toolset:
+        def retool(listing: str) -> Any:
+            import dataclasses
+
+            prep.choice = dataclasses.replace(prep.choice, tools=listing)
+            return prep.open_alias(session.backend.spec.alias)
+
+        chat_ctx.retool = retool
         chat_ctx.tools, chat_ctx.tool_constraint = toolset.tools, constraint
         chat_ctx.consent = toolset.consent(ui)
         chat_ctx.tool_limits = (flags.max_calls, flags.timeout)

@@ -1,4 +1,4 @@
-"""The tools of ask and chat: the flags checked, the tools loaded, the call loop.
+"""The tools of ask and chat: the flags checked, the tools loaded.
 
 Contract: `setup(ToolFlags(...), model, base_url, models_file, constraint, raw, alt)` is
 what a command starts from: the `Toolset` (tools, the constraint, what the template
@@ -8,27 +8,19 @@ anything loads (one line each: a constraint, --raw or --alt with --tool; --tool-
 --max-tool-calls, --tool-timeout out of range; tool flags without a tool) and loads the
 tools (`chatcli.tools.functions.toolbox`: --tool, --tool-module, and the MCP servers of
 --mcp, started), or None without any.
-`loop(...)` follows an answer that is a call: asks consent, runs it, shows what came
-back, saves the result as the next message (`<tool_response>`; a result cut to what the
-context window has room for), and has the model answer again, until it answers in
-words, has made `max_calls` calls, or repeats a call it made (then it may only answer
-in words; a repeated call is not run again: its result is known). Each answer is shown
-and saved by the caller's `answer`. `local_only(model, base_url, models_file)` refuses
-a server's alias: a server's own tools field is not used yet.
+`local_only(model, base_url, models_file)` refuses a server's alias: a server's own
+tools field is not used yet. The call loop itself is `chatcli.tools.loop`.
 
 Knows nothing about the terminal beyond `chatcli.ui.tools`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from chatcli.cli.options import ToolFlags
 from chatcli.errors import UsageError
-
-OUTPUT_CAP = 16_000  # characters of one call's result the model reads, at most
 
 
 @dataclass(frozen=True)
@@ -111,42 +103,3 @@ def local_only(model: str | None, base_url: str | None, models_file: Any) -> Non
         where = "--base-url" if spec is None else f"'{spec.alias}' (backend {spec.backend})"
         raise UsageError(f"tools run with local models for now, and {where} is a server",
                          "use a local model (-m), or drop the tool flags")
-
-
-def loop(ui: Any, session: Any, gen: Any, tools: dict[str, Any], consent: Any,
-         max_calls: int, timeout: float, answer: Callable[[Any], None]) -> tuple[Any, list[Any]]:
-    """The answers after `gen` (see the module): the last one, and the call records."""
-    from chatcli.tools.calls import constraint, read_call, response
-    from chatcli.tools.runner import CallRecord, run
-    from chatcli.ui.tools import call_text, show_record
-
-    records: list[CallRecord] = []
-    while (call := read_call(gen.text)) is not None and call[0] in tools:
-        name, arguments = call
-        again = next((r for r in records if (r.name, r.arguments) == call), None)
-        if again is not None:  # a loop: the result is known; the model answers in words now
-            record = CallRecord(name, arguments, again.allowed, again.result, again.error)
-            known = "its result is known" if again.allowed else "it was not allowed"
-            ui.notify(f"{call_text(name, arguments)} again: {known}; the model answers now")
-        elif consent(name, arguments):
-            record = run(tools[name], arguments, timeout, _cap(session, gen))
-            show_record(ui, record)
-        else:
-            record = CallRecord(name, arguments, False, error="the user did not allow this call")
-            show_record(ui, record)
-        records.append(record)
-        session.add_user(response(name, record.result, record.error))
-        last = again is not None or len(records) >= max_calls
-        session.constraint = constraint(tools, "none" if last else "auto")
-        gen, _ = session.start_reply()
-        answer(gen)
-    return gen, records
-
-
-def _cap(session: Any, gen: Any) -> int:
-    """The characters of a result that leave room for the next answer: at most
-    `OUTPUT_CAP`, and half the tokens the window has left (a character is at least a
-    token's worth in the worst case; JSON escapes may double it)."""
-    used = len(session.last_packed.ids) if session.last_packed is not None else 0
-    room = session.budget - used - len(gen.token_ids) - 64
-    return max(100, min(OUTPUT_CAP, room // 2))

@@ -3,7 +3,8 @@
 Contract: `Consent(allow_all, allowed, ask)` decides whether a call runs: every call with
 `allow_all` (--allow-tools), a tool named in `allowed` (--allow-tool NAME), else `ask(name,
 arguments)` (the UI's question on a terminal: "y", "n" or "a" for always this tool,
-remembered for the run); without `ask` (not a terminal) nothing else runs. `run(tool,
+remembered for the run; Ctrl-C there is no, SIGTERM and SIGHUP go on up); without `ask`
+(not a terminal) nothing else runs. `run(tool,
 arguments, timeout, cap)` calls the function in a thread of its own and returns a
 `CallRecord`: the result as text (JSON where the value is JSON, else `str()`), cut to
 `cap` characters with a note; or the error the model reads instead: the function's
@@ -50,7 +51,14 @@ class Consent:
             return True
         if self.ask is None:
             return False
-        answer = self.ask(name, arguments)
+        from chatcli.interrupts import ended_by_signal
+
+        try:
+            answer = self.ask(name, arguments)
+        except KeyboardInterrupt as exc:  # Ctrl-C at the question: no (SIGTERM: leave)
+            if ended_by_signal(exc):
+                raise
+            return False
         if answer == "a":
             self.allowed.add(name)
         return answer in ("y", "a")

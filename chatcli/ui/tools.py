@@ -3,8 +3,8 @@
 Contract: `call_text(name, arguments)` is a call as one line (`add(a=2, b=3)`);
 `asker(ui)` is the consent question for `chatcli.tools.runner.Consent` where stdin and
 stderr are terminals (None elsewhere: nothing runs unasked): "Run add(a=2, b=3)?
-[y/n/a]" on stderr, a line read from stdin ("a": always this tool; end of input or
-Ctrl-C: no).
+[y/n/a]" on stderr, a line read from stdin ("a": always this tool; end of input: no;
+Ctrl-C goes to the caller, on a line of its own).
 `show_record(ui, record)` says on stderr what a call gave, or why it did not run.
 `decision_line(found)` is the candidates' view of the choice (a call or words, which
 tool) in one line. `hide_calls(events)` passes an answer's events on with a call's text
@@ -36,18 +36,14 @@ def asker(ui: UI) -> Callable[[str, dict[str, Any]], str] | None:
         return None
 
     def ask(name: str, arguments: dict[str, Any]) -> str:
-        from chatcli.interrupts import ended_by_signal
-
         while True:
             ui.err.write(f"Run {call_text(name, arguments)}? [y]es, [n]o, [a]lways {name}: ")
             ui.err.flush()
             try:
                 line = sys.stdin.readline()
-            except KeyboardInterrupt as exc:  # Ctrl-C: no (SIGTERM, SIGHUP: leave)
+            except KeyboardInterrupt:  # (the consent reads Ctrl-C as no)
                 ui.err.write("\n")
-                if ended_by_signal(exc):
-                    raise
-                return "n"
+                raise
             if not line:
                 return "n"
             answer = line.strip().lower()[:1]
