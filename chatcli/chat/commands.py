@@ -608,7 +608,7 @@ COMMANDS: list[Command] = [
     Command("prompt", "", "the exact prompt sent, special tokens visible", _prompt),
     Command("stats", "", "figures of the last answer", _stats),
     Command("tools", "", "the tools the model may call (--tool, --tool-module, --mcp)", _tools),
-    Command("tool", "add FILE.py[:NAME]", "offer a Python file's functions (or NAME) too",
+    Command("tool", "add FILE", "offer a Python file's functions too (FILE.py[:NAME])",
             _tool),
     Command("candidates", "K", "show each token's top-K alternatives (0: off)", _candidates),
     Command("schema", "SCHEMA", "hold answers to a JSON Schema: a file, JSON, or fields like "

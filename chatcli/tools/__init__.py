@@ -6,6 +6,6 @@ format the model writes, the instructions that teach it, the constraint that mak
 call it writes name a real tool with arguments that validate, and reading a call back),
 `runner` (running one call: consent, a timeout, a cap on what comes back, and any
 failure turned into a result the model reads), `mcp` (MCP servers over stdio, their
-tools), `loop` (call, result, the model again, until it answers in words). The conversation and the terminal are
-the command's (`chatcli.cli.ask`) and the UI layer's.
+tools), `loop` (call, result, the model again, until it answers in words). The
+conversation and the terminal are the commands' and the UI layer's.
 """
