@@ -84,7 +84,12 @@ def start_server(home: Path, *args: str, delay: float | None = None,
                                 stdout=out, stderr=out,
                                 stdin=subprocess.DEVNULL)
     served = Served(proc, log)
-    served.wait_for("listening at")
+    try:
+        served.wait_for("listening at")
+    except BaseException:  # a server that did not come up is not left running
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
     return served
 
 
