@@ -541,3 +541,16 @@ def test_slash_tool_add_offers_more_functions(home: Path, tools_file: Path) -> N
     bare = run_cli(["chat", "--no-server", "-n", "2"], input=f"/tool add {tools_file}\n")
     assert "error: /tool add needs a chat started with tools; hint: start it with --tool " \
            "FILE.py (or --mcp 'CMD')\n" in bare.stderr
+
+
+def test_continuing_a_servers_conversation_with_tools_is_one_line(home: Path,
+                                                                  tools_file: Path) -> None:
+    from screen import add_script_alias, script_server
+
+    with script_server("Hello.") as server:
+        add_script_alias(home, server)
+        assert run_cli(["ask", "-m", "script", "hi"]).exit_code == 0
+        result = run_cli(["chat", "-c", "--tool", str(tools_file)], input="Weather?\n")
+    assert (result.exit_code, result.stderr) == (2, (
+        "error: tools run with local models for now, and 'script' (backend openai) is a "
+        "server; hint: use a local model (-m), or drop the tool flags\n"))

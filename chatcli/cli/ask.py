@@ -205,8 +205,7 @@ def ask(
     from chatcli.cli import tool_loop
 
     flags = tools or ToolFlags()
-    toolset = tool_loop.setup(
-        flags, model, base_url, models_file, constraint, raw, alt_spec)
+    toolset = tool_loop.setup(flags, model, base_url, models_file, constraint, raw, alt_spec)
     if toolset:  # the template shows them to the model; every call it writes is right
         constraint = toolset.constraint
 

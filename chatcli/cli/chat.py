@@ -103,11 +103,15 @@ def chat(
                          "attach files by path, or pipe the file to chatcli ask -f -")
     constraint = constraint_of(schema=schema, json_object=json_object, regex=regex,
                                grammar=grammar, choice=choice)
+    if hide_thinking and show_thinking:
+        from chatcli.errors import UsageError
+
+        raise UsageError("--hide-thinking and --show-thinking contradict each other",
+                         "use one of them")
     from chatcli.cli import tool_loop
 
     flags = tools or ToolFlags()
-    toolset = tool_loop.setup(
-        flags, model, base_url, models_file, constraint)
+    toolset = tool_loop.setup(flags, model, base_url, models_file, constraint)
     if toolset:  # the template shows them to the model; every call it writes is right
         constraint = toolset.constraint
     files: list[Any] = []  # gathered before anything loads: a refusal comes at once
@@ -140,11 +144,6 @@ def chat(
                              "prints it")
         return model or info.model
 
-    if hide_thinking and show_thinking:
-        from chatcli.errors import UsageError
-
-        raise UsageError("--hide-thinking and --show-thinking contradict each other",
-                         "use one of them")
     prep = setup(ui, ModelChoice(model, base_url, models_file, context_window, think,
                                  toolset.listing if toolset else None),
                  RuntimeChoice(device, dtype, threads, quantize, no_server), decoding,

@@ -102,7 +102,13 @@ class Setup:
                                  f"'{spec.alias}' is served by {spec.backend}",
                                  f"drop {flag}")
             spec = dataclasses.replace(spec, think=self.choice.think)
-        if self.choice.tools is not None:  # (tools refuse a server's alias before this)
+        if self.choice.tools is not None:
+            if not hasattr(spec, "tools"):  # e.g. chat -c of a conversation with a server
+                from chatcli.errors import UsageError
+
+                raise UsageError(f"tools run with local models for now, and '{spec.alias}' "
+                                 f"(backend {spec.backend}) is a server",
+                                 "use a local model (-m), or drop the tool flags")
             spec = dataclasses.replace(spec, tools=self.choice.tools)
         return spec
 
