@@ -22,6 +22,7 @@ are imported only when a model is opened.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,9 +384,10 @@ class LocalBackend:
         gives it one); without, it only completes text (`raw_count`)."""
         return bool(getattr(self.loaded.tokenizer, "chat_template", None))
 
-    @property
+    @functools.cached_property
     def thinking(self) -> Any:  # chatcli.thinking.ThinkingFormat | None
-        """The model's thinking block (its chat template's `<think>`), or None."""
+        """The model's thinking block (its chat template's `<think>`), or None; found once
+        (the template renders a probe prompt)."""
         from chatcli.thinking import format_of
 
         template = getattr(self.loaded.tokenizer, "chat_template", None)

@@ -379,8 +379,7 @@ def _tool(ctx: ChatContext, arg: str) -> None:
     ctx.ui.notify(f"offering {', '.join(added)}; loading the model again with the new list")
     ctx.session.use_model(ctx.retool(json.dumps([t.as_dict() for t in tools.values()])))
     ctx.tools = tools
-    choice = "auto"
-    ctx.tool_constraint = constraint(tools, choice)
+    ctx.tool_constraint = constraint(tools, "auto")
     ctx.session.constraint = ctx.tool_constraint
 
 

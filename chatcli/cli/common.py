@@ -104,11 +104,9 @@ class Setup:
             spec = dataclasses.replace(spec, think=self.choice.think)
         if self.choice.tools is not None:
             if not hasattr(spec, "tools"):  # e.g. chat -c of a conversation with a server
-                from chatcli.errors import UsageError
+                from chatcli.cli.tool_loop import served_model
 
-                raise UsageError(f"tools run with local models for now, and '{spec.alias}' "
-                                 f"(backend {spec.backend}) is a server",
-                                 "use a local model (-m), or drop the tool flags")
+                raise served_model(f"'{spec.alias}' (backend {spec.backend})")
             spec = dataclasses.replace(spec, tools=self.choice.tools)
         return spec
 

@@ -98,8 +98,14 @@ def local_only(model: str | None, base_url: str | None, models_file: Any) -> Non
     in one line, before anything loads."""
     from chatcli.registry import load_registry
 
-    spec = None if base_url is not None else load_registry(models_file).resolve(model)
-    if spec is None or spec.backend != "local":
-        where = "--base-url" if spec is None else f"'{spec.alias}' (backend {spec.backend})"
-        raise UsageError(f"tools run with local models for now, and {where} is a server",
-                         "use a local model (-m), or drop the tool flags")
+    if base_url is not None:
+        raise served_model("--base-url")
+    spec = load_registry(models_file).resolve(model)
+    if spec.backend != "local":
+        raise served_model(f"'{spec.alias}' (backend {spec.backend})")
+
+
+def served_model(where: str) -> UsageError:
+    """The refusal of tools with a server's model (`where`: the alias or --base-url)."""
+    return UsageError(f"tools run with local models for now, and {where} is a server",
+                      "use a local model (-m), or drop the tool flags")

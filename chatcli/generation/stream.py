@@ -120,6 +120,9 @@ def _events(
     stats = gen.stats
     start = time.perf_counter()
     first = start
+    from chatcli.generation.thinking_budget import BudgetedLM
+
+    budget = lm if isinstance(lm, BudgetedLM) else None  # --thinking-budget: it forces
     steps = strategy.decode(lm, prompt_ids, settings.params, ctx)
     chosen: list[int] = []
     for n, step in enumerate(steps, start=1):
@@ -149,10 +152,8 @@ def _events(
                 answer = gen.search.ranked[0].token_ids if gen.search and gen.search.ranked \
                     else chosen
                 gen.constraint_satisfied = finish != "stop_string" and lm.satisfied(answer)
-        hit = getattr(lm, "hit_at", None)  # a BudgetedLM's first forced token
-        forced = hit is not None and hit <= n < hit + len(lm.tags.forced)
         yield StepEvent(step.token_id, text, step.logprob, finish, step.candidates,
-                        forced=forced)
+                        forced=budget is not None and budget.forced(n))
         if finish is not None:
             return
 

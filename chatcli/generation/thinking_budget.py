@@ -43,6 +43,10 @@ class BudgetedLM(WrappedLM):
         self.pending: list[int] = []
         self.tail: list[int] = []
 
+    def forced(self, n: int) -> bool:
+        """Whether the answer's `n`-th token (1-based) was one chatcli forced."""
+        return self.hit_at is not None and self.hit_at <= n < self.hit_at + len(self.tags.forced)
+
     def _feed(self, token: int) -> None:
         self.fed += 1
         self.tail = [*self.tail, token][-max(len(self.tags.open), len(self.tags.close)):]
