@@ -174,6 +174,29 @@ def test_a_signal_stops_the_server_cleanly(home: Path, server: Served,
     assert "Traceback" not in server.text()
 
 
+SLOW_HANDLER = """
+import os, signal, threading, time
+from chatcli.serve.server import Server
+server = Server(keep_alive=None)
+def handler(signum, frame):
+    time.sleep(0.4)  # longer than any time-out the wait for a job might have had
+    server.stop()
+signal.signal(signal.SIGTERM, handler)
+threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+server.worker.serve(server.stopping)
+print("stopped")
+"""
+
+
+def test_the_server_stops_when_a_signal_handler_outlasts_the_wait_for_a_job(
+        home: Path) -> None:
+    """CPython 3.11's `SimpleQueue.get(timeout=...)` waits for ever once a signal handler
+    has run past its deadline: the server left running after SIGTERM (seen in CI)."""
+    done = subprocess.run([sys.executable, "-c", SLOW_HANDLER], env=env(home),
+                          capture_output=True, text=True, timeout=20)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "stopped\n", "")
+
+
 @pytest.mark.parametrize("value", ["5x", "-2", "soon", "nan", "inf", "-1.5m"])
 def test_a_bad_keep_alive_is_one_line(home: Path, value: str) -> None:
     result = run_cli(["serve", "--keep-alive", value])

@@ -91,19 +91,27 @@ class Worker:
     the same within noise either way; docs/benchmarks.md has the served figures.)"""
 
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.pending = 0  # jobs queued or running
         self.current = ""  # what the running job does, for "waiting" ("tiny is answering")
         self._count = threading.Lock()
 
     def serve(self, stopping: threading.Event) -> None:
-        """Run jobs in this thread (the process's main thread) until `stopping` is set."""
+        """Run jobs in this thread (the process's main thread) until `stopping` is set
+        and `wake()` was called.
+
+        The wait has no time-out: CPython 3.11's `SimpleQueue.get(timeout=...)`, once a
+        signal handler has run during it past its deadline, waits for ever (a negative
+        time left is taken as "no limit"); a SIGTERM then left the server running."""
         while not stopping.is_set():
-            try:
-                job = self.jobs.get(timeout=0.25)
-            except queue.Empty:
-                continue
-            job()
+            job = self.jobs.get()
+            if job is not None:
+                job()
+
+    def wake(self) -> None:
+        """End the wait for a job (`serve` then looks at `stopping`); safe in a signal
+        handler (`SimpleQueue.put` is reentrant)."""
+        self.jobs.put(None)
 
     def run(self, fn: Callable[[], Any], what: str) -> Any:
         """`fn()` on the worker, from a connection's thread: its value, or its exception."""
@@ -176,7 +184,8 @@ class Server:
     def log(self, message: str) -> None:
         if self.log_file is not None:
             stamp = time.strftime("%H:%M:%S")
-            with suppress(OSError, ValueError):
+            # (RuntimeError: a signal handler that logs while this thread was writing)
+            with suppress(OSError, ValueError, RuntimeError):
                 print(f"{stamp} {message}", file=self.log_file, flush=True)
 
     def bind(self) -> socket.socket:
@@ -249,6 +258,7 @@ class Server:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.worker.wake()
 
     def _stop_on_signals(self) -> Callable[[], None]:
         """Ctrl-C, SIGTERM and SIGHUP stop the accept loop (a clean stop: exit code 0)
