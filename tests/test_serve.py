@@ -120,6 +120,9 @@ def without_timing(out: dict, seeded: bool) -> dict:
                                                       "tokens_per_second")}
     if not seeded:
         out["decoding"] = {k: v for k, v in out["decoding"].items() if k != "seed"}
+    if "speculation" in out:  # an estimate from the run's timings
+        out["speculation"] = {k: v for k, v in out["speculation"].items()
+                              if k != "speed_up_estimate"}
     return out
 
 
@@ -235,8 +238,11 @@ def test_a_bad_server_mode_is_one_line(home: Path, monkeypatch: pytest.MonkeyPat
     ["--choice", "yes,no", "-n", "8"],
     ["--explain-context", "-n", "4"],
     ["--raw", "-n", "8"],
+    ["--speculate", "ngram:4", "-n", "24"],
+    ["-S", "sample", "--seed", "3", "--speculate", "ngram", "--show-candidates", "2",
+     "-n", "24"],
 ], ids=["greedy", "seeded-sample", "candidates", "beams", "alt", "constraint", "attention",
-        "raw"])
+        "raw", "speculate", "speculate-sample"])
 def test_served_answers_equal_in_process_ones(home: Path, server: Served,
                                               args: list[str]) -> None:
     served = ask_json(*args, "The capital of France")

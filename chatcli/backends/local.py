@@ -179,10 +179,20 @@ class LocalBackend:
     @staticmethod
     def check_settings(spec: Any, settings: Any, views: Views, constraint: Any = None) -> None:
         """A local model runs every strategy with every parameter, under any constraint;
-        --thinking-budget only where one answer is decoded token by token, free."""
+        --thinking-budget and --speculate only where one answer is decoded token by
+        token, and not together."""
+        from chatcli.errors import UsageError
+
+        if settings.common.speculate is not None:
+            if settings.capabilities.hypotheses:
+                raise UsageError(f"--speculate verifies one answer's drafted tokens, and "
+                                 f"strategy '{settings.strategy}' searches several at once",
+                                 "use --strategy greedy or sample with it")
+            if settings.common.thinking_budget is not None:
+                raise UsageError("--speculate and --thinking-budget do not go together yet",
+                                 "drop one of them")
         if settings.common.thinking_budget is None:
             return
-        from chatcli.errors import UsageError
 
         if settings.capabilities.hypotheses:
             raise UsageError(f"--thinking-budget ends one answer's thinking, and strategy "
@@ -308,7 +318,9 @@ class LocalBackend:
     def open(cls, spec: Any, registry: Any, reporter: Any, runtime: Any) -> LocalBackend:
         from chatcli.loader import load_model
 
-        return cls(load_model(spec, runtime, reporter))
+        backend = cls(load_model(spec, runtime, reporter))
+        backend.opener = (registry, reporter, runtime)
+        return backend
 
     # -- an opened model ----------------------------------------------------------------
     def __init__(self, loaded: Any) -> None:
@@ -318,6 +330,8 @@ class LocalBackend:
         self.cache = PromptCache(loaded.lm)
         self.capabilities = CAPABILITIES
         self._counter: Any = None  # chatcli.prompt.PromptCounter, made on first use
+        self.opener: tuple[Any, Any, Any] | None = None  # registry, reporter, runtime
+        self._drafters: dict[str, Any] = {}  # --speculate ALIAS: its ModelDrafter
 
     @property
     def spec(self) -> Any:
@@ -425,7 +439,48 @@ class LocalBackend:
         loaded = dataclasses.replace(self.loaded, lm=self.cache)
         return stream(loaded, packed.ids, settings, max_new_tokens, strategies,
                       candidates=views.candidates, trace_beams=views.trace_beams,
-                      constraint=constraint)
+                      constraint=constraint, drafter=self.drafter(settings))
+
+    def drafter(self, settings: Any) -> Any:
+        """The draft model --speculate ALIAS names (loaded once, kept with this model), or
+        None (no --speculate, or prompt lookup). Refusals: an alias that is not in
+        models.toml, not a local model, or whose vocabulary is not this model's."""
+        from chatcli.speculative.spelling import parse
+
+        value = settings.common.speculate
+        if value is None or parse(value).lookup:
+            return None
+        alias = parse(value).source
+        if alias not in self._drafters:
+            self._drafters[alias] = self._open_drafter(value, alias)
+        return self._drafters[alias]
+
+    def _open_drafter(self, value: str, alias: str) -> Any:
+        from chatcli.errors import ChatcliError, UsageError
+        from chatcli.generation.prompt_cache import PromptCache
+        from chatcli.loader import load_model
+        from chatcli.speculative.drafters import ModelDrafter
+
+        if self.opener is None:
+            raise UsageError(f"--speculate {value}: this model was opened without models.toml",
+                             "use --speculate ngram")
+        registry, reporter, runtime = self.opener
+        try:
+            spec = registry.resolve(alias)
+        except ChatcliError as exc:
+            raise UsageError(f"--speculate {value}: {exc.message}", exc.hint) from None
+        if spec.backend != "local":
+            raise UsageError(f"--speculate {value}: '{alias}' is not a local model (backend "
+                             f"{spec.backend}); a draft model runs in this process",
+                             "name a local alias, or use --speculate ngram")
+        draft_runtime = self.runtime_for(spec, runtime.device, "auto", runtime.threads, None)
+        draft = load_model(spec, draft_runtime, reporter)
+        if draft.lm.vocab_size != self.loaded.lm.vocab_size or (
+                _vocabulary(self.loaded.tokenizer) != _vocabulary(draft.tokenizer)):
+            raise UsageError(f"--speculate {value}: '{alias}' has another vocabulary than "
+                             f"'{self.spec.alias}' (a draft model must share its tokenizer)",
+                             "name a model of the same family, or use --speculate ngram")
+        return ModelDrafter(PromptCache(draft.lm), alias)
 
     def _lm(self, constraint: Any) -> Any:
         """The model answers came from: the prompt cache, under `constraint` if any."""
@@ -474,6 +529,14 @@ class LocalBackend:
 _TEMPLATE_ROWS = {"models.toml": "from models.toml",
                   "none": "none: ask completes text as it is (--raw); chat needs chat_template "
                   "in models.toml"}
+
+
+def _vocabulary(tokenizer: Any) -> dict[str, int]:
+    """Every token's id (added tokens too), of a transformers or a chatcli tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return dict(backend.get_vocab(with_added_tokens=True))
+    return dict(tokenizer.get_vocab())
 
 
 def _template_of(spec: Any) -> str:

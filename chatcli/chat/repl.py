@@ -99,7 +99,8 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None,
 
             shown = hide_calls(gen)
         # closes its writer whatever happens
-        stream_answer(ui, shown, events, thinking=ctx.show_thinking)
+        stream_answer(ui, shown, events, thinking=ctx.show_thinking,
+                      drafts=gen.settings.common.speculate is not None)
     except KeyboardInterrupt as exc:
         interrupted = True
         ended = exc if ended_by_signal(exc) else None
@@ -113,6 +114,10 @@ def answer(ctx: ChatContext, start: Callable[[], tuple[Any, int]] | None = None,
                   "tokens: chatcli closed it, and the model answered")
     elif not ctx.show_thinking and gen.thinking_tokens and ui.out_tty:
         ui.aside(f"(thought for {gen.thinking_tokens} tokens: --hide-thinking)")
+    if gen.stats.speculation is not None and ui.out_tty:
+        from chatcli.ui.answers import speculation_note
+
+        ui.aside(speculation_note(gen.stats.speculation))
     note = stopped_note(gen.stats, gen.settings.common.max_new_tokens, session.room(),
                         "-n, or /set max_new_tokens N")
     if note and not interrupted and not (gen.constraint is not None

@@ -187,7 +187,13 @@ def ask(
     from chatcli.decoding.registry import strategy_registry
     from chatcli.prompt import join_prompt
     from chatcli.store import history_path
-    from chatcli.ui.answers import show_spans, stats_line, stopped_note, stream_answer
+    from chatcli.ui.answers import (
+        show_spans,
+        speculation_note,
+        stats_line,
+        stopped_note,
+        stream_answer,
+    )
     from chatcli.ui.candidates import show_table
 
     ui = UI()
@@ -316,12 +322,13 @@ def ask(
             except ChatcliError as exc:  # the answer found is shown: it is the one saved
                 no_alt, original, shown = _no_alternative(alt_spec, alt, gen, exc), None, made
         events: list[Any] = []
+        drafts = settings.common.speculate is not None  # marked on a terminal
         if not settings.capabilities.streams and not json_out and no_alt is None:
             shown = waited(ui, gen, f"{settings.strategy}: the answer comes when the search "
                            "ends")
         try:
             stream_answer(ui, shown, events, coloured=session.candidates is not None,
-                          quiet=json_out, thinking=show_thought)
+                          quiet=json_out, thinking=show_thought, drafts=drafts)
         except BaseException:  # Ctrl-C, closed pipe: keep the partial answer, marked
             if no_alt is None:
                 session.finish_reply(gen, interrupted=True)
@@ -342,7 +349,7 @@ def ask(
                 try:
                     stream_answer(ui, hide_calls(g), events,
                                   coloured=session.candidates is not None, quiet=json_out,
-                                  thinking=show_thought)
+                                  thinking=show_thought, drafts=drafts)
                 except BaseException:
                     session.finish_reply(g, interrupted=True)
                     raise
@@ -357,6 +364,8 @@ def ask(
                       "tokens: chatcli closed it, and the model answered")
         elif hide_thinking and gen.thinking_tokens and not json_out:
             ui.aside(f"(thought for {gen.thinking_tokens} tokens: --hide-thinking)")
+        if drafts and gen.stats.speculation is not None and ui.out_tty and not json_out:
+            ui.aside(speculation_note(gen.stats.speculation))
         note = stopped_note(gen.stats, settings.common.max_new_tokens, session.room(), "-n")
         if note and not json_out and not (constraint is not None
                                           and gen.constraint_satisfied is False):

@@ -149,6 +149,7 @@ class Setup:
                 generation_config=generation_config, **spelled)
             if self.refusals is not None:
                 self.refusals.apply(self.spec, settings)
+            check_draft(self.registry, settings)
             self.resolved.append(settings)
 
     @property
@@ -324,6 +325,24 @@ def open_model(spec: Any, registry: Any, ui: UI, runtime: Any) -> Any:
     from chatcli.backends import backend_of
 
     return backend_of(spec).open(spec, registry, ui, runtime)
+
+
+def check_draft(registry: Any, settings: Any) -> None:
+    """--speculate ALIAS names an alias of models.toml (checked before anything loads;
+    the backend that drafts with it checks the rest when it opens it)."""
+    value = settings.common.speculate
+    if value is None:
+        return
+    from chatcli.errors import ChatcliError, UsageError
+    from chatcli.speculative.spelling import parse
+
+    wanted = parse(value)
+    if wanted.lookup:
+        return
+    try:
+        registry.resolve(wanted.source)
+    except ChatcliError as exc:
+        raise UsageError(f"--speculate {value}: {exc.message}", exc.hint) from None
 
 
 def check_settings(spec: Any, settings: Any, views: Any, constraint: Any = None) -> None:

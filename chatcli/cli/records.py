@@ -46,6 +46,8 @@ def answer_record(gen: Any, *, alias: str, backend: Any, settings: Any, raw: boo
         out["thinking"] = gen.thinking
         out["thinking_tokens"] = gen.thinking_tokens
         out["thinking_budget_hit"] = gen.budget_hit
+    if s.speculation is not None:  # --speculate: what was drafted and accepted
+        out["speculation"] = s.speculation.as_dict()
     if tool_calls is not None:  # the calls the answer made first, in order (--tool)
         out["tool_calls"] = tool_calls
     if tool_decision is not None:  # --show-candidates: a call or words, which tool

@@ -192,6 +192,29 @@ class Matcher:
     def accepting(self) -> bool:
         return bool(self.inner.is_accepting())
 
+    def admissible(self, tokens: list[int]) -> int:
+        """How many of `tokens`, in order, the constraint allows from here (an EOS id
+        counts where the text before it is complete); the state is left as it was."""
+        text = []
+        for token in tokens:
+            if token in self.eos_ids:
+                break
+            text.append(int(token))
+        count = int(self.inner.validate_tokens(text)) if text else 0
+        if count == len(text) < len(tokens):  # then an EOS id: is the text complete?
+            if count:
+                self.inner.consume_tokens(text)
+            complete = self.accepting
+            if count:
+                self.inner.rollback(count)
+            count += complete
+        return count
+
+    def rollback(self, count: int) -> None:
+        """Undo the last `count` tokens advanced (EOS ids are never advanced)."""
+        if count > 0:
+            self.inner.rollback(count)
+
     def copy(self) -> Matcher:
         twin = Matcher.__new__(Matcher)
         twin.__dict__.update(self.__dict__)

@@ -19,7 +19,13 @@ beam search keeps 2N candidates, more than a narrow constraint allows) is dead: 
 logits are returned unmasked and its score stays -inf.
 
 `last_unmasked` and `last_allowed` are the model's own logits and the mask of the latest
-call (the candidates view: what the constraint removed). `satisfied(token_ids)` replays
+call (the candidates view: what the constraint removed).
+
+Speculative decoding (one row): `admissible(tokens)` says how many of the pending
+token and a draft the constraint allows (the drafted tokens it forbids are dropped before
+verification); `extend(ids)` advances the matcher through `ids`, masking each position's
+logits with the state after the tokens before it (`rows_unmasked`, `rows_allowed`);
+`crop` after it rolls the matcher back with the cache. `satisfied(token_ids)` replays
 an answer through a fresh matcher: whether it is complete (a trailing EOS id ignored).
 
 Knows nothing about tokenization, strategies, text or the CLI.
@@ -40,6 +46,11 @@ class ConstrainedLM(WrappedLM):
         self.matchers: list[Matcher | None] = []  # None: a dead row
         self.last_unmasked: Any = None
         self.last_allowed: Any = None
+        self.rows_unmasked: Any = None
+        self.rows_allowed: Any = None
+        # the last extend: the positions the cache held before it, and the ids it fed
+        self._extended: tuple[int, list[int]] | None = None
+        self.length = 0  # positions the cache holds (one row)
 
     def _masked(self, logits: Any) -> Any:
         import torch
@@ -55,11 +66,14 @@ class ConstrainedLM(WrappedLM):
         return logits.masked_fill(~allowed, float("-inf"))
 
     def prefill(self, ids: list[int], cache: Any = None) -> tuple[Any, Any]:
+        self.length = len(ids) if cache is None else self.length + len(ids)
         logits, cache = super().prefill(ids, cache)
         self.matchers = [self.compiled.matcher()]
         return self._masked(logits), cache
 
     def step(self, tokens: Any, cache: Any) -> tuple[Any, Any]:
+        self._extended = None
+        self.length += 1
         fed = [int(t) for t in tokens.view(-1).tolist()]
         for i, token in enumerate(fed):
             matcher = self.matchers[i]
@@ -71,6 +85,40 @@ class ConstrainedLM(WrappedLM):
             matcher.advance(token)
         logits, cache = self.lm.step(tokens, cache)
         return self._masked(logits), cache
+
+    def admissible(self, ids: list[int]) -> int:
+        matcher = self.matchers[0]
+        return len(ids) if matcher is None else matcher.admissible(ids)
+
+    def extend(self, ids: list[int], cache: Any) -> tuple[Any, Any]:
+        import torch
+
+        matcher = self.matchers[0]
+        assert matcher is not None and len(self.matchers) == 1
+        before = self.length
+        logits, cache = self.lm.extend(ids, cache)
+        self.length += len(ids)
+        masks = []
+        for token in ids:
+            matcher.advance(token)
+            masks.append(matcher.allowed())
+        allowed = torch.stack(masks).to(logits.device)
+        self._extended = (before, list(ids))
+        self.rows_unmasked, self.rows_allowed = logits, allowed
+        self.last_unmasked, self.last_allowed = logits[-1:], allowed[-1:]
+        return logits.masked_fill(~allowed, float("-inf")), cache
+
+    def crop(self, cache: Any, length: int) -> None:
+        if self._extended is not None and self.matchers and self.matchers[0] is not None:
+            before, ids = self._extended
+            kept = max(length - before, 0)
+            self.matchers[0].rollback(sum(t not in self.compiled.eos_ids for t in ids[kept:]))
+            if kept:  # what the next token is chosen under: the mask after the last kept
+                self.last_unmasked = self.rows_unmasked[kept - 1:kept]
+                self.last_allowed = self.rows_allowed[kept - 1:kept]
+            self._extended = None
+        self.length = length
+        self.lm.crop(cache, length)
 
     def expand(self, cache: Any, rows: int) -> None:
         self.lm.expand(cache, rows)

@@ -28,8 +28,9 @@ Every command's --help reads the built-in declarations, so a strategy module imp
 what it decodes with (the loop, filters, torch) inside `decode`, not at module level.
 
 `DecodeContext` carries what every strategy shares: limits, EOS ids, the logit
-processors (penalties), a seeded random generator, and what the caller asks to see
-(top-K candidates, the beams a search pruned).
+processors (penalties), a seeded random generator, what the caller asks to see
+(top-K candidates, the beams a search pruned), and speculative decoding's drafter
+(`speculation`), which every strategy built on `chatcli.decoding.loop.token_loop` uses.
 
 Parameter types: `coerce` turns a typed-in string into a parameter's declared type
 (int, float, bool, str, `bool | str`, a tuple of str, any of them `| None`),
@@ -108,6 +109,7 @@ class TokenStep:
     finish_reason: str | None = None
     candidates: Candidates | None = None
     hypotheses: Hypotheses | None = None  # once known, from a strategy that returns several
+    drafted: bool = False  # speculative decoding: a drafted token the model accepted
 
 
 @dataclass
@@ -119,6 +121,9 @@ class DecodeContext:
     pad_id: int | None = None
     candidates: int | None = None  # K: record the top-K candidates at every step (None: off)
     trace: bool = False  # record what a search pruned (`Hypotheses.pruned`)
+    # --speculate: a `chatcli.speculative.loop.Speculation` (drafter, schedule, figures);
+    # `token_loop` then drafts and verifies (strategies that do not use it refuse it)
+    speculation: Any = None
 
 
 # -- what a strategy can do -------------------------------------------------------------

@@ -55,6 +55,7 @@ from chatcli.decoding.base import (
 )
 from chatcli.decoding.registry import StrategyRegistry, register_builtins
 from chatcli.errors import ChatcliError, UsageError
+from chatcli.speculative.spelling import VALID as SPECULATE
 
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_STRATEGY = "greedy"  # when neither a flag, the alias nor generation_config chooses
@@ -86,6 +87,9 @@ class CommonParams(StrategyParams):
     thinking_budget: int | None = param(None, "a reasoning model thinks at most this many "
                                         "tokens, then chatcli closes its thinking",
                                         "--thinking-budget", valid=at_least(0))
+    speculate: str | None = param(None, "draft tokens and verify them in one pass: ngram[:N] "
+                                  "(prompt lookup) or a model alias[:N] (a draft model)",
+                                  "--speculate", valid=SPECULATE)
 
 
 COMMON_NAMES = frozenset(f.name for f in dataclasses.fields(CommonParams))

@@ -80,6 +80,16 @@ class PromptCache:
             self.cache = new_cache
         return logits, new_cache
 
+    def extend(self, ids: list[int], cache: Any) -> tuple[Any, Any]:
+        if cache is self.cache:
+            self.ids.extend(ids)
+        else:
+            self.invalidate()
+        logits, new_cache = self.lm.extend(ids, cache)
+        if self.cache is not None:
+            self.cache = new_cache
+        return logits, new_cache
+
     def expand(self, cache: Any, rows: int) -> None:
         self.invalidate()
         self.lm.expand(cache, rows)

@@ -17,6 +17,12 @@ vocabulary first (a `ConstraintError` before anything is generated) and decodes 
 Generation has `constraint_satisfied` (whether the answer is complete under it: False
 when the token limit or a stop string cut it short).
 
+With `--speculate` (`settings.common.speculate`), the strategy's token loop drafts and
+verifies (`chatcli.speculative`): prompt lookup here, or the draft model the caller
+passes (`drafter`, a `chatcli.speculative.drafters.ModelDrafter`); each accepted drafted
+token's event says so (`drafted`) and `Stats.speculation` has the figures. A model
+that cannot feed several tokens at once is refused (`UsageError`) before anything runs.
+
 Knows nothing about the terminal or the CLI.
 """
 
@@ -47,10 +53,11 @@ def stream(
     candidates: int | None = None,
     trace_beams: bool = False,
     constraint: Any = None,
+    drafter: Any = None,
 ) -> Generation:
     """`candidates=K` records each step's top-K candidates on the events; `trace_beams`
     records the beams beam search pruned (`Generation.pruned`); `constraint` holds the
-    answer to a shape (see the module)."""
+    answer to a shape; `drafter` drafts for `--speculate ALIAS` (see the module)."""
     stats = Stats(prompt_tokens=len(prompt_ids))
     gen = Generation(iter(()), stats, settings, constraint=constraint)
     lm = loaded.lm
@@ -58,9 +65,44 @@ def stream(
         lm = constrained_lm(loaded, constraint)
     if settings.common.thinking_budget is not None:
         lm = budgeted_lm(loaded, lm, prompt_ids, settings.common.thinking_budget)
+    speculation = speculation_for(settings, lm, drafter)
+    stats.speculation = speculation.stats if speculation is not None else None
     gen._events = _events(loaded, lm, prompt_ids, settings, max_new_tokens, registry, gen,
-                          candidates, trace_beams)
+                          candidates, trace_beams, speculation)
     return gen
+
+
+NGRAM_MOST = 16  # prompt lookup drafts at most this many tokens a round (adaptive)
+MODEL_MOST = 8  # a draft model, at most this many
+
+
+def speculation_for(settings: DecodingSettings, lm: Any, drafter: Any) -> Any:
+    """What --speculate asks for (a `chatcli.speculative.loop.Speculation`), or None."""
+    value = settings.common.speculate
+    if value is None:
+        return None
+    from chatcli.errors import UsageError
+    from chatcli.lm.base import can_extend
+    from chatcli.speculative.drafters import NgramDrafter
+    from chatcli.speculative.loop import Speculation
+    from chatcli.speculative.schedule import Schedule
+    from chatcli.speculative.spelling import parse
+
+    if not can_extend(lm):
+        raise UsageError("--speculate: this model cannot verify several drafted tokens in "
+                         "one pass", "drop --speculate")
+    wanted = parse(value)
+    if wanted.lookup:
+        drafter, most = NgramDrafter(), NGRAM_MOST
+    elif drafter is None:
+        raise UsageError(f"--speculate {value}: no draft model was opened for it",
+                         "use --speculate ngram")
+    else:
+        most = MODEL_MOST
+    most = max(most, wanted.length or 0)
+    speculation = Speculation(drafter, Schedule(wanted.length, most))
+    speculation.stats.source = wanted.source
+    return speculation
 
 
 def budgeted_lm(loaded: LoadedModel, lm: Any, prompt_ids: list[int], budget: int) -> Any:
@@ -109,12 +151,14 @@ def _events(
     gen: Generation,
     candidates: int | None,
     trace_beams: bool,
+    speculation: Any = None,
 ) -> Iterator[StepEvent]:
     strategy = (registry or strategy_registry()).get(settings.strategy)()
     ctx = settings.context(max_new_tokens, loaded.eos_ids, len(prompt_ids), lm.device,
                            loaded.tokenizer.pad_token_id)
     ctx.candidates = candidates
     ctx.trace = trace_beams
+    ctx.speculation = speculation
     detok = IncrementalDetokenizer(loaded.tokenizer)
     stops = StopMatcher(settings.common.stop)
     stats = gen.stats
@@ -153,7 +197,7 @@ def _events(
                     else chosen
                 gen.constraint_satisfied = finish != "stop_string" and lm.satisfied(answer)
         yield StepEvent(step.token_id, text, step.logprob, finish, step.candidates,
-                        forced=budget is not None and budget.forced(n))
+                        forced=budget is not None and budget.forced(n), drafted=step.drafted)
         if finish is not None:
             return
 

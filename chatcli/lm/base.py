@@ -6,6 +6,13 @@ the cache; `step(tokens, cache)` feeds one token per row and returns (rows, voca
 logits; `expand`, `reorder` and `crop` reshape a cache in place for beam search and
 prompt-cache reuse. Logits come back in the model's dtype.
 
+`extend(ids, cache)` (optional: `can_extend(lm)` says whether a model has it) feeds
+several tokens after what `cache` holds in one forward pass and returns the logits of
+every one of them, shape (len(ids), vocab): the logits row i is what `step` would have
+returned after feeding ids[:i+1] one by one (the same maths, other matmul shapes: equal
+up to rounding). Speculative decoding verifies a draft with it and crops the cache
+back to what it accepted.
+
 `can_crop(cache, length)` declares whether `crop(cache, length)` rolls the cache back
 exactly by dropping positions, without recomputing anything: chatcli's own caches
 can, unless a sliding-window layer has already dropped positions the next step would
@@ -32,6 +39,11 @@ class LanguageModel(Protocol):
     def reorder(self, cache: Any, rows: Any) -> None: ...
     def crop(self, cache: Any, length: int) -> None: ...
     def can_crop(self, cache: Any, length: int) -> bool: ...
+
+
+def can_extend(lm: Any) -> bool:
+    """Whether `lm` (or every model it wraps) feeds several tokens at once (`extend`)."""
+    return callable(getattr(lm, "extend", None))
 
 
 def can_crop(lm: Any, cache: Any, length: int) -> bool:

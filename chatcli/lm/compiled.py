@@ -800,6 +800,14 @@ class CompiledLanguageModel:
         logits, _ = self.model.forward(input_ids, cache.inner, logits_to_keep=1)
         return logits[:, -1, :], cache
 
+    def extend(self, ids: list[int], cache: CompiledCache) -> tuple[Any, Any]:
+        """Several tokens of one row, eagerly (the package is built for one token), into
+        the same buffers the compiled step reads."""
+        cache.reserve(len(cache) + len(ids) + 1)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits, _ = self.model.forward(input_ids, cache.inner, logits_to_keep=len(ids))
+        return logits[0], cache
+
     def step(self, tokens: Any, cache: CompiledCache) -> tuple[Any, Any]:
         rows = tokens.numel()
         if cache.static and (rows != 1 or self.step_fn is None):

@@ -51,15 +51,18 @@ class HFLanguageModel:
         with torch.inference_mode():
             return self._forward_raw(input_ids, cache)
 
-    def _forward_raw(self, input_ids: Any, cache: Any) -> tuple[Any, Any]:
+    def _forward_raw(self, input_ids: Any, cache: Any, keep: int = 1) -> tuple[Any, Any]:
+        """The logits (rows, vocab) of the last position, or with `keep` > 1 those of the
+        last `keep` positions (rows, keep, vocab)."""
         kwargs: dict[str, Any] = {"use_cache": True, self._cache_kw: cache}
         if self._keep_kw:
-            kwargs[self._keep_kw] = 1
+            kwargs[self._keep_kw] = keep
         out = self.model(input_ids=input_ids, **kwargs)
         new_cache = getattr(out, "cache", None)
         if new_cache is None:
             new_cache = out.past_key_values
-        return out.logits[:, -1, :], new_cache
+        logits = out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
+        return logits, new_cache
 
     def _record(self, cache: Any, before: list[int] | None, ids: list[int] | None) -> None:
         fed = None if before is None or ids is None else before + ids
@@ -91,6 +94,16 @@ class HFLanguageModel:
         single = [int(tokens.reshape(-1)[0])] if tokens.numel() == 1 else None
         self._record(new_cache, before, single)
         return logits, new_cache
+
+    def extend(self, ids: list[int], cache: Any) -> tuple[Any, Any]:
+        import torch
+
+        before = self._fed.get(cache) if _weak(cache) else None
+        with torch.inference_mode():
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            logits, new_cache = self._forward_raw(input_ids, cache, keep=len(ids))
+        self._record(new_cache, before, list(ids))
+        return logits.reshape(len(ids), -1), new_cache
 
     def expand(self, cache: Any, rows: int) -> None:
         cache.batch_repeat_interleave(rows)

@@ -35,6 +35,11 @@ class NativeLanguageModel:
         logits, cache = self.model.forward(tokens.view(-1, 1), cache, logits_to_keep=1)
         return logits[:, -1, :], cache
 
+    def extend(self, ids: list[int], cache: KVCache) -> tuple[Any, KVCache]:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits, cache = self.model.forward(input_ids, cache, logits_to_keep=len(ids))
+        return logits[0], cache
+
     def expand(self, cache: KVCache, rows: int) -> None:
         cache.expand(rows)
 

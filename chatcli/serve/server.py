@@ -503,7 +503,7 @@ class Server:
                     search = gen.search
                     found = (gen.hypotheses, gen.pruned, gen.search,
                              gen.constraint_satisfied)
-                wire.send(sock, "event", event, dataclasses.astuple(gen.stats), found,
+                wire.send(sock, "event", event, _shallow(gen.stats), found,
                           backend.reused)
                 sent += 1
                 finished = event.finish_reason is not None
@@ -517,7 +517,7 @@ class Server:
                      "stopped answering it")
             raise
         if not finished:
-            wire.send(sock, "end", dataclasses.astuple(gen.stats))
+            wire.send(sock, "end", _shallow(gen.stats))
         self.log(f"{resident.alias}: answered {sent} tokens in "
                  f"{time.perf_counter() - start:.2f} s")
         from chatcli.autocompile import after_answer
@@ -597,3 +597,9 @@ def _duration(seconds: float | None) -> str:
 
 def _log_hint() -> str:
     return "chatcli serve's terminal, or " + str(wire.log_path())
+
+
+def _shallow(stats: Any) -> tuple[Any, ...]:
+    """The fields of `stats` as they are (`dataclasses.astuple` would turn the
+    speculation figures into a tuple too)."""
+    return tuple(getattr(stats, f.name) for f in dataclasses.fields(stats))

@@ -34,7 +34,7 @@ from typing import Any
 from chatcli import __version__
 from chatcli.errors import BackendGone, ChatcliError
 
-PROTOCOL = 2
+PROTOCOL = 3  # 3: Stats.speculation, StepEvent.drafted
 VERSION = f"{__version__}/{PROTOCOL}"
 # Calls that read the tokenizer only: answered at once, even while the model answers
 # (the client asks them beside a stream it has not read yet, e.g. /alt's note).

@@ -29,6 +29,7 @@ class Event(Protocol):
     text: str
     thinking: str  # what a reasoning model thought in this piece ("" for the answer)
     candidates: Any  # None, or what was weighed: `chosen_prob` is the token's probability
+    drafted: bool  # --speculate: a drafted token the model accepted
 
 
 class ThinkingShown:
@@ -102,20 +103,25 @@ class Shown(Protocol):
 
 
 def stream_answer(ui: UI, events: Iterable[Event], shown: list[Any], *,
-                  coloured: bool = False, quiet: bool = False, thinking: bool = True) -> None:
+                  coloured: bool = False, quiet: bool = False, thinking: bool = True,
+                  drafts: bool = False) -> None:
     """Show the answer while `events` streams; every event is appended to `shown`.
-    `thinking`: show what a reasoning model thinks before it answers (`ThinkingShown`)."""
+    `thinking`: show what a reasoning model thinks before it answers (`ThinkingShown`).
+    On a terminal, `coloured` colours each token by its probability and `drafts`
+    (--speculate) underlines the drafted tokens the model accepted: both as plain text,
+    token by token (Markdown would lose the marks)."""
     if quiet:
         shown.extend(events)
         return
     thought = ThinkingShown(ui) if thinking else None
-    if coloured and ui.out_tty:
+    if (coloured or drafts) and ui.out_tty:
         from chatcli.ui.candidates import ColouredWriter
 
         colours = ColouredWriter(ui)
 
         def write(e: Event) -> None:
-            colours.write(e.text, e.candidates.chosen_prob if e.candidates else 1.0)
+            prob = e.candidates.chosen_prob if coloured and e.candidates else None
+            colours.write(e.text, prob, drafts and getattr(e, "drafted", False))
 
         close: Callable[[], None] = colours.close
     else:
@@ -170,7 +176,31 @@ def stats_line(model: str, decoding: Decoding, figures: Figures, completion_toke
               f"finish_reason={figures.finish_reason}"]
     if implementation is not None:
         parts.append(f"implementation={implementation}")
+    speculation = getattr(figures, "speculation", None)
+    if speculation is not None:
+        parts += speculation_parts(speculation)
     return " ".join(parts)
+
+
+def speculation_parts(s: Any) -> list[str]:
+    """--speculate's figures as `key=value` pairs (`chatcli.answer.SpeculationStats`)."""
+
+    def figure(x: float | None, form: str) -> str:
+        return "-" if x is None else format(x, form)
+
+    return [f"speculate={s.source}", f"drafted={s.drafted}", f"accepted={s.accepted}",
+            f"acceptance_rate={figure(s.acceptance, '.2f')}",
+            f"mean_accepted_length={figure(s.mean_accepted, '.2f')}",
+            f"speed_up_estimate={figure(s.speed_up, '.2f')}x"]
+
+
+def speculation_note(s: Any) -> str:
+    """The line under an answer whose drafted tokens were marked."""
+    if not s.drafted:
+        return f"(speculate {s.source}: nothing drafted)"
+    speed = "" if s.speed_up is None else f"; about {s.speed_up:.2f}x plain decoding"
+    return (f"(speculate {s.source}: {s.accepted} of {s.drafted} drafted tokens accepted, "
+            f"underlined{speed})")
 
 
 def show_spans(ui: UI, spans: Sequence[Span]) -> None:

@@ -38,12 +38,16 @@ class ColouredWriter:
         self.console = ui.out_console
         self._newline = True
 
-    def write(self, delta: str, prob: float) -> None:
+    def write(self, delta: str, prob: float | None, drafted: bool = False) -> None:
+        """`delta` coloured by `prob` (None: not coloured), underlined if `drafted`."""
         from rich.text import Text
 
         delta = printable(delta)
         if delta:
-            self.console.print(Text(delta, style=style_for(prob)), end="")
+            style = "" if prob is None else style_for(prob)
+            if drafted:
+                style = f"{style} underline".strip()
+            self.console.print(Text(delta, style=style), end="")
             self._newline = delta.endswith("\n")
 
     def close(self) -> None:
@@ -99,6 +103,8 @@ def token_records(events: Sequence[Any], token_text: TokenText,
         c = e.candidates
         record: dict[str, Any] = {"id": _id(e.token_id), "text": token_text(e.token_id),
                                   "logprob": e.logprob}
+        if getattr(e, "drafted", False):  # --speculate: drafted, and accepted
+            record["drafted"] = True
         if c is not None:
             record["entropy"] = c.entropy
             record["probability_drawn"] = c.chosen_prob
