@@ -44,6 +44,7 @@ TYPES = {
     "presence_penalty": ("a number", "X", "0.0"),
     "no_repeat_ngram_size": ("an integer", "N", "0"),
     "thinking_budget": ("an integer", "N", "42"),
+    "speculate": ("a string", "TEXT", '"ngram"'),
     "temperature": ("a number", "X", "1.0"),
     "top_k": ("an integer", "N", "0"),
     "top_p": ("a number", "X", "1.0"),
@@ -59,7 +60,7 @@ GOOD = {
     "max_new_tokens": ("3", 3), "seed": ("5", 5), "stop": ("###", ("###",)),
     "repetition_penalty": ("2", 2.0), "frequency_penalty": ("-1", -1.0),
     "presence_penalty": ("0.5", 0.5), "no_repeat_ngram_size": ("3", 3),
-    "thinking_budget": ("64", 64),
+    "thinking_budget": ("64", 64), "speculate": ("ngram:4", "ngram:4"),
     "temperature": ("2", 2.0), "top_k": ("3", 3), "top_p": ("0.5", 0.5), "min_p": ("0", 0.0),
     "typical_p": ("1", 1.0), "num_beams": ("3", 3), "length_penalty": ("-1", -1.0),
     "early_stopping": ("never", "never"), "num_return_sequences": ("2", 2),
@@ -240,9 +241,10 @@ def test_generation_config_values_are_typed_and_blamed_on_the_file() -> None:
 BAD_TOML = {name: ('"many"', "'many'") if kind == "an integer" else ('"hot"', "'hot'")
             for name, (kind, _, _) in TYPES.items()}
 BAD_TOML.update({"seed": ('"x"', "'x'"), "stop": ("[1, 2]", "[1, 2]"),
-                 "early_stopping": ("3", "3")})
+                 "early_stopping": ("3", "3"), "speculate": ("4", "4")})
 GOOD_TOML = {name: text if name != "stop" else '["a", "b"]' for name, (text, _) in GOOD.items()}
 GOOD_TOML["early_stopping"] = '"never"'
+GOOD_TOML["speculate"] = '"ngram:4"'
 GOOD_TYPED = {name: value for name, (_, value) in GOOD.items()} | {"stop": ("a", "b")}
 
 

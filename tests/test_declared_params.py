@@ -69,7 +69,8 @@ def test_every_flagged_parameter_is_an_option_of_ask_and_chat() -> None:
     flagged = command_line_parameters()
     assert [f.param.name for f in flagged] == [
         "max_new_tokens", "seed", "stop", "repetition_penalty", "frequency_penalty",
-        "presence_penalty", "no_repeat_ngram_size", "thinking_budget", "temperature", "top_k",
+        "presence_penalty", "no_repeat_ngram_size", "thinking_budget", "speculate", "temperature",
+        "top_k",
         "top_p", "min_p", "typical_p", "num_beams", "length_penalty"]
     for command in ("ask", "chat"):
         lines = _option_lines(command)

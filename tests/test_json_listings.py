@@ -109,7 +109,7 @@ def _decoding(**changed: tuple[Any, str]) -> dict[str, dict[str, Any]]:
     values: dict[str, Any] = {"strategy": "greedy", "max_new_tokens": 512, "seed": None,
                               "stop": [], "repetition_penalty": 1.0, "frequency_penalty": 0.0,
                               "presence_penalty": 0.0, "no_repeat_ngram_size": 0,
-                              "thinking_budget": None}
+                              "thinking_budget": None, "speculate": None}
     out = {k: {"value": v, "origin": "default"} for k, v in values.items()}
     if changed.get("strategy", ("greedy",))[0] == "sample":
         sample = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
@@ -286,6 +286,9 @@ STRATEGIES = {
             _param("thinking_budget", "--thinking-budget", "int", None,
                    "a reasoning model thinks at most this many tokens, then chatcli closes "
                    "its thinking"),
+            _param("speculate", "--speculate", "str", None,
+                   "draft tokens and verify them in one pass: ngram[:N] (prompt lookup) or a "
+                   "model alias[:N] (a draft model)"),
         ],
         "precedence": ["default", "generation_config.json", "models.toml", "flag"],
     },

@@ -102,8 +102,8 @@ class Skewed(WrappedLM):
 
 def drafter_of(loaded: Any) -> Any:
     """A draft model: the same weights loaded again, skewed (`Skewed`)."""
+    from chatcli.decoding.speculative.drafters import ModelDrafter
     from chatcli.generation.prompt_cache import PromptCache
-    from chatcli.speculative.drafters import ModelDrafter
 
     return ModelDrafter(PromptCache(Skewed(native(loaded.folder).lm)), "draft")
 
@@ -153,7 +153,7 @@ def ids_of(loaded: Any, text: str) -> list[int]:
 
 # -- the parts -------------------------------------------------------------------------------
 def test_prompt_lookup_drafts_what_followed_the_latest_longest_match() -> None:
-    from chatcli.speculative.drafters import NgramDrafter
+    from chatcli.decoding.speculative.drafters import NgramDrafter
 
     drafter = NgramDrafter(most=3, least=2)
     text = [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3]
@@ -169,30 +169,36 @@ def test_prompt_lookup_drafts_what_followed_the_latest_longest_match() -> None:
 
 
 def test_the_adaptive_schedule_grows_backs_off_and_pauses() -> None:
-    from chatcli.speculative.schedule import MAX_PAUSE, Schedule
+    from chatcli.decoding.speculative.schedule import MAX_PAUSE, Schedule
 
     s = Schedule(None, 8, plain_first=2)
     assert [s.length(), s.length(), s.length()] == [0, 0, 4]
-    s.verified(4, 4)
+    s.plain(0.010)
+    s.verified(4, 4, 0.030)
     assert s.length() == 6
-    s.verified(6, 6)
+    s.verified(6, 6, 0.040)
     assert s.length() == 8  # at most `most`
-    s.verified(8, 8)
+    s.verified(8, 8, 0.060)
     assert s.length() == 8
-    s.verified(8, 2)
+    s.verified(8, 2, 0.025)  # 3 tokens in less than 3 plain steps: it paid
     assert s.length() == 3  # one more than it accepted
-    pauses = []
-    for _ in range(7):
-        s.verified(3, 0)
+    s.verified(3, 1, 0.025)  # 2 tokens in more than 2 plain steps: a miss
+    assert [s.length(), s.length()] == [0, 1]  # a pause of one token, then one token
+
+    def pause_after_a_miss() -> int:
+        s.verified(1, 0, 0.015)
         n = 0
         while s.length() == 0:
             n += 1
-        pauses.append(n)
-    assert pauses == [1, 2, 4, 8, 16, MAX_PAUSE, MAX_PAUSE]
-    s.verified(1, 1)
-    assert s.length() != 0  # an accepted draft ends the pauses
+        return n
+
+    assert [pause_after_a_miss() for _ in range(6)] == [4, 16, 64, MAX_PAUSE, MAX_PAUSE,
+                                                        MAX_PAUSE]
+    s.verified(1, 1, 0.015)  # all it drafted was right: the pauses end, it drafts more
+    assert s.length() == 3
     fixed = Schedule(5, 5, plain_first=0)
-    fixed.verified(5, 0)
+    fixed.plain(0.010)
+    fixed.verified(5, 0, 0.100)
     assert [fixed.length(), fixed.length()] == [5, 5]
 
 
@@ -202,7 +208,7 @@ def test_the_adaptive_schedule_grows_backs_off_and_pauses() -> None:
     (":4", "expected ngram, ngram:N, ALIAS or ALIAS:N (a model of models.toml)"),
 ])
 def test_a_bad_spelling_says_what_is_wrong(value: str, message: str) -> None:
-    from chatcli.speculative.spelling import parse
+    from chatcli.decoding.speculative.spelling import parse
 
     with pytest.raises(ValueError) as caught:
         parse(value)
@@ -244,8 +250,8 @@ def test_a_draft_model_greedy_is_plain_greedy_in_float32(tiny: Any, draft: Any,
 
 def test_the_model_drafting_for_itself_is_always_right(tiny: Any) -> None:
     ids = ids_of(tiny, PROMPTS[1])
+    from chatcli.decoding.speculative.drafters import ModelDrafter
     from chatcli.generation.prompt_cache import PromptCache
-    from chatcli.speculative.drafters import ModelDrafter
 
     itself = ModelDrafter(PromptCache(native(tiny.folder).lm), "self")
     fast = answer(tiny, ids, settings(speculate="self:4"), 40, itself)
@@ -342,8 +348,8 @@ def critical(df: int, z: float = 3.09) -> float:
 def sampled(loaded: Any, ids: list[int], length: int, draws: int, drafter: Any,
             temperature: float = 1.0) -> Counter:
     from chatcli.decoding.sampling import Sample
-    from chatcli.speculative.loop import Speculation
-    from chatcli.speculative.schedule import Schedule
+    from chatcli.decoding.speculative.loop import Speculation
+    from chatcli.decoding.speculative.schedule import Schedule
 
     s = settings("sample", top_k=TOP_K, temperature=temperature)
     counts: Counter = Counter()
@@ -369,7 +375,7 @@ class SecondBest:
         self.loaded = loaded
 
     def propose(self, tokens: list[int], n: int, sample: Any = None) -> Any:
-        from chatcli.speculative.drafters import Draft
+        from chatcli.decoding.speculative.drafters import Draft
 
         logits, _ = self.loaded.lm.prefill(tokens)
         return Draft([int(logits[0].topk(2).indices[1])])

@@ -445,7 +445,7 @@ class LocalBackend:
         """The draft model --speculate ALIAS names (loaded once, kept with this model), or
         None (no --speculate, or prompt lookup). Refusals: an alias that is not in
         models.toml, not a local model, or whose vocabulary is not this model's."""
-        from chatcli.speculative.spelling import parse
+        from chatcli.decoding.speculative.spelling import parse
 
         value = settings.common.speculate
         if value is None or parse(value).lookup:
@@ -456,10 +456,10 @@ class LocalBackend:
         return self._drafters[alias]
 
     def _open_drafter(self, value: str, alias: str) -> Any:
+        from chatcli.decoding.speculative.drafters import ModelDrafter
         from chatcli.errors import ChatcliError, UsageError
         from chatcli.generation.prompt_cache import PromptCache
         from chatcli.loader import load_model
-        from chatcli.speculative.drafters import ModelDrafter
 
         if self.opener is None:
             raise UsageError(f"--speculate {value}: this model was opened without models.toml",

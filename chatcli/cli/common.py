@@ -333,8 +333,8 @@ def check_draft(registry: Any, settings: Any) -> None:
     value = settings.common.speculate
     if value is None:
         return
+    from chatcli.decoding.speculative.spelling import parse
     from chatcli.errors import ChatcliError, UsageError
-    from chatcli.speculative.spelling import parse
 
     wanted = parse(value)
     if wanted.lookup:

@@ -121,7 +121,7 @@ class DecodeContext:
     pad_id: int | None = None
     candidates: int | None = None  # K: record the top-K candidates at every step (None: off)
     trace: bool = False  # record what a search pruned (`Hypotheses.pruned`)
-    # --speculate: a `chatcli.speculative.loop.Speculation` (drafter, schedule, figures);
+    # --speculate: a `chatcli.decoding.speculative.loop.Speculation` (drafter, schedule, figures);
     # `token_loop` then drafts and verifies (strategies that do not use it refuse it)
     speculation: Any = None
 
@@ -220,7 +220,7 @@ def finite() -> Valid:
 
 def param(default: Any, help: str, flag: str | None = None, *, short: str | None = None,
           valid: Valid | None = None, off: Any = dataclasses.MISSING,
-          request: str | None = None) -> Any:
+          request: str | None = None, example: Any = None) -> Any:
     """A strategy parameter, declared once.
 
     `help` is shown by `chatcli strategies` and `--help`; `flag` (and `short`) make it
@@ -229,10 +229,12 @@ def param(default: Any, help: str, flag: str | None = None, *, short: str | None
     constructor of a `Params` subclass (None, for an optional parameter, always passes;
     a tuple is checked item by item); `off` is the value that leaves decoding unchanged
     (default: `default`); `request` is the field of a chat-completions request that
-    carries it to a server (None: it cannot be sent, and is refused there unless off).
+    carries it to a server (None: it cannot be sent, and is refused there unless off);
+    `example` is the value hints suggest (default: the default, else one of its type).
     """
     meta = {"help": help, "flag": flag, "short": short, "valid": valid,
-            "off": default if off is dataclasses.MISSING else off, "request": request}
+            "off": default if off is dataclasses.MISSING else off, "request": request,
+            "example": example}
     return field(default=default, metadata=meta)
 
 
@@ -383,6 +385,8 @@ def _placeholder(kind: Any) -> str:
 def example(cls: type, name: str) -> Any:
     """A valid value of parameter `name` (its default when it has one)."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.metadata.get("example") is not None:
+        return f.metadata["example"]
     kind, _ = _optional(param_types(cls)[name])
     if f.default not in (None, (), dataclasses.MISSING) and isinstance(f.default, kind):
         return f.default

@@ -8,7 +8,7 @@ logits are masked: its `last_unmasked` logits, the model's own, with its mask fo
 candidates view). It stops after an EOS id ("stop", yielded too) or at
 `ctx.max_new_tokens` ("length"), and runs no forward pass after the last token.
 
-With `ctx.speculation` (--speculate) the loop is `chatcli.speculative.loop`'s instead:
+With `ctx.speculation` (--speculate) the loop is `chatcli.decoding.speculative.loop`'s instead:
 the same steps, drafted and verified several at a time.
 
 The loop knows nothing about how a token is chosen (that is `pick`), nor about
@@ -67,7 +67,7 @@ def token_loop(
     import torch
 
     if ctx.speculation is not None:
-        from chatcli.speculative.loop import speculative_loop
+        from chatcli.decoding.speculative.loop import speculative_loop
 
         yield from speculative_loop(lm, prompt_ids, pick, ctx, distribution, ctx.speculation)
         return

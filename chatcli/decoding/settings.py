@@ -54,8 +54,8 @@ from chatcli.decoding.base import (
     param,
 )
 from chatcli.decoding.registry import StrategyRegistry, register_builtins
+from chatcli.decoding.speculative.spelling import VALID as SPECULATE
 from chatcli.errors import ChatcliError, UsageError
-from chatcli.speculative.spelling import VALID as SPECULATE
 
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_STRATEGY = "greedy"  # when neither a flag, the alias nor generation_config chooses
@@ -89,7 +89,7 @@ class CommonParams(StrategyParams):
                                         "--thinking-budget", valid=at_least(0))
     speculate: str | None = param(None, "draft tokens and verify them in one pass: ngram[:N] "
                                   "(prompt lookup) or a model alias[:N] (a draft model)",
-                                  "--speculate", valid=SPECULATE)
+                                  "--speculate", valid=SPECULATE, example="ngram")
 
 
 COMMON_NAMES = frozenset(f.name for f in dataclasses.fields(CommonParams))

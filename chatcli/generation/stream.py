@@ -18,8 +18,8 @@ Generation has `constraint_satisfied` (whether the answer is complete under it: 
 when the token limit or a stop string cut it short).
 
 With `--speculate` (`settings.common.speculate`), the strategy's token loop drafts and
-verifies (`chatcli.speculative`): prompt lookup here, or the draft model the caller
-passes (`drafter`, a `chatcli.speculative.drafters.ModelDrafter`); each accepted drafted
+verifies (`chatcli.decoding.speculative`): prompt lookup here, or the draft model the caller
+passes (`drafter`, a `chatcli.decoding.speculative.drafters.ModelDrafter`); each accepted drafted
 token's event says so (`drafted`) and `Stats.speculation` has the figures. A model
 that cannot feed several tokens at once is refused (`UsageError`) before anything runs.
 
@@ -77,16 +77,16 @@ MODEL_MOST = 8  # a draft model, at most this many
 
 
 def speculation_for(settings: DecodingSettings, lm: Any, drafter: Any) -> Any:
-    """What --speculate asks for (a `chatcli.speculative.loop.Speculation`), or None."""
+    """What --speculate asks for (a `chatcli.decoding.speculative.loop.Speculation`), or None."""
     value = settings.common.speculate
     if value is None:
         return None
+    from chatcli.decoding.speculative.drafters import NgramDrafter
+    from chatcli.decoding.speculative.loop import Speculation
+    from chatcli.decoding.speculative.schedule import Schedule
+    from chatcli.decoding.speculative.spelling import parse
     from chatcli.errors import UsageError
     from chatcli.lm.base import can_extend
-    from chatcli.speculative.drafters import NgramDrafter
-    from chatcli.speculative.loop import Speculation
-    from chatcli.speculative.schedule import Schedule
-    from chatcli.speculative.spelling import parse
 
     if not can_extend(lm):
         raise UsageError("--speculate: this model cannot verify several drafted tokens in "

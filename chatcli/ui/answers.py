@@ -183,7 +183,7 @@ def stats_line(model: str, decoding: Decoding, figures: Figures, completion_toke
 
 
 def speculation_parts(s: Any) -> list[str]:
-    """--speculate's figures as `key=value` pairs (`chatcli.answer.SpeculationStats`)."""
+    """--speculate's figures as `key=value` pairs (a `SpeculationStats`)."""
 
     def figure(x: float | None, form: str) -> str:
         return "-" if x is None else format(x, form)

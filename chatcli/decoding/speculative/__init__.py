@@ -3,5 +3,5 @@
 `spelling` reads `--speculate` (ngram[:N] or ALIAS[:N]); `drafters` proposes tokens
 (prompt lookup, or a draft model); `schedule` decides how many to draft each round;
 `loop` verifies the drafts with the target model and emits exactly what the strategy
-would have chosen. The figures go to `chatcli.answer.SpeculationStats`.
+would have chosen; `figures` holds what it did (`SpeculationStats`).
 """

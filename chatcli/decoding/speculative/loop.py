@@ -24,7 +24,7 @@ position by position:
 A round with nothing drafted is a plain `lm.step`. In float32 the verification's logits
 equal single steps' up to rounding (other matmul shapes): greedy answers are the plain
 ones but at near ties. Times of plain steps and of rounds go to `speculation.stats`
-(`chatcli.answer.SpeculationStats`), as the figures for the speed-up estimate.
+(`chatcli.decoding.speculative.figures.SpeculationStats`), as the figures for the speed-up estimate.
 
 Knows nothing about text, how drafts are made or the terminal.
 """
@@ -36,16 +36,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatcli.answer import SpeculationStats
 from chatcli.decoding.base import DecodeContext, TokenStep
-from chatcli.speculative.schedule import Schedule
+from chatcli.decoding.speculative.figures import SpeculationStats
+from chatcli.decoding.speculative.schedule import Schedule
 
 
 @dataclass
 class Speculation:
     """What `--speculate` gives the loop: a drafter, its schedule and the figures."""
 
-    drafter: Any  # chatcli.speculative.drafters: propose(tokens, n) -> Draft
+    drafter: Any  # chatcli.decoding.speculative.drafters: propose(tokens, n) -> Draft
     schedule: Schedule
     stats: SpeculationStats = field(default_factory=SpeculationStats)
 
@@ -121,8 +121,10 @@ def speculative_loop(
             raw = (lm.last_unmasked if constrained else logits).float()
             scores = scored(logits)
             pending = pick(scores)
+            spent = time.perf_counter() - started
             stats.plain_steps += 1
-            stats.plain_s += time.perf_counter() - started
+            stats.plain_s += spent
+            schedule.plain(spent)
             step = step_of(pending, raw, scores, lm.last_allowed[0] if constrained else None,
                            False)
             yield step
@@ -164,9 +166,10 @@ def speculative_loop(
                             masks[k] if masks is not None else None, False))
         else:
             lm.crop(cache, base + 1 + accepted)
+        spent = time.perf_counter() - started
         stats.accepted += accepted
-        stats.verify_s += time.perf_counter() - started
-        schedule.verified(len(drafted), accepted)
+        stats.verify_s += spent
+        schedule.verified(len(drafted), accepted, spent)
         for token, raw, scores, allowed, was_drafted in outcome:
             step = step_of(token, raw, scores, allowed, was_drafted)
             yield step
