@@ -13,6 +13,8 @@ the default model (greedy, EOS ends an answer as it would for a user):
   lookup finds little: the overhead when drafting finds nothing) and with a draft
   model (`--speculate DRAFT`: the default alias in its own mode, drafting for a target
   in another mode);
+- sampled: the open question sampled (temperature 1, seed 1) with `--speculate ngram`:
+  a text prompt lookup finds little in, so the adaptive schedule should cost nothing;
 - per mode: `default` (the alias's own: GGUF blocks as stored, with the compiled step
   when it is built), `fp32` (--quantize none --dtype float32: the exact path, where
   greedy answers are identical) and `bf16` (--quantize none --dtype bfloat16).
@@ -70,14 +72,18 @@ def backend_for(mode: str) -> Any:
     return LocalBackend.open(spec, registry, SilentReporter(), runtime)
 
 
-def answer(backend: Any, text: str, tokens: int, speculate: str | None) -> Any:
+def answer(backend: Any, text: str, tokens: int, speculate: str | None,
+           sampled: bool = False) -> Any:
     from chatcli.backends.base import Views
     from chatcli.decoding.registry import strategy_registry
     from chatcli.decoding.settings import resolve_settings
     from chatcli.prompt import Message, render_ids
 
-    flags = {"speculate": speculate} if speculate else {}
-    settings = resolve_settings(strategy_registry(), strategy="greedy", flags=flags)
+    flags: dict[str, Any] = {"speculate": speculate} if speculate else {}
+    if sampled:  # a text prompt lookup finds little in: drafting costs, rarely pays
+        flags.update(temperature=1.0, seed=1)
+    settings = resolve_settings(strategy_registry(), strategy="sample" if sampled else "greedy",
+                                flags=flags)
     ids = render_ids(backend.loaded.tokenizer, [Message("user", text)])
 
     packed = SimpleNamespace(ids=ids)
@@ -88,7 +94,8 @@ def answer(backend: Any, text: str, tokens: int, speculate: str | None) -> Any:
     return gen
 
 
-def run_mode(mode: str, rounds: int, tokens: int, draft: str) -> list[list[str]]:
+def run_mode(mode: str, rounds: int, tokens: int, draft: str,
+             workloads: list[str]) -> list[list[str]]:
     backend = backend_for(mode)
     variants: dict[str, tuple[str, str | None]] = {
         "repeat plain": (REPEAT, None), "repeat ngram": (REPEAT, "ngram"),
@@ -97,10 +104,14 @@ def run_mode(mode: str, rounds: int, tokens: int, draft: str) -> list[list[str]]
     }
     if mode != "default":
         variants[f"open {draft}"] = (OPEN, draft)
-    for text, spec in variants.values():  # warm-up: the draft model loads, caches fill
-        answer(backend, text, 8, spec)
-    runs = interleave({name: (lambda t=text, s=spec: answer(backend, t, tokens, s))
-                       for name, (text, spec) in variants.items()}, rounds, alternate=True)
+    variants["sampled plain"] = (OPEN, None)
+    variants["sampled ngram"] = (OPEN, "ngram")
+    variants = {k: v for k, v in variants.items() if k.split(" ")[0] in workloads}
+    for name, (text, spec) in variants.items():  # warm-up: the draft model loads
+        answer(backend, text, 8, spec, name.startswith("sampled"))
+    runs = interleave({name: (lambda t=text, s=spec, n=name: answer(
+        backend, t, tokens, s, n.startswith("sampled")))
+        for name, (text, spec) in variants.items()}, rounds, alternate=True)
     rows = []
     for name, gens in runs.items():
         workload, how = name.split(" ", 1)
@@ -132,6 +143,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=400)
     parser.add_argument("--modes", default="default,fp32,bf16")
+    parser.add_argument("--workloads", default="repeat,edit,open,sampled")
     parser.add_argument("--draft", default="smollm2-135m",
                         help="the draft model's alias (in its own mode)")
     add_write_options(parser, "speculative")
@@ -141,7 +153,8 @@ def main() -> None:
               "acceptance", "mean accepted", "tokens", "tokens vs plain"]
     rows = []
     for mode in args.modes.split(","):
-        rows += run_mode(mode, args.rounds, args.tokens, args.draft)
+        rows += run_mode(mode, args.rounds, args.tokens, args.draft,
+                         args.workloads.split(","))
     conditions.finish()
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
@@ -154,7 +167,7 @@ def main() -> None:
         "Workloads: repeat: the four-paragraph story of `bench/speculative.py` in the "
         "message, then \"Repeat the story above word for word.\"; edit: the story with a "
         "typo, then \"Fix the typo and print the whole story.\"; "
-        f"open: \"{OPEN}\". "
+        f"open: \"{OPEN}\"; sampled: the same, `-S sample -t 1 --seed 1`. "
         f"Decoding: plain; `ngram` (prompt lookup, adaptive); `{args.draft}` (that alias in "
         "its own mode drafting for the mode of the row).",
     ])

@@ -183,7 +183,7 @@ def test_the_adaptive_schedule_grows_backs_off_and_pauses() -> None:
     s.verified(8, 2, 0.025)  # 3 tokens in less than 3 plain steps: it paid
     assert s.length() == 3  # one more than it accepted
     s.verified(3, 1, 0.025)  # 2 tokens in more than 2 plain steps: a miss
-    assert [s.length(), s.length()] == [0, 1]  # a pause of one token, then one token
+    assert [s.length(), s.length()] == [0, 2]  # a pause of one token
 
     def pause_after_a_miss() -> int:
         s.verified(1, 0, 0.015)
@@ -194,8 +194,10 @@ def test_the_adaptive_schedule_grows_backs_off_and_pauses() -> None:
 
     assert [pause_after_a_miss() for _ in range(6)] == [4, 16, 64, MAX_PAUSE, MAX_PAUSE,
                                                         MAX_PAUSE]
-    s.verified(1, 1, 0.015)  # all it drafted was right: the pauses end, it drafts more
-    assert s.length() == 3
+    s.verified(1, 1, 0.025)  # right throughout but slower than plain: no pause, more next
+    assert s.length() == 3 and s.missed == 7
+    s.verified(3, 3, 0.020)  # it paid: the pauses end
+    assert s.length() == 5 and s.missed == 0
     fixed = Schedule(5, 5, plain_first=0)
     fixed.plain(0.010)
     fixed.verified(5, 0, 0.100)

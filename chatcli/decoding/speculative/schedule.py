@@ -8,11 +8,11 @@ the time of plain steps from `plain(seconds)` and of rounds from
 
 Adaptive (no N): start at `START` tokens, grow by `GROW` while every drafted token is
 accepted (up to `most`), fall back to one more than the tokens accepted otherwise. A
-round that accepted nothing, or not all and did not pay for itself (it took longer
-than plain steps would have for the tokens it gave, by the running mean of plain
-steps), is a miss: drafting pauses for
-1, then 4, 16, 64 ... `MAX_PAUSE` tokens (a round that pays ends the pauses), and the
-next draft is one token. A verification costs more than a plain step where the plain
+round pays when it took less time than plain steps would have for the tokens it gave
+(by the running mean of plain steps). One that was wrong somewhere and did not pay is a
+miss: drafting pauses for 1, then 4, 16, 64 ... `MAX_PAUSE` tokens, and only a round
+that pays ends the pauses (one that was right throughout but did not pay, being short,
+drafts more next time). A verification costs more than a plain step where the plain
 step is compiled and the verification eager (chatcli's default mode: two tokens cost
 about two steps), so a drafter that keeps guessing wrong costs a few rounds of one
 token per answer, not one per token. A fixed N drafts N every time (the drafter may
@@ -49,17 +49,19 @@ class Schedule:
     def verified(self, drafted: int, accepted: int, seconds: float | None = None) -> None:
         if self.fixed is not None:
             return
-        paid = self.step_s is None or seconds is None or seconds <= (accepted + 1) * self.step_s
-        if accepted == drafted:  # all right: draft more (a longer round pays better)
-            self.missed = 0
-            self.next = min(self.next + GROW, self.most)
-        elif accepted > 0 and paid:
-            self.missed = 0
-            self.next = min(accepted + 1, self.most)
+        if self.step_s is None or seconds is None:  # nothing to weigh it against yet
+            paid = accepted == drafted
         else:
+            paid = seconds < (accepted + 1) * self.step_s
+        if paid:
+            self.missed = 0
+        if accepted == drafted:  # all right: draft more (a longer round pays better)
+            self.next = min(self.next + GROW, self.most)
+            return
+        if not paid:
             self.missed += 1
             self.pause = min(4 ** (self.missed - 1), MAX_PAUSE)
-            self.next = 1
+        self.next = max(1, min(accepted + 1, self.most))
 
     def nothing(self) -> None:
         """The drafter had nothing to offer (no match): nothing to learn."""
