@@ -208,3 +208,29 @@ def test_quantized_answers_from_the_cache_too(real: Path, mode: str) -> None:
         assert again.returncode == 0, (again.returncode, again.stderr)
         assert "Paris" in again.stdout
     assert len(list((real / "cache" / "quantized").glob("*.safetensors"))) >= 1
+
+
+STORY = ("The lighthouse keeper woke before dawn, as he had every morning for thirty years. "
+         "He climbed the spiral stairs, one hundred and twelve of them, and checked the great "
+         "lamp. The glass was clean. The oil was full. Outside, the sea was grey and calm, and "
+         "the gulls were already circling the rocks below.\n"
+         "He made his tea in the small kitchen and sat by the window. A fishing boat was "
+         "heading out past the point, its engine loud in the still air.")
+
+
+def test_speculative_greedy_is_the_plain_answer_in_float32(real: Path) -> None:
+    """The README's claim: in float32 prompt lookup and a draft model (the default alias at
+    its own precision) give the plain greedy answer token for token, and draft a lot of it."""
+    import json
+
+    args = ["ask", "--json", "--quantize", "none", "--dtype", "float32", "-n", "120",
+            f"{STORY}\n\nRepeat the story above word for word."]
+    plain = run_cli(args)
+    assert plain.exit_code == 0, plain.stderr
+    want = json.loads(plain.stdout)["token_ids"]
+    for speculate in ("ngram", "smollm2-135m"):
+        fast = run_cli([*args, "--speculate", speculate])
+        assert fast.exit_code == 0, fast.stderr
+        out = json.loads(fast.stdout)
+        assert out["token_ids"] == want, speculate
+        assert out["speculation"]["accepted"] > len(want) / 2, out["speculation"]

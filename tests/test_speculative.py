@@ -168,36 +168,31 @@ def test_prompt_lookup_drafts_what_followed_the_latest_longest_match() -> None:
     assert NgramDrafter(most=2, least=2).propose([5, 6, 5, 6], 4).tokens == [5, 6]
 
 
-def test_the_adaptive_schedule_grows_backs_off_and_pauses() -> None:
+def test_the_adaptive_schedule_drafts_what_pays_and_pauses_when_nothing_does() -> None:
     from chatcli.decoding.speculative.schedule import MAX_PAUSE, Schedule
 
-    s = Schedule(None, 8, plain_first=2)
-    assert [s.length(), s.length(), s.length()] == [0, 0, 4]
+    s = Schedule(None, 16, plain_first=2)
+    assert [s.length(), s.length()] == [0, 0]
     s.plain(0.010)
-    s.verified(4, 4, 0.030)
-    assert s.length() == 6
-    s.verified(6, 6, 0.040)
-    assert s.length() == 8  # at most `most`
-    s.verified(8, 8, 0.060)
-    assert s.length() == 8
-    s.verified(8, 2, 0.025)  # 3 tokens in less than 3 plain steps: it paid
-    assert s.length() == 3  # one more than it accepted
-    s.verified(3, 1, 0.025)  # 2 tokens in more than 2 plain steps: a miss
-    assert [s.length(), s.length()] == [0, 2]  # a pause of one token
-
-    def pause_after_a_miss() -> int:
-        s.verified(1, 0, 0.015)
+    first = s.length()
+    assert first == s.best()[0] and 1 < first < 16  # by the prior: 4 in 5 right
+    # float32-like: a round costs about one step whatever its length, and all is right
+    for k in (first, 8, 12):
+        s.verified(k, k, 0.0105 + 0.0002 * k)
+    assert s.length() == 16 and s.chance > 0.9
+    # the default mode's: two tokens cost two steps, and the guesses turn wrong
+    slow = Schedule(None, 16, plain_first=0)
+    slow.plain(0.010)
+    pauses = []
+    k = slow.length()
+    for _ in range(8):
+        slow.verified(k, 0, 0.010 * (1.0 + 0.6 * (k + 1)))
         n = 0
-        while s.length() == 0:
+        while (k := slow.length()) == 0:
             n += 1
-        return n
-
-    assert [pause_after_a_miss() for _ in range(6)] == [4, 16, 64, MAX_PAUSE, MAX_PAUSE,
-                                                        MAX_PAUSE]
-    s.verified(1, 1, 0.025)  # right throughout but slower than plain: no pause, more next
-    assert s.length() == 3 and s.missed == 7
-    s.verified(3, 3, 0.020)  # it paid: the pauses end
-    assert s.length() == 5 and s.missed == 0
+        pauses.append(n)
+    assert pauses == [1, 4, 16, 64, MAX_PAUSE, MAX_PAUSE, MAX_PAUSE, MAX_PAUSE]
+    assert k == 1  # a try after a pause: the length that would pay best
     fixed = Schedule(5, 5, plain_first=0)
     fixed.plain(0.010)
     fixed.verified(5, 0, 0.100)
