@@ -511,6 +511,12 @@ def test_a_terminal_underlines_the_drafted_tokens_it_accepted(home: Path,
 
     assert visible(out["text"]) in visible("".join(term.lines()))
     assert visible(underlined(term)) == visible(drafted)
+    # wrapped at words: the answer's words, whole, on lines no wider than the terminal
+    lines = term.lines()
+    shown = lines[:next(i for i, line in enumerate(lines) if line.startswith("(speculate"))]
+    assert [w for line in shown for w in line.split()] == "".join(
+        c for c in out["text"] if c.isprintable() or c.isspace()).split()
+    assert max(len(line) for line in shown) <= columns
 
 
 def test_chat_speculates_when_set_and_stats_say_how_it_went(home: Path) -> None:

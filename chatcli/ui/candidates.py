@@ -34,23 +34,76 @@ def style_for(p: float) -> str:
 
 
 class ColouredWriter:
+    """An answer as plain text, each piece in its own style, wrapped at words.
+
+    A word is held until the whitespace after it (or `close`) shows where it ends, then
+    written on the current line if it fits, else on the next (a space at the break is
+    left out); a word wider than the terminal is cut by the terminal. What `write` was
+    given is queued first and `close` writes what is left: a Ctrl-C while a delta was
+    being written loses none of it."""
+
     def __init__(self, ui: UI) -> None:
         self.console = ui.out_console
+        self.width = max(self.console.width, 1)
+        self.column = 0
+        self.queue: list[list[str]] = []  # [text not yet laid out, its style]
+        self.word: list[tuple[str, str]] = []  # the unfinished word's pieces, styled
         self._newline = True
 
     def write(self, delta: str, prob: float | None, drafted: bool = False) -> None:
         """`delta` coloured by `prob` (None: not coloured), underlined if `drafted`."""
+        style = "" if prob is None else style_for(prob)
+        if drafted:
+            style = f"{style} underline".strip()
+        self.queue.append([printable(delta), style])
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        while self.queue:
+            head = self.queue[0]
+            text, style = head
+            if not text:
+                self.queue.pop(0)
+                continue
+            cut = next((i for i, c in enumerate(text) if c.isspace()), len(text))
+            if cut:  # a piece of a word
+                self.word.append((text[:cut], style))
+                head[0] = text[cut:]
+                continue
+            head[0] = text[1:]
+            self._end_word()
+            if text[0] == "\n" or self.column >= self.width:  # (a space there: the break)
+                self._put("\n", "")
+                self.column = 0
+            else:
+                self._put(text[0], style)
+                self.column += 1
+
+    def _end_word(self) -> None:
+        from rich.cells import cell_len
         from rich.text import Text
 
-        delta = printable(delta)
-        if delta:
-            style = "" if prob is None else style_for(prob)
-            if drafted:
-                style = f"{style} underline".strip()
-            self.console.print(Text(delta, style=style), end="")
-            self._newline = delta.endswith("\n")
+        word, self.word = self.word, []
+        if not word:
+            return
+        size = sum(cell_len(text) for text, _ in word)
+        if self.column and self.column + size > self.width:
+            self._put("\n", "")
+            self.column = 0
+        end = self.column + size
+        self.column = end if end <= self.width else end % self.width
+        self.console.print(Text.assemble(*word), end="")
+        self._newline = False
+
+    def _put(self, text: str, style: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(text, style=style), end="")
+        self._newline = text.endswith("\n")
 
     def close(self) -> None:
+        self._lay_out()
+        self._end_word()
         if not self._newline:
             self.console.print()
 
