@@ -3,6 +3,8 @@
 Contract: a drafter's `propose(tokens, n, sample)` returns up to `n` token ids that might
 follow `tokens` (the prompt, then every token chosen so far); `[]` when it has no guess.
 `sample` is the strategy's (distribution, generator) when it samples, else None.
+`prepare(prompt_ids)` reads the prompt before the answer starts (a draft model's
+prefill: kept out of the first round's time, which would make drafting look dear).
 
 - `NgramDrafter` (prompt lookup): the longest of the last `most`..`least` tokens (4 to
   3) that occurred before (in the prompt or the answer), the latest such place; the
@@ -47,6 +49,9 @@ class NgramDrafter:
                     self.index[tuple(tokens[end - n:end])] = end
         self.indexed = max(self.indexed, upto + 1)
 
+    def prepare(self, prompt_ids: list[int]) -> None:
+        """Nothing to read ahead: the index catches up as it is asked."""
+
     def propose(self, tokens: list[int], n: int, sample: Any = None) -> Draft:
         if n <= 0 or len(tokens) <= self.least:
             return Draft([])
@@ -66,6 +71,9 @@ class ModelDrafter:
         it reads only what is new); `name`: its alias."""
         self.lm = lm
         self.name = name
+
+    def prepare(self, prompt_ids: list[int]) -> None:
+        self.lm.prefill(prompt_ids)
 
     def propose(self, tokens: list[int], n: int,
                 sample: tuple[Callable[[Any], Any], Any] | None = None) -> Draft:

@@ -68,6 +68,11 @@ def speculative_loop(
     if ctx.max_new_tokens <= 0:
         return
     logits, cache = lm.prefill(prompt_ids)
+    prepare = getattr(speculation.drafter, "prepare", None)
+    if prepare is not None:  # counted in the figures, not in any round's time
+        started = time.perf_counter()
+        prepare(prompt_ids)
+        stats.verify_s += time.perf_counter() - started
     tokens = list(prompt_ids)
     constrained = hasattr(lm, "last_unmasked")
     emitted = 0
