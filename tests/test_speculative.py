@@ -371,6 +371,9 @@ class SecondBest:
     def __init__(self, loaded: Any) -> None:
         self.loaded = loaded
 
+    def prepare(self, prompt_ids: list[int]) -> None:
+        pass
+
     def propose(self, tokens: list[int], n: int, sample: Any = None) -> Any:
         from chatcli.decoding.speculative.drafters import Draft
 

@@ -448,9 +448,9 @@ class LocalBackend:
         from chatcli.decoding.speculative.spelling import parse
 
         value = settings.common.speculate
-        if value is None or parse(value).lookup:
+        if value is None or (wanted := parse(value)).lookup:
             return None
-        alias = parse(value).source
+        alias = wanted.source
         if alias not in self._drafters:
             self._drafters[alias] = self._open_drafter(value, alias)
         return self._drafters[alias]

@@ -45,7 +45,7 @@ from chatcli.decoding.speculative.schedule import Schedule
 class Speculation:
     """What `--speculate` gives the loop: a drafter, its schedule and the figures."""
 
-    drafter: Any  # chatcli.decoding.speculative.drafters: propose(tokens, n) -> Draft
+    drafter: Any  # chatcli.decoding.speculative.drafters: prepare(ids), propose(...)
     schedule: Schedule
     stats: SpeculationStats = field(default_factory=SpeculationStats)
 
@@ -68,11 +68,9 @@ def speculative_loop(
     if ctx.max_new_tokens <= 0:
         return
     logits, cache = lm.prefill(prompt_ids)
-    prepare = getattr(speculation.drafter, "prepare", None)
-    if prepare is not None:  # counted in the figures, not in any round's time
-        started = time.perf_counter()
-        prepare(prompt_ids)
-        stats.verify_s += time.perf_counter() - started
+    started = time.perf_counter()  # counted in the figures, not in any round's time
+    speculation.drafter.prepare(prompt_ids)
+    stats.verify_s += time.perf_counter() - started
     tokens = list(prompt_ids)
     constrained = hasattr(lm, "last_unmasked")
     emitted = 0
@@ -120,8 +118,6 @@ def speculative_loop(
         if drafted and constrained:
             drafted = drafted[:lm.admissible([pending, *drafted]) - 1]
         if not drafted:
-            if draft is not None:
-                schedule.nothing()
             logits, cache = lm.step(torch.tensor([pending], device=lm.device), cache)
             raw = (lm.last_unmasked if constrained else logits).float()
             scores = scored(logits)

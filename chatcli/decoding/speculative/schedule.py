@@ -4,7 +4,7 @@ Contract: `Schedule(fixed, most)` answers `length()` before each round (0: decod
 token plainly, no draft; the first `plain_first` tokens always are, so that every
 answer times plain steps: its speed-up estimate and the yardstick below). It learns
 the time of plain steps from `plain(seconds)` and of rounds from
-`verified(drafted, accepted, seconds)`; `nothing()` says the drafter found nothing.
+`verified(drafted, accepted, seconds)`.
 A fixed N drafts N every time (the drafter may find fewer).
 
 Adaptive (no N) weighs what a round gives against what it costs, both measured in the
@@ -57,9 +57,6 @@ class Schedule:
         self.wrong = self.wrong * DECAY + (accepted < drafted)
         if self.step_s and seconds is not None:
             self.timed = [*self.timed[-(TIMED - 1):], (drafted + 1, seconds / self.step_s)]
-
-    def nothing(self) -> None:
-        """The drafter had nothing to offer (no match): nothing to learn."""
 
     # -- what it expects -----------------------------------------------------------------
     @property
